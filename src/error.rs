@@ -1,0 +1,54 @@
+//! Error categories and the exit codes they map to (ansible-playbook's convention).
+
+use std::fmt;
+
+/// Process exit codes, documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Error = 1,
+    HostFailed = 2,
+    Unreachable = 3,
+    Inventory = 4,
+    BadOptions = 5,
+}
+
+/// A failure that ends the command, carrying the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Failure {
+            exit,
+            message: message.into(),
+        }
+    }
+    pub fn options(message: impl Into<String>) -> Self {
+        Self::new(Exit::BadOptions, message)
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        Self::new(Exit::Error, message)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        // Keep typed categories that travelled through anyhow.
+        match e.downcast::<Failure>() {
+            Ok(f) => f,
+            Err(e) => Failure::error(format!("{e:#}")),
+        }
+    }
+}

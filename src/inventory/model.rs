@@ -1,0 +1,213 @@
+//! Typed inventory: what `inventory::load` produces. Plain data, no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// A secret string. Never printed: Debug, Display and Serialize show a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The real value, for rendering into files and connecting. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstallMethod {
+    Native,
+    Docker,
+}
+
+/// How to reach one host over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshTarget {
+    /// Inventory name, used in every message.
+    pub host: String,
+    /// Address or DNS name to connect to.
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    /// Private key file; None means: try ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
+    pub key_file: Option<PathBuf>,
+    /// Run privileged commands through `sudo -n` (when user is not root).
+    pub become_: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub ssh: SshTarget,
+    /// The address other cluster members use to reach this host (an IP: used in
+    /// pg_hba, etcd URLs, HAProxy). Resolved from ansible_host / address.
+    pub ip: IpAddr,
+    /// Every group the host belongs to, directly or through children.
+    pub groups: Vec<String>,
+    /// Effective variables after Ansible precedence (all < parent groups < child groups < host),
+    /// secrets redacted on output by the printer.
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+impl Host {
+    pub fn in_group(&self, g: &str) -> bool {
+        self.groups.iter().any(|x| x == g)
+    }
+}
+
+/// One apt pin (written to /etc/apt/preferences.d/pgha).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AptPin {
+    pub package: String,
+    pub version: String,
+    pub priority: i32,
+}
+
+/// Cluster-wide settings with documented defaults (README "Inventory reference").
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub cluster_name: String,
+    pub install_method: InstallMethod,
+    pub postgresql_version: u32,
+    pub postgresql_port: u16,
+    pub postgresql_data_dir: String,
+    /// Extra/overriding PostgreSQL parameters (Patroni dynamic config).
+    pub postgresql_parameters: BTreeMap<String, serde_json::Value>,
+    pub patroni_rest_port: u16,
+    pub patroni_ttl: u32,
+    pub patroni_loop_wait: u32,
+    pub patroni_retry_timeout: u32,
+    pub patroni_maximum_lag_on_failover: u64,
+    pub synchronous_mode: bool,
+    pub synchronous_mode_strict: bool,
+    pub synchronous_node_count: u32,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+    pub haproxy_write_port: u16,
+    pub haproxy_read_port: u16,
+    pub haproxy_stats_port: u16,
+    pub haproxy_maxconn: u32,
+    pub haproxy_timeout_connect: String,
+    pub haproxy_timeout_client: String,
+    pub haproxy_timeout_server: String,
+    pub haproxy_check_inter: String,
+    pub haproxy_check_fall: u32,
+    pub haproxy_check_rise: u32,
+    pub exporter_port: u16,
+    /// Networks allowed to connect to PostgreSQL (besides DB hosts and routers).
+    pub client_cidrs: Vec<IpNet>,
+    pub superuser_name: String,
+    pub replication_user: String,
+    pub rewind_user: String,
+    pub monitor_user: String,
+    pub app_user: String,
+    pub app_database: String,
+    /// Extra apt source lines (written to /etc/apt/sources.list.d/pgha.list).
+    pub apt_sources: Vec<String>,
+    pub apt_pins: Vec<AptPin>,
+    /// Skip `apt-get update` when the package lists are younger than this (seconds).
+    pub apt_cache_valid_time: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Secrets {
+    pub superuser_password: Secret,
+    pub replication_password: Secret,
+    pub rewind_password: Secret,
+    pub monitor_password: Secret,
+    pub app_password: Secret,
+}
+
+impl Secrets {
+    /// All secret values, for redaction of diffs and error text.
+    pub fn all(&self) -> [&Secret; 5] {
+        [
+            &self.superuser_password,
+            &self.replication_password,
+            &self.rewind_password,
+            &self.monitor_password,
+            &self.app_password,
+        ]
+    }
+
+    /// Replace every secret value occurring in `text` with `<redacted>`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in self.all() {
+            if !s.expose().is_empty() {
+                out = out.replace(s.expose(), "<redacted>");
+            }
+        }
+        out
+    }
+}
+
+/// A risky-but-legal choice, printed before the command runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Warning {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub path: PathBuf,
+    /// Hosts in file order (the first db host bootstraps a new cluster).
+    pub hosts: Vec<Host>,
+    /// Group name -> member host names (children resolved), file order.
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub cluster: Cluster,
+    pub secrets: Secrets,
+    /// Where generated secrets are kept (mode 0600).
+    pub secrets_path: PathBuf,
+    pub warnings: Vec<Warning>,
+}
+
+impl Inventory {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    fn members(&self, group: &str) -> Vec<&Host> {
+        self.hosts.iter().filter(|h| h.in_group(group)).collect()
+    }
+    pub fn db_hosts(&self) -> Vec<&Host> {
+        self.members("db")
+    }
+    pub fn router_hosts(&self) -> Vec<&Host> {
+        self.members("router")
+    }
+    /// The `etcd` group when given, else the db hosts.
+    pub fn etcd_hosts(&self) -> Vec<&Host> {
+        if self.groups.get("etcd").is_some_and(|g| !g.is_empty()) {
+            self.members("etcd")
+        } else {
+            self.db_hosts()
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! pgha: highly available PostgreSQL on bare hosts over SSH.
+
+mod cli;
+mod error;
+mod inventory;
+mod lab;
+mod ssh;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::{Exit, Failure};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap exits 2 on bad options; our documented code is 5.
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => Exit::BadOptions as i32,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(exit) => std::process::exit(exit as i32),
+        Err(f) => {
+            eprintln!("error: {f}");
+            std::process::exit(f.exit as i32);
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "pgha=info",
+        _ => "pgha=debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGHA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<Exit, Failure> {
+    match cli.command {
+        Command::Inventory(args) => inventory::command(&args, cli.output),
+        Command::Deploy(_args) => todo!(),
+        Command::Lab(args) => lab::command(args, cli.output).await,
+    }
+}

@@ -1,0 +1,42 @@
+//! SSH transport over russh: one authenticated connection per host for a whole run,
+//! a bounded number of channels on it, host keys verified against known_hosts.
+//!
+//! PUBLIC API CONTRACT (the engine, lab and probes are written against it):
+//!
+//! ```ignore
+//! let s = Session::connect(&target, &opts).await?;          // retries with backoff
+//! let out = s.exec(&Cmd::root("systemctl is-active etcd")).await?;  // sudo -n when needed
+//! out.ok()?;                                                  // non-zero exit -> SshError::Failed
+//! s.upload(&Upload { path, content, owner, group, mode, validate: None }).await?;
+//! let sum = s.sha256("/etc/haproxy/haproxy.cfg").await?;    // None when absent
+//! ```
+
+mod known_hosts;
+mod session;
+
+pub use known_hosts::{HostKeyPolicy, KnownHosts};
+pub use session::{Cmd, Output, Session, SshError, SshOptions, Upload};
+
+/// Quote a string for POSIX sh, so it passes through as one word.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn quotes_only_when_needed() {
+        assert_eq!(shell_quote("/etc/x.conf"), "/etc/x.conf");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}
