@@ -1,15 +1,10 @@
 //! pgha: highly available PostgreSQL on bare hosts over SSH.
 
-mod cli;
-mod error;
-mod inventory;
-mod lab;
-mod ssh;
-
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
-use crate::error::{Exit, Failure};
+use pgha::cli::{Cli, Command};
+use pgha::error::{Exit, Failure};
+use pgha::{inventory, lab};
 
 fn main() {
     let cli = match Cli::try_parse() {

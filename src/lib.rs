@@ -1,0 +1,7 @@
+//! pgha library: everything the `pgha` binary does, importable by integration tests.
+
+pub mod cli;
+pub mod error;
+pub mod inventory;
+pub mod lab;
+pub mod ssh;
