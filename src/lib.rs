@@ -5,3 +5,7 @@ pub mod error;
 pub mod inventory;
 pub mod lab;
 pub mod ssh;
+pub mod deploy;
+pub mod engine;
+pub mod probe;
+pub mod wait;

@@ -1,0 +1,89 @@
+//! Apply: the remote operations a plan asks for. Each function is one SSH round trip
+//! (files are one each), so an empty plan costs nothing here.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::desired::DesiredFile;
+use crate::ssh::{Cmd, Session, Upload, shell_quote};
+
+pub async fn write_files(s: &Session, files: &[&DesiredFile]) -> Result<()> {
+    for f in files {
+        s.upload(&Upload {
+            path: f.path.clone(),
+            content: f.content.clone(),
+            owner: f.owner.clone(),
+            group: f.group.clone(),
+            mode: f.mode,
+            validate: f.validate.clone(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The install script: package scripts must not start services (pgha starts them in
+/// cluster order: etcd-server's postinst would otherwise form a one-member cluster of
+/// its own), and files pgha wrote beforehand are kept (--force-confold).
+pub fn install_script(packages: &[String], update: bool) -> String {
+    let pkgs = packages
+        .iter()
+        .map(|p| shell_quote(p))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let update = if update {
+        "apt-get -q -o DPkg::Lock::Timeout=300 update\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"set -e
+export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
+saved=""
+if [ -e /usr/sbin/policy-rc.d ]; then mv /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.pgha-saved; saved=1; fi
+restore() {{ rm -f /usr/sbin/policy-rc.d; if [ -n "$saved" ]; then mv /usr/sbin/policy-rc.d.pgha-saved /usr/sbin/policy-rc.d; fi; }}
+trap restore EXIT
+printf '#!/bin/sh\n# pgha: no service starts during package installation\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 755 /usr/sbin/policy-rc.d
+{update}apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}
+"#
+    )
+}
+
+pub async fn install(s: &Session, packages: &[String], update: bool) -> Result<()> {
+    if packages.is_empty() && !update {
+        return Ok(());
+    }
+    s.exec(&Cmd::root(install_script(packages, update)).timeout(Duration::from_secs(1800)))
+        .await?
+        .ok()?;
+    Ok(())
+}
+
+/// Run a root command and fail with its stderr tail when it fails.
+pub async fn run(s: &Session, script: impl Into<String>) -> Result<String> {
+    let out = s.exec(&Cmd::root(script).timeout(Duration::from_secs(300))).await?.ok()?;
+    Ok(out.stdout_str())
+}
+
+pub async fn systemctl(s: &Session, verb: &str, service: &str) -> Result<()> {
+    run(s, format!("systemctl {verb} {}", shell_quote(service))).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_script_guards_service_starts_and_keeps_our_files() {
+        let s = install_script(&["etcd-server".into(), "patroni".into()], true);
+        assert!(s.contains("exit 101"));
+        assert!(s.contains("trap restore EXIT"));
+        assert!(s.contains("--force-confold"));
+        assert!(s.contains("update\n"));
+        assert!(s.trim_end().ends_with("etcd-server patroni"));
+        assert!(!install_script(&["x".into()], false).contains(" update"));
+    }
+}

@@ -1,0 +1,269 @@
+//! Desired state: what every host should have, rendered from roles, templates and
+//! the inventory. Pure: no I/O, unit-tested.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+use serde_json::json;
+
+use super::roles::{Library, Notify, Stage};
+use crate::inventory::{Cluster, Host, Inventory};
+
+/// One file a host should have.
+#[derive(Debug, Clone)]
+pub struct DesiredFile {
+    pub role: String,
+    pub path: String,
+    pub content: Vec<u8>,
+    pub owner: String,
+    pub group: String,
+    pub mode: u32,
+    pub stage: Stage,
+    pub notify: Notify,
+    pub validate: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DesiredRole {
+    pub name: String,
+    pub packages: Vec<String>,
+    pub files: Vec<DesiredFile>,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostDesired {
+    pub host: String,
+    /// Roles that apply to this host, in rollout order.
+    pub roles: Vec<DesiredRole>,
+}
+
+impl HostDesired {
+    pub fn role(&self, name: &str) -> Option<&DesiredRole> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+    pub fn packages(&self) -> Vec<String> {
+        self.roles.iter().flat_map(|r| r.packages.clone()).collect()
+    }
+    pub fn files(&self) -> impl Iterator<Item = &DesiredFile> {
+        self.roles.iter().flat_map(|r| r.files.iter())
+    }
+    pub fn services(&self) -> Vec<String> {
+        self.roles.iter().flat_map(|r| r.services.clone()).collect()
+    }
+}
+
+/// Where etcd keeps this cluster's data (not Debian's `default` one-member dir).
+pub fn etcd_data_dir(c: &Cluster) -> String {
+    format!("/var/lib/etcd/{}", c.cluster_name)
+}
+
+/// PostgreSQL parameters pgha sets unless the inventory overrides them.
+pub fn default_pg_parameters() -> BTreeMap<String, serde_json::Value> {
+    let p = [
+        ("max_connections", json!(200)),
+        ("max_wal_senders", json!(10)),
+        ("max_replication_slots", json!(10)),
+        ("wal_level", json!("replica")),
+        ("hot_standby", json!("on")),
+        // pg_rewind needs hint bits WAL-logged (data checksums are on too).
+        ("wal_log_hints", json!("on")),
+        ("wal_keep_size", json!("512MB")),
+        ("hot_standby_feedback", json!("on")),
+        ("password_encryption", json!("scram-sha-256")),
+        ("max_wal_size", json!("1GB")),
+        ("log_line_prefix", json!("%m [%p] %q%u@%d ")),
+    ];
+    p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Patroni's dynamic (DCS) configuration: applied at bootstrap, and converged by
+/// PATCH /config on later deploys.
+pub fn dcs_config(c: &Cluster) -> serde_json::Value {
+    let mut params = default_pg_parameters();
+    params.extend(c.postgresql_parameters.clone());
+    json!({
+        "ttl": c.patroni_ttl,
+        "loop_wait": c.patroni_loop_wait,
+        "retry_timeout": c.patroni_retry_timeout,
+        "maximum_lag_on_failover": c.patroni_maximum_lag_on_failover,
+        "synchronous_mode": c.synchronous_mode,
+        "synchronous_mode_strict": c.synchronous_mode_strict,
+        "synchronous_node_count": c.synchronous_node_count,
+        "postgresql": {
+            "use_pg_rewind": true,
+            "use_slots": true,
+            "parameters": params,
+        },
+    })
+}
+
+#[derive(Serialize)]
+struct HostRef {
+    name: String,
+    ip: String,
+}
+
+fn ctx_value(v: serde_json::Value) -> Value {
+    Value::from(minijinja::value::Serde(v))
+}
+
+fn refs(hosts: &[&Host]) -> Vec<HostRef> {
+    hosts
+        .iter()
+        .map(|h| HostRef {
+            name: h.name.clone(),
+            ip: h.ip.to_string(),
+        })
+        .collect()
+}
+
+/// Quote a value for a systemd EnvironmentFile (double quotes, C-style escapes).
+fn envquote(v: String) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for ch in v.chars() {
+        match ch {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            '\n' => out.push_str("\\n"),
+            _ => out.push(ch),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn template_env(lib: &Library) -> Environment<'static> {
+    let mut env = Environment::new();
+    // A typo in a template variable is an error, not an empty string.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(true)
+            .build()
+            .expect("default delimiters are valid"),
+    );
+    env.add_filter("envquote", envquote);
+    for (name, text) in &lib.templates {
+        env.add_template_owned(name.clone(), text.clone())
+            .expect("template syntax is checked by tests");
+    }
+    env
+}
+
+/// Render the desired state of every host of the inventory.
+pub fn desired_state(inv: &Inventory, lib: &Library) -> Result<Vec<HostDesired>> {
+    let env = template_env(lib);
+    let c = &inv.cluster;
+    let db = inv.db_hosts();
+    let etcd = inv.etcd_hosts();
+    let routers = inv.router_hosts();
+    let secrets: BTreeMap<&str, &str> = [
+        ("superuser_password", inv.secrets.superuser_password.expose()),
+        ("replication_password", inv.secrets.replication_password.expose()),
+        ("rewind_password", inv.secrets.rewind_password.expose()),
+        ("monitor_password", inv.secrets.monitor_password.expose()),
+        ("app_password", inv.secrets.app_password.expose()),
+    ]
+    .into_iter()
+    .collect();
+    let etcd_client_hosts: Vec<String> = etcd
+        .iter()
+        .map(|h| format!("{}:{}", h.ip, c.etcd_client_port))
+        .collect();
+
+    let mut out = Vec::new();
+    for host in &inv.hosts {
+        let ctx = ctx_value(json!({
+            "cluster": c,
+            "secrets": secrets,
+            "host": { "name": host.name, "ip": host.ip.to_string() },
+            "db_hosts": refs(&db),
+            "etcd_hosts": refs(&etcd),
+            "router_hosts": refs(&routers),
+            "etcd_client_hosts": etcd_client_hosts,
+            "etcd_data_dir": etcd_data_dir(c),
+            "dcs": dcs_config(c),
+        }));
+        let mut roles = Vec::new();
+        for role in &lib.roles {
+            let applies = match role.hosts.as_str() {
+                "all" => true,
+                "etcd" => etcd.iter().any(|h| h.name == host.name),
+                g => host.in_group(g),
+            };
+            if !applies {
+                continue;
+            }
+            let packages = role
+                .packages
+                .iter()
+                .map(|p| {
+                    env.render_str(p, &ctx)
+                        .with_context(|| format!("role {}: package {p:?}", role.name))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut files = Vec::new();
+            for f in &role.files {
+                let tmpl = env.get_template(&f.template)?;
+                let content = tmpl.render(&ctx).map_err(|e| {
+                    anyhow::anyhow!(
+                        "role {}: rendering templates/{} for {}: {e:#}",
+                        role.name,
+                        f.template,
+                        host.name
+                    )
+                })?;
+                files.push(DesiredFile {
+                    role: role.name.clone(),
+                    path: f.dest.clone(),
+                    content: content.into_bytes(),
+                    owner: f.owner.clone(),
+                    group: f.group.clone(),
+                    mode: f.mode_bits()?,
+                    stage: f.stage,
+                    notify: f.notify,
+                    validate: f.validate.clone(),
+                });
+            }
+            roles.push(DesiredRole {
+                name: role.name.clone(),
+                packages,
+                files,
+                services: role.services.clone(),
+            });
+        }
+        out.push(HostDesired {
+            host: host.name.clone(),
+            roles,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envquote_escapes_quotes_and_backslashes() {
+        assert_eq!(envquote(r#"a"b\c"#.into()), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn strict_undefined_rejects_typos() {
+        let lib = Library::builtin().unwrap();
+        let env = template_env(&lib);
+        let err = env
+            .render_str("{{ cluster.clustr_name }}", ctx_value(json!({"cluster": {}})))
+            .unwrap_err();
+        assert!(err.to_string().contains("undefined"), "{err}");
+    }
+}

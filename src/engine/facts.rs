@@ -1,0 +1,336 @@
+//! Read-only facts about a host, gathered by ONE remote script per host: OS, clock,
+//! disk, installed packages, managed files (checksum, owner, mode), units, listening
+//! ports, data directories and, on a running primary, the roles pgha manages.
+//! The script is generated and its output parsed by pure functions (unit-tested).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Result, bail};
+
+use crate::ssh::shell_quote;
+
+/// What to ask a host about.
+#[derive(Debug, Clone, Default)]
+pub struct FactsRequest {
+    pub packages: Vec<String>,
+    pub files: Vec<String>,
+    pub units: Vec<String>,
+    pub paths: Vec<String>,
+    /// PostgreSQL port and role/database names to read when this host runs the primary.
+    pub sql: Option<SqlFactsRequest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqlFactsRequest {
+    pub port: u16,
+    pub roles: Vec<String>,
+    pub databases: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileFact {
+    pub sha256: String,
+    pub owner: String,
+    pub group: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFact {
+    /// `systemctl is-active`: active, inactive, failed, activating...
+    pub active: String,
+    /// `systemctl is-enabled`: enabled, disabled, not-found...
+    pub enabled: String,
+}
+
+impl UnitFact {
+    pub fn is_active(&self) -> bool {
+        self.active == "active"
+    }
+    pub fn is_enabled(&self) -> bool {
+        self.enabled == "enabled"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleFact {
+    pub name: String,
+    /// The stored password verifier (SCRAM), empty when none. Never printed.
+    pub verifier: String,
+    pub can_login: bool,
+    pub pg_monitor: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub os_id: String,
+    pub os_version: String,
+    pub os_codename: String,
+    /// The host's clock (seconds since the epoch) when the script ran.
+    pub clock: f64,
+    pub disk_free_kib: u64,
+    /// Installed packages and versions.
+    pub packages: BTreeMap<String, String>,
+    pub files: BTreeMap<String, FileFact>,
+    pub units: BTreeMap<String, UnitFact>,
+    /// Listening TCP port -> process name.
+    pub listening: BTreeMap<u16, String>,
+    pub existing_paths: BTreeSet<String>,
+    /// Age in seconds of apt's newest package list; None when there are none.
+    pub apt_lists_age: Option<u64>,
+    /// Some when this host runs the PostgreSQL primary (not in recovery).
+    pub primary_sql: Option<SqlFacts>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SqlFacts {
+    pub roles: BTreeMap<String, RoleFact>,
+    /// Database name -> owner.
+    pub databases: BTreeMap<String, String>,
+}
+
+impl HostFacts {
+    pub fn unit(&self, name: &str) -> UnitFact {
+        self.units.get(name).cloned().unwrap_or(UnitFact {
+            active: "unknown".into(),
+            enabled: "not-found".into(),
+        })
+    }
+    pub fn exists(&self, path: &str) -> bool {
+        self.existing_paths.contains(path)
+    }
+}
+
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn words(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| shell_quote(s))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The read-only script. Every line of its output is `kind<TAB>fields...`.
+pub fn script(req: &FactsRequest) -> String {
+    let mut s = String::from(
+        r#"set +e
+export LC_ALL=C
+T="$(printf '\t')"
+. /etc/os-release 2>/dev/null
+printf 'os\t%s\t%s\t%s\n' "$ID" "$VERSION_ID" "$VERSION_CODENAME"
+printf 'clock\t%s\n' "$(date +%s.%N)"
+printf 'disk\t%s\n' "$(df -Pk /var/lib 2>/dev/null | awk 'NR==2{print $4}')"
+newest=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages' -printf '%T@\n' 2>/dev/null | sort -n | tail -1)
+printf 'aptlists\t%s\t%s\n' "${newest%.*}" "$(date +%s)"
+ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
+"#,
+    );
+    if !req.packages.is_empty() {
+        s.push_str(&format!(
+            "dpkg-query -W -f='pkg\\t${{Package}}\\t${{Version}}\\t${{db:Status-Abbrev}}\\n' {} 2>/dev/null\n",
+            words(&req.packages)
+        ));
+    }
+    if !req.files.is_empty() {
+        s.push_str(&format!(
+            "for f in {}; do [ -f \"$f\" ] && printf 'file\\t%s\\t%s\\t%s\\n' \"$f\" \"$(sha256sum < \"$f\" | cut -d' ' -f1)\" \"$(stat -c '%U\t%G\t%a' \"$f\")\"; done\n",
+            words(&req.files)
+        ));
+    }
+    if !req.units.is_empty() {
+        s.push_str(&format!(
+            "for u in {}; do printf 'unit\\t%s\\t%s\\t%s\\n' \"$u\" \"$(systemctl is-active \"$u.service\" 2>/dev/null)\" \"$(systemctl is-enabled \"$u.service\" 2>/dev/null)\"; done\n",
+            words(&req.units)
+        ));
+    }
+    if !req.paths.is_empty() {
+        s.push_str(&format!(
+            "for p in {}; do [ -e \"$p\" ] && printf 'path\\t%s\\n' \"$p\"; done\n",
+            words(&req.paths)
+        ));
+    }
+    if let Some(sql) = &req.sql {
+        let roles = sql.roles.iter().map(|r| sql_literal(r)).collect::<Vec<_>>().join(",");
+        let dbs = sql.databases.iter().map(|r| sql_literal(r)).collect::<Vec<_>>().join(",");
+        let q = format!(
+            "select 'role', rolname, coalesce(rolpassword, ''), rolcanlogin, pg_has_role(oid, 'pg_monitor', 'member') from pg_authid where rolname in ({roles}); \
+             select 'database', datname, pg_get_userbyid(datdba) from pg_database where datname in ({dbs});"
+        );
+        s.push_str(&format!(
+            r#"if command -v psql >/dev/null 2>&1 && systemctl is-active -q patroni.service; then
+  psql_() {{ runuser -u postgres -- psql -X -A -t -q -h /var/run/postgresql -p {port} -d postgres -F "$T" "$@" 2>/dev/null; }}
+  if [ "$(psql_ -c 'select pg_is_in_recovery()')" = f ]; then
+    printf 'primary\n'
+    psql_ -c {q}
+  fi
+fi
+"#,
+            port = sql.port,
+            q = shell_quote(&q)
+        ));
+    }
+    s.push_str("exit 0\n");
+    s
+}
+
+/// Parse the script's output.
+pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
+    let mut f = HostFacts::default();
+    let mut saw_os = false;
+    for line in out.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        match cols.as_slice() {
+            ["os", id, ver, code] => {
+                saw_os = true;
+                f.os_id = id.to_string();
+                f.os_version = ver.to_string();
+                f.os_codename = code.to_string();
+            }
+            ["clock", t] => f.clock = t.parse().unwrap_or(0.0),
+            ["disk", kib] => f.disk_free_kib = kib.parse().unwrap_or(0),
+            ["aptlists", newest, now] => {
+                if let (Ok(n), Ok(t)) = (newest.parse::<u64>(), now.parse::<u64>()) {
+                    f.apt_lists_age = Some(t.saturating_sub(n));
+                }
+            }
+            ["listen", local, process] | ["listen", local, process, ..] => {
+                if let Some(port) = local.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    let name = process
+                        .split('"')
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_string();
+                    f.listening.insert(port, name);
+                }
+            }
+            ["listen", local] => {
+                if let Some(port) = local.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                    f.listening.insert(port, String::new());
+                }
+            }
+            ["pkg", name, version, status] => {
+                // "ii " = installed; "rc " (config files only) and others are not.
+                if status.starts_with("ii") || status.starts_with("hi") {
+                    f.packages.insert(name.to_string(), version.to_string());
+                }
+            }
+            ["file", path, sha, owner, group, mode] => {
+                f.files.insert(
+                    path.to_string(),
+                    FileFact {
+                        sha256: sha.to_string(),
+                        owner: owner.to_string(),
+                        group: group.to_string(),
+                        mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                    },
+                );
+            }
+            ["unit", name, active, enabled] => {
+                f.units.insert(
+                    name.to_string(),
+                    UnitFact {
+                        active: active.to_string(),
+                        enabled: enabled.to_string(),
+                    },
+                );
+            }
+            ["path", p] => {
+                f.existing_paths.insert(p.to_string());
+            }
+            ["primary"] => f.primary_sql = Some(SqlFacts::default()),
+            ["role", name, verifier, login, monitor] => {
+                if let Some(sql) = f.primary_sql.as_mut() {
+                    sql.roles.insert(
+                        name.to_string(),
+                        RoleFact {
+                            name: name.to_string(),
+                            verifier: verifier.to_string(),
+                            can_login: *login == "t",
+                            pg_monitor: *monitor == "t",
+                        },
+                    );
+                }
+            }
+            ["database", name, owner] => {
+                if let Some(sql) = f.primary_sql.as_mut() {
+                    sql.databases.insert(name.to_string(), owner.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    if !saw_os {
+        bail!("{host}: the facts script printed nothing recognisable (is /bin/sh a POSIX shell?)");
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "os\tdebian\t13\ttrixie\n\
+clock\t1763762400.250000000\n\
+disk\t52428800\n\
+aptlists\t1763760000\t1763762400\n\
+listen\t0.0.0.0:22\tusers:((\"sshd\",pid=50,fd=3))\n\
+listen\t10.0.0.11:2379\tusers:((\"etcd\",pid=99,fd=7))\n\
+listen\t[::]:22\tusers:((\"sshd\",pid=50,fd=4))\n\
+pkg\tetcd-server\t3.5.16-4\tii \n\
+pkg\thaproxy\t3.0.11-1\trc \n\
+file\t/etc/default/etcd\tabc123\troot\troot\t644\n\
+unit\tetcd\tactive\tenabled\n\
+unit\tpatroni\tinactive\tdisabled\n\
+path\t/var/lib/etcd/main/member\n\
+primary\n\
+role\tpgha_monitor\tSCRAM-SHA-256$4096:xx\tt\tt\n\
+database\tapp\tapp\n";
+
+    #[test]
+    fn parses_every_kind_of_line() {
+        let f = parse("db1", SAMPLE).unwrap();
+        assert_eq!((f.os_id.as_str(), f.os_version.as_str()), ("debian", "13"));
+        assert_eq!(f.disk_free_kib, 52428800);
+        assert_eq!(f.apt_lists_age, Some(2400));
+        assert_eq!(f.listening.get(&2379).map(String::as_str), Some("etcd"));
+        assert_eq!(f.listening.get(&22).map(String::as_str), Some("sshd"));
+        assert_eq!(f.packages.get("etcd-server").map(String::as_str), Some("3.5.16-4"));
+        assert!(!f.packages.contains_key("haproxy"), "rc is not installed");
+        assert_eq!(f.files["/etc/default/etcd"].mode, 0o644);
+        assert!(f.unit("etcd").is_active() && f.unit("etcd").is_enabled());
+        assert!(!f.unit("patroni").is_active());
+        assert_eq!(f.unit("nope").enabled, "not-found");
+        assert!(f.exists("/var/lib/etcd/main/member"));
+        let sql = f.primary_sql.unwrap();
+        assert!(sql.roles["pgha_monitor"].pg_monitor);
+        assert_eq!(sql.databases["app"], "app");
+    }
+
+    #[test]
+    fn empty_output_is_an_error_naming_the_host() {
+        let e = parse("db2", "").unwrap_err();
+        assert!(e.to_string().starts_with("db2:"));
+    }
+
+    #[test]
+    fn script_quotes_names_and_reads_roles_only_on_a_primary() {
+        let s = script(&FactsRequest {
+            packages: vec!["postgresql-17".into()],
+            files: vec!["/etc/patroni/config.yml".into()],
+            units: vec!["patroni".into()],
+            paths: vec![],
+            sql: Some(SqlFactsRequest {
+                port: 5432,
+                roles: vec!["o'brien".into()],
+                databases: vec!["app".into()],
+            }),
+        });
+        assert!(s.contains("dpkg-query"));
+        assert!(s.contains("pg_is_in_recovery"));
+        assert!(s.contains(r"o'\'''\''brien"), "SQL literal inside a shell-quoted word");
+        assert!(s.ends_with("exit 0\n"));
+    }
+}

@@ -1,0 +1,9 @@
+//! The plan engine: roles as data -> desired state; facts (read-only, one round trip
+//! per host) -> a pure plan; apply runs only what the plan holds.
+
+pub mod apply;
+pub mod desired;
+pub mod facts;
+pub mod plan;
+pub mod roles;
+pub mod scram;

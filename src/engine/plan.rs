@@ -1,0 +1,543 @@
+//! Planning: desired state x facts -> actions. Pure functions, no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::desired::{DesiredFile, HostDesired};
+use super::facts::{HostFacts, SqlFacts};
+use super::roles::{Notify, Stage};
+use super::scram;
+use crate::inventory::{Cluster, Secrets};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileReason {
+    /// The file does not exist.
+    New,
+    /// Content differs.
+    Content,
+    /// Only owner, group or mode differ.
+    Attributes,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    WriteFile {
+        file: DesiredFile,
+        reason: FileReason,
+    },
+    AptUpdate,
+    Install {
+        packages: Vec<String>,
+    },
+    Enable {
+        service: String,
+    },
+    Start {
+        service: String,
+    },
+    /// Handler: a changed file needs the service reloaded or restarted.
+    Notify {
+        service: String,
+        notify: Notify,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub role: String,
+    pub action: Action,
+}
+
+impl fmt::Display for Planned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match &self.action {
+            Action::WriteFile { file, reason } => {
+                let why = match reason {
+                    FileReason::New => "new",
+                    FileReason::Content => "content changed",
+                    FileReason::Attributes => "owner/mode changed",
+                };
+                format!("write {} ({why})", file.path)
+            }
+            Action::AptUpdate => "apt-get update".to_string(),
+            Action::Install { packages } => format!("install {}", packages.join(" ")),
+            Action::Enable { service } => format!("enable {service}"),
+            Action::Start { service } => format!("start {service}"),
+            Action::Notify { service, notify } => match notify {
+                Notify::Reload => format!("reload {service}"),
+                Notify::Restart => format!("restart {service}"),
+                Notify::AptUpdate | Notify::None => String::new(),
+            },
+        };
+        write!(f, "{:<9} {what}", self.role)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostPlan {
+    pub host: String,
+    pub actions: Vec<Planned>,
+}
+
+impl HostPlan {
+    pub fn for_role<'a>(&'a self, role: &'a str) -> impl Iterator<Item = &'a Action> + 'a {
+        self.actions
+            .iter()
+            .filter(move |p| p.role == role)
+            .map(|p| &p.action)
+    }
+    pub fn files<'a>(&'a self, role: &'a str, stage: Stage) -> Vec<&'a DesiredFile> {
+        self.for_role(role)
+            .filter_map(|a| match a {
+                Action::WriteFile { file, .. } if file.stage == stage => Some(file),
+                _ => None,
+            })
+            .collect()
+    }
+    pub fn pre_install_files(&self) -> Vec<&DesiredFile> {
+        self.actions
+            .iter()
+            .filter_map(|p| match &p.action {
+                Action::WriteFile { file, .. } if file.stage == Stage::PreInstall => Some(file),
+                _ => None,
+            })
+            .collect()
+    }
+    pub fn packages(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter_map(|p| match &p.action {
+                Action::Install { packages } => Some(packages.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+    pub fn apt_update(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|p| matches!(p.action, Action::AptUpdate))
+    }
+    pub fn wants(&self, role: &str, pred: impl Fn(&Action) -> bool) -> bool {
+        self.for_role(role).any(pred)
+    }
+    /// The strongest handler a role's changed files need (Restart > Reload > None).
+    pub fn notify(&self, role: &str) -> Notify {
+        self.for_role(role)
+            .filter_map(|a| match a {
+                Action::Notify { notify, .. } => Some(*notify),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(Notify::None)
+    }
+    pub fn starts(&self, role: &str) -> bool {
+        self.wants(role, |a| matches!(a, Action::Start { .. }))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+fn file_reason(want: &DesiredFile, have: Option<&super::facts::FileFact>) -> Option<FileReason> {
+    let have = match have {
+        None => return Some(FileReason::New),
+        Some(h) => h,
+    };
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&want.content));
+    if sha != have.sha256 {
+        Some(FileReason::Content)
+    } else if have.owner != want.owner || have.group != want.group || have.mode != want.mode {
+        Some(FileReason::Attributes)
+    } else {
+        None
+    }
+}
+
+/// Plan one host: files that differ, missing packages, services not enabled/running,
+/// and the handlers that changed files need.
+pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u64) -> HostPlan {
+    let mut actions = Vec::new();
+    let mut apt_files_changed = false;
+    let mut missing_all = Vec::new();
+    for role in &want.roles {
+        let missing: Vec<String> = role
+            .packages
+            .iter()
+            .filter(|p| !facts.packages.contains_key(*p))
+            .cloned()
+            .collect();
+        let mut notify = Notify::None;
+        for file in &role.files {
+            if let Some(reason) = file_reason(file, facts.files.get(&file.path)) {
+                if file.notify == Notify::AptUpdate {
+                    apt_files_changed = true;
+                } else if reason != FileReason::Attributes {
+                    notify = notify.max(file.notify);
+                }
+                actions.push(Planned {
+                    role: role.name.clone(),
+                    action: Action::WriteFile {
+                        file: file.clone(),
+                        reason,
+                    },
+                });
+            }
+        }
+        if !missing.is_empty() {
+            missing_all.extend(missing.iter().cloned());
+            actions.push(Planned {
+                role: role.name.clone(),
+                action: Action::Install { packages: missing },
+            });
+        }
+        for service in &role.services {
+            let unit = facts.unit(service);
+            if !unit.is_enabled() {
+                actions.push(Planned {
+                    role: role.name.clone(),
+                    action: Action::Enable {
+                        service: service.clone(),
+                    },
+                });
+            }
+            if !unit.is_active() {
+                actions.push(Planned {
+                    role: role.name.clone(),
+                    action: Action::Start {
+                        service: service.clone(),
+                    },
+                });
+            } else if matches!(notify, Notify::Reload | Notify::Restart) {
+                // A service being started reads the new files anyway.
+                actions.push(Planned {
+                    role: role.name.clone(),
+                    action: Action::Notify {
+                        service: service.clone(),
+                        notify,
+                    },
+                });
+            }
+        }
+    }
+    let lists_stale = facts
+        .apt_lists_age
+        .is_none_or(|age| age > apt_cache_valid_time);
+    if !missing_all.is_empty() && (lists_stale || apt_files_changed) {
+        actions.insert(
+            0,
+            Planned {
+                role: "common".into(),
+                action: Action::AptUpdate,
+            },
+        );
+    }
+    HostPlan {
+        host: want.host.clone(),
+        actions,
+    }
+}
+
+/// A change to roles or databases on the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlChange {
+    /// Create or alter a login role so its password matches the inventory.
+    LoginRole { name: String, create: bool },
+    GrantMonitor { name: String },
+    CreateDatabase { name: String, owner: String },
+}
+
+impl fmt::Display for SqlChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SqlChange::LoginRole { name, create: true } => write!(f, "create role {name}"),
+            SqlChange::LoginRole { name, create: false } => {
+                write!(f, "set password/login of role {name}")
+            }
+            SqlChange::GrantMonitor { name } => write!(f, "grant pg_monitor to {name}"),
+            SqlChange::CreateDatabase { name, owner } => {
+                write!(f, "create database {name} owned by {owner}")
+            }
+        }
+    }
+}
+
+/// Roles and databases pgha manages after bootstrap (Patroni 4 no longer creates them).
+pub fn plan_sql(c: &Cluster, secrets: &Secrets, have: &SqlFacts) -> Vec<SqlChange> {
+    let mut out = Vec::new();
+    let wanted = [
+        (&c.monitor_user, secrets.monitor_password.expose()),
+        (&c.app_user, secrets.app_password.expose()),
+    ];
+    for (name, password) in wanted {
+        match have.roles.get(name.as_str()) {
+            None => out.push(SqlChange::LoginRole {
+                name: name.clone(),
+                create: true,
+            }),
+            Some(r) if !r.can_login || !scram::matches(&r.verifier, password) => {
+                out.push(SqlChange::LoginRole {
+                    name: name.clone(),
+                    create: false,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if !have.roles.get(&c.monitor_user).is_some_and(|r| r.pg_monitor) {
+        out.push(SqlChange::GrantMonitor {
+            name: c.monitor_user.clone(),
+        });
+    }
+    if !have.databases.contains_key(&c.app_database) {
+        out.push(SqlChange::CreateDatabase {
+            name: c.app_database.clone(),
+            owner: c.app_user.clone(),
+        });
+    }
+    out
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// SQL statements for the changes (run with psql on the primary). Passwords are sent
+/// as SCRAM verifiers, never in plain text.
+pub fn sql_statements(c: &Cluster, secrets: &Secrets, changes: &[SqlChange]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|ch| match ch {
+            SqlChange::LoginRole { name, create } => {
+                let pw = if *name == c.monitor_user {
+                    secrets.monitor_password.expose()
+                } else {
+                    secrets.app_password.expose()
+                };
+                let verb = if *create { "CREATE" } else { "ALTER" };
+                format!(
+                    "{verb} ROLE {} WITH LOGIN PASSWORD {};",
+                    ident(name),
+                    literal(&scram::verifier(pw))
+                )
+            }
+            SqlChange::GrantMonitor { name } => format!("GRANT pg_monitor TO {};", ident(name)),
+            SqlChange::CreateDatabase { name, owner } => {
+                format!("CREATE DATABASE {} OWNER {};", ident(name), ident(owner))
+            }
+        })
+        .collect()
+}
+
+/// Canonical text of a PostgreSQL parameter value, so 100 == "100" and on == true.
+fn canon(v: &Value) -> String {
+    match v {
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "on" | "yes" => "on".into(),
+            "false" | "off" | "no" => "off".into(),
+            _ => s.clone(),
+        },
+        Value::Bool(true) => "on".into(),
+        Value::Bool(false) => "off".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The PATCH body that brings Patroni's dynamic configuration from `current` to
+/// `desired`, or None when nothing differs. Parameters no longer in the inventory
+/// are removed (null), so the inventory stays the source of truth.
+pub fn plan_dcs(desired: &Value, current: &Value) -> Option<Value> {
+    let mut patch = serde_json::Map::new();
+    let (Some(want), Some(have)) = (desired.as_object(), current.as_object()) else {
+        return Some(desired.clone());
+    };
+    for (k, v) in want {
+        if k == "postgresql" {
+            continue;
+        }
+        if have.get(k).map(canon) != Some(canon(v)) {
+            patch.insert(k.clone(), v.clone());
+        }
+    }
+    let want_pg = &want["postgresql"];
+    let have_pg = have.get("postgresql").cloned().unwrap_or(Value::Null);
+    let mut pg_patch = serde_json::Map::new();
+    for k in ["use_pg_rewind", "use_slots"] {
+        if have_pg.get(k).map(canon) != want_pg.get(k).map(canon) {
+            pg_patch.insert(k.into(), want_pg[k].clone());
+        }
+    }
+    let empty = serde_json::Map::new();
+    let want_params = want_pg["parameters"].as_object().unwrap_or(&empty);
+    let have_params = have_pg
+        .get("parameters")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let mut params = serde_json::Map::new();
+    for (k, v) in want_params {
+        if have_params.get(k).map(canon) != Some(canon(v)) {
+            params.insert(k.clone(), v.clone());
+        }
+    }
+    for k in have_params.keys() {
+        if !want_params.contains_key(k) {
+            params.insert(k.clone(), Value::Null);
+        }
+    }
+    if !params.is_empty() {
+        pg_patch.insert("parameters".into(), Value::Object(params));
+    }
+    if !pg_patch.is_empty() {
+        patch.insert("postgresql".into(), Value::Object(pg_patch));
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+/// Names of parameters in a DCS patch (for the report).
+pub fn patched_parameters(patch: &Value) -> BTreeMap<String, Value> {
+    patch["postgresql"]["parameters"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dcs_equal_modulo_representation_needs_no_patch() {
+        let want = json!({"ttl": 20, "postgresql": {"use_pg_rewind": true, "use_slots": true,
+            "parameters": {"max_connections": 200, "hot_standby": "on"}}});
+        let have = json!({"ttl": 20, "postgresql": {"use_pg_rewind": true, "use_slots": true,
+            "parameters": {"max_connections": "200", "hot_standby": true}}});
+        assert_eq!(plan_dcs(&want, &have), None);
+    }
+
+    #[test]
+    fn dcs_patch_holds_only_differences_and_removals() {
+        let want = json!({"ttl": 20, "loop_wait": 2, "postgresql": {"use_pg_rewind": true,
+            "parameters": {"max_connections": 300, "work_mem": "8MB"}}});
+        let have = json!({"ttl": 20, "loop_wait": 10, "postgresql": {"use_pg_rewind": true,
+            "parameters": {"max_connections": 200, "work_mem": "8MB", "old_param": "x"}}});
+        let patch = plan_dcs(&want, &have).unwrap();
+        assert_eq!(
+            patch,
+            json!({"loop_wait": 2, "postgresql": {"parameters": {"max_connections": 300, "old_param": null}}})
+        );
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+    use crate::engine::desired::DesiredRole;
+    use crate::engine::facts::{FileFact, UnitFact};
+
+    fn file(path: &str, content: &str, notify: Notify) -> DesiredFile {
+        DesiredFile {
+            role: "etcd".into(),
+            path: path.into(),
+            content: content.as_bytes().to_vec(),
+            owner: "root".into(),
+            group: "root".into(),
+            mode: 0o644,
+            stage: Stage::Configure,
+            notify,
+            validate: None,
+        }
+    }
+
+    fn want() -> HostDesired {
+        HostDesired {
+            host: "db1".into(),
+            roles: vec![DesiredRole {
+                name: "etcd".into(),
+                packages: vec!["etcd-server".into()],
+                files: vec![file("/etc/default/etcd", "A=1\n", Notify::Restart)],
+                services: vec!["etcd".into()],
+            }],
+        }
+    }
+
+    fn converged() -> HostFacts {
+        let mut f = HostFacts::default();
+        f.packages.insert("etcd-server".into(), "3.5.16".into());
+        f.files.insert(
+            "/etc/default/etcd".into(),
+            FileFact {
+                sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"A=1\n")),
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o644,
+            },
+        );
+        f.units.insert(
+            "etcd".into(),
+            UnitFact {
+                active: "active".into(),
+                enabled: "enabled".into(),
+            },
+        );
+        f.apt_lists_age = Some(10);
+        f
+    }
+
+    #[test]
+    fn converged_host_has_an_empty_plan() {
+        assert!(plan_host(&want(), &converged(), 86400).is_empty());
+    }
+
+    #[test]
+    fn bare_host_gets_update_install_write_enable_start_but_no_restart() {
+        let p = plan_host(&want(), &HostFacts::default(), 86400);
+        let shown: Vec<String> = p.actions.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "common    apt-get update",
+                "etcd      write /etc/default/etcd (new)",
+                "etcd      install etcd-server",
+                "etcd      enable etcd",
+                "etcd      start etcd",
+            ]
+        );
+        assert_eq!(p.notify("etcd"), Notify::None, "a starting service needs no restart");
+    }
+
+    #[test]
+    fn changed_content_on_a_running_service_notifies_its_handler() {
+        let mut f = converged();
+        f.files.get_mut("/etc/default/etcd").unwrap().sha256 = "other".into();
+        let p = plan_host(&want(), &f, 86400);
+        assert_eq!(p.notify("etcd"), Notify::Restart);
+        assert!(!p.apt_update(), "nothing to install");
+    }
+
+    #[test]
+    fn mode_only_change_rewrites_without_restart() {
+        let mut f = converged();
+        f.files.get_mut("/etc/default/etcd").unwrap().mode = 0o666;
+        let p = plan_host(&want(), &f, 86400);
+        assert_eq!(p.actions.len(), 1);
+        assert_eq!(p.notify("etcd"), Notify::None);
+    }
+
+    #[test]
+    fn fresh_apt_lists_skip_the_update() {
+        let mut f = converged();
+        f.packages.clear();
+        assert!(!plan_host(&want(), &f, 86400).apt_update());
+        f.apt_lists_age = Some(90000);
+        assert!(plan_host(&want(), &f, 86400).apt_update());
+    }
+}

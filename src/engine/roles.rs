@@ -1,0 +1,192 @@
+//! Role definitions (roles/*.yml) and templates (templates/*.j2) as data.
+//!
+//! The files are compiled into the binary so `pgha` is one file to install; set
+//! `PGHA_ROLES_DIR` to a directory holding `roles/` and `templates/` to use
+//! adjusted copies instead.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// When a file is written relative to package installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Before packages are installed (apt sources, createcluster.conf).
+    PreInstall,
+    /// After packages are installed, in the role's own rollout phase.
+    Configure,
+}
+
+/// What a change to the file requires of the role's service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Notify {
+    None,
+    Reload,
+    Restart,
+    /// Refresh apt's package lists before installing.
+    AptUpdate,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDef {
+    pub dest: String,
+    pub template: String,
+    pub owner: String,
+    pub group: String,
+    /// Octal, as a string ("0640").
+    pub mode: String,
+    pub stage: Stage,
+    pub notify: Notify,
+    #[serde(default)]
+    pub validate: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleDef {
+    pub name: String,
+    /// Inventory group the role applies to (`all`, `db`, `router`, `etcd`).
+    pub hosts: String,
+    pub packages: Vec<String>,
+    pub files: Vec<FileDef>,
+    pub services: Vec<String>,
+}
+
+impl FileDef {
+    pub fn mode_bits(&self) -> Result<u32> {
+        u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
+            .with_context(|| format!("file {}: mode {:?} is not octal", self.dest, self.mode))
+    }
+}
+
+/// Roles in rollout order, and the templates they use.
+#[derive(Debug, Clone)]
+pub struct Library {
+    pub roles: Vec<RoleDef>,
+    pub templates: BTreeMap<String, String>,
+}
+
+/// Role names in the order their phases run.
+pub const ROLE_ORDER: [&str; 6] = ["common", "postgres", "etcd", "patroni", "exporter", "haproxy"];
+
+const BUILTIN_ROLES: [(&str, &str); 6] = [
+    ("common", include_str!("../../roles/common.yml")),
+    ("postgres", include_str!("../../roles/postgres.yml")),
+    ("etcd", include_str!("../../roles/etcd.yml")),
+    ("patroni", include_str!("../../roles/patroni.yml")),
+    ("exporter", include_str!("../../roles/exporter.yml")),
+    ("haproxy", include_str!("../../roles/haproxy.yml")),
+];
+
+const BUILTIN_TEMPLATES: [(&str, &str); 7] = [
+    ("apt-sources.list.j2", include_str!("../../templates/apt-sources.list.j2")),
+    ("apt-preferences.j2", include_str!("../../templates/apt-preferences.j2")),
+    ("createcluster.conf.j2", include_str!("../../templates/createcluster.conf.j2")),
+    ("etcd.env.j2", include_str!("../../templates/etcd.env.j2")),
+    ("patroni.yml.j2", include_str!("../../templates/patroni.yml.j2")),
+    ("postgres-exporter.env.j2", include_str!("../../templates/postgres-exporter.env.j2")),
+    ("haproxy.cfg.j2", include_str!("../../templates/haproxy.cfg.j2")),
+];
+
+impl Library {
+    /// The built-in library, or the one under `$PGHA_ROLES_DIR`.
+    pub fn load() -> Result<Library> {
+        match std::env::var_os("PGHA_ROLES_DIR") {
+            Some(dir) => Self::from_dir(Path::new(&dir)),
+            None => Self::builtin(),
+        }
+    }
+
+    pub fn builtin() -> Result<Library> {
+        let roles = BUILTIN_ROLES
+            .iter()
+            .map(|(name, text)| parse_role(&format!("roles/{name}.yml"), text))
+            .collect::<Result<Vec<_>>>()?;
+        let templates = BUILTIN_TEMPLATES
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        Self::checked(roles, templates)
+    }
+
+    pub fn from_dir(dir: &Path) -> Result<Library> {
+        let mut roles = Vec::new();
+        for name in ROLE_ORDER {
+            let path = dir.join("roles").join(format!("{name}.yml"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("PGHA_ROLES_DIR: cannot read {}", path.display()))?;
+            roles.push(parse_role(&path.display().to_string(), &text)?);
+        }
+        let mut templates = BTreeMap::new();
+        let tdir = dir.join("templates");
+        for entry in std::fs::read_dir(&tdir)
+            .with_context(|| format!("PGHA_ROLES_DIR: cannot read {}", tdir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "j2") {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                templates.insert(name, std::fs::read_to_string(&path)?);
+            }
+        }
+        Self::checked(roles, templates)
+    }
+
+    fn checked(roles: Vec<RoleDef>, templates: BTreeMap<String, String>) -> Result<Library> {
+        for (role, expected) in roles.iter().zip(ROLE_ORDER) {
+            if role.name != expected {
+                bail!("roles/{expected}.yml declares name {:?}", role.name);
+            }
+            if !["all", "db", "router", "etcd"].contains(&role.hosts.as_str()) {
+                bail!(
+                    "role {}: hosts must be one of all, db, router, etcd (got {:?})",
+                    role.name,
+                    role.hosts
+                );
+            }
+            for f in &role.files {
+                f.mode_bits()?;
+                if !templates.contains_key(&f.template) {
+                    bail!("role {}: template {} not found", role.name, f.template);
+                }
+            }
+        }
+        Ok(Library { roles, templates })
+    }
+
+    pub fn role(&self, name: &str) -> &RoleDef {
+        self.roles
+            .iter()
+            .find(|r| r.name == name)
+            .expect("roles are checked on load")
+    }
+}
+
+fn parse_role(path: &str, text: &str) -> Result<RoleDef> {
+    yaml_serde::from_str(text).with_context(|| format!("{path}: invalid role definition"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_library_loads_in_rollout_order() {
+        let lib = Library::builtin().unwrap();
+        let names: Vec<_> = lib.roles.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ROLE_ORDER);
+        assert_eq!(lib.role("patroni").files[0].mode_bits().unwrap(), 0o600);
+        assert_eq!(lib.role("haproxy").files[0].notify, Notify::Reload);
+    }
+
+    #[test]
+    fn unknown_fields_in_a_role_are_errors() {
+        let err = parse_role("roles/x.yml", "name: x\nhosts: db\npackages: []\nfiles: []\nservices: []\nhandler: y\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+}

@@ -1,0 +1,222 @@
+//! etcd: every endpoint is asked on its own (status, member list, and a read as the
+//! health check), so one answering endpoint cannot hide a split or a dead member.
+
+use etcd_client::{Client, ConnectOptions};
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::PROBE_TIMEOUT;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointHealth {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub leader: u64,
+    pub version: String,
+    pub members: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointReport {
+    pub endpoint: String,
+    pub health: Result<EndpointHealth, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EtcdReport {
+    pub endpoints: Vec<EndpointReport>,
+}
+
+/// What a proven quorum looks like.
+#[derive(Debug, Clone, Serialize)]
+pub struct Quorum {
+    pub cluster_id: String,
+    pub leader: String,
+    pub members: Vec<String>,
+    pub version: String,
+}
+
+async fn connect(endpoint: &str) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(PROBE_TIMEOUT)
+        .with_timeout(PROBE_TIMEOUT);
+    Client::connect([endpoint], Some(opts))
+        .await
+        .map_err(|e| format!("connect: {e}"))
+}
+
+async fn probe_one(endpoint: &str) -> Result<EndpointHealth, String> {
+    let mut c = connect(endpoint).await?;
+    let status = c.status().await.map_err(|e| format!("status: {e}"))?;
+    let header = status.header().ok_or("status: no header")?;
+    let members = c
+        .member_list()
+        .await
+        .map_err(|e| format!("member list: {e}"))?;
+    // A linearizable read needs the leader and a quorum: the real health check.
+    c.get("pgha-health", None)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(EndpointHealth {
+        cluster_id: header.cluster_id(),
+        member_id: header.member_id(),
+        leader: status.leader(),
+        version: status.version().to_string(),
+        members: members
+            .members()
+            .iter()
+            .map(|m| format!("{}={:x}", m.name(), m.id()))
+            .collect(),
+        errors: status.errors().to_vec(),
+    })
+}
+
+/// Probe every endpoint (`http://ip:2379`) in parallel.
+pub async fn probe(endpoints: &[String]) -> EtcdReport {
+    let results = join_all(endpoints.iter().map(|e| async move {
+        EndpointReport {
+            endpoint: e.clone(),
+            health: tokio::time::timeout(PROBE_TIMEOUT * 2, probe_one(e))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into())),
+        }
+    }))
+    .await;
+    EtcdReport { endpoints: results }
+}
+
+impl EtcdReport {
+    /// Quorum holds when every endpoint answers, all share one cluster id and one
+    /// leader, and the member list has the expected size. Err describes what is off.
+    pub fn quorum(&self, expected_members: usize) -> Result<Quorum, String> {
+        let mut problems = Vec::new();
+        let healthy: Vec<&EndpointHealth> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| match &e.health {
+                Ok(h) => Some(h),
+                Err(err) => {
+                    problems.push(format!("{}: {err}", e.endpoint));
+                    None
+                }
+            })
+            .collect();
+        let mut cluster_ids: Vec<u64> = healthy.iter().map(|h| h.cluster_id).collect();
+        cluster_ids.dedup();
+        cluster_ids.sort_unstable();
+        cluster_ids.dedup();
+        if cluster_ids.len() > 1 {
+            problems.push(format!(
+                "endpoints report {} different cluster ids (separate one-member clusters?)",
+                cluster_ids.len()
+            ));
+        }
+        let mut leaders: Vec<u64> = healthy.iter().map(|h| h.leader).collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        if leaders.len() != 1 || leaders[0] == 0 {
+            problems.push(format!("leaders seen: {leaders:x?}"));
+        }
+        for h in &healthy {
+            if h.members.len() != expected_members {
+                problems.push(format!(
+                    "member {:x} lists {} members, expected {expected_members}",
+                    h.member_id,
+                    h.members.len()
+                ));
+                break;
+            }
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "{} of {} endpoints healthy; {}",
+                healthy.len(),
+                self.endpoints.len(),
+                problems.join("; ")
+            ));
+        }
+        let first = healthy[0];
+        let leader_name = first
+            .members
+            .iter()
+            .find(|m| m.ends_with(&format!("={:x}", first.leader)))
+            .map(|m| m.split('=').next().unwrap_or("").to_string())
+            .unwrap_or_else(|| format!("{:x}", first.leader));
+        Ok(Quorum {
+            cluster_id: format!("{:x}", first.cluster_id),
+            leader: leader_name,
+            members: first
+                .members
+                .iter()
+                .map(|m| m.split('=').next().unwrap_or("").to_string())
+                .collect(),
+            version: first.version.clone(),
+        })
+    }
+}
+
+/// Whether `key` exists, asked of the first endpoint that answers.
+pub async fn key_exists(endpoints: &[String], key: &str) -> Result<bool, String> {
+    let mut last = String::from("no endpoints");
+    for e in endpoints {
+        match connect(e).await {
+            Ok(mut c) => match c.get(key, None).await {
+                Ok(r) => return Ok(!r.kvs().is_empty()),
+                Err(err) => last = format!("{e}: {err}"),
+            },
+            Err(err) => last = format!("{e}: {err}"),
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(cluster: u64, member: u64, leader: u64, n: usize) -> EndpointReport {
+        EndpointReport {
+            endpoint: format!("http://10.0.0.{member}:2379"),
+            health: Ok(EndpointHealth {
+                cluster_id: cluster,
+                member_id: member,
+                leader,
+                version: "3.5.16".into(),
+                members: (1..=n as u64).map(|i| format!("db{i}={i:x}")).collect(),
+                errors: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn three_agreeing_endpoints_are_a_quorum() {
+        let r = EtcdReport {
+            endpoints: vec![ok(7, 1, 2, 3), ok(7, 2, 2, 3), ok(7, 3, 2, 3)],
+        };
+        let q = r.quorum(3).unwrap();
+        assert_eq!(q.leader, "db2");
+        assert_eq!(q.members, ["db1", "db2", "db3"]);
+    }
+
+    #[test]
+    fn split_clusters_are_reported() {
+        let r = EtcdReport {
+            endpoints: vec![ok(7, 1, 1, 1), ok(8, 2, 2, 1), ok(9, 3, 3, 1)],
+        };
+        let e = r.quorum(3).unwrap_err();
+        assert!(e.contains("3 different cluster ids"), "{e}");
+    }
+
+    #[test]
+    fn a_dead_endpoint_is_named() {
+        let mut eps = vec![ok(7, 1, 2, 3), ok(7, 2, 2, 3)];
+        eps.push(EndpointReport {
+            endpoint: "http://10.0.0.3:2379".into(),
+            health: Err("connect: refused".into()),
+        });
+        let e = EtcdReport { endpoints: eps }.quorum(3).unwrap_err();
+        assert!(e.starts_with("2 of 3 endpoints healthy"), "{e}");
+        assert!(e.contains("10.0.0.3:2379: connect: refused"), "{e}");
+    }
+}

@@ -1,0 +1,187 @@
+//! Patroni's REST API: cluster view, member status, dynamic config, restart and
+//! switchover.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::http;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Member {
+    pub name: String,
+    /// leader, replica, sync_standby, standby_leader...
+    pub role: String,
+    /// running, streaming, starting, stopped...
+    pub state: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub timeline: Option<u64>,
+    /// Replication lag in bytes; Patroni says "unknown" when it cannot tell.
+    #[serde(default, deserialize_with = "lag")]
+    pub lag: Option<u64>,
+    #[serde(default)]
+    pub pending_restart: bool,
+}
+
+fn lag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    })
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct ClusterView {
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+impl ClusterView {
+    pub fn leader(&self) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.role == "leader" && m.state == "running")
+    }
+    pub fn replicas(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.role != "leader")
+    }
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+    /// One line per member, for "last seen" reports.
+    pub fn summary(&self) -> String {
+        if self.members.is_empty() {
+            return "no members registered".into();
+        }
+        self.members
+            .iter()
+            .map(|m| {
+                let lag = m.lag.map(|l| format!(" lag {l}")).unwrap_or_default();
+                format!("{} {}/{}{lag}", m.name, m.role, m.state)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    /// The leader plus `replicas` members streaming with lag <= max_lag.
+    pub fn healthy(&self, expected: &[String], max_lag: u64) -> Result<String, String> {
+        let leader = self.leader().ok_or_else(|| format!("no running leader ({})", self.summary()))?;
+        for name in expected {
+            if *name == leader.name {
+                continue;
+            }
+            match self.member(name) {
+                Some(m) if m.state == "streaming" && m.lag.is_some_and(|l| l <= max_lag) => {}
+                _ => return Err(format!("{name} not streaming with lag <= {max_lag} ({})", self.summary())),
+            }
+        }
+        Ok(leader.name.clone())
+    }
+}
+
+/// Base URL of a member's REST API.
+pub fn api(ip: &str, port: u16) -> String {
+    format!("http://{ip}:{port}")
+}
+
+async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, String> {
+    let resp = http().get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    resp.json::<T>().await.map_err(|e| format!("{url}: {e}"))
+}
+
+pub async fn cluster(api: &str) -> Result<ClusterView, String> {
+    get_json(&format!("{api}/cluster")).await
+}
+
+/// The cluster view from the first member that answers.
+pub async fn cluster_any(apis: &[String]) -> Result<ClusterView, String> {
+    let mut last = "no members".to_string();
+    for a in apis {
+        match cluster(a).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// GET /patroni: this member's own status (state, role, pending_restart, postmaster_start_time).
+pub async fn status(api: &str) -> Result<Value, String> {
+    // /patroni answers 200 on every running member whatever its role.
+    get_json(&format!("{api}/patroni")).await
+}
+
+pub async fn config(api: &str) -> Result<Value, String> {
+    get_json(&format!("{api}/config")).await
+}
+
+async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<String, String> {
+    let resp = req.send().await.map_err(|e| format!("{what}: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{what}: HTTP {status}: {}", body.trim()))
+    }
+}
+
+pub async fn patch_config(api: &str, patch: &Value) -> Result<(), String> {
+    send(http().patch(format!("{api}/config")).json(patch), "PATCH /config").await?;
+    Ok(())
+}
+
+/// Restart PostgreSQL on this member (Patroni refuses while a restart is unsafe).
+pub async fn restart(api: &str) -> Result<(), String> {
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())?;
+    send(c.post(format!("{api}/restart")).json(&serde_json::json!({})), "POST /restart").await?;
+    Ok(())
+}
+
+/// Planned switchover from `leader` to `candidate`.
+pub async fn switchover(api: &str, leader: &str, candidate: &str) -> Result<(), String> {
+    let c = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())?;
+    send(
+        c.post(format!("{api}/switchover"))
+            .json(&serde_json::json!({"leader": leader, "candidate": candidate})),
+        "POST /switchover",
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = r#"{"members": [
+      {"name": "db1", "role": "leader", "state": "running", "api_url": "http://10.0.0.11:8008/patroni", "host": "10.0.0.11", "port": 5432, "timeline": 1},
+      {"name": "db2", "role": "sync_standby", "state": "streaming", "host": "10.0.0.12", "port": 5432, "timeline": 1, "lag": 0},
+      {"name": "db3", "role": "replica", "state": "streaming", "host": "10.0.0.13", "port": 5432, "timeline": 1, "lag": "unknown", "pending_restart": true}
+    ], "scope": "pgha"}"#;
+
+    #[test]
+    fn parses_patroni_cluster_view() {
+        let v: ClusterView = serde_json::from_str(CLUSTER).unwrap();
+        assert_eq!(v.leader().unwrap().name, "db1");
+        assert_eq!(v.member("db2").unwrap().lag, Some(0));
+        assert_eq!(v.member("db3").unwrap().lag, None);
+        assert!(v.member("db3").unwrap().pending_restart);
+        assert_eq!(v.replicas().count(), 2);
+    }
+
+    #[test]
+    fn health_requires_every_replica_streaming_with_known_lag() {
+        let v: ClusterView = serde_json::from_str(CLUSTER).unwrap();
+        let names = ["db1", "db2", "db3"].map(String::from);
+        let e = v.healthy(&names, 0).unwrap_err();
+        assert!(e.starts_with("db3 not streaming"), "{e}");
+        assert_eq!(v.healthy(&names[..2], 0).unwrap(), "db1");
+    }
+}

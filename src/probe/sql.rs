@@ -1,0 +1,89 @@
+//! SQL through the router: the end-to-end proof that writes reach the primary via
+//! HAProxy's write port and replicate to what the read port serves.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+/// Connection settings for one endpoint (host, port, user, password, database).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+pub async fn connect(ep: &Endpoint) -> Result<Client, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&ep.host)
+        .port(ep.port)
+        .user(&ep.user)
+        .password(ep.password.as_bytes())
+        .dbname(&ep.dbname)
+        .connect_timeout(Duration::from_secs(5))
+        .application_name("pgha");
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e)))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The server's own message when there is one (tokio-postgres' Display is terse).
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// Write a unique token through the write endpoint; returns it.
+pub async fn write_canary(ep: &Endpoint, token: &str) -> Result<(), String> {
+    let c = connect(ep).await?;
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS pgha_canary (token text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(|e| format!("create pgha_canary: {}", pg_error(&e)))?;
+    c.execute("INSERT INTO pgha_canary (token) VALUES ($1)", &[&token])
+        .await
+        .map_err(|e| format!("insert: {}", pg_error(&e)))?;
+    // Keep the table small across many deploys.
+    c.execute("DELETE FROM pgha_canary WHERE at < now() - interval '1 day'", &[])
+        .await
+        .map_err(|e| format!("trim: {}", pg_error(&e)))?;
+    Ok(())
+}
+
+/// Whether the token is visible through the endpoint, and on which server
+/// (inet_server_addr, and whether it is a replica).
+pub async fn read_canary(ep: &Endpoint, token: &str) -> Result<(bool, String, bool), String> {
+    let c = connect(ep).await?;
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pgha_canary WHERE token = $1), host(inet_server_addr()), pg_is_in_recovery()",
+            &[&token],
+        )
+        .await
+        .map_err(|e| format!("select: {}", pg_error(&e)))?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
