@@ -4,7 +4,7 @@ use clap::Parser;
 
 use pgha::cli::{Cli, Command};
 use pgha::error::{Exit, Failure};
-use pgha::{inventory, lab};
+use pgha::{deploy, inventory, lab};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -54,7 +54,7 @@ fn init_tracing(verbose: u8) {
 async fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Command::Inventory(args) => inventory::command(&args, cli.output),
-        Command::Deploy(_args) => todo!(),
+        Command::Deploy(args) => deploy::command(args, cli.output).await,
         Command::Lab(args) => lab::command(args, cli.output).await,
     }
 }

@@ -50,7 +50,11 @@ mod tests {
         let n = AtomicU32::new(0);
         let v = until("the third try", Duration::from_secs(10), || async {
             let i = n.fetch_add(1, Ordering::SeqCst);
-            if i >= 2 { Ok(i) } else { Err(format!("try {i}")) }
+            if i >= 2 {
+                Ok(i)
+            } else {
+                Err(format!("try {i}"))
+            }
         })
         .await
         .unwrap();
@@ -66,6 +70,9 @@ mod tests {
         .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("waiting for etcd quorum"), "{msg}");
-        assert!(msg.ends_with("last seen: 2 of 3 endpoints healthy"), "{msg}");
+        assert!(
+            msg.ends_with("last seen: 2 of 3 endpoints healthy"),
+            "{msg}"
+        );
     }
 }

@@ -63,7 +63,10 @@ pub async fn install(s: &Session, packages: &[String], update: bool) -> Result<(
 
 /// Run a root command and fail with its stderr tail when it fails.
 pub async fn run(s: &Session, script: impl Into<String>) -> Result<String> {
-    let out = s.exec(&Cmd::root(script).timeout(Duration::from_secs(300))).await?.ok()?;
+    let out = s
+        .exec(&Cmd::root(script).timeout(Duration::from_secs(300)))
+        .await?
+        .ok()?;
     Ok(out.stdout_str())
 }
 

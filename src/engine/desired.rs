@@ -166,8 +166,14 @@ pub fn desired_state(inv: &Inventory, lib: &Library) -> Result<Vec<HostDesired>>
     let etcd = inv.etcd_hosts();
     let routers = inv.router_hosts();
     let secrets: BTreeMap<&str, &str> = [
-        ("superuser_password", inv.secrets.superuser_password.expose()),
-        ("replication_password", inv.secrets.replication_password.expose()),
+        (
+            "superuser_password",
+            inv.secrets.superuser_password.expose(),
+        ),
+        (
+            "replication_password",
+            inv.secrets.replication_password.expose(),
+        ),
         ("rewind_password", inv.secrets.rewind_password.expose()),
         ("monitor_password", inv.secrets.monitor_password.expose()),
         ("app_password", inv.secrets.app_password.expose()),
@@ -262,7 +268,10 @@ mod tests {
         let lib = Library::builtin().unwrap();
         let env = template_env(&lib);
         let err = env
-            .render_str("{{ cluster.clustr_name }}", ctx_value(json!({"cluster": {}})))
+            .render_str(
+                "{{ cluster.clustr_name }}",
+                ctx_value(json!({"cluster": {}})),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("undefined"), "{err}");
     }

@@ -153,8 +153,18 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
         ));
     }
     if let Some(sql) = &req.sql {
-        let roles = sql.roles.iter().map(|r| sql_literal(r)).collect::<Vec<_>>().join(",");
-        let dbs = sql.databases.iter().map(|r| sql_literal(r)).collect::<Vec<_>>().join(",");
+        let roles = sql
+            .roles
+            .iter()
+            .map(|r| sql_literal(r))
+            .collect::<Vec<_>>()
+            .join(",");
+        let dbs = sql
+            .databases
+            .iter()
+            .map(|r| sql_literal(r))
+            .collect::<Vec<_>>()
+            .join(",");
         let q = format!(
             "select 'role', rolname, coalesce(rolpassword, ''), rolcanlogin, pg_has_role(oid, 'pg_monitor', 'member') from pg_authid where rolname in ({roles}); \
              select 'database', datname, pg_get_userbyid(datdba) from pg_database where datname in ({dbs});"
@@ -198,11 +208,7 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
             }
             ["listen", local, process] | ["listen", local, process, ..] => {
                 if let Some(port) = local.rsplit(':').next().and_then(|p| p.parse().ok()) {
-                    let name = process
-                        .split('"')
-                        .nth(1)
-                        .unwrap_or("")
-                        .to_string();
+                    let name = process.split('"').nth(1).unwrap_or("").to_string();
                     f.listening.insert(port, name);
                 }
             }
@@ -297,7 +303,10 @@ database\tapp\tapp\n";
         assert_eq!(f.apt_lists_age, Some(2400));
         assert_eq!(f.listening.get(&2379).map(String::as_str), Some("etcd"));
         assert_eq!(f.listening.get(&22).map(String::as_str), Some("sshd"));
-        assert_eq!(f.packages.get("etcd-server").map(String::as_str), Some("3.5.16-4"));
+        assert_eq!(
+            f.packages.get("etcd-server").map(String::as_str),
+            Some("3.5.16-4")
+        );
         assert!(!f.packages.contains_key("haproxy"), "rc is not installed");
         assert_eq!(f.files["/etc/default/etcd"].mode, 0o644);
         assert!(f.unit("etcd").is_active() && f.unit("etcd").is_enabled());
@@ -330,7 +339,10 @@ database\tapp\tapp\n";
         });
         assert!(s.contains("dpkg-query"));
         assert!(s.contains("pg_is_in_recovery"));
-        assert!(s.contains(r"o'\'''\''brien"), "SQL literal inside a shell-quoted word");
+        assert!(
+            s.contains(r"o'\'''\''brien"),
+            "SQL literal inside a shell-quoted word"
+        );
         assert!(s.ends_with("exit 0\n"));
     }
 }

@@ -246,16 +246,27 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SqlChange {
     /// Create or alter a login role so its password matches the inventory.
-    LoginRole { name: String, create: bool },
-    GrantMonitor { name: String },
-    CreateDatabase { name: String, owner: String },
+    LoginRole {
+        name: String,
+        create: bool,
+    },
+    GrantMonitor {
+        name: String,
+    },
+    CreateDatabase {
+        name: String,
+        owner: String,
+    },
 }
 
 impl fmt::Display for SqlChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SqlChange::LoginRole { name, create: true } => write!(f, "create role {name}"),
-            SqlChange::LoginRole { name, create: false } => {
+            SqlChange::LoginRole {
+                name,
+                create: false,
+            } => {
                 write!(f, "set password/login of role {name}")
             }
             SqlChange::GrantMonitor { name } => write!(f, "grant pg_monitor to {name}"),
@@ -288,7 +299,11 @@ pub fn plan_sql(c: &Cluster, secrets: &Secrets, have: &SqlFacts) -> Vec<SqlChang
             Some(_) => {}
         }
     }
-    if !have.roles.get(&c.monitor_user).is_some_and(|r| r.pg_monitor) {
+    if !have
+        .roles
+        .get(&c.monitor_user)
+        .is_some_and(|r| r.pg_monitor)
+    {
         out.push(SqlChange::GrantMonitor {
             name: c.monitor_user.clone(),
         });
@@ -511,7 +526,11 @@ mod host_tests {
                 "etcd      start etcd",
             ]
         );
-        assert_eq!(p.notify("etcd"), Notify::None, "a starting service needs no restart");
+        assert_eq!(
+            p.notify("etcd"),
+            Notify::None,
+            "a starting service needs no restart"
+        );
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub struct Library {
 }
 
 /// Role names in the order their phases run.
-pub const ROLE_ORDER: [&str; 6] = ["common", "postgres", "etcd", "patroni", "exporter", "haproxy"];
+pub const ROLE_ORDER: [&str; 6] = [
+    "common", "postgres", "etcd", "patroni", "exporter", "haproxy",
+];
 
 const BUILTIN_ROLES: [(&str, &str); 6] = [
     ("common", include_str!("../../roles/common.yml")),
@@ -84,13 +86,31 @@ const BUILTIN_ROLES: [(&str, &str); 6] = [
 ];
 
 const BUILTIN_TEMPLATES: [(&str, &str); 7] = [
-    ("apt-sources.list.j2", include_str!("../../templates/apt-sources.list.j2")),
-    ("apt-preferences.j2", include_str!("../../templates/apt-preferences.j2")),
-    ("createcluster.conf.j2", include_str!("../../templates/createcluster.conf.j2")),
+    (
+        "apt-sources.list.j2",
+        include_str!("../../templates/apt-sources.list.j2"),
+    ),
+    (
+        "apt-preferences.j2",
+        include_str!("../../templates/apt-preferences.j2"),
+    ),
+    (
+        "createcluster.conf.j2",
+        include_str!("../../templates/createcluster.conf.j2"),
+    ),
     ("etcd.env.j2", include_str!("../../templates/etcd.env.j2")),
-    ("patroni.yml.j2", include_str!("../../templates/patroni.yml.j2")),
-    ("postgres-exporter.env.j2", include_str!("../../templates/postgres-exporter.env.j2")),
-    ("haproxy.cfg.j2", include_str!("../../templates/haproxy.cfg.j2")),
+    (
+        "patroni.yml.j2",
+        include_str!("../../templates/patroni.yml.j2"),
+    ),
+    (
+        "postgres-exporter.env.j2",
+        include_str!("../../templates/postgres-exporter.env.j2"),
+    ),
+    (
+        "haproxy.cfg.j2",
+        include_str!("../../templates/haproxy.cfg.j2"),
+    ),
 ];
 
 impl Library {
@@ -185,8 +205,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_in_a_role_are_errors() {
-        let err = parse_role("roles/x.yml", "name: x\nhosts: db\npackages: []\nfiles: []\nservices: []\nhandler: y\n")
-            .unwrap_err();
+        let err = parse_role(
+            "roles/x.yml",
+            "name: x\nhosts: db\npackages: []\nfiles: []\nservices: []\nhandler: y\n",
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
     }
 }

@@ -69,7 +69,11 @@ pub fn parse_csv(text: &str) -> Result<Backends, String> {
 
 pub async fn backends(router_ip: &str, stats_port: u16) -> Result<Backends, String> {
     let url = format!("http://{router_ip}:{stats_port}/;csv");
-    let resp = http().get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = http()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
     parse_csv(&text)
 }

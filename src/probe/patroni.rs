@@ -65,14 +65,21 @@ impl ClusterView {
     }
     /// The leader plus `replicas` members streaming with lag <= max_lag.
     pub fn healthy(&self, expected: &[String], max_lag: u64) -> Result<String, String> {
-        let leader = self.leader().ok_or_else(|| format!("no running leader ({})", self.summary()))?;
+        let leader = self
+            .leader()
+            .ok_or_else(|| format!("no running leader ({})", self.summary()))?;
         for name in expected {
             if *name == leader.name {
                 continue;
             }
             match self.member(name) {
                 Some(m) if m.state == "streaming" && m.lag.is_some_and(|l| l <= max_lag) => {}
-                _ => return Err(format!("{name} not streaming with lag <= {max_lag} ({})", self.summary())),
+                _ => {
+                    return Err(format!(
+                        "{name} not streaming with lag <= {max_lag} ({})",
+                        self.summary()
+                    ));
+                }
             }
         }
         Ok(leader.name.clone())
@@ -85,7 +92,11 @@ pub fn api(ip: &str, port: u16) -> String {
 }
 
 async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, String> {
-    let resp = http().get(url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = http()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     resp.json::<T>().await.map_err(|e| format!("{url}: {e}"))
 }
 
@@ -127,7 +138,11 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<String, String
 }
 
 pub async fn patch_config(api: &str, patch: &Value) -> Result<(), String> {
-    send(http().patch(format!("{api}/config")).json(patch), "PATCH /config").await?;
+    send(
+        http().patch(format!("{api}/config")).json(patch),
+        "PATCH /config",
+    )
+    .await?;
     Ok(())
 }
 
@@ -137,7 +152,12 @@ pub async fn restart(api: &str) -> Result<(), String> {
         .timeout(std::time::Duration::from_secs(120))
         .build()
         .map_err(|e| e.to_string())?;
-    send(c.post(format!("{api}/restart")).json(&serde_json::json!({})), "POST /restart").await?;
+    send(
+        c.post(format!("{api}/restart"))
+            .json(&serde_json::json!({})),
+        "POST /restart",
+    )
+    .await?;
     Ok(())
 }
 

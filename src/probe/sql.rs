@@ -17,7 +17,11 @@ pub struct Endpoint {
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
     }
 }
 
@@ -68,9 +72,12 @@ pub async fn write_canary(ep: &Endpoint, token: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("insert: {}", pg_error(&e)))?;
     // Keep the table small across many deploys.
-    c.execute("DELETE FROM pgha_canary WHERE at < now() - interval '1 day'", &[])
-        .await
-        .map_err(|e| format!("trim: {}", pg_error(&e)))?;
+    c.execute(
+        "DELETE FROM pgha_canary WHERE at < now() - interval '1 day'",
+        &[],
+    )
+    .await
+    .map_err(|e| format!("trim: {}", pg_error(&e)))?;
     Ok(())
 }
 

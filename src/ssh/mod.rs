@@ -11,11 +11,29 @@
 //! let sum = s.sha256("/etc/haproxy/haproxy.cfg").await?;    // None when absent
 //! ```
 
-mod known_hosts;
+mod auth;
+pub mod known_hosts;
+mod script;
 mod session;
 
-pub use known_hosts::{HostKeyPolicy, KnownHosts};
+pub use known_hosts::{HostKeyPolicy, HostKeyStatus, KnownHosts};
+pub use script::DEFAULT_MAX_OUTPUT;
 pub use session::{Cmd, Output, Session, SshError, SshOptions, Upload};
+
+use crate::inventory::SshTarget;
+
+/// Connect to all targets concurrently (a slow or dead host does not hold up the
+/// others). Results come back in the order of `targets`, paired with the host name.
+pub async fn connect_all(
+    targets: &[SshTarget],
+    opts: &SshOptions,
+) -> Vec<(String, Result<Session, SshError>)> {
+    let futs = targets.iter().map(|t| async move {
+        let r = Session::connect(t, opts).await;
+        (t.host.clone(), r)
+    });
+    futures_util::future::join_all(futs).await
+}
 
 /// Quote a string for POSIX sh, so it passes through as one word.
 pub fn shell_quote(s: &str) -> String {

@@ -1,8 +1,19 @@
-//! Connection, exec and upload. (Skeleton: the contract the rest of pgha codes against.)
+//! Connection, exec and upload over one russh connection per host.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use russh::client::{self, Handle};
+use russh::keys::{Algorithm, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, ChannelWriteHalf, Disconnect, Preferred, Sig};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::known_hosts::{self, HostKeyPolicy, HostKeyStatus, KnownHosts};
+use super::script::{self, Bounded, SudoProblem};
+use crate::error::{Exit, Failure};
 use crate::inventory::SshTarget;
 
 #[derive(Debug, Clone)]
@@ -11,13 +22,59 @@ pub struct SshOptions {
     pub known_hosts: PathBuf,
     /// Trust-on-first-use: record unknown host keys instead of refusing.
     pub accept_new_host_keys: bool,
+    /// Bound for each connection attempt (TCP connect, then SSH handshake), and for
+    /// each authentication request.
     pub connect_timeout: Duration,
-    /// Attempts before a host is reported unreachable (backoff between).
+    /// Attempts before a host is reported unreachable (backoff between: 0.5 s, 1 s, 2 s...).
     pub connect_attempts: u32,
     /// Channels open at once on one connection (sshd's MaxSessions defaults to 10).
     pub max_channels: usize,
     /// Whether a passphrase may be asked on the terminal.
     pub interactive: bool,
+    /// Bytes kept of each of stdout and stderr per command (the first ones).
+    pub max_output: usize,
+    /// Keepalive interval; the connection is dropped after `keepalive_max` unanswered ones.
+    pub keepalive_interval: Duration,
+    pub keepalive_max: usize,
+}
+
+impl SshOptions {
+    /// Defaults: strict host keys, 10 s connect timeout, 3 attempts, 8 channels,
+    /// non-interactive, 8 MiB per output stream, keepalive every 15 s (4 misses).
+    pub fn new(known_hosts: PathBuf) -> Self {
+        SshOptions {
+            known_hosts,
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(10),
+            connect_attempts: 3,
+            max_channels: 8,
+            interactive: false,
+            max_output: script::DEFAULT_MAX_OUTPUT,
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_max: 4,
+        }
+    }
+
+    /// `~/.ssh/known_hosts` (or `./known_hosts` without a home directory).
+    pub fn default_known_hosts() -> PathBuf {
+        std::env::home_dir()
+            .map(|h| h.join(".ssh").join("known_hosts"))
+            .unwrap_or_else(|| PathBuf::from("known_hosts"))
+    }
+
+    pub fn host_key_policy(&self) -> HostKeyPolicy {
+        if self.accept_new_host_keys {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Strict
+        }
+    }
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions::new(SshOptions::default_known_hosts())
+    }
 }
 
 /// A command to run on a host.
@@ -63,11 +120,15 @@ impl Cmd {
 pub struct Output {
     pub host: String,
     pub script: String,
+    /// Exit status; `128 + n` when killed by signal n (255 for an unknown signal).
     pub status: u32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// Signal name (`TERM`, `KILL`...) when the command was killed by a signal.
+    /// A note naming it is also appended to `stderr`.
+    pub signal: Option<String>,
 }
 
 impl Output {
@@ -82,7 +143,24 @@ impl Output {
     }
     /// Ok(self) on exit 0, else SshError::Failed with the stderr tail.
     pub fn ok(self) -> Result<Output, SshError> {
-        todo!()
+        if self.success() {
+            return Ok(self);
+        }
+        Err(SshError::Failed {
+            host: self.host.clone(),
+            command: script::first_line(&self.script),
+            status: self.status,
+            stderr_tail: self.tail(),
+        })
+    }
+    /// The last 20 lines of stderr, or of stdout when stderr is empty.
+    pub fn tail(&self) -> String {
+        let t = script::tail_lines(&self.stderr, 20);
+        if t.is_empty() {
+            script::tail_lines(&self.stdout, 20)
+        } else {
+            t
+        }
     }
 }
 
@@ -108,28 +186,712 @@ pub enum SshError {
         address: String,
         reason: String,
     },
-    #[error("placeholder")]
+    #[error(
+        "{host}: host key of {address}:{port} is unknown: the server offers {fingerprint}, \
+         and {} has no entry for it. Check that fingerprint on the host \
+         (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then re-run with --accept-new-host-keys \
+         to record it",
+        .known_hosts.display()
+    )]
+    HostKeyUnknown {
+        host: String,
+        address: String,
+        port: u16,
+        /// Key type and SHA-256 fingerprint, e.g. `ssh-ed25519 SHA256:...`.
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "{host}: HOST KEY CHANGED for {address}:{port}: the server offers {fingerprint}, \
+         but {}:{line} records a different key for it. Someone may be intercepting \
+         the connection, or the host was reinstalled. If the change is expected, remove the old \
+         entry (ssh-keygen -R '{}' -f {}) and connect again; --accept-new-host-keys never \
+         overrides a changed key",
+        .known_hosts.display(), known_hosts::lookup_name(.address, *.port), .known_hosts.display()
+    )]
+    HostKeyChanged {
+        host: String,
+        address: String,
+        port: u16,
+        /// Key type and SHA-256 fingerprint of the key the server offers.
+        fingerprint: String,
+        known_hosts: PathBuf,
+        /// Line of the recorded entry that differs.
+        line: usize,
+    },
+    #[error(
+        "{host}: the host key of {address}:{port} ({fingerprint}) is marked @revoked in {}:{line}",
+        .known_hosts.display()
+    )]
+    HostKeyRevoked {
+        host: String,
+        address: String,
+        port: u16,
+        fingerprint: String,
+        known_hosts: PathBuf,
+        line: usize,
+    },
+    #[error("{host}: known_hosts file {}: {reason}", .path.display())]
+    KnownHosts {
+        host: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{host}: authentication failed for user {user} at {address}; tried: {tried}")]
+    Auth {
+        host: String,
+        user: String,
+        address: String,
+        tried: String,
+    },
+    #[error(
+        "{host}: sudo asks user {user} for a password; pgha needs passwordless sudo \
+         (e.g. '{user} ALL=(ALL) NOPASSWD: ALL' in /etc/sudoers.d/), or connect as root"
+    )]
+    SudoPassword { host: String, user: String },
+    #[error("{host}: sudo refused for user {user}: {message}")]
+    Sudo {
+        host: String,
+        user: String,
+        message: String,
+    },
+    #[error("{host}: command timed out after {after:?}: {command}")]
+    Timeout {
+        host: String,
+        command: String,
+        after: Duration,
+    },
+    #[error("{host}: command failed with exit status {status}: {command}\n{stderr_tail}")]
+    Failed {
+        host: String,
+        command: String,
+        status: u32,
+        stderr_tail: String,
+    },
+    #[error("{host}: SSH connection lost: {reason}")]
+    ConnectionLost { host: String, reason: String },
+    /// Anything else that went wrong on a host (protocol surprises, bad requests).
+    #[error("{host}: {reason}")]
+    Protocol { host: String, reason: String },
+    #[error("{0}")]
     Other(String),
 }
 
+impl SshError {
+    /// The exit code category: unreachable (3) for hosts that cannot be reached or whose
+    /// connection broke, host failed (2) for anything else that happened on a host.
+    pub fn exit(&self) -> Exit {
+        match self {
+            SshError::Unreachable { .. } | SshError::ConnectionLost { .. } => Exit::Unreachable,
+            SshError::Other(_) => Exit::Error,
+            _ => Exit::HostFailed,
+        }
+    }
+    pub fn exit_code(&self) -> i32 {
+        self.exit() as i32
+    }
+    /// The inventory host this error is about (None for `Other`).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            SshError::Unreachable { host, .. }
+            | SshError::HostKeyUnknown { host, .. }
+            | SshError::HostKeyChanged { host, .. }
+            | SshError::HostKeyRevoked { host, .. }
+            | SshError::KnownHosts { host, .. }
+            | SshError::Auth { host, .. }
+            | SshError::SudoPassword { host, .. }
+            | SshError::Sudo { host, .. }
+            | SshError::Timeout { host, .. }
+            | SshError::Failed { host, .. }
+            | SshError::ConnectionLost { host, .. }
+            | SshError::Protocol { host, .. } => Some(host),
+            SshError::Other(_) => None,
+        }
+    }
+}
+
+impl From<SshError> for Failure {
+    fn from(e: SshError) -> Self {
+        Failure::new(e.exit(), e.to_string())
+    }
+}
+
+/// russh client handler: verifies the server's host key against known_hosts.
+pub(crate) struct Client {
+    host: String,
+    address: String,
+    port: u16,
+    known_hosts: PathBuf,
+    policy: HostKeyPolicy,
+}
+
+#[derive(Debug)]
+pub(crate) enum HandlerError {
+    Russh(russh::Error),
+    HostKey(SshError),
+}
+
+impl From<russh::Error> for HandlerError {
+    fn from(e: russh::Error) -> Self {
+        HandlerError::Russh(e)
+    }
+}
+
+/// Serialises known_hosts check-and-record across parallel connections.
+static KNOWN_HOSTS_LOCK: LazyLock<std::sync::Mutex<()>> =
+    LazyLock::new(|| std::sync::Mutex::new(()));
+
+impl Client {
+    fn verify(&self, key: &PublicKey) -> Result<(), SshError> {
+        let _guard = KNOWN_HOSTS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let kh_err = |reason: String| SshError::KnownHosts {
+            host: self.host.clone(),
+            path: self.known_hosts.clone(),
+            reason,
+        };
+        let kh = KnownHosts::load(&self.known_hosts)
+            .map_err(|e| kh_err(format!("cannot read it: {e}")))?;
+        let address = format!("{}:{}", self.address, self.port);
+        let fingerprint = format!("{} {}", key.algorithm(), known_hosts::fingerprint(key));
+        match kh.check(&self.address, self.port, key) {
+            HostKeyStatus::Known { .. } => Ok(()),
+            HostKeyStatus::Unknown => match self.policy {
+                HostKeyPolicy::AcceptNew => {
+                    KnownHosts::append(&self.known_hosts, &self.address, self.port, key)
+                        .map_err(|e| kh_err(format!("cannot record the new host key: {e}")))?;
+                    tracing::info!(
+                        host = %self.host,
+                        "recorded new host key of {address} ({fingerprint}) in {}",
+                        self.known_hosts.display()
+                    );
+                    Ok(())
+                }
+                HostKeyPolicy::Strict => Err(SshError::HostKeyUnknown {
+                    host: self.host.clone(),
+                    address: self.address.clone(),
+                    port: self.port,
+                    fingerprint,
+                    known_hosts: self.known_hosts.clone(),
+                }),
+            },
+            HostKeyStatus::Changed { line, .. } => Err(SshError::HostKeyChanged {
+                host: self.host.clone(),
+                address: self.address.clone(),
+                port: self.port,
+                fingerprint,
+                known_hosts: self.known_hosts.clone(),
+                line,
+            }),
+            HostKeyStatus::Revoked { line } => Err(SshError::HostKeyRevoked {
+                host: self.host.clone(),
+                address: self.address.clone(),
+                port: self.port,
+                fingerprint,
+                known_hosts: self.known_hosts.clone(),
+                line,
+            }),
+        }
+    }
+}
+
+impl client::Handler for Client {
+    type Error = HandlerError;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        match server_public_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                self.verify(key).map_err(HandlerError::HostKey)?;
+                Ok(true)
+            }
+            PublicKeyOrCertificate::Certificate(_) => {
+                Err(HandlerError::HostKey(SshError::Protocol {
+                    host: self.host.clone(),
+                    reason: "the server presented a host certificate, which pgha does not verify"
+                        .into(),
+                }))
+            }
+        }
+    }
+}
+
+struct Inner {
+    target: SshTarget,
+    handle: Handle<Client>,
+    channels: Semaphore,
+    max_output: usize,
+}
+
+/// One authenticated SSH connection to a host, shared by clones (cheap: Arc inside).
 #[derive(Clone)]
-pub struct Session {}
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("host", &self.inner.target.host)
+            .field("address", &self.inner.target.address)
+            .field("user", &self.inner.target.user)
+            .finish()
+    }
+}
+
+/// Outcome of one connection attempt.
+enum Attempt {
+    /// Worth retrying: the host may come up (reason for the final message).
+    Retry(String),
+    /// Not retried (host key, authentication, known_hosts file).
+    Fatal(SshError),
+}
+
+fn ssh_config(opts: &SshOptions, known: &[Algorithm]) -> client::Config {
+    let mut preferred = Preferred::DEFAULT;
+    if !known.is_empty() {
+        // Ask for a host key type we can verify first, as OpenSSH does; a server that no
+        // longer has it then shows up as a changed key, not as an unknown one.
+        let all = preferred.key.to_vec();
+        let is_known = |a: &Algorithm| known.iter().any(|k| known_hosts::same_family(k, a));
+        let mut keys: Vec<Algorithm> = all.iter().filter(|a| is_known(a)).cloned().collect();
+        keys.extend(all.iter().filter(|a| !is_known(a)).cloned());
+        preferred.key = Cow::Owned(keys);
+    }
+    client::Config {
+        preferred,
+        inactivity_timeout: None,
+        keepalive_interval: Some(opts.keepalive_interval),
+        keepalive_max: opts.keepalive_max,
+        nodelay: true,
+        ..Default::default()
+    }
+}
 
 impl Session {
-    pub async fn connect(_target: &SshTarget, _opts: &SshOptions) -> Result<Session, SshError> {
-        todo!()
+    /// Connect and authenticate, retrying unreachable hosts with backoff
+    /// (host key and authentication failures are not retried).
+    pub async fn connect(target: &SshTarget, opts: &SshOptions) -> Result<Session, SshError> {
+        let attempts = opts.connect_attempts.max(1);
+        let mut reason = String::new();
+        for i in 0..attempts {
+            if i > 0 {
+                let backoff = Duration::from_millis(500u64 << (i - 1).min(4));
+                tracing::debug!(host = %target.host, "connect attempt {} failed ({reason}); retrying in {backoff:?}", i);
+                tokio::time::sleep(backoff).await;
+            }
+            match Self::attempt(target, opts).await {
+                Ok(s) => return Ok(s),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(r)) => reason = r,
+            }
+        }
+        if attempts > 1 {
+            reason = format!("{reason} ({attempts} attempts)");
+        }
+        Err(SshError::Unreachable {
+            host: target.host.clone(),
+            address: format!("{}:{}", target.address, target.port),
+            reason,
+        })
     }
+
+    async fn attempt(target: &SshTarget, opts: &SshOptions) -> Result<Session, Attempt> {
+        let t = opts.connect_timeout;
+        let addrs: Vec<std::net::SocketAddr> = match tokio::time::timeout(
+            t,
+            tokio::net::lookup_host((target.address.as_str(), target.port)),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                return Err(Attempt::Retry(format!(
+                    "cannot resolve {}: {e}",
+                    target.address
+                )));
+            }
+            Err(_) => {
+                return Err(Attempt::Retry(format!(
+                    "resolving {} timed out after {t:?}",
+                    target.address
+                )));
+            }
+        };
+        let mut stream = None;
+        let mut last = format!("{} resolves to no address", target.address);
+        for a in addrs {
+            match tokio::time::timeout(t, TcpStream::connect(a)).await {
+                Ok(Ok(s)) => {
+                    stream = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = format!("TCP connect to {a}: {}", io_reason(&e)),
+                Err(_) => last = format!("TCP connect to {a}: timed out after {t:?}"),
+            }
+        }
+        let Some(stream) = stream else {
+            return Err(Attempt::Retry(last));
+        };
+
+        let known = KnownHosts::load(&opts.known_hosts)
+            .map(|kh| kh.known_algorithms(&target.address, target.port))
+            .unwrap_or_default();
+        let handler = Client {
+            host: target.host.clone(),
+            address: target.address.clone(),
+            port: target.port,
+            known_hosts: opts.known_hosts.clone(),
+            policy: opts.host_key_policy(),
+        };
+        let config = Arc::new(ssh_config(opts, &known));
+        let mut handle =
+            match tokio::time::timeout(t, client::connect_stream(config, stream, handler)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(HandlerError::HostKey(e))) => return Err(Attempt::Fatal(e)),
+                Ok(Err(HandlerError::Russh(e))) => {
+                    return Err(Attempt::Retry(format!(
+                        "SSH handshake failed: {}",
+                        russh_reason(&e)
+                    )));
+                }
+                Err(_) => {
+                    return Err(Attempt::Retry(format!(
+                        "SSH handshake timed out after {t:?}"
+                    )));
+                }
+            };
+
+        if let Err(tried) = super::auth::authenticate(
+            &mut handle,
+            &target.user,
+            target.key_file.as_deref(),
+            opts.interactive,
+            t,
+        )
+        .await
+        {
+            let _ = handle.disconnect(Disconnect::ByApplication, "", "en").await;
+            return Err(Attempt::Fatal(SshError::Auth {
+                host: target.host.clone(),
+                user: target.user.clone(),
+                address: format!("{}:{}", target.address, target.port),
+                tried: tried.join("; "),
+            }));
+        }
+        tracing::debug!(host = %target.host, "connected to {}@{}:{}", target.user, target.address, target.port);
+        Ok(Session {
+            inner: Arc::new(Inner {
+                target: target.clone(),
+                handle,
+                channels: Semaphore::new(opts.max_channels.max(1)),
+                max_output: opts.max_output,
+            }),
+        })
+    }
+
+    /// The inventory name of the host.
     pub fn host(&self) -> &str {
-        todo!()
+        &self.inner.target.host
     }
-    pub async fn exec(&self, _cmd: &Cmd) -> Result<Output, SshError> {
-        todo!()
+
+    pub fn target(&self) -> &SshTarget {
+        &self.inner.target
     }
-    pub async fn upload(&self, _file: &Upload) -> Result<(), SshError> {
-        todo!()
+
+    /// True once the connection is gone (closed or broken).
+    pub fn is_closed(&self) -> bool {
+        self.inner.handle.is_closed()
     }
-    pub async fn sha256(&self, _path: &str) -> Result<Option<String>, SshError> {
-        todo!()
+
+    fn lost(&self, reason: impl Into<String>) -> SshError {
+        SshError::ConnectionLost {
+            host: self.host().to_string(),
+            reason: reason.into(),
+        }
     }
-    pub async fn close(&self) {}
+
+    /// Run a command on its own channel; waits for a free channel slot first.
+    /// A non-zero exit is not an error here (see `Output::ok`); sudo refusing is
+    /// (`SudoPassword`, `Sudo`), as is the timeout.
+    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, SshError> {
+        let t = &self.inner.target;
+        let (line, sudo) = script::wrap(&cmd.script, cmd.as_root, &t.user, t.become_, cmd.timeout);
+        let shown = script::first_line(&cmd.script);
+        tracing::debug!(host = %t.host, as_root = cmd.as_root, sudo, "exec: {shown}");
+
+        let _permit = self
+            .inner
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| self.lost("session closed"))?;
+        let channel = self
+            .inner
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.lost(format!("cannot open a channel: {}", russh_reason(&e))))?;
+        let (mut rx, tx) = channel.split();
+        // Closes the channel (and stops the command) if this future is dropped midway.
+        let mut guard = ChannelGuard(Some(tx));
+        let tx = guard.0.as_ref().expect("set above");
+
+        let max = self.inner.max_output;
+        let mut stdout = Bounded::new(max);
+        let mut stderr = Bounded::new(max);
+        let mut status: Option<u32> = None;
+        let mut signal: Option<(String, bool, String)> = None;
+
+        let run = async {
+            tx.exec(true, line.as_bytes())
+                .await
+                .map_err(|e| self.lost(russh_reason(&e)))?;
+            // Feed stdin while reading output (a command may write before it reads);
+            // the outcome is decided by the reading side alone.
+            let feed = async {
+                if let Some(data) = &cmd.stdin
+                    && let Err(e) = tx.data_bytes(data.clone()).await
+                {
+                    tracing::debug!(host = %t.host, "stdin not fully sent: {e}");
+                }
+                let _ = tx.eof().await;
+                std::future::pending::<()>().await
+            };
+            let read = async {
+                loop {
+                    let msg = if status.is_some() || signal.is_some() {
+                        // Exited: output normally ends at once. A background process
+                        // still holding stdout/stderr must not keep us waiting.
+                        match tokio::time::timeout(EXIT_GRACE, rx.wait()).await {
+                            Ok(m) => m,
+                            Err(_) => {
+                                tracing::debug!(host = %t.host, "`{shown}` exited but its output stays open (a background process?); not waiting for it");
+                                break;
+                            }
+                        }
+                    } else {
+                        rx.wait().await
+                    };
+                    let Some(msg) = msg else { break };
+                    match msg {
+                        ChannelMsg::Data { data } => stdout.push(&data),
+                        ChannelMsg::ExtendedData { data, ext: 1 } => stderr.push(&data),
+                        ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                        ChannelMsg::ExitSignal {
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            ..
+                        } => signal = Some((sig_name(&signal_name), core_dumped, error_message)),
+                        ChannelMsg::Failure => {
+                            return Err(SshError::Protocol {
+                                host: t.host.clone(),
+                                reason: format!("the server refused to run the command: {shown}"),
+                            });
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+                Ok(())
+            };
+            tokio::select! {
+                r = read => r,
+                _ = feed => unreachable!(),
+            }
+        };
+        let res = tokio::time::timeout(cmd.timeout, run).await;
+        if res.is_err() {
+            // Ask sshd to stop the command (sudo relays the signal), then close.
+            let _ = tx.signal(Sig::TERM).await;
+        }
+        let _ = tx.close().await;
+        guard.0 = None;
+        match res {
+            Err(_) => {
+                return Err(SshError::Timeout {
+                    host: t.host.clone(),
+                    command: shown,
+                    after: cmd.timeout,
+                });
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {}
+        }
+
+        let mut out = Output {
+            host: t.host.clone(),
+            script: cmd.script.clone(),
+            status: 0,
+            stdout: stdout.buf,
+            stderr: stderr.buf,
+            stdout_truncated: stdout.truncated,
+            stderr_truncated: stderr.truncated,
+            signal: None,
+        };
+        match (status, signal) {
+            (_, Some((name, core, msg))) => {
+                out.status = script::signal_number(&name).map_or(255, |n| 128 + n);
+                let mut note = format!("pgha: remote command killed by signal {name}");
+                if core {
+                    note.push_str(" (core dumped)");
+                }
+                if !msg.is_empty() {
+                    note.push_str(&format!(": {msg}"));
+                }
+                if !out.stderr.is_empty() && !out.stderr.ends_with(b"\n") {
+                    out.stderr.push(b'\n');
+                }
+                out.stderr.extend_from_slice(note.as_bytes());
+                out.stderr.push(b'\n');
+                out.signal = Some(name);
+            }
+            (Some(s), None) => out.status = s,
+            (None, None) => {
+                let why = if self.is_closed() {
+                    "the connection closed while a command was running"
+                } else {
+                    "the channel closed without an exit status"
+                };
+                return Err(self.lost(format!("{why}: {shown}")));
+            }
+        }
+        if sudo && let Some(p) = script::sudo_problem(out.status, &out.stdout, &out.stderr) {
+            return Err(match p {
+                SudoProblem::Password => SshError::SudoPassword {
+                    host: t.host.clone(),
+                    user: t.user.clone(),
+                },
+                SudoProblem::Other(message) => SshError::Sudo {
+                    host: t.host.clone(),
+                    user: t.user.clone(),
+                    message,
+                },
+            });
+        }
+        if out.stdout_truncated || out.stderr_truncated {
+            tracing::debug!(host = %t.host, "output of `{}` truncated to {max} bytes", script::first_line(&cmd.script));
+        }
+        Ok(out)
+    }
+
+    /// Check that privileged commands work (runs `true` as root).
+    pub async fn check_sudo(&self) -> Result<(), SshError> {
+        self.exec(&Cmd::root("true").timeout(Duration::from_secs(60)))
+            .await?
+            .ok()
+            .map(|_| ())
+    }
+
+    /// Put a file in place atomically, in one round trip (see `Upload`).
+    /// The content travels on stdin and is never logged.
+    pub async fn upload(&self, file: &Upload) -> Result<(), SshError> {
+        if file.owner.is_empty() || file.group.is_empty() || !file.path.starts_with('/') {
+            return Err(SshError::Protocol {
+                host: self.host().to_string(),
+                reason: format!(
+                    "bad upload of {:?}: needs an absolute path, an owner and a group",
+                    file.path
+                ),
+            });
+        }
+        let s = script::upload_script(
+            &file.path,
+            &file.owner,
+            &file.group,
+            file.mode,
+            file.validate.as_deref(),
+        );
+        let cmd = Cmd {
+            script: s,
+            stdin: Some(file.content.clone()),
+            timeout: Duration::from_secs(300),
+            as_root: true,
+        };
+        self.exec(&cmd).await?.ok().map(|_| ())
+    }
+
+    /// SHA-256 (lowercase hex) of a remote file, read as root; None when it does not exist.
+    pub async fn sha256(&self, path: &str) -> Result<Option<String>, SshError> {
+        let out = self
+            .exec(&Cmd::root(script::sha256_script(path)).timeout(Duration::from_secs(120)))
+            .await?
+            .ok()?;
+        script::parse_sha256(&out.stdout_str()).ok_or_else(|| SshError::Protocol {
+            host: self.host().to_string(),
+            reason: format!(
+                "unexpected sha256sum output for {path}: {}",
+                out.stdout_str().trim()
+            ),
+        })
+    }
+
+    /// Disconnect. Other clones of this session cannot run commands afterwards.
+    pub async fn close(&self) {
+        let _ = self
+            .inner
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// How long to wait for the end of output once a command has exited.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Owns a channel's write half; when dropped still armed (the exec future was
+/// cancelled), stops the command and closes the channel in the background.
+struct ChannelGuard(Option<ChannelWriteHalf<client::Msg>>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = tx.signal(Sig::TERM).await;
+                let _ = tx.close().await;
+            });
+        }
+    }
+}
+
+fn sig_name(s: &Sig) -> String {
+    match s {
+        Sig::ABRT => "ABRT".into(),
+        Sig::ALRM => "ALRM".into(),
+        Sig::FPE => "FPE".into(),
+        Sig::HUP => "HUP".into(),
+        Sig::ILL => "ILL".into(),
+        Sig::INT => "INT".into(),
+        Sig::KILL => "KILL".into(),
+        Sig::PIPE => "PIPE".into(),
+        Sig::QUIT => "QUIT".into(),
+        Sig::SEGV => "SEGV".into(),
+        Sig::TERM => "TERM".into(),
+        Sig::USR1 => "USR1".into(),
+        Sig::Custom(c) => c.clone(),
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let kind = match e.kind() {
+        K::ConnectionRefused => "connection refused",
+        K::TimedOut => "timed out",
+        K::HostUnreachable => "no route to host",
+        K::NetworkUnreachable => "network unreachable",
+        K::ConnectionReset => "connection reset",
+        _ => return e.to_string(),
+    };
+    format!("{kind} ({e})")
+}
+
+fn russh_reason(e: &russh::Error) -> String {
+    match e {
+        russh::Error::IO(io) => io_reason(io),
+        other => other.to_string(),
+    }
 }

@@ -1,0 +1,254 @@
+//! Cluster-level checks and waits built on the probes; every command reuses them
+//! (deploy's barriers and final verification; later status, upgrade and rebuild).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::inventory::Inventory;
+use crate::probe::{etcd, haproxy, patroni, sql};
+use crate::wait::{WaitError, until};
+
+/// Addresses of the cluster's services, derived from the inventory.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub etcd: Vec<String>,
+    /// (host name, REST base URL) of every db host.
+    pub patroni: Vec<(String, String)>,
+    pub db_names: Vec<String>,
+    pub routers: Vec<(String, String)>,
+    pub stats_port: u16,
+    pub exporters: Vec<(String, String)>,
+}
+
+impl Endpoints {
+    pub fn new(inv: &Inventory) -> Endpoints {
+        let c = &inv.cluster;
+        Endpoints {
+            etcd: inv
+                .etcd_hosts()
+                .iter()
+                .map(|h| format!("http://{}:{}", h.ip, c.etcd_client_port))
+                .collect(),
+            patroni: inv
+                .db_hosts()
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.clone(),
+                        patroni::api(&h.ip.to_string(), c.patroni_rest_port),
+                    )
+                })
+                .collect(),
+            db_names: inv.db_hosts().iter().map(|h| h.name.clone()).collect(),
+            routers: inv
+                .router_hosts()
+                .iter()
+                .map(|h| (h.name.clone(), h.ip.to_string()))
+                .collect(),
+            stats_port: c.haproxy_stats_port,
+            exporters: inv
+                .db_hosts()
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.clone(),
+                        format!("http://{}:{}/metrics", h.ip, c.exporter_port),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn patroni_apis(&self) -> Vec<String> {
+        self.patroni.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    pub fn api_of(&self, host: &str) -> Option<&str> {
+        self.patroni
+            .iter()
+            .find(|(n, _)| n == host)
+            .map(|(_, a)| a.as_str())
+    }
+}
+
+pub async fn wait_etcd_quorum(
+    ep: &Endpoints,
+    timeout: Duration,
+) -> Result<etcd::Quorum, WaitError> {
+    let n = ep.etcd.len();
+    until(
+        "etcd quorum (every endpoint healthy, one leader, one cluster id)",
+        timeout,
+        || async { etcd::probe(&ep.etcd).await.quorum(n) },
+    )
+    .await
+}
+
+/// Leader running and every other db host streaming with lag 0.
+pub async fn wait_patroni_healthy(
+    ep: &Endpoints,
+    members: &[String],
+    timeout: Duration,
+) -> Result<patroni::ClusterView, WaitError> {
+    let what = format!("Patroni leader and {} streaming with lag 0", {
+        let others = members.len().saturating_sub(1);
+        format!("{others} replica{}", if others == 1 { "" } else { "s" })
+    });
+    until(&what, timeout, || async {
+        let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+        view.healthy(members, 0)?;
+        Ok(view)
+    })
+    .await
+}
+
+pub async fn wait_leader(
+    ep: &Endpoints,
+    expected: Option<&str>,
+    timeout: Duration,
+) -> Result<String, WaitError> {
+    let what = match expected {
+        Some(h) => format!("{h} to become the Patroni leader"),
+        None => "a Patroni leader".to_string(),
+    };
+    until(&what, timeout, || async {
+        let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+        match view.leader() {
+            Some(l) if expected.is_none_or(|e| e == l.name) => Ok(l.name.clone()),
+            _ => Err(view.summary()),
+        }
+    })
+    .await
+}
+
+/// HAProxy on every router: exactly the leader UP for writes, the replicas UP for reads.
+pub async fn wait_haproxy(
+    ep: &Endpoints,
+    leader: &str,
+    replicas: &[String],
+    timeout: Duration,
+) -> Result<(), WaitError> {
+    let mut want_replicas: Vec<String> = replicas.to_vec();
+    want_replicas.sort();
+    for (name, ip) in &ep.routers {
+        let what = format!(
+            "HAProxy on {name}: primary backend {leader} UP alone, replicas {} UP",
+            want_replicas.join(",")
+        );
+        until(&what, timeout, || async {
+            let b = haproxy::backends(ip, ep.stats_port).await?;
+            let up = b.up("primary");
+            let mut rup = b.up("replicas");
+            rup.sort();
+            if up == [leader.to_string()] && rup == want_replicas {
+                Ok(())
+            } else {
+                Err(format!(
+                    "primary: {}; replicas: {}",
+                    b.summary("primary"),
+                    b.summary("replicas")
+                ))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Every exporter answers with pg_up 1.
+pub async fn wait_exporters(ep: &Endpoints, timeout: Duration) -> Result<(), WaitError> {
+    for (name, url) in &ep.exporters {
+        until(
+            &format!("postgres_exporter on {name} to report pg_up 1"),
+            timeout,
+            || async {
+                let text = crate::probe::http()
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if text.lines().any(|l| l.trim() == "pg_up 1") {
+                    Ok(())
+                } else {
+                    Err(text
+                        .lines()
+                        .find(|l| l.starts_with("pg_up"))
+                        .unwrap_or("no pg_up metric")
+                        .to_string())
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTrip {
+    pub router: String,
+    pub written_via: String,
+    pub read_via: String,
+    pub read_from: String,
+}
+
+/// Write a row through router:write_port and read it back through router:read_port
+/// (from a replica: read port routes to replicas only).
+pub async fn sql_round_trip(
+    inv: &Inventory,
+    router_ip: &str,
+    timeout: Duration,
+) -> Result<RoundTrip, String> {
+    let c = &inv.cluster;
+    let ep = |port| sql::Endpoint {
+        host: router_ip.to_string(),
+        port,
+        user: c.superuser_name.clone(),
+        password: inv.secrets.superuser_password.expose().to_string(),
+        dbname: "postgres".into(),
+    };
+    let token = format!(
+        "pgha-{}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0),
+        std::process::id()
+    );
+    let write = ep(c.haproxy_write_port);
+    until(
+        &format!("a write through {router_ip}:{}", c.haproxy_write_port),
+        timeout,
+        || sql::write_canary(&write, &token),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let read = ep(c.haproxy_read_port);
+    let (_, server, _) = until(
+        &format!(
+            "the row to be readable through {router_ip}:{}",
+            c.haproxy_read_port
+        ),
+        timeout,
+        || async {
+            match sql::read_canary(&read, &token).await? {
+                (true, server, true) => Ok((true, server, true)),
+                (false, server, _) => Err(format!("not yet visible on {server}")),
+                (true, server, false) => Err(format!(
+                    "read port served by {server}, which is not a replica"
+                )),
+            }
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(RoundTrip {
+        router: router_ip.to_string(),
+        written_via: format!("{router_ip}:{}", c.haproxy_write_port),
+        read_via: format!("{router_ip}:{}", c.haproxy_read_port),
+        read_from: server,
+    })
+}

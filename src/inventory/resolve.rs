@@ -1,0 +1,906 @@
+//! From the parsed tree to typed hosts and cluster settings: Ansible variable
+//! precedence, type checks, and the cluster's validation rules.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use super::locate::Seg;
+use super::model::{AptPin, Cluster, Host, InstallMethod, SshTarget};
+use super::parse::{Level, Tree};
+use super::vars::{self, Scope};
+use super::{Ctx, expand_local_path};
+
+/// The managed groups: a host in none of them is not touched.
+pub(crate) const MANAGED: [&str; 3] = ["db", "router", "etcd"];
+
+pub(crate) struct Resolved {
+    pub hosts: Vec<Host>,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub cluster: Cluster,
+    pub known_hosts: Option<PathBuf>,
+    /// Secret name -> inline value, and where it was written.
+    pub secret_inline: BTreeMap<&'static str, (String, Vec<Seg>)>,
+    /// Secret name (without `_file`) -> the file's path as written, and where.
+    pub secret_files: BTreeMap<&'static str, (String, Vec<Seg>)>,
+}
+
+/// Effective cluster-wide values: canonical key -> (value, index of the def that set it).
+type ClusterVals = BTreeMap<&'static str, (Json, usize)>;
+
+pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
+    // Structural errors (a skipped host or group) make membership counts meaningless.
+    let structural_errors = ctx.error_count() > 0;
+    let typed = check_defs(ctx, tree);
+    let depth = group_depths(ctx, tree);
+
+    // Group closure per host (direct groups and all their ancestors, without `all`).
+    let group_pos: HashMap<&str, usize> = tree
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.name.as_str(), i))
+        .collect();
+    let mut closures: Vec<Vec<String>> = Vec::new();
+    for h in &tree.hosts {
+        let mut set: BTreeSet<&str> = BTreeSet::new();
+        let mut todo: Vec<&str> = h.seen.iter().map(|(g, _)| g.as_str()).collect();
+        while let Some(g) = todo.pop() {
+            if g == "all" || !set.insert(g) {
+                continue;
+            }
+            if let Some(grp) = tree.group(g) {
+                todo.extend(grp.parents.iter().map(|p| p.as_str()));
+            }
+        }
+        let mut list: Vec<String> = set.into_iter().map(str::to_string).collect();
+        list.sort_by_key(|g| group_pos.get(g.as_str()).copied().unwrap_or(usize::MAX));
+        closures.push(list);
+    }
+
+    // Managed hosts and their effective variables.
+    struct Eff {
+        entry: usize,
+        groups: Vec<String>,
+        raw: BTreeMap<String, usize>,
+        canon: BTreeMap<&'static str, usize>,
+    }
+    let mut managed: Vec<Eff> = Vec::new();
+    for (i, h) in tree.hosts.iter().enumerate() {
+        let groups = &closures[i];
+        if !groups.iter().any(|g| MANAGED.contains(&g.as_str())) {
+            let at = h.seen.first().map(|(_, p)| p.clone()).unwrap_or_default();
+            ctx.warn_at(
+                Some(&at),
+                format!(
+                    "host `{}` is in none of the groups db, router, etcd: pgha does not manage it",
+                    h.name
+                ),
+            );
+            continue;
+        }
+        let mut order: Vec<usize> = tree.group("all").map(|g| g.vars.clone()).unwrap_or_default();
+        let mut sorted: Vec<&String> = groups.iter().collect();
+        sorted.sort_by(|a, b| {
+            (depth.get(a.as_str()), a.as_str()).cmp(&(depth.get(b.as_str()), b.as_str()))
+        });
+        for g in sorted {
+            if let Some(grp) = tree.group(g) {
+                order.extend(&grp.vars);
+            }
+        }
+        order.extend(&h.vars);
+        let mut raw = BTreeMap::new();
+        let mut canon: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for d in order {
+            let def = &tree.defs[d];
+            raw.insert(def.key.clone(), d);
+            let (Some(spec), Some(val)) = (vars::spec(&def.key), &typed[d]) else {
+                continue;
+            };
+            if let Some(&prev) = canon.get(spec.canonical) {
+                let p = &tree.defs[prev];
+                if p.level == def.level && p.key != def.key && typed[prev].as_ref() != Some(val) {
+                    ctx.error_at(
+                        &def.path,
+                        format!(
+                            "`{}` and `{}` are both set for `{}` with different values: keep one of them",
+                            p.key,
+                            def.key,
+                            level_name(&def.level)
+                        ),
+                    );
+                }
+            }
+            canon.insert(spec.canonical, d);
+        }
+        managed.push(Eff {
+            entry: i,
+            groups: groups.clone(),
+            raw,
+            canon,
+        });
+    }
+
+    // Cluster-wide values: one value across all managed hosts.
+    let mut cvals: ClusterVals = BTreeMap::new();
+    for spec in vars::KEYS
+        .iter()
+        .filter(|s| s.scope != Scope::Connection && s.name == s.canonical)
+    {
+        let name = spec.canonical;
+        if managed.is_empty() {
+            let all = tree.group("all").map(|g| g.vars.clone()).unwrap_or_default();
+            if let Some(&d) = all
+                .iter()
+                .rev()
+                .find(|&&d| tree.defs[d].key == name && typed[d].is_some())
+            {
+                cvals.insert(name, (typed[d].clone().unwrap_or(Json::Null), d));
+            }
+            continue;
+        }
+        let per_host: Vec<(usize, Option<usize>)> = managed
+            .iter()
+            .map(|e| (e.entry, e.canon.get(name).copied()))
+            .collect();
+        let value_of = |d: Option<usize>| d.and_then(|d| typed[d].clone());
+        let first = per_host[0];
+        if let Some(other) = per_host
+            .iter()
+            .find(|(_, d)| value_of(*d) != value_of(first.1))
+        {
+            // Point at a definition: the one that differs from the default or the other.
+            let (a, b) = if first.1.is_some() { (first, *other) } else { (*other, first) };
+            let secret = matches!(spec.scope, Scope::Secret);
+            let show = |(h, d): (usize, Option<usize>)| {
+                let host = &tree.hosts[h].name;
+                match d {
+                    None => format!("{host} gets the default"),
+                    Some(d) if secret => format!("{host} gets the value set at {}", ctx.line_of(&tree.defs[d].path)),
+                    Some(d) => format!(
+                        "{host} gets {} (set at {})",
+                        short_json(typed[d].as_ref().unwrap_or(&Json::Null)),
+                        ctx.line_of(&tree.defs[d].path)
+                    ),
+                }
+            };
+            let msg = format!(
+                "cluster setting `{name}` must have one value for the whole cluster, but {} and {}: set it once in `all: vars:`",
+                show(a),
+                show(b)
+            );
+            let at = a.1.map(|d| tree.defs[d].path.clone()).unwrap_or_default();
+            ctx.error_at(&at, msg);
+        }
+        if let Some(d) = first.1
+            && let Some(v) = &typed[d]
+        {
+            cvals.insert(name, (v.clone(), d));
+        }
+    }
+
+    let cluster = build_cluster(&cvals);
+    let def_path = |name: &str| -> Vec<Seg> {
+        cvals
+            .get(name)
+            .map(|(_, d)| tree.defs[*d].path.clone())
+            .unwrap_or_default()
+    };
+
+    // Hosts.
+    let mut hosts: Vec<Host> = Vec::new();
+    let mut resolved_addr: HashMap<String, Result<IpAddr, String>> = HashMap::new();
+    let mut key_problems: BTreeMap<usize, (PathBuf, Vec<String>, String)> = BTreeMap::new();
+    for e in &managed {
+        let entry = &tree.hosts[e.entry];
+        let name = entry.name.clone();
+        let host_path = entry.seen[0].1.clone();
+        let get = |k: &str| e.canon.get(k).and_then(|&d| typed[d].clone());
+        let address = get("address")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| name.clone());
+        let port = get("ssh_port").and_then(|v| v.as_u64()).unwrap_or(22) as u16;
+        let user = get("ssh_user")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "root".to_string());
+        let become_ = get("become")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(user != "root");
+        let key_file = e.canon.get("ssh_private_key_file").and_then(|&d| {
+            let p = expand_local_path(dir, typed[d].as_ref()?.as_str()?);
+            if let Err(err) = std::fs::File::open(&p) {
+                key_problems
+                    .entry(d)
+                    .or_insert_with(|| (p.clone(), Vec::new(), err.to_string()))
+                    .1
+                    .push(name.clone());
+            }
+            Some(p)
+        });
+        if !become_ && user != "root" {
+            ctx.warn_at(
+                e.canon.get("become").map(|&d| tree.defs[d].path.as_slice()),
+                format!(
+                    "host `{name}`: become is off and the SSH user is `{user}`, not root: \
+                     installing packages and writing /etc will fail unless that user is root-equivalent"
+                ),
+            );
+        }
+        // An address that failed its type check was reported already: do not
+        // fall back to resolving the host's name.
+        let bad_address = !e.canon.contains_key("address")
+            && e.raw
+                .keys()
+                .any(|k| vars::spec(k).is_some_and(|s| s.canonical == "address"));
+        let ip = if bad_address {
+            Ok(IpAddr::from([0, 0, 0, 0]))
+        } else {
+            resolved_addr
+                .entry(address.clone())
+                .or_insert_with(|| resolve_address(&address, port))
+                .clone()
+        };
+        let ip = match ip {
+            Ok(ip) => ip,
+            Err(why) => {
+                let at = e
+                    .canon
+                    .get("address")
+                    .map(|&d| tree.defs[d].path.clone())
+                    .unwrap_or_else(|| host_path.clone());
+                let what = if e.canon.contains_key("address") {
+                    "set ansible_host to an IP address or a DNS name this machine can resolve"
+                } else {
+                    "the host has no ansible_host, so its name is used as address: set ansible_host"
+                };
+                ctx.error_at(
+                    &at,
+                    format!("host `{name}`: cannot resolve address `{address}` ({why}): {what}"),
+                );
+                IpAddr::from([0, 0, 0, 0])
+            }
+        };
+        let mut shown = BTreeMap::new();
+        for (k, &d) in &e.raw {
+            let v = if vars::is_secret_name(k) {
+                Json::String("<redacted>".into())
+            } else {
+                vars::yaml_to_json(&tree.defs[d].value)
+            };
+            shown.insert(k.clone(), v);
+        }
+        hosts.push(Host {
+            name: name.clone(),
+            ssh: SshTarget {
+                host: name,
+                address,
+                port,
+                user,
+                key_file,
+                become_,
+            },
+            ip,
+            groups: e.groups.clone(),
+            vars: shown,
+        });
+    }
+    for (d, (path, hs, why)) in key_problems {
+        ctx.error_at(
+            &tree.defs[d].path,
+            format!(
+                "cannot read private key file {} for {} `{}` ({why}): fix the path (relative paths start at the inventory's directory) \
+                 or its permissions, or remove the variable to use ssh-agent",
+                path.display(),
+                if hs.len() == 1 { "host" } else { "hosts" },
+                hs.join("`, `")
+            ),
+        );
+    }
+
+    // Groups: members among managed hosts, file order.
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for g in tree.groups.iter().filter(|g| g.name != "all") {
+        let members = hosts
+            .iter()
+            .filter(|h| h.in_group(&g.name))
+            .map(|h| h.name.clone())
+            .collect();
+        groups.insert(g.name.clone(), members);
+    }
+
+    validate(
+        ctx,
+        tree,
+        &cluster,
+        &hosts,
+        &groups,
+        &cvals,
+        &def_path,
+        !structural_errors,
+    );
+
+    let known_hosts = cvals
+        .get("pgha_known_hosts")
+        .and_then(|(v, _)| v.as_str().map(|s| expand_local_path(dir, s)));
+    let mut secret_inline = BTreeMap::new();
+    let mut secret_files = BTreeMap::new();
+    for spec in vars::KEYS {
+        match spec.scope {
+            Scope::Secret => {
+                if let Some((Json::String(s), d)) = cvals.get(spec.name) {
+                    secret_inline.insert(spec.name, (s.clone(), tree.defs[*d].path.clone()));
+                }
+            }
+            Scope::SecretFile => {
+                if let Some((Json::String(s), d)) = cvals.get(spec.name) {
+                    let base = spec.name.trim_end_matches("_file");
+                    let base = vars::KEYS
+                        .iter()
+                        .find(|k| k.name == base)
+                        .map(|k| k.name)
+                        .unwrap_or(spec.name);
+                    secret_files.insert(base, (s.clone(), tree.defs[*d].path.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Resolved {
+        hosts,
+        groups,
+        cluster,
+        known_hosts,
+        secret_inline,
+        secret_files,
+    }
+}
+
+fn level_name(l: &Level) -> String {
+    match l {
+        Level::All => "all".into(),
+        Level::Group(g) => format!("group {g}"),
+        Level::Host(h) => format!("host {h}"),
+    }
+}
+
+fn short_json(v: &Json) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Type-check every definition once, where it is written. Unknown names: error
+/// when close to a pgha name, warning otherwise.
+fn check_defs(ctx: &mut Ctx, tree: &Tree) -> Vec<Option<Json>> {
+    let mut typed = Vec::with_capacity(tree.defs.len());
+    let mut unknown: BTreeMap<&str, (usize, usize)> = BTreeMap::new(); // key -> (first def, count)
+    for (i, def) in tree.defs.iter().enumerate() {
+        let key = def.key.as_str();
+        if let Some(spec) = vars::spec(key) {
+            match vars::convert(spec.kind, &def.value) {
+                Ok(v) => {
+                    if spec.scope == Scope::Secret {
+                        ctx.warn_at(
+                            Some(&def.path),
+                            format!(
+                                "`{key}` is written in the inventory: prefer `{key}_file: PATH` (a file readable only by you), \
+                                 or leave it out and pgha generates one"
+                            ),
+                        );
+                    }
+                    typed.push(Some(v));
+                }
+                Err(errs) => {
+                    for (sub, msg) in errs {
+                        let mut p = def.path.clone();
+                        p.extend(sub);
+                        ctx.error_at(&p, format!("`{key}`: {msg}"));
+                    }
+                    typed.push(None);
+                }
+            }
+            continue;
+        }
+        typed.push(None);
+        if key.starts_with("ansible_") {
+            match key {
+                "ansible_password" | "ansible_ssh_pass" | "ansible_ssh_password" => ctx.warn_at(
+                    Some(&def.path),
+                    format!(
+                        "`{key}` ignored: password authentication is not supported; use SSH keys \
+                         (ssh-agent or ansible_ssh_private_key_file)"
+                    ),
+                ),
+                "ansible_become_password" | "ansible_become_pass" | "ansible_sudo_pass" => ctx.warn_at(
+                    Some(&def.path),
+                    format!(
+                        "`{key}` ignored: sudo passwords are not supported; the SSH user needs passwordless sudo (NOPASSWD)"
+                    ),
+                ),
+                _ => {
+                    if let Some(m) = vars::ansible_did_you_mean(key) {
+                        ctx.warn_at(
+                            Some(&def.path),
+                            format!("`{key}` is not an Ansible connection variable pgha reads: did you mean `{m}`?"),
+                        );
+                    }
+                }
+            }
+            continue;
+        }
+        if let Some(m) = vars::did_you_mean(key) {
+            ctx.error_at(
+                &def.path,
+                format!("unknown variable `{key}`: did you mean `{m}`?"),
+            );
+            continue;
+        }
+        unknown.entry(key).or_insert((i, 0)).1 += 1;
+    }
+    for (key, (first, count)) in unknown {
+        let more = if count > 1 {
+            format!(" (and {} more times)", count - 1)
+        } else {
+            String::new()
+        };
+        ctx.warn_at(
+            Some(&tree.defs[first].path),
+            format!("`{key}` ignored: not a pgha setting{more}"),
+        );
+    }
+    typed
+}
+
+/// Depth of each group below `all` (longest path), for Ansible's precedence.
+fn group_depths(ctx: &mut Ctx, tree: &Tree) -> HashMap<String, usize> {
+    fn visit(
+        ctx: &mut Ctx,
+        tree: &Tree,
+        g: &str,
+        stack: &mut Vec<String>,
+        memo: &mut HashMap<String, usize>,
+    ) -> usize {
+        if g == "all" {
+            return 0;
+        }
+        if let Some(&d) = memo.get(g) {
+            return d;
+        }
+        if let Some(pos) = stack.iter().position(|x| x == g) {
+            let mut cycle: Vec<String> = stack[pos..].to_vec();
+            cycle.push(g.to_string());
+            let at = tree.group(g).map(|x| x.path.clone()).unwrap_or_default();
+            ctx.error_at(
+                &at,
+                format!(
+                    "group `{g}` is its own ancestor ({}): remove one of the `children:` entries",
+                    cycle.join(" -> ")
+                ),
+            );
+            memo.insert(g.to_string(), 1);
+            return 1;
+        }
+        stack.push(g.to_string());
+        let parents = tree.group(g).map(|x| x.parents.clone()).unwrap_or_default();
+        let d = parents
+            .iter()
+            .map(|p| visit(ctx, tree, p, stack, memo) + 1)
+            .max()
+            .unwrap_or(1);
+        stack.pop();
+        memo.insert(g.to_string(), d);
+        d
+    }
+    let mut memo = HashMap::new();
+    for g in &tree.groups {
+        let mut stack = Vec::new();
+        visit(ctx, tree, &g.name, &mut stack, &mut memo);
+    }
+    memo
+}
+
+fn resolve_address(address: &str, port: u16) -> Result<IpAddr, String> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    match (address, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .map(|a| a.ip())
+                .ok_or_else(|| "no address found".to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn build_cluster(v: &ClusterVals) -> Cluster {
+    let mut c = Cluster::default();
+    let s = |k: &str| v.get(k).and_then(|(j, _)| j.as_str().map(str::to_string));
+    let n = |k: &str| v.get(k).and_then(|(j, _)| j.as_u64());
+    let b = |k: &str| v.get(k).and_then(|(j, _)| j.as_bool());
+    macro_rules! set {
+        ($field:ident, str) => {
+            if let Some(x) = s(stringify!($field)) {
+                c.$field = x;
+            }
+        };
+        ($field:ident, bool) => {
+            if let Some(x) = b(stringify!($field)) {
+                c.$field = x;
+            }
+        };
+        ($field:ident, $t:ty) => {
+            if let Some(x) = n(stringify!($field)) {
+                c.$field = x as $t;
+            }
+        };
+    }
+    set!(cluster_name, str);
+    if let Some(m) = s("install_method") {
+        c.install_method = if m == "docker" {
+            InstallMethod::Docker
+        } else {
+            InstallMethod::Native
+        };
+    }
+    set!(postgresql_version, u32);
+    set!(postgresql_port, u16);
+    c.postgresql_data_dir = format!("/var/lib/postgresql/{}/main", c.postgresql_version);
+    set!(postgresql_data_dir, str);
+    if let Some((Json::Object(m), _)) = v.get("postgresql_parameters") {
+        c.postgresql_parameters = m.clone().into_iter().collect();
+    }
+    set!(patroni_rest_port, u16);
+    set!(patroni_ttl, u32);
+    set!(patroni_loop_wait, u32);
+    set!(patroni_retry_timeout, u32);
+    set!(patroni_maximum_lag_on_failover, u64);
+    set!(synchronous_mode, bool);
+    set!(synchronous_mode_strict, bool);
+    set!(synchronous_node_count, u32);
+    set!(etcd_client_port, u16);
+    set!(etcd_peer_port, u16);
+    set!(haproxy_write_port, u16);
+    set!(haproxy_read_port, u16);
+    set!(haproxy_stats_port, u16);
+    set!(haproxy_maxconn, u32);
+    set!(haproxy_timeout_connect, str);
+    set!(haproxy_timeout_client, str);
+    set!(haproxy_timeout_server, str);
+    set!(haproxy_check_inter, str);
+    set!(haproxy_check_fall, u32);
+    set!(haproxy_check_rise, u32);
+    set!(exporter_port, u16);
+    if let Some((Json::Array(a), _)) = v.get("client_cidrs") {
+        c.client_cidrs = a
+            .iter()
+            .filter_map(|x| x.as_str().and_then(vars::parse_cidr))
+            .collect();
+    }
+    set!(superuser_name, str);
+    set!(replication_user, str);
+    set!(rewind_user, str);
+    set!(monitor_user, str);
+    set!(app_user, str);
+    set!(app_database, str);
+    if let Some((Json::Array(a), _)) = v.get("apt_sources") {
+        c.apt_sources = a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect();
+    }
+    if let Some((Json::Array(a), _)) = v.get("apt_pins") {
+        c.apt_pins = a
+            .iter()
+            .map(|p| AptPin {
+                package: p["package"].as_str().unwrap_or_default().to_string(),
+                version: p["version"].as_str().unwrap_or_default().to_string(),
+                priority: p["priority"].as_i64().unwrap_or(1001) as i32,
+            })
+            .collect();
+    }
+    set!(apt_cache_valid_time, u64);
+    set!(allow_router_on_db, bool);
+    c
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    ctx: &mut Ctx,
+    tree: &Tree,
+    c: &Cluster,
+    hosts: &[Host],
+    groups: &BTreeMap<String, Vec<String>>,
+    cvals: &ClusterVals,
+    def_path: &dyn Fn(&str) -> Vec<Seg>,
+    check_membership: bool,
+) {
+    let group_path = |g: &str| tree.group(g).map(|x| x.path.clone());
+    let members = |g: &str| groups.get(g).cloned().unwrap_or_default();
+    let db = members("db");
+
+    for (g, what) in [
+        ("db", "the PostgreSQL hosts (Patroni)"),
+        ("router", "the HAProxy hosts"),
+    ] {
+        if check_membership && members(g).is_empty() {
+            let how = format!("list {what} under `all: children: {g}: hosts:`");
+            match group_path(g) {
+                Some(p) => ctx.error_at(&p, format!("group `{g}` has no hosts: {how}")),
+                None => ctx.error(format!("group `{g}` is missing: {how}")),
+            }
+        }
+    }
+
+    // etcd: odd number of members, at least 3.
+    let explicit_etcd = !members("etcd").is_empty();
+    let etcd = if explicit_etcd { members("etcd") } else { db.clone() };
+    if check_membership && !db.is_empty() && (etcd.len() < 3 || etcd.len() % 2 == 0) {
+        let (g, how) = if explicit_etcd {
+            ("etcd", "add or remove hosts in the `etcd` group")
+        } else {
+            (
+                "db",
+                "the etcd members are the db hosts unless an `etcd` group is given: add db hosts, \
+                 or list 3 (or 5) etcd hosts in an `etcd` group",
+            )
+        };
+        ctx.error_at(
+            &group_path(g).unwrap_or_default(),
+            format!(
+                "etcd needs an odd number of members, at least 3, to keep quorum; it would have {} ({}): {how}",
+                etcd.len(),
+                etcd.join(", ")
+            ),
+        );
+    }
+    if !db.is_empty() && db.len() < 3 {
+        ctx.warn_at(
+            group_path("db").as_deref(),
+            format!(
+                "only {} db host(s): with fewer than 3 there is {} after a failure",
+                db.len(),
+                if db.len() == 1 {
+                    "no replica to fail over to"
+                } else {
+                    "no synchronous standby left"
+                }
+            ),
+        );
+    }
+
+    // A host in both db and router.
+    for h in hosts.iter().filter(|h| h.in_group("db") && h.in_group("router")) {
+        let at = router_entry(tree, &h.name);
+        if c.allow_router_on_db {
+            ctx.warn_at(
+                Some(&at),
+                format!(
+                    "host `{}` is both a db host and a router (allowed by allow_router_on_db): losing it takes out a \
+                     database member and a router at once",
+                    h.name
+                ),
+            );
+        } else {
+            ctx.error_at(
+                &at,
+                format!(
+                    "host `{}` is in both db and router: losing it would take out a database member and a router at once; \
+                     use a separate router host, or set `allow_router_on_db: true` in all.vars",
+                    h.name
+                ),
+            );
+        }
+    }
+
+    // Duplicate addresses.
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[..i] {
+            let same_ssh = a.ssh.address.eq_ignore_ascii_case(&b.ssh.address) && a.ssh.port == b.ssh.port;
+            let at = address_path(tree, &a.name);
+            if same_ssh {
+                ctx.error_at(
+                    &at,
+                    format!(
+                        "hosts `{}` and `{}` have the same address {} and SSH port {}: each host needs its own address \
+                         (a host in several groups is written once per group with the same name)",
+                        b.name, a.name, a.ssh.address, a.ssh.port
+                    ),
+                );
+                break;
+            }
+            if a.ip == b.ip && !a.ip.is_unspecified() {
+                ctx.error_at(
+                    &at,
+                    format!(
+                        "hosts `{}` and `{}` both resolve to {}: cluster members reach each other by IP, so each host needs \
+                         its own address",
+                        b.name, a.name, a.ip
+                    ),
+                );
+                break;
+            }
+        }
+    }
+
+    // The same port for two services on one host.
+    let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for h in hosts {
+        let mut ports: Vec<(&str, u16)> = Vec::new();
+        if h.in_group("db") {
+            ports.extend([
+                ("postgresql_port", c.postgresql_port),
+                ("patroni_rest_port", c.patroni_rest_port),
+                ("exporter_port", c.exporter_port),
+            ]);
+        }
+        if etcd.contains(&h.name) {
+            ports.extend([
+                ("etcd_client_port", c.etcd_client_port),
+                ("etcd_peer_port", c.etcd_peer_port),
+            ]);
+        }
+        if h.in_group("router") {
+            ports.extend([
+                ("haproxy_write_port", c.haproxy_write_port),
+                ("haproxy_read_port", c.haproxy_read_port),
+                ("haproxy_stats_port", c.haproxy_stats_port),
+            ]);
+        }
+        for (i, (ka, pa)) in ports.iter().enumerate() {
+            for (kb, pb) in &ports[..i] {
+                if pa == pb && reported.insert((kb, ka)) {
+                    let at = if cvals.contains_key(ka) { def_path(ka) } else { def_path(kb) };
+                    ctx.error_at(
+                        &at,
+                        format!(
+                            "`{kb}` and `{ka}` are both {pa} on host `{}`: two services cannot listen on one port; \
+                             change one of them",
+                            h.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // Patroni's timing rules.
+    if c.patroni_ttl < 20 {
+        ctx.error_at(
+            &def_path("patroni_ttl"),
+            format!(
+                "`patroni_ttl` is {}: Patroni requires at least 20 (seconds)",
+                c.patroni_ttl
+            ),
+        );
+    }
+    if c.patroni_loop_wait as u64 + 2 * c.patroni_retry_timeout as u64 > c.patroni_ttl as u64 {
+        let at = ["patroni_loop_wait", "patroni_retry_timeout", "patroni_ttl"]
+            .into_iter()
+            .find(|k| cvals.contains_key(k))
+            .map(def_path)
+            .unwrap_or_default();
+        ctx.error_at(
+            &at,
+            format!(
+                "Patroni requires patroni_loop_wait + 2 * patroni_retry_timeout <= patroni_ttl, but {} + 2 * {} = {} > {}: \
+                 lower loop_wait or retry_timeout, or raise ttl",
+                c.patroni_loop_wait,
+                c.patroni_retry_timeout,
+                c.patroni_loop_wait as u64 + 2 * c.patroni_retry_timeout as u64,
+                c.patroni_ttl
+            ),
+        );
+    }
+    if c.patroni_ttl > 60 {
+        ctx.warn_at(
+            Some(&def_path("patroni_ttl")),
+            format!(
+                "`patroni_ttl` is {}: a failed leader is replaced only after up to that many seconds (slow failover)",
+                c.patroni_ttl
+            ),
+        );
+    }
+
+    // Synchronous replication.
+    if c.synchronous_mode {
+        if c.synchronous_node_count == 0 {
+            ctx.error_at(
+                &def_path("synchronous_node_count"),
+                "`synchronous_node_count` must be at least 1 when synchronous_mode is on",
+            );
+        } else if check_membership
+            && !db.is_empty()
+            && c.synchronous_node_count as usize > db.len() - 1
+        {
+            ctx.error_at(
+                &def_path("synchronous_node_count"),
+                format!(
+                    "`synchronous_node_count` is {} but there are only {} db host(s), so at most {} synchronous standby(s): \
+                     lower it, add db hosts, or set synchronous_mode: false",
+                    c.synchronous_node_count,
+                    db.len(),
+                    db.len() - 1
+                ),
+            );
+        }
+    } else {
+        ctx.warn_at(
+            Some(&def_path("synchronous_mode")),
+            "synchronous_mode is off: a failover can lose commits the old leader had already acknowledged",
+        );
+    }
+
+    // Network exposure.
+    if c.client_cidrs.iter().any(|n| n.prefix_len() == 0) {
+        ctx.warn_at(
+            Some(&def_path("client_cidrs")),
+            "client_cidrs allows every address (0.0.0.0/0 or ::/0): PostgreSQL accepts password logins from anywhere",
+        );
+    }
+
+    // Role names must differ (one role cannot have two jobs with two passwords).
+    let roles = [
+        ("superuser_name", &c.superuser_name),
+        ("replication_user", &c.replication_user),
+        ("rewind_user", &c.rewind_user),
+        ("monitor_user", &c.monitor_user),
+        ("app_user", &c.app_user),
+    ];
+    for (i, (ka, a)) in roles.iter().enumerate() {
+        if let Some((kb, _)) = roles[..i].iter().find(|(_, b)| b == a) {
+            let at = if cvals.contains_key(ka) { def_path(ka) } else { def_path(kb) };
+            ctx.error_at(
+                &at,
+                format!("`{kb}` and `{ka}` are both `{a}`: each role needs its own name"),
+            );
+        }
+    }
+
+    if c.postgresql_version != 17 && c.apt_sources.is_empty() {
+        ctx.warn_at(
+            Some(&def_path("postgresql_version")),
+            format!(
+                "postgresql_version is {}: Debian 13 ships only PostgreSQL 17; add the PGDG repository to apt_sources \
+                 (deb http://apt.postgresql.org/pub/repos/apt trixie-pgdg main) or the packages will not be found",
+                c.postgresql_version
+            ),
+        );
+    }
+}
+
+/// Where a host is listed in the router group (for the db+router message).
+fn router_entry(tree: &Tree, host: &str) -> Vec<Seg> {
+    tree.hosts
+        .iter()
+        .find(|h| h.name == host)
+        .and_then(|h| {
+            h.seen
+                .iter()
+                .find(|(g, _)| g == "router")
+                .or(h.seen.first())
+                .map(|(_, p)| p.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Where a host's address is set, else where the host is listed.
+fn address_path(tree: &Tree, host: &str) -> Vec<Seg> {
+    let Some(h) = tree.hosts.iter().find(|h| h.name == host) else {
+        return Vec::new();
+    };
+    h.vars
+        .iter()
+        .rev()
+        .map(|&d| &tree.defs[d])
+        .find(|d| vars::spec(&d.key).is_some_and(|s| s.canonical == "address"))
+        .map(|d| d.path.clone())
+        .unwrap_or_else(|| h.seen.first().map(|(_, p)| p.clone()).unwrap_or_default())
+}

@@ -1,0 +1,563 @@
+//! The lab's naming, addressing and files, as pure functions (no Docker, no I/O).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net};
+use sha2::{Digest, Sha256};
+
+/// Label put on every container and network of a lab: `pgha.lab=NAME`.
+pub const LABEL: &str = "pgha.lab";
+/// Container label: the host's inventory name (db1, router1).
+pub const LABEL_HOST: &str = "pgha.lab.host";
+/// Container label: the host's fixed address on the lab network.
+pub const LABEL_ADDRESS: &str = "pgha.lab.address";
+/// Network label: absolute path of the lab directory (inventory, key, known_hosts).
+pub const LABEL_DIR: &str = "pgha.lab.dir";
+
+/// Labs live in 172.28.0.0/16, one /24 each.
+const BASE: [u8; 2] = [172, 28];
+/// First host number of the db and router hosts (db1 = .11, router1 = .101).
+const DB_FIRST: u32 = 11;
+const ROUTER_FIRST: u32 = 101;
+pub const MAX_DB: u32 = 89;
+pub const MAX_ROUTERS: u32 = 99;
+
+pub const DEFAULT_NAME: &str = "pgha-lab";
+pub const INVENTORY_FILE: &str = "inventory.yml";
+pub const KNOWN_HOSTS_FILE: &str = "known_hosts";
+pub const KEY_FILE: &str = "id_ed25519";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Db,
+    Router,
+}
+
+impl Role {
+    pub fn group(self) -> &'static str {
+        match self {
+            Role::Db => "db",
+            Role::Router => "router",
+        }
+    }
+}
+
+/// One host the lab should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// Inventory name and hostname: db1, router1.
+    pub name: String,
+    pub role: Role,
+    /// Docker container name: LAB-db1.
+    pub container: String,
+    pub address: Ipv4Addr,
+}
+
+/// Lab names become container, network and cluster names: `^[a-z0-9][a-z0-9-]*$`, 1-40 chars.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad lab name {name:?}: use 1 to 40 lowercase letters, digits and dashes, \
+             starting and ending with a letter or digit (it names containers, the network and the cluster)"
+        ))
+    }
+}
+
+/// `.pgha-lab/` for the default lab, `.pgha-lab-NAME/` otherwise (relative to the cwd).
+pub fn default_dir(name: &str) -> PathBuf {
+    if name == DEFAULT_NAME {
+        PathBuf::from(".pgha-lab")
+    } else {
+        PathBuf::from(format!(".pgha-lab-{name}"))
+    }
+}
+
+/// The container of host `host` in lab `lab`.
+pub fn container_name(lab: &str, host: &str) -> String {
+    format!("{lab}-{host}")
+}
+
+/// Role and number of a lab host name (`db3` -> (Db, 3)).
+pub fn parse_host(host: &str) -> Option<(Role, u32)> {
+    let (role, n) = if let Some(n) = host.strip_prefix("db") {
+        (Role::Db, n)
+    } else if let Some(n) = host.strip_prefix("router") {
+        (Role::Router, n)
+    } else {
+        return None;
+    };
+    if n.starts_with('0') {
+        return None;
+    }
+    n.parse::<u32>().ok().filter(|&n| n >= 1).map(|n| (role, n))
+}
+
+/// Sort key: db hosts by number, then routers by number, then anything else by name.
+pub fn host_order(host: &str) -> (u8, u32, String) {
+    match parse_host(host) {
+        Some((Role::Db, n)) => (0, n, String::new()),
+        Some((Role::Router, n)) => (1, n, String::new()),
+        None => (2, 0, host.to_string()),
+    }
+}
+
+fn host_address(subnet: Ipv4Net, number: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + number)
+}
+
+/// The fixed address of a host in the lab's /24.
+pub fn address_of(subnet: Ipv4Net, role: Role, n: u32) -> Ipv4Addr {
+    match role {
+        Role::Db => host_address(subnet, DB_FIRST + n - 1),
+        Role::Router => host_address(subnet, ROUTER_FIRST + n - 1),
+    }
+}
+
+/// The hosts of a lab with `db` database hosts and `routers` routers.
+pub fn plan_hosts(lab: &str, subnet: Ipv4Net, db: u32, routers: u32) -> Vec<Planned> {
+    let one = |role: Role, n: u32| {
+        let name = format!("{}{n}", role.group());
+        Planned {
+            container: container_name(lab, &name),
+            address: address_of(subnet, role, n),
+            name,
+            role,
+        }
+    };
+    (1..=db)
+        .map(|n| one(Role::Db, n))
+        .chain((1..=routers).map(|n| one(Role::Router, n)))
+        .collect()
+}
+
+pub fn validate_counts(db: u32, routers: u32) -> Result<(), String> {
+    if !(1..=MAX_DB).contains(&db) {
+        return Err(format!("--db {db}: a lab has 1 to {MAX_DB} database hosts"));
+    }
+    if routers > MAX_ROUTERS {
+        return Err(format!("--routers {routers}: a lab has at most {MAX_ROUTERS} routers"));
+    }
+    Ok(())
+}
+
+fn subnet_at(third: u8) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(BASE[0], BASE[1], third, 0), 24).expect("/24")
+}
+
+/// The /24 a lab prefers: 172.28.X.0/24, X from a hash of its name (stable across runs).
+pub fn preferred_subnet(name: &str) -> Ipv4Net {
+    subnet_at(Sha256::digest(name.as_bytes())[0])
+}
+
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Pick the lab's subnet: its preferred /24 unless that overlaps a network or route
+/// already in use (`taken`: what, prefix), else the next free /24 in 172.28.0.0/16.
+/// Returns the subnet and, when the preferred one was taken, a note saying why.
+pub fn choose_subnet(
+    name: &str,
+    taken: &[(String, IpNet)],
+) -> Result<(Ipv4Net, Option<String>), String> {
+    let preferred = preferred_subnet(name);
+    let conflict = |net: Ipv4Net| {
+        taken
+            .iter()
+            .find(|(_, t)| overlaps(IpNet::V4(net), *t))
+            .map(|(what, t)| format!("{what} ({t})"))
+    };
+    let Some(first) = conflict(preferred) else {
+        return Ok((preferred, None));
+    };
+    let start = preferred.network().octets()[2];
+    for i in 1..=255u8 {
+        let net = subnet_at(start.wrapping_add(i));
+        if conflict(net).is_none() {
+            return Ok((
+                net,
+                Some(format!(
+                    "lab {name}: its usual subnet {preferred} overlaps {first}; using {net} instead"
+                )),
+            ));
+        }
+    }
+    Err(format!(
+        "lab {name}: no free /24 in 172.28.0.0/16 for the lab network: {preferred} overlaps {first}, \
+         and every other /24 there overlaps an existing Docker network or route \
+         (see `docker network ls` and `ip route`)"
+    ))
+}
+
+/// IPv4 routes of this machine from /proc/net/route (interface, prefix), without
+/// default routes.
+pub fn parse_proc_routes(text: &str) -> Vec<(String, IpNet)> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 8 {
+            continue;
+        }
+        let (Ok(dest), Ok(mask)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
+        else {
+            continue;
+        };
+        // The kernel prints these in host (little-endian) byte order.
+        let dest = Ipv4Addr::from(u32::from_be(dest.to_le()));
+        let mask = Ipv4Addr::from(u32::from_be(mask.to_le()));
+        let prefix = u32::from(mask).leading_ones() as u8;
+        if prefix == 0 {
+            continue;
+        }
+        if let Ok(net) = Ipv4Net::new(dest, prefix) {
+            out.push((f[0].to_string(), IpNet::V4(net.trunc())));
+        }
+    }
+    out
+}
+
+/// The lab inventory, in Ansible's YAML form. Relative paths (key, known_hosts) are
+/// resolved against the inventory's directory.
+pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# pgha lab {lab}: written by `pgha lab up`, which rewrites it when the lab changes."
+    );
+    s.push_str("# Relative paths are resolved against this file's directory.\n");
+    s.push_str("all:\n  vars:\n");
+    let _ = writeln!(s, "    cluster_name: {lab}");
+    let _ = writeln!(s, "    pgha_known_hosts: {KNOWN_HOSTS_FILE}");
+    let _ = writeln!(s, "    ansible_user: {user}");
+    if user != "root" {
+        s.push_str("    ansible_become: true\n");
+    }
+    let _ = writeln!(s, "    ansible_ssh_private_key_file: {KEY_FILE}");
+    s.push_str("  children:\n");
+    for role in [Role::Db, Role::Router] {
+        let members: Vec<&Planned> = hosts.iter().filter(|h| h.role == role).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "    {}:\n      hosts:", role.group());
+        for h in members {
+            let _ = writeln!(s, "        {}:\n          ansible_host: {}", h.name, h.address);
+        }
+    }
+    s
+}
+
+/// A known_hosts entry for `ip` from a host's `ssh_host_ed25519_key.pub` line
+/// (the comment is dropped; the key is checked to parse).
+pub fn host_key_entry(ip: IpAddr, pub_line: &str) -> Result<String, String> {
+    let mut f = pub_line.split_whitespace();
+    let (Some(kind), Some(b64)) = (f.next(), f.next()) else {
+        return Err(format!("not an SSH public key line: {:?}", pub_line.trim()));
+    };
+    if kind != "ssh-ed25519" {
+        return Err(format!("expected an ssh-ed25519 host key, got {kind}"));
+    }
+    russh::keys::parse_public_key_base64(b64)
+        .map_err(|e| format!("the ed25519 host key does not parse: {e}"))?;
+    Ok(format!("{ip} {kind} {b64}"))
+}
+
+/// The lab's known_hosts: one ed25519 entry per host, in host order.
+pub fn render_known_hosts(lab: &str, entries: &[String]) -> String {
+    let mut s = format!(
+        "# pgha lab {lab}: host keys read from each container (docker exec), \
+         rewritten by `pgha lab up` and `pgha lab replace`.\n"
+    );
+    for e in entries {
+        s.push_str(e);
+        s.push('\n');
+    }
+    s
+}
+
+/// `text` with the entries for `ip` replaced by `entry` (appended when there was none).
+pub fn update_known_hosts(text: &str, ip: IpAddr, entry: &str) -> String {
+    let ip_s = ip.to_string();
+    let bracketed = format!("[{ip}]:22");
+    let mut out = String::new();
+    let mut placed = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        let names = t.split_whitespace().next().unwrap_or_default();
+        let is_ip = !t.starts_with('#')
+            && names
+                .split(',')
+                .any(|n| n == ip_s.as_str() || n == bracketed.as_str());
+        if is_ip {
+            if !placed {
+                out.push_str(entry);
+                out.push('\n');
+                placed = true;
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !placed {
+        out.push_str(entry);
+        out.push('\n');
+    }
+    out
+}
+
+/// `docker run` arguments for one lab host: systemd as PID 1 with the flags known to
+/// work on these machines (`--privileged` does not).
+pub fn run_args(lab: &str, host: &Planned, image: &str) -> Vec<String> {
+    let ip = host.address.to_string();
+    [
+        "run",
+        "-d",
+        "--name",
+        &host.container,
+        "--hostname",
+        &host.name,
+        "--network",
+        lab,
+        "--ip",
+        &ip,
+        "--network-alias",
+        &host.name,
+        "--label",
+        &format!("{LABEL}={lab}"),
+        "--label",
+        &format!("{LABEL_HOST}={}", host.name),
+        "--label",
+        &format!("{LABEL_ADDRESS}={ip}"),
+        "--cap-add",
+        "SYS_ADMIN",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        "--cgroupns=host",
+        image,
+        "/sbin/init",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn names_and_dirs() {
+        assert!(validate_name("pgha-lab").is_ok());
+        assert!(validate_name("pgha-t-lab2").is_ok());
+        for bad in ["", "-x", "x-", "Lab", "a_b", "a.b", &"x".repeat(41)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(default_dir("pgha-lab"), PathBuf::from(".pgha-lab"));
+        assert_eq!(default_dir("demo"), PathBuf::from(".pgha-lab-demo"));
+        assert_eq!(container_name("demo", "db2"), "demo-db2");
+    }
+
+    #[test]
+    fn host_names_parse_and_sort() {
+        assert_eq!(parse_host("db12"), Some((Role::Db, 12)));
+        assert_eq!(parse_host("router1"), Some((Role::Router, 1)));
+        for bad in ["db", "db0", "db01", "dbx", "web1", "router-1"] {
+            assert_eq!(parse_host(bad), None, "{bad}");
+        }
+        let mut v = vec!["router1", "db10", "db2", "db1"];
+        v.sort_by_key(|h| host_order(h));
+        assert_eq!(v, ["db1", "db2", "db10", "router1"]);
+    }
+
+    #[test]
+    fn hosts_get_fixed_addresses() {
+        let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
+        let hosts = plan_hosts("demo", subnet, 3, 1);
+        let got: Vec<(String, String, String)> = hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.container.clone(), h.address.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("db1".into(), "demo-db1".into(), "172.28.7.11".into()),
+                ("db2".into(), "demo-db2".into(), "172.28.7.12".into()),
+                ("db3".into(), "demo-db3".into(), "172.28.7.13".into()),
+                ("router1".into(), "demo-router1".into(), "172.28.7.101".into()),
+            ]
+        );
+        let max = plan_hosts("demo", subnet, MAX_DB, MAX_ROUTERS);
+        assert_eq!(max[MAX_DB as usize - 1].address.to_string(), "172.28.7.99");
+        assert_eq!(max.last().unwrap().address.to_string(), "172.28.7.199");
+        assert!(validate_counts(0, 1).is_err());
+        assert!(validate_counts(MAX_DB + 1, 1).is_err());
+        assert!(validate_counts(3, MAX_ROUTERS + 1).is_err());
+        assert!(validate_counts(3, 0).is_ok());
+    }
+
+    #[test]
+    fn subnets_are_deterministic_and_avoid_overlaps() {
+        let p = preferred_subnet("pgha-lab");
+        assert_eq!(p, preferred_subnet("pgha-lab"));
+        assert_eq!(p.prefix_len(), 24);
+        assert_eq!(&p.network().octets()[..2], &[172, 28]);
+        assert_eq!(choose_subnet("pgha-lab", &[]).unwrap(), (p, None));
+
+        let taken = vec![("network other".to_string(), IpNet::V4(p))];
+        let (s, note) = choose_subnet("pgha-lab", &taken).unwrap();
+        assert_ne!(s, p);
+        let note = note.unwrap();
+        assert!(note.contains(&p.to_string()) && note.contains("network other"), "{note}");
+
+        // A wide route over the whole range leaves nothing.
+        let e = choose_subnet("pgha-lab", &[("route via tun0".into(), net("172.28.0.0/16"))])
+            .unwrap_err();
+        assert!(e.contains("route via tun0"), "{e}");
+        // Unrelated networks do not matter.
+        assert_eq!(
+            choose_subnet("pgha-lab", &[("x".into(), net("172.31.240.0/24"))]).unwrap(),
+            (p, None)
+        );
+    }
+
+    #[test]
+    fn the_labs_our_tests_run_side_by_side_prefer_different_subnets() {
+        let names = ["pgha-lab", "pgha-t-lab", "pgha-e2e", "pgha-e2e-user"];
+        let mut seen = std::collections::BTreeSet::new();
+        for n in names {
+            assert!(seen.insert(preferred_subnet(n)), "{n} collides");
+        }
+    }
+
+    #[test]
+    fn proc_routes() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+br-1\t00001CAC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_proc_routes(text),
+            vec![
+                ("eth0".to_string(), net("192.168.0.0/24")),
+                ("br-1".to_string(), net("172.28.0.0/16")),
+            ]
+        );
+    }
+
+    #[test]
+    fn inventory_for_root_and_deploy() {
+        let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
+        let hosts = plan_hosts("demo", subnet, 2, 1);
+        let inv = render_inventory("demo", &hosts, "root");
+        assert_eq!(
+            inv,
+            "# pgha lab demo: written by `pgha lab up`, which rewrites it when the lab changes.\n\
+# Relative paths are resolved against this file's directory.\n\
+all:
+  vars:
+    cluster_name: demo
+    pgha_known_hosts: known_hosts
+    ansible_user: root
+    ansible_ssh_private_key_file: id_ed25519
+  children:
+    db:
+      hosts:
+        db1:
+          ansible_host: 172.28.7.11
+        db2:
+          ansible_host: 172.28.7.12
+    router:
+      hosts:
+        router1:
+          ansible_host: 172.28.7.101
+"
+        );
+        let v: yaml_serde::Value = yaml_serde::from_str(&inv).unwrap();
+        assert_eq!(
+            v["all"]["children"]["router"]["hosts"]["router1"]["ansible_host"].as_str(),
+            Some("172.28.7.101")
+        );
+        let dep = render_inventory("demo", &hosts, "deploy");
+        let v: yaml_serde::Value = yaml_serde::from_str(&dep).unwrap();
+        assert_eq!(v["all"]["vars"]["ansible_user"].as_str(), Some("deploy"));
+        assert_eq!(v["all"]["vars"]["ansible_become"].as_bool(), Some(true));
+        let no_router = render_inventory("demo", &plan_hosts("demo", subnet, 1, 0), "root");
+        assert!(!no_router.contains("router"), "{no_router}");
+    }
+
+    const KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIEnRplL8OWQ+uwpUzTnQ6LjzrRygGnr2QcxiHu1f/7Oe";
+    const KEY2: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIMMWh1jvvB9UO7Q/wv8JY/wM/bFvD598dyXMwK2OPgKS";
+
+    #[test]
+    fn known_hosts_entries() {
+        let ip: IpAddr = "172.28.7.11".parse().unwrap();
+        let e = host_key_entry(ip, &format!("ssh-ed25519 {KEY} root@db1\n")).unwrap();
+        assert_eq!(e, format!("172.28.7.11 ssh-ed25519 {KEY}"));
+        assert!(host_key_entry(ip, "ssh-rsa AAAA x").is_err());
+        assert!(host_key_entry(ip, "ssh-ed25519 notbase64").is_err());
+        assert!(host_key_entry(ip, "").is_err());
+
+        let text = render_known_hosts("demo", std::slice::from_ref(&e));
+        let kh = crate::ssh::KnownHosts::parse(std::path::Path::new("kh"), &text);
+        let key = russh::keys::parse_public_key_base64(KEY).unwrap();
+        assert_eq!(
+            kh.check("172.28.7.11", 22, &key),
+            crate::ssh::HostKeyStatus::Known { line: 2 }
+        );
+    }
+
+    #[test]
+    fn known_hosts_update_replaces_only_that_host() {
+        let a = format!("172.28.7.11 ssh-ed25519 {KEY}");
+        let b = format!("172.28.7.12 ssh-ed25519 {KEY}");
+        let text = format!("# c\n{a}\n{b}\n");
+        let ip: IpAddr = "172.28.7.11".parse().unwrap();
+        let new = format!("172.28.7.11 ssh-ed25519 {KEY2}");
+        assert_eq!(update_known_hosts(&text, ip, &new), format!("# c\n{new}\n{b}\n"));
+        let ip3: IpAddr = "172.28.7.13".parse().unwrap();
+        let new3 = format!("172.28.7.13 ssh-ed25519 {KEY2}");
+        assert_eq!(
+            update_known_hosts(&text, ip3, &new3),
+            format!("# c\n{a}\n{b}\n{new3}\n")
+        );
+        // Duplicate entries for the host collapse into the new one; 172.28.7.111 is another host.
+        let other = format!("172.28.7.111 ssh-ed25519 {KEY}");
+        let text = format!("{a}\n{other}\n172.28.7.11,db1 ssh-ed25519 {KEY}\n");
+        assert_eq!(update_known_hosts(&text, ip, &new), format!("{new}\n{other}\n"));
+    }
+
+    #[test]
+    fn docker_run_arguments() {
+        let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
+        let h = &plan_hosts("demo", subnet, 1, 0)[0];
+        let args = run_args("demo", h, "pgha-lab:0123456789ab").join(" ");
+        assert_eq!(
+            args,
+            "run -d --name demo-db1 --hostname db1 --network demo --ip 172.28.7.11 \
+--network-alias db1 --label pgha.lab=demo --label pgha.lab.host=db1 \
+--label pgha.lab.address=172.28.7.11 --cap-add SYS_ADMIN --tmpfs /run --tmpfs /run/lock \
+-v /sys/fs/cgroup:/sys/fs/cgroup:rw --cgroupns=host pgha-lab:0123456789ab /sbin/init"
+        );
+        assert!(!args.contains("--privileged"));
+    }
+}

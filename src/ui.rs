@@ -1,0 +1,189 @@
+//! What people see: a spinner per phase on a terminal (indicatif), plain lines
+//! otherwise, and a recap per host at the end. With `--output json` the human
+//! lines go to stderr and stdout carries one JSON document.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct HostRecap {
+    pub ok: u32,
+    pub changed: u32,
+    pub failed: u32,
+    pub unreachable: u32,
+}
+
+#[derive(Clone)]
+pub struct Ui {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    json: bool,
+    bars: Option<MultiProgress>,
+    start: Instant,
+    recap: Mutex<BTreeMap<String, HostRecap>>,
+}
+
+/// A running phase: a spinner on a terminal, a start line otherwise.
+pub struct Phase {
+    ui: Ui,
+    name: String,
+    bar: Option<ProgressBar>,
+    start: Instant,
+}
+
+impl Ui {
+    pub fn new(output: OutputFormat) -> Ui {
+        let json = output == OutputFormat::Json;
+        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        Ui {
+            inner: Arc::new(Inner {
+                json,
+                bars: tty.then(MultiProgress::new),
+                start: Instant::now(),
+                recap: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.inner.json
+    }
+
+    /// A line for people (stderr in json mode, so stdout stays one document).
+    pub fn line(&self, msg: impl AsRef<str>) {
+        let msg = msg.as_ref();
+        match &self.inner.bars {
+            Some(mp) => {
+                let _ = mp.println(msg);
+            }
+            None if self.inner.json => eprintln!("{msg}"),
+            None => println!("{msg}"),
+        }
+    }
+
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        self.line(format!("warning: {}", msg.as_ref()));
+    }
+
+    pub fn host(&self, host: &str, msg: impl AsRef<str>) {
+        self.line(format!("  {host:<10} {}", msg.as_ref()));
+    }
+
+    pub fn phase(&self, name: &str) -> Phase {
+        let bar = self.inner.bars.as_ref().map(|mp| {
+            let b = mp.add(ProgressBar::new_spinner());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:.bold} {wide_msg} {elapsed}")
+                    .expect("static template"),
+            );
+            b.set_prefix(name.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        if bar.is_none() {
+            self.line(format!("== {name}"));
+        }
+        Phase {
+            ui: self.clone(),
+            name: name.to_string(),
+            bar,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.inner.start.elapsed()
+    }
+
+    pub fn changed(&self, host: &str, n: u32) {
+        self.inner
+            .recap
+            .lock()
+            .unwrap()
+            .entry(host.into())
+            .or_default()
+            .changed += n;
+    }
+    pub fn ok(&self, host: &str, n: u32) {
+        self.inner
+            .recap
+            .lock()
+            .unwrap()
+            .entry(host.into())
+            .or_default()
+            .ok += n;
+    }
+    pub fn failed(&self, host: &str) {
+        self.inner
+            .recap
+            .lock()
+            .unwrap()
+            .entry(host.into())
+            .or_default()
+            .failed += 1;
+    }
+    pub fn unreachable(&self, host: &str) {
+        self.inner
+            .recap
+            .lock()
+            .unwrap()
+            .entry(host.into())
+            .or_default()
+            .unreachable += 1;
+    }
+    pub fn recap(&self) -> BTreeMap<String, HostRecap> {
+        self.inner.recap.lock().unwrap().clone()
+    }
+    pub fn total_changed(&self) -> u32 {
+        self.recap().values().map(|r| r.changed).sum()
+    }
+
+    /// The recap table, one line per host.
+    pub fn print_recap(&self) {
+        self.line("");
+        self.line("RECAP");
+        for (host, r) in self.recap() {
+            self.line(format!(
+                "  {host:<10} ok={:<4} changed={:<4} failed={:<2} unreachable={}",
+                r.ok, r.changed, r.failed, r.unreachable
+            ));
+        }
+    }
+}
+
+impl Phase {
+    /// Progress text (what is being waited for).
+    pub fn set(&self, msg: impl Into<String>) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.into());
+        }
+    }
+    pub fn done(self, summary: impl AsRef<str>) {
+        let secs = self.start.elapsed().as_secs_f32();
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        self.ui.line(format!(
+            "ok {:<9} {} ({secs:.1}s)",
+            self.name,
+            summary.as_ref()
+        ));
+    }
+}
+
+impl Drop for Phase {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
