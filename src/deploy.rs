@@ -51,7 +51,9 @@ pub fn ssh_options(args: &SshArgs, inv: &Inventory) -> SshOptions {
         .clone()
         .or_else(|| inv.known_hosts.clone())
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             home.join(".ssh").join("known_hosts")
         });
     let mut o = SshOptions::new(known);
@@ -79,7 +81,12 @@ pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Fai
 /// Deploy the cluster described by the inventory at `inventory` (used by `pgha lab up`).
 /// Host keys are verified against the inventory's `pgha_known_hosts` file.
 pub async fn run_for_lab(inventory: &Path, output: OutputFormat) -> Result<Exit, Failure> {
-    let inv = inventory::load(inventory, &LoadOptions { write_secrets: true })?;
+    let inv = inventory::load(
+        inventory,
+        &LoadOptions {
+            write_secrets: true,
+        },
+    )?;
     let ssh = ssh_options(
         &SshArgs {
             known_hosts: None,
@@ -114,7 +121,11 @@ pub async fn deploy(
         let known: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(Failure::options(format!(
             "--limit names unknown host(s) {}; the inventory has: {}",
-            unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             known.join(", ")
         )));
     }
@@ -207,7 +218,10 @@ impl<'a> Run<'a> {
             all.extend(other);
             return Err(Failure::new(
                 exit,
-                format!("nothing was changed; cannot reach every host:\n  {}", all.join("\n  ")),
+                format!(
+                    "nothing was changed; cannot reach every host:\n  {}",
+                    all.join("\n  ")
+                ),
             ));
         }
         phase.done(format!("{} hosts, host keys verified", sessions.len()));
@@ -249,13 +263,10 @@ impl<'a> Run<'a> {
         F: Fn(String, Session) -> Fut,
         Fut: Future<Output = anyhow::Result<u32>>,
     {
-        let futs = hosts
-            .iter()
-            .filter(|h| self.acts_on(h))
-            .map(|h| {
-                let fut = f(h.clone(), self.session(h).clone());
-                async move { (h.clone(), fut.await) }
-            });
+        let futs = hosts.iter().filter(|h| self.acts_on(h)).map(|h| {
+            let fut = f(h.clone(), self.session(h).clone());
+            async move { (h.clone(), fut.await) }
+        });
         let mut failures = Vec::new();
         for (host, res) in join_all(futs).await {
             match res {
@@ -309,12 +320,15 @@ impl<'a> Run<'a> {
             let script = facts::script(&self.facts_request(&h.name));
             async move {
                 let t0 = now_secs();
-                let out = s.exec(&Cmd::root(script).timeout(Duration::from_secs(60))).await;
+                let out = s
+                    .exec(&Cmd::root(script).timeout(Duration::from_secs(60)))
+                    .await;
                 let mid = (t0 + now_secs()) / 2.0;
                 let res = match out {
-                    Ok(o) => o.ok().map_err(anyhow::Error::from).and_then(|o| {
-                        facts::parse(&h.name, &o.stdout_str()).map(|f| (f, mid))
-                    }),
+                    Ok(o) => o
+                        .ok()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|o| facts::parse(&h.name, &o.stdout_str()).map(|f| (f, mid))),
                     Err(e) => Err(e.into()),
                 };
                 (h.name.clone(), res)
@@ -375,20 +389,34 @@ impl<'a> Run<'a> {
             .collect();
         let etcd_new = with_data.is_empty();
         if !etcd_new && with_data.len() < etcd_hosts.len() {
-            let missing: Vec<&String> = etcd_hosts.iter().filter(|h| !with_data.contains(h)).collect();
+            let missing: Vec<&String> = etcd_hosts
+                .iter()
+                .filter(|h| !with_data.contains(h))
+                .collect();
             return Err(host_failed(format!(
                 "etcd members {} have no data directory ({etcd_member_dir}) while {} do: a lost member must be \
                  removed from and re-added to the running etcd cluster, which deploy does not do implicitly; nothing was changed",
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                with_data.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                with_data
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let patroni_initialized = if etcd_new {
             false
         } else {
-            etcd::key_exists(&self.ep.etcd, &format!("/service/{}/initialize", c.cluster_name))
-                .await
-                .unwrap_or(false)
+            etcd::key_exists(
+                &self.ep.etcd,
+                &format!("/service/{}/initialize", c.cluster_name),
+            )
+            .await
+            .unwrap_or(false)
         };
         // Cluster-wide changes visible now (a running cluster).
         let dcs_patch = if patroni_initialized {
@@ -401,7 +429,10 @@ impl<'a> Run<'a> {
         if !self.opts.limit.is_empty() {
             let mut unsafe_reasons = Vec::new();
             if etcd_new || !patroni_initialized {
-                unsafe_reasons.push("the cluster does not exist yet: the first deploy must include every host".to_string());
+                unsafe_reasons.push(
+                    "the cluster does not exist yet: the first deploy must include every host"
+                        .to_string(),
+                );
             }
             if dcs_patch.is_some() {
                 unsafe_reasons.push("Patroni's dynamic configuration differs from the inventory (a cluster-wide change)".to_string());
@@ -419,7 +450,12 @@ impl<'a> Run<'a> {
 
         if self.opts.check {
             return self
-                .report_check(etcd_new, patroni_initialized, dcs_patch.as_ref(), sql_changes.as_deref())
+                .report_check(
+                    etcd_new,
+                    patroni_initialized,
+                    dcs_patch.as_ref(),
+                    sql_changes.as_deref(),
+                )
                 .await;
         }
 
@@ -496,7 +532,8 @@ impl<'a> Run<'a> {
                             String::new()
                         };
                         let new = String::from_utf8_lossy(&file.content);
-                        self.ui.line(self.redacted_diff(&h.name, &file.path, &old, &new));
+                        self.ui
+                            .line(self.redacted_diff(&h.name, &file.path, &old, &new));
                     }
                 }
             }
@@ -519,7 +556,9 @@ impl<'a> Run<'a> {
             Some(changes) => cluster_lines.extend(changes.iter().map(|c| format!("sql: {c}"))),
             None if !patroni_initialized => cluster_lines.push(format!(
                 "sql: create roles {}, {} and database {}",
-                self.inv.cluster.monitor_user, self.inv.cluster.app_user, self.inv.cluster.app_database
+                self.inv.cluster.monitor_user,
+                self.inv.cluster.app_user,
+                self.inv.cluster.app_database
             )),
             None => {}
         }
@@ -552,7 +591,10 @@ impl<'a> Run<'a> {
         similar::TextDiff::from_lines(&old, &new)
             .unified_diff()
             .context_radius(3)
-            .header(&format!("{host}:{path} (current)"), &format!("{host}:{path} (pgha)"))
+            .header(
+                &format!("{host}:{path} (current)"),
+                &format!("{host}:{path} (pgha)"),
+            )
             .to_string()
     }
 
@@ -625,7 +667,11 @@ impl<'a> Run<'a> {
                         n += 1;
                     }
                     if p.starts("etcd") {
-                        apply::run(&s, format!("{prepare}\nsystemctl start --no-block etcd.service")).await?;
+                        apply::run(
+                            &s,
+                            format!("{prepare}\nsystemctl start --no-block etcd.service"),
+                        )
+                        .await?;
                         n += 1;
                     }
                     Ok(n)
@@ -668,7 +714,10 @@ impl<'a> Run<'a> {
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "/var/lib/postgresql".into());
-        let prepare = format!("install -d -o postgres -g postgres -m 0755 {}", shell_quote(&parent));
+        let prepare = format!(
+            "install -d -o postgres -g postgres -m 0755 {}",
+            shell_quote(&parent)
+        );
         // Config files everywhere first; services are started below in cluster order.
         self.each(&db, "configure patroni", |h, s| {
             let prepare = prepare.clone();
@@ -746,7 +795,9 @@ impl<'a> Run<'a> {
             let phase = self.ui.phase("config");
             let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
             let since = now_secs();
-            patroni::patch_config(&api, p).await.map_err(Failure::error)?;
+            patroni::patch_config(&api, p)
+                .await
+                .map_err(Failure::error)?;
             let params = plan::patched_parameters(p);
             self.ui.host(
                 "cluster",
@@ -837,9 +888,14 @@ impl<'a> Run<'a> {
                 .filter(|m| m.state == "streaming" && m.lag == Some(0))
                 .max_by_key(|m| m.role == "sync_standby")
                 .map(|m| m.name.clone())
-                .ok_or_else(|| Failure::error(format!("no replica fit for switchover: {}", view.summary())))?;
+                .ok_or_else(|| {
+                    Failure::error(format!("no replica fit for switchover: {}", view.summary()))
+                })?;
             phase.set(format!("switchover {leader} -> {candidate}"));
-            self.ui.host(&leader, format!("switchover to {candidate} before restarting the leader"));
+            self.ui.host(
+                &leader,
+                format!("switchover to {candidate} before restarting the leader"),
+            );
             let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
             patroni::switchover(&api, &leader, &candidate)
                 .await
@@ -879,7 +935,10 @@ impl<'a> Run<'a> {
                 if st["state"] == "running" && st["pending_restart"] != true {
                     Ok(())
                 } else {
-                    Err(format!("state {}, pending_restart {}", st["state"], st["pending_restart"]))
+                    Err(format!(
+                        "state {}, pending_restart {}",
+                        st["state"], st["pending_restart"]
+                    ))
                 }
             },
         )
@@ -911,7 +970,12 @@ impl<'a> Run<'a> {
             .exec(&Cmd::root(script).stdin(sql.into_bytes()))
             .await
             .and_then(|o| o.ok())
-            .map_err(|e| host_failed(format!("{leader}: create roles: {}", self.inv.secrets.redact(&e.to_string()))))?;
+            .map_err(|e| {
+                host_failed(format!(
+                    "{leader}: create roles: {}",
+                    self.inv.secrets.redact(&e.to_string())
+                ))
+            })?;
         for ch in &changes {
             self.ui.host(leader, ch.to_string());
         }
@@ -933,12 +997,26 @@ impl<'a> Run<'a> {
             .and_then(|o| o.ok())
             .map_err(Failure::from)?;
         let f = facts::parse(host, &out.stdout_str()).map_err(|e| host_failed(e.to_string()))?;
-        f.primary_sql
-            .ok_or_else(|| host_failed(format!("{host}: expected the primary here, but PostgreSQL is in recovery")))
+        f.primary_sql.ok_or_else(|| {
+            host_failed(format!(
+                "{host}: expected the primary here, but PostgreSQL is in recovery"
+            ))
+        })
     }
 
-    async fn phase_service_role(&self, role: &str, hosts: &[String], step: &str) -> Result<(), Failure> {
-        let service = format!("{}.service", self.desired[&hosts[0]].role(role).map(|r| r.services[0].clone()).unwrap_or_default());
+    async fn phase_service_role(
+        &self,
+        role: &str,
+        hosts: &[String],
+        step: &str,
+    ) -> Result<(), Failure> {
+        let service = format!(
+            "{}.service",
+            self.desired[&hosts[0]]
+                .role(role)
+                .map(|r| r.services[0].clone())
+                .unwrap_or_default()
+        );
         self.each(hosts, step, |h, s| {
             let service = service.clone();
             async move {
@@ -957,12 +1035,14 @@ impl<'a> Run<'a> {
                     match p.notify(role) {
                         Notify::Restart => {
                             apply::systemctl(&s, "restart", &service).await?;
-                            self.ui.host(&h, format!("{service} restarted (configuration changed)"));
+                            self.ui
+                                .host(&h, format!("{service} restarted (configuration changed)"));
                             n += 1;
                         }
                         Notify::Reload => {
                             apply::systemctl(&s, "reload", &service).await?;
-                            self.ui.host(&h, format!("{service} reloaded (configuration changed)"));
+                            self.ui
+                                .host(&h, format!("{service} reloaded (configuration changed)"));
                             n += 1;
                         }
                         Notify::None | Notify::AptUpdate => {}
@@ -1030,7 +1110,9 @@ impl<'a> Run<'a> {
         for r in self.inv.router_hosts() {
             let rt = cluster::sql_round_trip(self.inv, &r.ip.to_string(), ROUTER)
                 .await
-                .map_err(|e| Failure::error(format!("verify: SQL round trip through {}: {e}", r.name)))?;
+                .map_err(|e| {
+                    Failure::error(format!("verify: SQL round trip through {}: {e}", r.name))
+                })?;
             self.ui.host(
                 "sql",
                 format!(
@@ -1062,7 +1144,10 @@ impl<'a> Run<'a> {
                 "  reads:  psql \"host={} port={} user={} dbname={}\"",
                 r.ip, c.haproxy_read_port, c.app_user, c.app_database
             ));
-            self.ui.line(format!("  stats:  http://{}:{}/", r.ip, c.haproxy_stats_port));
+            self.ui.line(format!(
+                "  stats:  http://{}:{}/",
+                r.ip, c.haproxy_stats_port
+            ));
         }
         self.ui.line(format!(
             "  password of {}: app_password in {}",
@@ -1118,11 +1203,18 @@ pub fn preflight(
                 h.name
             ));
         }
-        let mut ports: Vec<(u16, &[&str])> = Vec::new();
+        // Port -> (process names of ours, the unit that owns it). A process name can
+        // be hidden (no ptrace access, e.g. in containers): then an active unit of
+        // ours counts as the owner.
+        let mut ports: Vec<(u16, &[&str], &str)> = Vec::new();
         if d.role("patroni").is_some() {
-            ports.push((c.postgresql_port, &["postgres"]));
-            ports.push((c.patroni_rest_port, &["patroni", "python3"]));
-            ports.push((c.exporter_port, &["prometheus-post", "postgres_export"]));
+            ports.push((c.postgresql_port, &["postgres"], "patroni"));
+            ports.push((c.patroni_rest_port, &["patroni", "python3"], "patroni"));
+            ports.push((
+                c.exporter_port,
+                &["prometheus-post", "postgres_export"],
+                "prometheus-postgres-exporter",
+            ));
             if f.exists(&format!("/etc/postgresql/{}/main", c.postgresql_version)) {
                 problems.push(format!(
                     "{}: a Debian-managed PostgreSQL cluster {}/main exists (pg_lsclusters); Patroni must own PostgreSQL here: save its data, then remove it with `pg_dropcluster --stop {} main`",
@@ -1131,18 +1223,24 @@ pub fn preflight(
             }
         }
         if d.role("etcd").is_some() {
-            ports.push((c.etcd_client_port, &["etcd"]));
-            ports.push((c.etcd_peer_port, &["etcd"]));
+            ports.push((c.etcd_client_port, &["etcd"], "etcd"));
+            ports.push((c.etcd_peer_port, &["etcd"], "etcd"));
         }
         if d.role("haproxy").is_some() {
-            ports.push((c.haproxy_write_port, &["haproxy"]));
-            ports.push((c.haproxy_read_port, &["haproxy"]));
-            ports.push((c.haproxy_stats_port, &["haproxy"]));
+            ports.push((c.haproxy_write_port, &["haproxy"], "haproxy"));
+            ports.push((c.haproxy_read_port, &["haproxy"], "haproxy"));
+            ports.push((c.haproxy_stats_port, &["haproxy"], "haproxy"));
         }
-        for (port, ours) in ports {
-            if let Some(proc_name) = f.listening.get(&port)
-                && !ours.contains(&proc_name.as_str())
-            {
+        for (port, ours, unit) in ports {
+            let Some(proc_name) = f.listening.get(&port) else {
+                continue;
+            };
+            let owned = if proc_name.is_empty() {
+                f.unit(unit).is_active()
+            } else {
+                ours.contains(&proc_name.as_str())
+            };
+            if !owned {
                 problems.push(format!(
                     "{}: port {port} is already in use by {}; free it or choose another port in the inventory",
                     h.name,

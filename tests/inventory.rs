@@ -30,7 +30,10 @@ fn yml_files(dir: &Path) -> Vec<PathBuf> {
 fn header(text: &str, key: &str) -> Option<String> {
     text.lines()
         .take_while(|l| l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(&format!("# {key}:")).map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("# {key}:"))
+                .map(|v| v.trim().to_string())
+        })
 }
 
 fn load(p: &Path) -> Result<Inventory, InventoryError> {
@@ -47,9 +50,14 @@ fn bad_corpus_fails_with_the_announced_error() {
         let text = fs::read_to_string(path).unwrap();
         let expect = header(&text, "expect")
             .unwrap_or_else(|| panic!("{name}: first line must be `# expect: <substring>`"));
-        assert!(text.starts_with("# expect:"), "{name}: `# expect:` must be the first line");
+        assert!(
+            text.starts_with("# expect:"),
+            "{name}: `# expect:` must be the first line"
+        );
         match load(path) {
-            Ok(_) => problems.push(format!("{name}: loaded, expected an error containing {expect:?}")),
+            Ok(_) => problems.push(format!(
+                "{name}: loaded, expected an error containing {expect:?}"
+            )),
             Err(e) => {
                 let failure: Failure = e.clone().into();
                 if failure.exit != Exit::Inventory || failure.exit as i32 != 4 {
@@ -66,7 +74,9 @@ fn bad_corpus_fails_with_the_announced_error() {
                     }
                 }
                 if failure.message != msg {
-                    problems.push(format!("{name}: Failure message differs from the error's Display"));
+                    problems.push(format!(
+                        "{name}: Failure message differs from the error's Display"
+                    ));
                 }
             }
         }
@@ -77,8 +87,16 @@ fn bad_corpus_fails_with_the_announced_error() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.ends_with(".yml") || n.contains(".secrets."))
         .collect();
-    assert!(leftovers.is_empty(), "files created in the corpus: {leftovers:?}");
-    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        leftovers.is_empty(),
+        "files created in the corpus: {leftovers:?}"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -86,7 +104,12 @@ fn missing_file_is_an_inventory_error() {
     let e = load(Path::new("tests/inventories/no-such-inventory.yml")).unwrap_err();
     let f: Failure = e.into();
     assert_eq!(f.exit, Exit::Inventory);
-    assert!(f.message.contains("no-such-inventory.yml: the inventory file does not exist"), "{}", f.message);
+    assert!(
+        f.message
+            .contains("no-such-inventory.yml: the inventory file does not exist"),
+        "{}",
+        f.message
+    );
 }
 
 #[test]
@@ -146,14 +169,24 @@ fn ansible_style_inventory_loads() {
     assert_eq!(names, ["pg-a", "pg-b", "pg-c"]);
     assert_eq!(inv.router_hosts()[0].name, "lb-a");
     let c = inv.host("pg-c").unwrap();
-    assert_eq!((c.ssh.user.as_str(), c.ssh.port, c.ssh.become_), ("deploy", 2222, true));
-    assert_eq!(c.ssh.key_file.as_deref(), Some(d.path().join("keys/deploy_ed25519").as_path()));
+    assert_eq!(
+        (c.ssh.user.as_str(), c.ssh.port, c.ssh.become_),
+        ("deploy", 2222, true)
+    );
+    assert_eq!(
+        c.ssh.key_file.as_deref(),
+        Some(d.path().join("keys/deploy_ed25519").as_path())
+    );
     assert_eq!(inv.cluster.cluster_name, "orders");
     assert_eq!(inv.cluster.postgresql_parameters["max_connections"], 300);
     assert!(inv.host("grafana").is_none());
     // Other playbooks' variables and hosts: warnings, not errors.
     let w: Vec<_> = inv.warnings.iter().map(|w| w.message.as_str()).collect();
-    assert!(w.iter().any(|m| m.contains("`timezone` ignored: not a pgha setting")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|m| m.contains("`timezone` ignored: not a pgha setting")),
+        "{w:?}"
+    );
     assert!(w.iter().any(|m| m.contains("host `grafana`")), "{w:?}");
 }
 
@@ -172,7 +205,10 @@ fn binary_exits_4_on_a_bad_inventory() {
     assert_eq!(out.status.code(), Some(4));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("did_you_mean.yml:6:5"), "{stderr}");
-    assert!(stderr.contains("did you mean `postgresql_version`?"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `postgresql_version`?"),
+        "{stderr}"
+    );
     // JSON mode: a JSON error document on stdout, same exit code.
     let out = pgha(&["inventory", "-i", bad.to_str().unwrap(), "--output", "json"]);
     assert_eq!(out.status.code(), Some(4));
@@ -186,17 +222,30 @@ fn binary_json_output_has_no_passwords_and_creates_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("prod.yml");
     fs::copy(root().join("tests/inventories/good/with-secrets.yml"), &inv).unwrap();
-    fs::write(dir.path().join("replication.pw"), "Repl1cation-Secret-From-File\n").unwrap();
+    fs::write(
+        dir.path().join("replication.pw"),
+        "Repl1cation-Secret-From-File\n",
+    )
+    .unwrap();
     fs::write(
         dir.path().join("prod.secrets.yml"),
         "monitor_password: Monitor-Secret-From-Store\n",
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir.path().join("prod.secrets.yml"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        dir.path().join("prod.secrets.yml"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
 
     let out = pgha(&["--output", "json", "inventory", "-i", inv.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     for secret in [
         "Inline-Superuser-Secret",
@@ -246,14 +295,22 @@ fn deploy_style_load_writes_the_secrets_file_once() {
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("site.yml");
     fs::copy(root().join("inventory/example.yml"), &inv).unwrap();
-    let opts = LoadOptions { write_secrets: true };
+    let opts = LoadOptions {
+        write_secrets: true,
+    };
     let a = inventory::load(&inv, &opts).unwrap();
     let store = dir.path().join("site.secrets.yml");
     assert_eq!(a.secrets_path, store);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let b = inventory::load(&inv, &opts).unwrap();
-    assert_eq!(a.secrets.app_password.expose(), b.secrets.app_password.expose());
+    assert_eq!(
+        a.secrets.app_password.expose(),
+        b.secrets.app_password.expose()
+    );
     assert_eq!(a.secrets.superuser_password.expose().len(), 32);
     // A failing inventory never writes secrets.
     let bad = dir.path().join("bad.yml");

@@ -200,11 +200,11 @@ useradd -m -s /bin/bash nopw
 echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy
 echo 'nopw ALL=(ALL) ALL' > /etc/sudoers.d/nopw
 chmod 440 /etc/sudoers.d/deploy /etc/sudoers.d/nopw
-cat > /tmp/ak
+keys=$(cat)
 for u in root deploy nopw; do
   h=$(getent passwd $u | cut -d: -f6)
   mkdir -p $h/.ssh
-  cp /tmp/ak $h/.ssh/authorized_keys
+  printf '%s\n' "$keys" > $h/.ssh/authorized_keys
   chown -R $u: $h/.ssh
   chmod 700 $h/.ssh
   chmod 600 $h/.ssh/authorized_keys

@@ -142,6 +142,9 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
     let mut env = Environment::new();
     // A typo in a template variable is an error, not an empty string.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Config files are not HTML or JSON: never escape (minijinja would JSON-escape
+    // values in templates named *.yml.j2).
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -274,5 +277,82 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("undefined"), "{err}");
+    }
+
+    fn sample() -> Inventory {
+        let text = "all:\n  vars:\n    superuser_password: \"pa'ss\\\"word\"\n    postgresql_parameters:\n      work_mem: 8MB\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
+        crate::inventory::load_str(
+            std::path::Path::new("/nonexistent/inv.yml"),
+            text,
+            &crate::inventory::LoadOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn file<'a>(d: &'a [HostDesired], host: &str, path: &str) -> String {
+        let h = d.iter().find(|h| h.host == host).unwrap();
+        let f = h.files().find(|f| f.path == path).unwrap();
+        String::from_utf8(f.content.clone()).unwrap()
+    }
+
+    #[test]
+    fn patroni_config_is_valid_yaml_with_the_right_values() {
+        let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
+        let text = file(&d, "db2", "/etc/patroni/config.yml");
+        let y: serde_json::Value = yaml_serde::from_str(&text).unwrap();
+        assert_eq!(y["name"], "db2");
+        assert_eq!(y["restapi"]["connect_address"], "10.9.0.12:8008");
+        assert_eq!(y["postgresql"]["authentication"]["superuser"]["password"], "pa'ss\"word");
+        assert_eq!(y["etcd3"]["hosts"][2], "10.9.0.13:2379");
+        assert_eq!(y["bootstrap"]["dcs"]["postgresql"]["parameters"]["work_mem"], "8MB");
+        let hba: Vec<String> = y["postgresql"]["pg_hba"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        assert!(hba.contains(&"host replication replicator 10.9.0.11/32 scram-sha-256".to_string()));
+        assert!(hba.contains(&"host all all 10.9.0.21/32 scram-sha-256".to_string()));
+        assert!(!hba.iter().any(|l| l.contains("0.0.0.0/0")), "no open pg_hba by default");
+    }
+
+    #[test]
+    fn roles_apply_to_their_groups_only() {
+        let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
+        let names = |h: &str| -> Vec<String> {
+            d.iter().find(|x| x.host == h).unwrap().roles.iter().map(|r| r.name.clone()).collect()
+        };
+        assert_eq!(names("db1"), ["common", "postgres", "etcd", "patroni", "exporter"]);
+        assert_eq!(names("router1"), ["common", "haproxy"]);
+        let d1 = d.iter().find(|x| x.host == "db1").unwrap();
+        assert_eq!(d1.role("postgres").unwrap().packages, ["postgresql-17"]);
+    }
+
+    #[test]
+    fn etcd_and_haproxy_files_list_every_member() {
+        let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
+        let etcd = file(&d, "db3", "/etc/default/etcd");
+        assert!(etcd.contains("ETCD_NAME=\"db3\"\n"));
+        assert!(etcd.contains(
+            "ETCD_INITIAL_CLUSTER=\"db1=http://10.9.0.11:2380,db2=http://10.9.0.12:2380,db3=http://10.9.0.13:2380\"\n"
+        ));
+        let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+        assert_eq!(hap.matches("server db2 10.9.0.12:5432 check port 8008").count(), 2);
+        assert!(hap.contains("bind *:5000") && hap.contains("bind *:5001") && hap.contains("bind *:8404"));
+        let exp = file(&d, "db1", "/etc/default/prometheus-postgres-exporter");
+        assert!(exp.contains("DATA_SOURCE_USER=\"pgha_monitor\""));
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let lib = Library::builtin().unwrap();
+        let inv = sample();
+        let a = desired_state(&inv, &lib).unwrap();
+        let b = desired_state(&inv, &lib).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            for (f, g) in x.files().zip(y.files()) {
+                assert!(f.content == g.content, "{} differs between renders", f.path);
+            }
+        }
     }
 }

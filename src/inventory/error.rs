@@ -18,7 +18,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn new(file: &Path, line: Option<usize>, column: Option<usize>, message: impl Into<String>) -> Self {
+    pub fn new(
+        file: &Path,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             file: file.to_path_buf(),
             line,
@@ -61,7 +66,12 @@ impl fmt::Display for InventoryError {
         match self.errors.as_slice() {
             [one] => write!(f, "{one}"),
             many => {
-                write!(f, "{} problems in inventory {}:", many.len(), self.path.display())?;
+                write!(
+                    f,
+                    "{} problems in inventory {}:",
+                    many.len(),
+                    self.path.display()
+                )?;
                 for d in many {
                     write!(f, "\n  {d}")?;
                 }

@@ -67,10 +67,49 @@ pub fn locate(text: &str, path: &[Seg]) -> Option<Loc> {
                 start = i + 1;
                 end = scope_end(&lines, i, end);
             }
-            None => break,
+            None => {
+                // A flow mapping on the ancestor's line (`db1: {ansible_port: 0}`):
+                // point at the key inside it when it is the last segment.
+                if let (Some(loc), Seg::Key(k), true) = (found, seg, depth + 1 == path.len())
+                    && let Some(col) = text
+                        .lines()
+                        .nth(loc.line - 1)
+                        .and_then(|l| flow_key_column(l, k))
+                {
+                    found = Some(Loc {
+                        line: loc.line,
+                        column: col,
+                        exact: true,
+                    });
+                }
+                break;
+            }
         }
     }
     found
+}
+
+/// The column (1-based) of `key:` inside a flow mapping on `line`.
+fn flow_key_column(line: &str, key: &str) -> Option<usize> {
+    let line = strip_comment(line);
+    let open = line.find('{')?;
+    let needle = format!("{key}:");
+    let mut from = open + 1;
+    while let Some(i) = line[from..].find(&needle) {
+        let at = from + i;
+        let before = line[..at].trim_end_matches(' ');
+        let after = &line[at + needle.len()..];
+        if (before.ends_with('{') || before.ends_with(','))
+            && (after.is_empty()
+                || after.starts_with(' ')
+                || after.starts_with('}')
+                || after.starts_with(','))
+        {
+            return Some(line[..at].chars().count() + 1);
+        }
+        from = at + needle.len();
+    }
+    None
 }
 
 /// Every line where `key` occurs as a direct child of the mapping at `parent`
@@ -190,7 +229,11 @@ fn scan(text: &str) -> Vec<VLine> {
             }
             block_scalar = None;
         }
-        if indent == 0 && (trimmed.starts_with("---") || trimmed.starts_with("...") || trimmed.starts_with('%')) {
+        if indent == 0
+            && (trimmed.starts_with("---")
+                || trimmed.starts_with("...")
+                || trimmed.starts_with('%'))
+        {
             continue;
         }
         let first = out.len();
@@ -323,7 +366,12 @@ fn strip_comment(line: &str) -> &str {
 
 fn prev_space_or_indicator(before: &str) -> bool {
     let t = before.trim_end_matches(' ');
-    t.is_empty() || t.ends_with(':') || t.ends_with('-') || t.ends_with('[') || t.ends_with('{') || t.ends_with(',')
+    t.is_empty()
+        || t.ends_with(':')
+        || t.ends_with('-')
+        || t.ends_with('[')
+        || t.ends_with('{')
+        || t.ends_with(',')
 }
 
 #[cfg(test)]
@@ -368,21 +416,46 @@ all:
 
     #[test]
     fn finds_nested_keys() {
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.db.hosts.db1.ansible_host")).unwrap();
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.db.hosts.db1.ansible_host"),
+        )
+        .unwrap();
         assert_eq!((l.line, l.column, l.exact), (18, 15, true));
         let l = locate(DOC, &p("all.vars.cluster_name")).unwrap();
         assert_eq!((l.line, l.column, l.exact), (5, 5, true));
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.router.hosts.router1.ansible_port")).unwrap();
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.router.hosts.router1.ansible_port"),
+        )
+        .unwrap();
         assert_eq!(l.line, 29);
     }
 
     #[test]
     fn quoted_keys() {
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.db.hosts.db2.ansible_port")).unwrap();
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.db.hosts.db2.ansible_port"),
+        )
+        .unwrap();
         assert_eq!((l.line, l.exact), (20, true));
-        // Flow mapping: falls back to the host's own line.
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.db.hosts.db3.ansible_port")).unwrap();
-        assert_eq!((l.line, l.exact), (21, false));
+        // Flow mapping: the key inside it, on the host's line.
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.db.hosts.db3.ansible_port"),
+        )
+        .unwrap();
+        assert_eq!((l.line, l.column, l.exact), (21, 21, true));
+        // A key the flow mapping does not hold: the host's own line.
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.db.hosts.db3.ansible_user"),
+        )
+        .unwrap();
+        assert_eq!((l.line, l.column, l.exact), (21, 13, false));
+        assert_eq!(flow_key_column("  h: {a: 1, b: 2}", "b"), Some(13));
+        assert_eq!(flow_key_column("  h: {ab: 1}", "b"), None);
     }
 
     #[test]
@@ -400,7 +473,11 @@ all:
 
     #[test]
     fn falls_back_to_nearest_ancestor() {
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.db.hosts.db9.ansible_port")).unwrap();
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.db.hosts.db9.ansible_port"),
+        )
+        .unwrap();
         assert_eq!((l.line, l.exact), (16, false));
         assert!(locate(DOC, &p("nope.x")).is_none());
     }
@@ -408,9 +485,17 @@ all:
     #[test]
     fn block_scalars_are_skipped() {
         // `db1:` inside the `note: |` block must not be taken for a key.
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.router.hosts")).unwrap();
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.router.hosts"),
+        )
+        .unwrap();
         assert_eq!(l.line, 27);
-        let l = locate(DOC, &p("all.children.postgres_cluster.children.router.vars.db1")).unwrap();
+        let l = locate(
+            DOC,
+            &p("all.children.postgres_cluster.children.router.vars.db1"),
+        )
+        .unwrap();
         assert!(!l.exact);
     }
 
@@ -454,7 +539,13 @@ all:
     fn dotted_paths() {
         assert_eq!(
             parse_dotted("all.vars.apt_pins[2].package"),
-            vec![Seg::key("all"), Seg::key("vars"), Seg::key("apt_pins"), Seg::Index(2), Seg::key("package")]
+            vec![
+                Seg::key("all"),
+                Seg::key("vars"),
+                Seg::key("apt_pins"),
+                Seg::Index(2),
+                Seg::key("package")
+            ]
         );
         assert!(parse_dotted(".").is_empty());
     }

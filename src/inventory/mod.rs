@@ -39,7 +39,9 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Inventory, InventoryError
         Ok(t) => t,
         Err(e) => {
             let what = match e.kind() {
-                std::io::ErrorKind::NotFound => "the inventory file does not exist: check the path given to -i".to_string(),
+                std::io::ErrorKind::NotFound => {
+                    "the inventory file does not exist: check the path given to -i".to_string()
+                }
                 _ => format!("cannot read the inventory file: {e}"),
             };
             return Err(InventoryError {
@@ -77,17 +79,21 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
     if ctx.has_errors() {
         return Err(ctx.into_error());
     }
-    if opts.write_secrets && !found.missing.is_empty() {
-        if let Err(msg) = secrets::store_missing(&store, &mut found) {
-            ctx.push(Diagnostic::new(&store, None, None, msg));
-            return Err(ctx.into_error());
-        }
+    if opts.write_secrets
+        && !found.missing.is_empty()
+        && let Err(msg) = secrets::store_missing(&store, &mut found)
+    {
+        ctx.push(Diagnostic::new(&store, None, None, msg));
+        return Err(ctx.into_error());
     }
     for name in std::mem::take(&mut found.missing) {
         found.values.insert(name, secrets::generate());
-        found
-            .sources
-            .insert(name, SecretSource::Pending { path: store.clone() });
+        found.sources.insert(
+            name,
+            SecretSource::Pending {
+                path: store.clone(),
+            },
+        );
     }
     let secret = |n: &str| Secret::new(found.values.get(n).cloned().unwrap_or_default());
     let secrets = Secrets {
@@ -116,7 +122,12 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
 
 /// `pgha inventory -i FILE`: print the resolved inventory. Creates no files.
 pub fn command(args: &InventoryArgs, output: OutputFormat) -> Result<Exit, Failure> {
-    match load(&args.inventory, &LoadOptions { write_secrets: false }) {
+    match load(
+        &args.inventory,
+        &LoadOptions {
+            write_secrets: false,
+        },
+    ) {
         Ok(inv) => {
             let out = match output {
                 OutputFormat::Text => print::text(&inv),
@@ -145,7 +156,9 @@ pub fn eprint_warnings(inv: &Inventory) {
 pub(crate) fn expand_local_path(dir: &Path, p: &str) -> PathBuf {
     let expanded = if p == "~" || p.starts_with("~/") {
         match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(p.trim_start_matches('~').trim_start_matches('/')),
+            Some(home) => {
+                PathBuf::from(home).join(p.trim_start_matches('~').trim_start_matches('/'))
+            }
             None => PathBuf::from(p),
         }
     } else {
@@ -156,6 +169,23 @@ pub(crate) fn expand_local_path(dir: &Path, p: &str) -> PathBuf {
     } else {
         dir.join(expanded)
     }
+}
+
+pub(crate) const INI_HINT: &str = ": INI inventories are not supported; convert this one to the YAML form \
+     with `ansible-inventory -i FILE --list --yaml`";
+
+/// An Ansible INI inventory: a `[group]` header line and no `all:`.
+pub(crate) fn looks_like_ini(text: &str) -> bool {
+    let header = |l: &str| {
+        let l = l.trim();
+        l.len() > 2
+            && l.starts_with('[')
+            && l.ends_with(']')
+            && l[1..l.len() - 1]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':'))
+    };
+    text.lines().any(header) && !text.lines().any(|l| l.trim_end() == "all:")
 }
 
 /// Collects problems while the inventory is read.
@@ -181,6 +211,10 @@ impl<'a> Ctx<'a> {
         let mut w = std::mem::take(&mut self.warnings);
         w.sort_by_key(|(line, _)| (line.is_none(), *line));
         w.into_iter().map(|(_, w)| w).collect()
+    }
+
+    pub(crate) fn text(&self) -> &str {
+        self.text
     }
 
     pub(crate) fn error_count(&self) -> usize {
@@ -213,18 +247,14 @@ impl<'a> Ctx<'a> {
         } else {
             locate::locate(self.text, path)
         };
-        let d = Diagnostic::new(
-            self.path,
-            loc.map(|l| l.line),
-            loc.map(|l| l.column),
-            msg,
-        );
+        let d = Diagnostic::new(self.path, loc.map(|l| l.line), loc.map(|l| l.column), msg);
         self.errors.push(d);
     }
 
     /// An error about the file as a whole.
     pub(crate) fn error(&mut self, msg: impl Into<String>) {
-        self.errors.push(Diagnostic::new(self.path, None, None, msg));
+        self.errors
+            .push(Diagnostic::new(self.path, None, None, msg));
     }
 
     pub(crate) fn warn_at(&mut self, path: Option<&[Seg]>, msg: impl Into<String>) {
@@ -258,9 +288,16 @@ impl<'a> Ctx<'a> {
     }
 
     fn yaml_error(&mut self, e: &yaml_serde::Error) {
+        if looks_like_ini(self.text) {
+            self.error(format!("this is not a YAML inventory{INI_HINT}"));
+            return;
+        }
         let msg = e.to_string();
         let loc = e.location();
-        let (mut line, mut column) = (loc.as_ref().map(|l| l.line()), loc.as_ref().map(|l| l.column()));
+        let (mut line, mut column) = (
+            loc.as_ref().map(|l| l.line()),
+            loc.as_ref().map(|l| l.column()),
+        );
         // "all.vars: duplicate entry with key \"a\" at line 3 column 5": point at the repeated key.
         let text = if let Some(i) = msg.find("duplicate entry with key ") {
             let prefix = msg[..i].trim_end_matches(": ").trim_end();

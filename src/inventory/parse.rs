@@ -72,7 +72,8 @@ impl Tree {
                     path: path.to_vec(),
                     ..Group::default()
                 });
-                self.group_index.insert(name.to_string(), self.groups.len() - 1);
+                self.group_index
+                    .insert(name.to_string(), self.groups.len() - 1);
                 self.groups.len() - 1
             }
         };
@@ -88,7 +89,8 @@ impl Tree {
                     vars: Vec::new(),
                     seen: Vec::new(),
                 });
-                self.host_index.insert(name.to_string(), self.hosts.len() - 1);
+                self.host_index
+                    .insert(name.to_string(), self.hosts.len() - 1);
                 self.hosts.len() - 1
             }
         };
@@ -125,13 +127,15 @@ pub(crate) fn parse(ctx: &mut Ctx, root: &Yaml) -> Tree {
             return tree;
         }
         other => {
-            ctx.error_at(
-                &[],
-                format!(
-                    "the top level must be a mapping starting with `all:`, found {}",
-                    super::vars::describe(other)
-                ),
-            );
+            let hint = if super::looks_like_ini(ctx.text()) {
+                super::INI_HINT
+            } else {
+                ""
+            };
+            ctx.error(format!(
+                "the top level must be a mapping starting with `all:`, found {}{hint}",
+                super::vars::describe(other)
+            ));
             return tree;
         }
     };
@@ -147,7 +151,14 @@ pub(crate) fn parse(ctx: &mut Ctx, root: &Yaml) -> Tree {
             );
         }
     }
-    walk_group(ctx, &mut tree, "all", &map["all"], vec![Seg::key("all")], None);
+    walk_group(
+        ctx,
+        &mut tree,
+        "all",
+        &map["all"],
+        vec![Seg::key("all")],
+        None,
+    );
     tree
 }
 
@@ -290,18 +301,23 @@ fn walk_hosts(ctx: &mut Ctx, tree: &mut Tree, group: &str, value: &Yaml, path: V
             Yaml::String(s) => s.clone(),
             Yaml::Number(n) => n.to_string(),
             _ => {
-                ctx.error_at(&path, format!("group `{group}`: host names must be strings"));
+                ctx.error_at(
+                    &path,
+                    format!("group `{group}`: host names must be strings"),
+                );
                 continue;
             }
         };
         let hpath = child(&path, &host);
         if let Some(problem) = bad_name(&host) {
-            ctx.error_at(
-                &hpath,
-                format!(
-                    "host name `{host}` {problem} (put the address in `ansible_host:` and give the host a short name)"
-                ),
-            );
+            let hint = if host.contains('[') {
+                "host ranges like db[1:3] are not supported: list each host"
+            } else if host.contains(':') {
+                "`name:port` is not supported: set `ansible_port:` under the host"
+            } else {
+                "put the address in `ansible_host:` and give the host a short name"
+            };
+            ctx.error_at(&hpath, format!("host name `{host}` {problem}: {hint}"));
             continue;
         }
         {
@@ -310,7 +326,9 @@ fn walk_hosts(ctx: &mut Ctx, tree: &mut Tree, group: &str, value: &Yaml, path: V
                 g.hosts.push(host.clone());
             }
         }
-        tree.host_mut(&host).seen.push((group.to_string(), hpath.clone()));
+        tree.host_mut(&host)
+            .seen
+            .push((group.to_string(), hpath.clone()));
         match v {
             Yaml::Null => {}
             Yaml::Mapping(_) => {
@@ -376,7 +394,11 @@ fn bad_name(name: &str) -> Option<&'static str> {
     if name.len() > 63 {
         return Some("is longer than 63 characters");
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Some("must start with a letter or digit");
     }
     if !name

@@ -47,7 +47,11 @@ pub(crate) fn text(inv: &Inventory) -> String {
     } else {
         "not created yet"
     };
-    let _ = writeln!(o, "secrets file  {} ({store_state})", inv.secrets_path.display());
+    let _ = writeln!(
+        o,
+        "secrets file  {} ({store_state})",
+        inv.secrets_path.display()
+    );
     let _ = writeln!(
         o,
         "known_hosts   {}",

@@ -81,7 +81,10 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             );
             continue;
         }
-        let mut order: Vec<usize> = tree.group("all").map(|g| g.vars.clone()).unwrap_or_default();
+        let mut order: Vec<usize> = tree
+            .group("all")
+            .map(|g| g.vars.clone())
+            .unwrap_or_default();
         let mut sorted: Vec<&String> = groups.iter().collect();
         sorted.sort_by(|a, b| {
             (depth.get(a.as_str()), a.as_str()).cmp(&(depth.get(b.as_str()), b.as_str()))
@@ -132,7 +135,10 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
     {
         let name = spec.canonical;
         if managed.is_empty() {
-            let all = tree.group("all").map(|g| g.vars.clone()).unwrap_or_default();
+            let all = tree
+                .group("all")
+                .map(|g| g.vars.clone())
+                .unwrap_or_default();
             if let Some(&d) = all
                 .iter()
                 .rev()
@@ -153,13 +159,20 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             .find(|(_, d)| value_of(*d) != value_of(first.1))
         {
             // Point at a definition: the one that differs from the default or the other.
-            let (a, b) = if first.1.is_some() { (first, *other) } else { (*other, first) };
+            let (a, b) = if first.1.is_some() {
+                (first, *other)
+            } else {
+                (*other, first)
+            };
             let secret = matches!(spec.scope, Scope::Secret);
             let show = |(h, d): (usize, Option<usize>)| {
                 let host = &tree.hosts[h].name;
                 match d {
                     None => format!("{host} gets the default"),
-                    Some(d) if secret => format!("{host} gets the value set at {}", ctx.line_of(&tree.defs[d].path)),
+                    Some(d) if secret => format!(
+                        "{host} gets the value set at {}",
+                        ctx.line_of(&tree.defs[d].path)
+                    ),
                     Some(d) => format!(
                         "{host} gets {} (set at {})",
                         short_json(typed[d].as_ref().unwrap_or(&Json::Null)),
@@ -594,7 +607,10 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(app_user, str);
     set!(app_database, str);
     if let Some((Json::Array(a), _)) = v.get("apt_sources") {
-        c.apt_sources = a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect();
+        c.apt_sources = a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
     }
     if let Some((Json::Array(a), _)) = v.get("apt_pins") {
         c.apt_pins = a
@@ -641,7 +657,11 @@ fn validate(
 
     // etcd: odd number of members, at least 3.
     let explicit_etcd = !members("etcd").is_empty();
-    let etcd = if explicit_etcd { members("etcd") } else { db.clone() };
+    let etcd = if explicit_etcd {
+        members("etcd")
+    } else {
+        db.clone()
+    };
     if check_membership && !db.is_empty() && (etcd.len() < 3 || etcd.len() % 2 == 0) {
         let (g, how) = if explicit_etcd {
             ("etcd", "add or remove hosts in the `etcd` group")
@@ -677,7 +697,10 @@ fn validate(
     }
 
     // A host in both db and router.
-    for h in hosts.iter().filter(|h| h.in_group("db") && h.in_group("router")) {
+    for h in hosts
+        .iter()
+        .filter(|h| h.in_group("db") && h.in_group("router"))
+    {
         let at = router_entry(tree, &h.name);
         if c.allow_router_on_db {
             ctx.warn_at(
@@ -703,7 +726,8 @@ fn validate(
     // Duplicate addresses.
     for (i, a) in hosts.iter().enumerate() {
         for b in &hosts[..i] {
-            let same_ssh = a.ssh.address.eq_ignore_ascii_case(&b.ssh.address) && a.ssh.port == b.ssh.port;
+            let same_ssh =
+                a.ssh.address.eq_ignore_ascii_case(&b.ssh.address) && a.ssh.port == b.ssh.port;
             let at = address_path(tree, &a.name);
             if same_ssh {
                 ctx.error_at(
@@ -757,7 +781,11 @@ fn validate(
         for (i, (ka, pa)) in ports.iter().enumerate() {
             for (kb, pb) in &ports[..i] {
                 if pa == pb && reported.insert((kb, ka)) {
-                    let at = if cvals.contains_key(ka) { def_path(ka) } else { def_path(kb) };
+                    let at = if cvals.contains_key(ka) {
+                        def_path(ka)
+                    } else {
+                        def_path(kb)
+                    };
                     ctx.error_at(
                         &at,
                         format!(
@@ -856,7 +884,11 @@ fn validate(
     ];
     for (i, (ka, a)) in roles.iter().enumerate() {
         if let Some((kb, _)) = roles[..i].iter().find(|(_, b)| b == a) {
-            let at = if cvals.contains_key(ka) { def_path(ka) } else { def_path(kb) };
+            let at = if cvals.contains_key(ka) {
+                def_path(ka)
+            } else {
+                def_path(kb)
+            };
             ctx.error_at(
                 &at,
                 format!("`{kb}` and `{ka}` are both `{a}`: each role needs its own name"),

@@ -32,7 +32,7 @@ pub fn secrets_path(inventory: &Path) -> PathBuf {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "inventory".into());
-    parent_dir(inventory).join(format!("{stem}.secrets.yml"))
+    inventory.with_file_name(format!("{stem}.secrets.yml"))
 }
 
 pub(crate) fn parent_dir(p: &Path) -> PathBuf {
@@ -154,9 +154,7 @@ pub(crate) fn store_missing(store: &Path, found: &mut Found) -> Result<(), Strin
             read_store(store).map_err(|d| d.to_string())?
         } else {
             BTreeMap::new()
-        }
-        .into_iter()
-        .collect();
+        };
         // Values that appeared meanwhile win over generating new ones.
         found.missing.retain(|name| match content.get(*name) {
             Some(v) => {
@@ -204,7 +202,10 @@ pub(crate) fn store_missing(store: &Path, found: &mut Found) -> Result<(), Strin
     ))
 }
 
-fn render_store(store: &Path, content: &BTreeMap<String, String>) -> Result<String, yaml_serde::Error> {
+fn render_store(
+    store: &Path,
+    content: &BTreeMap<String, String>,
+) -> Result<String, yaml_serde::Error> {
     let name = store
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -296,7 +297,8 @@ fn read_store(store: &Path) -> Result<BTreeMap<String, String>, super::Diagnosti
             for (k, v) in m {
                 let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
                     let key = k.as_str().unwrap_or("?").to_string();
-                    let line = super::locate::locate(&text, &[Seg::Key(key.clone())]).map(|l| l.line);
+                    let line =
+                        super::locate::locate(&text, &[Seg::Key(key.clone())]).map(|l| l.line);
                     return Err(diag(
                         line,
                         None,
@@ -338,7 +340,7 @@ mod tests {
         );
         assert_eq!(
             secrets_path(Path::new("prod.yaml")),
-            PathBuf::from("./prod.secrets.yml")
+            PathBuf::from("prod.secrets.yml")
         );
     }
 
@@ -347,7 +349,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.secrets.yml");
         assert!(write_0600(&p, b"a: b\n", true).unwrap());
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         // A second create does not replace it.
         assert!(!write_0600(&p, b"a: c\n", true).unwrap());
         assert_eq!(fs::read_to_string(&p).unwrap(), "a: b\n");

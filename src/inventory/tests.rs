@@ -57,8 +57,18 @@ fn defaults() {
     assert_eq!(c.postgresql_version, 17);
     assert_eq!(c.postgresql_port, 5432);
     assert_eq!(c.postgresql_data_dir, "/var/lib/postgresql/17/main");
-    assert_eq!((c.patroni_ttl, c.patroni_loop_wait, c.patroni_retry_timeout), (20, 2, 8));
-    assert_eq!((c.haproxy_write_port, c.haproxy_read_port, c.haproxy_stats_port), (5000, 5001, 8404));
+    assert_eq!(
+        (c.patroni_ttl, c.patroni_loop_wait, c.patroni_retry_timeout),
+        (20, 2, 8)
+    );
+    assert_eq!(
+        (
+            c.haproxy_write_port,
+            c.haproxy_read_port,
+            c.haproxy_stats_port
+        ),
+        (5000, 5001, 8404)
+    );
     assert!(c.synchronous_mode && !c.synchronous_mode_strict);
     assert_eq!(c.install_method, InstallMethod::Native);
     let h = inv.host("db1").unwrap();
@@ -70,7 +80,10 @@ fn defaults() {
     assert_eq!(inv.db_hosts().len(), 3);
     assert_eq!(inv.router_hosts().len(), 1);
     assert_eq!(
-        inv.etcd_hosts().iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+        inv.etcd_hosts()
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>(),
         ["db1", "db2", "db3"]
     );
     assert_eq!(inv.known_hosts, None);
@@ -82,8 +95,15 @@ fn data_dir_follows_version() {
     let d = Dir::new();
     let text = BASE.replace("cluster_name: demo", "postgresql_version: 16");
     let inv = d.load(&text).unwrap();
-    assert_eq!(inv.cluster.postgresql_data_dir, "/var/lib/postgresql/16/main");
-    assert!(inv.warnings.iter().any(|w| w.message.contains("Debian 13 ships only PostgreSQL 17")));
+    assert_eq!(
+        inv.cluster.postgresql_data_dir,
+        "/var/lib/postgresql/16/main"
+    );
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.message.contains("Debian 13 ships only PostgreSQL 17"))
+    );
 }
 
 #[test]
@@ -134,7 +154,11 @@ fn become_defaults_to_true_for_non_root() {
     let text = BASE.replace("cluster_name: demo", "ansible_user: deploy\n    become: no");
     let inv = d.load(&text).unwrap();
     assert!(!inv.host("db1").unwrap().ssh.become_);
-    assert!(inv.warnings.iter().any(|w| w.message.contains("become is off")));
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.message.contains("become is off"))
+    );
 }
 
 #[test]
@@ -172,7 +196,9 @@ all:
 #[test]
 fn unmanaged_hosts_are_ignored_with_a_warning() {
     let d = Dir::new();
-    let text = format!("{BASE}    monitoring:\n      hosts:\n        grafana1: {{ansible_host: not-resolvable.invalid}}\n");
+    let text = format!(
+        "{BASE}    monitoring:\n      hosts:\n        grafana1: {{ansible_host: not-resolvable.invalid}}\n"
+    );
     let inv = d.load(&text).unwrap();
     assert!(inv.host("grafana1").is_none());
     assert!(inv.warnings.iter().any(|w| w.message.contains("grafana1")));
@@ -181,35 +207,54 @@ fn unmanaged_hosts_are_ignored_with_a_warning() {
 #[test]
 fn did_you_mean_is_an_error_unknown_is_a_warning() {
     let d = Dir::new();
-    let text = BASE.replace("cluster_name: demo", "postgres_version: 16\n    ntp_servers: [a]");
+    let text = BASE.replace(
+        "cluster_name: demo",
+        "postgres_version: 16\n    ntp_servers: [a]",
+    );
     let e = err_text(d.load(&text));
     assert!(e.contains("inv.yml:3:5"), "{e}");
     assert!(e.contains("did you mean `postgresql_version`?"), "{e}");
     let text = BASE.replace("cluster_name: demo", "ntp_servers: [a]");
     let inv = d.load(&text).unwrap();
     assert!(inv.warnings[0].message.contains("inv.yml:3"));
-    assert!(inv.warnings[0].message.contains("ignored: not a pgha setting"));
+    assert!(
+        inv.warnings[0]
+            .message
+            .contains("ignored: not a pgha setting")
+    );
 }
 
 #[test]
 fn all_errors_are_reported_together() {
     let d = Dir::new();
     let text = BASE
-        .replace("cluster_name: demo", "postgresql_port: 0\n    patroni_rest_port: abc")
-        .replace("db3: {ansible_host: 10.0.0.13}", "db3: {ansible_host: 10.0.0.12}");
+        .replace(
+            "cluster_name: demo",
+            "postgresql_port: 0\n    patroni_rest_port: abc",
+        )
+        .replace(
+            "db3: {ansible_host: 10.0.0.13}",
+            "db3: {ansible_host: 10.0.0.12}",
+        );
     let e = d.load(&text).unwrap_err();
     assert_eq!(e.errors.len(), 3, "{e}");
     let s = e.to_string();
     assert!(s.starts_with("3 problems in inventory"), "{s}");
     assert!(s.contains("inv.yml:3:5: `postgresql_port`: port 0"), "{s}");
-    assert!(s.contains("inv.yml:4:5: `patroni_rest_port`: expected a whole number"), "{s}");
+    assert!(
+        s.contains("inv.yml:4:5: `patroni_rest_port`: expected a whole number"),
+        "{s}"
+    );
     assert!(s.contains("same address 10.0.0.12"), "{s}");
 }
 
 #[test]
 fn cluster_vars_need_one_value() {
     let d = Dir::new();
-    let text = BASE.replace("    db:\n      hosts:", "    db:\n      vars:\n        postgresql_port: 6432\n      hosts:");
+    let text = BASE.replace(
+        "    db:\n      hosts:",
+        "    db:\n      vars:\n        postgresql_port: 6432\n      hosts:",
+    );
     let e = err_text(d.load(&text));
     assert!(e.contains("`postgresql_port` must have one value"), "{e}");
     assert!(e.contains("db1 gets 6432"), "{e}");
@@ -218,8 +263,14 @@ fn cluster_vars_need_one_value() {
     assert!(e.contains("inv.yml:7:"), "{e}");
     // The same value everywhere is fine even when set per group.
     let text = BASE
-        .replace("    db:\n      hosts:", "    db:\n      vars:\n        postgresql_port: 6432\n      hosts:")
-        .replace("    router:\n      hosts:", "    router:\n      vars:\n        postgresql_port: 6432\n      hosts:");
+        .replace(
+            "    db:\n      hosts:",
+            "    db:\n      vars:\n        postgresql_port: 6432\n      hosts:",
+        )
+        .replace(
+            "    router:\n      hosts:",
+            "    router:\n      vars:\n        postgresql_port: 6432\n      hosts:",
+        );
     assert_eq!(d.load(&text).unwrap().cluster.postgresql_port, 6432);
 }
 
@@ -235,10 +286,19 @@ fn known_hosts_relative_to_inventory() {
 fn key_files_relative_and_checked() {
     let d = Dir::new();
     d.write("id_test", "KEY");
-    let text = BASE.replace("cluster_name: demo", "ansible_ssh_private_key_file: id_test");
+    let text = BASE.replace(
+        "cluster_name: demo",
+        "ansible_ssh_private_key_file: id_test",
+    );
     let inv = d.load(&text).unwrap();
-    assert_eq!(inv.host("db2").unwrap().ssh.key_file, Some(d.dir.path().join("id_test")));
-    let text = BASE.replace("cluster_name: demo", "ansible_ssh_private_key_file: missing_key");
+    assert_eq!(
+        inv.host("db2").unwrap().ssh.key_file,
+        Some(d.dir.path().join("id_test"))
+    );
+    let text = BASE.replace(
+        "cluster_name: demo",
+        "ansible_ssh_private_key_file: missing_key",
+    );
     let e = err_text(d.load(&text));
     assert!(e.contains("cannot read private key file"), "{e}");
     assert!(e.contains("hosts `db1`, `db2`, `db3`, `router1`"), "{e}");
@@ -251,7 +311,10 @@ fn secrets_pending_without_write() {
     let inv = d.load(BASE).unwrap();
     assert!(!inv.secrets_path.exists());
     assert_eq!(inv.secrets_path, d.dir.path().join("inv.secrets.yml"));
-    assert!(matches!(inv.secret_sources["app_password"], SecretSource::Pending { .. }));
+    assert!(matches!(
+        inv.secret_sources["app_password"],
+        SecretSource::Pending { .. }
+    ));
     assert_eq!(inv.secrets.app_password.expose().len(), 32);
 }
 
@@ -259,19 +322,35 @@ fn secrets_pending_without_write() {
 fn secrets_generated_once_with_mode_0600_and_reused() {
     let d = Dir::new();
     let p = d.write("inv.yml", BASE);
-    let opts = LoadOptions { write_secrets: true };
+    let opts = LoadOptions {
+        write_secrets: true,
+    };
     let a = load(&p, &opts).unwrap();
     let store = d.dir.path().join("inv.secrets.yml");
-    assert_eq!(fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(matches!(a.secret_sources["superuser_password"], SecretSource::SecretsFile { .. }));
+    assert_eq!(
+        fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(matches!(
+        a.secret_sources["superuser_password"],
+        SecretSource::SecretsFile { .. }
+    ));
     let b = load(&p, &opts).unwrap();
     let c = load(&p, &LoadOptions::default()).unwrap();
     for (x, y) in a.secrets.all().iter().zip(b.secrets.all()) {
         assert_eq!(x.expose(), y.expose());
     }
-    assert_eq!(a.secrets.app_password.expose(), c.secrets.app_password.expose());
+    assert_eq!(
+        a.secrets.app_password.expose(),
+        c.secrets.app_password.expose()
+    );
     // All five differ from each other.
-    let mut values: Vec<_> = a.secrets.all().iter().map(|s| s.expose().to_string()).collect();
+    let mut values: Vec<_> = a
+        .secrets
+        .all()
+        .iter()
+        .map(|s| s.expose().to_string())
+        .collect();
     values.sort();
     values.dedup();
     assert_eq!(values.len(), 5);
@@ -285,9 +364,22 @@ fn secrets_file_with_loose_mode_is_tightened() {
     let p = d.write("inv.yml", BASE);
     let store = d.write("inv.secrets.yml", "app_password: fromstore123\n");
     fs::set_permissions(&store, fs::Permissions::from_mode(0o644)).unwrap();
-    let inv = load(&p, &LoadOptions { write_secrets: true }).unwrap();
-    assert_eq!(fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(inv.warnings.iter().any(|w| w.message.contains("readable by others")));
+    let inv = load(
+        &p,
+        &LoadOptions {
+            write_secrets: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.message.contains("readable by others"))
+    );
     assert_eq!(inv.secrets.app_password.expose(), "fromstore123");
     // The other four were added, the existing one kept.
     let text = fs::read_to_string(&store).unwrap();
@@ -309,9 +401,15 @@ fn secrets_inline_and_from_files() {
     assert_eq!(inv.secret_sources["app_password"], SecretSource::Inventory);
     assert_eq!(
         inv.secret_sources["superuser_password"],
-        SecretSource::File { path: d.dir.path().join("su.txt") }
+        SecretSource::File {
+            path: d.dir.path().join("su.txt")
+        }
     );
-    assert!(inv.warnings.iter().any(|w| w.message.contains("app_password_file")));
+    assert!(
+        inv.warnings
+            .iter()
+            .any(|w| w.message.contains("app_password_file"))
+    );
     // Redaction: not in Debug, not in vars, not in either output.
     assert!(!format!("{inv:?}").contains("inline-app-pw"));
     assert_eq!(inv.host("db1").unwrap().vars["app_password"], "<redacted>");
@@ -323,10 +421,16 @@ fn secrets_inline_and_from_files() {
     }
     assert!(t.contains("<redacted>  inventory"), "{t}");
     let doc: serde_json::Value = serde_json::from_str(&j).unwrap();
-    assert_eq!(doc["secrets"]["app_password"]["source"]["kind"], "inventory");
+    assert_eq!(
+        doc["secrets"]["app_password"]["source"]["kind"],
+        "inventory"
+    );
     assert_eq!(doc["cluster"]["cluster_name"], "pgha");
     // Both forms at once is an error; an unreadable file names its path.
-    let text = BASE.replace("cluster_name: demo", "app_password: x1234567\n    app_password_file: nope.txt");
+    let text = BASE.replace(
+        "cluster_name: demo",
+        "app_password: x1234567\n    app_password_file: nope.txt",
+    );
     let e = err_text(d.load(&text));
     assert!(e.contains("are both set"), "{e}");
     let text = BASE.replace("cluster_name: demo", "app_password_file: nope.txt");
@@ -339,7 +443,10 @@ fn errors_never_contain_secret_values() {
     let d = Dir::new();
     let text = BASE
         .replace("cluster_name: demo", "superuser_password: 123456789")
-        .replace("    db:\n      hosts:", "    db:\n      vars:\n        app_password: groupsecret1\n      hosts:");
+        .replace(
+            "    db:\n      hosts:",
+            "    db:\n      vars:\n        app_password: groupsecret1\n      hosts:",
+        );
     let e = err_text(d.load(&text));
     assert!(e.contains("put it in quotes"), "{e}");
     assert!(!e.contains("123456789"), "{e}");
@@ -355,7 +462,10 @@ fn yaml_syntax_and_duplicates() {
     assert!(e.contains("inv.yml:4:1"), "{e}");
     let e = err_text(d.load("all:\n  vars:\n    cluster_name: a\n    x: 1\n    cluster_name: b\n"));
     assert!(e.contains("inv.yml:5:5"), "{e}");
-    assert!(e.contains("`cluster_name` appears twice in `all.vars`"), "{e}");
+    assert!(
+        e.contains("`cluster_name` appears twice in `all.vars`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -381,15 +491,22 @@ all:
 #[test]
 fn alias_conflict_at_one_level() {
     let d = Dir::new();
-    let text = BASE.replace("db1: {ansible_host: 10.0.0.11}", "db1: {ansible_host: 10.0.0.11, address: 10.0.0.99}");
+    let text = BASE.replace(
+        "db1: {ansible_host: 10.0.0.11}",
+        "db1: {ansible_host: 10.0.0.11, address: 10.0.0.99}",
+    );
     let e = err_text(d.load(&text));
-    assert!(e.contains("`ansible_host` and `address` are both set"), "{e}");
+    assert!(
+        e.contains("`ansible_host` and `address` are both set"),
+        "{e}"
+    );
 }
 
 #[test]
 fn group_cycles_are_reported() {
     let d = Dir::new();
-    let text = format!("{BASE}    a:\n      children:\n        b:\n          children:\n            a:\n");
+    let text =
+        format!("{BASE}    a:\n      children:\n        b:\n          children:\n            a:\n");
     let e = err_text(d.load(&text));
     assert!(e.contains("its own ancestor"), "{e}");
 }
@@ -410,6 +527,10 @@ fn readme_documents_every_variable() {
     let end = readme.find("<!-- END inventory-reference -->").unwrap();
     let section = &readme[start..end];
     for k in vars::KEYS {
-        assert!(section.contains(&format!("`{}`", k.name)), "README lacks `{}`", k.name);
+        assert!(
+            section.contains(&format!("`{}`", k.name)),
+            "README lacks `{}`",
+            k.name
+        );
     }
 }

@@ -33,7 +33,10 @@ pub(crate) enum Kind {
     /// A Unix user name.
     User,
     Port,
-    Int { min: u64, max: u64 },
+    Int {
+        min: u64,
+        max: u64,
+    },
     Bool,
     /// An HAProxy time (`4s`, `30m`, `500ms`; a bare number is milliseconds).
     Duration,
@@ -99,8 +102,16 @@ pub(crate) const KEYS: &[KeySpec] = &[
     alias("ansible_user", "ssh_user", Kind::User),
     alias("ansible_ssh_user", "ssh_user", Kind::User),
     k("ssh_private_key_file", Conn, Kind::LocalPath),
-    alias("ansible_ssh_private_key_file", "ssh_private_key_file", Kind::LocalPath),
-    alias("ansible_private_key_file", "ssh_private_key_file", Kind::LocalPath),
+    alias(
+        "ansible_ssh_private_key_file",
+        "ssh_private_key_file",
+        Kind::LocalPath,
+    ),
+    alias(
+        "ansible_private_key_file",
+        "ssh_private_key_file",
+        Kind::LocalPath,
+    ),
     k("become", Conn, Kind::Bool),
     alias("ansible_become", "become", Kind::Bool),
     k("pgha_known_hosts", C, Kind::LocalPath),
@@ -281,6 +292,14 @@ fn err(msg: impl Into<String>) -> Vec<ConvError> {
 
 /// Check `v` against `kind` and normalise it (`"yes"` -> true, CIDRs canonical, ...).
 pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
+    if kind != Kind::Secret
+        && let Yaml::String(s) = v
+        && (s.contains("{{") || s.contains("{%"))
+    {
+        return Err(err(
+            "Jinja expressions are not evaluated by pgha: write the value itself",
+        ));
+    }
     if let Yaml::Tagged(t) = v {
         if t.tag == "!vault" {
             return Err(err(
@@ -323,7 +342,10 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
                     describe(v)
                 ))),
             },
-            _ => Err(err(format!("expected true or false, found {}", describe(v)))),
+            _ => Err(err(format!(
+                "expected true or false, found {}",
+                describe(v)
+            ))),
         },
         Kind::ClusterName => {
             let s = string(v)?;
@@ -331,9 +353,8 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
                 && s.chars()
                     .next()
                     .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && s.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
-                });
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
             if ok {
                 Ok(json!(s))
             } else {
@@ -379,9 +400,7 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
             if s.parse::<IpAddr>().is_ok() || is_dns_name(&s) {
                 Ok(json!(s))
             } else {
-                Err(err(format!(
-                    "\"{s}\" is not an IP address or DNS name"
-                )))
+                Err(err(format!("\"{s}\" is not an IP address or DNS name")))
             }
         }
         Kind::Duration => {
@@ -438,9 +457,9 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
                 "the password contains a control character (newline, tab, ...)",
             )),
             Yaml::String(s) => Ok(json!(s)),
-            Yaml::Number(_) | Yaml::Bool(_) => Err(err(
-                "the password is not a string: put it in quotes",
-            )),
+            Yaml::Number(_) | Yaml::Bool(_) => {
+                Err(err("the password is not a string: put it in quotes"))
+            }
             _ => Err(err("expected a password (a string)")),
         },
         Kind::Cidrs => {
@@ -771,8 +790,7 @@ pub(crate) fn yaml_to_json(v: &Yaml) -> Json {
 /// Whether a variable of this name holds a secret and must never be shown.
 pub(crate) fn is_secret_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    (n.contains("pass") || n.contains("secret") || n.contains("token"))
-        && !n.ends_with("_file")
+    (n.contains("pass") || n.contains("secret") || n.contains("token")) && !n.ends_with("_file")
 }
 
 #[cfg(test)]
@@ -786,12 +804,18 @@ mod tests {
     #[test]
     fn did_you_mean_catches_typos() {
         assert_eq!(did_you_mean("postgres_version"), Some("postgresql_version"));
-        assert_eq!(did_you_mean("postgresql_verison"), Some("postgresql_version"));
+        assert_eq!(
+            did_you_mean("postgresql_verison"),
+            Some("postgresql_version")
+        );
         assert_eq!(did_you_mean("PostgreSQL_Port"), Some("postgresql_port"));
         assert_eq!(did_you_mean("patroni-ttl"), Some("patroni_ttl"));
         assert_eq!(did_you_mean("synchronus_mode"), Some("synchronous_mode"));
         assert_eq!(did_you_mean("clustername"), Some("cluster_name"));
-        assert_eq!(did_you_mean("superuser_pasword"), Some("superuser_password"));
+        assert_eq!(
+            did_you_mean("superuser_pasword"),
+            Some("superuser_password")
+        );
     }
 
     #[test]
@@ -824,10 +848,26 @@ mod tests {
     fn ports() {
         assert_eq!(convert(Kind::Port, &y("5432")).unwrap(), json!(5432));
         assert_eq!(convert(Kind::Port, &y("'2222'")).unwrap(), json!(2222));
-        assert!(convert(Kind::Port, &y("0")).unwrap_err()[0].1.contains("port 0"));
-        assert!(convert(Kind::Port, &y("70000")).unwrap_err()[0].1.contains("out of range"));
-        assert!(convert(Kind::Port, &y("54.32")).unwrap_err()[0].1.contains("whole number"));
-        assert!(convert(Kind::Port, &y("five")).unwrap_err()[0].1.contains("\"five\""));
+        assert!(
+            convert(Kind::Port, &y("0")).unwrap_err()[0]
+                .1
+                .contains("port 0")
+        );
+        assert!(
+            convert(Kind::Port, &y("70000")).unwrap_err()[0]
+                .1
+                .contains("out of range")
+        );
+        assert!(
+            convert(Kind::Port, &y("54.32")).unwrap_err()[0]
+                .1
+                .contains("whole number")
+        );
+        assert!(
+            convert(Kind::Port, &y("five")).unwrap_err()[0]
+                .1
+                .contains("\"five\"")
+        );
         assert!(convert(Kind::Port, &y("-1")).is_err());
     }
 
@@ -853,10 +893,17 @@ mod tests {
     #[test]
     fn pins_and_params() {
         let p = convert(Kind::AptPins, &y("[{package: patroni, version: '4.0.7*'}]")).unwrap();
-        assert_eq!(p, json!([{"package": "patroni", "version": "4.0.7*", "priority": 1001}]));
+        assert_eq!(
+            p,
+            json!([{"package": "patroni", "version": "4.0.7*", "priority": 1001}])
+        );
         let e = convert(Kind::AptPins, &y("[{package: a, version: 17.10}]")).unwrap_err();
         assert_eq!(e[0].0, vec![Seg::Index(0), Seg::key("version")]);
-        let p = convert(Kind::Params, &y("{max_connections: 200, wal_log_hints: true}")).unwrap();
+        let p = convert(
+            Kind::Params,
+            &y("{max_connections: 200, wal_log_hints: true}"),
+        )
+        .unwrap();
         assert_eq!(p, json!({"max_connections": 200, "wal_log_hints": "on"}));
         let p = convert(Kind::Params, &y("[{option: work_mem, value: 8MB}]")).unwrap();
         assert_eq!(p, json!({"work_mem": "8MB"}));

@@ -137,9 +137,8 @@ pub async fn inspect(kind: &str, name: &str) -> Result<Option<Value>, Failure> {
         }
         return Err(failed(&args, &out));
     }
-    let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
-        Failure::error(format!("{}: unexpected output ({e})", show(&args)))
-    })?;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .map_err(|e| Failure::error(format!("{}: unexpected output ({e})", show(&args))))?;
     Ok(v.as_array().and_then(|a| a.first()).cloned())
 }
 
@@ -191,7 +190,10 @@ mod tests {
             show(&["exec", "c1", "sh", "-c", "set -e\necho hi", "sh"]),
             "docker exec c1 sh -c 'set -e...' sh"
         );
-        assert_eq!(show(&["ps", "--format", "{{.ID}} x"]), "docker ps --format '{{.ID}} x'");
+        assert_eq!(
+            show(&["ps", "--format", "{{.ID}} x"]),
+            "docker ps --format '{{.ID}} x'"
+        );
     }
 
     #[test]
@@ -208,6 +210,9 @@ mod tests {
             stderr: "Error: No such container: x\n".into(),
         };
         let f = failed(&["kill", "x"], &out);
-        assert_eq!(f.message, "docker kill x failed (exit 1): Error: No such container: x");
+        assert_eq!(
+            f.message,
+            "docker kill x failed (exit 1): Error: No such container: x"
+        );
     }
 }

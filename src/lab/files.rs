@@ -1,7 +1,7 @@
 //! The lab directory's files: the SSH key pair, written only when they change.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -167,6 +167,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("id_ed25519"), "junk").unwrap();
         let e = ensure_key(dir.path(), "id_ed25519", "c").unwrap_err();
-        assert!(e.message.contains("not an OpenSSH private key"), "{}", e.message);
+        assert!(
+            e.message.contains("not an OpenSSH private key"),
+            "{}",
+            e.message
+        );
     }
 }

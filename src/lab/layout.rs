@@ -116,6 +116,11 @@ fn host_address(subnet: Ipv4Net, number: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + number)
 }
 
+/// The network's gateway (the Docker host's side of the bridge): .1.
+pub fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    host_address(subnet, 1)
+}
+
 /// The fixed address of a host in the lab's /24.
 pub fn address_of(subnet: Ipv4Net, role: Role, n: u32) -> Ipv4Addr {
     match role {
@@ -146,7 +151,9 @@ pub fn validate_counts(db: u32, routers: u32) -> Result<(), String> {
         return Err(format!("--db {db}: a lab has 1 to {MAX_DB} database hosts"));
     }
     if routers > MAX_ROUTERS {
-        return Err(format!("--routers {routers}: a lab has at most {MAX_ROUTERS} routers"));
+        return Err(format!(
+            "--routers {routers}: a lab has at most {MAX_ROUTERS} routers"
+        ));
     }
     Ok(())
 }
@@ -252,7 +259,11 @@ pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str) -> String {
         }
         let _ = writeln!(s, "    {}:\n      hosts:", role.group());
         for h in members {
-            let _ = writeln!(s, "        {}:\n          ansible_host: {}", h.name, h.address);
+            let _ = writeln!(
+                s,
+                "        {}:\n          ansible_host: {}",
+                h.name, h.address
+            );
         }
     }
     s
@@ -349,6 +360,8 @@ pub fn run_args(lab: &str, host: &Planned, image: &str) -> Vec<String> {
         "-v",
         "/sys/fs/cgroup:/sys/fs/cgroup:rw",
         "--cgroupns=host",
+        "--stop-signal",
+        "SIGRTMIN+3",
         image,
         "/sbin/init",
     ]
@@ -403,7 +416,11 @@ mod tests {
                 ("db1".into(), "demo-db1".into(), "172.28.7.11".into()),
                 ("db2".into(), "demo-db2".into(), "172.28.7.12".into()),
                 ("db3".into(), "demo-db3".into(), "172.28.7.13".into()),
-                ("router1".into(), "demo-router1".into(), "172.28.7.101".into()),
+                (
+                    "router1".into(),
+                    "demo-router1".into(),
+                    "172.28.7.101".into()
+                ),
             ]
         );
         let max = plan_hosts("demo", subnet, MAX_DB, MAX_ROUTERS);
@@ -413,6 +430,7 @@ mod tests {
         assert!(validate_counts(MAX_DB + 1, 1).is_err());
         assert!(validate_counts(3, MAX_ROUTERS + 1).is_err());
         assert!(validate_counts(3, 0).is_ok());
+        assert_eq!(gateway(subnet).to_string(), "172.28.7.1");
     }
 
     #[test]
@@ -427,11 +445,17 @@ mod tests {
         let (s, note) = choose_subnet("pgha-lab", &taken).unwrap();
         assert_ne!(s, p);
         let note = note.unwrap();
-        assert!(note.contains(&p.to_string()) && note.contains("network other"), "{note}");
+        assert!(
+            note.contains(&p.to_string()) && note.contains("network other"),
+            "{note}"
+        );
 
         // A wide route over the whole range leaves nothing.
-        let e = choose_subnet("pgha-lab", &[("route via tun0".into(), net("172.28.0.0/16"))])
-            .unwrap_err();
+        let e = choose_subnet(
+            "pgha-lab",
+            &[("route via tun0".into(), net("172.28.0.0/16"))],
+        )
+        .unwrap_err();
         assert!(e.contains("route via tun0"), "{e}");
         // Unrelated networks do not matter.
         assert_eq!(
@@ -533,7 +557,10 @@ all:
         let text = format!("# c\n{a}\n{b}\n");
         let ip: IpAddr = "172.28.7.11".parse().unwrap();
         let new = format!("172.28.7.11 ssh-ed25519 {KEY2}");
-        assert_eq!(update_known_hosts(&text, ip, &new), format!("# c\n{new}\n{b}\n"));
+        assert_eq!(
+            update_known_hosts(&text, ip, &new),
+            format!("# c\n{new}\n{b}\n")
+        );
         let ip3: IpAddr = "172.28.7.13".parse().unwrap();
         let new3 = format!("172.28.7.13 ssh-ed25519 {KEY2}");
         assert_eq!(
@@ -543,7 +570,10 @@ all:
         // Duplicate entries for the host collapse into the new one; 172.28.7.111 is another host.
         let other = format!("172.28.7.111 ssh-ed25519 {KEY}");
         let text = format!("{a}\n{other}\n172.28.7.11,db1 ssh-ed25519 {KEY}\n");
-        assert_eq!(update_known_hosts(&text, ip, &new), format!("{new}\n{other}\n"));
+        assert_eq!(
+            update_known_hosts(&text, ip, &new),
+            format!("{new}\n{other}\n")
+        );
     }
 
     #[test]
@@ -556,7 +586,7 @@ all:
             "run -d --name demo-db1 --hostname db1 --network demo --ip 172.28.7.11 \
 --network-alias db1 --label pgha.lab=demo --label pgha.lab.host=db1 \
 --label pgha.lab.address=172.28.7.11 --cap-add SYS_ADMIN --tmpfs /run --tmpfs /run/lock \
--v /sys/fs/cgroup:/sys/fs/cgroup:rw --cgroupns=host pgha-lab:0123456789ab /sbin/init"
+-v /sys/fs/cgroup:/sys/fs/cgroup:rw --cgroupns=host --stop-signal SIGRTMIN+3 pgha-lab:0123456789ab /sbin/init"
         );
         assert!(!args.contains("--privileged"));
     }

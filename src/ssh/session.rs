@@ -612,6 +612,38 @@ impl Session {
         }
     }
 
+    /// Open a session channel. sshd frees a finished session only after it has handled
+    /// our close, so a burst of new channels can briefly exceed its MaxSessions (and some
+    /// servers allow fewer than `max_channels`): refusals are retried for a while.
+    async fn open_channel(&self) -> Result<russh::Channel<client::Msg>, SshError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.inner.handle.channel_open_session().await {
+                Ok(c) => return Ok(c),
+                Err(russh::Error::ChannelOpenFailure(reason))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
+                    tracing::debug!(host = %self.host(), "channel refused ({reason:?}); retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(russh::Error::ChannelOpenFailure(reason)) => {
+                    return Err(SshError::Protocol {
+                        host: self.host().to_string(),
+                        reason: format!(
+                            "the server keeps refusing new session channels ({reason:?}); \
+                             is sshd's MaxSessions lower than max_channels?"
+                        ),
+                    });
+                }
+                Err(e) => {
+                    return Err(self.lost(format!("cannot open a channel: {}", russh_reason(&e))));
+                }
+            }
+        }
+    }
+
     /// Run a command on its own channel; waits for a free channel slot first.
     /// A non-zero exit is not an error here (see `Output::ok`); sudo refusing is
     /// (`SudoPassword`, `Sudo`), as is the timeout.
@@ -627,12 +659,7 @@ impl Session {
             .acquire()
             .await
             .map_err(|_| self.lost("session closed"))?;
-        let channel = self
-            .inner
-            .handle
-            .channel_open_session()
-            .await
-            .map_err(|e| self.lost(format!("cannot open a channel: {}", russh_reason(&e))))?;
+        let channel = self.open_channel().await?;
         let (mut rx, tx) = channel.split();
         // Closes the channel (and stops the command) if this future is dropped midway.
         let mut guard = ChannelGuard(Some(tx));
