@@ -879,27 +879,33 @@ impl<'a> Run<'a> {
                 .map_err(|e| Failure::error(e.to_string()))?;
         }
         if pending.contains(&leader) {
-            // Re-check lag right before choosing: a synchronous standby with lag 0.
-            let view = cluster::wait_patroni_healthy(&self.ep, db, REPLICAS)
-                .await
-                .map_err(|e| Failure::error(e.to_string()))?;
-            let candidate = view
-                .replicas()
-                .filter(|m| m.state == "streaming" && m.lag == Some(0))
-                .max_by_key(|m| m.role == "sync_standby")
-                .map(|m| m.name.clone())
-                .ok_or_else(|| {
-                    Failure::error(format!("no replica fit for switchover: {}", view.summary()))
-                })?;
-            phase.set(format!("switchover {leader} -> {candidate}"));
-            self.ui.host(
-                &leader,
-                format!("switchover to {candidate} before restarting the leader"),
-            );
+            // Choose right before the switchover, from a fresh view: a replica
+            // streaming with lag 0 and, in synchronous mode, the synchronous standby
+            // (Patroni refuses any other). Roles can move between the read and the
+            // request, so a refusal is retried with a fresh choice.
+            let sync = self.inv.cluster.synchronous_mode;
             let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
-            patroni::switchover(&api, &leader, &candidate)
-                .await
-                .map_err(Failure::error)?;
+            let candidate = until(
+                &format!("a switchover of {leader} to a caught-up {}", if sync { "synchronous standby" } else { "replica" }),
+                REPLICAS,
+                || async {
+                    let view = patroni::cluster_any(&self.ep.patroni_apis()).await?;
+                    let candidate = view
+                        .replicas()
+                        .find(|m| {
+                            m.state == "streaming" && m.lag == Some(0) && (!sync || m.role == "sync_standby")
+                        })
+                        .map(|m| m.name.clone())
+                        .ok_or_else(|| view.summary())?;
+                    phase.set(format!("switchover {leader} -> {candidate}"));
+                    patroni::switchover(&api, &leader, &candidate).await?;
+                    Ok(candidate)
+                },
+            )
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?;
+            self.ui.host(&leader, format!("switched over to {candidate} before restarting the leader"));
+            self.ui.changed(&leader, 1);
             cluster::wait_leader(&self.ep, Some(&candidate), LEADER)
                 .await
                 .map_err(|e| Failure::error(e.to_string()))?;

@@ -209,6 +209,7 @@ for u in root deploy nopw; do
   chmod 700 $h/.ssh
   chmod 600 $h/.ssh/authorized_keys
 done
+printf 'Match User nopw\n    MaxSessions 2\n' > /etc/ssh/sshd_config.d/pgha-test.conf
 rm -f /etc/ssh/ssh_host_*
 ssh-keygen -A >/dev/null
 "#;
@@ -896,6 +897,26 @@ async fn many_parallel_execs_on_one_session() {
     // The session is still healthy (every channel was closed).
     for _ in 0..3 {
         s.exec(&Cmd::user("true")).await.unwrap().ok().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_allowing_fewer_sessions_than_max_channels() {
+    // sshd allows `nopw` only 2 sessions per connection; pgha asks for up to 8.
+    let (s, _d) = connect("nopw").await;
+    let futs = (0..12).map(|i| {
+        let s = s.clone();
+        async move {
+            let out = s
+                .exec(&Cmd::user(format!("sleep 0.2; echo {i}")))
+                .await?
+                .ok()?;
+            Ok::<_, SshError>((i, out.stdout_str()))
+        }
+    });
+    for r in futures_util::future::join_all(futs).await {
+        let (i, out) = r.unwrap();
+        assert_eq!(out, format!("{i}\n"));
     }
 }
 
