@@ -427,23 +427,15 @@ impl<'a> Run<'a> {
         let sql_changes = self.sql_changes_from_facts();
 
         if !self.opts.limit.is_empty() {
-            let mut unsafe_reasons = Vec::new();
-            if etcd_new || !patroni_initialized {
-                unsafe_reasons.push(
-                    "the cluster does not exist yet: the first deploy must include every host"
-                        .to_string(),
-                );
-            }
-            if dcs_patch.is_some() {
-                unsafe_reasons.push("Patroni's dynamic configuration differs from the inventory (a cluster-wide change)".to_string());
-            }
-            if !sql_changes.as_ref().is_none_or(|s| s.is_empty()) {
-                unsafe_reasons.push("roles or databases on the primary differ from the inventory (a cluster-wide change)".to_string());
-            }
-            if !unsafe_reasons.is_empty() {
+            let reasons = limit_refusals(
+                etcd_new || !patroni_initialized,
+                dcs_patch.is_some(),
+                sql_changes.as_ref().is_some_and(|s| !s.is_empty()),
+            );
+            if !reasons.is_empty() {
                 return Err(Failure::options(format!(
                     "--limit is not safe here; run without --limit. Reasons:\n  {}",
-                    unsafe_reasons.join("\n  ")
+                    reasons.join("\n  ")
                 )));
             }
         }
@@ -1175,6 +1167,22 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Why `--limit` would be unsafe: a cluster that does not exist yet needs every
+/// host, and cluster-wide changes cannot be applied to a subset of hosts.
+pub fn limit_refusals(cluster_missing: bool, dcs_differs: bool, sql_differs: bool) -> Vec<String> {
+    let mut r = Vec::new();
+    if cluster_missing {
+        r.push("the cluster does not exist yet: the first deploy must include every host".to_string());
+    }
+    if dcs_differs {
+        r.push("Patroni's dynamic configuration differs from the inventory (a cluster-wide change)".to_string());
+    }
+    if sql_differs {
+        r.push("roles or databases on the primary differ from the inventory (a cluster-wide change)".to_string());
+    }
+    r
+}
+
 /// Checks before any change. Pure: facts in, problems out (each starts with the host).
 pub fn preflight(
     inv: &Inventory,
@@ -1256,4 +1264,119 @@ pub fn preflight(
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::facts::UnitFact;
+
+    fn sample() -> Inventory {
+        let text = "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
+        inventory::load_str(Path::new("/nonexistent/inv.yml"), text, &LoadOptions::default()).unwrap()
+    }
+
+    fn healthy() -> HostFacts {
+        HostFacts {
+            os_id: "debian".into(),
+            os_version: "13".into(),
+            os_codename: "trixie".into(),
+            disk_free_kib: 10 * 1024 * 1024,
+            ..HostFacts::default()
+        }
+    }
+
+    fn check(edit: impl Fn(&str, &mut HostFacts), skew: f64) -> Vec<String> {
+        let inv = sample();
+        let lib = Library::builtin().unwrap();
+        let desired: BTreeMap<_, _> = desired::desired_state(&inv, &lib)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.host.clone(), d))
+            .collect();
+        let mut facts = BTreeMap::new();
+        let mut skews = BTreeMap::new();
+        for h in &inv.hosts {
+            let mut f = healthy();
+            edit(&h.name, &mut f);
+            facts.insert(h.name.clone(), f);
+            skews.insert(h.name.clone(), if h.name == "db2" { skew } else { 0.0 });
+        }
+        preflight(&inv, &desired, &facts, &skews)
+    }
+
+    #[test]
+    fn bare_debian_13_hosts_pass() {
+        assert_eq!(check(|_, _| {}, 0.3), Vec::<String>::new());
+    }
+
+    #[test]
+    fn wrong_os_low_disk_and_skew_are_refused_per_host() {
+        let p = check(
+            |h, f| {
+                if h == "db1" {
+                    f.os_version = "12".into();
+                    f.os_codename = "bookworm".into();
+                }
+                if h == "router1" {
+                    f.disk_free_kib = 1000;
+                }
+            },
+            5.0,
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].starts_with("db1: unsupported OS debian 12 (bookworm)"));
+        assert!(p[1].starts_with("db2: clock is +5.0s off"));
+        assert!(p[2].starts_with("router1: only 0 MiB free"));
+    }
+
+    #[test]
+    fn ports_held_by_others_are_refused_but_our_own_services_are_not() {
+        let p = check(
+            |h, f| {
+                if h == "router1" {
+                    f.listening.insert(5000, "nginx".into());
+                }
+                if h == "db1" {
+                    // Hidden owner (no ptrace access) but our etcd unit is active.
+                    f.listening.insert(2379, String::new());
+                    f.units.insert("etcd".into(), UnitFact { active: "active".into(), enabled: "enabled".into() });
+                    f.listening.insert(5432, "postgres".into());
+                }
+                if h == "db3" {
+                    f.listening.insert(2380, String::new());
+                }
+            },
+            0.0,
+        );
+        assert_eq!(
+            p,
+            [
+                "db3: port 2380 is already in use by another process; free it or choose another port in the inventory",
+                "router1: port 5000 is already in use by nginx; free it or choose another port in the inventory",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_debian_managed_cluster_is_refused() {
+        let p = check(
+            |h, f| {
+                if h == "db2" {
+                    f.existing_paths.insert("/etc/postgresql/17/main".into());
+                }
+            },
+            0.0,
+        );
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("pg_dropcluster --stop 17 main"), "{}", p[0]);
+    }
+
+    #[test]
+    fn limit_is_refused_for_new_clusters_and_cluster_wide_changes() {
+        assert!(limit_refusals(false, false, false).is_empty());
+        assert_eq!(limit_refusals(true, false, false).len(), 1);
+        let r = limit_refusals(false, true, true);
+        assert!(r[0].contains("dynamic configuration") && r[1].contains("roles"));
+    }
 }

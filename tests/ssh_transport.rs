@@ -1,13 +1,11 @@
-//! The SSH transport against a real sshd: a throwaway Debian 13 container booting
-//! systemd and OpenSSH, with `root`, a `deploy` user with passwordless sudo and a `nopw`
-//! user whose sudo asks for a password.
+//! The SSH transport against a real sshd: one lab host (`pgha lab`: a Debian 13
+//! container booting systemd and OpenSSH) with `root`, `deploy` (passwordless sudo),
+//! and, added here, `nopw` (sudo asks for a password; sshd allows it only 2 sessions
+//! per connection).
 //!
-//! The container (`pgha-t-ssh-1`, network `pgha-t-ssh`) is created once per test process
-//! and removed when the process exits (stale ones from a killed run are removed first).
-//! Its image `pgha-t-ssh:base` is a plain debootstrap of trixie, built on first use
-//! (needs `debootstrap`, as root) or imported from `$PGHA_TEST_ROOTFS` when that names an
-//! existing root filesystem; it is kept as a cache (`docker rmi pgha-t-ssh:base` to drop).
-//! `PGHA_TEST_KEEP=1` keeps the container and network for debugging.
+//! The lab `pgha-t-ssh` is brought up once per test process (a stale one from a killed
+//! run is removed first) and taken down when the process exits. Set `PGHA_TEST_KEEP=1`
+//! to keep it for debugging.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -17,24 +15,24 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pgha::inventory::SshTarget;
+use pgha::lab::{self, LabSpec};
 use pgha::ssh::{self, Cmd, Session, SshError, SshOptions, Upload};
 use sha2::{Digest, Sha256};
 
 const NAME: &str = "pgha-t-ssh";
-const CONTAINER: &str = "pgha-t-ssh-1";
-const IMAGE: &str = "pgha-t-ssh:base";
-const SUBNETS: &[&str] = &["172.31.251", "172.31.252", "172.31.253", "172.31.254"];
 
 struct Fixture {
-    /// Address of the container (sshd on 22).
+    /// Address of the lab host (sshd on 22).
     ip: String,
-    /// An address of the test network that nothing uses.
+    /// An address of the lab's network that nothing uses.
     unused_ip: String,
-    /// Authorised for root, deploy and nopw.
+    /// The lab's key: authorised for root, deploy and nopw.
     key: PathBuf,
+    /// known_hosts written by the lab (the host's real key).
+    lab_known_hosts: PathBuf,
     /// A valid key that is authorised nowhere.
     stranger_key: PathBuf,
-    /// An encrypted key (passphrase "secret"), authorised everywhere.
+    /// An encrypted key (passphrase "secret"), authorised for deploy.
     encrypted_key: PathBuf,
 }
 
@@ -44,42 +42,28 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(setup)
 }
 
-fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+fn lab_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("{NAME}-lab"))
 }
 
-fn must(args: &[&str]) -> String {
-    let (ok, text) = docker(args);
-    assert!(ok, "docker {}: {text}", args.join(" "));
-    text
-}
-
-fn sh(script: &str) {
-    let st = Command::new("sh")
-        .args(["-ec", script])
-        .status()
-        .expect("run sh");
-    assert!(st.success(), "failed: {script}");
-}
-
-fn keys_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("{NAME}-keys"))
+/// Run a lab call on its own runtime (callers may be inside a test's runtime).
+fn lab_call<T: Send + 'static>(
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T> + Send>> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .join()
+    .expect("lab thread")
 }
 
 fn teardown_now() {
-    let _ = docker(&["rm", "-f", CONTAINER]);
-    let _ = docker(&["network", "rm", NAME]);
-    let _ = std::fs::remove_dir_all(keys_dir());
+    let _ = lab_call(|| Box::pin(lab::down(NAME)));
+    let _ = std::fs::remove_dir_all(lab_dir());
 }
 
 extern "C" fn teardown_at_exit() {
@@ -92,129 +76,64 @@ unsafe extern "C" {
     fn atexit(cb: extern "C" fn()) -> i32;
 }
 
-fn build_image() {
-    if docker(&["image", "inspect", IMAGE]).0 {
-        return;
-    }
-    let rootfs = std::env::var("PGHA_TEST_ROOTFS")
-        .ok()
-        .filter(|p| Path::new(p).join("sbin/init").exists());
-    let dir;
-    let root = match rootfs {
-        Some(r) => r,
-        None => {
-            assert!(
-                Command::new("sh")
-                    .args(["-c", "command -v debootstrap"])
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success()),
-                "building the test image needs debootstrap: apt-get install -y debootstrap \
-                 (or set PGHA_TEST_ROOTFS to a Debian 13 root filesystem)"
-            );
-            dir = std::env::temp_dir().join(format!("{NAME}-rootfs-{}", std::process::id()));
-            let d = dir.display();
-            sh(&format!(
-                "rm -rf {d}; debootstrap --variant=minbase \
-                 --include=systemd,systemd-sysv,dbus,openssh-server,iproute2,ca-certificates,sudo,procps \
-                 trixie {d} >/dev/null"
-            ));
-            dir.display().to_string()
-        }
-    };
-    sh(&format!(
-        "tar -C {root} -c . | docker import - {IMAGE} >/dev/null"
-    ));
-    if root.starts_with(&std::env::temp_dir().display().to_string()) && root.contains("-rootfs-") {
-        let _ = std::fs::remove_dir_all(&root);
-    }
+fn sh(script: &str) {
+    let st = Command::new("sh")
+        .args(["-ec", script])
+        .status()
+        .expect("run sh");
+    assert!(st.success(), "failed: {script}");
 }
 
 fn setup() -> Fixture {
     teardown_now();
-    build_image();
-    let prefix = std::env::var("PGHA_TEST_SSH_SUBNET").ok();
-    let candidates: Vec<&str> = match &prefix {
-        Some(p) => vec![p.as_str()],
-        None => SUBNETS.to_vec(),
-    };
-    let mut net = None;
-    let mut errors = String::new();
-    for p in candidates {
-        let (ok, text) = docker(&["network", "create", "--subnet", &format!("{p}.0/24"), NAME]);
-        if ok {
-            net = Some(p.to_string());
-            break;
-        }
-        errors.push_str(&text);
-    }
-    let net = net.unwrap_or_else(|| panic!("cannot create network {NAME}: {errors}"));
     // SAFETY: registering a plain extern "C" fn with libc's atexit.
     unsafe {
         atexit(teardown_at_exit);
     }
-    let ip = format!("{net}.10");
-    must(&[
-        "run",
-        "-d",
-        "--name",
-        CONTAINER,
-        "--network",
-        NAME,
-        "--ip",
-        &ip,
-        "--hostname",
-        "sshtest",
-        "--cap-add",
-        "SYS_ADMIN",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--cgroupns=host",
-        IMAGE,
-        "/sbin/init",
-    ]);
+    let dir = lab_dir();
+    let spec = LabSpec {
+        name: NAME.into(),
+        db: 1,
+        routers: 0,
+        dir: dir.clone(),
+        user: "deploy".into(),
+    };
+    let info = lab_call(move || Box::pin(async move { lab::up(&spec).await }))
+        .unwrap_or_else(|e| panic!("lab up {NAME}: {e}"));
+    let host = &info.hosts[0];
+    let ip = host.address.to_string();
+    let unused_ip = (info.subnet.hosts().nth(249).expect("a /24")).to_string();
 
-    // Client keys.
-    let dir = keys_dir();
-    std::fs::create_dir_all(&dir).unwrap();
+    // Extra client keys.
     let d = dir.display();
     sh(&format!(
-        "ssh-keygen -q -t ed25519 -N '' -C pgha-test -f {d}/id_ed25519
+        "rm -f {d}/stranger* {d}/encrypted*
          ssh-keygen -q -t ed25519 -N '' -C stranger -f {d}/stranger
          ssh-keygen -q -t ed25519 -N secret -C encrypted -f {d}/encrypted"
     ));
-    let keys = format!(
-        "{}{}",
-        std::fs::read_to_string(dir.join("id_ed25519.pub")).unwrap(),
-        std::fs::read_to_string(dir.join("encrypted.pub")).unwrap()
-    );
+    let lab_pub = std::fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
+    let enc_pub = std::fs::read_to_string(dir.join("encrypted.pub")).unwrap();
+    let keys = format!("{}\n{}\n", lab_pub.trim(), enc_pub.trim());
 
-    // Users, sudo rules, authorized keys, fresh host keys.
+    // nopw: sudo with a password; few sessions. deploy: also the encrypted key.
     let script = r#"set -e
-useradd -m -s /bin/bash deploy
-useradd -m -s /bin/bash nopw
-echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy
-echo 'nopw ALL=(ALL) ALL' > /etc/sudoers.d/nopw
-chmod 440 /etc/sudoers.d/deploy /etc/sudoers.d/nopw
 keys=$(cat)
-for u in root deploy nopw; do
+id nopw >/dev/null 2>&1 || useradd -m -s /bin/bash nopw
+echo 'nopw ALL=(ALL) ALL' > /etc/sudoers.d/nopw
+chmod 440 /etc/sudoers.d/nopw
+for u in deploy nopw; do
   h=$(getent passwd $u | cut -d: -f6)
   mkdir -p $h/.ssh
-  printf '%s\n' "$keys" > $h/.ssh/authorized_keys
+  printf '%s\n' "$keys" >> $h/.ssh/authorized_keys
   chown -R $u: $h/.ssh
   chmod 700 $h/.ssh
   chmod 600 $h/.ssh/authorized_keys
 done
 printf 'Match User nopw\n    MaxSessions 2\n' > /etc/ssh/sshd_config.d/pgha-test.conf
-rm -f /etc/ssh/ssh_host_*
-ssh-keygen -A >/dev/null
+systemctl restart ssh
 "#;
     let mut child = Command::new("docker")
-        .args(["exec", "-i", CONTAINER, "sh", "-c", script])
+        .args(["exec", "-i", &host.container, "sh", "-c", script])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -226,22 +145,22 @@ ssh-keygen -A >/dev/null
         .unwrap();
     assert!(
         child.wait().unwrap().success(),
-        "configuring {CONTAINER} failed"
+        "configuring {} failed",
+        host.container
     );
-    // sshd may have started with the old host keys: restart it, then wait for its banner.
-    let _ = docker(&["exec", CONTAINER, "systemctl", "restart", "ssh"]);
-    wait_for_sshd(&ip);
+    wait_for_sshd(&host.container, &ip);
 
     Fixture {
-        unused_ip: format!("{net}.99"),
         ip,
-        key: dir.join("id_ed25519"),
+        unused_ip,
+        key: info.key_path.clone(),
+        lab_known_hosts: info.known_hosts_path.clone(),
         stranger_key: dir.join("stranger"),
         encrypted_key: dir.join("encrypted"),
     }
 }
 
-fn wait_for_sshd(ip: &str) {
+fn wait_for_sshd(container: &str, ip: &str) {
     use std::io::Read;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = String::new();
@@ -255,8 +174,11 @@ fn wait_for_sshd(ip: &str) {
                 let mut buf = [0u8; 8];
                 if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-") {
                     // systemctl restart may still be in flight: make sure it settled.
-                    let (_, state) = docker(&["exec", CONTAINER, "systemctl", "is-active", "ssh"]);
-                    if state.trim() == "active" {
+                    let state = Command::new("docker")
+                        .args(["exec", container, "systemctl", "is-active", "ssh"])
+                        .output()
+                        .unwrap();
+                    if String::from_utf8_lossy(&state.stdout).trim() == "active" {
                         return;
                     }
                 }
@@ -739,6 +661,14 @@ async fn known_hosts_tofu_then_verified() {
         Session::connect(&t, &o).await,
         Err(SshError::HostKeyUnknown { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verifies_against_the_labs_known_hosts() {
+    let f = fixture();
+    let o = SshOptions::new(f.lab_known_hosts.clone());
+    let s = Session::connect(&target("root", &f.key), &o).await.unwrap();
+    s.exec(&Cmd::root("true")).await.unwrap().ok().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

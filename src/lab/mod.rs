@@ -686,7 +686,7 @@ async fn wait_ready(container: &str, probe: Option<IpAddr>) -> Result<String, Fa
         Some(ip) => format!("{container} to boot (systemd up, sshd answering on {ip}:22)"),
         None => format!("{container} to boot (systemd up, ssh.service active)"),
     };
-    let r = wait::until(&what, BOOT_TIMEOUT, || async move {
+    wait::until(&what, BOOT_TIMEOUT, || async move {
         let out = docker::exec_sh(container, BOOT_PROBE, &[], Duration::from_secs(20)).await;
         let out = match out {
             Ok(o) => o,
@@ -724,8 +724,7 @@ async fn wait_ready(container: &str, probe: Option<IpAddr>) -> Result<String, Fa
         Ok(Ok(key.to_string()))
     })
     .await
-    .map_err(|e| Failure::error(e.to_string()))?;
-    r
+    .map_err(|e| Failure::error(e.to_string()))?
 }
 
 /// Connect to `addr` and read the SSH banner.
