@@ -787,7 +787,7 @@ impl<'a> Run<'a> {
             let phase = self.ui.phase("config");
             let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
             let since = now_secs();
-            patroni::patch_config(&api, p)
+            patroni::patch_config(&api, &self.inv.secrets.patroni_api_password, p)
                 .await
                 .map_err(Failure::error)?;
             let params = plan::patched_parameters(p);
@@ -878,25 +878,43 @@ impl<'a> Run<'a> {
             let sync = self.inv.cluster.synchronous_mode;
             let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
             let candidate = until(
-                &format!("a switchover of {leader} to a caught-up {}", if sync { "synchronous standby" } else { "replica" }),
+                &format!(
+                    "a switchover of {leader} to a caught-up {}",
+                    if sync {
+                        "synchronous standby"
+                    } else {
+                        "replica"
+                    }
+                ),
                 REPLICAS,
                 || async {
                     let view = patroni::cluster_any(&self.ep.patroni_apis()).await?;
                     let candidate = view
                         .replicas()
                         .find(|m| {
-                            m.state == "streaming" && m.lag == Some(0) && (!sync || m.role == "sync_standby")
+                            m.state == "streaming"
+                                && m.lag == Some(0)
+                                && (!sync || m.role == "sync_standby")
                         })
                         .map(|m| m.name.clone())
                         .ok_or_else(|| view.summary())?;
                     phase.set(format!("switchover {leader} -> {candidate}"));
-                    patroni::switchover(&api, &leader, &candidate).await?;
+                    patroni::switchover(
+                        &api,
+                        &self.inv.secrets.patroni_api_password,
+                        &leader,
+                        &candidate,
+                    )
+                    .await?;
                     Ok(candidate)
                 },
             )
             .await
             .map_err(|e| Failure::error(e.to_string()))?;
-            self.ui.host(&leader, format!("switched over to {candidate} before restarting the leader"));
+            self.ui.host(
+                &leader,
+                format!("switched over to {candidate} before restarting the leader"),
+            );
             self.ui.changed(&leader, 1);
             cluster::wait_leader(&self.ep, Some(&candidate), LEADER)
                 .await
@@ -922,7 +940,7 @@ impl<'a> Run<'a> {
 
     async fn restart_member(&self, h: &str) -> Result<(), Failure> {
         let api = self.ep.api_of(h).unwrap_or_default().to_string();
-        patroni::restart(&api)
+        patroni::restart(&api, &self.inv.secrets.patroni_api_password)
             .await
             .map_err(|e| host_failed(format!("{h}: restart PostgreSQL: {e}")))?;
         until(
@@ -1172,13 +1190,21 @@ impl<'a> Run<'a> {
 pub fn limit_refusals(cluster_missing: bool, dcs_differs: bool, sql_differs: bool) -> Vec<String> {
     let mut r = Vec::new();
     if cluster_missing {
-        r.push("the cluster does not exist yet: the first deploy must include every host".to_string());
+        r.push(
+            "the cluster does not exist yet: the first deploy must include every host".to_string(),
+        );
     }
     if dcs_differs {
-        r.push("Patroni's dynamic configuration differs from the inventory (a cluster-wide change)".to_string());
+        r.push(
+            "Patroni's dynamic configuration differs from the inventory (a cluster-wide change)"
+                .to_string(),
+        );
     }
     if sql_differs {
-        r.push("roles or databases on the primary differ from the inventory (a cluster-wide change)".to_string());
+        r.push(
+            "roles or databases on the primary differ from the inventory (a cluster-wide change)"
+                .to_string(),
+        );
     }
     r
 }
@@ -1273,7 +1299,12 @@ mod tests {
 
     fn sample() -> Inventory {
         let text = "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
-        inventory::load_str(Path::new("/nonexistent/inv.yml"), text, &LoadOptions::default()).unwrap()
+        inventory::load_str(
+            Path::new("/nonexistent/inv.yml"),
+            text,
+            &LoadOptions::default(),
+        )
+        .unwrap()
     }
 
     fn healthy() -> HostFacts {
@@ -1340,7 +1371,13 @@ mod tests {
                 if h == "db1" {
                     // Hidden owner (no ptrace access) but our etcd unit is active.
                     f.listening.insert(2379, String::new());
-                    f.units.insert("etcd".into(), UnitFact { active: "active".into(), enabled: "enabled".into() });
+                    f.units.insert(
+                        "etcd".into(),
+                        UnitFact {
+                            active: "active".into(),
+                            enabled: "enabled".into(),
+                        },
+                    );
                     f.listening.insert(5432, "postgres".into());
                 }
                 if h == "db3" {

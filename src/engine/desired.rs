@@ -180,6 +180,10 @@ pub fn desired_state(inv: &Inventory, lib: &Library) -> Result<Vec<HostDesired>>
         ("rewind_password", inv.secrets.rewind_password.expose()),
         ("monitor_password", inv.secrets.monitor_password.expose()),
         ("app_password", inv.secrets.app_password.expose()),
+        (
+            "patroni_api_password",
+            inv.secrets.patroni_api_password.expose(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -302,27 +306,47 @@ mod tests {
         let y: serde_json::Value = yaml_serde::from_str(&text).unwrap();
         assert_eq!(y["name"], "db2");
         assert_eq!(y["restapi"]["connect_address"], "10.9.0.12:8008");
-        assert_eq!(y["postgresql"]["authentication"]["superuser"]["password"], "pa'ss\"word");
+        assert_eq!(
+            y["postgresql"]["authentication"]["superuser"]["password"],
+            "pa'ss\"word"
+        );
         assert_eq!(y["etcd3"]["hosts"][2], "10.9.0.13:2379");
-        assert_eq!(y["bootstrap"]["dcs"]["postgresql"]["parameters"]["work_mem"], "8MB");
+        assert_eq!(
+            y["bootstrap"]["dcs"]["postgresql"]["parameters"]["work_mem"],
+            "8MB"
+        );
         let hba: Vec<String> = y["postgresql"]["pg_hba"]
             .as_array()
             .unwrap()
             .iter()
             .map(|l| l.as_str().unwrap().to_string())
             .collect();
-        assert!(hba.contains(&"host replication replicator 10.9.0.11/32 scram-sha-256".to_string()));
+        assert!(
+            hba.contains(&"host replication replicator 10.9.0.11/32 scram-sha-256".to_string())
+        );
         assert!(hba.contains(&"host all all 10.9.0.21/32 scram-sha-256".to_string()));
-        assert!(!hba.iter().any(|l| l.contains("0.0.0.0/0")), "no open pg_hba by default");
+        assert!(
+            !hba.iter().any(|l| l.contains("0.0.0.0/0")),
+            "no open pg_hba by default"
+        );
     }
 
     #[test]
     fn roles_apply_to_their_groups_only() {
         let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
         let names = |h: &str| -> Vec<String> {
-            d.iter().find(|x| x.host == h).unwrap().roles.iter().map(|r| r.name.clone()).collect()
+            d.iter()
+                .find(|x| x.host == h)
+                .unwrap()
+                .roles
+                .iter()
+                .map(|r| r.name.clone())
+                .collect()
         };
-        assert_eq!(names("db1"), ["common", "postgres", "etcd", "patroni", "exporter"]);
+        assert_eq!(
+            names("db1"),
+            ["common", "postgres", "etcd", "patroni", "exporter"]
+        );
         assert_eq!(names("router1"), ["common", "haproxy"]);
         let d1 = d.iter().find(|x| x.host == "db1").unwrap();
         assert_eq!(d1.role("postgres").unwrap().packages, ["postgresql-17"]);
@@ -337,8 +361,16 @@ mod tests {
             "ETCD_INITIAL_CLUSTER=\"db1=http://10.9.0.11:2380,db2=http://10.9.0.12:2380,db3=http://10.9.0.13:2380\"\n"
         ));
         let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
-        assert_eq!(hap.matches("server db2 10.9.0.12:5432 check port 8008").count(), 2);
-        assert!(hap.contains("bind *:5000") && hap.contains("bind *:5001") && hap.contains("bind *:8404"));
+        assert_eq!(
+            hap.matches("server db2 10.9.0.12:5432 check port 8008")
+                .count(),
+            2
+        );
+        assert!(
+            hap.contains("bind *:5000")
+                && hap.contains("bind *:5001")
+                && hap.contains("bind *:8404")
+        );
         let exp = file(&d, "db1", "/etc/default/prometheus-postgres-exporter");
         assert!(exp.contains("DATA_SOURCE_USER=\"pgha_monitor\""));
     }

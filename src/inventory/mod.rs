@@ -102,6 +102,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         rewind_password: secret("rewind_password"),
         monitor_password: secret("monitor_password"),
         app_password: secret("app_password"),
+        patroni_api_password: secret("patroni_api_password"),
     };
     Ok(Inventory {
         path: path.to_path_buf(),

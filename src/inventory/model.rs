@@ -191,17 +191,20 @@ pub struct Secrets {
     pub rewind_password: Secret,
     pub monitor_password: Secret,
     pub app_password: Secret,
+    /// Basic auth for Patroni's unsafe REST endpoints (restart, switchover, config).
+    pub patroni_api_password: Secret,
 }
 
 impl Secrets {
     /// All secret values, for redaction of diffs and error text.
-    pub fn all(&self) -> [&Secret; 5] {
+    pub fn all(&self) -> [&Secret; 6] {
         [
             &self.superuser_password,
             &self.replication_password,
             &self.rewind_password,
             &self.monitor_password,
             &self.app_password,
+            &self.patroni_api_password,
         ]
     }
 

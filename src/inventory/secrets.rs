@@ -15,12 +15,13 @@ use super::model::SecretSource;
 use super::{Ctx, expand_local_path};
 
 /// The passwords pgha manages, in the order of `Secrets`.
-pub const SECRET_NAMES: [&str; 5] = [
+pub const SECRET_NAMES: [&str; 6] = [
     "superuser_password",
     "replication_password",
     "rewind_password",
     "monitor_password",
     "app_password",
+    "patroni_api_password",
 ];
 
 /// Length of generated passwords (alphanumeric: safe in every config format).

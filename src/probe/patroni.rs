@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::http;
+use crate::inventory::Secret;
+
+/// The user Patroni's REST API authenticates unsafe requests as (see patroni.yml.j2).
+pub const API_USER: &str = "patroni";
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Member {
@@ -137,9 +141,12 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<String, String
     }
 }
 
-pub async fn patch_config(api: &str, patch: &Value) -> Result<(), String> {
+pub async fn patch_config(api: &str, auth: &Secret, patch: &Value) -> Result<(), String> {
     send(
-        http().patch(format!("{api}/config")).json(patch),
+        http()
+            .patch(format!("{api}/config"))
+            .basic_auth(API_USER, Some(auth.expose()))
+            .json(patch),
         "PATCH /config",
     )
     .await?;
@@ -147,13 +154,14 @@ pub async fn patch_config(api: &str, patch: &Value) -> Result<(), String> {
 }
 
 /// Restart PostgreSQL on this member (Patroni refuses while a restart is unsafe).
-pub async fn restart(api: &str) -> Result<(), String> {
+pub async fn restart(api: &str, auth: &Secret) -> Result<(), String> {
     let c = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(120))
         .build()
         .map_err(|e| e.to_string())?;
     send(
         c.post(format!("{api}/restart"))
+            .basic_auth(API_USER, Some(auth.expose()))
             .json(&serde_json::json!({})),
         "POST /restart",
     )
@@ -162,13 +170,19 @@ pub async fn restart(api: &str) -> Result<(), String> {
 }
 
 /// Planned switchover from `leader` to `candidate`.
-pub async fn switchover(api: &str, leader: &str, candidate: &str) -> Result<(), String> {
+pub async fn switchover(
+    api: &str,
+    auth: &Secret,
+    leader: &str,
+    candidate: &str,
+) -> Result<(), String> {
     let c = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(120))
         .build()
         .map_err(|e| e.to_string())?;
     send(
         c.post(format!("{api}/switchover"))
+            .basic_auth(API_USER, Some(auth.expose()))
             .json(&serde_json::json!({"leader": leader, "candidate": candidate})),
         "POST /switchover",
     )

@@ -201,6 +201,53 @@ impl KnownHosts {
     }
 }
 
+impl KnownHosts {
+    /// Remove the entries recorded for `host`/`port` from the file at `path` (plain or
+    /// hashed, like `ssh-keygen -R`; wildcard and `@` marker lines are kept). For a host
+    /// that was rebuilt on purpose and has a new key. Returns how many lines went.
+    pub fn forget(path: &Path, host: &str, port: u16) -> io::Result<usize> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let name = lookup_name(host, port);
+        let mut removed = 0;
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines() {
+            let t = line.trim();
+            let first = t.split_ascii_whitespace().next().unwrap_or("");
+            let drop = !t.starts_with('#')
+                && !first.starts_with('@')
+                && !first.contains(['*', '?', '!'])
+                && host_matches(&name, first);
+            if drop {
+                removed += 1;
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        if removed > 0 {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+            let tmp = path.with_extension("pgha-tmp");
+            {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(mode)
+                    .open(&tmp)?;
+                f.write_all(out.as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, path)?;
+        }
+        Ok(removed)
+    }
+}
+
 /// The known_hosts line recording `key` for `host`/`port` (with trailing newline).
 pub fn entry_line(host: &str, port: u16, key: &PublicKey) -> io::Result<String> {
     let mut key = key.clone();
@@ -413,6 +460,36 @@ mod tests {
         );
         assert_eq!(k.known_algorithms("h", 22), vec![Algorithm::Ed25519]);
         assert!(k.known_algorithms("x", 22).is_empty());
+    }
+
+    #[test]
+    fn forget_removes_only_that_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let hashed = hash_name("10.0.0.1", &[3u8; 20]);
+        let text = format!(
+            "# keep\n10.0.0.1 ssh-ed25519 {ED1}\n10.0.0.2 ssh-ed25519 {ED2}\n{hashed} ssh-ed25519 {ED3}\n\
+             [10.0.0.1]:2222 ssh-ed25519 {ED1}\n10.0.0.* ssh-ed25519 {ED2}\n@revoked 10.0.0.1 ssh-ed25519 {ED2}\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(KnownHosts::forget(&path, "10.0.0.1", 22).unwrap(), 2);
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            after,
+            format!(
+                "# keep\n10.0.0.2 ssh-ed25519 {ED2}\n[10.0.0.1]:2222 ssh-ed25519 {ED1}\n\
+                 10.0.0.* ssh-ed25519 {ED2}\n@revoked 10.0.0.1 ssh-ed25519 {ED2}\n"
+            )
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(KnownHosts::forget(&path, "10.0.0.1", 22).unwrap(), 0);
+        assert_eq!(
+            KnownHosts::forget(&dir.path().join("none"), "x", 22).unwrap(),
+            0
+        );
     }
 
     #[test]
