@@ -344,7 +344,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         a.secrets.app_password.expose(),
         c.secrets.app_password.expose()
     );
-    // All five differ from each other.
+    // All six differ from each other.
     let mut values: Vec<_> = a
         .secrets
         .all()
@@ -353,7 +353,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         .collect();
     values.sort();
     values.dedup();
-    assert_eq!(values.len(), 5);
+    assert_eq!(values.len(), 6);
     // Nothing else was created (no temp files).
     assert_eq!(fs::read_dir(d.dir.path()).unwrap().count(), 2);
 }
