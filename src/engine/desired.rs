@@ -293,7 +293,7 @@ mod tests {
         .unwrap()
     }
 
-    fn file<'a>(d: &'a [HostDesired], host: &str, path: &str) -> String {
+    fn file(d: &[HostDesired], host: &str, path: &str) -> String {
         let h = d.iter().find(|h| h.host == host).unwrap();
         let f = h.files().find(|f| f.path == path).unwrap();
         String::from_utf8(f.content.clone()).unwrap()

@@ -217,11 +217,11 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                     f.listening.insert(port, String::new());
                 }
             }
-            ["pkg", name, version, status] => {
-                // "ii " = installed; "rc " (config files only) and others are not.
-                if status.starts_with("ii") || status.starts_with("hi") {
-                    f.packages.insert(name.to_string(), version.to_string());
-                }
+            // "ii " = installed; "rc " (config files only) and others are not.
+            ["pkg", name, version, status]
+                if status.starts_with("ii") || status.starts_with("hi") =>
+            {
+                f.packages.insert(name.to_string(), version.to_string());
             }
             ["file", path, sha, owner, group, mode] => {
                 f.files.insert(

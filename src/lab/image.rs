@@ -211,13 +211,19 @@ fn output_tail(o: &std::process::Output, n: usize) -> String {
 
 /// debootstrap, installed with apt when missing and we are root.
 async fn debootstrap_path() -> Result<PathBuf, Failure> {
+    let found = find_debootstrap();
     if !is_root() {
-        return Err(Failure::error(
-            "building the lab's base image needs root (debootstrap makes a Debian root \
-             filesystem): run pgha lab up as root, e.g. `sudo pgha lab up`",
-        ));
+        let install = if found.is_none() {
+            "debootstrap is missing: install it with `sudo apt-get install -y debootstrap`, then "
+        } else {
+            ""
+        };
+        return Err(Failure::error(format!(
+            "building the lab's base image needs root once (debootstrap makes a Debian root \
+             filesystem; later runs reuse the cached image): {install}run `sudo pgha lab up`"
+        )));
     }
-    if let Some(p) = find_debootstrap() {
+    if let Some(p) = found {
         return Ok(p);
     }
     say("debootstrap is missing: installing it (apt-get install -y debootstrap)");
