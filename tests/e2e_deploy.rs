@@ -57,6 +57,12 @@ impl Lab {
             .address
             .to_string()
     }
+    fn cluster_name(&self) -> String {
+        pgha::inventory::load(&self.info.inventory_path, &Default::default())
+            .expect("lab inventory loads")
+            .cluster
+            .cluster_name
+    }
     fn router(&self) -> String {
         self.ip("router1")
     }
@@ -215,7 +221,10 @@ async fn check_etcd(lab: &Lab) {
         assert_ne!(st.leader(), 0, "{h} knows the etcd leader");
         cluster_ids.push(st.header().unwrap().cluster_id());
         // Patroni's cluster lives in this etcd cluster.
-        let init = c.get("/service/pgha/initialize", None).await.expect("get");
+        let init = c
+            .get(format!("/service/{}/initialize", lab.cluster_name()), None)
+            .await
+            .expect("get");
         assert_eq!(init.kvs().len(), 1, "Patroni initialize key via {h}");
     }
     cluster_ids.dedup();
