@@ -110,7 +110,12 @@ async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres::Cli
         .password(password)
         .dbname("postgres")
         .connect_timeout(Duration::from_secs(3));
-    let (client, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    // connect_timeout covers the TCP connect only: bound the whole handshake, since
+    // HAProxy accepts at once and a session bound for a dead server can hang.
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), cfg.connect(NoTls))
+        .await
+        .map_err(|_| format!("no answer from {host}:{port} within 5 s"))?
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -416,19 +421,15 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
                 client = pg(&writer_router, 5000, &writer_pw).await.ok();
             }
             if let Some(c) = &client {
-                match c
-                    .execute("INSERT INTO e2e VALUES ($1, 'writer')", &[&i])
-                    .await
-                {
-                    Ok(_) => {
-                        acked.push(i);
-                        i += 1;
-                    }
-                    Err(_) => {
-                        client = None;
-                        i += 1;
-                    }
+                // No answer within 3 s is no acknowledgement: drop the connection
+                // (a session whose server died can hang until TCP gives up).
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+                let insert = c.execute("INSERT INTO e2e VALUES ($1, 'writer')", &params);
+                match tokio::time::timeout(Duration::from_secs(3), insert).await {
+                    Ok(Ok(_)) => acked.push(i),
+                    _ => client = None,
                 }
+                i += 1;
             } else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -456,13 +457,14 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     assert_ne!(promoted, leader);
     eventually("writes through :5000 to succeed again", 120, || async {
         let c = pg(&router, 5000, &superpw).await?;
-        c.execute(
+        let insert = c.execute(
             "INSERT INTO e2e VALUES (999999, 'after failover') ON CONFLICT DO NOTHING",
             &[],
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        );
+        match tokio::time::timeout(Duration::from_secs(3), insert).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 3 s".to_string()),
+        }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;

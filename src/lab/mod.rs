@@ -916,24 +916,11 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
     if exit != Exit::Ok {
         return Ok(exit);
     }
-    let secrets = crate::inventory::secrets_path(&info.inventory_path);
-    let hint = match info.hosts.iter().find(|h| h.name.starts_with("router")) {
-        Some(r) => format!(
-            "connect: psql \"host={} port=5000 user=app dbname=app\" (5001 for reads); \
-             the password is app_password in {}",
-            r.address,
-            secrets.display()
-        ),
-        None => format!(
-            "the lab has no router; the passwords are in {}",
-            secrets.display()
-        ),
-    };
-    if json {
-        say(&hint);
-    } else {
-        println!("{hint}");
-    }
+    // deploy printed the connection strings (from the inventory) and where the
+    // password is; add only how to take the lab away again.
+    say(&format!(
+        "lab {name}: `pgha lab status --name {name}` lists its hosts, `pgha lab down --name {name}` removes it"
+    ));
     Ok(Exit::Ok)
 }
 
