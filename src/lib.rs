@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod inventory;
 pub mod lab;
+pub mod preflight;
 pub mod probe;
 pub mod ssh;
 pub mod ui;

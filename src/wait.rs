@@ -40,6 +40,12 @@ where
     }
 }
 
+impl From<WaitError> for crate::error::Failure {
+    fn from(e: WaitError) -> Self {
+        crate::error::Failure::error(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
