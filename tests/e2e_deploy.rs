@@ -585,4 +585,52 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         "1",
         "the generated superuser password is what Patroni uses"
     );
+
+    // --check --diff on a changed parameter: shows the change with secrets redacted,
+    // and changes nothing.
+    let changed = text.replacen(
+        "vars:\n",
+        "vars:\n    postgresql_parameters:\n      work_mem: 12MB\n",
+        1,
+    );
+    std::fs::write(&inv, &changed).unwrap();
+    let (code, stdout, stderr) = pgha(&["deploy", "-i", &inv, "--check", "--diff"]);
+    assert_eq!(code, 0, "--check exit code");
+    let shown = format!("{stdout}{stderr}");
+    assert!(
+        shown.contains("work_mem"),
+        "the diff shows the parameter: {shown}"
+    );
+    assert!(
+        shown.contains("<redacted>"),
+        "password lines are redacted in the diff"
+    );
+    for key in [
+        "superuser_password",
+        "replication_password",
+        "patroni_api_password",
+    ] {
+        assert!(
+            !shown.contains(&lab.secret(key)),
+            "{key} leaked into --check --diff output"
+        );
+    }
+    let show_work_mem = || {
+        lab.sh("db1", "runuser -u postgres -- psql -XAtc 'show work_mem'")
+            .1
+    };
+    assert_eq!(show_work_mem().trim(), "4MB", "--check changed nothing");
+
+    // --limit is refused for a cluster-wide change, with the reason (exit 5).
+    let (code, _, stderr) = pgha(&["deploy", "-i", &inv, "--limit", "db1"]);
+    assert_eq!(code, 5, "--limit refused");
+    assert!(
+        stderr.contains("dynamic configuration"),
+        "names the reason: {stderr}"
+    );
+    assert_eq!(
+        show_work_mem().trim(),
+        "4MB",
+        "a refused --limit changed nothing"
+    );
 }
