@@ -594,6 +594,12 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         1,
     );
     std::fs::write(&inv, &changed).unwrap();
+    // Drift on db1: its password lines edited by hand, so the diff must show them.
+    let (code, _) = lab.sh(
+        "db1",
+        "sed -i 's/^\\( *\\)password: .*/\\1password: \"tampered\"/' /etc/patroni/config.yml",
+    );
+    assert_eq!(code, 0);
     let (code, stdout, stderr) = pgha(&["deploy", "-i", &inv, "--check", "--diff"]);
     assert_eq!(code, 0, "--check exit code");
     let shown = format!("{stdout}{stderr}");
@@ -602,8 +608,12 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         "the diff shows the parameter: {shown}"
     );
     assert!(
-        shown.contains("<redacted>"),
-        "password lines are redacted in the diff"
+        shown.contains("-      password: \"tampered\""),
+        "the drifted lines are in the diff: {shown}"
+    );
+    assert!(
+        shown.contains("+      password: \"<redacted>\""),
+        "the wanted password is redacted: {shown}"
     );
     for key in [
         "superuser_password",
@@ -633,4 +643,16 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         "4MB",
         "a refused --limit changed nothing"
     );
+
+    // The real run repairs the drift and applies the parameter (a reload, no restart).
+    let (code, _, _) = pgha(&["deploy", "-i", &inv]);
+    assert_eq!(code, 0, "deploy repairs drift");
+    eventually("work_mem 12MB on db1", 30, || async {
+        let v = show_work_mem();
+        if v.trim() == "12MB" { Ok(()) } else { Err(v) }
+    })
+    .await;
+    let (_, tampered) = lab.sh("db1", "grep -c tampered /etc/patroni/config.yml");
+    assert_eq!(tampered.trim(), "0", "drifted lines restored");
+    healthy_cluster(&lab).await;
 }
