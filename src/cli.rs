@@ -16,7 +16,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// More detail (-v: each remote command; -vv: debug).
+    /// More detail on stderr (-v: info; -vv: debug, including each remote command).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
