@@ -104,41 +104,26 @@ impl Ui {
         self.inner.start.elapsed()
     }
 
-    pub fn changed(&self, host: &str, n: u32) {
-        self.inner
+    fn tally(&self, host: &str, f: impl FnOnce(&mut HostRecap)) {
+        f(self
+            .inner
             .recap
             .lock()
             .unwrap()
             .entry(host.into())
-            .or_default()
-            .changed += n;
+            .or_default());
+    }
+    pub fn changed(&self, host: &str, n: u32) {
+        self.tally(host, |r| r.changed += n);
     }
     pub fn ok(&self, host: &str, n: u32) {
-        self.inner
-            .recap
-            .lock()
-            .unwrap()
-            .entry(host.into())
-            .or_default()
-            .ok += n;
+        self.tally(host, |r| r.ok += n);
     }
     pub fn failed(&self, host: &str) {
-        self.inner
-            .recap
-            .lock()
-            .unwrap()
-            .entry(host.into())
-            .or_default()
-            .failed += 1;
+        self.tally(host, |r| r.failed += 1);
     }
     pub fn unreachable(&self, host: &str) {
-        self.inner
-            .recap
-            .lock()
-            .unwrap()
-            .entry(host.into())
-            .or_default()
-            .unreachable += 1;
+        self.tally(host, |r| r.unreachable += 1);
     }
     pub fn recap(&self) -> BTreeMap<String, HostRecap> {
         self.inner.recap.lock().unwrap().clone()

@@ -464,85 +464,34 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
             }
             _ => Err(err("expected a password (a string)")),
         },
-        Kind::Cidrs => {
-            let items = list(v)?;
-            let mut out = Vec::new();
-            let mut errors = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let at = vec![Seg::Index(i)];
-                match item {
-                    Yaml::String(s) => match parse_cidr(s) {
-                        Some(net) => out.push(json!(net.to_string())),
-                        None => errors.push((
-                            at,
-                            format!(
-                                "\"{s}\" is not a CIDR: write a network like 10.0.0.0/24 or 2001:db8::/32"
-                            ),
-                        )),
-                    },
-                    other => errors.push((
-                        at,
-                        format!("expected a CIDR string, found {}", describe(other)),
-                    )),
-                }
+        Kind::Cidrs => each_item(v, |item| match item {
+            Yaml::String(s) => match parse_cidr(s) {
+                Some(net) => Ok(json!(net.to_string())),
+                None => Err(err(format!(
+                    "\"{s}\" is not a CIDR: write a network like 10.0.0.0/24 or 2001:db8::/32"
+                ))),
+            },
+            other => Err(err(format!(
+                "expected a CIDR string, found {}",
+                describe(other)
+            ))),
+        }),
+        Kind::AptSources => each_item(v, |item| match item {
+            Yaml::String(s)
+                if (s.starts_with("deb ") || s.starts_with("deb-src ")) && !s.contains('\n') =>
+            {
+                Ok(json!(s.trim()))
             }
-            if errors.is_empty() {
-                Ok(Json::Array(out))
-            } else {
-                Err(errors)
-            }
-        }
-        Kind::AptSources => {
-            let items = list(v)?;
-            let mut out = Vec::new();
-            let mut errors = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let at = vec![Seg::Index(i)];
-                match item {
-                    Yaml::String(s)
-                        if (s.starts_with("deb ") || s.starts_with("deb-src "))
-                            && !s.contains('\n') =>
-                    {
-                        out.push(json!(s.trim()))
-                    }
-                    Yaml::String(s) => errors.push((
-                        at,
-                        format!(
-                            "\"{}\" is not a sources.list line: write one line starting with `deb `",
-                            s.lines().next().unwrap_or("")
-                        ),
-                    )),
-                    other => errors.push((
-                        at,
-                        format!("expected a sources.list line, found {}", describe(other)),
-                    )),
-                }
-            }
-            if errors.is_empty() {
-                Ok(Json::Array(out))
-            } else {
-                Err(errors)
-            }
-        }
-        Kind::AptPins => {
-            let items = list(v)?;
-            let mut out = Vec::new();
-            let mut errors = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                match pin(item) {
-                    Ok(p) => out.push(p),
-                    Err(es) => errors.extend(es.into_iter().map(|(mut sub, m)| {
-                        sub.insert(0, Seg::Index(i));
-                        (sub, m)
-                    })),
-                }
-            }
-            if errors.is_empty() {
-                Ok(Json::Array(out))
-            } else {
-                Err(errors)
-            }
-        }
+            Yaml::String(s) => Err(err(format!(
+                "\"{}\" is not a sources.list line: write one line starting with `deb `",
+                s.lines().next().unwrap_or("")
+            ))),
+            other => Err(err(format!(
+                "expected a sources.list line, found {}",
+                describe(other)
+            ))),
+        }),
+        Kind::AptPins => each_item(v, pin),
         Kind::Params => params(v),
     }
 }
@@ -716,6 +665,30 @@ fn string(v: &Yaml) -> Result<String, Vec<ConvError>> {
     match v {
         Yaml::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => Err(err(format!("expected a string, found {}", describe(v)))),
+    }
+}
+
+/// Convert every item of a list, collecting all items' errors, each located at its
+/// index.
+fn each_item(
+    v: &Yaml,
+    f: impl Fn(&Yaml) -> Result<Json, Vec<ConvError>>,
+) -> Result<Json, Vec<ConvError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in list(v)?.iter().enumerate() {
+        match f(item) {
+            Ok(j) => out.push(j),
+            Err(es) => errors.extend(es.into_iter().map(|(mut at, m)| {
+                at.insert(0, Seg::Index(i));
+                (at, m)
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Json::Array(out))
+    } else {
+        Err(errors)
     }
 }
 
