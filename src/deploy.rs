@@ -142,6 +142,15 @@ pub async fn deploy(
     if !opts.check {
         ui.print_recap();
     }
+    if let Err(f) = &result
+        && ui.json()
+    {
+        // Programs get a document on failure too (the message goes to stderr as well).
+        println!(
+            "{}",
+            json!({"ok": false, "exit": f.exit as i32, "error": f.message, "recap": ui.recap()})
+        );
+    }
     result
 }
 
