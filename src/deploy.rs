@@ -251,6 +251,14 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Patroni REST base URL of a db host of the inventory.
+    fn api(&self, host: &str) -> String {
+        self.ep
+            .api_of(host)
+            .expect("Patroni hosts come from the inventory")
+            .to_string()
+    }
+
     fn session(&self, host: &str) -> &Session {
         &self.sessions[host]
     }
@@ -462,7 +470,14 @@ impl<'a> Run<'a> {
         self.phase_packages().await?;
         self.phase_etcd(etcd_new).await?;
         let leader = self.phase_patroni(patroni_initialized).await?;
-        self.phase_dcs(dcs_patch).await?;
+        // A cluster bootstrapped just now took bootstrap.dcs from the same inventory,
+        // but check it: the patch computed above covers only a running cluster.
+        let dcs_patch = if patroni_initialized {
+            dcs_patch
+        } else {
+            self.dcs_patch().await
+        };
+        self.phase_dcs(&leader, dcs_patch).await?;
         self.phase_sql(&leader).await?;
         self.phase_exporters().await?;
         self.phase_haproxy().await?;
@@ -772,20 +787,15 @@ impl<'a> Run<'a> {
 
     /// Converge Patroni's dynamic configuration, then restart members whose
     /// PostgreSQL needs it: replicas one at a time, the leader last after a switchover.
-    async fn phase_dcs(&self, patch: Option<serde_json::Value>) -> Result<(), Failure> {
+    async fn phase_dcs(
+        &self,
+        leader: &str,
+        patch: Option<serde_json::Value>,
+    ) -> Result<(), Failure> {
         let db = Self::names(&self.inv.db_hosts());
-        let patch = match patch {
-            Some(p) => Some(p),
-            // A freshly bootstrapped cluster took bootstrap.dcs; re-check anyway.
-            None => self.dcs_patch().await,
-        };
-        let view = patroni::cluster_any(&self.ep.patroni_apis())
-            .await
-            .map_err(Failure::error)?;
-        let leader = view.leader().map(|l| l.name.clone()).unwrap_or_default();
         if let Some(p) = &patch {
             let phase = self.ui.phase("config");
-            let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
+            let api = self.api(leader);
             let since = now_secs();
             patroni::patch_config(&api, &self.inv.secrets.patroni_api_password, p)
                 .await
@@ -802,7 +812,7 @@ impl<'a> Run<'a> {
                     }
                 ),
             );
-            self.ui.changed(&leader, 1);
+            self.ui.changed(leader, 1);
             phase.set("waiting for every member to apply it");
             self.wait_members_applied(&db, since).await?;
             phase.done("applied");
@@ -820,7 +830,7 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         let phase = self.ui.phase("restart");
-        self.rolling_restart(&db, &pending, &phase).await?;
+        self.rolling_restart(&db, &pending, &view, &phase).await?;
         phase.done(format!("restarted {}", pending.join(", ")));
         Ok(())
     }
@@ -830,7 +840,7 @@ impl<'a> Run<'a> {
     async fn wait_members_applied(&self, db: &[String], since: f64) -> Result<(), Failure> {
         let loop_wait = f64::from(self.inv.cluster.patroni_loop_wait);
         for h in db {
-            let api = self.ep.api_of(h).unwrap_or_default().to_string();
+            let api = self.api(h);
             until(
                 &format!("{h} to run its HA loop after the configuration change"),
                 Duration::from_secs(60),
@@ -853,11 +863,9 @@ impl<'a> Run<'a> {
         &self,
         db: &[String],
         pending: &[String],
+        view: &patroni::ClusterView,
         phase: &crate::ui::Phase,
     ) -> Result<(), Failure> {
-        let view = patroni::cluster_any(&self.ep.patroni_apis())
-            .await
-            .map_err(Failure::error)?;
         let leader = view
             .leader()
             .map(|l| l.name.clone())
@@ -873,7 +881,7 @@ impl<'a> Run<'a> {
             // (Patroni refuses any other). Roles can move between the read and the
             // request, so a refusal is retried with a fresh choice.
             let sync = self.inv.cluster.synchronous_mode;
-            let api = self.ep.api_of(&leader).unwrap_or_default().to_string();
+            let api = self.api(&leader);
             let candidate = until(
                 &format!(
                     "a switchover of {leader} to a caught-up {}",
@@ -929,7 +937,7 @@ impl<'a> Run<'a> {
     }
 
     async fn restart_member(&self, h: &str) -> Result<(), Failure> {
-        let api = self.ep.api_of(h).unwrap_or_default().to_string();
+        let api = self.api(h);
         patroni::restart(&api, &self.inv.secrets.patroni_api_password)
             .await
             .map_err(|e| host_failed(format!("{h}: restart PostgreSQL: {e}")))?;

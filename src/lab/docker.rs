@@ -61,23 +61,36 @@ fn spawn_error(args: &[&str], e: &std::io::Error) -> Failure {
     }
 }
 
-/// Run `docker ARGS` (stdin closed) within `timeout`; a non-zero exit is not an error here.
-pub async fn output(args: &[&str], timeout: Duration) -> Result<Out, Failure> {
-    let child = Command::new("docker")
-        .args(args)
+/// Run `cmd` with stdin closed and output captured, killed if it outlives `timeout`.
+/// `Err(None)`: it timed out; `Err(Some(e))`: it could not be started.
+pub async fn bounded(
+    mut cmd: Command,
+    timeout: Duration,
+) -> Result<std::process::Output, Option<std::io::Error>> {
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(timeout, child).await {
-        Err(_) => Err(Failure::error(format!(
+        Err(_) => Err(None),
+        Ok(r) => r.map_err(Some),
+    }
+}
+
+/// Run `docker ARGS` (stdin closed) within `timeout`; a non-zero exit is not an error here.
+pub async fn output(args: &[&str], timeout: Duration) -> Result<Out, Failure> {
+    let mut cmd = Command::new("docker");
+    cmd.args(args);
+    match bounded(cmd, timeout).await {
+        Err(None) => Err(Failure::error(format!(
             "{} did not finish within {}s",
             show(args),
             timeout.as_secs()
         ))),
-        Ok(Err(e)) => Err(spawn_error(args, &e)),
-        Ok(Ok(o)) => Ok(Out {
+        Err(Some(e)) => Err(spawn_error(args, &e)),
+        Ok(o) => Ok(Out {
             code: o.status.code(),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),

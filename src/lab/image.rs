@@ -182,21 +182,15 @@ async fn command_output(
     timeout: Duration,
 ) -> Result<std::process::Output, Failure> {
     let shown = format!("{program} {}", args.join(" "));
-    let child = Command::new(program)
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, child).await {
-        Err(_) => Err(Failure::error(format!(
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    match docker::bounded(cmd, timeout).await {
+        Err(None) => Err(Failure::error(format!(
             "`{shown}` did not finish within {}s",
             timeout.as_secs()
         ))),
-        Ok(Err(e)) => Err(Failure::error(format!("cannot run `{shown}`: {e}"))),
-        Ok(Ok(o)) => Ok(o),
+        Err(Some(e)) => Err(Failure::error(format!("cannot run `{shown}`: {e}"))),
+        Ok(o) => Ok(o),
     }
 }
 
