@@ -329,6 +329,15 @@ mod tests {
             !hba.iter().any(|l| l.contains("0.0.0.0/0")),
             "no open pg_hba by default"
         );
+        // Patroni checks a demoted primary's timeline over a replication connection
+        // to itself: over the socket, with no TCP replication rule from localhost.
+        assert_eq!(y["postgresql"]["use_unix_socket_repl"], true);
+        assert!(hba.contains(&"local replication replicator scram-sha-256".to_string()));
+        assert!(
+            !hba.iter()
+                .any(|l| l.starts_with("host replication") && l.contains("127.0.0.1")),
+            "no replication from localhost over TCP"
+        );
     }
 
     #[test]
@@ -370,6 +379,12 @@ mod tests {
             hap.contains("bind *:5000")
                 && hap.contains("bind *:5001")
                 && hap.contains("bind *:8404")
+        );
+        // The read port serves only streaming replicas within the lag bound.
+        assert!(hap.contains("uri /replica?lag=16777216"), "{hap}");
+        assert!(
+            hap.contains(r#"http-check expect rstring '"replication_state": *"streaming"'"#),
+            "{hap}"
         );
         let exp = file(&d, "db1", "/etc/default/prometheus-postgres-exporter");
         assert!(exp.contains("DATA_SOURCE_USER=\"pgha_monitor\""));

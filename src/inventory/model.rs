@@ -120,6 +120,8 @@ pub struct Cluster {
     pub haproxy_check_inter: String,
     pub haproxy_check_fall: u32,
     pub haproxy_check_rise: u32,
+    /// Bytes a replica may lag behind the leader and still serve the read port.
+    pub haproxy_replica_max_lag: u64,
     pub exporter_port: u16,
     /// Networks allowed to connect to PostgreSQL (besides DB hosts and routers).
     pub client_cidrs: Vec<IpNet>,
@@ -168,6 +170,7 @@ impl Default for Cluster {
             haproxy_check_inter: "1s".into(),
             haproxy_check_fall: 2,
             haproxy_check_rise: 1,
+            haproxy_replica_max_lag: 16 * 1024 * 1024,
             exporter_port: 9187,
             client_cidrs: Vec::new(),
             superuser_name: "postgres".into(),

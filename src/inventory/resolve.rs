@@ -593,6 +593,7 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(haproxy_check_inter, str);
     set!(haproxy_check_fall, u32);
     set!(haproxy_check_rise, u32);
+    set!(haproxy_replica_max_lag, u64);
     set!(exporter_port, u16);
     if let Some((Json::Array(a), _)) = v.get("client_cidrs") {
         c.client_cidrs = a

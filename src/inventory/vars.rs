@@ -148,6 +148,14 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("haproxy_check_inter", C, Kind::Duration),
     k("haproxy_check_fall", C, POS_U32),
     k("haproxy_check_rise", C, POS_U32),
+    k(
+        "haproxy_replica_max_lag",
+        C,
+        Kind::Int {
+            min: 0,
+            max: i64::MAX as u64,
+        },
+    ),
     k("exporter_port", C, Kind::Port),
     k("client_cidrs", C, Kind::Cidrs),
     k("superuser_name", C, Kind::Role),
