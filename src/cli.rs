@@ -36,15 +36,80 @@ pub enum Command {
     Inventory(InventoryArgs),
     /// Bring hosts to a running, verified cluster; re-runs change only what drifted.
     Deploy(DeployArgs),
+    /// One view of the cluster from live probes: members, etcd, routers, exporters.
+    Status(StatusArgs),
+    /// Planned switchover of the leader to a caught-up standby, gap measured.
+    Switchover(SwitchoverArgs),
+    /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
+    Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.
     Lab(LabArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+}
+
+/// The inventory a command reads: `pgha CMD inventory.yml` or `pgha CMD -i inventory.yml`;
+/// without either, `$PGHA_INVENTORY`, then `./inventory.yml`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct InventoryArg {
+    /// Inventory file (Ansible YAML form) [default: $PGHA_INVENTORY, else ./inventory.yml].
+    #[arg(value_name = "INVENTORY", value_hint = clap::ValueHint::FilePath)]
+    pub inventory: Option<PathBuf>,
+    /// The inventory file, as an option (as ansible-playbook takes it).
+    #[arg(
+        short = 'i',
+        long = "inventory",
+        value_name = "FILE",
+        conflicts_with = "inventory",
+        value_hint = clap::ValueHint::FilePath
+    )]
+    pub inventory_opt: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct InventoryArgs {
-    /// Inventory file (Ansible YAML form).
-    #[arg(short, long, value_name = "FILE")]
-    pub inventory: PathBuf,
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Redraw every SECS seconds (default 2) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchoverArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// The member to promote [default: the synchronous standby with the least lag].
+    #[arg(long, value_name = "HOST")]
+    pub to: Option<String>,
+    /// Largest replication lag (bytes) the new leader may have
+    /// [default: the inventory's patroni_maximum_lag_on_failover].
+    #[arg(long, value_name = "BYTES")]
+    pub max_lag: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Remove the lock whoever holds it (only when its holder is gone: a live holder
+    /// keeps running without it).
+    #[arg(long = "break")]
+    pub break_: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,9 +131,8 @@ pub struct SshArgs {
 
 #[derive(Debug, Args)]
 pub struct DeployArgs {
-    /// Inventory file (Ansible YAML form).
-    #[arg(short, long, value_name = "FILE")]
-    pub inventory: PathBuf,
+    #[command(flatten)]
+    pub inventory: InventoryArg,
 
     /// Show what would change; change nothing.
     #[arg(long)]

@@ -2,9 +2,12 @@
 
 use clap::Parser;
 
+use clap::CommandFactory;
+
 use pgha::cli::{Cli, Command};
+use pgha::commands::{deploy, lock, status, switchover};
 use pgha::error::{Exit, Failure};
-use pgha::{deploy, inventory, lab};
+use pgha::{inventory, lab};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -52,9 +55,40 @@ fn init_tracing(verbose: u8) {
 }
 
 async fn run(cli: Cli) -> Result<Exit, Failure> {
-    match cli.command {
-        Command::Inventory(args) => inventory::command(&args, cli.output),
-        Command::Deploy(args) => deploy::command(args, cli.output).await,
-        Command::Lab(args) => lab::command(args, cli.output).await,
+    let output = cli.output;
+    // Status redraws until Ctrl-C itself; the others hold no lock to give back.
+    let holds_lock = matches!(
+        cli.command,
+        Command::Deploy(_) | Command::Switchover(_) | Command::Lab(_)
+    );
+    let command = async move {
+        match cli.command {
+            Command::Inventory(args) => inventory::command(&args, output),
+            Command::Deploy(args) => deploy::command(args, output).await,
+            Command::Status(args) => status::command(args, output).await,
+            Command::Switchover(args) => switchover::command(args, output).await,
+            Command::Lock(args) => lock::command(args, output).await,
+            Command::Lab(args) => lab::command(args, output).await,
+            Command::Completions(args) => {
+                clap_complete::generate(
+                    args.shell,
+                    &mut Cli::command(),
+                    "pgha",
+                    &mut std::io::stdout(),
+                );
+                Ok(Exit::Ok)
+            }
+        }
+    };
+    if !holds_lock {
+        return command.await;
+    }
+    tokio::select! {
+        r = command => r,
+        _ = tokio::signal::ctrl_c() => {
+            // Give the cluster lock back at once instead of letting it expire.
+            pgha::ops::lock::release_all().await;
+            Err(Failure::error("interrupted; the cluster lock (if held) was released"))
+        }
     }
 }

@@ -134,6 +134,9 @@ impl Ui {
 
     /// The recap table, one line per host.
     pub fn print_recap(&self) {
+        if self.recap().is_empty() {
+            return;
+        }
         self.line("");
         self.line("RECAP");
         for (host, r) in self.recap() {

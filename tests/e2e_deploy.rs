@@ -5,258 +5,13 @@
 //! Two labs run side by side: `pgha-e2e` (root) for the cluster lifecycle, and
 //! `pgha-e2e-user` (non-root `deploy` user with sudo) for refusals and sudo.
 
-use std::collections::BTreeMap;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-use pgha::lab::{self, LabInfo, LabSpec};
+use std::time::Duration;
+
+use common::*;
+use pgha::lab;
 use serde_json::Value;
-use tokio_postgres::NoTls;
-
-fn pgha(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pgha"))
-        .args(args)
-        .env("CI", "1")
-        .output()
-        .expect("run pgha");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    eprintln!("$ pgha {}\n{stdout}{stderr}", args.join(" "));
-    (out.status.code().unwrap_or(-1), stdout, stderr)
-}
-
-struct Lab {
-    info: LabInfo,
-}
-
-impl Lab {
-    async fn up(name: &str, user: &str) -> Lab {
-        let _ = lab::down(name).await;
-        let dir = std::env::temp_dir().join(format!("{name}-dir"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let info = lab::up(&LabSpec {
-            name: name.into(),
-            db: 3,
-            routers: 1,
-            dir,
-            user: user.into(),
-        })
-        .await
-        .expect("lab up");
-        Lab { info }
-    }
-    fn inventory(&self) -> String {
-        self.info.inventory_path.display().to_string()
-    }
-    fn ip(&self, host: &str) -> String {
-        self.info
-            .hosts
-            .iter()
-            .find(|h| h.name == host)
-            .unwrap_or_else(|| panic!("no lab host {host}"))
-            .address
-            .to_string()
-    }
-    fn cluster_name(&self) -> String {
-        pgha::inventory::load(&self.info.inventory_path, &Default::default())
-            .expect("lab inventory loads")
-            .cluster
-            .cluster_name
-    }
-    fn router(&self) -> String {
-        self.ip("router1")
-    }
-    fn secret(&self, key: &str) -> String {
-        let path = self.info.dir.join("inventory.secrets.yml");
-        let text = std::fs::read_to_string(&path).expect("secrets file");
-        let map: BTreeMap<String, String> = yaml_serde::from_str(&text).expect("secrets yaml");
-        map[key].clone()
-    }
-    /// Run a command on a host through docker exec (independent of pgha's SSH).
-    fn sh(&self, host: &str, script: &str) -> (i32, String) {
-        let out = Command::new("docker")
-            .args([
-                "exec",
-                &format!("{}-{host}", self.info.name),
-                "sh",
-                "-c",
-                script,
-            ])
-            .output()
-            .expect("docker exec");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if std::env::var_os("PGHA_KEEP_LAB").is_none() {
-            let name = self.info.name.clone();
-            let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
-                .args(["lab", "down", "--name", &name])
-                .output();
-        }
-    }
-}
-
-async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres::Client, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host)
-        .port(port)
-        .user("postgres")
-        .password(password)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    // connect_timeout covers the TCP connect only: bound the whole handshake, since
-    // HAProxy accepts at once and a session bound for a dead server can hang.
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), cfg.connect(NoTls))
-        .await
-        .map_err(|_| format!("no answer from {host}:{port} within 5 s"))?
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-async fn get_json(url: &str) -> Result<Value, String> {
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    c.get(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Poll until `f` is Some, or panic naming what was awaited and the last state.
-async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(last) if start.elapsed() > Duration::from_secs(secs) => {
-                panic!("timed out after {secs}s waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
-/// Patroni's view from any db host: (leader, [(name, role, state, lag)]).
-async fn patroni_cluster(
-    lab: &Lab,
-) -> Result<(String, Vec<(String, String, String, Option<u64>)>), String> {
-    let mut last = String::new();
-    for h in ["db1", "db2", "db3"] {
-        match get_json(&format!("http://{}:8008/cluster", lab.ip(h))).await {
-            Ok(v) => {
-                let members: Vec<_> = v["members"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|m| {
-                        (
-                            m["name"].as_str().unwrap_or("").to_string(),
-                            m["role"].as_str().unwrap_or("").to_string(),
-                            m["state"].as_str().unwrap_or("").to_string(),
-                            m["lag"].as_u64(),
-                        )
-                    })
-                    .collect();
-                let leader = members
-                    .iter()
-                    .find(|m| m.1 == "leader" && m.2 == "running")
-                    .map(|m| m.0.clone())
-                    .ok_or(format!("no running leader: {members:?}"))?;
-                return Ok((leader, members));
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-async fn healthy_cluster(lab: &Lab) -> String {
-    eventually(
-        "a leader and two replicas streaming with lag 0",
-        180,
-        || async {
-            let (leader, members) = patroni_cluster(lab).await?;
-            let streaming = members
-                .iter()
-                .filter(|m| m.1 != "leader" && m.2 == "streaming" && m.3 == Some(0))
-                .count();
-            if streaming == 2 {
-                Ok(leader)
-            } else {
-                Err(format!("{members:?}"))
-            }
-        },
-    )
-    .await
-}
-
-async fn check_etcd(lab: &Lab) {
-    let mut cluster_ids = Vec::new();
-    for h in ["db1", "db2", "db3"] {
-        let ep = format!("http://{}:2379", lab.ip(h));
-        let mut c = etcd_client::Client::connect([ep.as_str()], None)
-            .await
-            .expect("etcd connect");
-        let members = c.member_list().await.expect("member list");
-        let mut names: Vec<String> = members
-            .members()
-            .iter()
-            .map(|m| m.name().to_string())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["db1", "db2", "db3"], "etcd members seen from {h}");
-        let st = c.status().await.expect("status");
-        assert_ne!(st.leader(), 0, "{h} knows the etcd leader");
-        cluster_ids.push(st.header().unwrap().cluster_id());
-        // Patroni's cluster lives in this etcd cluster.
-        let init = c
-            .get(format!("/service/{}/initialize", lab.cluster_name()), None)
-            .await
-            .expect("get");
-        assert_eq!(init.kvs().len(), 1, "Patroni initialize key via {h}");
-    }
-    cluster_ids.dedup();
-    assert_eq!(
-        cluster_ids.len(),
-        1,
-        "one etcd cluster id on every endpoint"
-    );
-}
-
-fn postmaster_start(v: &Value) -> String {
-    v["postmaster_start_time"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-async fn start_times(lab: &Lab) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for h in ["db1", "db2", "db3"] {
-        let v = get_json(&format!("http://{}:8008/patroni", lab.ip(h)))
-            .await
-            .expect("patroni status");
-        m.insert(h.to_string(), postmaster_start(&v));
-    }
-    m
-}
 
 fn deploy_json(inventory: &str, extra: &[&str]) -> (i32, Value) {
     let mut args = vec!["deploy", "-i", inventory, "--output", "json"];
@@ -408,34 +163,7 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
 
     // 4. Hard kill of the leader while a writer runs: no acknowledged write is lost.
     let leader = new_leader;
-    let writer_router = router.clone();
-    let writer_pw = superpw.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let writer = tokio::spawn(async move {
-        let mut acked = Vec::new();
-        let mut i = 1000;
-        let mut client = None;
-        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
-            if client.is_none() {
-                client = pg(&writer_router, 5000, &writer_pw).await.ok();
-            }
-            if let Some(c) = &client {
-                // No answer within 3 s is no acknowledgement: drop the connection
-                // (a session whose server died can hang until TCP gives up).
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
-                let insert = c.execute("INSERT INTO e2e VALUES ($1, 'writer')", &params);
-                match tokio::time::timeout(Duration::from_secs(3), insert).await {
-                    Ok(Ok(_)) => acked.push(i),
-                    _ => client = None,
-                }
-                i += 1;
-            } else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        acked
-    });
+    let writer = Writer::start(&router, &superpw, "e2e", 1000);
     tokio::time::sleep(Duration::from_secs(2)).await;
     lab::kill(&lab.info.name, &leader).await.expect("lab kill");
     let survivors: Vec<&str> = ["db1", "db2", "db3"]
@@ -468,26 +196,13 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let acked = writer.await.unwrap();
+    let acked = writer.stop().await;
     assert!(
         acked.len() > 10,
         "the writer got acknowledgements ({})",
         acked.len()
     );
-    let c = pg(&router, 5000, &superpw).await.unwrap();
-    let present: Vec<i32> = c
-        .query("SELECT id FROM e2e WHERE note = 'writer'", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<&i32> = acked.iter().filter(|i| !present.contains(i)).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged writes lost in failover: {lost:?}"
-    );
+    assert_no_loss(&lab, "e2e", &acked).await;
 
     // 5. The old leader comes back as a replica by itself.
     lab::start(&lab.info.name, &leader)
@@ -498,8 +213,11 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         180,
         || async {
             let (l, members) = patroni_cluster(&lab).await?;
-            let m = members.iter().find(|m| m.0 == leader).ok_or("not listed")?;
-            if l != leader && m.2 == "streaming" {
+            let m = members
+                .iter()
+                .find(|m| m.name == leader)
+                .ok_or("not listed")?;
+            if l != leader && m.state == "streaming" {
                 Ok(())
             } else {
                 Err(format!("{members:?}"))

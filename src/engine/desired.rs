@@ -161,8 +161,40 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
     env
 }
 
+/// Patroni tags every member has unless pgha is working on it.
+pub fn default_tags() -> BTreeMap<String, bool> {
+    ["nofailover", "noloadbalance", "clonefrom", "nosync"]
+        .into_iter()
+        .map(|t| (t.to_string(), false))
+        .collect()
+}
+
 /// Render the desired state of every host of the inventory.
 pub fn desired_state(inv: &Inventory, lib: &Library) -> Result<Vec<HostDesired>> {
+    render(inv, lib, &BTreeMap::new())
+}
+
+/// Patroni's configuration file of one member, with `tags` set over the defaults.
+pub fn patroni_config_file(
+    inv: &Inventory,
+    lib: &Library,
+    host: &str,
+    tags: &BTreeMap<String, bool>,
+) -> Result<DesiredFile> {
+    let overrides = BTreeMap::from([(host.to_string(), tags.clone())]);
+    render(inv, lib, &overrides)?
+        .into_iter()
+        .find(|d| d.host == host)
+        .and_then(|d| d.role("patroni").and_then(|r| r.files.first().cloned()))
+        .with_context(|| format!("{host} is not a db host of the inventory"))
+}
+
+/// Render every host, with tag overrides per host.
+fn render(
+    inv: &Inventory,
+    lib: &Library,
+    tag_overrides: &BTreeMap<String, BTreeMap<String, bool>>,
+) -> Result<Vec<HostDesired>> {
     let env = template_env(lib);
     let c = &inv.cluster;
     let db = inv.db_hosts();
@@ -194,7 +226,12 @@ pub fn desired_state(inv: &Inventory, lib: &Library) -> Result<Vec<HostDesired>>
 
     let mut out = Vec::new();
     for host in &inv.hosts {
+        let mut tags = default_tags();
+        if let Some(o) = tag_overrides.get(&host.name) {
+            tags.extend(o.clone());
+        }
         let ctx = ctx_value(json!({
+            "tags": tags,
             "cluster": c,
             "secrets": secrets,
             "host": { "name": host.name, "ip": host.ip.to_string() },

@@ -123,8 +123,9 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
 
 /// `pgha inventory -i FILE`: print the resolved inventory. Creates no files.
 pub fn command(args: &InventoryArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let path = crate::commands::inventory_path(&args.inventory)?;
     match load(
-        &args.inventory,
+        &path,
         &LoadOptions {
             write_secrets: false,
         },

@@ -280,6 +280,25 @@ impl Inventory {
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)
     }
+    /// Refuse when a secret the cluster was deployed with is not known: a day-2
+    /// command must use the passwords the deploy generated, not new random ones.
+    pub fn require_secrets(&self) -> Result<(), String> {
+        let pending: Vec<&str> = self
+            .secret_sources
+            .iter()
+            .filter(|(_, s)| matches!(s, SecretSource::Pending { .. }))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} not set and not in {}: this command needs the passwords `pgha deploy` generated                  (is this the inventory the cluster was deployed with?)",
+                pending.join(", "),
+                self.secrets_path.display()
+            ))
+        }
+    }
     fn members(&self, group: &str) -> Vec<&Host> {
         self.hosts.iter().filter(|h| h.in_group(group)).collect()
     }

@@ -912,7 +912,7 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
     say(&format!(
         "deploying the cluster onto lab {name} (pgha deploy -i {inv})"
     ));
-    let exit = crate::deploy::run_for_lab(&info.inventory_path, output).await?;
+    let exit = crate::commands::deploy::run_for_lab(&info.inventory_path, output).await?;
     if exit != Exit::Ok {
         return Ok(exit);
     }

@@ -13,8 +13,23 @@ pub struct EndpointHealth {
     pub member_id: u64,
     pub leader: u64,
     pub version: String,
+    /// `name=hexid` of every member this endpoint lists.
     pub members: Vec<String>,
     pub errors: Vec<String>,
+    pub db_size: i64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+}
+
+impl EndpointHealth {
+    /// This endpoint's own member name (from its member list).
+    pub fn name(&self) -> Option<String> {
+        let suffix = format!("={:x}", self.member_id);
+        self.members
+            .iter()
+            .find(|m| m.ends_with(&suffix))
+            .map(|m| m.trim_end_matches(&suffix).to_string())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +84,9 @@ async fn probe_one(endpoint: &str) -> Result<EndpointHealth, String> {
             .map(|m| format!("{}={:x}", m.name(), m.id()))
             .collect(),
         errors: status.errors().to_vec(),
+        db_size: status.db_size(),
+        raft_index: status.raft_index(),
+        raft_term: status.raft_term(),
     })
 }
 
@@ -87,6 +105,11 @@ pub async fn probe(endpoints: &[String]) -> EtcdReport {
 }
 
 impl EtcdReport {
+    /// Whether any endpoint answered with a working quorum behind it.
+    pub fn any_healthy(&self) -> bool {
+        self.endpoints.iter().any(|e| e.health.is_ok())
+    }
+
     /// Quorum holds when every endpoint answers, all share one cluster id and one
     /// leader, and the member list has the expected size. Err describes what is off.
     pub fn quorum(&self, expected_members: usize) -> Result<Quorum, String> {
@@ -185,6 +208,9 @@ mod tests {
                 version: "3.5.16".into(),
                 members: (1..=n as u64).map(|i| format!("db{i}={i:x}")).collect(),
                 errors: vec![],
+                db_size: 20480,
+                raft_index: 100,
+                raft_term: 2,
             }),
         }
     }

@@ -26,6 +26,16 @@ pub struct Member {
     pub lag: Option<u64>,
     #[serde(default)]
     pub pending_restart: bool,
+    /// Tags Patroni reports for the member (nofailover, noloadbalance, nosync...).
+    #[serde(default)]
+    pub tags: serde_json::Map<String, Value>,
+}
+
+impl Member {
+    /// Whether a boolean tag is set.
+    pub fn tag(&self, name: &str) -> bool {
+        self.tags.get(name).is_some_and(|v| v == true)
+    }
 }
 
 fn lag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -39,6 +49,9 @@ fn lag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> 
 pub struct ClusterView {
     #[serde(default)]
     pub members: Vec<Member>,
+    /// Maintenance mode: Patroni does not fail over or manage PostgreSQL.
+    #[serde(default)]
+    pub pause: bool,
 }
 
 impl ClusterView {
@@ -52,6 +65,10 @@ impl ClusterView {
     }
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.name == name)
+    }
+    /// The leader's timeline (members on another one are diverged or behind).
+    pub fn leader_timeline(&self) -> Option<u64> {
+        self.leader().and_then(|l| l.timeline)
     }
     /// One line per member, for "last seen" reports.
     pub fn summary(&self) -> String {
@@ -169,25 +186,56 @@ pub async fn restart(api: &str, auth: &Secret) -> Result<(), String> {
     Ok(())
 }
 
-/// Planned switchover from `leader` to `candidate`.
+/// Patroni's answer to a switchover request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchoverAnswer {
+    /// 200: the switchover happened.
+    Done,
+    /// 4xx: refused before anything happened (precondition failed, bad candidate).
+    Refused(String),
+    /// 503, a timeout or a lost connection: it may or may not have happened.
+    Unknown(String),
+}
+
+/// Ask for a planned switchover from `leader` to `candidate`. Never retried here:
+/// a second request after an unknown outcome could switch over twice.
 pub async fn switchover(
     api: &str,
     auth: &Secret,
     leader: &str,
     candidate: &str,
-) -> Result<(), String> {
-    let c = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
+) -> SwitchoverAnswer {
+    // Patroni itself polls for up to 2*max(10, loop_wait) s before answering.
+    let c = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(90))
         .build()
-        .map_err(|e| e.to_string())?;
-    send(
-        c.post(format!("{api}/switchover"))
-            .basic_auth(API_USER, Some(auth.expose()))
-            .json(&serde_json::json!({"leader": leader, "candidate": candidate})),
-        "POST /switchover",
-    )
-    .await?;
-    Ok(())
+    {
+        Ok(c) => c,
+        Err(e) => return SwitchoverAnswer::Refused(e.to_string()),
+    };
+    let resp = c
+        .post(format!("{api}/switchover"))
+        .basic_auth(API_USER, Some(auth.expose()))
+        .json(&serde_json::json!({"leader": leader, "candidate": candidate}))
+        .send()
+        .await;
+    match resp {
+        Err(e) if e.is_connect() => {
+            SwitchoverAnswer::Refused(format!("POST {api}/switchover: {e}"))
+        }
+        Err(e) => SwitchoverAnswer::Unknown(format!("POST {api}/switchover: {e}")),
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default().trim().to_string();
+            if status.is_success() {
+                SwitchoverAnswer::Done
+            } else if status.is_client_error() {
+                SwitchoverAnswer::Refused(format!("HTTP {status}: {body}"))
+            } else {
+                SwitchoverAnswer::Unknown(format!("HTTP {status}: {body}"))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,17 +26,31 @@ impl std::fmt::Debug for Endpoint {
 }
 
 pub async fn connect(ep: &Endpoint) -> Result<Client, String> {
+    connect_bounded(ep, Duration::from_secs(5)).await
+}
+
+/// Connect with the whole handshake bounded: tokio-postgres' connect_timeout covers
+/// only the TCP connect, and HAProxy accepts at once, so a session bound for a dead
+/// server could otherwise hang.
+pub async fn connect_bounded(ep: &Endpoint, bound: Duration) -> Result<Client, String> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&ep.host)
         .port(ep.port)
         .user(&ep.user)
         .password(ep.password.as_bytes())
         .dbname(&ep.dbname)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(bound)
         .application_name("pgha");
-    let (client, conn) = cfg
-        .connect(NoTls)
+    let (client, conn) = tokio::time::timeout(bound, cfg.connect(NoTls))
         .await
+        .map_err(|_| {
+            format!(
+                "{}:{}: no answer within {}s",
+                ep.host,
+                ep.port,
+                bound.as_secs_f32()
+            )
+        })?
         .map_err(|e| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;

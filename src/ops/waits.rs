@@ -1,76 +1,15 @@
-//! Cluster-level checks and waits built on the probes; every command reuses them
-//! (deploy's barriers and final verification; later status, upgrade and rebuild).
+//! Waits on cluster state, built on the probes; every command reuses them (deploy's
+//! barriers and verification, switchover, upgrade, rebuild). Each names what it
+//! waits for and, when its deadline passes, the last state it saw.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+use super::Endpoints;
 use crate::inventory::Inventory;
 use crate::probe::{etcd, haproxy, patroni, sql};
 use crate::wait::{WaitError, until};
-
-/// Addresses of the cluster's services, derived from the inventory.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    pub etcd: Vec<String>,
-    /// (host name, REST base URL) of every db host.
-    pub patroni: Vec<(String, String)>,
-    pub db_names: Vec<String>,
-    pub routers: Vec<(String, String)>,
-    pub stats_port: u16,
-    pub exporters: Vec<(String, String)>,
-}
-
-impl Endpoints {
-    pub fn new(inv: &Inventory) -> Endpoints {
-        let c = &inv.cluster;
-        Endpoints {
-            etcd: inv
-                .etcd_hosts()
-                .iter()
-                .map(|h| format!("http://{}:{}", h.ip, c.etcd_client_port))
-                .collect(),
-            patroni: inv
-                .db_hosts()
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.clone(),
-                        patroni::api(&h.ip.to_string(), c.patroni_rest_port),
-                    )
-                })
-                .collect(),
-            db_names: inv.db_hosts().iter().map(|h| h.name.clone()).collect(),
-            routers: inv
-                .router_hosts()
-                .iter()
-                .map(|h| (h.name.clone(), h.ip.to_string()))
-                .collect(),
-            stats_port: c.haproxy_stats_port,
-            exporters: inv
-                .db_hosts()
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.clone(),
-                        format!("http://{}:{}/metrics", h.ip, c.exporter_port),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    pub fn patroni_apis(&self) -> Vec<String> {
-        self.patroni.iter().map(|(_, a)| a.clone()).collect()
-    }
-
-    pub fn api_of(&self, host: &str) -> Option<&str> {
-        self.patroni
-            .iter()
-            .find(|(n, _)| n == host)
-            .map(|(_, a)| a.as_str())
-    }
-}
 
 pub async fn wait_etcd_quorum(
     ep: &Endpoints,
@@ -100,6 +39,35 @@ pub async fn wait_patroni_healthy(
         view.healthy(members, 0)?;
         Ok(view)
     })
+    .await
+}
+
+/// `member` streaming from `leader` (leader running, member on its timeline, lag 0).
+pub async fn wait_member_streaming(
+    ep: &Endpoints,
+    member: &str,
+    leader: &str,
+    timeout: Duration,
+) -> Result<(), WaitError> {
+    until(
+        &format!("{member} to stream from {leader} with lag 0"),
+        timeout,
+        || async {
+            let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+            let l = view.leader().ok_or_else(|| view.summary())?;
+            match view.member(member) {
+                Some(m)
+                    if l.name == leader
+                        && m.state == "streaming"
+                        && m.timeline == l.timeline
+                        && m.lag == Some(0) =>
+                {
+                    Ok(())
+                }
+                _ => Err(view.summary()),
+            }
+        },
+    )
     .await
 }
 

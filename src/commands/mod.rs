@@ -1,0 +1,103 @@
+//! The commands users run. Each is a short sequence of calls into the operations
+//! core (`crate::ops`): read it top to bottom to know what the command does.
+
+pub mod deploy;
+pub mod lock;
+pub mod preflight;
+pub mod status;
+pub mod switchover;
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::cli::InventoryArg;
+use crate::error::{Exit, Failure};
+use crate::inventory::{self, Inventory, LoadOptions};
+use crate::ui::Ui;
+
+/// Where the inventory came from when the command line did not name it.
+pub const ENV_INVENTORY: &str = "PGHA_INVENTORY";
+pub const DEFAULT_INVENTORY: &str = "inventory.yml";
+
+/// The inventory file to read: the positional argument or `-i`, else
+/// `$PGHA_INVENTORY`, else `./inventory.yml`. Says which file it used when the
+/// command line did not name one.
+pub fn inventory_path(arg: &InventoryArg) -> Result<PathBuf, Failure> {
+    if let Some(p) = arg.inventory.clone().or_else(|| arg.inventory_opt.clone()) {
+        return Ok(p);
+    }
+    let (path, from) = resolve_default(
+        std::env::var_os(ENV_INVENTORY).map(PathBuf::from),
+        PathBuf::from(DEFAULT_INVENTORY).exists(),
+    )?;
+    eprintln!("using inventory {} ({from})", path.display());
+    Ok(path)
+}
+
+/// Pure part of `inventory_path`: the env variable, else ./inventory.yml if present.
+fn resolve_default(
+    env: Option<PathBuf>,
+    default_exists: bool,
+) -> Result<(PathBuf, &'static str), Failure> {
+    match env {
+        Some(p) if !p.as_os_str().is_empty() => Ok((p, "from PGHA_INVENTORY")),
+        _ if default_exists => Ok((
+            PathBuf::from(DEFAULT_INVENTORY),
+            "found in the current directory",
+        )),
+        _ => Err(Failure::options(format!(
+            "no inventory given: name it (`pgha deploy inventory.yml` or `-i FILE`), set \
+             {ENV_INVENTORY}, or run where ./{DEFAULT_INVENTORY} exists"
+        ))),
+    }
+}
+
+/// Load the inventory a command names (secrets are written only by commands that
+/// change the cluster).
+pub fn load_inventory(arg: &InventoryArg, write_secrets: bool) -> Result<Inventory, Failure> {
+    let path = inventory_path(arg)?;
+    Ok(inventory::load(&path, &LoadOptions { write_secrets })?)
+}
+
+/// End a command that changes hosts: secrets redacted from the error, the recap,
+/// and on failure a JSON document for programs (the message goes to stderr too).
+pub fn finish(
+    inv: &Inventory,
+    ui: &Ui,
+    result: Result<Exit, Failure>,
+    recap: bool,
+) -> Result<Exit, Failure> {
+    let result = result.map_err(|f| Failure::new(f.exit, inv.secrets.redact(&f.message)));
+    if recap {
+        ui.print_recap();
+    }
+    if let Err(f) = &result
+        && ui.json()
+    {
+        println!(
+            "{}",
+            json!({"ok": false, "exit": f.exit as i32, "error": f.message, "recap": ui.recap()})
+        );
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_inventory_is_the_env_then_the_current_directory() {
+        let (p, from) = resolve_default(Some("/x/prod.yml".into()), true).unwrap();
+        assert_eq!(
+            (p, from),
+            (PathBuf::from("/x/prod.yml"), "from PGHA_INVENTORY")
+        );
+        let (p, _) = resolve_default(None, true).unwrap();
+        assert_eq!(p, PathBuf::from("inventory.yml"));
+        let e = resolve_default(Some("".into()), false).unwrap_err();
+        assert_eq!(e.exit, Exit::BadOptions);
+        assert!(e.message.contains("PGHA_INVENTORY"), "{}", e.message);
+    }
+}

@@ -1,0 +1,235 @@
+//! `pgha status`: the cluster in one view, from live probes (no SSH, no lock).
+//! Exit 0 when healthy, 1 when degraded or down.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use crate::cli::{OutputFormat, StatusArgs};
+use crate::commands::load_inventory;
+use crate::error::{Exit, Failure};
+use crate::ops::Ctx;
+use crate::ops::health::{self, Level, Snapshot};
+use crate::ui::Ui;
+
+pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let inv = load_inventory(&args.inventory, false)?;
+    let ui = Ui::new(output);
+    let ctx = Ctx::new(&inv, &ui);
+    let Some(secs) = args.watch else {
+        let s = health::snapshot(&ctx).await;
+        print(&s, output);
+        return Ok(exit(&s));
+    };
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let s = health::snapshot(&ctx).await;
+        if tty && output == OutputFormat::Text {
+            // Redraw in place: cursor home, clear screen.
+            print!("\x1b[H\x1b[2J");
+        }
+        print(&s, output);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs.max(1))) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(exit(&s)),
+        }
+    }
+}
+
+fn exit(s: &Snapshot) -> Exit {
+    if s.healthy { Exit::Ok } else { Exit::Error }
+}
+
+fn print(s: &Snapshot, output: OutputFormat) {
+    match output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string(s).expect("snapshot serializes"))
+        }
+        OutputFormat::Text => print!("{}", render(s)),
+    }
+}
+
+fn dash<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or("-".into(), |v| v.to_string())
+}
+
+fn size(bytes: i64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.0} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// A table with columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::from(" ");
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(&format!(" {c}"));
+            } else {
+                s.push_str(&format!(" {c:<width$}", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+/// The text view. Pure, so its shape is tested.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = format!("cluster {}: {}\n", s.cluster, s.verdict.line());
+    for n in &s.verdict.notes {
+        out.push_str(&format!("  note: {n}\n"));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            let tags: Vec<String> = m
+                .tags
+                .iter()
+                .filter(|(_, v)| **v != serde_json::Value::Bool(false))
+                .map(|(k, v)| {
+                    if v == &serde_json::Value::Bool(true) {
+                        k.clone()
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            vec![
+                m.name.clone(),
+                m.address.clone(),
+                m.role.clone(),
+                m.state.clone(),
+                dash(&m.timeline),
+                if m.role == "leader" {
+                    "-".into()
+                } else {
+                    dash(&m.lag_bytes)
+                },
+                dash(&m.server_version),
+                dash(&m.patroni_version),
+                if m.pending_restart { "yes" } else { "no" }.into(),
+                if tags.is_empty() {
+                    "-".into()
+                } else {
+                    tags.join(",")
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "MEMBER", "ADDRESS", "ROLE", "STATE", "TL", "LAG", "POSTGRES", "PATRONI", "PENDING",
+            "TAGS",
+        ],
+        &rows,
+    ));
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .etcd
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                dash(&e.id),
+                if e.healthy {
+                    "healthy".into()
+                } else {
+                    format!("unhealthy: {}", e.error.as_deref().unwrap_or("no answer"))
+                },
+                if e.leader { "leader" } else { "-" }.into(),
+                dash(&e.version),
+                e.db_size_bytes.map_or("-".into(), size),
+                dash(&e.raft_index),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "ETCD",
+            "ID",
+            "HEALTH",
+            "LEADER",
+            "VERSION",
+            "DB SIZE",
+            "RAFT INDEX",
+        ],
+        &rows,
+    ));
+    let healthy = s.etcd.iter().filter(|e| e.healthy).count();
+    out.push_str(&format!(
+        "  quorum: {} ({healthy} of {} members healthy)\n\n",
+        if s.etcd_quorum { "held" } else { "LOST" },
+        s.etcd.len()
+    ));
+    let servers = |m: &std::collections::BTreeMap<String, String>| {
+        if m.is_empty() {
+            "-".to_string()
+        } else {
+            m.iter()
+                .map(|(n, st)| format!("{n} {st}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let rows: Vec<Vec<String>> = s
+        .routers
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.address.clone(),
+                if r.up { "up" } else { "unreachable" }.into(),
+                servers(&r.write),
+                servers(&r.read),
+                if !r.up {
+                    "-".into()
+                } else if r.agrees {
+                    "yes".into()
+                } else {
+                    format!("NO: {}", r.disagreement.as_deref().unwrap_or(""))
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "ROUTER",
+            "ADDRESS",
+            "HAPROXY",
+            "WRITES",
+            "READS",
+            "MATCHES PATRONI",
+        ],
+        &rows,
+    ));
+    out.push('\n');
+    let exporters: Vec<String> = s
+        .exporters
+        .iter()
+        .map(|e| match e.pg_up {
+            Some(up) => format!("{} pg_up {}", e.name, u8::from(up)),
+            None => format!("{} unreachable", e.name),
+        })
+        .collect();
+    out.push_str(&format!("  exporters: {}\n", exporters.join(", ")));
+    if s.verdict.level != Level::Healthy {
+        out.push_str(&format!("\n{}\n", s.verdict.line()));
+    }
+    out
+}

@@ -1,0 +1,79 @@
+//! `pgha switchover`: hand the leader role to a caught-up standby, with the write
+//! gap clients saw measured on the routers' write port.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::cli::{OutputFormat, SwitchoverArgs};
+use crate::commands::load_inventory;
+use crate::error::{Exit, Failure};
+use crate::ops::Ctx;
+use crate::ops::lock::ClusterLock;
+use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
+use crate::ui::Ui;
+
+pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let inv = load_inventory(&args.inventory, false)?;
+    inv.require_secrets().map_err(Failure::error)?;
+    if let Some(to) = &args.to
+        && !inv.db_hosts().iter().any(|h| h.name == *to)
+    {
+        let db: Vec<&str> = inv.db_hosts().iter().map(|h| h.name.as_str()).collect();
+        return Err(Failure::options(format!(
+            "--to {to}: not a db host of the inventory (db hosts: {}); nothing was changed",
+            db.join(", ")
+        )));
+    }
+    let ui = Ui::new(output);
+    let ctx = Ctx::new(&inv, &ui);
+    let opts = SwitchoverOpts {
+        to: args.to.clone(),
+        max_lag: args
+            .max_lag
+            .unwrap_or(inv.cluster.patroni_maximum_lag_on_failover),
+        candidate_wait: Duration::ZERO,
+    };
+    let lock = ClusterLock::acquire(&ctx, "pgha switchover", true).await?;
+    let phase = ui.phase("switchover");
+    let result = actions::switchover(&ctx, &opts).await;
+    lock.release().await;
+    let report = match result {
+        Ok(r) => r,
+        Err(f) => {
+            if ui.json() {
+                println!(
+                    "{}",
+                    json!({"ok": false, "exit": f.exit as i32, "error": f.message})
+                );
+            }
+            return Err(f);
+        }
+    };
+    phase.done(format!("{} -> {}", report.from, report.to));
+    print(&ui, &report);
+    Ok(Exit::Ok)
+}
+
+fn print(ui: &Ui, r: &SwitchoverReport) {
+    ui.line(format!(
+        "{} is the leader; {} streams from it again ({:.1}s after the request).",
+        r.to, r.from, r.took_secs
+    ));
+    if let Some(c) = r.checkpoint_secs {
+        ui.line(format!(
+            "  CHECKPOINT on {} before the switchover: {c:.2}s",
+            r.from
+        ));
+    }
+    match &r.gap {
+        Some(g) => ui.line(format!(
+            "  write gap on the routers' write port: {:.2}s ({} of {} probes every 100 ms reached no primary)",
+            g.longest_secs, g.failed, g.probes
+        )),
+        None => ui.line("  write gap: not measured (no router served writes before the switchover)"),
+    }
+    if ui.json() {
+        println!("{}", json!({"ok": true, "switchover": r}));
+    }
+}

@@ -1,0 +1,536 @@
+//! The cluster lock: one command that changes the cluster at a time.
+//!
+//! Held in etcd under `/pgha/<cluster>/lock`, attached to a lease of `ETCD_TTL`
+//! seconds that the holder keeps alive: a holder that crashes or loses its network
+//! releases it within that time. Before etcd exists (a first deploy), and in every
+//! command that has SSH sessions, it is also held on the first db host as
+//! `/var/lib/pgha/lock`, a file with an expiry the holder refreshes (`HOST_TTL`).
+//! A second command finds either and stops before any change, naming the holder.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::run::Ctx;
+use crate::error::Failure;
+use crate::probe::PROBE_TIMEOUT;
+use crate::ssh::{Cmd, Session, shell_quote};
+
+/// Seconds an etcd lock outlives a holder that stopped renewing it.
+pub const ETCD_TTL: i64 = 10;
+/// Seconds a host lock outlives a holder that stopped refreshing it.
+pub const HOST_TTL: u64 = 30;
+const RENEW_EVERY: Duration = Duration::from_secs(3);
+const HOST_LOCK: &str = "/var/lib/pgha/lock";
+
+/// Who holds the lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Holder {
+    pub user: String,
+    pub controller: String,
+    pub command: String,
+    pub pid: u32,
+    /// Seconds since the epoch.
+    pub since: u64,
+    /// Random id of the run, to tell our own lock from another's.
+    pub id: String,
+}
+
+impl Holder {
+    pub fn me(command: &str) -> Holder {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| current_user());
+        let controller = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Holder {
+            user,
+            controller,
+            command: command.to_string(),
+            pid: std::process::id(),
+            since: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            id: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let since = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.since));
+        format!(
+            "{}@{} running `{}` since {since} (pid {})",
+            self.user, self.controller, self.command, self.pid
+        )
+    }
+}
+
+/// The user name of this process from /etc/passwd (USER is not always set: cron,
+/// containers), else its uid.
+fn current_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".into());
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or(format!("uid {uid}"))
+}
+
+fn held(what: &str, h: &Holder, ttl: String) -> Failure {
+    Failure::error(format!(
+        "the cluster lock ({what}) is held by {}; nothing was changed. Wait for it to finish. \
+         A holder that crashed or lost its network releases the lock within {ttl}; a lock left \
+         behind otherwise can be seen with `pgha lock` and removed with `pgha lock --break`",
+        h.describe()
+    ))
+}
+
+/// The etcd lock key of a cluster.
+pub fn etcd_key(cluster: &str) -> String {
+    format!("/pgha/{cluster}/lock")
+}
+
+async fn etcd_client(endpoints: &[String]) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(PROBE_TIMEOUT)
+        .with_timeout(PROBE_TIMEOUT);
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(|e| format!("connect to etcd: {e}"))
+}
+
+/// Releases still to do when the process is interrupted (Ctrl-C).
+enum Release {
+    Etcd { endpoints: Vec<String>, lease: i64 },
+    Host { session: Session, id: String },
+}
+
+static HELD: Mutex<Vec<(String, Release)>> = Mutex::new(Vec::new());
+
+fn remember(id: &str, r: Release) {
+    HELD.lock().unwrap().push((id.to_string(), r));
+}
+
+fn forget(id: &str) {
+    HELD.lock().unwrap().retain(|(i, _)| i != id);
+}
+
+/// Release every lock this process holds (on Ctrl-C, before exiting).
+pub async fn release_all() {
+    let all: Vec<(String, Release)> = std::mem::take(&mut *HELD.lock().unwrap());
+    for (_, r) in all {
+        match r {
+            Release::Etcd { endpoints, lease } => {
+                if let Ok(mut c) = etcd_client(&endpoints).await {
+                    let _ = c.lease_revoke(lease).await;
+                }
+            }
+            Release::Host { session, id } => {
+                let _ = session.exec(&Cmd::root(host_release_script(&id))).await;
+            }
+        }
+    }
+}
+
+struct EtcdLock {
+    endpoints: Vec<String>,
+    lease: i64,
+    keeper: JoinHandle<()>,
+}
+
+struct HostLock {
+    session: Session,
+    refresher: JoinHandle<()>,
+}
+
+/// The lock a command holds for its whole run; `release` at the end (also on failure).
+pub struct ClusterLock {
+    holder: Holder,
+    cluster: String,
+    etcd: Option<EtcdLock>,
+    host: Option<HostLock>,
+}
+
+impl ClusterLock {
+    /// Take the lock: on the first db host when connected to it, and in etcd when
+    /// `etcd_exists`. Fails (exit 1) naming the holder when another run holds it.
+    pub async fn acquire(
+        ctx: &Ctx<'_>,
+        command: &str,
+        etcd_exists: bool,
+    ) -> Result<ClusterLock, Failure> {
+        let mut lock = ClusterLock {
+            holder: Holder::me(command),
+            cluster: ctx.inv.cluster.cluster_name.clone(),
+            etcd: None,
+            host: None,
+        };
+        let first_db = ctx.db_hosts()[0].clone();
+        if ctx.has_session(&first_db) {
+            let session = ctx.session(&first_db)?.clone();
+            if let Err(f) = lock.take_host(session).await {
+                lock.release().await;
+                return Err(f);
+            }
+        }
+        if etcd_exists && let Err(f) = lock.take_etcd(&ctx.ep.etcd).await {
+            lock.release().await;
+            return Err(f);
+        }
+        Ok(lock)
+    }
+
+    /// Also take the etcd lock (a first deploy, once etcd has formed).
+    pub async fn add_etcd(&mut self, endpoints: &[String]) -> Result<(), Failure> {
+        if self.etcd.is_some() {
+            return Ok(());
+        }
+        self.take_etcd(endpoints).await
+    }
+
+    pub fn holder(&self) -> &Holder {
+        &self.holder
+    }
+
+    async fn take_etcd(&mut self, endpoints: &[String]) -> Result<(), Failure> {
+        let mut c = etcd_client(endpoints).await.map_err(Failure::error)?;
+        let key = etcd_key(&self.cluster);
+        let lease = c
+            .lease_grant(ETCD_TTL, None)
+            .await
+            .map_err(|e| Failure::error(format!("cluster lock: etcd lease: {e}")))?
+            .id();
+        let value = serde_json::to_string(&self.holder).expect("holder serializes");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = c
+            .txn(txn)
+            .await
+            .map_err(|e| Failure::error(format!("cluster lock: etcd: {e}")))?;
+        if !resp.succeeded() {
+            let _ = c.lease_revoke(lease).await;
+            let other = resp
+                .op_responses()
+                .into_iter()
+                .find_map(|r| match r {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                    _ => None,
+                })
+                .and_then(|v| serde_json::from_slice::<Holder>(&v).ok());
+            return Err(match other {
+                Some(h) => held(&format!("etcd key {key}"), &h, format!("{ETCD_TTL} s")),
+                None => Failure::error(format!(
+                    "the cluster lock (etcd key {key}) is held by an unknown holder; see `pgha lock`"
+                )),
+            });
+        }
+        let (mut keeper, mut stream) = c
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| Failure::error(format!("cluster lock: etcd keep-alive: {e}")))?;
+        let keeper_task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                let ok = keeper.keep_alive().await.is_ok()
+                    && matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0);
+                if !ok {
+                    tracing::warn!("cluster lock: renewing the etcd lease failed; retrying");
+                }
+            }
+        });
+        remember(
+            &self.holder.id,
+            Release::Etcd {
+                endpoints: endpoints.to_vec(),
+                lease,
+            },
+        );
+        self.etcd = Some(EtcdLock {
+            endpoints: endpoints.to_vec(),
+            lease,
+            keeper: keeper_task,
+        });
+        Ok(())
+    }
+
+    async fn take_host(&mut self, session: Session) -> Result<(), Failure> {
+        let script = host_acquire_script(&self.holder);
+        let out = session
+            .exec(&Cmd::root(script.clone()).timeout(Duration::from_secs(30)))
+            .await
+            .and_then(|o| o.ok())
+            .map_err(|e| Failure::error(format!("cluster lock on {}: {e}", session.host())))?;
+        let text = out.stdout_str();
+        match parse_host_answer(&text) {
+            HostAnswer::Acquired => {}
+            HostAnswer::Held(h) => {
+                return Err(held(
+                    &format!("{HOST_LOCK} on {}", session.host()),
+                    &h,
+                    format!("{HOST_TTL} s"),
+                ));
+            }
+            HostAnswer::Unreadable(t) => {
+                return Err(Failure::error(format!(
+                    "cluster lock on {}: unexpected answer {t:?}",
+                    session.host()
+                )));
+            }
+        }
+        let s2 = session.clone();
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RENEW_EVERY).await;
+                let r = s2
+                    .exec(&Cmd::root(script.clone()).timeout(Duration::from_secs(20)))
+                    .await;
+                if !matches!(&r, Ok(o) if parse_host_answer(&o.stdout_str()) == HostAnswer::Acquired)
+                {
+                    tracing::warn!("cluster lock: refreshing the host lock failed; retrying");
+                }
+            }
+        });
+        remember(
+            &format!("{}-host", self.holder.id),
+            Release::Host {
+                session: session.clone(),
+                id: self.holder.id.clone(),
+            },
+        );
+        self.host = Some(HostLock { session, refresher });
+        Ok(())
+    }
+
+    /// Give the lock back (etcd lease revoked, host lock file removed).
+    pub async fn release(self) {
+        if let Some(e) = self.etcd {
+            e.keeper.abort();
+            if let Ok(mut c) = etcd_client(&e.endpoints).await {
+                let _ = c.lease_revoke(e.lease).await;
+            }
+        }
+        if let Some(h) = self.host {
+            h.refresher.abort();
+            let _ = h
+                .session
+                .exec(&Cmd::root(host_release_script(&self.holder.id)))
+                .await;
+        }
+        forget(&self.holder.id);
+        forget(&format!("{}-host", self.holder.id));
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum HostAnswer {
+    Acquired,
+    Held(Holder),
+    Unreadable(String),
+}
+
+fn parse_host_answer(text: &str) -> HostAnswer {
+    let mut lines = text.lines();
+    match lines.next() {
+        Some("ACQUIRED") => HostAnswer::Acquired,
+        Some("HELD") => lines
+            .next()
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .map(HostAnswer::Held)
+            .unwrap_or_else(|| HostAnswer::Unreadable(text.to_string())),
+        _ => HostAnswer::Unreadable(text.to_string()),
+    }
+}
+
+/// Take or refresh the host lock: under flock, a lock file of another run that has
+/// not expired (by the host's own clock) wins; otherwise ours is written with a new
+/// expiry. Prints ACQUIRED, or HELD and the holder (base64 JSON).
+fn host_acquire_script(h: &Holder) -> String {
+    let holder = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::to_vec(h).expect("holder serializes"));
+    format!(
+        r#"set -e
+f={f}; d=$(dirname "$f"); mkdir -p -m 0700 "$d"
+exec 9>"$f.guard"
+flock -w 10 9
+now=$(date +%s)
+if [ -s "$f" ]; then
+  id=$(sed -n 's/^id=//p' "$f"); exp=$(sed -n 's/^expires=//p' "$f")
+  if [ "$id" != {id} ] && [ "${{exp:-0}}" -gt "$now" ]; then
+    echo HELD; sed -n 's/^holder=//p' "$f"; exit 0
+  fi
+fi
+printf 'id=%s\nexpires=%s\nholder=%s\n' {id} "$((now + {ttl}))" {holder} > "$f.tmp"
+mv "$f.tmp" "$f"
+echo ACQUIRED
+"#,
+        f = shell_quote(HOST_LOCK),
+        id = shell_quote(&h.id),
+        ttl = HOST_TTL,
+        holder = shell_quote(&holder),
+    )
+}
+
+fn host_release_script(id: &str) -> String {
+    format!(
+        r#"f={f}
+[ -e "$f" ] || exit 0
+exec 9>"$f.guard"; flock -w 10 9
+[ "$(sed -n 's/^id=//p' "$f")" = {id} ] && rm -f "$f"
+exit 0
+"#,
+        f = shell_quote(HOST_LOCK),
+        id = shell_quote(id)
+    )
+}
+
+/// What `pgha lock` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockState {
+    /// The etcd lock's holder; None when free (or etcd unreachable: see `etcd_error`).
+    pub etcd: Option<Holder>,
+    pub etcd_error: Option<String>,
+    /// The host lock's holder and seconds until it expires, when connected.
+    pub host: Option<(Holder, i64)>,
+    pub host_name: Option<String>,
+}
+
+/// Read both locks (the host lock only when connected to the first db host).
+pub async fn inspect(ctx: &Ctx<'_>) -> LockState {
+    let key = etcd_key(&ctx.inv.cluster.cluster_name);
+    let (etcd, etcd_error) = match etcd_client(&ctx.ep.etcd).await {
+        Ok(mut c) => match c.get(key, None).await {
+            Ok(r) => (
+                r.kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Holder>(kv.value()).ok()),
+                None,
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        Err(e) => (None, Some(e)),
+    };
+    let first = ctx.db_hosts()[0].clone();
+    let mut host = None;
+    if let Ok(s) = ctx.session(&first) {
+        let script = format!(
+            "f={f}; [ -s \"$f\" ] || exit 0; echo \"$(($(sed -n 's/^expires=//p' \"$f\") - $(date +%s)))\"; sed -n 's/^holder=//p' \"$f\"",
+            f = shell_quote(HOST_LOCK)
+        );
+        if let Ok(o) = s.exec(&Cmd::root(script)).await {
+            let text = o.stdout_str();
+            let mut lines = text.lines();
+            if let (Some(left), Some(b)) = (lines.next(), lines.next()) {
+                let h = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+                    .and_then(|v| serde_json::from_slice::<Holder>(&v).ok());
+                if let (Some(h), Ok(left)) = (h, left.trim().parse::<i64>()) {
+                    host = Some((h, left));
+                }
+            }
+        }
+    }
+    LockState {
+        etcd,
+        etcd_error,
+        host,
+        host_name: ctx.has_session(&first).then_some(first),
+    }
+}
+
+/// Remove both locks whoever holds them (`pgha lock --break`).
+pub async fn break_locks(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let key = etcd_key(&ctx.inv.cluster.cluster_name);
+    match etcd_client(&ctx.ep.etcd).await {
+        Ok(mut c) => {
+            c.delete(key.clone(), None)
+                .await
+                .map_err(|e| Failure::error(format!("delete {key}: {e}")))?;
+        }
+        Err(e) => ctx.ui.warn(format!("etcd lock not removed: {e}")),
+    }
+    let first = ctx.db_hosts()[0].clone();
+    if ctx.has_session(&first) {
+        ctx.run_on(
+            &first,
+            "remove the host lock",
+            format!("rm -f {}", shell_quote(HOST_LOCK)),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_answers_parse() {
+        let h = Holder::me("deploy");
+        let b = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&h).unwrap());
+        assert_eq!(parse_host_answer("ACQUIRED\n"), HostAnswer::Acquired);
+        assert_eq!(
+            parse_host_answer(&format!("HELD\n{b}\n")),
+            HostAnswer::Held(h)
+        );
+        assert!(matches!(
+            parse_host_answer("junk"),
+            HostAnswer::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn holder_description_names_user_host_command_and_time() {
+        let h = Holder {
+            user: "alice".into(),
+            controller: "ctl1".into(),
+            command: "pgha deploy".into(),
+            pid: 42,
+            since: 1_800_000_000,
+            id: "x".into(),
+        };
+        assert_eq!(
+            h.describe(),
+            "alice@ctl1 running `pgha deploy` since 2027-01-15T08:00:00Z (pid 42)"
+        );
+    }
+
+    #[test]
+    fn the_acquire_script_quotes_the_holder() {
+        let mut h = Holder::me("deploy");
+        h.user = "o'brien".into();
+        let s = host_acquire_script(&h);
+        assert!(s.contains("flock -w 10 9"));
+        assert!(!s.contains("o'brien"), "the holder travels base64-encoded");
+    }
+}

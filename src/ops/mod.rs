@@ -1,0 +1,16 @@
+//! The operations core every command stands on: the run context (hosts, SSH
+//! sessions, facts, parallel per-host steps, recap), the cluster's endpoints, the
+//! waits, Patroni actions, the cluster lock, the write-port probe and the final
+//! verification. Commands (`crate::commands`) are short sequences of these.
+
+pub mod endpoints;
+pub mod gap;
+pub mod health;
+pub mod lock;
+pub mod patroni;
+pub mod run;
+pub mod verify;
+pub mod waits;
+
+pub use endpoints::Endpoints;
+pub use run::Ctx;

@@ -1,0 +1,292 @@
+//! The run context every command stands on: the inventory, the cluster's endpoints,
+//! the UI (progress, recap), and, for commands that change hosts, one SSH session
+//! per host with facts gathering and parallel per-host steps.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+
+use super::Endpoints;
+use crate::cli::SshArgs;
+use crate::engine::facts::{self, FactsRequest, HostFacts};
+use crate::error::{Exit, Failure};
+use crate::inventory::Inventory;
+use crate::ssh::{self, Cmd, Session, SshOptions};
+use crate::ui::Ui;
+
+/// SSH options: --known-hosts, else the inventory's pgha_known_hosts, else ~/.ssh/known_hosts.
+pub fn ssh_options(args: &SshArgs, inv: &Inventory) -> SshOptions {
+    let known = args
+        .known_hosts
+        .clone()
+        .or_else(|| inv.known_hosts.clone())
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".ssh").join("known_hosts")
+        });
+    let mut o = SshOptions::new(known);
+    o.accept_new_host_keys = args.accept_new_host_keys;
+    o.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
+    o
+}
+
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub fn host_failed(msg: impl Into<String>) -> Failure {
+    Failure::new(Exit::HostFailed, msg)
+}
+
+/// What a command works with. Commands that only probe (status, switchover) use it
+/// without SSH; commands that change hosts `connect` first.
+pub struct Ctx<'a> {
+    pub inv: &'a Inventory,
+    pub ep: Endpoints,
+    pub ui: Ui,
+    sessions: BTreeMap<String, Session>,
+    /// Hosts a `--limit` run may act on (empty: all).
+    limit: Vec<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(inv: &'a Inventory, ui: &Ui) -> Ctx<'a> {
+        for w in &inv.warnings {
+            ui.warn(&w.message);
+        }
+        Ctx {
+            inv,
+            ep: Endpoints::new(inv),
+            ui: ui.clone(),
+            sessions: BTreeMap::new(),
+            limit: Vec::new(),
+        }
+    }
+
+    /// Restrict per-host steps to these hosts (`--limit`); refuses unknown names.
+    pub fn with_limit(mut self, limit: &[String]) -> Result<Self, Failure> {
+        let unknown: Vec<&str> = limit
+            .iter()
+            .filter(|h| self.inv.host(h).is_none())
+            .map(|s| s.as_str())
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Failure::options(format!(
+                "--limit names unknown host(s) {}; the inventory has: {}",
+                unknown.join(", "),
+                self.all_hosts().join(", ")
+            )));
+        }
+        self.limit = limit.to_vec();
+        Ok(self)
+    }
+
+    pub fn all_hosts(&self) -> Vec<String> {
+        self.inv.hosts.iter().map(|h| h.name.clone()).collect()
+    }
+    pub fn db_hosts(&self) -> Vec<String> {
+        self.inv.db_hosts().iter().map(|h| h.name.clone()).collect()
+    }
+    pub fn etcd_hosts(&self) -> Vec<String> {
+        self.inv
+            .etcd_hosts()
+            .iter()
+            .map(|h| h.name.clone())
+            .collect()
+    }
+    pub fn router_hosts(&self) -> Vec<String> {
+        self.inv
+            .router_hosts()
+            .iter()
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    /// Patroni REST base URL of a db host of the inventory.
+    pub fn api(&self, host: &str) -> String {
+        self.ep
+            .api_of(host)
+            .expect("Patroni hosts come from the inventory")
+            .to_string()
+    }
+
+    /// Whether --limit lets this run act on the host.
+    pub fn acts_on(&self, host: &str) -> bool {
+        self.limit.is_empty() || self.limit.iter().any(|h| h == host)
+    }
+    pub fn limited(&self) -> bool {
+        !self.limit.is_empty()
+    }
+
+    /// One SSH session per host (host keys verified). Any host that cannot be
+    /// reached fails the run before a change: exit 3 (unreachable) or 2.
+    pub async fn connect(&mut self, ssh: &SshOptions, hosts: &[String]) -> Result<(), Failure> {
+        let phase = self.ui.phase("connect");
+        phase.set(format!("{} hosts", hosts.len()));
+        let targets: Vec<_> = hosts
+            .iter()
+            .filter_map(|h| self.inv.host(h).map(|h| h.ssh.clone()))
+            .collect();
+        let mut unreachable = Vec::new();
+        let mut other = Vec::new();
+        for (host, res) in ssh::connect_all(&targets, ssh).await {
+            match res {
+                Ok(s) => {
+                    self.sessions.insert(host, s);
+                }
+                Err(e) => {
+                    let f: Failure = e.into();
+                    if f.exit == Exit::Unreachable {
+                        self.ui.unreachable(&host);
+                        unreachable.push(f.message);
+                    } else {
+                        self.ui.failed(&host);
+                        other.push(f.message);
+                    }
+                }
+            }
+        }
+        if !unreachable.is_empty() || !other.is_empty() {
+            self.close().await;
+            let exit = if unreachable.is_empty() {
+                Exit::HostFailed
+            } else {
+                Exit::Unreachable
+            };
+            let mut all = unreachable;
+            all.extend(other);
+            return Err(Failure::new(
+                exit,
+                format!(
+                    "nothing was changed; cannot reach every host:\n  {}",
+                    all.join("\n  ")
+                ),
+            ));
+        }
+        phase.done(format!("{} hosts, host keys verified", self.sessions.len()));
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        for s in self.sessions.values() {
+            s.close().await;
+        }
+    }
+
+    /// The SSH session of a connected host.
+    pub fn session(&self, host: &str) -> Result<&Session, Failure> {
+        self.sessions
+            .get(host)
+            .ok_or_else(|| Failure::error(format!("{host}: no SSH session (not connected)")))
+    }
+
+    pub fn has_session(&self, host: &str) -> bool {
+        self.sessions.contains_key(host)
+    }
+
+    /// Run `f` on each host in parallel (those --limit allows); every failure is
+    /// collected and reported with the host and the step, then the run stops (exit 2).
+    /// `f` returns the number of changes it made on its host.
+    pub async fn each<F, Fut>(&self, hosts: &[String], step: &str, f: F) -> Result<(), Failure>
+    where
+        F: Fn(String, Session) -> Fut,
+        Fut: Future<Output = anyhow::Result<u32>>,
+    {
+        let mut futs = Vec::new();
+        for h in hosts.iter().filter(|h| self.acts_on(h)) {
+            let fut = f(h.clone(), self.session(h)?.clone());
+            futs.push(async move { (h.clone(), fut.await) });
+        }
+        let mut failures = Vec::new();
+        for (host, res) in join_all(futs).await {
+            match res {
+                Ok(n) => {
+                    if n > 0 {
+                        self.ui.changed(&host, n);
+                    }
+                }
+                Err(e) => {
+                    self.ui.failed(&host);
+                    failures.push(format!("{host}: {step}: {e:#}"));
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(host_failed(self.inv.secrets.redact(&failures.join("\n"))))
+        }
+    }
+
+    /// Facts from every host in `requests`, one read-only script each, in parallel.
+    /// Returns the facts and each host's clock skew to this machine (seconds).
+    pub async fn gather(
+        &self,
+        requests: &BTreeMap<String, FactsRequest>,
+    ) -> Result<(BTreeMap<String, HostFacts>, BTreeMap<String, f64>), Failure> {
+        let phase = self.ui.phase("facts");
+        let mut futs = Vec::new();
+        for (host, req) in requests {
+            let s = self.session(host)?.clone();
+            let script = facts::script(req);
+            futs.push(async move {
+                let t0 = now_secs();
+                let out = s
+                    .exec(&Cmd::root(script).timeout(Duration::from_secs(60)))
+                    .await;
+                let mid = (t0 + now_secs()) / 2.0;
+                let res = match out {
+                    Ok(o) => o
+                        .ok()
+                        .map_err(anyhow::Error::from)
+                        .and_then(|o| facts::parse(host, &o.stdout_str()).map(|f| (f, mid))),
+                    Err(e) => Err(e.into()),
+                };
+                (host.clone(), res)
+            });
+        }
+        let mut failures = Vec::new();
+        let mut all = BTreeMap::new();
+        let mut skews = BTreeMap::new();
+        for (host, res) in join_all(futs).await {
+            match res {
+                Ok((f, mid)) => {
+                    skews.insert(host.clone(), f.clock - mid);
+                    all.insert(host, f);
+                }
+                Err(e) => {
+                    self.ui.failed(&host);
+                    failures.push(format!("{host}: gathering facts: {e:#}"));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            return Err(host_failed(format!(
+                "nothing was changed:\n  {}",
+                failures.join("\n  ")
+            )));
+        }
+        phase.done(format!("{} hosts", all.len()));
+        Ok((all, skews))
+    }
+
+    /// Run a root script on a host; a failure names the host and the step.
+    pub async fn run_on(
+        &self,
+        host: &str,
+        step: &str,
+        script: impl Into<String>,
+    ) -> Result<String, Failure> {
+        crate::engine::apply::run(self.session(host)?, script)
+            .await
+            .map_err(|e| host_failed(self.inv.secrets.redact(&format!("{host}: {step}: {e:#}"))))
+    }
+}

@@ -1,0 +1,61 @@
+//! The checks that end every command that changes the cluster (deploy, upgrade,
+//! rebuild): each reads live state, and the run fails if any does not hold.
+
+use std::time::Duration;
+
+use super::run::Ctx;
+use super::waits;
+use crate::error::Failure;
+
+/// Bound of each verification wait.
+pub const VERIFY: Duration = Duration::from_secs(120);
+
+/// etcd quorum, a Patroni leader with every replica streaming at lag 0, HAProxy on
+/// every router sending writes to the leader alone and reads to the replicas, and a
+/// row written through the write port read back from a replica through the read port.
+pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let phase = ctx.ui.phase("verify");
+    let db = ctx.db_hosts();
+    let fail = |e: String| Failure::error(format!("verify: {e}"));
+    let q = waits::wait_etcd_quorum(&ctx.ep, VERIFY)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    ctx.ui.host(
+        "etcd",
+        format!(
+            "{}/{} members healthy, leader {}, cluster id {}, etcd {}",
+            q.members.len(),
+            ctx.ep.etcd.len(),
+            q.leader,
+            q.cluster_id,
+            q.version
+        ),
+    );
+    let view = waits::wait_patroni_healthy(&ctx.ep, &db, VERIFY)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    ctx.ui.host("patroni", view.summary());
+    let leader = view.leader().map(|l| l.name.clone()).unwrap_or_default();
+    let replicas: Vec<String> = db.iter().filter(|h| **h != leader).cloned().collect();
+    waits::wait_haproxy(&ctx.ep, &leader, &replicas, VERIFY)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    ctx.ui.host(
+        "haproxy",
+        format!("writes -> {leader} only; reads -> {}", replicas.join(", ")),
+    );
+    for r in ctx.inv.router_hosts() {
+        let rt = waits::sql_round_trip(ctx.inv, &r.ip.to_string(), VERIFY)
+            .await
+            .map_err(|e| fail(format!("SQL round trip through {}: {e}", r.name)))?;
+        ctx.ui.host(
+            "sql",
+            format!(
+                "row written via {} read back via {} (served by replica {})",
+                rt.written_via, rt.read_via, rt.read_from
+            ),
+        );
+    }
+    phase.done("cluster verified");
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! Helpers shared by the end-to-end tests: a lab per scenario, pgha runs, and
+//! independent observers of the cluster (Patroni's REST API, etcd, SQL through
+//! the router, docker exec on the hosts). Nothing here goes through pgha's own
+//! probes, so a test's assertions do not depend on what pgha reports.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgha::lab::{self, LabInfo, LabSpec};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+pub fn pgha(args: &[&str]) -> (i32, String, String) {
+    pgha_env(args, &[])
+}
+
+pub fn pgha_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgha"));
+    cmd.args(args).env("CI", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run pgha");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("$ pgha {}\n{stdout}{stderr}", args.join(" "));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// The last line of stdout that parses as JSON (pgha prints one document).
+pub fn json_doc(stdout: &str) -> Value {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or(Value::Null)
+}
+
+pub struct Lab {
+    pub info: LabInfo,
+}
+
+impl Lab {
+    pub async fn up(name: &str, user: &str) -> Lab {
+        Self::up_with(name, user, 3).await
+    }
+
+    pub async fn up_with(name: &str, user: &str, db: u32) -> Lab {
+        let _ = lab::down(name).await;
+        let dir = std::env::temp_dir().join(format!("{name}-dir"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let info = lab::up(&LabSpec {
+            name: name.into(),
+            db,
+            routers: 1,
+            dir,
+            user: user.into(),
+        })
+        .await
+        .expect("lab up");
+        Lab { info }
+    }
+
+    pub fn inventory(&self) -> String {
+        self.info.inventory_path.display().to_string()
+    }
+
+    pub fn ip(&self, host: &str) -> String {
+        self.info
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .unwrap_or_else(|| panic!("no lab host {host}"))
+            .address
+            .to_string()
+    }
+
+    pub fn db_hosts(&self) -> Vec<String> {
+        self.info
+            .hosts
+            .iter()
+            .filter(|h| h.name.starts_with("db"))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    /// The db host with this address.
+    pub fn name_of(&self, ip: &str) -> Option<String> {
+        self.info
+            .hosts
+            .iter()
+            .find(|h| h.address.to_string() == ip)
+            .map(|h| h.name.clone())
+    }
+
+    pub fn cluster_name(&self) -> String {
+        pgha::inventory::load(&self.info.inventory_path, &Default::default())
+            .expect("lab inventory loads")
+            .cluster
+            .cluster_name
+    }
+
+    pub fn router(&self) -> String {
+        self.ip("router1")
+    }
+
+    pub fn secret(&self, key: &str) -> String {
+        let path = self.info.dir.join("inventory.secrets.yml");
+        let text = std::fs::read_to_string(&path).expect("secrets file");
+        let map: BTreeMap<String, String> = yaml_serde::from_str(&text).expect("secrets yaml");
+        map[key].clone()
+    }
+
+    /// Run a command on a host through docker exec (independent of pgha's SSH).
+    pub fn sh(&self, host: &str, script: &str) -> (i32, String) {
+        let out = Command::new("docker")
+            .args([
+                "exec",
+                &format!("{}-{host}", self.info.name),
+                "sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .expect("docker exec");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// A SQL query on a host's own PostgreSQL, through docker exec.
+    pub fn psql(&self, host: &str, sql: &str) -> String {
+        let (_, out) = self.sh(
+            host,
+            &format!("runuser -u postgres -- psql -XAtc {}", shell_words(sql)),
+        );
+        out.trim().to_string()
+    }
+}
+
+fn shell_words(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::env::var_os("PGHA_KEEP_LAB").is_none() {
+            let name = self.info.name.clone();
+            let _ = Command::new(env!("CARGO_BIN_EXE_pgha"))
+                .args(["lab", "down", "--name", &name])
+                .output();
+        }
+    }
+}
+
+pub async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres::Client, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    // connect_timeout covers the TCP connect only: bound the whole handshake, since
+    // HAProxy accepts at once and a session bound for a dead server can hang.
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), cfg.connect(NoTls))
+        .await
+        .map_err(|_| format!("no answer from {host}:{port} within 5 s"))?
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+pub async fn get_json(url: &str) -> Result<Value, String> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    c.get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Poll until `f` is Ok, or panic naming what was awaited and the last state.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > Duration::from_secs(secs) => {
+                panic!("timed out after {secs}s waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// One member as Patroni's `/cluster` lists it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub role: String,
+    pub state: String,
+    pub lag: Option<u64>,
+    pub timeline: Option<u64>,
+}
+
+/// Patroni's view from any db host that answers: (leader, members).
+pub async fn patroni_cluster(lab: &Lab) -> Result<(String, Vec<Member>), String> {
+    let mut last = String::new();
+    for h in lab.db_hosts() {
+        match get_json(&format!("http://{}:8008/cluster", lab.ip(&h))).await {
+            Ok(v) => {
+                let members: Vec<Member> = v["members"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|m| Member {
+                        name: m["name"].as_str().unwrap_or("").to_string(),
+                        role: m["role"].as_str().unwrap_or("").to_string(),
+                        state: m["state"].as_str().unwrap_or("").to_string(),
+                        lag: m["lag"].as_u64(),
+                        timeline: m["timeline"].as_u64(),
+                    })
+                    .collect();
+                let leader = members
+                    .iter()
+                    .find(|m| m.role == "leader" && m.state == "running")
+                    .map(|m| m.name.clone())
+                    .ok_or(format!("no running leader: {members:?}"))?;
+                return Ok((leader, members));
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Wait for a leader and every other db host streaming with lag 0; the leader.
+pub async fn healthy_cluster(lab: &Lab) -> String {
+    let want = lab.db_hosts().len() - 1;
+    eventually(
+        "a leader and every replica streaming with lag 0",
+        180,
+        || async {
+            let (leader, members) = patroni_cluster(lab).await?;
+            let streaming = members
+                .iter()
+                .filter(|m| m.role != "leader" && m.state == "streaming" && m.lag == Some(0))
+                .count();
+            if streaming == want {
+                Ok(leader)
+            } else {
+                Err(format!("{members:?}"))
+            }
+        },
+    )
+    .await
+}
+
+pub async fn check_etcd(lab: &Lab) {
+    let mut cluster_ids = Vec::new();
+    let dbs = lab.db_hosts();
+    for h in &dbs {
+        let ep = format!("http://{}:2379", lab.ip(h));
+        let mut c = etcd_client::Client::connect([ep.as_str()], None)
+            .await
+            .expect("etcd connect");
+        let members = c.member_list().await.expect("member list");
+        let mut names: Vec<String> = members
+            .members()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, dbs, "etcd members seen from {h}");
+        let st = c.status().await.expect("status");
+        assert_ne!(st.leader(), 0, "{h} knows the etcd leader");
+        cluster_ids.push(st.header().unwrap().cluster_id());
+        // Patroni's cluster lives in this etcd cluster.
+        let init = c
+            .get(format!("/service/{}/initialize", lab.cluster_name()), None)
+            .await
+            .expect("get");
+        assert_eq!(init.kvs().len(), 1, "Patroni initialize key via {h}");
+    }
+    cluster_ids.dedup();
+    assert_eq!(
+        cluster_ids.len(),
+        1,
+        "one etcd cluster id on every endpoint"
+    );
+}
+
+/// HAProxy's servers on one proxy (`primary` or `replicas`) with their status.
+pub async fn haproxy_servers(lab: &Lab, proxy: &str) -> BTreeMap<String, String> {
+    let csv = reqwest::get(format!("http://{}:8404/;csv", lab.router()))
+        .await
+        .expect("haproxy stats")
+        .text()
+        .await
+        .unwrap();
+    csv.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() > 17 && f[0] == proxy && f[1] != "FRONTEND" && f[1] != "BACKEND")
+                .then(|| (f[1].to_string(), f[17].to_string()))
+        })
+        .collect()
+}
+
+pub fn postmaster_start(v: &Value) -> String {
+    v["postmaster_start_time"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+pub async fn start_times(lab: &Lab) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for h in lab.db_hosts() {
+        let v = get_json(&format!("http://{}:8008/patroni", lab.ip(&h)))
+            .await
+            .expect("patroni status");
+        m.insert(h.to_string(), postmaster_start(&v));
+    }
+    m
+}
+
+/// An acknowledged insert: its id, the server that acknowledged it, and when.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: i32,
+    pub server: String,
+    pub at: Instant,
+}
+
+/// A client inserting rows through the router's write port until stopped. Every
+/// insert is bounded (no answer within 3 s is no acknowledgement) and reports the
+/// server that acknowledged it.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<Ack>>,
+}
+
+impl Writer {
+    /// `table` must exist with columns (id int primary key, note text).
+    pub fn start(router: &str, password: &str, table: &str, first_id: i32) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (router, password, table) =
+            (router.to_string(), password.to_string(), table.to_string());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = first_id;
+            let mut client = None;
+            let sql = format!(
+                "INSERT INTO {table} VALUES ($1, 'writer') RETURNING host(inet_server_addr())"
+            );
+            while !stop2.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = pg(&router, 5000, &password).await.ok();
+                }
+                if let Some(c) = &client {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+                    let insert = c.query_one(&sql, &params);
+                    match tokio::time::timeout(Duration::from_secs(3), insert).await {
+                        Ok(Ok(row)) => acked.push(Ack {
+                            id: i,
+                            server: row.get(0),
+                            at: Instant::now(),
+                        }),
+                        _ => client = None,
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            acked
+        });
+        Writer { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("writer task")
+    }
+}
+
+/// Every acknowledged id is present in `table` (read through the write port).
+pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
+    let pw = lab.secret("superuser_password");
+    let router = lab.router();
+    let present: Vec<i32> = eventually("a connection through :5000 to count rows", 60, || async {
+        let c = pg(&router, 5000, &pw).await?;
+        let rows = c
+            .query(&format!("SELECT id FROM {table}"), &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    })
+    .await;
+    let present: std::collections::BTreeSet<i32> = present.into_iter().collect();
+    let lost: Vec<i32> = acked
+        .iter()
+        .map(|a| a.id)
+        .filter(|i| !present.contains(i))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+}
+
+/// One read through the router's read port, with what the serving server said
+/// about itself at that moment.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub server: String,
+    pub in_recovery: bool,
+    /// pg_stat_wal_receiver.status ("" when there is no WAL receiver).
+    pub receiver: String,
+    pub received_tli: i32,
+    pub at: Instant,
+}
+
+/// A client reading through the read port until stopped (a new connection for each
+/// read, so every read is routed afresh).
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<Read>>,
+}
+
+impl Reader {
+    pub fn start(router: &str, password: &str) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (router, password) = (router.to_string(), password.to_string());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut reads = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                if let Ok(c) = pg(&router, 5001, &password).await {
+                    let q = c.query_one(
+                        "SELECT host(inet_server_addr()), pg_is_in_recovery(), \
+                         coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
+                         coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)",
+                        &[],
+                    );
+                    if let Ok(Ok(row)) = tokio::time::timeout(Duration::from_secs(3), q).await {
+                        reads.push(Read {
+                            server: row.get(0),
+                            in_recovery: row.get(1),
+                            receiver: row.get(2),
+                            received_tli: row.get(3),
+                            at: Instant::now(),
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            reads
+        });
+        Reader { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<Read> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("reader task")
+    }
+}
