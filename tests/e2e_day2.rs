@@ -1,7 +1,8 @@
-//! End-to-end, day 2, on one lab (`pgha-e2e-day2`): network partitions of the
-//! leader and of a replica while clients write through :5000 and read through
-//! :5001. Every assertion reads live state (Patroni, PostgreSQL through the router
-//! and on each host), never pgha's report.
+//! End-to-end, day 2, on one lab (`pgha-e2e-day2`): `status`, `switchover` and the
+//! cluster lock, then network partitions of the leader and of a replica while
+//! clients write through :5000 and read through :5001. Every assertion reads live
+//! state (Patroni, PostgreSQL through the router and on each host), never only
+//! pgha's report.
 
 mod common;
 
@@ -15,7 +16,8 @@ const LAB: &str = "pgha-e2e-day2";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn day2_partitions() {
     let lab = Lab::up(LAB, "root").await;
-    let (code, _, _) = pgha(&["deploy", "-i", &lab.inventory()]);
+    // The inventory as a plain argument, as users type it.
+    let (code, _, _) = pgha(&["deploy", &lab.inventory()]);
     assert_eq!(code, 0, "deploy");
     healthy_cluster(&lab).await;
     let pw = lab.secret("superuser_password");
@@ -24,6 +26,12 @@ async fn day2_partitions() {
         .await
         .unwrap();
 
+    status_matches_patroni(&lab).await;
+    switchover_to_a_named_replica(&lab, &pw).await;
+    switchover_picks_the_sync_standby(&lab).await;
+    refused_switchovers_change_nothing(&lab).await;
+    concurrent_deploys_one_runs(&lab).await;
+    status_names_a_killed_replica(&lab).await;
     leader_partition_rejoins_and_never_serves_stale_reads(&lab, &pw).await;
     replica_partition_comes_back_streaming(&lab, &pw).await;
     short_leader_partition_ends_well(&lab, &pw).await;
@@ -231,6 +239,245 @@ async fn timeline_of(lab: &Lab, host: &str) -> u64 {
     eventually(&format!("{host}'s timeline"), 30, || async {
         let v = get_json(&format!("http://{}:8008/patroni", lab.ip(host))).await?;
         v["timeline"].as_u64().ok_or(format!("{v}"))
+    })
+    .await
+}
+
+fn status_json(lab: &Lab) -> (i32, serde_json::Value) {
+    let (code, out, _) = pgha(&["status", &lab.inventory(), "--output", "json"]);
+    (code, json_doc(&out))
+}
+
+/// `pgha status` names the leader and replicas Patroni names, and exits 0.
+async fn status_matches_patroni(lab: &Lab) {
+    let leader = healthy_cluster(lab).await;
+    let (_, members) = patroni_cluster(lab).await.unwrap();
+    let (code, doc) = status_json(lab);
+    assert_eq!(code, 0, "a healthy cluster: exit 0: {doc}");
+    assert_eq!(doc["healthy"], true);
+    assert_eq!(doc["leader"], leader.as_str());
+    for m in &members {
+        let s = doc["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == m.name.as_str())
+            .unwrap_or_else(|| panic!("{} in status: {doc}", m.name));
+        assert_eq!(s["role"], m.role.as_str(), "{}'s role", m.name);
+        assert_eq!(s["state"], m.state.as_str(), "{}'s state", m.name);
+        assert_eq!(s["timeline"].as_u64(), m.timeline, "{}'s timeline", m.name);
+        if m.role != "leader" {
+            assert_eq!(s["lag_bytes"].as_u64(), m.lag, "{}'s lag", m.name);
+        }
+    }
+    let (_, version) = lab.sh(&leader, "dpkg-query -W -f='${Version}' postgresql-17");
+    let running = lab.psql(&leader, "SHOW server_version");
+    let shown = doc["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == leader.as_str())
+        .unwrap()["server_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        running.starts_with(&format!("{shown} ")),
+        "status shows the running server version {running} (package {version})"
+    );
+    assert_eq!(doc["etcd"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["etcd_quorum"], true);
+    assert_eq!(doc["routers"][0]["agrees"], true);
+    // The text view says the same in one line at the top.
+    let (code, text, _) = pgha(&["status", "-i", &lab.inventory()]);
+    assert_eq!(code, 0);
+    assert!(
+        text.lines().next().unwrap().ends_with(": healthy"),
+        "{text}"
+    );
+}
+
+/// `switchover --to` a replica while a writer runs: that host leads (read from
+/// Patroni), the old leader streams again, no acknowledged row is lost, and the
+/// measured gap is reported.
+async fn switchover_to_a_named_replica(lab: &Lab, pw: &str) {
+    let old = healthy_cluster(lab).await;
+    // In synchronous mode only the sync standby can be promoted: name it.
+    let target = sync_standby(lab).await;
+    let writer = Writer::start(&lab.router(), pw, "day2", 300_000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, out, _) = pgha(&[
+        "switchover",
+        &lab.inventory(),
+        "--to",
+        &target,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "switchover --to {target}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = writer.stop().await;
+    let (leader, members) = patroni_cluster(lab).await.unwrap();
+    assert_eq!(leader, target, "{target} leads after the switchover");
+    let m = members.iter().find(|m| m.name == old).unwrap();
+    assert_eq!(
+        m.state, "streaming",
+        "the old leader streams again: {members:?}"
+    );
+    assert_no_loss(lab, "day2", &acked).await;
+    let doc = json_doc(&out);
+    let gap = doc["switchover"]["gap"]["longest_secs"].as_f64().unwrap();
+    assert!(gap > 0.0, "a measured write gap: {doc}");
+    assert_eq!(doc["switchover"]["from"], old.as_str());
+    assert_eq!(doc["switchover"]["to"], target.as_str());
+}
+
+/// Without `--to`, the synchronous standby is promoted.
+async fn switchover_picks_the_sync_standby(lab: &Lab) {
+    healthy_cluster(lab).await;
+    let sync = sync_standby(lab).await;
+    let (code, _, _) = pgha(&["switchover", &lab.inventory()]);
+    assert_eq!(code, 0, "switchover");
+    let (leader, _) = patroni_cluster(lab).await.unwrap();
+    assert_eq!(leader, sync, "the synchronous standby was promoted");
+}
+
+/// `--to` the leader itself, an unknown host, or a replica that is not the
+/// synchronous standby: refused, and the leader and its postmaster stay.
+async fn refused_switchovers_change_nothing(lab: &Lab) {
+    let leader = healthy_cluster(lab).await;
+    sync_standby(lab).await;
+    let (_, members) = patroni_cluster(lab).await.unwrap();
+    let async_replica = members
+        .iter()
+        .find(|m| m.role == "replica")
+        .map(|m| m.name.clone());
+    let before = start_times(lab).await;
+    let mut attempts = vec![(leader.clone(), 1), ("db9".to_string(), 5)];
+    if let Some(r) = async_replica {
+        attempts.push((r, 1));
+    }
+    for (to, want) in attempts {
+        let (code, _, stderr) = pgha(&["switchover", &lab.inventory(), "--to", &to]);
+        assert_eq!(code, want, "switchover --to {to} refused: {stderr}");
+        assert!(
+            stderr.contains("nothing was changed"),
+            "says nothing was changed: {stderr}"
+        );
+    }
+    let (now, _) = patroni_cluster(lab).await.unwrap();
+    assert_eq!(now, leader, "the leader did not change");
+    assert_eq!(start_times(lab).await, before, "no PostgreSQL restarted");
+}
+
+/// Two deploys at once: exactly one runs; the other exits 1 naming the holder and
+/// changes nothing. The first has real work (a parameter to roll out), and the
+/// second starts once the first is seen holding the lock, so the overlap is certain.
+async fn concurrent_deploys_one_runs(lab: &Lab) {
+    let leader = healthy_cluster(lab).await;
+    let inv = lab.inventory();
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let changed = text.replacen(
+        "vars:\n",
+        "vars:\n    postgresql_parameters:\n      work_mem: 6MB\n",
+        1,
+    );
+    assert_ne!(text, changed, "inventory has an all.vars block");
+    std::fs::write(&inv, changed).unwrap();
+    let inv2 = inv.clone();
+    let first = std::thread::spawn(move || pgha(&["deploy", &inv2, "--output", "json"]));
+    let key = format!("/pgha/{}/lock", lab.cluster_name());
+    let ep = format!("http://{}:2379", lab.ip(&leader));
+    let holder = eventually("the first deploy to hold the etcd lock", 60, || async {
+        let mut c = etcd_client::Client::connect([ep.as_str()], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = c.get(key.as_str(), None).await.map_err(|e| e.to_string())?;
+        r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .ok_or("no lock key yet".to_string())
+    })
+    .await;
+    assert!(
+        holder.contains("pgha deploy"),
+        "the lock names its command: {holder}"
+    );
+    let before = start_times(lab).await;
+    let (code, out, stderr) = pgha(&["deploy", &inv, "--output", "json"]);
+    assert_eq!(code, 1, "the second deploy is refused: {stderr}");
+    assert!(
+        stderr.contains("is held by") && stderr.contains("running `pgha deploy`"),
+        "the refused deploy names the holder: {stderr}"
+    );
+    let doc = json_doc(&out);
+    let changes: u64 = doc["recap"]
+        .as_object()
+        .map(|r| r.values().map(|h| h["changed"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0);
+    assert_eq!(changes, 0, "the refused deploy changed nothing: {doc}");
+    let (code, _, _) = first.join().unwrap();
+    assert_eq!(code, 0, "the first deploy ran to the end");
+    assert_eq!(
+        lab.psql(&leader, "SHOW work_mem"),
+        "6MB",
+        "the first deploy's change is in"
+    );
+    assert_eq!(start_times(lab).await, before, "a reload, no restart");
+    // The lock is free again afterwards.
+    let (code, out, _) = pgha(&["lock", &inv]);
+    assert_eq!(code, 0);
+    assert!(out.contains("etcd lock: free"), "{out}");
+}
+
+/// With a replica killed, status still answers (bounded probes), exits 1 and names it.
+async fn status_names_a_killed_replica(lab: &Lab) {
+    let leader = healthy_cluster(lab).await;
+    let victim = lab.db_hosts().into_iter().find(|h| *h != leader).unwrap();
+    lab::kill(LAB, &victim).await.expect("lab kill");
+    let inv = lab.inventory();
+    // A deadline, not a benchmark: status must not hang on a dead host.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(pgha(&["status", &inv, "--output", "json"]));
+    });
+    let (code, out, _) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("status answers with a host down");
+    assert_eq!(code, 1, "degraded: exit 1");
+    let doc = json_doc(&out);
+    assert_eq!(doc["healthy"], false);
+    let m = doc["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == victim.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(m["state"], "unreachable", "{doc}");
+    assert!(
+        doc["verdict"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r
+                .as_str()
+                .unwrap()
+                .contains(&format!("{victim} unreachable"))),
+        "{doc}"
+    );
+    lab::start(LAB, &victim).await.expect("lab start");
+    healthy_cluster(lab).await;
+}
+
+async fn sync_standby(lab: &Lab) -> String {
+    eventually("a synchronous standby", 60, || async {
+        let (_, members) = patroni_cluster(lab).await?;
+        members
+            .iter()
+            .find(|m| m.role == "sync_standby" && m.state == "streaming")
+            .map(|m| m.name.clone())
+            .ok_or(format!("{members:?}"))
     })
     .await
 }

@@ -63,6 +63,15 @@ impl Holder {
         }
     }
 
+    /// A holder that ran on this machine and whose process is gone (killed, or the
+    /// machine rebooted since): its lock is stale and may be taken over at once.
+    pub fn is_dead_here(&self) -> bool {
+        let me = Holder::me("");
+        self.controller == me.controller
+            && self.pid != me.pid
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
     pub fn describe(&self) -> String {
         let since = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.since));
         format!(
@@ -211,6 +220,14 @@ impl ClusterLock {
     }
 
     async fn take_etcd(&mut self, endpoints: &[String]) -> Result<(), Failure> {
+        self.take_etcd_inner(endpoints, false).await
+    }
+
+    async fn take_etcd_inner(
+        &mut self,
+        endpoints: &[String],
+        stale_taken: bool,
+    ) -> Result<(), Failure> {
         let mut c = etcd_client(endpoints).await.map_err(Failure::error)?;
         let key = etcd_key(&self.cluster);
         let lease = c
@@ -232,15 +249,27 @@ impl ClusterLock {
             .await
             .map_err(|e| Failure::error(format!("cluster lock: etcd: {e}")))?;
         if !resp.succeeded() {
+            let other_raw = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            });
+            if let Some(raw) = &other_raw
+                && let Ok(h) = serde_json::from_slice::<Holder>(raw)
+                && h.is_dead_here()
+                && !stale_taken
+            {
+                // Only if it is still that same stale value.
+                let del = Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, raw.clone())])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
+                if c.txn(del).await.is_ok_and(|r| r.succeeded()) {
+                    tracing::warn!("took over a stale cluster lock of {}", h.describe());
+                    let _ = c.lease_revoke(lease).await;
+                    return Box::pin(self.take_etcd_inner(endpoints, true)).await;
+                }
+            }
             let _ = c.lease_revoke(lease).await;
-            let other = resp
-                .op_responses()
-                .into_iter()
-                .find_map(|r| match r {
-                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
-                    _ => None,
-                })
-                .and_then(|v| serde_json::from_slice::<Holder>(&v).ok());
+            let other = other_raw.and_then(|v| serde_json::from_slice::<Holder>(&v).ok());
             return Err(match other {
                 Some(h) => held(&format!("etcd key {key}"), &h, format!("{ETCD_TTL} s")),
                 None => Failure::error(format!(
@@ -278,14 +307,26 @@ impl ClusterLock {
     }
 
     async fn take_host(&mut self, session: Session) -> Result<(), Failure> {
-        let script = host_acquire_script(&self.holder);
-        let out = session
-            .exec(&Cmd::root(script.clone()).timeout(Duration::from_secs(30)))
-            .await
-            .and_then(|o| o.ok())
-            .map_err(|e| Failure::error(format!("cluster lock on {}: {e}", session.host())))?;
-        let text = out.stdout_str();
-        match parse_host_answer(&text) {
+        let script = host_acquire_script(&self.holder, None);
+        let ask = |script: String| {
+            let session = session.clone();
+            async move {
+                session
+                    .exec(&Cmd::root(script).timeout(Duration::from_secs(30)))
+                    .await
+                    .and_then(|o| o.ok())
+                    .map(|o| parse_host_answer(&o.stdout_str()))
+                    .map_err(|e| Failure::error(format!("cluster lock on {}: {e}", session.host())))
+            }
+        };
+        let mut answer = ask(script.clone()).await?;
+        if let HostAnswer::Held(h) = &answer
+            && h.is_dead_here()
+        {
+            tracing::warn!("taking over a stale host lock of {}", h.describe());
+            answer = ask(host_acquire_script(&self.holder, Some(&h.id))).await?;
+        }
+        match answer {
             HostAnswer::Acquired => {}
             HostAnswer::Held(h) => {
                 return Err(held(
@@ -371,9 +412,10 @@ fn parse_host_answer(text: &str) -> HostAnswer {
 }
 
 /// Take or refresh the host lock: under flock, a lock file of another run that has
-/// not expired (by the host's own clock) wins; otherwise ours is written with a new
-/// expiry. Prints ACQUIRED, or HELD and the holder (base64 JSON).
-fn host_acquire_script(h: &Holder) -> String {
+/// not expired (by the host's own clock) wins, unless it is the `stale` one;
+/// otherwise ours is written with a new expiry. Prints ACQUIRED, or HELD and the
+/// holder (base64 JSON).
+fn host_acquire_script(h: &Holder, stale: Option<&str>) -> String {
     let holder = base64::engine::general_purpose::STANDARD
         .encode(serde_json::to_vec(h).expect("holder serializes"));
     format!(
@@ -384,7 +426,7 @@ flock -w 10 9
 now=$(date +%s)
 if [ -s "$f" ]; then
   id=$(sed -n 's/^id=//p' "$f"); exp=$(sed -n 's/^expires=//p' "$f")
-  if [ "$id" != {id} ] && [ "${{exp:-0}}" -gt "$now" ]; then
+  if [ "$id" != {id} ] && [ "$id" != {stale} ] && [ "${{exp:-0}}" -gt "$now" ]; then
     echo HELD; sed -n 's/^holder=//p' "$f"; exit 0
   fi
 fi
@@ -394,6 +436,7 @@ echo ACQUIRED
 "#,
         f = shell_quote(HOST_LOCK),
         id = shell_quote(&h.id),
+        stale = shell_quote(stale.unwrap_or("-")),
         ttl = HOST_TTL,
         holder = shell_quote(&holder),
     )
@@ -529,7 +572,7 @@ mod tests {
     fn the_acquire_script_quotes_the_holder() {
         let mut h = Holder::me("deploy");
         h.user = "o'brien".into();
-        let s = host_acquire_script(&h);
+        let s = host_acquire_script(&h, None);
         assert!(s.contains("flock -w 10 9"));
         assert!(!s.contains("o'brien"), "the holder travels base64-encoded");
     }

@@ -380,6 +380,10 @@ async fn switch(
             .await?;
         }
         waits::wait_member_streaming(&ctx.ep, leader, candidate, MEMBER).await?;
+        if sync {
+            // Done means protected again: a synchronous standby is named.
+            waits::wait_sync_standby(&ctx.ep, TAKEOVER).await?;
+        }
         return Ok((checkpoint_secs, asked.elapsed().as_secs_f64()));
     }
 }

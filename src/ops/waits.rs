@@ -71,6 +71,20 @@ pub async fn wait_member_streaming(
     .await
 }
 
+/// A running leader with a synchronous standby streaming from it.
+pub async fn wait_sync_standby(ep: &Endpoints, timeout: Duration) -> Result<String, WaitError> {
+    until("a synchronous standby", timeout, || async {
+        let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+        let tl = view.leader_timeline().ok_or_else(|| view.summary())?;
+        view.members
+            .iter()
+            .find(|m| m.role == "sync_standby" && m.state == "streaming" && m.timeline == Some(tl))
+            .map(|m| m.name.clone())
+            .ok_or_else(|| view.summary())
+    })
+    .await
+}
+
 pub async fn wait_leader(
     ep: &Endpoints,
     expected: Option<&str>,
