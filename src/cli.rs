@@ -40,6 +40,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Planned switchover of the leader to a caught-up standby, gap measured.
     Switchover(SwitchoverArgs),
+    /// Rolling upgrade of the stack's packages to the versions the inventory asks for.
+    Upgrade(UpgradeArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
     Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.
@@ -92,6 +94,18 @@ pub struct SwitchoverArgs {
     /// [default: the inventory's patroni_maximum_lag_on_failover].
     #[arg(long, value_name = "BYTES")]
     pub max_lag: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Show each host's installed and target versions, the order and the expected
+    /// switchovers; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ use clap::Parser;
 use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
-use pgha::commands::{deploy, lock, status, switchover};
+use pgha::commands::{deploy, lock, status, switchover, upgrade};
 use pgha::error::{Exit, Failure};
 use pgha::{inventory, lab};
 
@@ -59,7 +59,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     // Status redraws until Ctrl-C itself; the others hold no lock to give back.
     let holds_lock = matches!(
         cli.command,
-        Command::Deploy(_) | Command::Switchover(_) | Command::Lab(_)
+        Command::Deploy(_) | Command::Switchover(_) | Command::Upgrade(_) | Command::Lab(_)
     );
     let command = async move {
         match cli.command {
@@ -67,6 +67,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Deploy(args) => deploy::command(args, output).await,
             Command::Status(args) => status::command(args, output).await,
             Command::Switchover(args) => switchover::command(args, output).await,
+            Command::Upgrade(args) => upgrade::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
             Command::Completions(args) => {

@@ -6,6 +6,7 @@ pub mod lock;
 pub mod preflight;
 pub mod status;
 pub mod switchover;
+pub mod upgrade;
 
 use std::path::PathBuf;
 

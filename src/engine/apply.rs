@@ -27,6 +27,11 @@ pub async fn write_files(s: &Session, files: &[&DesiredFile]) -> Result<()> {
 /// cluster order: etcd-server's postinst would otherwise form a one-member cluster of
 /// its own), and files pgha wrote beforehand are kept (--force-confold).
 pub fn install_script(packages: &[String], update: bool) -> String {
+    install_script_with(packages, update, "")
+}
+
+/// `install_script` with extra apt-get options (`--download-only`, `--allow-downgrades`).
+pub fn install_script_with(packages: &[String], update: bool, options: &str) -> String {
     let pkgs = packages
         .iter()
         .map(|p| shell_quote(p))
@@ -46,9 +51,26 @@ restore() {{ rm -f /usr/sbin/policy-rc.d; if [ -n "$saved" ]; then mv /usr/sbin/
 trap restore EXIT
 printf '#!/bin/sh\n# pgha: no service starts during package installation\nexit 101\n' > /usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d
-{update}apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}
+{update}apt-get install -y -q --no-install-recommends {options}-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}
 "#
     )
+}
+
+/// Install exact versions (`pkg=version`), downgrades allowed: the inventory's pins
+/// decide. With `download_only`, only fetch them into apt's cache.
+pub async fn install_exact(s: &Session, specs: &[String], download_only: bool) -> Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let opts = if download_only {
+        "--download-only --allow-downgrades "
+    } else {
+        "--allow-downgrades "
+    };
+    s.exec(&Cmd::root(install_script_with(specs, false, opts)).timeout(Duration::from_secs(1800)))
+        .await?
+        .ok()?;
+    Ok(())
 }
 
 pub async fn install(s: &Session, packages: &[String], update: bool) -> Result<()> {

@@ -29,6 +29,8 @@ pub struct DesiredFile {
 pub struct DesiredRole {
     pub name: String,
     pub packages: Vec<String>,
+    /// Companions `pgha upgrade` moves with the packages when installed.
+    pub upgrade_with: Vec<String>,
     pub files: Vec<DesiredFile>,
     pub services: Vec<String>,
 }
@@ -252,14 +254,16 @@ fn render(
             if !applies {
                 continue;
             }
-            let packages = role
-                .packages
-                .iter()
-                .map(|p| {
-                    env.render_str(p, &ctx)
-                        .with_context(|| format!("role {}: package {p:?}", role.name))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let render_all = |list: &[String]| {
+                list.iter()
+                    .map(|p| {
+                        env.render_str(p, &ctx)
+                            .with_context(|| format!("role {}: package {p:?}", role.name))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            };
+            let packages = render_all(&role.packages)?;
+            let upgrade_with = render_all(&role.upgrade_with)?;
             let mut files = Vec::new();
             for f in &role.files {
                 let tmpl = env.get_template(&f.template)?;
@@ -286,6 +290,7 @@ fn render(
             roles.push(DesiredRole {
                 name: role.name.clone(),
                 packages,
+                upgrade_with,
                 files,
                 services: role.services.clone(),
             });

@@ -7,3 +7,4 @@ pub mod facts;
 pub mod plan;
 pub mod roles;
 pub mod scram;
+pub mod upgrade;

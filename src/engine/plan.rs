@@ -478,6 +478,7 @@ mod host_tests {
             roles: vec![DesiredRole {
                 name: "etcd".into(),
                 packages: vec!["etcd-server".into()],
+                upgrade_with: vec![],
                 files: vec![file("/etc/default/etcd", "A=1\n", Notify::Restart)],
                 services: vec!["etcd".into()],
             }],

@@ -53,6 +53,10 @@ pub struct RoleDef {
     /// Inventory group the role applies to (`all`, `db`, `router`, `etcd`).
     pub hosts: String,
     pub packages: Vec<String>,
+    /// Installed packages `pgha upgrade` moves together with `packages` (libraries
+    /// and clients of the same release); not installed by deploy.
+    #[serde(default)]
+    pub upgrade_with: Vec<String>,
     pub files: Vec<FileDef>,
     pub services: Vec<String>,
 }

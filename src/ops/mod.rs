@@ -4,6 +4,7 @@
 //! verification. Commands (`crate::commands`) are short sequences of these.
 
 pub mod endpoints;
+pub mod etcd;
 pub mod gap;
 pub mod health;
 pub mod lock;

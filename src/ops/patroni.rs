@@ -551,6 +551,90 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Tags of a member pgha works on: out of read traffic, failover candidacy and
+/// synchronous replication.
+pub fn work_tags() -> Tags {
+    ["nofailover", "noloadbalance", "nosync"]
+        .into_iter()
+        .map(|t| (t.to_string(), true))
+        .collect()
+}
+
+/// Bound for a drained replica's clients to leave.
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// Take a replica out of service before work on it: tags (reads drain through
+/// HAProxy's `/replica` check, failover and synchronous replication move to other
+/// members), then wait until HAProxy stops sending it reads, it is no longer the
+/// synchronous standby, and its client sessions are gone (bounded: sessions left
+/// after `DRAIN` end with the restart).
+pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
+    set_tags(ctx, host, &work_tags()).await?;
+    waits::wait_haproxy_server(&ctx.ep, "replicas", host, false, Duration::from_secs(60)).await?;
+    let others = ctx.db_hosts().len() > 2;
+    if ctx.inv.cluster.synchronous_mode && others {
+        let apis = ctx.ep.patroni_apis();
+        until(
+            &format!("another member to take over as synchronous standby from {host}"),
+            Duration::from_secs(60),
+            || async {
+                let v = patroni::cluster_any(&apis).await?;
+                let sync: Vec<&str> = v
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "sync_standby")
+                    .map(|m| m.name.as_str())
+                    .collect();
+                if !sync.is_empty() && !sync.contains(&host) {
+                    Ok(())
+                } else {
+                    Err(v.summary())
+                }
+            },
+        )
+        .await?;
+    }
+    let port = ctx.inv.cluster.postgresql_port;
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+               AND pid <> pg_backend_pid() AND coalesce(application_name, '') NOT LIKE 'Patroni%'";
+    let count = format!(
+        "runuser -u postgres -- psql -XAt -h /var/run/postgresql -p {port} -d postgres -c {}",
+        crate::ssh::shell_quote(sql)
+    );
+    let left = until(
+        &format!("client sessions on {host} to end"),
+        DRAIN,
+        || async {
+            let n = ctx
+                .run_on(host, "count client sessions", count.clone())
+                .await
+                .map_err(|f| f.message)?;
+            match n.trim() {
+                "0" => Ok(()),
+                n => Err(format!("{n} client session(s)")),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = left {
+        ctx.ui
+            .host(host, format!("{}; they end with the restart", e.last));
+    }
+    ctx.ui
+        .host(host, "drained: no reads, no failover, not synchronous");
+    Ok(())
+}
+
+/// Put a drained member back: default tags, streaming from the leader with lag 0,
+/// and back in HAProxy's read backend.
+pub async fn undrain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
+    set_tags(ctx, host, &desired::default_tags()).await?;
+    let leader = waits::wait_leader(&ctx.ep, None, TAKEOVER).await?;
+    waits::wait_member_streaming(&ctx.ep, host, &leader, MEMBER).await?;
+    waits::wait_haproxy_server(&ctx.ep, "replicas", host, true, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
 /// Patroni tags of one member (they live in its local configuration file).
 pub type Tags = BTreeMap<String, bool>;
 

@@ -138,6 +138,32 @@ pub async fn wait_haproxy(
     Ok(())
 }
 
+/// On every router, `server` UP (`up`) or not UP in HAProxy's `proxy` backend.
+pub async fn wait_haproxy_server(
+    ep: &Endpoints,
+    proxy: &str,
+    server: &str,
+    up: bool,
+    timeout: Duration,
+) -> Result<(), WaitError> {
+    for (name, ip) in &ep.routers {
+        let what = format!(
+            "HAProxy on {name} to mark {server} {} in {proxy}",
+            if up { "UP" } else { "not UP" }
+        );
+        until(&what, timeout, || async {
+            let b = haproxy::backends(ip, ep.stats_port).await?;
+            if b.up(proxy).iter().any(|s| s == server) == up {
+                Ok(())
+            } else {
+                Err(b.summary(proxy))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Every exporter answers with pg_up 1.
 pub async fn wait_exporters(ep: &Endpoints, timeout: Duration) -> Result<(), WaitError> {
     for (name, url) in &ep.exporters {
