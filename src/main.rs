@@ -56,10 +56,11 @@ fn init_tracing(verbose: u8) {
 
 async fn run(cli: Cli) -> Result<Exit, Failure> {
     let output = cli.output;
-    // Status redraws until Ctrl-C itself; the others hold no lock to give back.
+    // Status redraws until Ctrl-C itself, upgrade cleans up on Ctrl-C itself; the
+    // others hold no lock to give back.
     let holds_lock = matches!(
         cli.command,
-        Command::Deploy(_) | Command::Switchover(_) | Command::Upgrade(_) | Command::Lab(_)
+        Command::Deploy(_) | Command::Switchover(_) | Command::Lab(_)
     );
     let command = async move {
         match cli.command {

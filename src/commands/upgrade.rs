@@ -345,9 +345,22 @@ impl<'c, 'a> Upgrade<'c, 'a> {
 
     /// Everything that changes hosts, under the lock.
     async fn apply(&self, plan: UpgradePlan, leftovers: &Leftovers) -> Result<Report, Failure> {
-        self.clear_leftovers(leftovers).await?;
-        let plan = self.prepare(plan).await?;
-        self.gates(&plan).await?;
+        // One Ctrl-C listener for the whole run: before anything is installed it just
+        // stops; during the steps it stops after clearing tags and pause.
+        let interrupted = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::pin!(interrupted);
+        let stopped = || Failure::error("interrupted by Ctrl-C; the cluster lock was released");
+        let plan = tokio::select! {
+            r = async {
+                self.clear_leftovers(leftovers).await?;
+                let plan = self.prepare(plan).await?;
+                self.gates(&plan).await?;
+                Ok::<_, Failure>(plan)
+            } => r?,
+            _ = &mut interrupted => return Err(stopped()),
+        };
         let probes: Vec<GapProbe> = self
             .ctx
             .inv
@@ -356,7 +369,10 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             .map(|r| GapProbe::start(self.write_port(&r.ip.to_string())))
             .collect();
         let mut switchovers = Vec::new();
-        let steps = self.steps(&plan, &mut switchovers).await;
+        let steps = tokio::select! {
+            r = self.steps(&plan, &mut switchovers) => r,
+            _ = &mut interrupted => Err(stopped()),
+        };
         if steps.is_err() {
             // Leave nothing set that pgha set: tags cleared, pause lifted.
             self.cleanup().await;

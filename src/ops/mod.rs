@@ -3,6 +3,7 @@
 //! waits, Patroni actions, the cluster lock, the write-port probe and the final
 //! verification. Commands (`crate::commands`) are short sequences of these.
 
+pub mod converge;
 pub mod endpoints;
 pub mod etcd;
 pub mod gap;

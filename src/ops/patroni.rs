@@ -595,11 +595,16 @@ pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
         .await?;
     }
     let port = ctx.inv.cluster.postgresql_port;
-    let sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-               AND pid <> pg_backend_pid() AND coalesce(application_name, '') NOT LIKE 'Patroni%'";
+    // Client sessions, not Patroni's own nor the exporter's (it stays connected).
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+         AND pid <> pg_backend_pid() AND coalesce(application_name, '') NOT LIKE 'Patroni%' \
+         AND usename IS DISTINCT FROM '{}'",
+        ctx.inv.cluster.monitor_user
+    );
     let count = format!(
         "runuser -u postgres -- psql -XAt -h /var/run/postgresql -p {port} -d postgres -c {}",
-        crate::ssh::shell_quote(sql)
+        crate::ssh::shell_quote(&sql)
     );
     let left = until(
         &format!("client sessions on {host} to end"),
@@ -667,7 +672,19 @@ pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Fail
         },
     )
     .await?;
-    ctx.ui.host(host, format!("tags {tags:?}"));
+    let set: Vec<&str> = tags
+        .iter()
+        .filter(|(_, v)| **v)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    ctx.ui.host(
+        host,
+        if set.is_empty() {
+            "tags cleared".to_string()
+        } else {
+            format!("tagged {}", set.join(", "))
+        },
+    );
     Ok(())
 }
 

@@ -1,0 +1,546 @@
+//! Converging hosts to the inventory: facts from every host in one round trip each,
+//! a pure plan per host, and the rollout phases in the order the cluster needs
+//! (packages; etcd members together until quorum; Patroni on the first db host
+//! until it leads, then the others until they stream; dynamic configuration with a
+//! rolling restart when needed; roles; exporters; HAProxy). `deploy` runs them all;
+//! `rebuild` runs them after replacing a lost member.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::commands::preflight::{limit_refusals, preflight};
+use crate::engine::apply;
+use crate::engine::desired::{self, HostDesired};
+use crate::engine::facts::{self, FactsRequest, HostFacts, SqlFacts, SqlFactsRequest};
+use crate::engine::plan::{self, Action, HostPlan, SqlChange};
+use crate::engine::roles::{Library, Notify, Stage};
+use crate::error::Failure;
+use crate::inventory::Inventory;
+use crate::ops::run::host_failed;
+use crate::ops::{Ctx, patroni as actions, waits};
+use crate::probe::{etcd, patroni};
+use crate::ssh::{Cmd, shell_quote};
+
+/// Deadlines of the rollout's barriers.
+const ETCD_QUORUM: Duration = Duration::from_secs(90);
+const LEADER: Duration = Duration::from_secs(180);
+const REPLICAS: Duration = Duration::from_secs(300);
+const EXPORTERS: Duration = Duration::from_secs(60);
+
+/// What a cluster that may already exist looks like before any change.
+pub struct Existing {
+    pub etcd_new: bool,
+    pub patroni_initialized: bool,
+    pub dcs_patch: Option<serde_json::Value>,
+    pub sql_changes: Option<Vec<SqlChange>>,
+}
+
+/// Desired state, facts and plans of every host of a run.
+pub struct Converge<'c, 'a> {
+    pub ctx: &'c Ctx<'a>,
+    pub inv: &'a Inventory,
+    pub desired: BTreeMap<String, HostDesired>,
+    pub facts: BTreeMap<String, HostFacts>,
+    pub plans: BTreeMap<String, HostPlan>,
+}
+
+impl<'c, 'a> Converge<'c, 'a> {
+    pub fn new(ctx: &'c Ctx<'a>) -> Result<Self, Failure> {
+        let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
+        let desired = desired::desired_state(ctx.inv, &lib)
+            .map_err(|e| Failure::error(format!("{e:#}")))?
+            .into_iter()
+            .map(|d| (d.host.clone(), d))
+            .collect();
+        Ok(Converge {
+            ctx,
+            inv: ctx.inv,
+            desired,
+            facts: BTreeMap::new(),
+            plans: BTreeMap::new(),
+        })
+    }
+
+    fn facts_request(&self, host: &str) -> FactsRequest {
+        let d = &self.desired[host];
+        let c = &self.inv.cluster;
+        let mut paths = Vec::new();
+        if d.role("etcd").is_some() {
+            paths.push(format!("{}/member", desired::etcd_data_dir(c)));
+        }
+        let is_db = d.role("patroni").is_some();
+        if is_db {
+            paths.push(format!("{}/PG_VERSION", c.postgresql_data_dir));
+            paths.push(format!("/etc/postgresql/{}/main", c.postgresql_version));
+        }
+        FactsRequest {
+            packages: d.packages(),
+            files: d.files().map(|f| f.path.clone()).collect(),
+            units: d.services(),
+            paths,
+            sql: is_db.then(|| SqlFactsRequest {
+                port: c.postgresql_port,
+                roles: vec![c.monitor_user.clone(), c.app_user.clone()],
+                databases: vec![c.app_database.clone()],
+            }),
+        }
+    }
+
+    /// Facts, preflight (refuses before any change), and a plan per host.
+    pub async fn gather_and_plan(&mut self) -> Result<(), Failure> {
+        let requests: BTreeMap<String, FactsRequest> = self
+            .ctx
+            .all_hosts()
+            .into_iter()
+            .map(|h| {
+                let r = self.facts_request(&h);
+                (h, r)
+            })
+            .collect();
+        let (facts, skews) = self.ctx.gather(&requests).await?;
+        self.facts = facts;
+        let problems = preflight(self.inv, &self.desired, &self.facts, &skews);
+        if !problems.is_empty() {
+            for p in &problems {
+                if let Some((host, _)) = p.split_once(':') {
+                    self.ctx.ui.failed(host);
+                }
+            }
+            return Err(host_failed(format!(
+                "preflight refused the deploy; nothing was changed:\n  {}",
+                problems.join("\n  ")
+            )));
+        }
+        for h in &self.inv.hosts {
+            let p = plan::plan_host(
+                &self.desired[&h.name],
+                &self.facts[&h.name],
+                self.inv.cluster.apt_cache_valid_time,
+            );
+            self.plans.insert(h.name.clone(), p);
+        }
+        Ok(())
+    }
+
+    /// Whether etcd and Patroni exist, and the cluster-wide changes visible now.
+    pub async fn existing(&self) -> Result<Existing, Failure> {
+        let c = &self.inv.cluster;
+        let etcd_hosts = self.ctx.etcd_hosts();
+        let etcd_member_dir = format!("{}/member", desired::etcd_data_dir(c));
+        let (with_data, missing): (Vec<&String>, Vec<&String>) = etcd_hosts
+            .iter()
+            .partition(|h| self.facts[*h].exists(&etcd_member_dir));
+        let etcd_new = with_data.is_empty();
+        if !etcd_new && !missing.is_empty() {
+            let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(host_failed(format!(
+                "etcd members {} have no data directory ({etcd_member_dir}) while {} do: a lost member \
+                 must be replaced in the running etcd cluster: run `pgha rebuild HOST`; nothing was changed",
+                list(&missing),
+                list(&with_data)
+            )));
+        }
+        let patroni_initialized = !etcd_new
+            && etcd::key_exists(
+                &self.ctx.ep.etcd,
+                &format!("/service/{}/initialize", c.cluster_name),
+            )
+            .await
+            .unwrap_or(false);
+        Ok(Existing {
+            etcd_new,
+            patroni_initialized,
+            dcs_patch: if patroni_initialized {
+                self.dcs_patch().await
+            } else {
+                None
+            },
+            sql_changes: self
+                .facts
+                .values()
+                .find_map(|f| f.primary_sql.as_ref())
+                .map(|sql| plan::plan_sql(c, &self.inv.secrets, sql)),
+        })
+    }
+
+    pub fn refuse_unsafe_limit(&self, e: &Existing) -> Result<(), Failure> {
+        if !self.ctx.limited() {
+            return Ok(());
+        }
+        let reasons = limit_refusals(
+            e.etcd_new || !e.patroni_initialized,
+            e.dcs_patch.is_some(),
+            e.sql_changes.as_ref().is_some_and(|s| !s.is_empty()),
+        );
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::options(format!(
+                "--limit is not safe here; run without --limit. Reasons:\n  {}",
+                reasons.join("\n  ")
+            )))
+        }
+    }
+
+    pub async fn dcs_patch(&self) -> Option<serde_json::Value> {
+        let want = desired::dcs_config(&self.inv.cluster);
+        for api in self.ctx.ep.patroni_apis() {
+            if let Ok(have) = patroni::config(&api).await {
+                return plan::plan_dcs(&want, &have);
+            }
+        }
+        None
+    }
+
+    pub async fn packages(&self) -> Result<(), Failure> {
+        let hosts: Vec<String> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| !p.packages().is_empty() || !p.pre_install_files().is_empty())
+            .map(|(h, _)| h.clone())
+            .collect();
+        if hosts.iter().all(|h| !self.ctx.acts_on(h)) {
+            return Ok(());
+        }
+        let phase = self.ctx.ui.phase("packages");
+        phase.set(format!("installing on {}", hosts.join(", ")));
+        self.ctx
+            .each(&hosts, "install packages", |h, s| async move {
+                let p = &self.plans[&h];
+                let pre = p.pre_install_files();
+                apply::write_files(&s, &pre).await?;
+                let pkgs = p.packages();
+                apply::install(&s, &pkgs, p.apt_update()).await?;
+                if !pkgs.is_empty() {
+                    self.ctx
+                        .ui
+                        .host(&h, format!("installed {}", pkgs.join(" ")));
+                }
+                Ok(pre.len() as u32 + u32::from(!pkgs.is_empty()) + u32::from(p.apt_update()))
+            })
+            .await?;
+        phase.done(format!("{} host(s)", hosts.len()));
+        Ok(())
+    }
+
+    pub async fn etcd(&self, new_cluster: bool) -> Result<(), Failure> {
+        let c = &self.inv.cluster;
+        let hosts = self.ctx.etcd_hosts();
+        let phase = self.ctx.ui.phase("etcd");
+        let prepare = format!(
+            "install -d -o etcd -g etcd -m 0700 {}",
+            shell_quote(&desired::etcd_data_dir(c))
+        );
+        if new_cluster {
+            phase.set("starting every member together (the first cannot report ready alone)");
+            // Debian's package may have started a one-member cluster in
+            // /var/lib/etcd/default (when installed without pgha's guard): stop and wipe it.
+            let script = format!(
+                "systemctl stop etcd.service 2>/dev/null || true\nrm -rf /var/lib/etcd/default\n{prepare}\nsystemctl enable --quiet etcd.service\nsystemctl start --no-block etcd.service"
+            );
+            self.ctx
+                .each(&hosts, "start etcd", |h, s| {
+                    let script = script.clone();
+                    async move {
+                        let files = self.plans[&h].files("etcd", Stage::Configure);
+                        apply::write_files(&s, &files).await?;
+                        apply::run(&s, script).await?;
+                        Ok(files.len() as u32 + 1)
+                    }
+                })
+                .await?;
+        } else {
+            // Running cluster: new files everywhere first, then restarts one member
+            // at a time with quorum proven in between.
+            self.ctx
+                .each(&hosts, "configure etcd", |h, s| {
+                    let prepare = prepare.clone();
+                    async move {
+                        let p = &self.plans[&h];
+                        let files = p.files("etcd", Stage::Configure);
+                        apply::write_files(&s, &files).await?;
+                        let mut n = files.len() as u32;
+                        if p.wants("etcd", |a| matches!(a, Action::Enable { .. })) {
+                            apply::systemctl(&s, "enable --quiet", "etcd.service").await?;
+                            n += 1;
+                        }
+                        if p.starts("etcd") {
+                            apply::run(
+                                &s,
+                                format!("{prepare}\nsystemctl start --no-block etcd.service"),
+                            )
+                            .await?;
+                            n += 1;
+                        }
+                        Ok(n)
+                    }
+                })
+                .await?;
+            for h in &hosts {
+                if self.ctx.acts_on(h) && self.plans[h].notify("etcd") == Notify::Restart {
+                    waits::wait_etcd_quorum(&self.ctx.ep, ETCD_QUORUM).await?;
+                    phase.set(format!("restarting {h}"));
+                    self.ctx
+                        .run_on(
+                            h,
+                            "restart etcd",
+                            "systemctl restart --no-block etcd.service",
+                        )
+                        .await?;
+                    self.ctx
+                        .ui
+                        .host(h, "etcd restarted (configuration changed)");
+                    self.ctx.ui.changed(h, 1);
+                }
+            }
+        }
+        phase.set("waiting for quorum");
+        let q = waits::wait_etcd_quorum(&self.ctx.ep, ETCD_QUORUM).await?;
+        phase.done(format!(
+            "quorum: {} members, leader {}, cluster id {}",
+            q.members.len(),
+            q.leader,
+            q.cluster_id
+        ));
+        Ok(())
+    }
+
+    /// Patroni configured everywhere, then started in cluster order; returns the leader.
+    pub async fn patroni(&self, initialized: bool) -> Result<String, Failure> {
+        let c = &self.inv.cluster;
+        let db = self.ctx.db_hosts();
+        let phase = self.ctx.ui.phase("patroni");
+        let parent = Path::new(&c.postgresql_data_dir)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/var/lib/postgresql".into());
+        let prepare = format!(
+            "install -d -o postgres -g postgres -m 0755 {}",
+            shell_quote(&parent)
+        );
+        // Config files everywhere first; services are started below in cluster order.
+        self.ctx
+            .each(&db, "configure patroni", |h, s| {
+                let prepare = prepare.clone();
+                async move {
+                    let p = &self.plans[&h];
+                    let files = p.files("patroni", Stage::Configure);
+                    apply::write_files(&s, &files).await?;
+                    let mut n = files.len() as u32;
+                    if p.starts("patroni") {
+                        apply::run(&s, prepare).await?;
+                    }
+                    if p.wants("patroni", |a| matches!(a, Action::Enable { .. })) {
+                        apply::systemctl(&s, "enable --quiet", "patroni.service").await?;
+                        n += 1;
+                    }
+                    if p.notify("patroni") == Notify::Reload {
+                        apply::systemctl(&s, "reload", "patroni.service").await?;
+                        self.ctx
+                            .ui
+                            .host(&h, "patroni reloaded (configuration changed)");
+                        n += 1;
+                    }
+                    Ok(n)
+                }
+            })
+            .await?;
+        let start = |hosts: Vec<String>| async move {
+            self.ctx
+                .each(&hosts, "start patroni", |_h, s| async move {
+                    apply::systemctl(&s, "start", "patroni.service").await?;
+                    Ok(1)
+                })
+                .await
+        };
+        let stopped: Vec<String> = db
+            .iter()
+            .filter(|h| self.plans[*h].starts("patroni"))
+            .cloned()
+            .collect();
+        if !initialized {
+            let first = db[0].clone();
+            phase.set(format!("bootstrapping on {first}"));
+            start(vec![first.clone()]).await?;
+            let leader = waits::wait_leader(&self.ctx.ep, Some(&first), LEADER).await?;
+            self.ctx.ui.host(&leader, "leader (cluster bootstrapped)");
+            let rest: Vec<String> = stopped.into_iter().filter(|h| *h != first).collect();
+            phase.set(format!("starting replicas {}", rest.join(", ")));
+            start(rest).await?;
+        } else if !stopped.is_empty() {
+            phase.set(format!("starting {}", stopped.join(", ")));
+            start(stopped).await?;
+        }
+        phase.set("waiting for every replica to stream with lag 0");
+        let view = waits::wait_patroni_healthy(&self.ctx.ep, &db, REPLICAS).await?;
+        let leader = view.leader().map(|l| l.name.clone()).unwrap_or_default();
+        phase.done(view.summary());
+        Ok(leader)
+    }
+
+    /// Converge Patroni's dynamic configuration, then restart members whose
+    /// PostgreSQL needs it (the core's rolling restart).
+    pub async fn dynamic_config(
+        &self,
+        leader: &str,
+        patch: Option<serde_json::Value>,
+    ) -> Result<(), Failure> {
+        if let Some(p) = &patch {
+            let phase = self.ctx.ui.phase("config");
+            let params = plan::patched_parameters(p);
+            self.ctx.ui.host(
+                "cluster",
+                format!(
+                    "dynamic configuration: {}",
+                    if params.is_empty() {
+                        p.to_string()
+                    } else {
+                        params.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            );
+            phase.set("waiting for every member to apply it");
+            actions::patch_config(self.ctx, leader, p).await?;
+            phase.done("applied");
+        }
+        let view = patroni::cluster_any(&self.ctx.ep.patroni_apis())
+            .await
+            .map_err(Failure::error)?;
+        let pending: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| m.pending_restart)
+            .map(|m| m.name.clone())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let phase = self.ctx.ui.phase("restart");
+        phase.set(format!("rolling restart of {}", pending.join(", ")));
+        actions::rolling_restart(self.ctx, &pending).await?;
+        phase.done(format!("restarted {}", pending.join(", ")));
+        Ok(())
+    }
+
+    /// Roles and the application database, on the leader.
+    pub async fn roles(&self, leader: &str) -> Result<(), Failure> {
+        let c = &self.inv.cluster;
+        let facts = match self.facts.get(leader).and_then(|f| f.primary_sql.clone()) {
+            Some(f) => f,
+            None => self.sql_facts(leader).await?,
+        };
+        let changes = plan::plan_sql(c, &self.inv.secrets, &facts);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let phase = self.ctx.ui.phase("roles");
+        let sql = plan::sql_statements(c, &self.inv.secrets, &changes).join("\n");
+        let script = format!(
+            "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {} -d postgres",
+            c.postgresql_port
+        );
+        self.ctx
+            .session(leader)?
+            .exec(&Cmd::root(script).stdin(sql.into_bytes()))
+            .await
+            .and_then(|o| o.ok())
+            .map_err(|e| {
+                host_failed(format!(
+                    "{leader}: create roles: {}",
+                    self.inv.secrets.redact(&e.to_string())
+                ))
+            })?;
+        for ch in &changes {
+            self.ctx.ui.host(leader, ch.to_string());
+        }
+        self.ctx.ui.changed(leader, changes.len() as u32);
+        phase.done(format!("{} change(s)", changes.len()));
+        Ok(())
+    }
+
+    async fn sql_facts(&self, host: &str) -> Result<SqlFacts, Failure> {
+        let mut req = self.facts_request(host);
+        req.packages.clear();
+        req.files.clear();
+        req.units.clear();
+        req.paths.clear();
+        let out = self
+            .ctx
+            .session(host)?
+            .exec(&Cmd::root(facts::script(&req)))
+            .await
+            .and_then(|o| o.ok())
+            .map_err(Failure::from)?;
+        let f = facts::parse(host, &out.stdout_str()).map_err(|e| host_failed(e.to_string()))?;
+        f.primary_sql.ok_or_else(|| {
+            host_failed(format!(
+                "{host}: expected the primary here, but PostgreSQL is in recovery"
+            ))
+        })
+    }
+
+    /// Files of a role, then enable/start or the handler its changed files need.
+    async fn service_role(&self, role: &str, hosts: &[String], step: &str) -> Result<(), Failure> {
+        let service = format!(
+            "{}.service",
+            self.desired[&hosts[0]]
+                .role(role)
+                .map(|r| r.services[0].clone())
+                .unwrap_or_default()
+        );
+        self.ctx
+            .each(hosts, step, |h, s| {
+                let service = service.clone();
+                async move {
+                    let p = &self.plans[&h];
+                    let files = p.files(role, Stage::Configure);
+                    apply::write_files(&s, &files).await?;
+                    let mut n = files.len() as u32;
+                    if p.wants(role, |a| matches!(a, Action::Enable { .. })) {
+                        apply::systemctl(&s, "enable --quiet", &service).await?;
+                        n += 1;
+                    }
+                    if p.starts(role) {
+                        apply::systemctl(&s, "start", &service).await?;
+                        n += 1;
+                    } else {
+                        let verb = match p.notify(role) {
+                            Notify::Restart => Some(("restart", "restarted")),
+                            Notify::Reload => Some(("reload", "reloaded")),
+                            Notify::None | Notify::AptUpdate => None,
+                        };
+                        if let Some((verb, done)) = verb {
+                            apply::systemctl(&s, verb, &service).await?;
+                            self.ctx
+                                .ui
+                                .host(&h, format!("{service} {done} (configuration changed)"));
+                            n += 1;
+                        }
+                    }
+                    Ok(n)
+                }
+            })
+            .await
+    }
+
+    pub async fn exporters(&self) -> Result<(), Failure> {
+        let db = self.ctx.db_hosts();
+        let phase = self.ctx.ui.phase("exporter");
+        self.service_role("exporter", &db, "configure postgres_exporter")
+            .await?;
+        phase.set("waiting for pg_up 1");
+        waits::wait_exporters(&self.ctx.ep, EXPORTERS).await?;
+        phase.done(format!("{} exporters report pg_up 1", db.len()));
+        Ok(())
+    }
+
+    pub async fn haproxy(&self) -> Result<(), Failure> {
+        let routers = self.ctx.router_hosts();
+        let phase = self.ctx.ui.phase("haproxy");
+        self.service_role("haproxy", &routers, "configure haproxy")
+            .await?;
+        phase.done(format!("{} router(s) configured", routers.len()));
+        Ok(())
+    }
+}
