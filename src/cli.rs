@@ -42,6 +42,8 @@ pub enum Command {
     Switchover(SwitchoverArgs),
     /// Rolling upgrade of the stack's packages to the versions the inventory asks for.
     Upgrade(UpgradeArgs),
+    /// Make a fresh host (same or new address) a full member again after its VM or disk was lost.
+    Rebuild(RebuildArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
     Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.
@@ -104,6 +106,23 @@ pub struct UpgradeArgs {
     /// switchovers; change nothing.
     #[arg(long)]
     pub check: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The host to rebuild, as named in the inventory (db2, router1...).
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Show what would be done; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Rebuild a host that is a healthy member (its data is wiped).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
 }
@@ -197,8 +216,19 @@ pub enum LabCommand {
     Partition(LabHostArgs),
     /// Put a partitioned host back on the network.
     Heal(LabHostArgs),
-    /// Destroy a host and create a fresh bare one at the same address (lost VM or disk).
-    Replace(LabHostArgs),
+    /// Destroy a host and create a fresh bare one at the same address (lost VM or
+    /// disk), or with --new-address at a new one (written into the lab inventory).
+    Replace(LabReplaceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabReplaceArgs {
+    #[command(flatten)]
+    pub host: LabHostArgs,
+    /// Give the fresh host a new address (from .200-.249 of the lab's /24) and point
+    /// the host's name in the lab inventory at it.
+    #[arg(long)]
+    pub new_address: bool,
 }
 
 #[derive(Debug, Args)]

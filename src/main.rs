@@ -5,7 +5,7 @@ use clap::Parser;
 use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
-use pgha::commands::{deploy, lock, status, switchover, upgrade};
+use pgha::commands::{deploy, lock, rebuild, status, switchover, upgrade};
 use pgha::error::{Exit, Failure};
 use pgha::{inventory, lab};
 
@@ -60,7 +60,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     // others hold no lock to give back.
     let holds_lock = matches!(
         cli.command,
-        Command::Deploy(_) | Command::Switchover(_) | Command::Lab(_)
+        Command::Deploy(_) | Command::Switchover(_) | Command::Rebuild(_) | Command::Lab(_)
     );
     let command = async move {
         match cli.command {
@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Status(args) => status::command(args, output).await,
             Command::Switchover(args) => switchover::command(args, output).await,
             Command::Upgrade(args) => upgrade::command(args, output).await,
+            Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
             Command::Completions(args) => {

@@ -4,6 +4,7 @@
 pub mod deploy;
 pub mod lock;
 pub mod preflight;
+pub mod rebuild;
 pub mod status;
 pub mod switchover;
 pub mod upgrade;

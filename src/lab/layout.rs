@@ -129,6 +129,39 @@ pub fn address_of(subnet: Ipv4Net, role: Role, n: u32) -> Ipv4Addr {
     }
 }
 
+/// First and last address of the spare range `lab replace --new-address` uses.
+const SPARE_FIRST: u32 = 200;
+const SPARE_LAST: u32 = 249;
+
+/// The first spare address (.200-.249) no host uses.
+pub fn spare_address(subnet: Ipv4Net, used: &[IpAddr]) -> Option<Ipv4Addr> {
+    (SPARE_FIRST..=SPARE_LAST)
+        .map(|n| host_address(subnet, n))
+        .find(|a| !used.contains(&IpAddr::V4(*a)))
+}
+
+/// The lab inventory with `host`'s `ansible_host` set to `address` (None when the
+/// host has no such line).
+pub fn set_host_address(inventory: &str, host: &str, address: IpAddr) -> Option<String> {
+    let mut out = Vec::new();
+    let mut in_host = false;
+    let mut done = false;
+    for line in inventory.lines() {
+        let t = line.trim_start();
+        if t.ends_with(':') && !t.starts_with("ansible_host") {
+            in_host = t.trim_end_matches(':') == host;
+        }
+        if in_host && !done && t.starts_with("ansible_host:") {
+            let indent = &line[..line.len() - t.len()];
+            out.push(format!("{indent}ansible_host: {address}"));
+            done = true;
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    done.then(|| out.join("\n") + "\n")
+}
+
 /// The hosts of a lab with `db` database hosts and `routers` routers.
 pub fn plan_hosts(lab: &str, subnet: Ipv4Net, db: u32, routers: u32) -> Vec<Planned> {
     let one = |role: Role, n: u32| {
@@ -589,5 +622,31 @@ all:
 -v /sys/fs/cgroup:/sys/fs/cgroup:rw --cgroupns=host --stop-signal SIGRTMIN+3 pgha-lab:0123456789ab /sbin/init"
         );
         assert!(!args.contains("--privileged"));
+    }
+
+    #[test]
+    fn a_host_moves_to_a_spare_address_in_the_inventory() {
+        let subnet: Ipv4Net = "172.28.5.0/24".parse().unwrap();
+        let used: Vec<IpAddr> = vec!["172.28.5.200".parse().unwrap()];
+        assert_eq!(
+            spare_address(subnet, &used).unwrap().to_string(),
+            "172.28.5.201"
+        );
+        let hosts = plan_hosts("lab", subnet, 3, 1);
+        let inv = render_inventory("lab", &hosts, "root");
+        let moved = set_host_address(&inv, "db2", "172.28.5.201".parse().unwrap()).unwrap();
+        assert!(
+            moved.contains("db2:\n          ansible_host: 172.28.5.201\n"),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("db1:\n          ansible_host: 172.28.5.11\n"),
+            "{moved}"
+        );
+        assert!(
+            moved.contains("db3:\n          ansible_host: 172.28.5.13\n"),
+            "{moved}"
+        );
+        assert!(set_host_address(&inv, "db9", "172.28.5.201".parse().unwrap()).is_none());
     }
 }

@@ -294,7 +294,39 @@ pub async fn replace(name: &str, host: &str) -> Result<LabHost, Failure> {
 /// `replace`, updating the key files in `dir` instead of the directory recorded on
 /// the lab network.
 pub async fn replace_in(name: &str, host: &str, dir: Option<&Path>) -> Result<LabHost, Failure> {
-    let (h, v) = find_host(name, host).await?;
+    replace_with(name, host, dir, false).await
+}
+
+/// A lost host replaced by a fresh bare one at a new address: the lab inventory's
+/// `ansible_host` of that name points at it afterwards.
+pub async fn replace_at_new_address(name: &str, host: &str) -> Result<LabHost, Failure> {
+    replace_with(name, host, None, true).await
+}
+
+async fn replace_with(
+    name: &str,
+    host: &str,
+    dir: Option<&Path>,
+    new_address: bool,
+) -> Result<LabHost, Failure> {
+    let (mut h, v) = find_host(name, host).await?;
+    let old_address = h.address;
+    if new_address {
+        let used: Vec<IpAddr> = status(name).await?.iter().map(|x| x.address).collect();
+        let subnet = match lab_network(name).await? {
+            NetState::Ours {
+                subnet: Some(s), ..
+            } => s,
+            _ => {
+                return Err(Failure::error(format!(
+                    "lab {name}: cannot read its network's subnet"
+                )));
+            }
+        };
+        h.address = IpAddr::V4(layout::spare_address(subnet, &used).ok_or_else(|| {
+            Failure::error(format!("lab {name}: no spare address left in {subnet}"))
+        })?);
+    }
     let Some((role, _)) = layout::parse_host(&h.name) else {
         return Err(Failure::error(format!(
             "{}: not a lab host name (db<N> or router<N>); cannot replace it",
@@ -347,6 +379,26 @@ pub async fn replace_in(name: &str, host: &str, dir: Option<&Path>) -> Result<La
     }
     let entry = layout::host_key_entry(h.address, &host_key)
         .map_err(|e| Failure::error(format!("{}: {e}", h.name)))?;
+    if h.address != old_address {
+        let inv = dir.join(layout::INVENTORY_FILE);
+        let text = std::fs::read_to_string(&inv)
+            .map_err(|e| Failure::error(format!("cannot read {}: {e}", inv.display())))?;
+        let updated = layout::set_host_address(&text, &h.name, h.address).ok_or_else(|| {
+            Failure::error(format!(
+                "{}: no `ansible_host` for {} to update",
+                inv.display(),
+                h.name
+            ))
+        })?;
+        files::write_if_changed(&inv, updated.as_bytes(), 0o644)?;
+        say(&format!(
+            "{}: {} now points at {} (was {old_address}); `pgha lab up` puts hosts back at their \
+             planned addresses only after `pgha lab down`",
+            inv.display(),
+            h.name,
+            h.address
+        ));
+    }
     let kh = dir.join(layout::KNOWN_HOSTS_FILE);
     let fp = entry
         .split_whitespace()
@@ -803,7 +855,16 @@ pub async fn command(args: LabArgs, output: OutputFormat) -> Result<Exit, Failur
         LabCommand::Start(h) => verb(h, "start", json).await,
         LabCommand::Partition(h) => verb(h, "partition", json).await,
         LabCommand::Heal(h) => verb(h, "heal", json).await,
-        LabCommand::Replace(h) => verb(h, "replace", json).await,
+        LabCommand::Replace(r) => {
+            let a = r.host;
+            let name = a.lab.name.as_str();
+            layout::validate_name(name).map_err(Failure::options)?;
+            let h = replace_with(name, &a.host, a.lab.dir.as_deref(), r.new_address).await?;
+            if json {
+                println!("{}", json!({"lab": name, "action": "replace", "host": h}));
+            }
+            Ok(Exit::Ok)
+        }
     }
 }
 
@@ -814,8 +875,7 @@ async fn verb(a: LabHostArgs, action: &str, json: bool) -> Result<Exit, Failure>
         "kill" => kill(name, &a.host).await?,
         "start" => start(name, &a.host).await?,
         "partition" => partition(name, &a.host).await?,
-        "heal" => heal(name, &a.host).await?,
-        _ => replace_in(name, &a.host, a.lab.dir.as_deref()).await?,
+        _ => heal(name, &a.host).await?,
     };
     if json {
         println!("{}", json!({"lab": name, "action": action, "host": h}));

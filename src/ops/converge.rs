@@ -193,11 +193,19 @@ impl<'c, 'a> Converge<'c, 'a> {
         None
     }
 
+    /// Packages (and the files written before them) wherever the plan wants them.
     pub async fn packages(&self) -> Result<(), Failure> {
+        self.packages_on(&self.ctx.all_hosts()).await
+    }
+
+    /// Packages on these hosts only (rebuild: the new host before etcd membership).
+    pub async fn packages_on(&self, only: &[String]) -> Result<(), Failure> {
         let hosts: Vec<String> = self
             .plans
             .iter()
-            .filter(|(_, p)| !p.packages().is_empty() || !p.pre_install_files().is_empty())
+            .filter(|(h, p)| {
+                only.contains(h) && (!p.packages().is_empty() || !p.pre_install_files().is_empty())
+            })
             .map(|(h, _)| h.clone())
             .collect();
         if hosts.iter().all(|h| !self.ctx.acts_on(h)) {

@@ -56,3 +56,179 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
     .await?;
     Ok(())
 }
+
+/// One etcd member as the cluster lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberInfo {
+    pub id: u64,
+    /// Empty until a newly added member has started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub learner: bool,
+}
+
+impl MemberInfo {
+    pub fn id_hex(&self) -> String {
+        format!("{:x}", self.id)
+    }
+}
+
+fn infos(members: &[etcd_client::Member]) -> Vec<MemberInfo> {
+    members
+        .iter()
+        .map(|m| MemberInfo {
+            id: m.id(),
+            name: m.name().to_string(),
+            peer_urls: m.peer_urls().to_vec(),
+            learner: m.is_learner(),
+        })
+        .collect()
+}
+
+/// A client on these endpoints (the survivors of a rebuild).
+pub async fn client(endpoints: &[String]) -> Result<Client, Failure> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(PROBE_TIMEOUT)
+        .with_timeout(Duration::from_secs(10));
+    Client::connect(endpoints, Some(opts))
+        .await
+        .map_err(|e| Failure::error(format!("etcd {}: {e}", endpoints.join(","))))
+}
+
+pub async fn members(c: &mut Client) -> Result<Vec<MemberInfo>, Failure> {
+    let r = c
+        .member_list()
+        .await
+        .map_err(|e| Failure::error(format!("etcd member list: {e}")))?;
+    Ok(infos(r.members()))
+}
+
+pub async fn remove(c: &mut Client, m: &MemberInfo) -> Result<(), Failure> {
+    c.member_remove(m.id).await.map_err(|e| {
+        Failure::error(format!(
+            "etcd: remove member {} ({}): {e}",
+            m.id_hex(),
+            m.name
+        ))
+    })?;
+    Ok(())
+}
+
+/// Add a learner (a non-voting member: no quorum check, so this works with a
+/// member down) and return its id and the membership after the add.
+pub async fn add_learner(
+    c: &mut Client,
+    peer_url: &str,
+) -> Result<(u64, Vec<MemberInfo>), Failure> {
+    let r = c
+        .member_add(
+            [peer_url],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .map_err(|e| Failure::error(format!("etcd: add learner {peer_url}: {e}")))?;
+    let id = r
+        .member()
+        .map(|m| m.id())
+        .ok_or_else(|| Failure::error("etcd: member add returned no member"))?;
+    Ok((id, members(c).await?))
+}
+
+/// `ETCD_INITIAL_CLUSTER` for a member joining this membership: every member's
+/// name and peer URL, the joining (not yet started, unnamed) one under `name`.
+pub fn initial_cluster(members: &[MemberInfo], joining_id: u64, name: &str) -> String {
+    members
+        .iter()
+        .flat_map(|m| {
+            let n = if m.id == joining_id {
+                name
+            } else {
+                m.name.as_str()
+            };
+            m.peer_urls.iter().map(move |u| format!("{n}={u}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Promote a learner once it caught up with the leader (etcd refuses before).
+pub async fn promote(c: &mut Client, id: u64) -> Result<(), Failure> {
+    crate::wait::until(
+        &format!("etcd learner {id:x} to catch up and be promoted"),
+        QUORUM,
+        || {
+            let mut c = c.clone();
+            async move {
+                c.member_promote(id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Save a snapshot of the etcd data to `path` (mode 0600) from one endpoint.
+pub async fn snapshot(endpoint: &str, path: &std::path::Path) -> Result<u64, Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut c = client(&[endpoint.to_string()]).await?;
+    let mut stream = c
+        .snapshot()
+        .await
+        .map_err(|e| Failure::error(format!("etcd snapshot from {endpoint}: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::error(format!("cannot create {}: {e}", path.display())))?;
+    let mut total = 0u64;
+    while let Some(r) = stream
+        .message()
+        .await
+        .map_err(|e| Failure::error(format!("etcd snapshot from {endpoint}: {e}")))?
+    {
+        f.write_all(r.blob())
+            .map_err(|e| Failure::error(format!("writing {}: {e}", path.display())))?;
+        total += r.blob().len() as u64;
+    }
+    f.sync_all()
+        .map_err(|e| Failure::error(format!("writing {}: {e}", path.display())))?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_joining_member_is_named_in_the_initial_cluster() {
+        let m = vec![
+            MemberInfo {
+                id: 1,
+                name: "db1".into(),
+                peer_urls: vec!["http://10.0.0.11:2380".into()],
+                learner: false,
+            },
+            MemberInfo {
+                id: 9,
+                name: String::new(),
+                peer_urls: vec!["http://10.0.0.52:2380".into()],
+                learner: true,
+            },
+            MemberInfo {
+                id: 3,
+                name: "db3".into(),
+                peer_urls: vec!["http://10.0.0.13:2380".into()],
+                learner: false,
+            },
+        ];
+        assert_eq!(
+            initial_cluster(&m, 9, "db2"),
+            "db1=http://10.0.0.11:2380,db2=http://10.0.0.52:2380,db3=http://10.0.0.13:2380"
+        );
+    }
+}
