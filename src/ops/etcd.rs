@@ -85,14 +85,34 @@ fn infos(members: &[etcd_client::Member]) -> Vec<MemberInfo> {
         .collect()
 }
 
-/// A client on these endpoints (the survivors of a rebuild).
+/// A client on the first of these endpoints that answers. (etcd-client balances
+/// requests over every endpoint it is given and fails a request sent to a dead
+/// one, so pgha gives it one endpoint known to be up.)
 pub async fn client(endpoints: &[String]) -> Result<Client, Failure> {
+    connect_any(endpoints).await.map_err(Failure::error)
+}
+
+/// `client`, with the error as text.
+pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(PROBE_TIMEOUT)
         .with_timeout(Duration::from_secs(10));
-    Client::connect(endpoints, Some(opts))
-        .await
-        .map_err(|e| Failure::error(format!("etcd {}: {e}", endpoints.join(","))))
+    let mut last = "no etcd endpoints".to_string();
+    for e in endpoints {
+        let attempt = async {
+            let mut c = Client::connect([e.as_str()], Some(opts.clone()))
+                .await
+                .map_err(|err| format!("{e}: {err}"))?;
+            c.status().await.map_err(|err| format!("{e}: {err}"))?;
+            Ok::<_, String>(c)
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT * 2, attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(err)) => last = err,
+            Err(_) => last = format!("{e}: no answer"),
+        }
+    }
+    Err(format!("no etcd endpoint answers (last: {last})"))
 }
 
 pub async fn members(c: &mut Client) -> Result<Vec<MemberInfo>, Failure> {

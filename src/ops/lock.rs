@@ -11,15 +11,12 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::run::Ctx;
 use crate::error::Failure;
-use crate::probe::PROBE_TIMEOUT;
 use crate::ssh::{Cmd, Session, shell_quote};
 
 /// Seconds an etcd lock outlives a holder that stopped renewing it.
@@ -118,12 +115,7 @@ pub fn etcd_key(cluster: &str) -> String {
 }
 
 async fn etcd_client(endpoints: &[String]) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(PROBE_TIMEOUT);
-    Client::connect(endpoints, Some(opts))
-        .await
-        .map_err(|e| format!("connect to etcd: {e}"))
+    super::etcd::connect_any(endpoints).await
 }
 
 /// Releases still to do when the process is interrupted (Ctrl-C).

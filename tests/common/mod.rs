@@ -66,6 +66,11 @@ impl Lab {
         Lab { info }
     }
 
+    /// Re-read the hosts' addresses from Docker (after `lab replace --new-address`).
+    pub async fn refresh(&mut self) {
+        self.info.hosts = lab::status(&self.info.name).await.expect("lab status");
+    }
+
     pub fn inventory(&self) -> String {
         self.info.inventory_path.display().to_string()
     }

@@ -1,0 +1,199 @@
+//! End-to-end: `pgha rebuild` on its own lab (`pgha-e2e-rebuild`): a replica lost and
+//! rebuilt at the same address and at a new one while a writer runs, the live
+//! leader refused, a killed leader rebuilt after failover, and a router rebuilt.
+//! Assertions read etcd, Patroni, the hosts' files and rows, not pgha's report.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pgha::lab;
+
+const LAB: &str = "pgha-e2e-rebuild";
+
+/// etcd as every db host's endpoint sees it: (member name, peer URLs) sorted, and
+/// one cluster id shared by all.
+async fn etcd_members(lab: &Lab) -> Vec<(String, Vec<String>)> {
+    let mut ids = Vec::new();
+    let mut seen = None;
+    for h in lab.db_hosts() {
+        let ep = format!("http://{}:2379", lab.ip(&h));
+        let mut c = etcd_client::Client::connect([ep.as_str()], None)
+            .await
+            .expect("etcd connect");
+        let st = c.status().await.expect("etcd status");
+        ids.push(st.header().unwrap().cluster_id());
+        let r = c.member_list().await.expect("member list");
+        let mut m: Vec<(String, Vec<String>)> = r
+            .members()
+            .iter()
+            .map(|m| {
+                assert!(!m.is_learner(), "{} is still a learner", m.name());
+                (m.name().to_string(), m.peer_urls().to_vec())
+            })
+            .collect();
+        m.sort();
+        if let Some(prev) = &seen {
+            assert_eq!(prev, &m, "every endpoint lists the same members");
+        }
+        seen = Some(m);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one etcd cluster id");
+    seen.unwrap()
+}
+
+async fn rebuilt_and_streaming(lab: &Lab, host: &str) {
+    let leader = healthy_cluster(lab).await;
+    assert_ne!(leader, host, "{host} came back as a replica");
+    let members = etcd_members(lab).await;
+    assert_eq!(members.len(), 3, "three etcd voters: {members:?}");
+    let url = format!("http://{}:2380", lab.ip(host));
+    assert!(
+        members
+            .iter()
+            .any(|(n, u)| n == host && u == &vec![url.clone()]),
+        "{host} is an etcd voter at {url}: {members:?}"
+    );
+}
+
+fn deploy_changes_nothing(lab: &Lab) {
+    let (code, out, _) = pgha(&["deploy", &lab.inventory(), "--output", "json"]);
+    assert_eq!(code, 0, "deploy after rebuild");
+    assert_eq!(
+        json_doc(&out)["changed"],
+        0,
+        "a deploy after a rebuild changes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_replicas_a_lost_leader_and_a_router() {
+    let mut lab = Lab::up(LAB, "root").await;
+    let inv = lab.inventory();
+    let (code, _, _) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy");
+    let leader = healthy_cluster(&lab).await;
+    let pw = lab.secret("superuser_password");
+    let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
+    c.batch_execute("CREATE TABLE rb (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+
+    // 1. The live leader: refused, nothing changes.
+    let before = start_times(&lab).await;
+    let (code, _, stderr) = pgha(&["rebuild", &leader, &inv]);
+    assert_eq!(code, 1, "rebuilding the leader is refused");
+    assert!(
+        stderr.contains("pgha switchover"),
+        "names the way out: {stderr}"
+    );
+    assert_eq!(start_times(&lab).await, before, "nothing restarted");
+    assert_eq!(healthy_cluster(&lab).await, leader);
+    // A healthy replica needs --force.
+    let replica = lab.db_hosts().into_iter().find(|h| *h != leader).unwrap();
+    let (code, _, stderr) = pgha(&["rebuild", &replica, &inv]);
+    assert_eq!(code, 1, "a healthy member needs --force: {stderr}");
+
+    // 2. A replica's disk lost: fresh host at the same address, writer running.
+    let writer = Writer::start(&lab.router(), &pw, "rb", 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab::replace(LAB, &replica).await.expect("lab replace");
+    let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
+    assert_eq!(code, 0, "rebuild {replica}");
+    rebuilt_and_streaming(&lab, &replica).await;
+    let acked = writer.stop().await;
+    assert_no_loss(&lab, "rb", &acked).await;
+    let n = lab.psql(&replica, "SELECT count(*) FROM rb");
+    assert!(
+        n.parse::<usize>().unwrap() >= acked.len(),
+        "{replica} holds the rows ({n})"
+    );
+    deploy_changes_nothing(&lab);
+
+    // 3. The same at a new address: the old one is gone everywhere.
+    let old_ip = lab.ip(&replica);
+    lab::replace_at_new_address(LAB, &replica)
+        .await
+        .expect("lab replace --new-address");
+    lab.refresh().await;
+    let new_ip = lab.ip(&replica);
+    assert_ne!(new_ip, old_ip, "a new address");
+    let writer = Writer::start(&lab.router(), &pw, "rb", 100_000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
+    assert_eq!(code, 0, "rebuild {replica} at {new_ip}");
+    rebuilt_and_streaming(&lab, &replica).await;
+    let acked = writer.stop().await;
+    assert_no_loss(&lab, "rb", &acked).await;
+    let members = etcd_members(&lab).await;
+    assert!(
+        !members
+            .iter()
+            .any(|(_, u)| u.iter().any(|u| u.contains(&format!("{old_ip}:")))),
+        "the old address in no etcd member: {members:?}"
+    );
+    for h in lab.db_hosts() {
+        let (_, n) = lab.sh(
+            &h,
+            &format!(
+                "grep -c -w {old_ip} /etc/patroni/config.yml /etc/default/etcd /var/lib/postgresql/17/main/pg_hba.conf | awk -F: '{{s+=$2}} END {{print s}}'"
+            ),
+        );
+        assert_eq!(
+            n.trim(),
+            "0",
+            "{h}: the old address in no pg_hba, Patroni or etcd file"
+        );
+    }
+    let (_, n) = lab.sh(
+        "router1",
+        &format!("grep -c -w {old_ip} /etc/haproxy/haproxy.cfg"),
+    );
+    assert_eq!(n.trim(), "0", "the old address in no HAProxy backend");
+    deploy_changes_nothing(&lab);
+
+    // 4. The leader's host killed: after failover, the lost old leader is rebuilt.
+    let old_leader = healthy_cluster(&lab).await;
+    lab::kill(LAB, &old_leader).await.expect("lab kill");
+    eventually("a survivor to lead", 90, || async {
+        let (l, _) = patroni_cluster(&lab).await?;
+        if l != old_leader {
+            Ok(())
+        } else {
+            Err(format!("{l} still leads"))
+        }
+    })
+    .await;
+    lab::replace(LAB, &old_leader).await.expect("lab replace");
+    let (code, _, _) = pgha(&["rebuild", &old_leader, &inv]);
+    assert_eq!(code, 0, "rebuild the lost leader");
+    rebuilt_and_streaming(&lab, &old_leader).await;
+
+    // 5. A router lost and rebuilt: writes go through it again.
+    lab::replace(LAB, "router1")
+        .await
+        .expect("lab replace router1");
+    let (code, _, _) = pgha(&["rebuild", "router1", &inv]);
+    assert_eq!(code, 0, "rebuild router1");
+    let leader = healthy_cluster(&lab).await;
+    let up: Vec<String> = haproxy_servers(&lab, "primary")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "UP")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        up,
+        [leader],
+        "the rebuilt router sends writes to the leader alone"
+    );
+    let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
+    c.execute(
+        "INSERT INTO rb VALUES (999999, 'via the rebuilt router')",
+        &[],
+    )
+    .await
+    .expect("a write through the rebuilt router");
+}
