@@ -164,6 +164,8 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     // 4. Hard kill of the leader while a writer runs: no acknowledged write is lost.
     let leader = new_leader;
     let writer = Writer::start(&router, &superpw, "e2e", 1000);
+    // New connections through :5000 all along: none may hang in HAProxy.
+    let connector = Connector::start(&router, &superpw);
     tokio::time::sleep(Duration::from_secs(2)).await;
     lab::kill(&lab.info.name, &leader).await.expect("lab kill");
     let survivors: Vec<&str> = ["db1", "db2", "db3"]
@@ -197,6 +199,28 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let acked = writer.stop().await;
+    let attempts = connector.stop().await;
+    let slowest = attempts.iter().map(|(d, _)| *d).max().unwrap_or_default();
+    let hung = attempts
+        .iter()
+        .filter(|(d, _)| *d > Duration::from_secs(8))
+        .count();
+    eprintln!(
+        "{} connection attempts during the failover, {} succeeded, slowest {:.1}s",
+        attempts.len(),
+        attempts.iter().filter(|(_, ok)| *ok).count(),
+        slowest.as_secs_f64()
+    );
+    assert_eq!(
+        hung,
+        0,
+        "connections through :5000 that did not end within 8 s of a hard kill: {hung} of {}",
+        attempts.len()
+    );
+    assert!(
+        attempts.iter().any(|(_, ok)| !*ok),
+        "some attempts fell into the outage (the kill was observed)"
+    );
     assert!(
         acked.len() > 10,
         "the writer got acknowledgements ({})",

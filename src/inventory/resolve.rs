@@ -591,6 +591,8 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(haproxy_timeout_client, str);
     set!(haproxy_timeout_server, str);
     set!(haproxy_check_inter, str);
+    set!(haproxy_check_fastinter, str);
+    set!(haproxy_check_downinter, str);
     set!(haproxy_check_fall, u32);
     set!(haproxy_check_rise, u32);
     set!(haproxy_replica_max_lag, u64);

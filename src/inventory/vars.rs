@@ -146,6 +146,8 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("haproxy_timeout_client", C, Kind::Duration),
     k("haproxy_timeout_server", C, Kind::Duration),
     k("haproxy_check_inter", C, Kind::Duration),
+    k("haproxy_check_fastinter", C, Kind::Duration),
+    k("haproxy_check_downinter", C, Kind::Duration),
     k("haproxy_check_fall", C, POS_U32),
     k("haproxy_check_rise", C, POS_U32),
     k(

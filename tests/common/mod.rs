@@ -492,3 +492,60 @@ impl Reader {
         self.task.await.expect("reader task")
     }
 }
+
+/// New connections through the write port, one every 100 ms until stopped, each
+/// running `SELECT 1`: how long each took to end (success or error), so a test can
+/// bound it. Each is capped at 60 s here, far above any bound a test asserts.
+pub struct Connector {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<(Duration, bool)>>,
+}
+
+impl Connector {
+    pub fn start(router: &str, password: &str) -> Connector {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (router, password) = (router.to_string(), password.to_string());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut attempts = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                let (router, password) = (router.clone(), password.clone());
+                attempts.push(tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let mut cfg = tokio_postgres::Config::new();
+                    cfg.host(&router)
+                        .port(5000)
+                        .user("postgres")
+                        .password(&password)
+                        .dbname("postgres");
+                    let attempt = async {
+                        let (c, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+                        tokio::spawn(conn);
+                        c.simple_query("SELECT 1")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(())
+                    };
+                    let ok = matches!(
+                        tokio::time::timeout(Duration::from_secs(60), attempt).await,
+                        Ok(Ok(()))
+                    );
+                    (t0.elapsed(), ok)
+                }));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut out = Vec::new();
+            for a in attempts {
+                out.push(a.await.expect("connection attempt"));
+            }
+            out
+        });
+        Connector { stop, task }
+    }
+
+    /// Stop opening connections; wait for every attempt to end.
+    pub async fn stop(self) -> Vec<(Duration, bool)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("connector task")
+    }
+}
