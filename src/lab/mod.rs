@@ -7,6 +7,7 @@
 //! Docker is reached through the docker CLI (`docker`); naming, addressing and the
 //! files in the lab directory are pure functions (`layout`).
 
+pub mod clients;
 mod docker;
 mod files;
 mod image;
@@ -27,7 +28,7 @@ use crate::error::{Exit, Failure};
 use crate::wait;
 use layout::{LABEL, LABEL_ADDRESS, LABEL_DIR, LABEL_HOST, Planned};
 
-pub use image::{image_tag, recipe_hash};
+pub use image::{ensure as ensure_image, image_tag, recipe_hash};
 
 /// What `up` creates.
 #[derive(Debug, Clone)]

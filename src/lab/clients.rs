@@ -1,0 +1,208 @@
+//! Workload clients for the lab: a writer through the router's write port, a reader
+//! through its read port, and a stream of fresh connections, each recording what it
+//! saw (acknowledged ids and the server that acknowledged them, the server behind
+//! each read, how long each connection took to end). The end-to-end tests and the
+//! benchmark measure failovers, switchovers and upgrades with them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+/// A superuser connection with the whole handshake bounded (HAProxy accepts at once,
+/// and a session bound for a dead server could otherwise hang).
+pub async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres::Client, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(host)
+        .port(port)
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(3));
+    // connect_timeout covers the TCP connect only: bound the whole handshake, since
+    // HAProxy accepts at once and a session bound for a dead server can hang.
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), cfg.connect(NoTls))
+        .await
+        .map_err(|_| format!("no answer from {host}:{port} within 5 s"))?
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// An acknowledged insert: its id, the server that acknowledged it, and when.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: i32,
+    pub server: String,
+    pub at: Instant,
+}
+
+/// A client inserting rows through the router's write port until stopped. Every
+/// insert is bounded (no answer within 3 s is no acknowledgement) and reports the
+/// server that acknowledged it.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<Ack>>,
+}
+
+impl Writer {
+    /// `table` must exist with columns (id int primary key, note text).
+    pub fn start(router: &str, password: &str, table: &str, first_id: i32) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (router, password, table) =
+            (router.to_string(), password.to_string(), table.to_string());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = first_id;
+            let mut client = None;
+            let sql = format!(
+                "INSERT INTO {table} VALUES ($1, 'writer') RETURNING host(inet_server_addr())"
+            );
+            while !stop2.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    client = pg(&router, 5000, &password).await.ok();
+                }
+                if let Some(c) = &client {
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+                    let insert = c.query_one(&sql, &params);
+                    match tokio::time::timeout(Duration::from_secs(3), insert).await {
+                        Ok(Ok(row)) => acked.push(Ack {
+                            id: i,
+                            server: row.get(0),
+                            at: Instant::now(),
+                        }),
+                        _ => client = None,
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            acked
+        });
+        Writer { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("writer task")
+    }
+}
+
+/// One read through the router's read port, with what the serving server said
+/// about itself at that moment.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub server: String,
+    pub in_recovery: bool,
+    /// pg_stat_wal_receiver.status ("" when there is no WAL receiver).
+    pub receiver: String,
+    pub received_tli: i32,
+    pub at: Instant,
+}
+
+/// A client reading through the read port until stopped (a new connection for each
+/// read, so every read is routed afresh).
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<Read>>,
+}
+
+impl Reader {
+    pub fn start(router: &str, password: &str) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (router, password) = (router.to_string(), password.to_string());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut reads = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                if let Ok(c) = pg(&router, 5001, &password).await {
+                    let q = c.query_one(
+                        "SELECT host(inet_server_addr()), pg_is_in_recovery(), \
+                         coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
+                         coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0)",
+                        &[],
+                    );
+                    if let Ok(Ok(row)) = tokio::time::timeout(Duration::from_secs(3), q).await {
+                        reads.push(Read {
+                            server: row.get(0),
+                            in_recovery: row.get(1),
+                            receiver: row.get(2),
+                            received_tli: row.get(3),
+                            at: Instant::now(),
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            reads
+        });
+        Reader { stop, task }
+    }
+
+    pub async fn stop(self) -> Vec<Read> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("reader task")
+    }
+}
+
+/// New connections through the write port, one every 100 ms until stopped, each
+/// running `SELECT 1`: how long each took to end (success or error), so a test can
+/// bound it. Each is capped at 60 s here, far above any bound a test asserts.
+pub struct Connector {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Vec<(Duration, bool)>>,
+}
+
+impl Connector {
+    pub fn start(router: &str, password: &str) -> Connector {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (router, password) = (router.to_string(), password.to_string());
+        let stop2 = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut attempts = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                let (router, password) = (router.clone(), password.clone());
+                attempts.push(tokio::spawn(async move {
+                    let t0 = Instant::now();
+                    let mut cfg = tokio_postgres::Config::new();
+                    cfg.host(&router)
+                        .port(5000)
+                        .user("postgres")
+                        .password(&password)
+                        .dbname("postgres");
+                    let attempt = async {
+                        let (c, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+                        tokio::spawn(conn);
+                        c.simple_query("SELECT 1")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(())
+                    };
+                    let ok = matches!(
+                        tokio::time::timeout(Duration::from_secs(60), attempt).await,
+                        Ok(Ok(()))
+                    );
+                    (t0.elapsed(), ok)
+                }));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut out = Vec::new();
+            for a in attempts {
+                out.push(a.await.expect("connection attempt"));
+            }
+            out
+        });
+        Connector { stop, task }
+    }
+
+    /// Stop opening connections; wait for every attempt to end.
+    pub async fn stop(self) -> Vec<(Duration, bool)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("connector task")
+    }
+}
