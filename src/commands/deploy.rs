@@ -100,7 +100,7 @@ async fn run(
     if opts.check {
         return report_check(conv, opts, &existing).await;
     }
-    conv.packages().await?;
+    conv.packages(existing.etcd_new).await?;
     conv.etcd(existing.etcd_new).await?;
     if let Some(lock) = lock {
         // A first deploy held the lock on the hosts only; etcd exists now.

@@ -460,8 +460,11 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         let conv = {
             let mut conv = Converge::new(self.ctx)?;
             self.step("facts", conv.gather_and_plan()).await?;
-            self.step("packages", conv.packages_on(std::slice::from_ref(&t)))
-                .await?;
+            self.step(
+                "packages",
+                conv.packages_on(std::slice::from_ref(&t), false),
+            )
+            .await?;
             conv
         };
         if let Some(state) = &a.etcd {

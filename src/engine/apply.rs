@@ -73,6 +73,27 @@ pub async fn install_exact(s: &Session, specs: &[String], download_only: bool) -
     Ok(())
 }
 
+/// `install`, with apt's CPU priority lowered by `nice` (0: unchanged), so that a
+/// host whose packages matter first gets the machine's CPUs first.
+pub async fn install_niced(
+    s: &Session,
+    packages: &[String],
+    update: bool,
+    nice: i32,
+) -> Result<()> {
+    if packages.is_empty() && !update {
+        return Ok(());
+    }
+    let mut script = install_script(packages, update);
+    if nice != 0 {
+        script = format!("renice -n {nice} -p $$ >/dev/null\n{script}");
+    }
+    s.exec(&Cmd::root(script).timeout(Duration::from_secs(1800)))
+        .await?
+        .ok()?;
+    Ok(())
+}
+
 pub async fn install(s: &Session, packages: &[String], update: bool) -> Result<()> {
     if packages.is_empty() && !update {
         return Ok(());

@@ -20,7 +20,7 @@ use crate::inventory::Inventory;
 use crate::ops::run::host_failed;
 use crate::ops::{Ctx, patroni as actions, waits};
 use crate::probe::{etcd, patroni};
-use crate::ssh::{Cmd, shell_quote};
+use crate::ssh::{Cmd, Session, shell_quote};
 
 /// Deadlines of the rollout's barriers.
 const ETCD_QUORUM: Duration = Duration::from_secs(90);
@@ -43,6 +43,8 @@ pub struct Converge<'c, 'a> {
     pub desired: BTreeMap<String, HostDesired>,
     pub facts: BTreeMap<String, HostFacts>,
     pub plans: BTreeMap<String, HostPlan>,
+    /// (host, role) steps a host already did in this run, ahead of their phase.
+    done: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl<'c, 'a> Converge<'c, 'a> {
@@ -59,6 +61,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             desired,
             facts: BTreeMap::new(),
             plans: BTreeMap::new(),
+            done: Default::default(),
         })
     }
 
@@ -193,13 +196,18 @@ impl<'c, 'a> Converge<'c, 'a> {
         None
     }
 
-    /// Packages (and the files written before them) wherever the plan wants them.
-    pub async fn packages(&self) -> Result<(), Failure> {
-        self.packages_on(&self.ctx.all_hosts()).await
+    /// Packages (and the files written before them) wherever the plan wants them;
+    /// each host then goes on with what needs nothing from the others (below).
+    pub async fn packages(&self, new_cluster: bool) -> Result<(), Failure> {
+        self.packages_on(&self.ctx.all_hosts(), new_cluster).await
     }
 
-    /// Packages on these hosts only (rebuild: the new host before etcd membership).
-    pub async fn packages_on(&self, only: &[String]) -> Result<(), Failure> {
+    /// Packages on these hosts. Each host goes on by itself as soon as its own
+    /// packages are in, instead of waiting for the slowest host: a router starts
+    /// HAProxy, a db host its exporter, and in a new cluster an etcd member installs
+    /// etcd first and starts it, so quorum forms while PostgreSQL still installs;
+    /// the first db host (the one that bootstraps) installs ahead of the others.
+    pub async fn packages_on(&self, only: &[String], new_cluster: bool) -> Result<(), Failure> {
         let hosts: Vec<String> = self
             .plans
             .iter()
@@ -213,23 +221,83 @@ impl<'c, 'a> Converge<'c, 'a> {
         }
         let phase = self.ctx.ui.phase("packages");
         phase.set(format!("installing on {}", hosts.join(", ")));
+        let first_db = self.ctx.db_hosts().first().cloned().unwrap_or_default();
+        let etcd_hosts = self.ctx.etcd_hosts();
         self.ctx
-            .each(&hosts, "install packages", |h, s| async move {
-                let p = &self.plans[&h];
-                let pre = p.pre_install_files();
-                apply::write_files(&s, &pre).await?;
-                let pkgs = p.packages();
-                apply::install(&s, &pkgs, p.apt_update()).await?;
-                if !pkgs.is_empty() {
-                    self.ctx
-                        .ui
-                        .host(&h, format!("installed {}", pkgs.join(" ")));
+            .each(&hosts, "install packages", |h, s| {
+                let first_db = first_db.clone();
+                let etcd_early = new_cluster && etcd_hosts.contains(&h);
+                async move {
+                    let p = &self.plans[&h];
+                    let pre = p.pre_install_files();
+                    apply::write_files(&s, &pre).await?;
+                    let mut n = pre.len() as u32 + u32::from(p.apt_update());
+                    let pkgs = p.packages();
+                    let etcd_pkgs: Vec<String> = if etcd_early {
+                        let want = self.desired[&h]
+                            .role("etcd")
+                            .map(|r| r.packages.clone())
+                            .unwrap_or_default();
+                        pkgs.iter().filter(|x| want.contains(x)).cloned().collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let rest: Vec<String> = pkgs
+                        .iter()
+                        .filter(|x| !etcd_pkgs.contains(x))
+                        .cloned()
+                        .collect();
+                    let mut update = p.apt_update();
+                    if etcd_early {
+                        apply::install_niced(&s, &etcd_pkgs, update, 0).await?;
+                        update = false;
+                        n += self.start_new_etcd_member(&h, &s).await?;
+                    }
+                    // The first db host bootstraps the cluster: it goes first.
+                    let nice = if new_cluster
+                        && self.desired[&h].role("patroni").is_some()
+                        && h != first_db
+                    {
+                        10
+                    } else {
+                        0
+                    };
+                    apply::install_niced(&s, &rest, update, nice).await?;
+                    if !pkgs.is_empty() {
+                        self.ctx
+                            .ui
+                            .host(&h, format!("installed {}", pkgs.join(" ")));
+                        n += 1;
+                    }
+                    for role in ["haproxy", "exporter"] {
+                        if self.desired[&h].role(role).is_some() {
+                            n += self.service_role_host(role, &h, &s).await?;
+                        }
+                    }
+                    Ok(n)
                 }
-                Ok(pre.len() as u32 + u32::from(!pkgs.is_empty()) + u32::from(p.apt_update()))
             })
             .await?;
         phase.done(format!("{} host(s)", hosts.len()));
         Ok(())
+    }
+
+    /// A member of a new etcd cluster: its files, Debian's own one-member cluster
+    /// stopped and wiped (when installed without pgha's guard), started without
+    /// waiting (the first member cannot report ready alone).
+    async fn start_new_etcd_member(&self, h: &str, s: &Session) -> anyhow::Result<u32> {
+        let c = &self.inv.cluster;
+        let script = format!(
+            "systemctl stop etcd.service 2>/dev/null || true\nrm -rf /var/lib/etcd/default\n\
+             install -d -o etcd -g etcd -m 0700 {}\nsystemctl enable --quiet etcd.service\n\
+             systemctl start --no-block etcd.service",
+            shell_quote(&desired::etcd_data_dir(c))
+        );
+        let files = self.plans[h].files("etcd", Stage::Configure);
+        apply::write_files(s, &files).await?;
+        apply::run(s, script).await?;
+        self.mark(h, "etcd");
+        Ok(files.len() as u32 + 1)
     }
 
     pub async fn etcd(&self, new_cluster: bool) -> Result<(), Failure> {
@@ -242,20 +310,14 @@ impl<'c, 'a> Converge<'c, 'a> {
         );
         if new_cluster {
             phase.set("starting every member together (the first cannot report ready alone)");
-            // Debian's package may have started a one-member cluster in
-            // /var/lib/etcd/default (when installed without pgha's guard): stop and wipe it.
-            let script = format!(
-                "systemctl stop etcd.service 2>/dev/null || true\nrm -rf /var/lib/etcd/default\n{prepare}\nsystemctl enable --quiet etcd.service\nsystemctl start --no-block etcd.service"
-            );
+            let todo: Vec<String> = hosts
+                .iter()
+                .filter(|h| !self.is_done(h, "etcd"))
+                .cloned()
+                .collect();
             self.ctx
-                .each(&hosts, "start etcd", |h, s| {
-                    let script = script.clone();
-                    async move {
-                        let files = self.plans[&h].files("etcd", Stage::Configure);
-                        apply::write_files(&s, &files).await?;
-                        apply::run(&s, script).await?;
-                        Ok(files.len() as u32 + 1)
-                    }
+                .each(&todo, "start etcd", |h, s| async move {
+                    self.start_new_etcd_member(&h, &s).await
                 })
                 .await?;
         } else {
@@ -489,47 +551,76 @@ impl<'c, 'a> Converge<'c, 'a> {
     }
 
     /// Files of a role, then enable/start or the handler its changed files need.
-    async fn service_role(&self, role: &str, hosts: &[String], step: &str) -> Result<(), Failure> {
-        let service = format!(
+    /// The unit of a role's service on a host (`haproxy.service`).
+    fn service_of(&self, role: &str, host: &str) -> String {
+        format!(
             "{}.service",
-            self.desired[&hosts[0]]
+            self.desired[host]
                 .role(role)
                 .map(|r| r.services[0].clone())
                 .unwrap_or_default()
-        );
+        )
+    }
+
+    /// One host's files of a role, then enable/start, or the handler its changed
+    /// files need. Returns the number of changes.
+    async fn service_role_host(&self, role: &str, h: &str, s: &Session) -> anyhow::Result<u32> {
+        let service = self.service_of(role, h);
+        let p = &self.plans[h];
+        let files = p.files(role, Stage::Configure);
+        apply::write_files(s, &files).await?;
+        let mut n = files.len() as u32;
+        if p.wants(role, |a| matches!(a, Action::Enable { .. })) {
+            apply::systemctl(s, "enable --quiet", &service).await?;
+            n += 1;
+        }
+        if p.starts(role) {
+            apply::systemctl(s, "start", &service).await?;
+            n += 1;
+        } else {
+            let verb = match p.notify(role) {
+                Notify::Restart => Some(("restart", "restarted")),
+                Notify::Reload => Some(("reload", "reloaded")),
+                Notify::None | Notify::AptUpdate => None,
+            };
+            if let Some((verb, done)) = verb {
+                apply::systemctl(s, verb, &service).await?;
+                self.ctx
+                    .ui
+                    .host(h, format!("{service} {done} (configuration changed)"));
+                n += 1;
+            }
+        }
+        self.mark(h, role);
+        Ok(n)
+    }
+
+    /// A role's files and service on these hosts (those not done earlier in the run).
+    async fn service_role(&self, role: &str, hosts: &[String], step: &str) -> Result<(), Failure> {
+        let todo: Vec<String> = hosts
+            .iter()
+            .filter(|h| !self.is_done(h, role))
+            .cloned()
+            .collect();
         self.ctx
-            .each(hosts, step, |h, s| {
-                let service = service.clone();
-                async move {
-                    let p = &self.plans[&h];
-                    let files = p.files(role, Stage::Configure);
-                    apply::write_files(&s, &files).await?;
-                    let mut n = files.len() as u32;
-                    if p.wants(role, |a| matches!(a, Action::Enable { .. })) {
-                        apply::systemctl(&s, "enable --quiet", &service).await?;
-                        n += 1;
-                    }
-                    if p.starts(role) {
-                        apply::systemctl(&s, "start", &service).await?;
-                        n += 1;
-                    } else {
-                        let verb = match p.notify(role) {
-                            Notify::Restart => Some(("restart", "restarted")),
-                            Notify::Reload => Some(("reload", "reloaded")),
-                            Notify::None | Notify::AptUpdate => None,
-                        };
-                        if let Some((verb, done)) = verb {
-                            apply::systemctl(&s, verb, &service).await?;
-                            self.ctx
-                                .ui
-                                .host(&h, format!("{service} {done} (configuration changed)"));
-                            n += 1;
-                        }
-                    }
-                    Ok(n)
-                }
+            .each(&todo, step, |h, s| async move {
+                self.service_role_host(role, &h, &s).await
             })
             .await
+    }
+
+    fn mark(&self, host: &str, step: &str) {
+        self.done
+            .lock()
+            .unwrap()
+            .insert((host.to_string(), step.to_string()));
+    }
+
+    fn is_done(&self, host: &str, step: &str) -> bool {
+        self.done
+            .lock()
+            .unwrap()
+            .contains(&(host.to_string(), step.to_string()))
     }
 
     pub async fn exporters(&self) -> Result<(), Failure> {

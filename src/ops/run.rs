@@ -42,6 +42,19 @@ pub fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// How far a host's clock reading lies outside the window of this machine's clock
+/// in which the host took it (0 when inside): a slow round trip widens the window
+/// instead of turning into a false skew.
+pub fn clock_skew(host_clock: f64, sent: f64, received: f64) -> f64 {
+    if host_clock < sent {
+        host_clock - sent
+    } else if host_clock > received {
+        host_clock - received
+    } else {
+        0.0
+    }
+}
+
 pub fn host_failed(msg: impl Into<String>) -> Failure {
     Failure::new(Exit::HostFailed, msg)
 }
@@ -242,12 +255,12 @@ impl<'a> Ctx<'a> {
                 let out = s
                     .exec(&Cmd::root(script).timeout(Duration::from_secs(60)))
                     .await;
-                let mid = (t0 + now_secs()) / 2.0;
+                let window = (t0, now_secs());
                 let res = match out {
                     Ok(o) => o
                         .ok()
                         .map_err(anyhow::Error::from)
-                        .and_then(|o| facts::parse(host, &o.stdout_str()).map(|f| (f, mid))),
+                        .and_then(|o| facts::parse(host, &o.stdout_str()).map(|f| (f, window))),
                     Err(e) => Err(e.into()),
                 };
                 (host.clone(), res)
@@ -258,8 +271,8 @@ impl<'a> Ctx<'a> {
         let mut skews = BTreeMap::new();
         for (host, res) in join_all(futs).await {
             match res {
-                Ok((f, mid)) => {
-                    skews.insert(host.clone(), f.clock - mid);
+                Ok((f, (t0, t1))) => {
+                    skews.insert(host.clone(), clock_skew(f.clock, t0, t1));
                     all.insert(host, f);
                 }
                 Err(e) => {
@@ -288,5 +301,17 @@ impl<'a> Ctx<'a> {
         crate::engine::apply::run(self.session(host)?, script)
             .await
             .map_err(|e| host_failed(self.inv.secrets.redact(&format!("{host}: {step}: {e:#}"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_round_trip_is_not_a_skew() {
+        assert_eq!(clock_skew(105.0, 100.0, 106.0), 0.0);
+        assert_eq!(clock_skew(97.0, 100.0, 106.0), -3.0);
+        assert_eq!(clock_skew(110.5, 100.0, 106.0), 4.5);
     }
 }
