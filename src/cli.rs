@@ -247,6 +247,9 @@ pub struct LabUpArgs {
     /// SSH user written into the lab inventory (root or deploy).
     #[arg(long, default_value = "root")]
     pub user: String,
+    /// Write `tls: false` into the lab inventory (plain HTTP and PostgreSQL without TLS).
+    #[arg(long)]
+    pub no_tls: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod inventory;
 pub mod lab;
 pub mod ops;
+pub mod pki;
 pub mod probe;
 pub mod ssh;
 pub mod ui;

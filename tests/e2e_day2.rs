@@ -119,7 +119,7 @@ async fn leader_partition_rejoins_and_never_serves_stale_reads(lab: &Lab, pw: &s
     assert_no_loss(lab, "day2", &acked).await;
     let split_brain: Vec<&Ack> = acked
         .iter()
-        .filter(|a| a.at > cut && a.server == old_ip)
+        .filter(|a| a.sent > cut && a.server == old_ip)
         .collect();
     assert!(
         split_brain.is_empty(),

@@ -131,6 +131,7 @@ async fn lab_hosts_over_ssh_with_fault_injection() {
         routers: 1,
         dir: dir.clone(),
         user: "root".into(),
+        tls: false,
     };
     let t = Instant::now();
     let info = lab::up(&spec).await.expect("lab up");

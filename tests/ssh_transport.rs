@@ -97,6 +97,7 @@ fn setup() -> Fixture {
         routers: 0,
         dir: dir.clone(),
         user: "deploy".into(),
+        tls: false,
     };
     let info = lab_call(move || Box::pin(async move { lab::up(&spec).await }))
         .unwrap_or_else(|e| panic!("lab up {NAME}: {e}"));

@@ -165,6 +165,7 @@ impl Bench {
             routers: 1,
             dir,
             user: "root".into(),
+            tls: true,
         })
         .await
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"))
@@ -358,9 +359,11 @@ impl Bench {
             if let Some(f) = first_new {
                 outages.push(f.duration_since(t).as_secs_f64());
             }
+            // Writes sent after the cut that the isolated leader acknowledged (one
+            // sent before the cut may be acknowledged just after it: not split-brain).
             split_total += acked
                 .iter()
-                .filter(|a| a.at > t && a.server == old_ip)
+                .filter(|a| a.sent > t && a.server == old_ip)
                 .count();
             lost_total += lost(router, pw, "bench_part", &acked).await;
         }
@@ -513,6 +516,7 @@ impl Bench {
         .unwrap();
         let (code, _, _, _) = self.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "pinned deploy");
+        trust(&info);
         std::fs::write(&inv, &unpinned).unwrap();
         let pw = secret(&info, "superuser_password");
         let router = ip(&info, "router1");
@@ -595,6 +599,11 @@ impl Bench {
     }
 }
 
+/// Trust the lab's cluster CA (after its first deploy created it).
+fn trust(info: &LabInfo) {
+    pgha::inventory::load(&info.inventory_path, &Default::default()).expect("lab inventory");
+}
+
 fn ip(info: &LabInfo, host: &str) -> String {
     info.host(host)
         .map(|h| h.address.to_string())
@@ -605,7 +614,7 @@ fn apis(info: &LabInfo) -> Vec<String> {
     info.hosts
         .iter()
         .filter(|h| h.name.starts_with("db"))
-        .map(|h| format!("http://{}:8008", h.address))
+        .map(|h| format!("https://{}:8008", h.address))
         .collect()
 }
 
@@ -791,6 +800,7 @@ async fn main() {
         let inv = info.inventory_path.display().to_string();
         let (code, _, _, _) = b.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "deploy pgha-b-main");
+        trust(&info);
         let pw = secret(&info, "superuser_password");
         let router = ip(&info, "router1");
         for t in ["bench_kill", "bench_part", "bench_sw"] {

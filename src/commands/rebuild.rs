@@ -23,6 +23,7 @@ use crate::engine::desired;
 use crate::error::{Exit, Failure};
 use crate::inventory::Inventory;
 use crate::ops::converge::Converge;
+use crate::ops::endpoints::scheme;
 use crate::ops::etcd::{self as etcd_ops, MemberInfo};
 use crate::ops::gap::{Gap, GapProbe};
 use crate::ops::lock::ClusterLock;
@@ -141,7 +142,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
 
     fn peer_url(&self) -> String {
         format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            scheme(self.inv().cluster.tls),
             self.address(),
             self.inv().cluster.etcd_peer_port
         )
@@ -294,7 +296,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
     async fn assess_etcd(&self, refuse: &dyn Fn(String) -> Failure) -> Result<EtcdState, Failure> {
         let t = &self.target;
         let target_ep = format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            scheme(self.inv().cluster.tls),
             self.address(),
             self.inv().cluster.etcd_client_port
         );
@@ -585,7 +588,12 @@ impl<'c, 'a> Rebuild<'c, 'a> {
     async fn etcd_member(&self, state: &EtcdState, conv: &Converge<'_, '_>) -> Result<(), Failure> {
         let t = &self.target;
         let c = &self.inv().cluster;
-        let target_ep = format!("http://{}:{}", self.address(), c.etcd_client_port);
+        let target_ep = format!(
+            "{}://{}:{}",
+            scheme(c.tls),
+            self.address(),
+            c.etcd_client_port
+        );
         let survivors: Vec<String> = self
             .ctx
             .ep

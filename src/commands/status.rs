@@ -228,6 +228,22 @@ pub fn render(s: &Snapshot) -> String {
         })
         .collect();
     out.push_str(&format!("  exporters: {}\n", exporters.join(", ")));
+    if !s.certificates.is_empty() {
+        let certs: Vec<String> = s
+            .certificates
+            .iter()
+            .map(|c| match (&c.not_after, c.days_left) {
+                (Some(t), Some(d)) => format!("{} {} until {t} ({d} d)", c.host, c.service),
+                _ => format!(
+                    "{} {} unknown ({})",
+                    c.host,
+                    c.service,
+                    c.error.as_deref().unwrap_or("no answer")
+                ),
+            })
+            .collect();
+        out.push_str(&format!("  certificates: {}\n", certs.join("; ")));
+    }
     if s.verdict.level != Level::Healthy {
         out.push_str(&format!("\n{}\n", s.verdict.line()));
     }

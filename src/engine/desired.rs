@@ -163,6 +163,11 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
     env
 }
 
+/// Patroni's configuration file on a db host.
+pub const PATRONI_CONFIG: &str = "/etc/patroni/config.yml";
+/// Where certificates and keys go on the hosts (TLS).
+pub const TLS_DIR: &str = "/etc/pgha/tls";
+
 /// Patroni tags every member has unless pgha is working on it.
 pub fn default_tags() -> BTreeMap<String, bool> {
     ["nofailover", "noloadbalance", "clonefrom", "nosync"]
@@ -187,7 +192,10 @@ pub fn patroni_config_file(
     render(inv, lib, &overrides)?
         .into_iter()
         .find(|d| d.host == host)
-        .and_then(|d| d.role("patroni").and_then(|r| r.files.first().cloned()))
+        .and_then(|d| {
+            d.role("patroni")
+                .and_then(|r| r.files.iter().find(|f| f.path == PATRONI_CONFIG).cloned())
+        })
         .with_context(|| format!("{host} is not a db host of the inventory"))
 }
 
@@ -232,7 +240,23 @@ fn render(
         if let Some(o) = tag_overrides.get(&host.name) {
             tags.extend(o.clone());
         }
+        let tls = match (&inv.pki, c.tls) {
+            (Some(p), true) => json!({
+                "ca": p.ca_cert,
+                "cert": p.hosts.get(&host.name).map(|k| k.cert.clone()).unwrap_or_default(),
+                "key": p.hosts.get(&host.name).map(|k| k.key.expose().to_string()).unwrap_or_default(),
+            }),
+            (None, true) => anyhow::bail!(
+                "tls is on but the cluster's certificates are not loaded ({}): `pgha deploy` creates them",
+                crate::pki::pki_dir(&inv.path).display()
+            ),
+            _ => json!({"ca": "", "cert": "", "key": ""}),
+        };
         let ctx = ctx_value(json!({
+            "tls": tls,
+            "tls_dir": TLS_DIR,
+            "scheme": if c.tls { "https" } else { "http" },
+            "hostssl": if c.tls { "hostssl" } else { "host" },
             "tags": tags,
             "cluster": c,
             "secrets": secrets,
@@ -266,6 +290,14 @@ fn render(
             let upgrade_with = render_all(&role.upgrade_with)?;
             let mut files = Vec::new();
             for f in &role.files {
+                if let Some(w) = &f.when {
+                    let expr = env.compile_expression(w).map_err(|e| {
+                        anyhow::anyhow!("role {}: file {}: when {w:?}: {e}", role.name, f.dest)
+                    })?;
+                    if !expr.eval(&ctx)?.is_true() {
+                        continue;
+                    }
+                }
                 let tmpl = env.get_template(&f.template)?;
                 let content = tmpl.render(&ctx).map_err(|e| {
                     anyhow::anyhow!(
@@ -326,7 +358,7 @@ mod tests {
     }
 
     fn sample() -> Inventory {
-        let text = "all:\n  vars:\n    superuser_password: \"pa'ss\\\"word\"\n    postgresql_parameters:\n      work_mem: 8MB\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
+        let text = "all:\n  vars:\n    tls: false\n    superuser_password: \"pa'ss\\\"word\"\n    postgresql_parameters:\n      work_mem: 8MB\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
         crate::inventory::load_str(
             std::path::Path::new("/nonexistent/inv.yml"),
             text,
@@ -443,5 +475,109 @@ mod tests {
                 assert!(f.content == g.content, "{} differs between renders", f.path);
             }
         }
+    }
+
+    #[test]
+    fn tls_configures_every_component_with_the_cluster_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prod.yml");
+        std::fs::write(
+            &path,
+            "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n",
+        )
+        .unwrap();
+        let inv = crate::inventory::load(
+            &path,
+            &crate::inventory::LoadOptions {
+                write_secrets: true,
+            },
+        )
+        .unwrap();
+        let pki = inv
+            .pki
+            .clone()
+            .expect("certificates created with the secrets");
+        let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
+        let etcd = file(&d, "db1", "/etc/default/etcd");
+        assert!(
+            etcd.contains(
+                "ETCD_LISTEN_CLIENT_URLS=\"https://10.9.0.11:2379,https://127.0.0.1:2379\""
+            )
+        );
+        assert!(
+            etcd.contains("ETCD_CLIENT_CERT_AUTH=\"true\"")
+                && etcd.contains("ETCD_PEER_CLIENT_CERT_AUTH=\"true\"")
+        );
+        let y: serde_json::Value =
+            yaml_serde::from_str(&file(&d, "db1", "/etc/patroni/config.yml")).unwrap();
+        assert_eq!(y["etcd3"]["protocol"], "https");
+        assert_eq!(y["restapi"]["certfile"], "/etc/pgha/tls/postgres.crt");
+        assert_eq!(y["postgresql"]["parameters"]["ssl"], "on");
+        assert_eq!(
+            y["postgresql"]["authentication"]["replication"]["sslmode"],
+            "verify-full"
+        );
+        let hba: Vec<String> = y["postgresql"]["pg_hba"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        assert!(hba.contains(&"hostssl all all 10.9.0.21/32 scram-sha-256".to_string()));
+        assert!(
+            hba.contains(&"hostssl replication replicator 10.9.0.12/32 scram-sha-256".to_string())
+        );
+        assert!(
+            !hba.iter()
+                .any(|l| l.starts_with("host ") && !l.contains("127.0.0.1") && !l.contains("::1")),
+            "{hba:?}"
+        );
+        let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+        assert_eq!(
+            hap.matches("check-ssl verify required ca-file /etc/pgha/tls/ca.crt")
+                .count(),
+            2
+        );
+        // The host's own certificate and key, private.
+        let db1 = d.iter().find(|h| h.host == "db1").unwrap();
+        let key = db1
+            .files()
+            .find(|f| f.path == "/etc/pgha/tls/postgres.key")
+            .unwrap();
+        assert_eq!((key.mode, key.owner.as_str()), (0o600, "postgres"));
+        assert_eq!(
+            String::from_utf8_lossy(&key.content),
+            pki.hosts["db1"].key.expose()
+        );
+        let cert = file(&d, "db1", "/etc/pgha/tls/etcd.crt");
+        let names = crate::pki::cert_info(&cert).unwrap().names;
+        for n in ["db1", "10.9.0.11", "127.0.0.1", "10.9.0.21", "router1"] {
+            assert!(names.contains(n), "db1's certificate names {n}: {names:?}");
+        }
+        assert_eq!(file(&d, "router1", "/etc/pgha/tls/ca.crt"), pki.ca_cert);
+        assert!(
+            d.iter()
+                .find(|h| h.host == "router1")
+                .unwrap()
+                .files()
+                .all(|f| !f.path.ends_with(".key")),
+            "routers get no key"
+        );
+        // Loading again reuses every certificate (a re-run changes nothing).
+        let again = crate::inventory::load(
+            &path,
+            &crate::inventory::LoadOptions {
+                write_secrets: true,
+            },
+        )
+        .unwrap();
+        let p2 = again.pki.unwrap();
+        assert!(p2.issued.is_empty(), "{:?}", p2.issued);
+        assert_eq!(p2.hosts["db2"].cert, pki.hosts["db2"].cert);
+        // A private key never appears in redacted text.
+        let shown = inv
+            .secrets
+            .redact(&format!("x\n{}y", pki.hosts["db1"].key.expose()));
+        assert_eq!(shown, "x\n<redacted private key>\ny");
     }
 }

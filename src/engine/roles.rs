@@ -44,6 +44,10 @@ pub struct FileDef {
     pub notify: Notify,
     #[serde(default)]
     pub validate: Option<String>,
+    /// Only when this expression (minijinja, over the same variables as the
+    /// templates) is true, e.g. `cluster.tls`.
+    #[serde(default)]
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,7 +93,19 @@ const BUILTIN_ROLES: [(&str, &str); 6] = [
     ("haproxy", include_str!("../../roles/haproxy.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 7] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 10] = [
+    (
+        "tls-ca.crt.j2",
+        include_str!("../../templates/tls-ca.crt.j2"),
+    ),
+    (
+        "tls-cert.pem.j2",
+        include_str!("../../templates/tls-cert.pem.j2"),
+    ),
+    (
+        "tls-key.pem.j2",
+        include_str!("../../templates/tls-key.pem.j2"),
+    ),
     (
         "apt-sources.list.j2",
         include_str!("../../templates/apt-sources.list.j2"),
@@ -203,7 +219,21 @@ mod tests {
         let lib = Library::builtin().unwrap();
         let names: Vec<_> = lib.roles.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ROLE_ORDER);
-        assert_eq!(lib.role("patroni").files[0].mode_bits().unwrap(), 0o600);
+        let patroni_config = lib
+            .role("patroni")
+            .files
+            .iter()
+            .find(|f| f.dest == "/etc/patroni/config.yml")
+            .unwrap();
+        assert_eq!(patroni_config.mode_bits().unwrap(), 0o600);
+        let key = lib
+            .role("patroni")
+            .files
+            .iter()
+            .find(|f| f.dest.ends_with(".key"))
+            .unwrap();
+        assert_eq!(key.mode_bits().unwrap(), 0o600, "private keys are 0600");
+        assert_eq!(key.when.as_deref(), Some("cluster.tls"));
         assert_eq!(lib.role("haproxy").files[0].notify, Notify::Reload);
     }
 

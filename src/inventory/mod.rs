@@ -104,7 +104,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         app_password: secret("app_password"),
         patroni_api_password: secret("patroni_api_password"),
     };
-    Ok(Inventory {
+    let mut inv = Inventory {
         path: path.to_path_buf(),
         hosts: r.hosts,
         groups: r.groups,
@@ -117,8 +117,38 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         known_hosts: r.known_hosts,
-        warnings: ctx.take_warnings(),
-    })
+        warnings: Vec::new(),
+        pki: None,
+    };
+    if inv.cluster.tls {
+        // Certificates live beside the secrets: created or renewed only by the
+        // commands that write secrets; others use what is there.
+        match crate::pki::load(&inv, opts.write_secrets) {
+            Ok(p) => {
+                crate::probe::tls::register(
+                    inv.hosts.iter().map(|h| h.ip.to_string()),
+                    crate::probe::tls::Tls {
+                        ca_pem: p.ca_cert.clone(),
+                        client_cert_pem: p.client.cert.clone(),
+                        client_key_pem: p.client.key.expose().to_string(),
+                    },
+                );
+                inv.pki = Some(p);
+            }
+            Err(e) if opts.write_secrets => {
+                ctx.push(Diagnostic::new(
+                    &crate::pki::pki_dir(path),
+                    None,
+                    None,
+                    format!("TLS certificates: {e:#}"),
+                ));
+                return Err(ctx.into_error());
+            }
+            Err(_) => {}
+        }
+    }
+    inv.warnings = ctx.take_warnings();
+    Ok(inv)
 }
 
 /// `pgha inventory -i FILE`: print the resolved inventory. Creates no files.

@@ -74,6 +74,9 @@ pub struct Host {
     /// Effective variables after Ansible precedence (all < parent groups < child groups < host),
     /// secrets redacted on output by the printer.
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// The user's own certificate and key for this host (TLS), instead of pgha's.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Host {
@@ -140,6 +143,14 @@ pub struct Cluster {
     pub apt_cache_valid_time: u64,
     /// Allow a host to be in both `db` and `router` (a warning instead of an error).
     pub allow_router_on_db: bool,
+    /// TLS for etcd (client and peer, with client certificates), Patroni's REST API
+    /// and PostgreSQL, with certificates from the cluster CA.
+    pub tls: bool,
+    /// The user's own CA (certificate, and key for pgha to issue host certificates).
+    pub tls_ca_cert_file: Option<PathBuf>,
+    pub tls_ca_key_file: Option<PathBuf>,
+    pub tls_cert_validity_days: u64,
+    pub tls_renew_before_days: u64,
 }
 
 impl Default for Cluster {
@@ -187,6 +198,11 @@ impl Default for Cluster {
             apt_pins: Vec::new(),
             apt_cache_valid_time: 86_400,
             allow_router_on_db: false,
+            tls: true,
+            tls_ca_cert_file: None,
+            tls_ca_key_file: None,
+            tls_cert_validity_days: 365,
+            tls_renew_before_days: 30,
         }
     }
 }
@@ -223,8 +239,36 @@ impl Secrets {
                 out = out.replace(s.expose(), "<redacted>");
             }
         }
-        out
+        redact_private_keys(&out)
     }
+}
+
+/// Every PEM private key block replaced by `<redacted private key>`.
+pub fn redact_private_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let head_end = rest[start..].find("-----\n").map(|i| start + i);
+        let is_key = head_end.is_some_and(|e| rest[start..e].ends_with("PRIVATE KEY"));
+        let end = rest[start..].find("-----END ").and_then(|i| {
+            rest[start + i..]
+                .find("KEY-----")
+                .map(|j| start + i + j + 8)
+        });
+        match (is_key, end) {
+            (true, Some(end)) => {
+                out.push_str(&rest[..start]);
+                out.push_str("<redacted private key>");
+                rest = &rest[end..];
+            }
+            _ => {
+                out.push_str(&rest[..start + 11]);
+                rest = &rest[start + 11..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where a secret's value came from (shown by `pgha inventory`, never the value).
@@ -278,6 +322,10 @@ pub struct Inventory {
     /// (relative to the inventory's directory). None: the SSH default.
     pub known_hosts: Option<PathBuf>,
     pub warnings: Vec<Warning>,
+    /// The cluster's certificates (with `tls`), loaded beside the secrets; created
+    /// or renewed by the commands that write secrets (deploy).
+    #[serde(skip)]
+    pub pki: Option<crate::pki::Pki>,
 }
 
 impl Inventory {
@@ -287,6 +335,13 @@ impl Inventory {
     /// Refuse when a secret the cluster was deployed with is not known: a day-2
     /// command must use the passwords the deploy generated, not new random ones.
     pub fn require_secrets(&self) -> Result<(), String> {
+        if self.cluster.tls && self.pki.is_none() {
+            return Err(format!(
+                "no cluster certificates in {} (tls is on: `pgha deploy` creates them; is this \
+                 the inventory the cluster was deployed with?)",
+                crate::pki::pki_dir(&self.path).display()
+            ));
+        }
         let pending: Vec<&str> = self
             .secret_sources
             .iter()

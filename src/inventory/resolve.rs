@@ -195,7 +195,14 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
         }
     }
 
-    let cluster = build_cluster(&cvals);
+    let mut cluster = build_cluster(&cvals);
+    let local = |k: &str| {
+        cvals
+            .get(k)
+            .and_then(|(v, _)| v.as_str().map(|s| expand_local_path(dir, s)))
+    };
+    cluster.tls_ca_cert_file = local("tls_ca_cert_file");
+    cluster.tls_ca_key_file = local("tls_ca_key_file");
     let def_path = |name: &str| -> Vec<Seg> {
         cvals
             .get(name)
@@ -298,6 +305,10 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             ip,
             groups: e.groups.clone(),
             vars: shown,
+            tls_cert_file: get("tls_cert_file")
+                .and_then(|v| v.as_str().map(|s| expand_local_path(dir, s))),
+            tls_key_file: get("tls_key_file")
+                .and_then(|v| v.as_str().map(|s| expand_local_path(dir, s))),
         });
     }
     for (d, (path, hs, why)) in key_problems {
@@ -627,6 +638,9 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     }
     set!(apt_cache_valid_time, u64);
     set!(allow_router_on_db, bool);
+    set!(tls, bool);
+    set!(tls_cert_validity_days, u64);
+    set!(tls_renew_before_days, u64);
     c
 }
 

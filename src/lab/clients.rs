@@ -8,27 +8,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::probe::sql;
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 /// A superuser connection with the whole handshake bounded (HAProxy accepts at once,
 /// and a session bound for a dead server could otherwise hang).
 pub async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres::Client, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host)
-        .port(port)
-        .user("postgres")
-        .password(password)
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(3));
-    // connect_timeout covers the TCP connect only: bound the whole handshake, since
-    // HAProxy accepts at once and a session bound for a dead server can hang.
-    let (client, conn) = tokio::time::timeout(Duration::from_secs(5), cfg.connect(NoTls))
-        .await
-        .map_err(|_| format!("no answer from {host}:{port} within 5 s"))?
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(client)
+    sql::connect_bounded(&superuser(host, port, password), Duration::from_secs(5)).await
+}
+
+fn superuser(host: &str, port: u16, password: &str) -> sql::Endpoint {
+    sql::Endpoint {
+        host: host.to_string(),
+        port,
+        user: "postgres".into(),
+        password: password.to_string(),
+        dbname: "postgres".into(),
+    }
 }
 
 /// An acknowledged insert: its id, the server that acknowledged it, and when.
@@ -36,6 +32,9 @@ pub async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres:
 pub struct Ack {
     pub id: i32,
     pub server: String,
+    /// When the insert was sent.
+    pub sent: Instant,
+    /// When its acknowledgement arrived.
     pub at: Instant,
 }
 
@@ -67,11 +66,13 @@ impl Writer {
                 }
                 if let Some(c) = &client {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+                    let sent = Instant::now();
                     let insert = c.query_one(&sql, &params);
                     match tokio::time::timeout(Duration::from_secs(3), insert).await {
                         Ok(Ok(row)) => acked.push(Ack {
                             id: i,
                             server: row.get(0),
+                            sent,
                             at: Instant::now(),
                         }),
                         _ => client = None,
@@ -169,15 +170,10 @@ impl Connector {
                 let (router, password) = (router.clone(), password.clone());
                 attempts.push(tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let mut cfg = tokio_postgres::Config::new();
-                    cfg.host(&router)
-                        .port(5000)
-                        .user("postgres")
-                        .password(&password)
-                        .dbname("postgres");
+                    let ep = superuser(&router, 5000, &password);
                     let attempt = async {
-                        let (c, conn) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
-                        tokio::spawn(conn);
+                        // Unbounded here: the test bounds how long each may take.
+                        let c = sql::connect_bounded(&ep, Duration::from_secs(3600)).await?;
                         c.simple_query("SELECT 1")
                             .await
                             .map_err(|e| e.to_string())?;

@@ -269,7 +269,7 @@ pub fn parse_proc_routes(text: &str) -> Vec<(String, IpNet)> {
 
 /// The lab inventory, in Ansible's YAML form. Relative paths (key, known_hosts) are
 /// resolved against the inventory's directory.
-pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str) -> String {
+pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str, tls: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -284,6 +284,9 @@ pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str) -> String {
         s.push_str("    ansible_become: true\n");
     }
     let _ = writeln!(s, "    ansible_ssh_private_key_file: {KEY_FILE}");
+    if !tls {
+        s.push_str("    tls: false\n");
+    }
     s.push_str("  children:\n");
     for role in [Role::Db, Role::Router] {
         let members: Vec<&Planned> = hosts.iter().filter(|h| h.role == role).collect();
@@ -525,7 +528,7 @@ br-1\t00001CAC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
     fn inventory_for_root_and_deploy() {
         let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
         let hosts = plan_hosts("demo", subnet, 2, 1);
-        let inv = render_inventory("demo", &hosts, "root");
+        let inv = render_inventory("demo", &hosts, "root", true);
         assert_eq!(
             inv,
             "# pgha lab demo: written by `pgha lab up`, which rewrites it when the lab changes.\n\
@@ -554,11 +557,11 @@ all:
             v["all"]["children"]["router"]["hosts"]["router1"]["ansible_host"].as_str(),
             Some("172.28.7.101")
         );
-        let dep = render_inventory("demo", &hosts, "deploy");
+        let dep = render_inventory("demo", &hosts, "deploy", true);
         let v: yaml_serde::Value = yaml_serde::from_str(&dep).unwrap();
         assert_eq!(v["all"]["vars"]["ansible_user"].as_str(), Some("deploy"));
         assert_eq!(v["all"]["vars"]["ansible_become"].as_bool(), Some(true));
-        let no_router = render_inventory("demo", &plan_hosts("demo", subnet, 1, 0), "root");
+        let no_router = render_inventory("demo", &plan_hosts("demo", subnet, 1, 0), "root", true);
         assert!(!no_router.contains("router"), "{no_router}");
     }
 
@@ -633,7 +636,7 @@ all:
             "172.28.5.201"
         );
         let hosts = plan_hosts("lab", subnet, 3, 1);
-        let inv = render_inventory("lab", &hosts, "root");
+        let inv = render_inventory("lab", &hosts, "root", true);
         let moved = set_host_address(&inv, "db2", "172.28.5.201".parse().unwrap()).unwrap();
         assert!(
             moved.contains("db2:\n          ansible_host: 172.28.5.201\n"),

@@ -43,6 +43,8 @@ pub struct LabSpec {
     pub dir: PathBuf,
     /// SSH user written into the inventory: `root`, or `deploy` (with `ansible_become`).
     pub user: String,
+    /// TLS on (the default); false writes `tls: false` into the inventory.
+    pub tls: bool,
 }
 
 /// A lab that is up.
@@ -152,7 +154,7 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo, Failure> {
     let inventory_path = spec.dir.join(layout::INVENTORY_FILE);
     files::write_if_changed(
         &inventory_path,
-        layout::render_inventory(name, &planned, &spec.user).as_bytes(),
+        layout::render_inventory(name, &planned, &spec.user, spec.tls).as_bytes(),
         0o644,
     )?;
     Ok(LabInfo {
@@ -251,6 +253,29 @@ pub async fn partition(name: &str, host: &str) -> Result<LabHost, Failure> {
         say(&format!("{}: already partitioned", h.name));
     } else {
         docker::run(&["network", "disconnect", name, &h.container]).await?;
+        if h.running {
+            // Docker may return before the interface is gone: the cut is done when
+            // the host itself no longer has its lab address.
+            let addr = h.address.to_string();
+            let what = format!("{} to lose its address {addr}", h.container);
+            wait::until(&what, Duration::from_secs(30), || async {
+                let out = docker::exec_sh(
+                    &h.container,
+                    "ip -o addr show",
+                    &[],
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|f| f.message)?;
+                if out.stdout.contains(&format!(" {addr}/")) {
+                    Err(format!("{addr} still configured"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?;
+        }
         say(&format!(
             "{}: partitioned (cut off the lab network)",
             h.name
@@ -956,6 +981,7 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
         routers: a.routers,
         dir,
         user: a.user.clone(),
+        tls: !a.no_tls,
     };
     let info = up(&spec).await?;
     let json = output == OutputFormat::Json;

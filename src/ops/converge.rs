@@ -71,6 +71,7 @@ impl<'c, 'a> Converge<'c, 'a> {
         let mut paths = Vec::new();
         if d.role("etcd").is_some() {
             paths.push(format!("{}/member", desired::etcd_data_dir(c)));
+            paths.push(format!("{}/ca.crt", desired::TLS_DIR));
         }
         let is_db = d.role("patroni").is_some();
         if is_db {
@@ -144,6 +145,9 @@ impl<'c, 'a> Converge<'c, 'a> {
                 list(&with_data)
             )));
         }
+        if !etcd_new {
+            self.refuse_tls_switch(&with_data)?;
+        }
         let patroni_initialized = !etcd_new
             && etcd::key_exists(
                 &self.ctx.ep.etcd,
@@ -165,6 +169,28 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .find_map(|f| f.primary_sql.as_ref())
                 .map(|sql| plan::plan_sql(c, &self.inv.secrets, sql)),
         })
+    }
+
+    /// A running cluster keeps the TLS setting it was built with: etcd members
+    /// cannot be moved between plain and TLS URLs by a restart, and Patroni, HAProxy
+    /// and clients would lose each other half-way. Whether it runs with TLS is read
+    /// from its etcd hosts (pgha's CA file is there). Refused before any change.
+    fn refuse_tls_switch(&self, etcd_hosts: &[&String]) -> Result<(), Failure> {
+        let ca = format!("{}/ca.crt", desired::TLS_DIR);
+        let with_tls = etcd_hosts.iter().any(|h| self.facts[*h].exists(&ca));
+        match (self.inv.cluster.tls, with_tls) {
+            (true, false) => Err(Failure::error(
+                "this cluster runs without TLS and the inventory asks for `tls: true` (the \
+                 default); pgha does not switch a running cluster to TLS in place. Nothing was \
+                 changed. Keep running it as it is with `tls: false` in the inventory, or move it \
+                 to TLS by the procedure in the README (\"Moving an existing cluster to TLS\")",
+            )),
+            (false, true) => Err(Failure::error(
+                "this cluster runs with TLS and the inventory says `tls: false`; pgha does not \
+                 turn TLS off on a running cluster. Nothing was changed: set `tls: true`",
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn refuse_unsafe_limit(&self, e: &Existing) -> Result<(), Failure> {

@@ -22,7 +22,7 @@ impl Endpoints {
             etcd: inv
                 .etcd_hosts()
                 .iter()
-                .map(|h| format!("http://{}:{}", h.ip, c.etcd_client_port))
+                .map(|h| format!("{}://{}:{}", scheme(c.tls), h.ip, c.etcd_client_port))
                 .collect(),
             patroni: inv
                 .db_hosts()
@@ -30,7 +30,7 @@ impl Endpoints {
                 .map(|h| {
                     (
                         h.name.clone(),
-                        patroni::api(&h.ip.to_string(), c.patroni_rest_port),
+                        patroni::api(&h.ip.to_string(), c.patroni_rest_port, c.tls),
                     )
                 })
                 .collect(),
@@ -64,4 +64,9 @@ impl Endpoints {
             .find(|(n, _)| n == host)
             .map(|(_, a)| a.as_str())
     }
+}
+
+/// URL scheme of the cluster's TLS endpoints (etcd, Patroni's REST API).
+pub fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 
 use super::run::Ctx;
 use super::waits;
@@ -36,9 +36,7 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
         find(from).ok_or_else(|| Failure::error(format!("etcd member {from} does not answer")))?;
     let (_, to_id) =
         find(to).ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(Duration::from_secs(10));
+    let opts = etcd::options(&from_ep, Duration::from_secs(10));
     let mut c = Client::connect([from_ep.as_str()], Some(opts))
         .await
         .map_err(|e| Failure::error(format!("etcd {from}: {e}")))?;
@@ -94,13 +92,11 @@ pub async fn client(endpoints: &[String]) -> Result<Client, Failure> {
 
 /// `client`, with the error as text.
 pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(Duration::from_secs(10));
     let mut last = "no etcd endpoints".to_string();
     for e in endpoints {
+        let opts = etcd::options(e, Duration::from_secs(10));
         let attempt = async {
-            let mut c = Client::connect([e.as_str()], Some(opts.clone()))
+            let mut c = Client::connect([e.as_str()], Some(opts))
                 .await
                 .map_err(|err| format!("{e}: {err}"))?;
             c.status().await.map_err(|err| format!("{e}: {err}"))?;

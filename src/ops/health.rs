@@ -73,6 +73,18 @@ pub struct ExporterState {
     pub error: Option<String>,
 }
 
+/// A certificate a host serves (TLS), read from a live handshake.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CertState {
+    pub host: String,
+    /// `patroni` (Patroni's REST API and PostgreSQL share it) or `etcd`.
+    pub service: String,
+    /// Expiry, RFC 3339.
+    pub not_after: Option<String>,
+    pub days_left: Option<i64>,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
@@ -112,6 +124,8 @@ pub struct Snapshot {
     pub etcd_quorum: bool,
     pub routers: Vec<RouterState>,
     pub exporters: Vec<ExporterState>,
+    /// Certificates in use (TLS clusters), with their expiry.
+    pub certificates: Vec<CertState>,
 }
 
 /// Bounds the snapshot uses (from the inventory).
@@ -122,6 +136,8 @@ pub struct Bounds {
     /// A replica lagging more may not serve the read port.
     pub read_max_lag: u64,
     pub synchronous_mode: bool,
+    /// Certificates expiring within this many days get a note (deploy renews them).
+    pub renew_before_days: i64,
 }
 
 /// Gather a snapshot; never fails: what does not answer is recorded as such.
@@ -140,6 +156,11 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         ),
         join_all(ctx.ep.exporters.iter().map(|(_, url)| pg_up(url))),
     );
+    let certificates = if c.tls {
+        certificates(ctx).await
+    } else {
+        Vec::new()
+    };
     let addresses: Vec<String> = ctx
         .inv
         .db_hosts()
@@ -153,6 +174,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         max_lag: c.patroni_maximum_lag_on_failover,
         read_max_lag: c.haproxy_replica_max_lag,
         synchronous_mode: c.synchronous_mode,
+        renew_before_days: c.tls_renew_before_days as i64,
     };
     let routers: Vec<RouterState> = ctx
         .ep
@@ -180,27 +202,87 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         })
         .collect();
     let paused = view.as_ref().is_ok_and(|v| v.pause);
-    assemble(
-        &c.cluster_name,
+    let parts = Parts {
         members,
         etcd,
         routers,
         exporters,
-        paused,
-        &bounds,
+        certificates,
+    };
+    assemble(&c.cluster_name, parts, paused, &bounds)
+}
+
+/// The certificate each TLS endpoint serves: Patroni's REST API on db hosts (the
+/// same file as PostgreSQL's), etcd's client port on etcd hosts.
+async fn certificates(ctx: &Ctx<'_>) -> Vec<CertState> {
+    let c = &ctx.inv.cluster;
+    let mut targets = Vec::new();
+    for h in ctx.inv.db_hosts() {
+        targets.push((
+            h.name.clone(),
+            "patroni",
+            h.ip.to_string(),
+            c.patroni_rest_port,
+        ));
+    }
+    for h in ctx.inv.etcd_hosts() {
+        targets.push((h.name.clone(), "etcd", h.ip.to_string(), c.etcd_client_port));
+    }
+    join_all(
+        targets
+            .into_iter()
+            .map(|(host, service, ip, port)| async move {
+                let info = crate::probe::tls::served_certificate(&ip, port)
+                    .await
+                    .and_then(|pem| {
+                        crate::pki::cert_info(&pem)
+                            .map(|i| (i, crate::pki::days_left(&pem)))
+                            .map_err(|e| e.to_string())
+                    });
+                match info {
+                    Ok((i, days)) => CertState {
+                        host,
+                        service: service.into(),
+                        not_after: Some(
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(i.not_after),
+                            )
+                            .to_string(),
+                        ),
+                        days_left: days,
+                        error: None,
+                    },
+                    Err(e) => CertState {
+                        host,
+                        service: service.into(),
+                        not_after: None,
+                        days_left: None,
+                        error: Some(e),
+                    },
+                }
+            }),
     )
+    .await
 }
 
 /// Put the parts together and judge them.
-pub fn assemble(
-    cluster: &str,
-    members: Vec<MemberState>,
-    etcd: Vec<EtcdMemberState>,
-    routers: Vec<RouterState>,
-    exporters: Vec<ExporterState>,
-    paused: bool,
-    bounds: &Bounds,
-) -> Snapshot {
+/// What the probes found, before it is judged.
+pub struct Parts {
+    pub members: Vec<MemberState>,
+    pub etcd: Vec<EtcdMemberState>,
+    pub routers: Vec<RouterState>,
+    pub exporters: Vec<ExporterState>,
+    pub certificates: Vec<CertState>,
+}
+
+pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> Snapshot {
+    let Parts {
+        members,
+        etcd,
+        routers,
+        exporters,
+        certificates,
+    } = parts;
     let healthy_etcd = etcd.iter().filter(|e| e.healthy).count();
     let etcd_quorum = healthy_etcd > etcd.len() / 2;
     let leader = members
@@ -222,6 +304,7 @@ pub fn assemble(
         etcd_quorum,
         routers,
         exporters,
+        certificates,
     };
     s.verdict = verdict(&s, bounds);
     s.healthy = s.verdict.level == Level::Healthy;
@@ -561,6 +644,19 @@ pub fn verdict(s: &Snapshot, bounds: &Bounds) -> Verdict {
             )),
         }
     }
+    for cert in &s.certificates {
+        match cert.days_left {
+            Some(d) if d < 0 => degraded.push(format!(
+                "{}'s {} certificate expired: run `pgha deploy` to renew it",
+                cert.host, cert.service
+            )),
+            Some(d) if d <= bounds.renew_before_days => notes.push(format!(
+                "{}'s {} certificate expires in {d} day(s): the next `pgha deploy` renews it",
+                cert.host, cert.service
+            )),
+            _ => {}
+        }
+    }
     let (level, reasons) = if !down.is_empty() {
         down.extend(degraded);
         (Level::Down, down)
@@ -588,6 +684,7 @@ mod tests {
         max_lag: 1_048_576,
         read_max_lag: 16 << 20,
         synchronous_mode: true,
+        renew_before_days: 30,
     };
 
     fn member(name: &str, role: &str, state: &str, tl: u64, lag: Option<u64>) -> MemberState {
@@ -647,18 +744,21 @@ mod tests {
         let r = router("router1", "10.0.0.101", Ok(b), &members, &BOUNDS);
         assemble(
             "pgha",
-            members,
-            vec![
-                etcd_ok("db1", true),
-                etcd_ok("db2", false),
-                etcd_ok("db3", false),
-            ],
-            vec![r],
-            vec![ExporterState {
-                name: "db1".into(),
-                pg_up: Some(true),
-                error: None,
-            }],
+            Parts {
+                members,
+                etcd: vec![
+                    etcd_ok("db1", true),
+                    etcd_ok("db2", false),
+                    etcd_ok("db3", false),
+                ],
+                routers: vec![r],
+                exporters: vec![ExporterState {
+                    name: "db1".into(),
+                    pg_up: Some(true),
+                    error: None,
+                }],
+                certificates: vec![],
+            },
             false,
             &BOUNDS,
         )

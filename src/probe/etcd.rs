@@ -52,10 +52,20 @@ pub struct Quorum {
     pub version: String,
 }
 
-async fn connect(endpoint: &str) -> Result<Client, String> {
-    let opts = ConnectOptions::new()
+/// Connection options for an endpoint: TLS with the cluster CA and pgha's client
+/// certificate when it is a registered TLS host.
+pub fn options(endpoint: &str, timeout: std::time::Duration) -> ConnectOptions {
+    let o = ConnectOptions::new()
         .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(PROBE_TIMEOUT);
+        .with_timeout(timeout);
+    match super::tls::for_host(super::tls::url_host(endpoint)) {
+        Some(t) if endpoint.starts_with("https://") => o.with_tls(t.etcd_options()),
+        _ => o,
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<Client, String> {
+    let opts = options(endpoint, PROBE_TIMEOUT);
     Client::connect([endpoint], Some(opts))
         .await
         .map_err(|e| format!("connect: {e}"))

@@ -6,11 +6,25 @@ pub mod etcd;
 pub mod haproxy;
 pub mod patroni;
 pub mod sql;
+pub mod tls;
 
 use std::time::Duration;
 
 /// Timeout of one probe request: probes run inside waits that retry.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client for `url`: HTTPS verified against the cluster CA when the host is a
+/// registered TLS host, plain otherwise (HAProxy's stats, the exporters).
+pub fn http_for(url: &str, timeout: Duration) -> reqwest::Client {
+    match tls::for_host(tls::url_host(url)) {
+        Some(t) if url.starts_with("https://") => t.http_client(timeout),
+        _ => reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(PROBE_TIMEOUT))
+            .build()
+            .expect("http client"),
+    }
+}
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::http;
+use super::http_for;
 use crate::inventory::Secret;
 
 /// The user Patroni's REST API authenticates unsafe requests as (see patroni.yml.j2).
@@ -107,13 +107,13 @@ impl ClusterView {
     }
 }
 
-/// Base URL of a member's REST API.
-pub fn api(ip: &str, port: u16) -> String {
-    format!("http://{ip}:{port}")
+/// Base URL of a member's REST API (HTTPS with TLS).
+pub fn api(ip: &str, port: u16, tls: bool) -> String {
+    format!("{}://{ip}:{port}", if tls { "https" } else { "http" })
 }
 
 async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, String> {
-    let resp = http()
+    let resp = http_for(url, super::PROBE_TIMEOUT)
         .get(url)
         .send()
         .await
@@ -160,7 +160,7 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<String, String
 
 pub async fn patch_config(api: &str, auth: &Secret, patch: &Value) -> Result<(), String> {
     send(
-        http()
+        http_for(api, super::PROBE_TIMEOUT)
             .patch(format!("{api}/config"))
             .basic_auth(API_USER, Some(auth.expose()))
             .json(patch),
@@ -172,10 +172,7 @@ pub async fn patch_config(api: &str, auth: &Secret, patch: &Value) -> Result<(),
 
 /// Restart PostgreSQL on this member (Patroni refuses while a restart is unsafe).
 pub async fn restart(api: &str, auth: &Secret) -> Result<(), String> {
-    let c = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let c = http_for(api, std::time::Duration::from_secs(120));
     send(
         c.post(format!("{api}/restart"))
             .basic_auth(API_USER, Some(auth.expose()))
@@ -206,13 +203,7 @@ pub async fn switchover(
     candidate: &str,
 ) -> SwitchoverAnswer {
     // Patroni itself polls for up to 2*max(10, loop_wait) s before answering.
-    let c = match reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(90))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => return SwitchoverAnswer::Refused(e.to_string()),
-    };
+    let c = http_for(api, std::time::Duration::from_secs(90));
     let resp = c
         .post(format!("{api}/switchover"))
         .basic_auth(API_USER, Some(auth.expose()))

@@ -41,21 +41,40 @@ pub async fn connect_bounded(ep: &Endpoint, bound: Duration) -> Result<Client, S
         .dbname(&ep.dbname)
         .connect_timeout(bound)
         .application_name("pgha");
-    let (client, conn) = tokio::time::timeout(bound, cfg.connect(NoTls))
-        .await
-        .map_err(|_| {
-            format!(
-                "{}:{}: no answer within {}s",
-                ep.host,
-                ep.port,
-                bound.as_secs_f32()
-            )
-        })?
-        .map_err(|e| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e)))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+    let late = || {
+        format!(
+            "{}:{}: no answer within {}s",
+            ep.host,
+            ep.port,
+            bound.as_secs_f32()
+        )
+    };
+    let failed = |e: tokio_postgres::Error| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e));
+    // A registered TLS host is reached over TLS, its certificate verified against
+    // the cluster CA and its name (sslmode=verify-full).
+    match super::tls::for_host(&ep.host) {
+        Some(t) => {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, conn) = tokio::time::timeout(bound, cfg.connect(t.pg_connector()))
+                .await
+                .map_err(|_| late())?
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+        None => {
+            let (client, conn) = tokio::time::timeout(bound, cfg.connect(NoTls))
+                .await
+                .map_err(|_| late())?
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+    }
 }
 
 /// The server's own message when there is one (tokio-postgres' Display is terse).

@@ -48,6 +48,11 @@ impl Lab {
     }
 
     pub async fn up_with(name: &str, user: &str, db: u32) -> Lab {
+        Self::up_tls(name, user, db, false).await
+    }
+
+    /// A lab whose inventory has TLS on or off.
+    pub async fn up_tls(name: &str, user: &str, db: u32, tls: bool) -> Lab {
         let _ = lab::down(name).await;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -57,6 +62,7 @@ impl Lab {
             routers: 1,
             dir,
             user: user.into(),
+            tls,
         })
         .await
         .expect("lab up");

@@ -1,0 +1,449 @@
+//! The cluster's certificates: a CA pgha creates on the first deploy (or the
+//! user's own), and per host a certificate carrying its name and addresses, kept
+//! beside the inventory in `<inventory>.pki/` (private keys mode 0600, never
+//! printed). Certificates are re-issued when they expire within the renewal window
+//! or no longer name the host's addresses. X.509 by rcgen; expiry read with
+//! x509-parser.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::Serialize;
+
+use crate::inventory::{Inventory, Secret};
+
+/// Seconds in a day.
+const DAY: u64 = 86_400;
+
+/// One certificate and its key, as PEM.
+#[derive(Clone)]
+pub struct CertKey {
+    pub cert: String,
+    pub key: Secret,
+}
+
+/// What a certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertInfo {
+    /// Seconds since the epoch.
+    pub not_after: u64,
+    pub names: BTreeSet<String>,
+    pub issuer: String,
+}
+
+/// The cluster's CA and every host's certificate.
+#[derive(Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_cert: String,
+    pub hosts: BTreeMap<String, CertKey>,
+    /// pgha's own client certificate (etcd requires client certificates).
+    pub client: CertKey,
+    /// Certificates issued (or re-issued) by this load, with the reason.
+    pub issued: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("dir", &self.dir)
+            .field("hosts", &self.hosts.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `<dir>/<stem>.pki` for `<dir>/<stem>.yml`.
+pub fn pki_dir(inventory: &Path) -> PathBuf {
+    let stem = inventory
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "inventory".into());
+    inventory
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{stem}.pki"))
+}
+
+/// Parse a PEM certificate's expiry, names (SANs and CN) and issuer.
+pub fn cert_info(pem: &str) -> Result<CertInfo> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = p
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    let mut names = BTreeSet::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => {
+                    names.insert(d.to_string());
+                }
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string(),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string(),
+                        _ => continue,
+                    };
+                    names.insert(ip);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(CertInfo {
+        not_after: cert.validity().not_after.timestamp().max(0) as u64,
+        names,
+        issuer: cert.issuer().to_string(),
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
+}
+
+fn write_public(path: &Path, content: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, content).with_context(|| format!("write {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
+}
+
+fn read(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+fn offset(secs: u64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Issue a CA (10 years).
+fn new_ca(cluster: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("pgha CA {cluster}"));
+    dn.push(DnType::OrganizationName, "pgha");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let t = now();
+    p.not_before = offset(t.saturating_sub(DAY));
+    p.not_after = offset(t + 3650 * DAY);
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Issue a certificate for `cn` with these names (DNS names and IP addresses),
+/// usable as server and client, valid for `days`.
+fn issue(
+    ca_cert: &str,
+    ca_key: &str,
+    cn: &str,
+    names: &BTreeSet<String>,
+    days: u64,
+) -> Result<(String, String)> {
+    let ca_kp = KeyPair::from_pem(ca_key).context("the CA key")?;
+    let issuer = Issuer::from_ca_cert_pem(ca_cert, ca_kp).context("the CA certificate")?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, "pgha");
+    p.distinguished_name = dn;
+    p.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
+        })
+        .collect::<Result<Vec<_>, rcgen::Error>>()?;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let t = now();
+    p.not_before = offset(t.saturating_sub(3600));
+    p.not_after = offset(t + days * DAY);
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Why a stored certificate must be re-issued (None: keep it).
+pub fn reissue_reason(
+    info: &CertInfo,
+    want: &BTreeSet<String>,
+    ca_subject: &str,
+    now: u64,
+    renew_before_days: u64,
+) -> Option<String> {
+    if info.issuer != ca_subject {
+        return Some("issued by another CA".into());
+    }
+    if !want.is_subset(&info.names) {
+        let missing: Vec<&String> = want.difference(&info.names).collect();
+        return Some(format!(
+            "does not name {}",
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if info.not_after <= now + renew_before_days * DAY {
+        let left = info.not_after.saturating_sub(now) / DAY;
+        return Some(format!(
+            "expires in {left} day(s), within the {renew_before_days}-day renewal window"
+        ));
+    }
+    None
+}
+
+/// The names a host's certificate carries: its name, its address, localhost, and
+/// for db hosts the routers' names and addresses (a client connecting to a router
+/// with `sslmode=verify-full` checks the router's address against the server's
+/// certificate, which HAProxy passes through).
+pub fn host_names(inv: &Inventory, host: &str) -> BTreeSet<String> {
+    let mut n = BTreeSet::new();
+    if let Some(h) = inv.host(host) {
+        n.insert(h.name.clone());
+        n.insert(h.ip.to_string());
+        n.insert("localhost".into());
+        n.insert("127.0.0.1".into());
+        if h.in_group("db") {
+            for r in inv.router_hosts() {
+                n.insert(r.name.clone());
+                n.insert(r.ip.to_string());
+            }
+        }
+    }
+    n
+}
+
+/// Load the cluster's PKI, creating or renewing what is needed when `write` (a
+/// deploy); otherwise what is stored must be there and valid.
+pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
+    let c = &inv.cluster;
+    let dir = pki_dir(&inv.path);
+    if write && !dir.exists() {
+        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+    }
+    let ca_cert_path = dir.join("ca.crt");
+    let ca_key_path = dir.join("ca.key");
+    let mut issued = Vec::new();
+    // The CA: the user's own, or pgha's.
+    let (ca_cert, ca_key) = match (&c.tls_ca_cert_file, &c.tls_ca_key_file) {
+        (Some(cert), key) => {
+            let cert_pem = fs::read_to_string(cert)
+                .with_context(|| format!("tls_ca_cert_file {}", cert.display()))?;
+            let key_pem = match key {
+                Some(k) => Some(
+                    fs::read_to_string(k)
+                        .with_context(|| format!("tls_ca_key_file {}", k.display()))?,
+                ),
+                None => None,
+            };
+            (cert_pem, key_pem)
+        }
+        (None, _) => match (read(&ca_cert_path), read(&ca_key_path)) {
+            (Some(cert), Some(key)) => (cert, Some(key)),
+            _ if write => {
+                let (cert, key) = new_ca(&c.cluster_name)?;
+                write_private(&ca_key_path, &key)?;
+                write_public(&ca_cert_path, &cert)?;
+                issued.push(("CA".to_string(), "created".to_string()));
+                (cert, Some(key))
+            }
+            _ => bail!(
+                "no cluster CA in {} (the cluster's certificates are created by `pgha deploy`)",
+                dir.display()
+            ),
+        },
+    };
+    let ca_dn = {
+        let (_, p) = x509_parser::pem::parse_x509_pem(ca_cert.as_bytes())
+            .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?;
+        p.parse_x509()
+            .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?
+            .subject()
+            .to_string()
+    };
+    let t = now();
+    let mut get = |label: &str,
+                   file: &str,
+                   names: BTreeSet<String>,
+                   user: Option<(&PathBuf, &PathBuf)>|
+     -> Result<CertKey> {
+        if let Some((cert, key)) = user {
+            return Ok(CertKey {
+                cert: fs::read_to_string(cert)
+                    .with_context(|| format!("{label}: tls_cert_file {}", cert.display()))?,
+                key: Secret::new(
+                    fs::read_to_string(key)
+                        .with_context(|| format!("{label}: tls_key_file {}", key.display()))?,
+                ),
+            });
+        }
+        let cert_path = dir.join(format!("{file}.crt"));
+        let key_path = dir.join(format!("{file}.key"));
+        if let (Some(cert), Some(key)) = (read(&cert_path), read(&key_path)) {
+            let why = match cert_info(&cert) {
+                Ok(info) => reissue_reason(&info, &names, &ca_dn, t, c.tls_renew_before_days),
+                Err(e) => Some(format!("unreadable: {e}")),
+            };
+            match why {
+                None => {
+                    return Ok(CertKey {
+                        cert,
+                        key: Secret::new(key),
+                    });
+                }
+                Some(why) if !write => {
+                    // Not renewed here; deploy will.
+                    tracing::warn!("certificate of {label} {why}: run `pgha deploy` to renew it");
+                    return Ok(CertKey {
+                        cert,
+                        key: Secret::new(key),
+                    });
+                }
+                Some(why) => issued.push((label.to_string(), why)),
+            }
+        } else if !write {
+            bail!(
+                "no certificate for {label} in {} (run `pgha deploy`)",
+                dir.display()
+            );
+        } else {
+            issued.push((label.to_string(), "new".to_string()));
+        }
+        let Some(ca_key) = &ca_key else {
+            bail!(
+                "{label} needs a certificate and the CA's key is not given (tls_ca_key_file): supply tls_cert_file/tls_key_file for it"
+            );
+        };
+        let (cert, key) = issue(&ca_cert, ca_key, label, &names, c.tls_cert_validity_days)?;
+        write_private(&key_path, &key)?;
+        write_public(&cert_path, &cert)?;
+        Ok(CertKey {
+            cert,
+            key: Secret::new(key),
+        })
+    };
+    let mut hosts = BTreeMap::new();
+    for h in &inv.hosts {
+        let user = match (&h.tls_cert_file, &h.tls_key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        };
+        let ck = get(
+            &h.name,
+            &format!("host-{}", h.name),
+            host_names(inv, &h.name),
+            user,
+        )?;
+        hosts.insert(h.name.clone(), ck);
+    }
+    let client = get(
+        "pgha",
+        "client-pgha",
+        BTreeSet::from(["pgha".to_string()]),
+        None,
+    )?;
+    Ok(Pki {
+        dir,
+        ca_cert,
+        hosts,
+        client,
+        issued,
+    })
+}
+
+/// Days until a certificate expires (negative when expired).
+pub fn days_left(pem: &str) -> Option<i64> {
+    let info = cert_info(pem).ok()?;
+    Some((info.not_after as i64 - now() as i64) / DAY as i64)
+}
+
+/// The duration until a certificate expires.
+pub fn until_expiry(pem: &str) -> Option<Duration> {
+    let info = cert_info(pem).ok()?;
+    Some(Duration::from_secs(info.not_after.saturating_sub(now())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_name_the_host_and_chain_to_the_ca() {
+        let (ca, ca_key) = new_ca("t").unwrap();
+        let names: BTreeSet<String> = ["db1", "10.0.0.11", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (cert, key) = issue(&ca, &ca_key, "db1", &names, 30).unwrap();
+        assert!(key.contains("PRIVATE KEY"));
+        let info = cert_info(&cert).unwrap();
+        assert_eq!(info.names, names);
+        let ca_dn = {
+            let (_, p) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).unwrap();
+            p.parse_x509().unwrap().subject().to_string()
+        };
+        assert_eq!(info.issuer, ca_dn);
+        let left = days_left(&cert).unwrap();
+        assert!((29..=30).contains(&left), "{left}");
+        assert_eq!(reissue_reason(&info, &names, &ca_dn, now(), 7), None);
+        let soon = reissue_reason(&info, &names, &ca_dn, now(), 45).unwrap();
+        assert!(soon.contains("renewal window"), "{soon}");
+        let mut more = names.clone();
+        more.insert("10.0.0.99".into());
+        assert!(
+            reissue_reason(&info, &more, &ca_dn, now(), 7)
+                .unwrap()
+                .contains("10.0.0.99")
+        );
+        assert!(
+            reissue_reason(&info, &names, "CN=other", now(), 7)
+                .unwrap()
+                .contains("another CA")
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Trust for the cluster's TLS endpoints, per host, like known_hosts for SSH: when
+//! an inventory with `tls` is loaded, its hosts' addresses are registered with the
+//! cluster CA (and pgha's client certificate, which etcd requires). Every probe
+//! (Patroni's REST API, etcd, PostgreSQL through a router) looks up the host it
+//! talks to and verifies the server against that CA: nothing is "insecure".
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Once, RwLock};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The CA to verify a cluster's servers against, and the client certificate pgha
+/// presents.
+#[derive(Clone)]
+pub struct Tls {
+    pub ca_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
+static REGISTRY: RwLock<BTreeMap<String, Arc<Tls>>> = RwLock::new(BTreeMap::new());
+static PROVIDER: Once = Once::new();
+
+/// rustls' process-wide crypto provider (ring), installed once.
+pub fn init_provider() {
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Trust these hosts (addresses) with this cluster's TLS settings.
+pub fn register(hosts: impl IntoIterator<Item = String>, tls: Tls) {
+    init_provider();
+    let tls = Arc::new(tls);
+    let mut r = REGISTRY.write().unwrap();
+    for h in hosts {
+        r.insert(h, tls.clone());
+    }
+}
+
+/// The TLS settings registered for a host (an address), if any.
+pub fn for_host(host: &str) -> Option<Arc<Tls>> {
+    REGISTRY.read().unwrap().get(host).cloned()
+}
+
+/// The host part of a URL (`https://10.0.0.1:8008/x` -> `10.0.0.1`).
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+}
+
+impl Tls {
+    fn roots(&self) -> rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()).flatten() {
+            let _ = roots.add(c);
+        }
+        roots
+    }
+
+    /// A rustls client configuration that verifies servers against the cluster CA
+    /// and presents pgha's client certificate.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        init_provider();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(self.roots());
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.client_cert_pem.as_bytes())
+                .flatten()
+                .collect();
+        match PrivateKeyDer::from_pem_slice(self.client_key_pem.as_bytes()) {
+            Ok(key) if !certs.is_empty() => builder
+                .with_client_auth_cert(certs, key)
+                .unwrap_or_else(|_| {
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(self.roots())
+                        .with_no_client_auth()
+                }),
+            _ => builder.with_no_client_auth(),
+        }
+    }
+
+    /// An HTTPS client verifying the cluster CA.
+    pub fn http_client(&self, timeout: Duration) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(super::PROBE_TIMEOUT))
+            .tls_backend_preconfigured(self.client_config())
+            .build()
+            .expect("https client")
+    }
+
+    /// etcd-client's TLS options (CA and client identity).
+    pub fn etcd_options(&self) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(self.ca_pem.as_bytes()))
+            .identity(etcd_client::Identity::from_pem(
+                self.client_cert_pem.as_bytes(),
+                self.client_key_pem.as_bytes(),
+            ))
+    }
+
+    /// A PostgreSQL TLS connector verifying the server (the equivalent of
+    /// libpq's sslmode=verify-full).
+    pub fn pg_connector(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
+        tokio_postgres_rustls::MakeRustlsConnect::new(self.client_config())
+    }
+}
+
+/// The certificate a TLS server presents at `host:port` (verified against the
+/// cluster CA), as PEM: what is really in use, for `status` to show its expiry.
+pub async fn served_certificate(host: &str, port: u16) -> Result<String, String> {
+    let tls = for_host(host).ok_or_else(|| format!("{host}: not a TLS host"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config()));
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let fut = async {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("{host}:{port}: {e}"))?;
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("{host}:{port}: TLS: {e}"))?;
+        let (_, conn) = stream.get_ref();
+        let der = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| format!("{host}:{port}: no certificate"))?;
+        Ok::<_, String>(der_to_pem(der.as_ref()))
+    };
+    tokio::time::timeout(super::PROBE_TIMEOUT, fut)
+        .await
+        .map_err(|_| format!("{host}:{port}: no answer"))?
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        s.push('\n');
+    }
+    s.push_str("-----END CERTIFICATE-----\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://10.0.0.1:8008/cluster"), "10.0.0.1");
+        assert_eq!(url_host("http://db1:2379"), "db1");
+        assert_eq!(url_host("10.0.0.5:5000"), "10.0.0.5");
+    }
+}

@@ -1,0 +1,288 @@
+//! End-to-end: a TLS cluster (the default) on its own lab (`pgha-e2e-tls`): deployed
+//! from bare hosts and checked over TLS independently of pgha (etcd with a client
+//! certificate, Patroni over HTTPS, PostgreSQL through the router with full
+//! verification); plain HTTP to etcd and Patroni fails, PostgreSQL without TLS from
+//! the router's network is refused, an etcd client certificate of another CA is
+//! refused; a re-run changes nothing; `status` and `switchover` work over TLS; a
+//! forced renewal rolls new certificates with a writer running, no restart and no
+//! acknowledged write lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use pgha::probe::tls::Tls;
+use serde_json::Value;
+
+const LAB: &str = "pgha-e2e-tls";
+
+fn read(path: std::path::PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The lab's CA and pgha's client certificate, read from the files deploy wrote.
+fn lab_tls(lab: &Lab) -> Tls {
+    let dir = lab.info.dir.join("inventory.pki");
+    Tls {
+        ca_pem: read(dir.join("ca.crt")),
+        client_cert_pem: read(dir.join("client-pgha.crt")),
+        client_key_pem: read(dir.join("client-pgha.key")),
+    }
+}
+
+async fn https_json(tls: &Tls, url: &str) -> Result<Value, String> {
+    tls.http_client(Duration::from_secs(3))
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The certificate serials each db host serves on Patroni's REST API and etcd.
+async fn served(lab: &Lab) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for h in lab.db_hosts() {
+        for port in [8008, 2379] {
+            let pem = pgha::probe::tls::served_certificate(&lab.ip(&h), port)
+                .await
+                .unwrap_or_else(|e| panic!("{h}:{port}: {e}"));
+            out.insert(pem);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_cluster_checks_renewal_and_day2_commands() {
+    let lab = Lab::up_tls(LAB, "root", 3, true).await;
+    let inv = lab.inventory();
+    assert!(
+        !std::fs::read_to_string(&inv)
+            .unwrap()
+            .contains("tls: false"),
+        "the lab inventory keeps the default (TLS on)"
+    );
+    let (code, _, _) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with TLS");
+    let pki = lab.info.dir.join("inventory.pki");
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(pki.join(p)).unwrap().permissions(),
+        ) & 0o777
+    };
+    assert_eq!(mode("ca.key"), 0o600, "the CA key is private");
+    assert_eq!(mode("host-db1.key"), 0o600, "host keys are private");
+    // Trust the lab's CA in this process (as pgha does when it loads the inventory).
+    pgha::inventory::load(&lab.info.inventory_path, &Default::default()).expect("inventory");
+    let tls = lab_tls(&lab);
+
+    // etcd over TLS with a client certificate: three members, one cluster id.
+    let mut ids = BTreeSet::new();
+    for h in lab.db_hosts() {
+        let ep = format!("https://{}:2379", lab.ip(&h));
+        let opts = etcd_client::ConnectOptions::new().with_tls(tls.etcd_options());
+        let mut c = etcd_client::Client::connect([ep.as_str()], Some(opts))
+            .await
+            .expect("etcd over TLS");
+        let m = c.member_list().await.expect("member list");
+        assert_eq!(m.members().len(), 3, "etcd members seen from {h}");
+        assert!(
+            m.members()
+                .iter()
+                .all(|m| m.peer_urls().iter().all(|u| u.starts_with("https://"))),
+            "peers talk TLS"
+        );
+        ids.insert(c.status().await.unwrap().header().unwrap().cluster_id());
+    }
+    assert_eq!(ids.len(), 1, "one etcd cluster id");
+
+    // Patroni over HTTPS: a leader and two streaming replicas.
+    let leader = eventually(
+        "a leader and two streaming replicas over HTTPS",
+        120,
+        || async {
+            let v = https_json(&tls, &format!("https://{}:8008/cluster", lab.ip("db1"))).await?;
+            let m = v["members"].as_array().cloned().unwrap_or_default();
+            let streaming = m
+                .iter()
+                .filter(|x| x["state"] == "streaming" && x["lag"] == 0)
+                .count();
+            let leader = m
+                .iter()
+                .find(|x| x["role"] == "leader")
+                .and_then(|x| x["name"].as_str().map(str::to_string));
+            match leader {
+                Some(l) if streaming == 2 => Ok(l),
+                _ => Err(format!("{v}")),
+            }
+        },
+    )
+    .await;
+
+    // Plain HTTP to etcd's client port and to Patroni's REST API fails.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    for url in [
+        format!("http://{}:2379/version", lab.ip("db1")),
+        format!("http://{}:8008/cluster", lab.ip("db1")),
+    ] {
+        let r = plain.get(&url).send().await;
+        assert!(
+            r.as_ref().map(|r| !r.status().is_success()).unwrap_or(true),
+            "plain HTTP refused at {url}: {r:?}"
+        );
+    }
+
+    // An etcd client certificate from another CA is refused.
+    let (other_ca, other_cert, other_key) = other_ca_client();
+    let foreign = Tls {
+        ca_pem: tls.ca_pem.clone(),
+        client_cert_pem: other_cert,
+        client_key_pem: other_key,
+    };
+    let _ = other_ca;
+    let ep = format!("https://{}:2379", lab.ip("db1"));
+    let opts = etcd_client::ConnectOptions::new()
+        .with_timeout(Duration::from_secs(3))
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_tls(foreign.etcd_options());
+    let refused = match etcd_client::Client::connect([ep.as_str()], Some(opts)).await {
+        Ok(mut c) => c.member_list().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "etcd refuses a client certificate of another CA");
+
+    // PostgreSQL: verify-full through the router works; no TLS from the router's
+    // network is refused.
+    let pw = lab.secret("superuser_password");
+    let c = pg(&lab.router(), 5000, &pw)
+        .await
+        .expect("verify-full through :5000");
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the session through the router is encrypted");
+    c.batch_execute("CREATE TABLE tl (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let (code, _) = lab.sh("router1", "command -v psql >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client-17 >/dev/null 2>&1; true");
+    assert_eq!(code, 0);
+    let (code, out) = lab.sh(
+        "router1",
+        &format!(
+            "PGPASSWORD='{pw}' psql 'host={} port=5432 user=postgres dbname=postgres sslmode=disable connect_timeout=5' -c 'select 1' 2>&1",
+            lab.ip(&leader)
+        ),
+    );
+    assert_ne!(code, 0, "a connection without TLS is refused: {out}");
+    assert!(
+        out.contains("no encryption") || out.contains("pg_hba"),
+        "{out}"
+    );
+
+    // A re-run changes nothing.
+    let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_doc(&out)["changed"], 0, "a TLS re-run changes nothing");
+
+    // status and switchover over TLS; status shows certificate expiry.
+    let (code, out, _) = pgha(&["status", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "status over TLS: {out}");
+    let doc = json_doc(&out);
+    assert_eq!(doc["leader"], leader.as_str());
+    let certs = doc["certificates"].as_array().expect("certificates");
+    assert_eq!(certs.len(), 6, "patroni and etcd on each db host: {doc}");
+    assert!(
+        certs
+            .iter()
+            .all(|c| c["days_left"].as_i64().is_some_and(|d| d > 300)),
+        "{doc}"
+    );
+    let (code, _, _) = pgha(&["switchover", &inv]);
+    assert_eq!(code, 0, "switchover over TLS");
+
+    // Forced renewal: every certificate re-issued and rolled out with a writer
+    // running: no restart, nothing lost, the cluster serving.
+    let before_certs = served(&lab).await;
+    let before_start = start_times_tls(&lab, &tls).await;
+    let writer = Writer::start(&lab.router(), &pw, "tl", 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(
+        &inv,
+        text.replacen("vars:\n", "vars:\n    tls_renew_before_days: 400\n", 1),
+    )
+    .unwrap();
+    let (code, _, _) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy renewing every certificate");
+    std::fs::write(&inv, &text).unwrap();
+    let renewed = eventually(
+        "every endpoint to serve its new certificate",
+        60,
+        || async {
+            let now = served(&lab).await;
+            if now.is_disjoint(&before_certs) {
+                Ok(now)
+            } else {
+                Err("old certificates still served".to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(renewed.len(), before_certs.len());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = writer.stop().await;
+    assert!(acked.len() > 20, "the writer wrote during the renewal");
+    assert_no_loss(&lab, "tl", &acked).await;
+    assert_eq!(
+        start_times_tls(&lab, &tls).await,
+        before_start,
+        "certificates renewed without restarting PostgreSQL"
+    );
+    let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        json_doc(&out)["changed"],
+        0,
+        "after the renewal a re-run changes nothing"
+    );
+}
+
+async fn start_times_tls(lab: &Lab, tls: &Tls) -> Vec<String> {
+    let mut v = Vec::new();
+    for h in lab.db_hosts() {
+        let st = https_json(tls, &format!("https://{}:8008/patroni", lab.ip(&h)))
+            .await
+            .expect("patroni status");
+        v.push(postmaster_start(&st));
+    }
+    v
+}
+
+/// A CA and a client certificate it issued, unrelated to the lab's.
+fn other_ca_client() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "other CA");
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(p, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut c = rcgen::CertificateParams::new(vec!["pgha".to_string()]).unwrap();
+    c.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = c.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
