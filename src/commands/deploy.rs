@@ -245,13 +245,23 @@ fn print_connect(conv: &Converge<'_, '_>) {
         changed,
         ui.elapsed().as_secs_f32()
     ));
+    // With TLS, clients verify the server through the router (the db hosts'
+    // certificates name the routers).
+    let tls = if c.tls {
+        format!(
+            " sslmode=verify-full sslrootcert={}",
+            crate::pki::pki_dir(&conv.inv.path).join("ca.crt").display()
+        )
+    } else {
+        String::new()
+    };
     for r in conv.inv.router_hosts() {
         ui.line(format!(
-            "  writes: psql \"host={} port={} user={} dbname={}\"",
+            "  writes: psql \"host={} port={} user={} dbname={}{tls}\"",
             r.ip, c.haproxy_write_port, c.app_user, c.app_database
         ));
         ui.line(format!(
-            "  reads:  psql \"host={} port={} user={} dbname={}\"",
+            "  reads:  psql \"host={} port={} user={} dbname={}{tls}\"",
             r.ip, c.haproxy_read_port, c.app_user, c.app_database
         ));
         ui.line(format!(
