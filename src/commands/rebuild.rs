@@ -35,7 +35,6 @@ use crate::ui::Ui;
 
 pub async fn command(args: RebuildArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = load_inventory(&args.inventory, false)?;
-    inv.require_secrets().map_err(Failure::error)?;
     let Some(target) = inv.host(&args.host).map(|h| h.name.clone()) else {
         let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(Failure::options(format!(
@@ -44,6 +43,7 @@ pub async fn command(args: RebuildArgs, output: OutputFormat) -> Result<Exit, Fa
             names.join(", ")
         )));
     };
+    inv.require_secrets().map_err(Failure::error)?;
     let ui = Ui::new(output);
     let mut ctx = Ctx::new(&inv, &ui);
     let ssh = ssh_options(&args.ssh, &inv);

@@ -15,7 +15,6 @@ use crate::ui::Ui;
 
 pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = load_inventory(&args.inventory, false)?;
-    inv.require_secrets().map_err(Failure::error)?;
     if let Some(to) = &args.to
         && !inv.db_hosts().iter().any(|h| h.name == *to)
     {
@@ -25,6 +24,7 @@ pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit,
             db.join(", ")
         )));
     }
+    inv.require_secrets().map_err(Failure::error)?;
     let ui = Ui::new(output);
     let ctx = Ctx::new(&inv, &ui);
     let opts = SwitchoverOpts {
