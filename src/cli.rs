@@ -50,6 +50,8 @@ pub enum Command {
     Lab(LabArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
+    /// pgha's container image for `install_method: docker` (built here, no registry).
+    Images(ImagesArgs),
 }
 
 /// The inventory a command reads: `pgha CMD inventory.yml` or `pgha CMD -i inventory.yml`;
@@ -137,6 +139,18 @@ pub struct LockArgs {
     pub break_: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    pub command: ImagesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Build the stack image from Debian 13 packages (cached by its recipe's hash).
+    Build,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod error;
+pub mod images;
 pub mod inventory;
 pub mod lab;
 pub mod ops;

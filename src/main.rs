@@ -25,6 +25,7 @@ fn main() {
         }
     };
     init_tracing(cli.verbose);
+    pgha::probe::tls::init_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,6 +73,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
+            Command::Images(_) => pgha::images::command().await,
             Command::Completions(args) => {
                 clap_complete::generate(
                     args.shell,

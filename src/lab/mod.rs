@@ -8,7 +8,7 @@
 //! files in the lab directory are pure functions (`layout`).
 
 pub mod clients;
-mod docker;
+pub(crate) mod docker;
 mod files;
 mod image;
 pub mod layout;

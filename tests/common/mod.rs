@@ -53,6 +53,8 @@ impl Lab {
 
     /// A lab whose inventory has TLS on or off.
     pub async fn up_tls(name: &str, user: &str, db: u32, tls: bool) -> Lab {
+        // reqwest (rustls) needs its crypto provider even for plain HTTP.
+        pgha::probe::tls::init_provider();
         let _ = lab::down(name).await;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -168,6 +170,7 @@ impl Drop for Lab {
 }
 
 pub async fn get_json(url: &str) -> Result<Value, String> {
+    pgha::probe::tls::init_provider();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()

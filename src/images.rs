@@ -1,0 +1,208 @@
+//! pgha's own container image for the `docker` install method, built on this
+//! machine without a registry: the lab's Debian 13 base (a debootstrap root
+//! filesystem imported into Docker) with Debian's packages of the stack installed
+//! (the same versions the native method installs), flattened into one layer and
+//! tagged by the hash of its recipe. Rebuilt only when the recipe changes.
+//!
+//! The image contract (what pgha expects of an image, yours or this one):
+//! - the binaries `etcd`, `patroni`, `haproxy`, `prometheus-postgres-exporter` on
+//!   PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
+//! - users (uid = gid): postgres 5432, etcd 2379, haproxy 8404, prometheus 9187;
+//!   the hosts get the same users, so bind-mounted files keep their owners;
+//! - no entrypoint: pgha gives each container its command.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use crate::error::Failure;
+use crate::lab::docker;
+
+pub const REPO: &str = "pgha-stack";
+const BUILD_PREFIX: &str = "pgha-stack-build-";
+const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// The fixed users of the image contract: (name, uid = gid, home).
+pub const USERS: &[(&str, u32, &str)] = &[
+    ("postgres", 5432, "/var/lib/postgresql"),
+    ("etcd", 2379, "/var/lib/etcd"),
+    ("haproxy", 8404, "/var/lib/haproxy"),
+    ("prometheus", 9187, "/var/lib/prometheus"),
+];
+
+/// Packages of the stack, as the native method installs them.
+pub const PACKAGES: &[&str] = &[
+    "postgresql-17",
+    "patroni",
+    "python3-etcd",
+    "python3-psycopg2",
+    "etcd-server",
+    "etcd-client",
+    "haproxy",
+    "prometheus-postgres-exporter",
+];
+
+/// Create a user of the contract unless it exists with that uid (a shell line).
+pub fn user_script() -> String {
+    USERS
+        .iter()
+        .map(|(name, id, home)| {
+            format!(
+                "if ! getent group {name} >/dev/null; then groupadd --system -g {id} {name}; fi\n\
+                 if ! getent passwd {name} >/dev/null; then useradd --system -u {id} -g {id} -d {home} -s /usr/sbin/nologin {name}; fi\n\
+                 [ \"$(id -u {name})\" = {id} ] || {{ echo \"user {name} has uid $(id -u {name}), the image runs it as {id}\" >&2; exit 3; }}\n"
+            )
+        })
+        .collect()
+}
+
+fn setup_script() -> String {
+    format!(
+        r#"set -eu
+export DEBIAN_FRONTEND=noninteractive
+{users}printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d
+mkdir -p /etc/postgresql-common
+echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
+apt-get -q update
+apt-get install -y -q --no-install-recommends {pkgs}
+rm -f /usr/sbin/policy-rc.d
+rm -rf /var/lib/etcd/default
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+echo "pgha stack image: $(dpkg-query -W -f='${{Package}} ${{Version}}, ' {pkgs})"
+"#,
+        users = user_script(),
+        pkgs = PACKAGES.join(" ")
+    )
+}
+
+/// What the image is made from; its hash tags it.
+pub fn recipe() -> String {
+    format!(
+        "base {}\nsetup:\n{}\nflatten: docker export | docker import\n",
+        crate::lab::image_tag(),
+        setup_script()
+    )
+}
+
+/// `pgha-stack:<hash12>`: the default image of every component.
+pub fn default_image() -> String {
+    format!(
+        "{REPO}:{}",
+        &hex::encode(Sha256::digest(recipe().as_bytes()))[..12]
+    )
+}
+
+/// Build the image unless Docker has it; returns its tag.
+pub async fn ensure() -> Result<String, Failure> {
+    let tag = default_image();
+    if docker::inspect("image", &tag).await?.is_some() {
+        return Ok(tag);
+    }
+    let base = crate::lab::ensure_image().await?;
+    let t = Instant::now();
+    eprintln!("building {tag} from {base} (Debian's packages of the stack; once, then cached)");
+    let name = format!("{BUILD_PREFIX}{}", std::process::id());
+    let r = build(&base, &name, &tag).await;
+    let _ = docker::output(&["rm", "-f", &name], docker::TIMEOUT).await;
+    r?;
+    eprintln!("built {tag} in {}s", t.elapsed().as_secs());
+    Ok(tag)
+}
+
+async fn build(base: &str, name: &str, tag: &str) -> Result<(), Failure> {
+    let script = setup_script();
+    let out = docker::output(
+        &[
+            "run",
+            "--name",
+            name,
+            "--entrypoint",
+            "/bin/sh",
+            base,
+            "-c",
+            &script,
+        ],
+        STEP_TIMEOUT,
+    )
+    .await?;
+    if !out.success() {
+        return Err(Failure::error(format!(
+            "building {tag} failed (exit {:?}):\n{}",
+            out.code,
+            docker::tail(&format!("{}\n{}", out.stdout, out.stderr), 20)
+        )));
+    }
+    if let Some(l) = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("pgha stack image:"))
+    {
+        eprintln!("  {l}");
+    }
+    // One layer: no systemd of the base's boot, no apt cache; small to ship.
+    let mut export = Command::new("docker")
+        .args(["export", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::error(format!("cannot run docker export: {e}")))?;
+    let stdout: Stdio = export
+        .stdout
+        .take()
+        .expect("piped")
+        .try_into()
+        .map_err(|e| Failure::error(format!("cannot pipe docker export: {e}")))?;
+    let label = format!("LABEL pgha.recipe={tag}");
+    let import = Command::new("docker")
+        .args([
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            "--change",
+            "ENV LANG=C.UTF-8",
+            "--change",
+            &label,
+            "-",
+            tag,
+        ])
+        .stdin(stdout)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let (exp, imp) = tokio::time::timeout(STEP_TIMEOUT, async {
+        tokio::join!(export.wait_with_output(), import)
+    })
+    .await
+    .map_err(|_| Failure::error("flattening the image timed out"))?;
+    let exp = exp.map_err(|e| Failure::error(format!("docker export: {e}")))?;
+    let imp = imp.map_err(|e| Failure::error(format!("docker import: {e}")))?;
+    if !exp.status.success() || !imp.status.success() {
+        return Err(Failure::error(format!(
+            "flattening {tag} failed: {}{}",
+            String::from_utf8_lossy(&exp.stderr),
+            String::from_utf8_lossy(&imp.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// `pgha images build`.
+pub async fn command() -> Result<crate::error::Exit, Failure> {
+    docker::check_engine().await?;
+    let tag = ensure().await?;
+    let id = docker::run(&["image", "inspect", "-f", "{{.Id}} {{.Size}}", &tag]).await?;
+    let mut f = id.split_whitespace();
+    println!(
+        "{tag} ({}, {} MB): the default image of every component (install_method: docker)",
+        f.next().unwrap_or(""),
+        f.next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(0, |b| b / 1_000_000)
+    );
+    Ok(crate::error::Exit::Ok)
+}
