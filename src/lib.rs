@@ -5,6 +5,7 @@ pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod images;
+pub mod install;
 pub mod inventory;
 pub mod lab;
 pub mod ops;

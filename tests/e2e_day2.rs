@@ -251,6 +251,7 @@ fn status_json(lab: &Lab) -> (i32, serde_json::Value) {
 /// `pgha status` names the leader and replicas Patroni names, and exits 0.
 async fn status_matches_patroni(lab: &Lab) {
     let leader = healthy_cluster(lab).await;
+    sync_standby(lab).await;
     let (_, members) = patroni_cluster(lab).await.unwrap();
     let (code, doc) = status_json(lab);
     assert_eq!(code, 0, "a healthy cluster: exit 0: {doc}");

@@ -33,6 +33,31 @@ pub struct DesiredRole {
     pub upgrade_with: Vec<String>,
     pub files: Vec<DesiredFile>,
     pub services: Vec<String>,
+    /// install_method docker: the container the service runs in.
+    pub container: Option<ContainerSpec>,
+}
+
+/// A component's container, rendered (install_method docker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// The image reference.
+    pub image: String,
+    /// `docker` arguments that create it (`run -d ...`).
+    pub run_args: Vec<String>,
+    /// Hash of the run arguments and the image's id: a container carrying another is
+    /// re-created.
+    pub spec: String,
+    pub stop_timeout: u32,
+    pub reload_signal: Option<String>,
+    pub prepare: Option<String>,
+}
+
+/// What desired state needs from outside the inventory: the ids of the images the
+/// containers use (push: this machine's; a new id under the same tag re-creates).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub image_ids: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +166,16 @@ fn envquote(v: String) -> String {
 }
 
 pub fn template_env(lib: &Library) -> Environment<'static> {
+    template_env_for(lib, false)
+}
+
+/// Docker's `--env-file` takes values literally (no quotes, no escapes): under the
+/// docker method `envquote` leaves values as they are (they are single-line).
+fn envraw(v: String) -> String {
+    v
+}
+
+pub fn template_env_for(lib: &Library, docker: bool) -> Environment<'static> {
     let mut env = Environment::new();
     // A typo in a template variable is an error, not an empty string.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -155,7 +190,11 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
             .build()
             .expect("default delimiters are valid"),
     );
-    env.add_filter("envquote", envquote);
+    if docker {
+        env.add_filter("envquote", envraw);
+    } else {
+        env.add_filter("envquote", envquote);
+    }
     for (name, text) in &lib.templates {
         env.add_template_owned(name.clone(), text.clone())
             .expect("template syntax is checked by tests");
@@ -168,6 +207,67 @@ pub const PATRONI_CONFIG: &str = "/etc/patroni/config.yml";
 /// Where certificates and keys go on the hosts (TLS).
 pub const TLS_DIR: &str = "/etc/pgha/tls";
 
+/// Render a role's container: `docker run` arguments (host networking, restart
+/// policy, stop timeout, the role's user, env file and mounts, and a label with the
+/// spec's hash) and that hash.
+fn container_spec(
+    env: &Environment<'static>,
+    ctx: &Value,
+    def: &crate::engine::roles::ContainerDef,
+    c: &crate::inventory::Cluster,
+    inputs: &Inputs,
+) -> Result<ContainerSpec> {
+    let r = |s: &str| env.render_str(s, ctx).map_err(anyhow::Error::from);
+    let image = c.image(&def.image);
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        def.name.clone(),
+        "--network".into(),
+        "host".into(),
+        "--restart".into(),
+        "unless-stopped".into(),
+        "--stop-timeout".into(),
+        def.stop_timeout.to_string(),
+    ];
+    if let Some(u) = &def.user {
+        args.extend(["--user".into(), r(u)?]);
+    }
+    if let Some(f) = &def.env_file {
+        args.extend(["--env-file".into(), r(f)?]);
+    }
+    for v in &def.volumes {
+        args.extend(["-v".into(), r(v)?]);
+    }
+    let command = def
+        .command
+        .iter()
+        .map(|a| r(a))
+        .collect::<Result<Vec<_>>>()?;
+    let id = inputs.image_ids.get(&image).cloned().unwrap_or_default();
+    let spec_input = format!("{}\n{image}\n{id}\n{}", args.join("\n"), command.join("\n"));
+    let spec = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        spec_input.as_bytes(),
+    ))[..16]
+        .to_string();
+    args.extend([
+        "--label".into(),
+        format!("{}={spec}", crate::install::SPEC_LABEL),
+        image.clone(),
+    ]);
+    args.extend(command);
+    Ok(ContainerSpec {
+        name: def.name.clone(),
+        image,
+        run_args: args,
+        spec,
+        stop_timeout: def.stop_timeout,
+        reload_signal: def.reload_signal.clone(),
+        prepare: def.prepare.as_ref().map(|p| r(p)).transpose()?,
+    })
+}
+
 /// Patroni tags every member has unless pgha is working on it.
 pub fn default_tags() -> BTreeMap<String, bool> {
     ["nofailover", "noloadbalance", "clonefrom", "nosync"]
@@ -178,7 +278,16 @@ pub fn default_tags() -> BTreeMap<String, bool> {
 
 /// Render the desired state of every host of the inventory.
 pub fn desired_state(inv: &Inventory, lib: &Library) -> Result<Vec<HostDesired>> {
-    render(inv, lib, &BTreeMap::new())
+    render(inv, lib, &BTreeMap::new(), &Inputs::default())
+}
+
+/// `desired_state` with the image ids the containers must run.
+pub fn desired_state_with(
+    inv: &Inventory,
+    lib: &Library,
+    inputs: &Inputs,
+) -> Result<Vec<HostDesired>> {
+    render(inv, lib, &BTreeMap::new(), inputs)
 }
 
 /// Patroni's configuration file of one member, with `tags` set over the defaults.
@@ -189,7 +298,7 @@ pub fn patroni_config_file(
     tags: &BTreeMap<String, bool>,
 ) -> Result<DesiredFile> {
     let overrides = BTreeMap::from([(host.to_string(), tags.clone())]);
-    render(inv, lib, &overrides)?
+    render(inv, lib, &overrides, &Inputs::default())?
         .into_iter()
         .find(|d| d.host == host)
         .and_then(|d| {
@@ -204,8 +313,10 @@ fn render(
     inv: &Inventory,
     lib: &Library,
     tag_overrides: &BTreeMap<String, BTreeMap<String, bool>>,
+    inputs: &Inputs,
 ) -> Result<Vec<HostDesired>> {
-    let env = template_env(lib);
+    let docker = inv.cluster.install_method == crate::inventory::InstallMethod::Docker;
+    let env = template_env_for(lib, docker);
     let c = &inv.cluster;
     let db = inv.db_hosts();
     let etcd = inv.etcd_hosts();
@@ -252,7 +363,17 @@ fn render(
             ),
             _ => json!({"ca": "", "cert": "", "key": ""}),
         };
+        let pg_data_parent = std::path::Path::new(&c.postgresql_data_dir)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/var/lib/postgresql".into());
+        let images: BTreeMap<&str, String> = ["etcd", "postgres", "haproxy", "exporter"]
+            .into_iter()
+            .map(|k| (k, c.image(k)))
+            .collect();
         let ctx = ctx_value(json!({
+            "images": images,
+            "pg_data_parent": pg_data_parent,
             "tls": tls,
             "tls_dir": TLS_DIR,
             "scheme": if c.tls { "https" } else { "http" },
@@ -278,6 +399,14 @@ fn render(
             if !applies {
                 continue;
             }
+            if let Some(w) = &role.when {
+                let expr = env
+                    .compile_expression(w)
+                    .map_err(|e| anyhow::anyhow!("role {}: when {w:?}: {e}", role.name))?;
+                if !expr.eval(&ctx)?.is_true() {
+                    continue;
+                }
+            }
             let render_all = |list: &[String]| {
                 list.iter()
                     .map(|p| {
@@ -286,8 +415,20 @@ fn render(
                     })
                     .collect::<Result<Vec<_>>>()
             };
-            let packages = render_all(&role.packages)?;
-            let upgrade_with = render_all(&role.upgrade_with)?;
+            // Under docker a component comes in its image, not as packages.
+            let in_container = docker && role.container.is_some();
+            let (packages, upgrade_with) = if in_container {
+                (Vec::new(), Vec::new())
+            } else {
+                (render_all(&role.packages)?, render_all(&role.upgrade_with)?)
+            };
+            let container = match (&role.container, in_container) {
+                (Some(def), true) => Some(
+                    container_spec(&env, &ctx, def, c, inputs)
+                        .with_context(|| format!("role {}: container", role.name))?,
+                ),
+                _ => None,
+            };
             let mut files = Vec::new();
             for f in &role.files {
                 if let Some(w) = &f.when {
@@ -316,7 +457,12 @@ fn render(
                     mode: f.mode_bits()?,
                     stage: f.stage,
                     notify: f.notify,
-                    validate: f.validate.clone(),
+                    validate: f
+                        .validate
+                        .as_ref()
+                        .map(|v| env.render_str(v, &ctx))
+                        .transpose()
+                        .with_context(|| format!("role {}: validate of {}", role.name, f.dest))?,
                 });
             }
             roles.push(DesiredRole {
@@ -325,6 +471,7 @@ fn render(
                 upgrade_with,
                 files,
                 services: role.services.clone(),
+                container,
             });
         }
         out.push(HostDesired {

@@ -481,6 +481,7 @@ mod host_tests {
                 upgrade_with: vec![],
                 files: vec![file("/etc/default/etcd", "A=1\n", Notify::Restart)],
                 services: vec!["etcd".into()],
+                container: None,
             }],
         }
     }

@@ -63,6 +63,37 @@ pub struct RoleDef {
     pub upgrade_with: Vec<String>,
     pub files: Vec<FileDef>,
     pub services: Vec<String>,
+    /// Only when this expression is true (e.g. the docker role).
+    #[serde(default)]
+    pub when: Option<String>,
+    /// How the role's service runs under the docker install method.
+    #[serde(default)]
+    pub container: Option<ContainerDef>,
+}
+
+/// A component's container (install_method docker). Strings are rendered like the
+/// templates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDef {
+    pub name: String,
+    /// Which image: etcd, postgres, haproxy or exporter (`docker_image_<this>`).
+    pub image: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub env_file: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    pub command: Vec<String>,
+    /// Seconds Docker waits for a clean stop before killing.
+    pub stop_timeout: u32,
+    /// The signal that makes the component re-read its configuration (none: restart).
+    #[serde(default)]
+    pub reload_signal: Option<String>,
+    /// Shell run on the host before the container is created (directories).
+    #[serde(default)]
+    pub prepare: Option<String>,
 }
 
 impl FileDef {
@@ -80,12 +111,13 @@ pub struct Library {
 }
 
 /// Role names in the order their phases run.
-pub const ROLE_ORDER: [&str; 6] = [
-    "common", "postgres", "etcd", "patroni", "exporter", "haproxy",
+pub const ROLE_ORDER: [&str; 7] = [
+    "common", "docker", "postgres", "etcd", "patroni", "exporter", "haproxy",
 ];
 
-const BUILTIN_ROLES: [(&str, &str); 6] = [
+const BUILTIN_ROLES: [(&str, &str); 7] = [
     ("common", include_str!("../../roles/common.yml")),
+    ("docker", include_str!("../../roles/docker.yml")),
     ("postgres", include_str!("../../roles/postgres.yml")),
     ("etcd", include_str!("../../roles/etcd.yml")),
     ("patroni", include_str!("../../roles/patroni.yml")),
@@ -93,7 +125,11 @@ const BUILTIN_ROLES: [(&str, &str); 6] = [
     ("haproxy", include_str!("../../roles/haproxy.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 10] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 11] = [
+    (
+        "docker-daemon.json.j2",
+        include_str!("../../templates/docker-daemon.json.j2"),
+    ),
     (
         "tls-ca.crt.j2",
         include_str!("../../templates/tls-ca.crt.j2"),

@@ -143,6 +143,17 @@ pub struct Cluster {
     pub apt_cache_valid_time: u64,
     /// Allow a host to be in both `db` and `router` (a warning instead of an error).
     pub allow_router_on_db: bool,
+    /// install_method docker: the image of every component (default: pgha's own,
+    /// built by `pgha images build`), and per component overrides.
+    pub docker_image: String,
+    pub docker_image_etcd: String,
+    pub docker_image_postgres: String,
+    pub docker_image_haproxy: String,
+    pub docker_image_exporter: String,
+    /// `push`: copied from this machine's Docker; `registry`: hosts pull them.
+    pub docker_image_source: String,
+    /// Docker's storage driver on the hosts (empty: Docker's default; the lab: vfs).
+    pub docker_storage_driver: String,
     /// TLS for etcd (client and peer, with client certificates), Patroni's REST API
     /// and PostgreSQL, with certificates from the cluster CA.
     pub tls: bool,
@@ -198,6 +209,13 @@ impl Default for Cluster {
             apt_pins: Vec::new(),
             apt_cache_valid_time: 86_400,
             allow_router_on_db: false,
+            docker_image: String::new(),
+            docker_image_etcd: String::new(),
+            docker_image_postgres: String::new(),
+            docker_image_haproxy: String::new(),
+            docker_image_exporter: String::new(),
+            docker_image_source: "push".into(),
+            docker_storage_driver: String::new(),
             tls: true,
             tls_ca_cert_file: None,
             tls_ca_key_file: None,
@@ -326,6 +344,37 @@ pub struct Inventory {
     /// or renewed by the commands that write secrets (deploy).
     #[serde(skip)]
     pub pki: Option<crate::pki::Pki>,
+}
+
+impl Cluster {
+    /// The image of a component (etcd, postgres, haproxy, exporter).
+    pub fn image(&self, component: &str) -> String {
+        let own = match component {
+            "etcd" => &self.docker_image_etcd,
+            "postgres" => &self.docker_image_postgres,
+            "haproxy" => &self.docker_image_haproxy,
+            "exporter" => &self.docker_image_exporter,
+            _ => &self.docker_image,
+        };
+        if !own.is_empty() {
+            own.clone()
+        } else if !self.docker_image.is_empty() {
+            self.docker_image.clone()
+        } else {
+            crate::images::default_image()
+        }
+    }
+
+    /// Every distinct image the cluster's containers use.
+    pub fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = ["etcd", "postgres", "haproxy", "exporter"]
+            .iter()
+            .map(|c| self.image(c))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 impl Inventory {

@@ -638,6 +638,13 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     }
     set!(apt_cache_valid_time, u64);
     set!(allow_router_on_db, bool);
+    set!(docker_image, str);
+    set!(docker_image_etcd, str);
+    set!(docker_image_postgres, str);
+    set!(docker_image_haproxy, str);
+    set!(docker_image_exporter, str);
+    set!(docker_image_source, str);
+    set!(docker_storage_driver, str);
     set!(tls, bool);
     set!(tls_cert_validity_days, u64);
     set!(tls_renew_before_days, u64);

@@ -45,6 +45,10 @@ pub(crate) enum Kind {
     /// A path on this machine (relative to the inventory's directory, `~` expanded).
     LocalPath,
     InstallMethod,
+    /// `push` or `registry`: how docker images reach the hosts.
+    ImageSource,
+    /// Free text on one line (an image reference, a storage driver name).
+    Text,
     Cidrs,
     AptSources,
     AptPins,
@@ -177,6 +181,13 @@ pub(crate) const KEYS: &[KeySpec] = &[
         },
     ),
     k("allow_router_on_db", C, Kind::Bool),
+    k("docker_image", C, Kind::Text),
+    k("docker_image_etcd", C, Kind::Text),
+    k("docker_image_postgres", C, Kind::Text),
+    k("docker_image_haproxy", C, Kind::Text),
+    k("docker_image_exporter", C, Kind::Text),
+    k("docker_image_source", C, Kind::ImageSource),
+    k("docker_storage_driver", C, Kind::Text),
     k("tls", C, Kind::Bool),
     k("tls_ca_cert_file", C, Kind::LocalPath),
     k("tls_ca_key_file", C, Kind::LocalPath),
@@ -456,6 +467,22 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
             let s = string(v)?;
             if s.chars().any(|c| c.is_control()) {
                 return Err(err("the path contains control characters"));
+            }
+            Ok(json!(s))
+        }
+        Kind::ImageSource => {
+            let s = string(v)?;
+            match s.as_str() {
+                "push" | "registry" => Ok(json!(s)),
+                _ => Err(err(format!(
+                    "\"{s}\" is not an image source: use push (pgha copies images from this machine) or registry (hosts pull them)"
+                ))),
+            }
+        }
+        Kind::Text => {
+            let s = string(v)?;
+            if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(err("the value contains spaces or control characters"));
             }
             Ok(json!(s))
         }

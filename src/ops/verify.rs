@@ -34,7 +34,18 @@ pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let view = waits::wait_patroni_healthy(&ctx.ep, &db, VERIFY)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    ctx.ui.host("patroni", view.summary());
+    if ctx.inv.cluster.synchronous_mode && db.len() > 1 {
+        // Done means protected: a failover now would lose no acknowledged commit.
+        let sync = waits::wait_sync_standby(&ctx.ep, VERIFY)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        ctx.ui.host(
+            "patroni",
+            format!("{}; synchronous standby {sync}", view.summary()),
+        );
+    } else {
+        ctx.ui.host("patroni", view.summary());
+    }
     let leader = view.leader().map(|l| l.name.clone()).unwrap_or_default();
     let replicas: Vec<String> = db.iter().filter(|h| **h != leader).cloned().collect();
     waits::wait_haproxy(&ctx.ep, &leader, &replicas, VERIFY)

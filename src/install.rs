@@ -1,0 +1,244 @@
+//! How a component is installed, started, stopped and reloaded: the one place where
+//! the two install methods differ. `native`: Debian packages and their systemd
+//! units. `docker`: Debian's docker.io on the host and each component in its own
+//! container (host networking, configuration and data bind-mounted, restarted by
+//! Docker's policy, recreated only when its image or run spec changes). Everything
+//! else (rendering, plans, rollout order, probes) is the same for both.
+
+use crate::engine::desired::{ContainerSpec, DesiredRole};
+use crate::inventory::{Cluster, InstallMethod};
+use crate::ssh::shell_quote;
+
+/// The label a container carries with the hash of the spec it was created from.
+pub const SPEC_LABEL: &str = "pgha.spec";
+
+fn unit(role: &DesiredRole) -> String {
+    format!(
+        "{}.service",
+        role.services.first().cloned().unwrap_or_default()
+    )
+}
+
+/// Start a role's service (a no-op when it runs). `no_block`: do not wait for it to
+/// report ready (an etcd member of a cluster still forming cannot).
+pub fn start(role: &DesiredRole, no_block: bool) -> String {
+    match &role.container {
+        None => format!(
+            "systemctl start{} {}",
+            if no_block { " --no-block" } else { "" },
+            shell_quote(&unit(role))
+        ),
+        Some(c) => run_or_start(c),
+    }
+}
+
+/// The container, created (or re-created when its spec changed) and running.
+fn run_or_start(c: &ContainerSpec) -> String {
+    let name = shell_quote(&c.name);
+    let run = c
+        .run_args
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        r#"have=$(docker inspect -f '{{{{index .Config.Labels "{SPEC_LABEL}"}}}}' {name} 2>/dev/null || true)
+if [ "$have" = {spec} ]; then
+  docker start {name} >/dev/null
+else
+  if [ -n "$have" ]; then docker stop -t {t} {name} >/dev/null 2>&1 || true; docker rm -f {name} >/dev/null; fi
+  {prepare}docker {run} >/dev/null
+fi"#,
+        spec = shell_quote(&c.spec),
+        t = c.stop_timeout,
+        prepare = c
+            .prepare
+            .as_deref()
+            .map(|p| format!("{p}\n  "))
+            .unwrap_or_default(),
+    )
+}
+
+pub fn stop(role: &DesiredRole) -> String {
+    match &role.container {
+        None => format!(
+            "systemctl stop {} 2>/dev/null || true",
+            shell_quote(&unit(role))
+        ),
+        Some(c) => format!(
+            "docker stop -t {} {} >/dev/null 2>&1 || true",
+            c.stop_timeout,
+            shell_quote(&c.name)
+        ),
+    }
+}
+
+/// Stop and forget it (a rebuild wipes the host).
+pub fn remove(role: &DesiredRole) -> String {
+    match &role.container {
+        None => stop(role),
+        Some(c) => format!(
+            "{}\ndocker rm -f {} >/dev/null 2>&1 || true",
+            stop(role),
+            shell_quote(&c.name)
+        ),
+    }
+}
+
+pub fn restart(role: &DesiredRole, no_block: bool) -> String {
+    match &role.container {
+        None => format!(
+            "systemctl restart{} {}",
+            if no_block { " --no-block" } else { "" },
+            shell_quote(&unit(role))
+        ),
+        // A changed spec (a new image) means a new container, not a restart.
+        Some(c) => format!(
+            "{}\n{}",
+            run_or_start(c),
+            format_args!(
+                "docker restart -t {} {} >/dev/null",
+                c.stop_timeout,
+                shell_quote(&c.name)
+            )
+        ),
+    }
+}
+
+/// Re-read configuration: the unit's reload, or the component's reload signal.
+pub fn reload(role: &DesiredRole) -> String {
+    match &role.container {
+        None => format!("systemctl reload {}", shell_quote(&unit(role))),
+        Some(c) => match &c.reload_signal {
+            Some(sig) => format!("docker kill -s {sig} {} >/dev/null", shell_quote(&c.name)),
+            None => format!(
+                "docker restart -t {} {} >/dev/null",
+                c.stop_timeout,
+                shell_quote(&c.name)
+            ),
+        },
+    }
+}
+
+/// Start at boot (a container's restart policy does that: nothing to do).
+pub fn enable(role: &DesiredRole) -> String {
+    match &role.container {
+        None => format!("systemctl enable --quiet {}", shell_quote(&unit(role))),
+        Some(_) => "true".into(),
+    }
+}
+
+/// A shell test that succeeds when the service runs.
+pub fn is_active(role: &DesiredRole) -> String {
+    match &role.container {
+        None => format!("systemctl is-active -q {}", shell_quote(&unit(role))),
+        Some(c) => format!(
+            "[ \"$(docker inspect -f '{{{{.State.Running}}}}' {} 2>/dev/null)\" = true ]",
+            shell_quote(&c.name)
+        ),
+    }
+}
+
+/// The PID of the service's main process on the host (0 or empty when none).
+pub fn main_pid(role: &DesiredRole) -> String {
+    match &role.container {
+        None => format!(
+            "$(systemctl show -p MainPID --value {})",
+            shell_quote(&unit(role))
+        ),
+        Some(c) => format!(
+            "$(docker inspect -f '{{{{.State.Pid}}}}' {} 2>/dev/null)",
+            shell_quote(&c.name)
+        ),
+    }
+}
+
+/// The container running PostgreSQL under the docker method.
+pub const PATRONI_CONTAINER: &str = "pgha-patroni";
+
+/// The start of a local `psql` as the database superuser over the Unix socket
+/// (arguments follow): on the host, or in the Patroni container.
+pub fn psql(c: &Cluster) -> String {
+    let args = format!(
+        "psql -X -h /var/run/postgresql -p {} -d postgres",
+        c.postgresql_port
+    );
+    match c.install_method {
+        InstallMethod::Native => format!("runuser -u postgres -- {args}"),
+        InstallMethod::Docker => format!("docker exec -i -u postgres {PATRONI_CONTAINER} {args}"),
+    }
+}
+
+/// A shell test that succeeds when PostgreSQL can be asked locally.
+pub fn postgres_reachable(c: &Cluster) -> String {
+    match c.install_method {
+        InstallMethod::Native => {
+            "command -v psql >/dev/null 2>&1 && systemctl is-active -q patroni.service".into()
+        }
+        InstallMethod::Docker => format!(
+            "[ \"$(docker inspect -f '{{{{.State.Running}}}}' {PATRONI_CONTAINER} 2>/dev/null)\" = true ]"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native() -> DesiredRole {
+        DesiredRole {
+            name: "etcd".into(),
+            packages: vec![],
+            upgrade_with: vec![],
+            files: vec![],
+            services: vec!["etcd".into()],
+            container: None,
+        }
+    }
+
+    fn docker() -> DesiredRole {
+        DesiredRole {
+            container: Some(ContainerSpec {
+                name: "pgha-etcd".into(),
+                image: "pgha-stack:abc".into(),
+                run_args: vec![
+                    "run".into(),
+                    "-d".into(),
+                    "--name".into(),
+                    "pgha-etcd".into(),
+                ],
+                spec: "s1".into(),
+                stop_timeout: 30,
+                reload_signal: None,
+                prepare: None,
+            }),
+            ..native()
+        }
+    }
+
+    #[test]
+    fn native_uses_systemd_units() {
+        assert_eq!(
+            start(&native(), true),
+            "systemctl start --no-block etcd.service"
+        );
+        assert_eq!(reload(&native()), "systemctl reload etcd.service");
+        assert_eq!(enable(&native()), "systemctl enable --quiet etcd.service");
+    }
+
+    #[test]
+    fn docker_starts_recreates_on_a_new_spec_and_signals() {
+        let s = start(&docker(), true);
+        assert!(s.contains("docker start pgha-etcd"), "{s}");
+        assert!(
+            s.contains("docker rm -f pgha-etcd") && s.contains("docker run -d --name pgha-etcd"),
+            "{s}"
+        );
+        assert!(s.contains("[ \"$have\" = s1 ]"), "{s}");
+        assert_eq!(enable(&docker()), "true");
+        assert!(reload(&docker()).starts_with("docker restart -t 30 pgha-etcd"));
+        let mut sig = docker();
+        sig.container.as_mut().unwrap().reload_signal = Some("HUP".into());
+        assert_eq!(reload(&sig), "docker kill -s HUP pgha-etcd >/dev/null");
+    }
+}
