@@ -28,12 +28,16 @@ pub fn start(role: &DesiredRole, no_block: bool) -> String {
             if no_block { " --no-block" } else { "" },
             shell_quote(&unit(role))
         ),
-        Some(c) => run_or_start(c),
+        Some(c) => ensure(
+            c,
+            &format!("docker start {} >/dev/null", shell_quote(&c.name)),
+        ),
     }
 }
 
-/// The container, created (or re-created when its spec changed) and running.
-fn run_or_start(c: &ContainerSpec) -> String {
+/// The container created (or re-created when its spec changed) and running; when it
+/// exists with this spec, `same` runs instead (start it, or restart it).
+fn ensure(c: &ContainerSpec, same: &str) -> String {
     let name = shell_quote(&c.name);
     let run = c
         .run_args
@@ -44,7 +48,7 @@ fn run_or_start(c: &ContainerSpec) -> String {
     format!(
         r#"have=$(docker inspect -f '{{{{index .Config.Labels "{SPEC_LABEL}"}}}}' {name} 2>/dev/null || true)
 if [ "$have" = {spec} ]; then
-  docker start {name} >/dev/null
+  {same}
 else
   if [ -n "$have" ]; then docker stop -t {t} {name} >/dev/null 2>&1 || true; docker rm -f {name} >/dev/null; fi
   {prepare}docker {run} >/dev/null
@@ -93,14 +97,13 @@ pub fn restart(role: &DesiredRole, no_block: bool) -> String {
             shell_quote(&unit(role))
         ),
         // A changed spec (a new image) means a new container, not a restart.
-        Some(c) => format!(
-            "{}\n{}",
-            run_or_start(c),
-            format_args!(
+        Some(c) => ensure(
+            c,
+            &format!(
                 "docker restart -t {} {} >/dev/null",
                 c.stop_timeout,
                 shell_quote(&c.name)
-            )
+            ),
         ),
     }
 }

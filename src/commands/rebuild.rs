@@ -21,6 +21,7 @@ use crate::commands::{finish, inventory_path, load_inventory};
 use crate::engine::apply;
 use crate::engine::desired;
 use crate::error::{Exit, Failure};
+use crate::install;
 use crate::inventory::Inventory;
 use crate::ops::converge::Converge;
 use crate::ops::endpoints::scheme;
@@ -457,11 +458,11 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             // Before the membership changes.
             snapshot = Some(self.step("etcd snapshot", self.snapshot()).await?);
         }
-        if a.kind != Kind::Router {
-            self.step("wipe", self.wipe(a)).await?;
-        }
         let conv = {
             let mut conv = Converge::new(self.ctx)?;
+            if a.kind != Kind::Router {
+                self.step("wipe", self.wipe(a, &conv)).await?;
+            }
             self.step("facts", conv.gather_and_plan()).await?;
             self.step(
                 "packages",
@@ -563,17 +564,25 @@ impl<'c, 'a> Rebuild<'c, 'a> {
 
     /// Stop what may run on the target and remove its data directories (etcd's only
     /// when its membership is replaced).
-    async fn wipe(&self, a: &Assessment) -> Result<(), Failure> {
+    async fn wipe(&self, a: &Assessment, conv: &Converge<'_, '_>) -> Result<(), Failure> {
         let c = &self.inv().cluster;
-        let mut script = String::from(
-            "systemctl stop patroni.service prometheus-postgres-exporter.service 2>/dev/null || true\n",
-        );
+        let roles = &conv.desired[&self.target];
+        let mut script = String::new();
+        for r in ["patroni", "exporter"] {
+            if let Some(role) = roles.role(r) {
+                script.push_str(&install::remove(role));
+                script.push('\n');
+            }
+        }
         if a.kind == Kind::Db {
             script.push_str(&format!("rm -rf {}\n", shell_quote(&c.postgresql_data_dir)));
         }
-        if matches!(a.etcd, Some(EtcdState::Replace { .. })) {
+        if matches!(a.etcd, Some(EtcdState::Replace { .. }))
+            && let Some(role) = roles.role("etcd")
+        {
             script.push_str(&format!(
-                "systemctl stop etcd.service 2>/dev/null || true\nrm -rf /var/lib/etcd/default {}\n",
+                "{}\nrm -rf /var/lib/etcd/default {}\n",
+                install::remove(role),
                 shell_quote(&desired::etcd_data_dir(c))
             ));
         }
@@ -638,9 +647,14 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 .await
                 .map_err(|e| host_failed(format!("{t}: write /etc/default/etcd: {e:#}")))?;
             let dir = desired::etcd_data_dir(c);
+            let role = conv.role(t, "etcd").map_err(Failure::from)?;
             let running = self
                 .ctx
-                .run_on(t, "etcd state", "systemctl is-active etcd.service || true")
+                .run_on(
+                    t,
+                    "etcd state",
+                    format!("if {}; then echo active; fi", install::is_active(role)),
+                )
                 .await?;
             if running.trim() != "active" {
                 self.ctx
@@ -648,8 +662,9 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                         t,
                         "start etcd",
                         format!(
-                            "rm -rf /var/lib/etcd/default {d}\ninstall -d -o etcd -g etcd -m 0700 {d}\n\
-                             systemctl enable --quiet etcd.service\nsystemctl start --no-block etcd.service",
+                            "rm -rf /var/lib/etcd/default {d}\ninstall -d -o etcd -g etcd -m 0700 {d}\n{}\n{}",
+                            install::enable(role),
+                            install::start(role, true),
                             d = shell_quote(&dir)
                         ),
                     )
@@ -721,11 +736,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 .run_on(
                     leader,
                     "drop a stale replication slot",
-                    format!(
-                        "runuser -u postgres -- psql -XAtq -h /var/run/postgresql -p {} -d postgres -c {}",
-                        c.postgresql_port,
-                        shell_quote(&sql)
-                    ),
+                    format!("{} -Atq -c {}", install::psql(c), shell_quote(&sql)),
                 )
                 .await?;
             self.ctx

@@ -24,6 +24,7 @@ use crate::engine::upgrade::{
     self, Component, HostWork, PackageChange, PackagePolicy, Roles, Running, UpgradePlan,
 };
 use crate::error::{Exit, Failure};
+use crate::install;
 use crate::ops::gap::{Gap, GapProbe};
 use crate::ops::health::{self, Level};
 use crate::ops::lock::ClusterLock;
@@ -124,6 +125,17 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         let report = result?;
         self.print_report(&report);
         Ok(Exit::Ok)
+    }
+
+    /// A role of a host's desired state.
+    fn role(
+        &self,
+        host: &str,
+        role: &str,
+    ) -> Result<&crate::engine::desired::DesiredRole, Failure> {
+        self.desired[host]
+            .role(role)
+            .ok_or_else(|| Failure::error(format!("{host} has no {role} role")))
     }
 
     /// Packages each role owns on a host (and installed companions), by component.
@@ -635,7 +647,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             .run_on(
                 h,
                 "restart etcd",
-                "systemctl restart --no-block etcd.service",
+                install::restart(self.role(h, "etcd")?, true),
             )
             .await?;
         waits::wait_etcd_quorum(&self.ctx.ep, etcd_ops::QUORUM).await?;
@@ -661,7 +673,11 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         if w.touches(Component::Patroni) {
             // Restarting Patroni on a drained replica restarts its PostgreSQL too.
             self.ctx
-                .run_on(h, "restart patroni", "systemctl restart patroni.service")
+                .run_on(
+                    h,
+                    "restart patroni",
+                    install::restart(self.role(h, "patroni")?, false),
+                )
                 .await?;
             self.ctx.ui.host(h, "Patroni restarted");
         } else if w.touches(Component::Postgres) {
@@ -672,7 +688,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                 .run_on(
                     h,
                     "restart postgres_exporter",
-                    "systemctl restart prometheus-postgres-exporter.service",
+                    install::restart(self.role(h, "exporter")?, false),
                 )
                 .await?;
             self.ctx.ui.host(h, "postgres_exporter restarted");
@@ -725,7 +741,11 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             let w = &plan.work[h];
             self.install(h, w).await?;
             self.ctx
-                .run_on(h, "restart patroni", "systemctl restart patroni.service")
+                .run_on(
+                    h,
+                    "restart patroni",
+                    install::restart(self.role(h, "patroni")?, false),
+                )
                 .await?;
             let want = self.target_upstream(w, Component::Patroni);
             let api = self.ctx.api(h);
@@ -748,7 +768,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                     .run_on(
                         h,
                         "restart postgres_exporter",
-                        "systemctl restart prometheus-postgres-exporter.service",
+                        install::restart(self.role(h, "exporter")?, false),
                     )
                     .await?;
             }
@@ -768,17 +788,18 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         let phase = self.ctx.ui.phase("haproxy");
         self.install(h, w).await?;
         phase.set(format!("{h}: reload"));
+        let role = self.role(h, "haproxy")?;
         self.ctx
-            .run_on(h, "reload haproxy", "systemctl reload haproxy.service")
+            .run_on(h, "reload haproxy", install::reload(role))
             .await?;
-        let check = "p=$(systemctl show -p MainPID --value haproxy.service); readlink /proc/$p/exe";
+        let check = format!("p={}; readlink /proc/$p/exe", install::main_pid(role));
         until(
             &format!("HAProxy on {h} to run the new binary"),
             MEMBER,
             || async {
                 let exe = self
                     .ctx
-                    .run_on(h, "haproxy binary", check)
+                    .run_on(h, "haproxy binary", check.clone())
                     .await
                     .map_err(|f| f.message)?;
                 if exe.trim().ends_with("(deleted)") {

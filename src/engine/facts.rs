@@ -15,6 +15,10 @@ pub struct FactsRequest {
     pub packages: Vec<String>,
     pub files: Vec<String>,
     pub units: Vec<String>,
+    /// install_method docker: (service, container, spec) read as the service's unit:
+    /// active when it runs with that spec (another spec is to be re-created),
+    /// enabled when it exists.
+    pub containers: Vec<(String, String, String)>,
     pub paths: Vec<String>,
     /// PostgreSQL port and role/database names to read when this host runs the primary.
     pub sql: Option<SqlFactsRequest>,
@@ -23,6 +27,10 @@ pub struct FactsRequest {
 #[derive(Debug, Clone)]
 pub struct SqlFactsRequest {
     pub port: u16,
+    /// A shell test that PostgreSQL can be asked locally, and the local psql
+    /// command (they differ by install method).
+    pub reachable: String,
+    pub psql: String,
     pub roles: Vec<String>,
     pub databases: Vec<String>,
 }
@@ -146,6 +154,18 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             words(&req.units)
         ));
     }
+    for (service, name, spec) in &req.containers {
+        s.push_str(&format!(
+            "c=$(docker inspect -f '{{{{.State.Running}}}} {{{{index .Config.Labels \"{label}\"}}}}' {name} 2>/dev/null); \
+             if [ \"$c\" = \"true {spec}\" ]; then a=active; else a=inactive; fi; \
+             if [ -n \"$c\" ]; then e=enabled; else e=not-found; fi; \
+             printf 'unit\\t%s\\t%s\\t%s\\n' {service} \"$a\" \"$e\"\n",
+            label = crate::install::SPEC_LABEL,
+            name = shell_quote(name),
+            spec = spec,
+            service = shell_quote(service),
+        ));
+    }
     if !req.paths.is_empty() {
         s.push_str(&format!(
             "for p in {}; do [ -e \"$p\" ] && printf 'path\\t%s\\n' \"$p\"; done\n",
@@ -170,15 +190,16 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
              select 'database', datname, pg_get_userbyid(datdba) from pg_database where datname in ({dbs});"
         );
         s.push_str(&format!(
-            r#"if command -v psql >/dev/null 2>&1 && systemctl is-active -q patroni.service; then
-  psql_() {{ runuser -u postgres -- psql -X -A -t -q -h /var/run/postgresql -p {port} -d postgres -F "$T" "$@" 2>/dev/null; }}
+            r#"if {reachable}; then
+  psql_() {{ {psql} -A -t -q -F "$T" "$@" 2>/dev/null; }}
   if [ "$(psql_ -c 'select pg_is_in_recovery()')" = f ]; then
     printf 'primary\n'
     psql_ -c {q}
   fi
 fi
 "#,
-            port = sql.port,
+            reachable = sql.reachable,
+            psql = sql.psql,
             q = shell_quote(&q)
         ));
     }
@@ -330,9 +351,12 @@ database\tapp\tapp\n";
             packages: vec!["postgresql-17".into()],
             files: vec!["/etc/patroni/config.yml".into()],
             units: vec!["patroni".into()],
+            containers: vec![("etcd".into(), "pgha-etcd".into(), "abc123".into())],
             paths: vec![],
             sql: Some(SqlFactsRequest {
                 port: 5432,
+                reachable: "true".into(),
+                psql: "psql -X".into(),
                 roles: vec!["o'brien".into()],
                 databases: vec!["app".into()],
             }),
@@ -344,5 +368,8 @@ database\tapp\tapp\n";
             "SQL literal inside a shell-quoted word"
         );
         assert!(s.ends_with("exit 0\n"));
+        // A container reads as its service's unit: active only with its spec.
+        assert!(s.contains("docker inspect"), "{s}");
+        assert!(s.contains(r#"= "true abc123" ]; then a=active"#), "{s}");
     }
 }

@@ -16,6 +16,7 @@ use crate::engine::facts::{self, FactsRequest, HostFacts, SqlFacts, SqlFactsRequ
 use crate::engine::plan::{self, Action, HostPlan, SqlChange};
 use crate::engine::roles::{Library, Notify, Stage};
 use crate::error::Failure;
+use crate::install;
 use crate::inventory::Inventory;
 use crate::ops::run::host_failed;
 use crate::ops::{Ctx, patroni as actions, waits};
@@ -78,13 +79,32 @@ impl<'c, 'a> Converge<'c, 'a> {
             paths.push(format!("{}/PG_VERSION", c.postgresql_data_dir));
             paths.push(format!("/etc/postgresql/{}/main", c.postgresql_version));
         }
+        // A service in a container is read from Docker, the others from systemd.
+        let containers: Vec<(String, String, String)> = d
+            .roles
+            .iter()
+            .filter_map(|r| {
+                r.container
+                    .as_ref()
+                    .map(|c| (r.services[0].clone(), c.name.clone(), c.spec.clone()))
+            })
+            .collect();
+        let units = d
+            .roles
+            .iter()
+            .filter(|r| r.container.is_none())
+            .flat_map(|r| r.services.clone())
+            .collect();
         FactsRequest {
             packages: d.packages(),
             files: d.files().map(|f| f.path.clone()).collect(),
-            units: d.services(),
+            units,
+            containers,
             paths,
             sql: is_db.then(|| SqlFactsRequest {
                 port: c.postgresql_port,
+                reachable: install::postgres_reachable(c),
+                psql: install::psql(c),
                 roles: vec![c.monitor_user.clone(), c.app_user.clone()],
                 databases: vec![c.app_database.clone()],
             }),
@@ -313,11 +333,13 @@ impl<'c, 'a> Converge<'c, 'a> {
     /// waiting (the first member cannot report ready alone).
     async fn start_new_etcd_member(&self, h: &str, s: &Session) -> anyhow::Result<u32> {
         let c = &self.inv.cluster;
+        let role = self.role(h, "etcd")?;
         let script = format!(
-            "systemctl stop etcd.service 2>/dev/null || true\nrm -rf /var/lib/etcd/default\n\
-             install -d -o etcd -g etcd -m 0700 {}\nsystemctl enable --quiet etcd.service\n\
-             systemctl start --no-block etcd.service",
-            shell_quote(&desired::etcd_data_dir(c))
+            "{}\nrm -rf /var/lib/etcd/default\ninstall -d -o etcd -g etcd -m 0700 {}\n{}\n{}",
+            install::stop(role),
+            shell_quote(&desired::etcd_data_dir(c)),
+            install::enable(role),
+            install::start(role, true)
         );
         let files = self.plans[h].files("etcd", Stage::Configure);
         apply::write_files(s, &files).await?;
@@ -357,16 +379,14 @@ impl<'c, 'a> Converge<'c, 'a> {
                         let files = p.files("etcd", Stage::Configure);
                         apply::write_files(&s, &files).await?;
                         let mut n = files.len() as u32;
+                        let role = self.role(&h, "etcd")?;
                         if p.wants("etcd", |a| matches!(a, Action::Enable { .. })) {
-                            apply::systemctl(&s, "enable --quiet", "etcd.service").await?;
+                            apply::run(&s, install::enable(role)).await?;
                             n += 1;
                         }
                         if p.starts("etcd") {
-                            apply::run(
-                                &s,
-                                format!("{prepare}\nsystemctl start --no-block etcd.service"),
-                            )
-                            .await?;
+                            apply::run(&s, format!("{prepare}\n{}", install::start(role, true)))
+                                .await?;
                             n += 1;
                         }
                         Ok(n)
@@ -377,13 +397,9 @@ impl<'c, 'a> Converge<'c, 'a> {
                 if self.ctx.acts_on(h) && self.plans[h].notify("etcd") == Notify::Restart {
                     waits::wait_etcd_quorum(&self.ctx.ep, ETCD_QUORUM).await?;
                     phase.set(format!("restarting {h}"));
-                    self.ctx
-                        .run_on(
-                            h,
-                            "restart etcd",
-                            "systemctl restart --no-block etcd.service",
-                        )
-                        .await?;
+                    let restart =
+                        install::restart(self.role(h, "etcd").map_err(Failure::from)?, true);
+                    self.ctx.run_on(h, "restart etcd", restart).await?;
                     self.ctx
                         .ui
                         .host(h, "etcd restarted (configuration changed)");
@@ -427,12 +443,13 @@ impl<'c, 'a> Converge<'c, 'a> {
                     if p.starts("patroni") {
                         apply::run(&s, prepare).await?;
                     }
+                    let role = self.role(&h, "patroni")?;
                     if p.wants("patroni", |a| matches!(a, Action::Enable { .. })) {
-                        apply::systemctl(&s, "enable --quiet", "patroni.service").await?;
+                        apply::run(&s, install::enable(role)).await?;
                         n += 1;
                     }
                     if p.notify("patroni") == Notify::Reload {
-                        apply::systemctl(&s, "reload", "patroni.service").await?;
+                        apply::run(&s, install::reload(role)).await?;
                         self.ctx
                             .ui
                             .host(&h, "patroni reloaded (configuration changed)");
@@ -444,8 +461,8 @@ impl<'c, 'a> Converge<'c, 'a> {
             .await?;
         let start = |hosts: Vec<String>| async move {
             self.ctx
-                .each(&hosts, "start patroni", |_h, s| async move {
-                    apply::systemctl(&s, "start", "patroni.service").await?;
+                .each(&hosts, "start patroni", |h, s| async move {
+                    apply::run(&s, install::start(self.role(&h, "patroni")?, false)).await?;
                     Ok(1)
                 })
                 .await
@@ -532,10 +549,7 @@ impl<'c, 'a> Converge<'c, 'a> {
         }
         let phase = self.ctx.ui.phase("roles");
         let sql = plan::sql_statements(c, &self.inv.secrets, &changes).join("\n");
-        let script = format!(
-            "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p {} -d postgres",
-            c.postgresql_port
-        );
+        let script = format!("{} -q -v ON_ERROR_STOP=1", install::psql(c));
         self.ctx
             .session(leader)?
             .exec(&Cmd::root(script).stdin(sql.into_bytes()))
@@ -596,21 +610,22 @@ impl<'c, 'a> Converge<'c, 'a> {
         let files = p.files(role, Stage::Configure);
         apply::write_files(s, &files).await?;
         let mut n = files.len() as u32;
+        let r = self.role(h, role)?;
         if p.wants(role, |a| matches!(a, Action::Enable { .. })) {
-            apply::systemctl(s, "enable --quiet", &service).await?;
+            apply::run(s, install::enable(r)).await?;
             n += 1;
         }
         if p.starts(role) {
-            apply::systemctl(s, "start", &service).await?;
+            apply::run(s, install::start(r, false)).await?;
             n += 1;
         } else {
             let verb = match p.notify(role) {
-                Notify::Restart => Some(("restart", "restarted")),
-                Notify::Reload => Some(("reload", "reloaded")),
+                Notify::Restart => Some((install::restart(r, false), "restarted")),
+                Notify::Reload => Some((install::reload(r), "reloaded")),
                 Notify::None | Notify::AptUpdate => None,
             };
-            if let Some((verb, done)) = verb {
-                apply::systemctl(s, verb, &service).await?;
+            if let Some((cmd, done)) = verb {
+                apply::run(s, cmd).await?;
                 self.ctx
                     .ui
                     .host(h, format!("{service} {done} (configuration changed)"));
@@ -633,6 +648,13 @@ impl<'c, 'a> Converge<'c, 'a> {
                 self.service_role_host(role, &h, &s).await
             })
             .await
+    }
+
+    /// A role of a host's desired state.
+    pub fn role(&self, host: &str, role: &str) -> anyhow::Result<&desired::DesiredRole> {
+        self.desired[host]
+            .role(role)
+            .ok_or_else(|| anyhow::anyhow!("{host} has no {role} role"))
     }
 
     fn mark(&self, host: &str, step: &str) {

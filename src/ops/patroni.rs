@@ -184,10 +184,7 @@ async fn checkpoint(ctx: &Ctx<'_>, leader: &str, routers: &[sql::Endpoint]) -> R
     let t0 = Instant::now();
     let c = &ctx.inv.cluster;
     if ctx.has_session(leader) {
-        let script = format!(
-            "runuser -u postgres -- psql -X -q -h /var/run/postgresql -p {} -d postgres -c CHECKPOINT",
-            c.postgresql_port
-        );
+        let script = format!("{} -q -c CHECKPOINT", crate::install::psql(c));
         ctx.run_on(leader, "CHECKPOINT", script)
             .await
             .map_err(|f| f.message)?;
@@ -594,7 +591,6 @@ pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
         )
         .await?;
     }
-    let port = ctx.inv.cluster.postgresql_port;
     // Client sessions, not Patroni's own nor the exporter's (it stays connected).
     let sql = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
@@ -603,7 +599,8 @@ pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
         ctx.inv.cluster.monitor_user
     );
     let count = format!(
-        "runuser -u postgres -- psql -XAt -h /var/run/postgresql -p {port} -d postgres -c {}",
+        "{} -At -c {}",
+        crate::install::psql(&ctx.inv.cluster),
         crate::ssh::shell_quote(&sql)
     );
     let left = until(
@@ -654,8 +651,13 @@ pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Fail
     apply::write_files(s, &[&file])
         .await
         .map_err(|e| host_failed(format!("{host}: write {}: {e:#}", file.path)))?;
-    ctx.run_on(host, "reload patroni", "systemctl reload patroni.service")
-        .await?;
+    let reload = desired::desired_state(ctx.inv, &lib)
+        .map_err(|e| Failure::error(format!("{e:#}")))?
+        .into_iter()
+        .find(|d| d.host == host)
+        .and_then(|d| d.role("patroni").map(crate::install::reload))
+        .ok_or_else(|| Failure::error(format!("{host} is not a db host")))?;
+    ctx.run_on(host, "reload patroni", reload).await?;
     let api = ctx.api(host);
     until(
         &format!("{host} to report tags {tags:?}"),
