@@ -43,18 +43,20 @@ async fn https_json(tls: &Tls, url: &str) -> Result<Value, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The certificate serials each db host serves on Patroni's REST API and etcd.
-async fn served(lab: &Lab) -> BTreeSet<String> {
+/// The certificates each db host serves on Patroni's REST API and etcd. An error
+/// (e.g. a handshake reset while Patroni swaps its certificate) is for the caller
+/// to retry.
+async fn served(lab: &Lab) -> Result<BTreeSet<String>, String> {
     let mut out = BTreeSet::new();
     for h in lab.db_hosts() {
         for port in [8008, 2379] {
             let pem = pgha::probe::tls::served_certificate(&lab.ip(&h), port)
                 .await
-                .unwrap_or_else(|e| panic!("{h}:{port}: {e}"));
+                .map_err(|e| format!("{h}:{port}: {e}"))?;
             out.insert(pem);
         }
     }
-    out
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,7 +217,10 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
 
     // Forced renewal: every certificate re-issued and rolled out with a writer
     // running: no restart, nothing lost, the cluster serving.
-    let before_certs = served(&lab).await;
+    let before_certs = eventually("every endpoint to serve its certificate", 30, || {
+        served(&lab)
+    })
+    .await;
     let before_start = start_times_tls(&lab, &tls).await;
     let writer = Writer::start(&lab.router(), &pw, "tl", 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -232,7 +237,7 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
         "every endpoint to serve its new certificate",
         60,
         || async {
-            let now = served(&lab).await;
+            let now = served(&lab).await?;
             if now.is_disjoint(&before_certs) {
                 Ok(now)
             } else {
@@ -260,15 +265,20 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
     );
 }
 
+/// Each db host's postmaster start time, from Patroni's `/patroni` (retried: the
+/// REST API may be swapping its certificate).
 async fn start_times_tls(lab: &Lab, tls: &Tls) -> Vec<String> {
-    let mut v = Vec::new();
-    for h in lab.db_hosts() {
-        let st = https_json(tls, &format!("https://{}:8008/patroni", lab.ip(&h)))
-            .await
-            .expect("patroni status");
-        v.push(postmaster_start(&st));
-    }
-    v
+    eventually("Patroni's /patroni on every db host", 30, || async {
+        let mut v = Vec::new();
+        for h in lab.db_hosts() {
+            let st = https_json(tls, &format!("https://{}:8008/patroni", lab.ip(&h)))
+                .await
+                .map_err(|e| format!("{h}: {e}"))?;
+            v.push(postmaster_start(&st));
+        }
+        Ok(v)
+    })
+    .await
 }
 
 /// A CA and a client certificate it issued, unrelated to the lab's.
