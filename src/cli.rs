@@ -264,6 +264,9 @@ pub struct LabUpArgs {
     /// Write `tls: false` into the lab inventory (plain HTTP and PostgreSQL without TLS).
     #[arg(long)]
     pub no_tls: bool,
+    /// Install method written into the lab inventory: native or docker.
+    #[arg(long, default_value = "native", value_parser = ["native", "docker"])]
+    pub method: String,
 }
 
 #[derive(Debug, Args)]

@@ -7,8 +7,9 @@
 //! The image contract (what pgha expects of an image, yours or this one):
 //! - the binaries `etcd`, `patroni`, `haproxy`, `prometheus-postgres-exporter` on
 //!   PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
-//! - users (uid = gid): postgres 5432, etcd 2379, haproxy 8404, prometheus 9187;
-//!   the hosts get the same users, so bind-mounted files keep their owners;
+//! - users (uid = gid): postgres 470, etcd 471, haproxy 472, prometheus 473;
+//!   the hosts get the same users, so bind-mounted files keep their owners (system
+//!   ids, below 1000: Debian's maintainer scripts accept an existing system user);
 //! - no entrypoint: pgha gives each container its command.
 
 use std::process::Stdio;
@@ -26,10 +27,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// The fixed users of the image contract: (name, uid = gid, home).
 pub const USERS: &[(&str, u32, &str)] = &[
-    ("postgres", 5432, "/var/lib/postgresql"),
-    ("etcd", 2379, "/var/lib/etcd"),
-    ("haproxy", 8404, "/var/lib/haproxy"),
-    ("prometheus", 9187, "/var/lib/prometheus"),
+    ("postgres", 470, "/var/lib/postgresql"),
+    ("etcd", 471, "/var/lib/etcd"),
+    ("haproxy", 472, "/var/lib/haproxy"),
+    ("prometheus", 473, "/var/lib/prometheus"),
 ];
 
 /// Packages of the stack, as the native method installs them.
@@ -69,6 +70,11 @@ apt-get -q update
 apt-get install -y -q --no-install-recommends {pkgs}
 rm -f /usr/sbin/policy-rc.d
 rm -rf /var/lib/etcd/default
+# The data directories' parents, traversed by the components' users (bind mounts
+# of the host's directories go below them).
+install -d -o etcd -g etcd -m 0700 /var/lib/etcd
+install -d -o postgres -g postgres -m 2775 /run/postgresql
+install -d -o haproxy -g haproxy -m 2775 /run/haproxy
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 echo "pgha stack image: $(dpkg-query -W -f='${{Package}} ${{Version}}, ' {pkgs})"

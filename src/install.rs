@@ -39,12 +39,7 @@ pub fn start(role: &DesiredRole, no_block: bool) -> String {
 /// exists with this spec, `same` runs instead (start it, or restart it).
 fn ensure(c: &ContainerSpec, same: &str) -> String {
     let name = shell_quote(&c.name);
-    let run = c
-        .run_args
-        .iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let run = run_args(c);
     format!(
         r#"have=$(docker inspect -f '{{{{index .Config.Labels "{SPEC_LABEL}"}}}}' {name} 2>/dev/null || true)
 if [ "$have" = {spec} ]; then
@@ -89,6 +84,9 @@ pub fn remove(role: &DesiredRole) -> String {
     }
 }
 
+/// Stop and start again with the configuration on disk. A container is re-created:
+/// Docker reads its env file only when it creates it, and a new spec (a new image)
+/// means a new container anyway.
 pub fn restart(role: &DesiredRole, no_block: bool) -> String {
     match &role.container {
         None => format!(
@@ -96,16 +94,30 @@ pub fn restart(role: &DesiredRole, no_block: bool) -> String {
             if no_block { " --no-block" } else { "" },
             shell_quote(&unit(role))
         ),
-        // A changed spec (a new image) means a new container, not a restart.
-        Some(c) => ensure(
-            c,
-            &format!(
-                "docker restart -t {} {} >/dev/null",
-                c.stop_timeout,
-                shell_quote(&c.name)
-            ),
-        ),
+        Some(c) => {
+            let name = shell_quote(&c.name);
+            format!(
+                "docker stop -t {t} {name} >/dev/null 2>&1 || true\n\
+                 docker rm -f {name} >/dev/null 2>&1 || true\n\
+                 {prepare}docker {run} >/dev/null",
+                t = c.stop_timeout,
+                prepare = c
+                    .prepare
+                    .as_deref()
+                    .map(|p| format!("{p}\n"))
+                    .unwrap_or_default(),
+                run = run_args(c),
+            )
+        }
     }
+}
+
+fn run_args(c: &ContainerSpec) -> String {
+    c.run_args
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Re-read configuration: the unit's reload, or the component's reload signal.
@@ -204,6 +216,7 @@ mod tests {
             container: Some(ContainerSpec {
                 name: "pgha-etcd".into(),
                 image: "pgha-stack:abc".into(),
+                image_id: String::new(),
                 run_args: vec![
                     "run".into(),
                     "-d".into(),

@@ -132,6 +132,7 @@ async fn lab_hosts_over_ssh_with_fault_injection() {
         dir: dir.clone(),
         user: "root".into(),
         tls: false,
+        docker: false,
     };
     let t = Instant::now();
     let info = lab::up(&spec).await.expect("lab up");

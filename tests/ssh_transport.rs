@@ -98,6 +98,7 @@ fn setup() -> Fixture {
         dir: dir.clone(),
         user: "deploy".into(),
         tls: false,
+        docker: false,
     };
     let info = lab_call(move || Box::pin(async move { lab::up(&spec).await }))
         .unwrap_or_else(|e| panic!("lab up {NAME}: {e}"));

@@ -166,6 +166,7 @@ impl Bench {
             dir,
             user: "root".into(),
             tls: true,
+            docker: false,
         })
         .await
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"))

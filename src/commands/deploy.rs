@@ -10,7 +10,7 @@ use crate::cli::{DeployArgs, OutputFormat, SshArgs};
 use crate::commands::{finish, load_inventory};
 use crate::engine::plan::{Action, FileReason};
 use crate::error::{Exit, Failure};
-use crate::inventory::{InstallMethod, Inventory};
+use crate::inventory::Inventory;
 use crate::ops::converge::{Converge, Existing};
 use crate::ops::lock::ClusterLock;
 use crate::ops::run::ssh_options;
@@ -63,11 +63,6 @@ pub async fn deploy(
     ssh: SshOptions,
     ui: &Ui,
 ) -> Result<Exit, Failure> {
-    if inv.cluster.install_method == InstallMethod::Docker {
-        return Err(Failure::options(
-            "install_method: docker is not available in this version of pgha; set install_method: native (Debian packages)",
-        ));
-    }
     let mut ctx = Ctx::new(inv, ui).with_limit(&opts.limit)?;
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
@@ -77,7 +72,10 @@ pub async fn deploy(
             let etcd_up = etcd::probe(&ctx.ep.etcd).await.any_healthy();
             Some(ClusterLock::acquire(&ctx, "pgha deploy", etcd_up).await?)
         };
-        let r = run(&mut Converge::new(&ctx)?, opts, lock.as_mut()).await;
+        let r = match Converge::load(&ctx).await {
+            Ok(mut conv) => run(&mut conv, opts, lock.as_mut()).await,
+            Err(f) => Err(f),
+        };
         if let Some(l) = lock {
             l.release().await;
         }

@@ -459,7 +459,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             snapshot = Some(self.step("etcd snapshot", self.snapshot()).await?);
         }
         let conv = {
-            let mut conv = Converge::new(self.ctx)?;
+            let mut conv = Converge::load(self.ctx).await?;
             if a.kind != Kind::Router {
                 self.step("wipe", self.wipe(a, &conv)).await?;
             }
@@ -478,7 +478,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         drop(conv);
         // The rest is the usual rollout, from fresh facts: the new host starts, every
         // other host follows (files that differ, reloads), nothing else changes.
-        let mut conv = Converge::new(self.ctx)?;
+        let mut conv = Converge::load(self.ctx).await?;
         conv.gather_and_plan().await?;
         let existing = conv.existing().await?;
         conv.etcd(false).await?;

@@ -43,6 +43,9 @@ pub struct ContainerSpec {
     pub name: String,
     /// The image reference.
     pub image: String,
+    /// The id that reference must have on the host (push: this machine's); empty
+    /// when any will do (registry: whatever the host pulled).
+    pub image_id: String,
     /// `docker` arguments that create it (`run -d ...`).
     pub run_args: Vec<String>,
     /// Hash of the run arguments and the image's id: a container carrying another is
@@ -166,16 +169,6 @@ fn envquote(v: String) -> String {
 }
 
 pub fn template_env(lib: &Library) -> Environment<'static> {
-    template_env_for(lib, false)
-}
-
-/// Docker's `--env-file` takes values literally (no quotes, no escapes): under the
-/// docker method `envquote` leaves values as they are (they are single-line).
-fn envraw(v: String) -> String {
-    v
-}
-
-pub fn template_env_for(lib: &Library, docker: bool) -> Environment<'static> {
     let mut env = Environment::new();
     // A typo in a template variable is an error, not an empty string.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -190,11 +183,7 @@ pub fn template_env_for(lib: &Library, docker: bool) -> Environment<'static> {
             .build()
             .expect("default delimiters are valid"),
     );
-    if docker {
-        env.add_filter("envquote", envraw);
-    } else {
-        env.add_filter("envquote", envquote);
-    }
+    env.add_filter("envquote", envquote);
     for (name, text) in &lib.templates {
         env.add_template_owned(name.clone(), text.clone())
             .expect("template syntax is checked by tests");
@@ -234,17 +223,28 @@ fn container_spec(
     if let Some(u) = &def.user {
         args.extend(["--user".into(), r(u)?]);
     }
-    if let Some(f) = &def.env_file {
-        args.extend(["--env-file".into(), r(f)?]);
+    let env_file = def.env_file.as_deref().map(r).transpose()?;
+    if let Some(f) = &env_file {
+        // Read in the container by its shell, as systemd reads it for the native
+        // unit (same quoting); `--env-file` would keep the quotes, and would show
+        // the values (a password) in `docker inspect`.
+        args.extend(["-v".into(), format!("{f}:{f}:ro")]);
     }
     for v in &def.volumes {
         args.extend(["-v".into(), r(v)?]);
     }
-    let command = def
-        .command
-        .iter()
-        .map(|a| r(a))
-        .collect::<Result<Vec<_>>>()?;
+    let mut command = Vec::new();
+    if let Some(f) = env_file {
+        command.extend([
+            "sh".to_string(),
+            "-c".into(),
+            r#"set -a; . "$0"; set +a; exec "$@""#.into(),
+            f,
+        ]);
+    }
+    for a in &def.command {
+        command.push(r(a)?);
+    }
     let id = inputs.image_ids.get(&image).cloned().unwrap_or_default();
     let spec_input = format!("{}\n{image}\n{id}\n{}", args.join("\n"), command.join("\n"));
     let spec = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
@@ -260,6 +260,7 @@ fn container_spec(
     Ok(ContainerSpec {
         name: def.name.clone(),
         image,
+        image_id: id,
         run_args: args,
         spec,
         stop_timeout: def.stop_timeout,
@@ -316,7 +317,7 @@ fn render(
     inputs: &Inputs,
 ) -> Result<Vec<HostDesired>> {
     let docker = inv.cluster.install_method == crate::inventory::InstallMethod::Docker;
-    let env = template_env_for(lib, docker);
+    let env = template_env(lib);
     let c = &inv.cluster;
     let db = inv.db_hosts();
     let etcd = inv.etcd_hosts();

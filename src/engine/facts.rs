@@ -15,10 +15,12 @@ pub struct FactsRequest {
     pub packages: Vec<String>,
     pub files: Vec<String>,
     pub units: Vec<String>,
-    /// install_method docker: (service, container, spec) read as the service's unit:
-    /// active when it runs with that spec (another spec is to be re-created),
-    /// enabled when it exists.
-    pub containers: Vec<(String, String, String)>,
+    /// install_method docker: (service, container) pairs. A container reads as its
+    /// service's unit (active when it runs, enabled when it exists) and, with its
+    /// spec label, image and start time, as a `ContainerFact`.
+    pub containers: Vec<(String, String)>,
+    /// install_method docker: image references whose local id to read.
+    pub images: Vec<String>,
     pub paths: Vec<String>,
     /// PostgreSQL port and role/database names to read when this host runs the primary.
     pub sql: Option<SqlFactsRequest>,
@@ -60,6 +62,18 @@ impl UnitFact {
     }
 }
 
+/// A component's container (install_method docker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerFact {
+    /// Running, and not in Docker's restart loop (a crashing container is not).
+    pub running: bool,
+    /// The spec hash it was created from (its label).
+    pub spec: String,
+    /// The id of the image it runs.
+    pub image_id: String,
+    pub started_at: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleFact {
     pub name: String,
@@ -81,6 +95,9 @@ pub struct HostFacts {
     pub packages: BTreeMap<String, String>,
     pub files: BTreeMap<String, FileFact>,
     pub units: BTreeMap<String, UnitFact>,
+    /// install_method docker: containers by service, and image ids by reference.
+    pub containers: BTreeMap<String, ContainerFact>,
+    pub images: BTreeMap<String, String>,
     /// Listening TCP port -> process name.
     pub listening: BTreeMap<u16, String>,
     pub existing_paths: BTreeSet<String>,
@@ -154,16 +171,19 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             words(&req.units)
         ));
     }
-    for (service, name, spec) in &req.containers {
+    for (service, name) in &req.containers {
         s.push_str(&format!(
-            "c=$(docker inspect -f '{{{{.State.Running}}}} {{{{index .Config.Labels \"{label}\"}}}}' {name} 2>/dev/null); \
-             if [ \"$c\" = \"true {spec}\" ]; then a=active; else a=inactive; fi; \
-             if [ -n \"$c\" ]; then e=enabled; else e=not-found; fi; \
-             printf 'unit\\t%s\\t%s\\t%s\\n' {service} \"$a\" \"$e\"\n",
+            "c=$(docker inspect -f '{{{{and .State.Running (not .State.Restarting)}}}}\t{{{{index .Config.Labels \"{label}\"}}}}\t{{{{.Image}}}}\t{{{{.State.StartedAt}}}}' {name} 2>/dev/null) && \
+             printf 'container\\t%s\\t%s\\n' {service} \"$c\"\n",
             label = crate::install::SPEC_LABEL,
             name = shell_quote(name),
-            spec = spec,
             service = shell_quote(service),
+        ));
+    }
+    for r in &req.images {
+        s.push_str(&format!(
+            "i=$(docker image inspect -f '{{{{.Id}}}}' {r} 2>/dev/null) && printf 'image\\t%s\\t%s\\n' {r} \"$i\"\n",
+            r = shell_quote(r),
         ));
     }
     if !req.paths.is_empty() {
@@ -267,6 +287,28 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
             ["path", p] => {
                 f.existing_paths.insert(p.to_string());
             }
+            ["container", service, running, spec, image, started] => {
+                let running = *running == "true";
+                f.containers.insert(
+                    service.to_string(),
+                    ContainerFact {
+                        running,
+                        spec: spec.to_string(),
+                        image_id: image.to_string(),
+                        started_at: started.to_string(),
+                    },
+                );
+                f.units.insert(
+                    service.to_string(),
+                    UnitFact {
+                        active: if running { "active" } else { "inactive" }.into(),
+                        enabled: "enabled".into(),
+                    },
+                );
+            }
+            ["image", reference, id] => {
+                f.images.insert(reference.to_string(), id.to_string());
+            }
             ["primary"] => f.primary_sql = Some(SqlFacts::default()),
             ["role", name, verifier, login, monitor] => {
                 if let Some(sql) = f.primary_sql.as_mut() {
@@ -340,6 +382,21 @@ database\tapp\tapp\n";
     }
 
     #[test]
+    fn a_container_reads_as_its_unit_and_images_by_reference() {
+        let out = "os\tdebian\t13\ttrixie\n\
+container\tetcd\ttrue\tabc123\tsha256:1\t2026-12-01T10:00:00Z\n\
+container\tpatroni\tfalse\tdef\tsha256:1\t0001-01-01T00:00:00Z\n\
+image\tpgha-stack:abc\tsha256:1\n";
+        let f = parse("db1", out).unwrap();
+        assert!(f.unit("etcd").is_active() && f.unit("etcd").is_enabled());
+        assert!(!f.unit("patroni").is_active() && f.unit("patroni").is_enabled());
+        assert_eq!(f.containers["etcd"].spec, "abc123");
+        assert_eq!(f.containers["etcd"].image_id, "sha256:1");
+        assert_eq!(f.images["pgha-stack:abc"], "sha256:1");
+        assert!(!f.unit("exporter").is_enabled(), "no container: not found");
+    }
+
+    #[test]
     fn empty_output_is_an_error_naming_the_host() {
         let e = parse("db2", "").unwrap_err();
         assert!(e.to_string().starts_with("db2:"));
@@ -351,7 +408,8 @@ database\tapp\tapp\n";
             packages: vec!["postgresql-17".into()],
             files: vec!["/etc/patroni/config.yml".into()],
             units: vec!["patroni".into()],
-            containers: vec![("etcd".into(), "pgha-etcd".into(), "abc123".into())],
+            containers: vec![("etcd".into(), "pgha-etcd".into())],
+            images: vec!["pgha-stack:abc".into()],
             paths: vec![],
             sql: Some(SqlFactsRequest {
                 port: 5432,
@@ -368,8 +426,7 @@ database\tapp\tapp\n";
             "SQL literal inside a shell-quoted word"
         );
         assert!(s.ends_with("exit 0\n"));
-        // A container reads as its service's unit: active only with its spec.
         assert!(s.contains("docker inspect"), "{s}");
-        assert!(s.contains(r#"= "true abc123" ]; then a=active"#), "{s}");
+        assert!(s.contains("docker image inspect"), "{s}");
     }
 }

@@ -33,6 +33,11 @@ pub enum Action {
     Install {
         packages: Vec<String>,
     },
+    /// install_method docker: an image a container needs, missing on the host or
+    /// with another id than the one wanted.
+    Image {
+        reference: String,
+    },
     Enable {
         service: String,
     },
@@ -65,6 +70,7 @@ impl fmt::Display for Planned {
             }
             Action::AptUpdate => "apt-get update".to_string(),
             Action::Install { packages } => format!("install {}", packages.join(" ")),
+            Action::Image { reference } => format!("image {reference}"),
             Action::Enable { service } => format!("enable {service}"),
             Action::Start { service } => format!("start {service}"),
             Action::Notify { service, notify } => match notify {
@@ -115,6 +121,16 @@ impl HostPlan {
                 _ => None,
             })
             .flatten()
+            .collect()
+    }
+    /// Images to bring onto the host (install_method docker).
+    pub fn images(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter_map(|p| match &p.action {
+                Action::Image { reference } => Some(reference.clone()),
+                _ => None,
+            })
             .collect()
     }
     pub fn apt_update(&self) -> bool {
@@ -222,6 +238,28 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
                     },
                 });
             }
+        }
+    }
+    let mut images: Vec<(&str, &str)> = want
+        .roles
+        .iter()
+        .filter_map(|r| r.container.as_ref())
+        .map(|c| (c.image.as_str(), c.image_id.as_str()))
+        .collect();
+    images.sort();
+    images.dedup();
+    for (reference, id) in images {
+        let ok = match facts.images.get(reference) {
+            None => false,
+            Some(have) => id.is_empty() || have == id,
+        };
+        if !ok {
+            actions.push(Planned {
+                role: "docker".into(),
+                action: Action::Image {
+                    reference: reference.to_string(),
+                },
+            });
         }
     }
     let lists_stale = facts

@@ -269,7 +269,13 @@ pub fn parse_proc_routes(text: &str) -> Vec<(String, IpNet)> {
 
 /// The lab inventory, in Ansible's YAML form. Relative paths (key, known_hosts) are
 /// resolved against the inventory's directory.
-pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str, tls: bool) -> String {
+pub fn render_inventory(
+    lab: &str,
+    hosts: &[Planned],
+    user: &str,
+    tls: bool,
+    docker: bool,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -286,6 +292,9 @@ pub fn render_inventory(lab: &str, hosts: &[Planned], user: &str, tls: bool) -> 
     let _ = writeln!(s, "    ansible_ssh_private_key_file: {KEY_FILE}");
     if !tls {
         s.push_str("    tls: false\n");
+    }
+    if docker {
+        s.push_str("    install_method: docker\n");
     }
     s.push_str("  children:\n");
     for role in [Role::Db, Role::Router] {
@@ -389,12 +398,28 @@ pub fn run_args(lab: &str, host: &Planned, image: &str) -> Vec<String> {
         &format!("{LABEL_ADDRESS}={ip}"),
         "--cap-add",
         "SYS_ADMIN",
+        // Docker inside a host (install_method docker) sets up each container's
+        // network namespace (NET_ADMIN), joins the namespaces of a container's
+        // process running as another user for `docker exec` (SYS_PTRACE), and
+        // creates a session keyring, which the default seccomp profile forbids; a
+        // VM's root has all of these.
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "SYS_PTRACE",
+        "--security-opt",
+        "seccomp=unconfined",
         "--tmpfs",
         "/run",
         "--tmpfs",
         "/run/lock",
         "-v",
         "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        // Docker's own storage on a volume, not on this machine's overlay: Docker
+        // in the host (install_method docker) then uses overlay2, which shares an
+        // image's layers between containers instead of copying them (vfs).
+        "-v",
+        "/var/lib/docker",
         "--cgroupns=host",
         "--stop-signal",
         "SIGRTMIN+3",
@@ -528,7 +553,7 @@ br-1\t00001CAC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
     fn inventory_for_root_and_deploy() {
         let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
         let hosts = plan_hosts("demo", subnet, 2, 1);
-        let inv = render_inventory("demo", &hosts, "root", true);
+        let inv = render_inventory("demo", &hosts, "root", true, false);
         assert_eq!(
             inv,
             "# pgha lab demo: written by `pgha lab up`, which rewrites it when the lab changes.\n\
@@ -557,11 +582,17 @@ all:
             v["all"]["children"]["router"]["hosts"]["router1"]["ansible_host"].as_str(),
             Some("172.28.7.101")
         );
-        let dep = render_inventory("demo", &hosts, "deploy", true);
+        let dep = render_inventory("demo", &hosts, "deploy", true, false);
         let v: yaml_serde::Value = yaml_serde::from_str(&dep).unwrap();
         assert_eq!(v["all"]["vars"]["ansible_user"].as_str(), Some("deploy"));
         assert_eq!(v["all"]["vars"]["ansible_become"].as_bool(), Some(true));
-        let no_router = render_inventory("demo", &plan_hosts("demo", subnet, 1, 0), "root", true);
+        let no_router = render_inventory(
+            "demo",
+            &plan_hosts("demo", subnet, 1, 0),
+            "root",
+            true,
+            false,
+        );
         assert!(!no_router.contains("router"), "{no_router}");
     }
 
@@ -621,8 +652,8 @@ all:
             args,
             "run -d --name demo-db1 --hostname db1 --network demo --ip 172.28.7.11 \
 --network-alias db1 --label pgha.lab=demo --label pgha.lab.host=db1 \
---label pgha.lab.address=172.28.7.11 --cap-add SYS_ADMIN --tmpfs /run --tmpfs /run/lock \
--v /sys/fs/cgroup:/sys/fs/cgroup:rw --cgroupns=host --stop-signal SIGRTMIN+3 pgha-lab:0123456789ab /sbin/init"
+--label pgha.lab.address=172.28.7.11 --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add SYS_PTRACE --security-opt seccomp=unconfined \
+--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v /var/lib/docker --cgroupns=host --stop-signal SIGRTMIN+3 pgha-lab:0123456789ab /sbin/init"
         );
         assert!(!args.contains("--privileged"));
     }
@@ -636,7 +667,7 @@ all:
             "172.28.5.201"
         );
         let hosts = plan_hosts("lab", subnet, 3, 1);
-        let inv = render_inventory("lab", &hosts, "root", true);
+        let inv = render_inventory("lab", &hosts, "root", true, false);
         let moved = set_host_address(&inv, "db2", "172.28.5.201".parse().unwrap()).unwrap();
         assert!(
             moved.contains("db2:\n          ansible_host: 172.28.5.201\n"),

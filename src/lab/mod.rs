@@ -45,6 +45,8 @@ pub struct LabSpec {
     pub user: String,
     /// TLS on (the default); false writes `tls: false` into the inventory.
     pub tls: bool,
+    /// `install_method: docker` (components as containers in the hosts).
+    pub docker: bool,
 }
 
 /// A lab that is up.
@@ -154,7 +156,7 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo, Failure> {
     let inventory_path = spec.dir.join(layout::INVENTORY_FILE);
     files::write_if_changed(
         &inventory_path,
-        layout::render_inventory(name, &planned, &spec.user, spec.tls).as_bytes(),
+        layout::render_inventory(name, &planned, &spec.user, spec.tls, spec.docker).as_bytes(),
         0o644,
     )?;
     Ok(LabInfo {
@@ -174,7 +176,8 @@ pub async fn down(name: &str) -> Result<(), Failure> {
     layout::validate_name(name).map_err(Failure::options)?;
     let ids = lab_container_ids(name).await?;
     if !ids.is_empty() {
-        let mut args = vec!["rm", "-f"];
+        // -v: with each host's Docker storage volume.
+        let mut args = vec!["rm", "-f", "-v"];
         args.extend(ids.iter().map(String::as_str));
         docker::run(&args).await?;
     }
@@ -387,7 +390,7 @@ async fn replace_with(
             }
         },
     };
-    docker::run(&["rm", "-f", &h.container]).await?;
+    docker::run(&["rm", "-f", "-v", &h.container]).await?;
     let args = layout::run_args(name, &planned, &image);
     docker::run(&args.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let host_key = wait_ready(&h.container, Some(h.address)).await?;
@@ -982,7 +985,12 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
         dir,
         user: a.user.clone(),
         tls: !a.no_tls,
+        docker: a.method == "docker",
     };
+    if spec.docker {
+        // The images the hosts will run, built here (cached) before the hosts start.
+        crate::images::ensure().await?;
+    }
     let info = up(&spec).await?;
     let json = output == OutputFormat::Json;
     let inv = info.inventory_path.display().to_string();

@@ -17,7 +17,8 @@ use crate::engine::plan::{self, Action, HostPlan, SqlChange};
 use crate::engine::roles::{Library, Notify, Stage};
 use crate::error::Failure;
 use crate::install;
-use crate::inventory::Inventory;
+use crate::inventory::{InstallMethod, Inventory};
+use crate::ops::images;
 use crate::ops::run::host_failed;
 use crate::ops::{Ctx, patroni as actions, waits};
 use crate::probe::{etcd, patroni};
@@ -46,12 +47,23 @@ pub struct Converge<'c, 'a> {
     pub plans: BTreeMap<String, HostPlan>,
     /// (host, role) steps a host already did in this run, ahead of their phase.
     done: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// install_method docker: the images' archive (push), made once per run.
+    archive: images::Archive,
 }
 
 impl<'c, 'a> Converge<'c, 'a> {
-    pub fn new(ctx: &'c Ctx<'a>) -> Result<Self, Failure> {
+    /// Desired state of every host. Under the docker method the images must be at
+    /// hand first (push: in this machine's Docker): a missing one fails here, before
+    /// any change.
+    pub async fn load(ctx: &'c Ctx<'a>) -> Result<Self, Failure> {
+        let image_ids = if ctx.inv.cluster.install_method == InstallMethod::Docker {
+            images::local_ids(&ctx.inv.cluster).await?
+        } else {
+            BTreeMap::new()
+        };
         let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-        let desired = desired::desired_state(ctx.inv, &lib)
+        let inputs = desired::Inputs { image_ids };
+        let desired = desired::desired_state_with(ctx.inv, &lib, &inputs)
             .map_err(|e| Failure::error(format!("{e:#}")))?
             .into_iter()
             .map(|d| (d.host.clone(), d))
@@ -63,6 +75,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             facts: BTreeMap::new(),
             plans: BTreeMap::new(),
             done: Default::default(),
+            archive: Default::default(),
         })
     }
 
@@ -80,15 +93,22 @@ impl<'c, 'a> Converge<'c, 'a> {
             paths.push(format!("/etc/postgresql/{}/main", c.postgresql_version));
         }
         // A service in a container is read from Docker, the others from systemd.
-        let containers: Vec<(String, String, String)> = d
+        let containers: Vec<(String, String)> = d
             .roles
             .iter()
             .filter_map(|r| {
                 r.container
                     .as_ref()
-                    .map(|c| (r.services[0].clone(), c.name.clone(), c.spec.clone()))
+                    .map(|c| (r.services[0].clone(), c.name.clone()))
             })
             .collect();
+        let mut images: Vec<String> = d
+            .roles
+            .iter()
+            .filter_map(|r| r.container.as_ref().map(|c| c.image.clone()))
+            .collect();
+        images.sort();
+        images.dedup();
         let units = d
             .roles
             .iter()
@@ -100,6 +120,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             files: d.files().map(|f| f.path.clone()).collect(),
             units,
             containers,
+            images,
             paths,
             sql: is_db.then(|| SqlFactsRequest {
                 port: c.postgresql_port,
@@ -258,7 +279,10 @@ impl<'c, 'a> Converge<'c, 'a> {
             .plans
             .iter()
             .filter(|(h, p)| {
-                only.contains(h) && (!p.packages().is_empty() || !p.pre_install_files().is_empty())
+                only.contains(h)
+                    && (!p.packages().is_empty()
+                        || !p.pre_install_files().is_empty()
+                        || !p.images().is_empty())
             })
             .map(|(h, _)| h.clone())
             .collect();
@@ -275,11 +299,18 @@ impl<'c, 'a> Converge<'c, 'a> {
                 let etcd_early = new_cluster && etcd_hosts.contains(&h);
                 async move {
                     let p = &self.plans[&h];
+                    let docker = self.desired[&h].role("docker").is_some();
+                    if docker {
+                        // The users the images run as own files written below.
+                        apply::run(&s, crate::images::user_script()).await?;
+                    }
                     let pre = p.pre_install_files();
                     apply::write_files(&s, &pre).await?;
                     let mut n = pre.len() as u32 + u32::from(p.apt_update());
                     let pkgs = p.packages();
-                    let etcd_pkgs: Vec<String> = if etcd_early {
+                    // Native: etcd's packages first in a new cluster. Docker: the
+                    // engine is all there is to install, and etcd follows its image.
+                    let etcd_pkgs: Vec<String> = if etcd_early && !docker {
                         let want = self.desired[&h]
                             .role("etcd")
                             .map(|r| r.packages.clone())
@@ -294,7 +325,7 @@ impl<'c, 'a> Converge<'c, 'a> {
                         .cloned()
                         .collect();
                     let mut update = p.apt_update();
-                    if etcd_early {
+                    if etcd_early && !docker {
                         apply::install_niced(&s, &etcd_pkgs, update, 0).await?;
                         update = false;
                         n += self.start_new_etcd_member(&h, &s).await?;
@@ -314,6 +345,23 @@ impl<'c, 'a> Converge<'c, 'a> {
                             .ui
                             .host(&h, format!("installed {}", pkgs.join(" ")));
                         n += 1;
+                    }
+                    if docker {
+                        // The engine (configured before its first start), then the
+                        // images the host lacks.
+                        n += self.service_role_host("docker", &h, &s).await?;
+                        n += images::ensure_on(
+                            &self.inv.cluster,
+                            &h,
+                            &s,
+                            &p.images(),
+                            &self.archive,
+                            &self.ctx.ui,
+                        )
+                        .await?;
+                        if etcd_early {
+                            n += self.start_new_etcd_member(&h, &s).await?;
+                        }
                     }
                     for role in ["haproxy", "exporter"] {
                         if self.desired[&h].role(role).is_some() {

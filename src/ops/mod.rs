@@ -8,6 +8,7 @@ pub mod endpoints;
 pub mod etcd;
 pub mod gap;
 pub mod health;
+pub mod images;
 pub mod lock;
 pub mod patroni;
 pub mod run;

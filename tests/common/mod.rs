@@ -65,6 +65,7 @@ impl Lab {
             dir,
             user: user.into(),
             tls,
+            docker: false,
         })
         .await
         .expect("lab up");
