@@ -55,6 +55,22 @@ pub fn preflight(
                 h.name, f.os_id, f.os_version, f.os_codename
             ));
         }
+        // install_method docker: bind-mounted files keep their owners only when
+        // the host's users have the image's ids.
+        if d.role("docker").is_some() {
+            for (name, id, _) in crate::images::USERS {
+                if let Some(have) = f.users.get(*name)
+                    && have != id
+                {
+                    problems.push(format!(
+                        "{}: user {name} has uid {have}, but the images run {name} as uid {id} \
+                         (files on the host are bind-mounted into the containers); remove or \
+                         renumber that user, or use install_method: native",
+                        h.name
+                    ));
+                }
+            }
+        }
         if f.disk_free_kib < MIN_FREE_KIB {
             problems.push(format!(
                 "{}: only {} MiB free in /var/lib; at least {} MiB are needed",

@@ -19,14 +19,17 @@ use crate::cli::{OutputFormat, UpgradeArgs};
 use crate::commands::{finish, load_inventory};
 use crate::engine::apply;
 use crate::engine::desired::{self, HostDesired};
+use crate::engine::facts;
 use crate::engine::roles::{Library, Stage};
 use crate::engine::upgrade::{
     self, Component, HostWork, PackageChange, PackagePolicy, Roles, Running, UpgradePlan,
 };
 use crate::error::{Exit, Failure};
 use crate::install;
+use crate::inventory::InstallMethod;
 use crate::ops::gap::{Gap, GapProbe};
 use crate::ops::health::{self, Level};
+use crate::ops::images;
 use crate::ops::lock::ClusterLock;
 use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
 use crate::ops::run::{host_failed, ssh_options};
@@ -48,7 +51,7 @@ pub async fn command(args: UpgradeArgs, output: OutputFormat) -> Result<Exit, Fa
     let ssh = ssh_options(&args.ssh, &inv);
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
-        Upgrade::new(&ctx, args.check)?.run().await
+        Upgrade::new(&ctx, args.check).await?.run().await
     }
     .await;
     ctx.close().await;
@@ -83,13 +86,25 @@ struct Upgrade<'c, 'a> {
     ctx: &'c Ctx<'a>,
     check: bool,
     desired: BTreeMap<String, HostDesired>,
+    /// install_method docker: the upgrade re-creates containers on new images
+    /// instead of installing packages.
+    docker: bool,
+    archive: images::Archive,
     started: Instant,
 }
 
 impl<'c, 'a> Upgrade<'c, 'a> {
-    fn new(ctx: &'c Ctx<'a>, check: bool) -> Result<Self, Failure> {
+    async fn new(ctx: &'c Ctx<'a>, check: bool) -> Result<Self, Failure> {
+        let docker = ctx.inv.cluster.install_method == InstallMethod::Docker;
+        // Under docker the wanted containers name image ids (push: this machine's;
+        // a missing image fails here, before any change).
+        let image_ids = if docker {
+            images::local_ids(&ctx.inv.cluster).await?
+        } else {
+            BTreeMap::new()
+        };
         let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-        let desired = desired::desired_state(ctx.inv, &lib)
+        let desired = desired::desired_state_with(ctx.inv, &lib, &desired::Inputs { image_ids })
             .map_err(|e| Failure::error(format!("{e:#}")))?
             .into_iter()
             .map(|d| (d.host.clone(), d))
@@ -98,6 +113,8 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             ctx,
             check,
             desired,
+            docker,
+            archive: Default::default(),
             started: Instant::now(),
         })
     }
@@ -173,6 +190,18 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         Failure,
     > {
         let phase = self.ctx.ui.phase("versions");
+        if self.docker {
+            let work = self.container_work().await?;
+            let plan = upgrade::UpgradePlan {
+                containers: true,
+                ..upgrade::plan(work, &self.roles().await?)
+            };
+            phase.done(format!(
+                "{} host(s) with work",
+                plan.work.values().filter(|w| !w.is_empty()).count()
+            ));
+            return Ok((plan, BTreeMap::new()));
+        }
         let c = &self.ctx.inv.cluster;
         let mut futs = Vec::new();
         for h in self.ctx.all_hosts() {
@@ -246,10 +275,20 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             );
             policies.insert(h, policy);
         }
+        let plan = upgrade::plan(work, &self.roles().await?);
+        phase.done(format!(
+            "{} host(s) with work",
+            plan.work.values().filter(|w| !w.is_empty()).count()
+        ));
+        Ok((plan, policies))
+    }
+
+    /// Who leads Patroni and etcd now.
+    async fn roles(&self) -> Result<Roles, Failure> {
         let view = patroni::cluster_any(&self.ctx.ep.patroni_apis())
             .await
             .map_err(|e| Failure::error(format!("reading Patroni's cluster view: {e}")))?;
-        let roles = Roles {
+        Ok(Roles {
             db: self.ctx.db_hosts(),
             etcd: self.ctx.etcd_hosts(),
             routers: self.ctx.router_hosts(),
@@ -258,13 +297,84 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                 .map(|l| l.name.clone())
                 .ok_or_else(|| Failure::error(format!("no running leader: {}", view.summary())))?,
             etcd_leader: etcd_ops::leader(self.ctx).await?,
-        };
-        let plan = upgrade::plan(work, &roles);
-        phase.done(format!(
-            "{} host(s) with work",
-            plan.work.values().filter(|w| !w.is_empty()).count()
-        ));
-        Ok((plan, policies))
+        })
+    }
+
+    /// The containers a host should run, as the upgrade compares them.
+    fn wanted_containers(&self, host: &str) -> Vec<upgrade::WantedContainer> {
+        self.desired[host]
+            .roles
+            .iter()
+            .filter_map(|r| {
+                r.container.as_ref().map(|c| upgrade::WantedContainer {
+                    name: c.name.clone(),
+                    components: upgrade::container_components(&r.name),
+                    spec: c.spec.clone(),
+                    image: c.image.clone(),
+                    image_id: c.image_id.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// install_method docker: read every host's containers (one round trip each)
+    /// and compare them with the inventory's.
+    async fn container_work(&self) -> Result<BTreeMap<String, HostWork>, Failure> {
+        let facts = self.container_facts().await?;
+        Ok(facts
+            .iter()
+            .map(|(h, f)| {
+                (
+                    h.clone(),
+                    upgrade::container_work(h, &self.wanted_containers(h), &f.containers),
+                )
+            })
+            .collect())
+    }
+
+    async fn container_facts(&self) -> Result<BTreeMap<String, facts::HostFacts>, Failure> {
+        let mut futs = Vec::new();
+        for h in self.ctx.all_hosts() {
+            let wanted = self.wanted_containers(&h);
+            let d = &self.desired[&h];
+            let mut images: Vec<String> = wanted.iter().map(|w| w.image.clone()).collect();
+            images.sort();
+            images.dedup();
+            let req = facts::FactsRequest {
+                containers: d
+                    .roles
+                    .iter()
+                    .filter_map(|r| {
+                        r.container
+                            .as_ref()
+                            .map(|c| (r.services[0].clone(), c.name.clone()))
+                    })
+                    .collect(),
+                images,
+                ..Default::default()
+            };
+            let session = self.ctx.session(&h)?.clone();
+            futs.push(async move {
+                let out = session
+                    .exec(&Cmd::root(facts::script(&req)).timeout(Duration::from_secs(120)))
+                    .await
+                    .and_then(|o| o.ok())
+                    .map_err(|e| host_failed(format!("{h}: reading containers: {e}")))?;
+                let mut f =
+                    facts::parse(&h, &out.stdout_str()).map_err(|e| host_failed(e.to_string()))?;
+                // Keyed by container name, as the wanted list is.
+                let by_service: BTreeMap<String, String> = req.containers.iter().cloned().collect();
+                f.containers = std::mem::take(&mut f.containers)
+                    .into_iter()
+                    .filter_map(|(svc, c)| by_service.get(&svc).map(|n| (n.clone(), c)))
+                    .collect();
+                Ok::<_, Failure>((h, f))
+            });
+        }
+        futures_util::future::join_all(futs)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Tags pgha sets while it works, or a pause, left by an interrupted run.
@@ -297,6 +407,22 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             "UPGRADE PLAN"
         });
         let mut hosts = serde_json::Map::new();
+        if self.docker {
+            for (h, w) in &plan.work {
+                let rows: Vec<serde_json::Value> = w
+                    .packages
+                    .iter()
+                    .map(|p| {
+                        ui.host(
+                            h,
+                            format!("{:<28} {} -> {}", p.package, p.installed, p.target),
+                        );
+                        json!({"container": p.package, "running": p.installed, "target": p.target, "change": true})
+                    })
+                    .collect();
+                hosts.insert(h.clone(), json!(rows));
+            }
+        }
         for (h, policy) in policies {
             let mut rows = Vec::new();
             for (c, pkgs) in self.role_packages(h) {
@@ -339,7 +465,11 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         }
         let steps = plan.steps();
         if steps.is_empty() {
-            ui.line("No package changes.");
+            ui.line(if self.docker {
+                "No container changes: every container runs the inventory's image and spec."
+            } else {
+                "No package changes."
+            });
         } else {
             ui.line("Order:");
             for (i, s) in steps.iter().enumerate() {
@@ -476,6 +606,9 @@ impl<'c, 'a> Upgrade<'c, 'a> {
     /// lists, the plan again (new sources can add versions), then every package
     /// downloaded on every host before anything is installed.
     async fn prepare(&self, plan: UpgradePlan) -> Result<UpgradePlan, Failure> {
+        if self.docker {
+            return self.prepare_images(plan).await;
+        }
         let phase = self.ctx.ui.phase("download");
         let hosts: Vec<String> = plan
             .work
@@ -522,6 +655,57 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             })
             .await?;
         phase.done(format!("{} host(s) have every package", hosts.len()));
+        Ok(plan)
+    }
+
+    /// install_method docker: every image a host's new containers need is on it
+    /// (sent or pulled) before any container is touched.
+    async fn prepare_images(&self, plan: UpgradePlan) -> Result<UpgradePlan, Failure> {
+        let phase = self.ctx.ui.phase("images");
+        let facts = self.container_facts().await?;
+        let hosts: Vec<String> = plan
+            .work
+            .iter()
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(h, _)| h.clone())
+            .collect();
+        let missing: BTreeMap<String, Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                let mut refs: Vec<String> = self
+                    .wanted_containers(h)
+                    .into_iter()
+                    .filter(|w| {
+                        facts[h]
+                            .images
+                            .get(&w.image)
+                            .is_none_or(|id| !w.image_id.is_empty() && *id != w.image_id)
+                    })
+                    .map(|w| w.image)
+                    .collect();
+                refs.sort();
+                refs.dedup();
+                (h.clone(), refs)
+            })
+            .collect();
+        self.ctx
+            .each(&hosts, "bring images", |h, s| {
+                let refs = missing[&h].clone();
+                async move {
+                    images::ensure_on(
+                        &self.ctx.inv.cluster,
+                        &h,
+                        &s,
+                        &refs,
+                        &self.archive,
+                        &self.ctx.ui,
+                    )
+                    .await?;
+                    Ok(0)
+                }
+            })
+            .await?;
+        phase.done(format!("{} host(s) have every image", hosts.len()));
         Ok(plan)
     }
 
@@ -617,7 +801,9 @@ impl<'c, 'a> Upgrade<'c, 'a> {
 
     /// Install a host's packages (services are not started by package scripts).
     async fn install(&self, host: &str, w: &HostWork) -> Result<(), Failure> {
-        if w.packages.is_empty() {
+        // Docker: the images are on the host already (prepare); the restart
+        // re-creates the container on the new one.
+        if w.packages.is_empty() || self.docker {
             return Ok(());
         }
         apply::install_exact(self.ctx.session(host)?, &w.specs(), false)
@@ -787,11 +973,20 @@ impl<'c, 'a> Upgrade<'c, 'a> {
     async fn router(&self, h: &str, w: &HostWork) -> Result<(), Failure> {
         let phase = self.ctx.ui.phase("haproxy");
         self.install(h, w).await?;
-        phase.set(format!("{h}: reload"));
         let role = self.role(h, "haproxy")?;
-        self.ctx
-            .run_on(h, "reload haproxy", install::reload(role))
-            .await?;
+        if self.docker {
+            // A new image is a new container: its sessions end (a second router
+            // keeps serving meanwhile).
+            phase.set(format!("{h}: re-creating the HAProxy container"));
+            self.ctx
+                .run_on(h, "re-create haproxy", install::restart(role, false))
+                .await?;
+        } else {
+            phase.set(format!("{h}: reload"));
+            self.ctx
+                .run_on(h, "reload haproxy", install::reload(role))
+                .await?;
+        }
         let check = format!("p={}; readlink /proc/$p/exe", install::main_pid(role));
         until(
             &format!("HAProxy on {h} to run the new binary"),

@@ -21,6 +21,8 @@ pub struct FactsRequest {
     pub containers: Vec<(String, String)>,
     /// install_method docker: image references whose local id to read.
     pub images: Vec<String>,
+    /// User names whose uid to read (the image contract's users).
+    pub users: Vec<String>,
     pub paths: Vec<String>,
     /// PostgreSQL port and role/database names to read when this host runs the primary.
     pub sql: Option<SqlFactsRequest>,
@@ -98,6 +100,8 @@ pub struct HostFacts {
     /// install_method docker: containers by service, and image ids by reference.
     pub containers: BTreeMap<String, ContainerFact>,
     pub images: BTreeMap<String, String>,
+    /// uid of each asked-for user that exists.
+    pub users: BTreeMap<String, u32>,
     /// Listening TCP port -> process name.
     pub listening: BTreeMap<u16, String>,
     pub existing_paths: BTreeSet<String>,
@@ -178,6 +182,12 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             label = crate::install::SPEC_LABEL,
             name = shell_quote(name),
             service = shell_quote(service),
+        ));
+    }
+    if !req.users.is_empty() {
+        s.push_str(&format!(
+            "for u in {}; do i=$(id -u \"$u\" 2>/dev/null) && printf 'user\\t%s\\t%s\\n' \"$u\" \"$i\"; done\n",
+            words(&req.users)
         ));
     }
     for r in &req.images {
@@ -306,6 +316,11 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                     },
                 );
             }
+            ["user", name, uid] => {
+                if let Ok(uid) = uid.parse() {
+                    f.users.insert(name.to_string(), uid);
+                }
+            }
             ["image", reference, id] => {
                 f.images.insert(reference.to_string(), id.to_string());
             }
@@ -386,13 +401,15 @@ database\tapp\tapp\n";
         let out = "os\tdebian\t13\ttrixie\n\
 container\tetcd\ttrue\tabc123\tsha256:1\t2026-12-01T10:00:00Z\n\
 container\tpatroni\tfalse\tdef\tsha256:1\t0001-01-01T00:00:00Z\n\
-image\tpgha-stack:abc\tsha256:1\n";
+image\tpgha-stack:abc\tsha256:1\n\
+user\tpostgres\t470\n";
         let f = parse("db1", out).unwrap();
         assert!(f.unit("etcd").is_active() && f.unit("etcd").is_enabled());
         assert!(!f.unit("patroni").is_active() && f.unit("patroni").is_enabled());
         assert_eq!(f.containers["etcd"].spec, "abc123");
         assert_eq!(f.containers["etcd"].image_id, "sha256:1");
         assert_eq!(f.images["pgha-stack:abc"], "sha256:1");
+        assert_eq!(f.users["postgres"], 470);
         assert!(!f.unit("exporter").is_enabled(), "no container: not found");
     }
 
@@ -410,6 +427,7 @@ image\tpgha-stack:abc\tsha256:1\n";
             units: vec!["patroni".into()],
             containers: vec![("etcd".into(), "pgha-etcd".into())],
             images: vec!["pgha-stack:abc".into()],
+            users: vec!["postgres".into()],
             paths: vec![],
             sql: Some(SqlFactsRequest {
                 port: 5432,

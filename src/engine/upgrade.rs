@@ -101,6 +101,8 @@ pub fn upstream(version: &str) -> &str {
 /// One package to move from `installed` to `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PackageChange {
+    /// The component whose step makes this change.
+    pub component: Component,
     pub package: String,
     pub installed: String,
     pub target: String,
@@ -168,6 +170,7 @@ pub fn host_work(
                 && i != t
             {
                 w.packages.push(PackageChange {
+                    component: *c,
                     package: p.clone(),
                     installed: i.clone(),
                     target: t.clone(),
@@ -203,6 +206,71 @@ pub fn host_work(
     w
 }
 
+/// install_method docker: one container as the upgrade sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedContainer {
+    pub name: String,
+    /// The components it runs (Patroni's container runs PostgreSQL too).
+    pub components: Vec<Component>,
+    pub spec: String,
+    pub image: String,
+    pub image_id: String,
+}
+
+/// The components a container runs, by the role that declares it.
+pub fn container_components(role: &str) -> Vec<Component> {
+    match role {
+        "patroni" => vec![Component::Postgres, Component::Patroni],
+        r => Component::from_role(r).into_iter().collect(),
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+/// A docker host's work: every existing container created from another spec than
+/// the inventory's (a new image reference, a new image under the same tag, other
+/// run arguments) is re-created, its components restarted in the upgrade's order.
+/// A container that does not exist is deploy's to create, not the upgrade's.
+pub fn container_work(
+    host: &str,
+    wanted: &[WantedContainer],
+    have: &BTreeMap<String, super::facts::ContainerFact>,
+) -> HostWork {
+    let mut w = HostWork {
+        host: host.to_string(),
+        ..Default::default()
+    };
+    for c in wanted {
+        let Some(fact) = have.get(&c.name) else {
+            continue;
+        };
+        if fact.spec == c.spec {
+            continue;
+        }
+        let target = if c.image_id.is_empty() {
+            c.image.clone()
+        } else {
+            format!("{} ({})", c.image, short_id(&c.image_id))
+        };
+        let installed = if !c.image_id.is_empty() && fact.image_id == c.image_id {
+            format!("{} (other run arguments)", short_id(&fact.image_id))
+        } else {
+            short_id(&fact.image_id).to_string()
+        };
+        w.packages.push(PackageChange {
+            component: c.components[0],
+            package: c.name.clone(),
+            installed,
+            target,
+        });
+        w.restart.extend(c.components.iter().copied());
+    }
+    w
+}
+
 /// The cluster's roles when the upgrade is planned.
 #[derive(Debug, Clone, Default)]
 pub struct Roles {
@@ -231,6 +299,8 @@ pub struct UpgradePlan {
     /// Routers, one at a time.
     pub routers: Vec<String>,
     pub switchovers: u32,
+    /// install_method docker: changes are containers re-created on new images.
+    pub containers: bool,
 }
 
 impl UpgradePlan {
@@ -241,19 +311,21 @@ impl UpgradePlan {
     /// One line per step, in order (for --check and the log).
     pub fn steps(&self) -> Vec<String> {
         let mut s = Vec::new();
-        let what = |h: &str| {
+        // A step lists the changes of the components it restarts.
+        let what = |h: &str, cs: &[Component]| {
             let w = &self.work[h];
-            let pk: Vec<String> = w
+            let mut parts: Vec<String> = w
                 .packages
                 .iter()
+                .filter(|p| cs.contains(&p.component))
                 .map(|p| format!("{} {} -> {}", p.package, p.installed, p.target))
                 .collect();
-            let mut parts = pk;
             parts.extend(w.stale.iter().map(|x| format!("restart: {x}")));
             parts.join(", ")
         };
+        use Component::*;
         for h in &self.etcd {
-            s.push(format!("etcd member {h}: {}", what(h)));
+            s.push(format!("etcd member {h}: {}", what(h, &[Etcd])));
         }
         for h in &self.db_rolling {
             if h == self.db_rolling.last().unwrap() && self.switchovers > 0 {
@@ -263,21 +335,31 @@ impl UpgradePlan {
             }
             s.push(format!(
                 "db member {h} (out of reads and failover, drained): {}",
-                what(h)
+                what(h, &[Postgres, Patroni, Exporter])
             ));
         }
         if !self.patroni_only.is_empty() {
             s.push("pause the cluster (PostgreSQL keeps running)".into());
             for h in &self.patroni_only {
-                s.push(format!("Patroni on {h}: {}", what(h)));
+                s.push(format!("Patroni on {h}: {}", what(h, &[Patroni, Exporter])));
             }
             s.push("resume the cluster".into());
         }
         for h in &self.exporter_only {
-            s.push(format!("exporter on {h}: {}", what(h)));
+            s.push(format!("exporter on {h}: {}", what(h, &[Exporter])));
         }
         for h in &self.routers {
-            s.push(format!("router {h} (reload keeps sessions): {}", what(h)));
+            if self.containers {
+                s.push(format!(
+                    "router {h} (container re-created: its sessions end): {}",
+                    what(h, &[Haproxy])
+                ));
+            } else {
+                s.push(format!(
+                    "router {h} (reload keeps sessions): {}",
+                    what(h, &[Haproxy])
+                ));
+            }
         }
         s
     }
@@ -335,6 +417,7 @@ pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
         exporter_only,
         routers,
         switchovers,
+        containers: false,
     }
 }
 
@@ -478,6 +561,7 @@ libpq5:
             HostWork {
                 host: host.into(),
                 packages: vec![PackageChange {
+                    component: cs[0],
                     package: "x".into(),
                     installed: "1".into(),
                     target: "2".into(),
@@ -538,6 +622,68 @@ libpq5:
         assert_eq!(p.patroni_only, ["db1", "db2"]);
         assert_eq!(p.exporter_only, ["db3"]);
         assert!(p.steps().first().unwrap().starts_with("pause"));
+    }
+
+    #[test]
+    fn containers_with_another_spec_are_recreated_and_missing_ones_left_to_deploy() {
+        use crate::engine::facts::ContainerFact;
+        let want = |name: &str, role: &str, spec: &str| WantedContainer {
+            name: name.into(),
+            components: container_components(role),
+            spec: spec.into(),
+            image: "pgha-stack:new".into(),
+            image_id: "sha256:bbbbbbbbbbbbbbbb".into(),
+        };
+        let fact = |spec: &str, id: &str| ContainerFact {
+            running: true,
+            spec: spec.into(),
+            image_id: id.into(),
+            started_at: String::new(),
+        };
+        let wanted = vec![
+            want("pgha-etcd", "etcd", "s1"),
+            want("pgha-patroni", "patroni", "s2"),
+            want("pgha-exporter", "exporter", "s3"),
+        ];
+        let have = BTreeMap::from([
+            (
+                "pgha-etcd".to_string(),
+                fact("s1", "sha256:bbbbbbbbbbbbbbbb"),
+            ),
+            (
+                "pgha-patroni".to_string(),
+                fact("old", "sha256:aaaaaaaaaaaaaaaa"),
+            ),
+        ]);
+        let w = container_work("db1", &wanted, &have);
+        assert_eq!(
+            w.restart,
+            BTreeSet::from([Component::Postgres, Component::Patroni])
+        );
+        assert_eq!(w.packages.len(), 1);
+        assert_eq!(w.packages[0].package, "pgha-patroni");
+        assert_eq!(w.packages[0].installed, "aaaaaaaaaaaa");
+        assert_eq!(w.packages[0].target, "pgha-stack:new (bbbbbbbbbbbb)");
+        // Patroni's container runs PostgreSQL: a rolling member, not a pause.
+        let roles = roles();
+        let p = plan(BTreeMap::from([("db1".to_string(), w)]), &roles);
+        assert!(p.patroni_only.is_empty());
+        assert!(p.db_rolling.contains(&"db1".to_string()));
+        let converged = BTreeMap::from([
+            (
+                "pgha-etcd".to_string(),
+                fact("s1", "sha256:bbbbbbbbbbbbbbbb"),
+            ),
+            (
+                "pgha-patroni".to_string(),
+                fact("s2", "sha256:bbbbbbbbbbbbbbbb"),
+            ),
+            (
+                "pgha-exporter".to_string(),
+                fact("s3", "sha256:bbbbbbbbbbbbbbbb"),
+            ),
+        ]);
+        assert!(container_work("db1", &wanted, &converged).is_empty());
     }
 
     #[test]

@@ -119,6 +119,14 @@ impl<'c, 'a> Converge<'c, 'a> {
             packages: d.packages(),
             files: d.files().map(|f| f.path.clone()).collect(),
             units,
+            users: if images.is_empty() {
+                Vec::new()
+            } else {
+                crate::images::USERS
+                    .iter()
+                    .map(|(n, _, _)| n.to_string())
+                    .collect()
+            },
             containers,
             images,
             paths,
@@ -165,7 +173,37 @@ impl<'c, 'a> Converge<'c, 'a> {
             );
             self.plans.insert(h.name.clone(), p);
         }
+        self.note_stale_containers();
         Ok(())
+    }
+
+    /// Running containers created from another spec (a new image, other run
+    /// arguments) keep running: re-creating them all at once would stop the
+    /// cluster. `pgha upgrade` re-creates them one at a time.
+    fn note_stale_containers(&self) {
+        let mut stale = Vec::new();
+        for (h, d) in &self.desired {
+            for r in &d.roles {
+                let Some(c) = &r.container else { continue };
+                if let Some(f) = self
+                    .facts
+                    .get(h)
+                    .and_then(|f| f.containers.get(&r.services[0]))
+                    && f.running
+                    && f.spec != c.spec
+                {
+                    stale.push(format!("{h} {}", c.name));
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.ctx.ui.warn(format!(
+                "{} container(s) run another image or spec than the inventory's ({}): \
+                 `pgha upgrade` re-creates them one at a time with the cluster serving",
+                stale.len(),
+                stale.join(", ")
+            ));
+        }
     }
 
     /// Whether etcd and Patroni exist, and the cluster-wide changes visible now.

@@ -114,6 +114,18 @@ pub fn etcd_key(cluster: &str) -> String {
     format!("/pgha/{cluster}/lock")
 }
 
+/// One keep-alive of the lease, answered in time with time left on it.
+async fn renew(
+    keeper: &mut etcd_client::LeaseKeeper,
+    stream: &mut etcd_client::LeaseKeepAliveStream,
+) -> bool {
+    keeper.keep_alive().await.is_ok()
+        && matches!(
+            tokio::time::timeout(RENEW_EVERY, stream.message()).await,
+            Ok(Ok(Some(r))) if r.ttl() > 0
+        )
+}
+
 async fn etcd_client(endpoints: &[String]) -> Result<Client, String> {
     super::etcd::connect_any(endpoints).await
 }
@@ -269,17 +281,43 @@ impl ClusterLock {
                 )),
             });
         }
-        let (mut keeper, mut stream) = c
+        let (keeper, stream) = c
             .lease_keep_alive(lease)
             .await
             .map_err(|e| Failure::error(format!("cluster lock: etcd keep-alive: {e}")))?;
+        let eps = endpoints.to_vec();
         let keeper_task = tokio::spawn(async move {
+            // The lease is the cluster's, not the endpoint's: when the member this
+            // client talks to restarts (an upgrade restarts each in turn), keep the
+            // same lease alive through any member that answers.
+            let mut chan = Some((keeper, stream));
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                let ok = keeper.keep_alive().await.is_ok()
-                    && matches!(stream.message().await, Ok(Some(r)) if r.ttl() > 0);
-                if !ok {
-                    tracing::warn!("cluster lock: renewing the etcd lease failed; retrying");
+                if let Some((k, s)) = chan.as_mut()
+                    && renew(k, s).await
+                {
+                    continue;
+                }
+                chan = None;
+                match etcd_client(&eps).await {
+                    Ok(mut c) => match c.lease_keep_alive(lease).await {
+                        Ok((mut k, mut s)) => {
+                            if renew(&mut k, &mut s).await {
+                                chan = Some((k, s));
+                            } else {
+                                tracing::warn!(
+                                    "cluster lock: its etcd lease could not be renewed \
+                                     (expired?); retrying"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("cluster lock: renewing the etcd lease: {e}; retrying")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!("cluster lock: renewing the etcd lease: {e}; retrying")
+                    }
                 }
             }
         });
