@@ -124,8 +124,14 @@ fn run_args(c: &ContainerSpec) -> String {
 pub fn reload(role: &DesiredRole) -> String {
     match &role.container {
         None => format!("systemctl reload {}", shell_quote(&unit(role))),
+        // The signal is sent from inside the container: `docker kill -s` marks a
+        // container as stopped by hand (moby's killWithSignal), so its restart
+        // policy would no longer bring it back after a reboot or a crash.
         Some(c) => match &c.reload_signal {
-            Some(sig) => format!("docker kill -s {sig} {} >/dev/null", shell_quote(&c.name)),
+            Some(sig) => format!(
+                "docker exec {} sh -c 'kill -{sig} 1'",
+                shell_quote(&c.name)
+            ),
             None => format!(
                 "docker restart -t {} {} >/dev/null",
                 c.stop_timeout,
@@ -255,6 +261,6 @@ mod tests {
         assert!(reload(&docker()).starts_with("docker restart -t 30 pgha-etcd"));
         let mut sig = docker();
         sig.container.as_mut().unwrap().reload_signal = Some("HUP".into());
-        assert_eq!(reload(&sig), "docker kill -s HUP pgha-etcd >/dev/null");
+        assert_eq!(reload(&sig), "docker exec pgha-etcd sh -c 'kill -HUP 1'");
     }
 }
