@@ -128,10 +128,7 @@ pub fn reload(role: &DesiredRole) -> String {
         // container as stopped by hand (moby's killWithSignal), so its restart
         // policy would no longer bring it back after a reboot or a crash.
         Some(c) => match &c.reload_signal {
-            Some(sig) => format!(
-                "docker exec {} sh -c 'kill -{sig} 1'",
-                shell_quote(&c.name)
-            ),
+            Some(sig) => format!("docker exec {} sh -c 'kill -{sig} 1'", shell_quote(&c.name)),
             None => format!(
                 "docker restart -t {} {} >/dev/null",
                 c.stop_timeout,

@@ -335,22 +335,10 @@ impl<'c, 'a> Upgrade<'c, 'a> {
     async fn container_facts(&self) -> Result<BTreeMap<String, facts::HostFacts>, Failure> {
         let mut futs = Vec::new();
         for h in self.ctx.all_hosts() {
-            let wanted = self.wanted_containers(&h);
             let d = &self.desired[&h];
-            let mut images: Vec<String> = wanted.iter().map(|w| w.image.clone()).collect();
-            images.sort();
-            images.dedup();
             let req = facts::FactsRequest {
-                containers: d
-                    .roles
-                    .iter()
-                    .filter_map(|r| {
-                        r.container
-                            .as_ref()
-                            .map(|c| (r.services[0].clone(), c.name.clone()))
-                    })
-                    .collect(),
-                images,
+                containers: d.containers(),
+                images: d.images(),
                 ..Default::default()
             };
             let session = self.ctx.session(&h)?.clone();

@@ -83,6 +83,28 @@ impl HostDesired {
     pub fn services(&self) -> Vec<String> {
         self.roles.iter().flat_map(|r| r.services.clone()).collect()
     }
+    /// install_method docker: (service, container name) of each role in a container.
+    pub fn containers(&self) -> Vec<(String, String)> {
+        self.roles
+            .iter()
+            .filter_map(|r| {
+                r.container
+                    .as_ref()
+                    .map(|c| (r.services[0].clone(), c.name.clone()))
+            })
+            .collect()
+    }
+    /// install_method docker: the distinct images the host's containers run.
+    pub fn images(&self) -> Vec<String> {
+        let mut images: Vec<String> = self
+            .roles
+            .iter()
+            .filter_map(|r| r.container.as_ref().map(|c| c.image.clone()))
+            .collect();
+        images.sort();
+        images.dedup();
+        images
+    }
 }
 
 /// Where etcd keeps this cluster's data (not Debian's `default` one-member dir).

@@ -93,22 +93,8 @@ impl<'c, 'a> Converge<'c, 'a> {
             paths.push(format!("/etc/postgresql/{}/main", c.postgresql_version));
         }
         // A service in a container is read from Docker, the others from systemd.
-        let containers: Vec<(String, String)> = d
-            .roles
-            .iter()
-            .filter_map(|r| {
-                r.container
-                    .as_ref()
-                    .map(|c| (r.services[0].clone(), c.name.clone()))
-            })
-            .collect();
-        let mut images: Vec<String> = d
-            .roles
-            .iter()
-            .filter_map(|r| r.container.as_ref().map(|c| c.image.clone()))
-            .collect();
-        images.sort();
-        images.dedup();
+        let containers = d.containers();
+        let images = d.images();
         let units = d
             .roles
             .iter()

@@ -53,6 +53,16 @@ impl Lab {
 
     /// A lab whose inventory has TLS on or off.
     pub async fn up_tls(name: &str, user: &str, db: u32, tls: bool) -> Lab {
+        Self::up_spec(name, user, db, tls, false).await
+    }
+
+    /// A lab for install_method docker (TLS off), pgha's image built first.
+    pub async fn up_docker(name: &str) -> Lab {
+        pgha::images::ensure().await.expect("pgha images build");
+        Self::up_spec(name, "root", 3, false, true).await
+    }
+
+    async fn up_spec(name: &str, user: &str, db: u32, tls: bool, docker: bool) -> Lab {
         // reqwest (rustls) needs its crypto provider even for plain HTTP.
         pgha::probe::tls::init_provider();
         let _ = lab::down(name).await;
@@ -65,7 +75,7 @@ impl Lab {
             dir,
             user: user.into(),
             tls,
-            docker: false,
+            docker,
         })
         .await
         .expect("lab up");
@@ -361,4 +371,27 @@ pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
         lost.len(),
         acked.len()
     );
+}
+
+/// Wait until a session through the router's read port lands on a replica where
+/// `count_sql` (one bigint) returns `want`.
+pub async fn replica_count(lab: &Lab, count_sql: &str, want: i64) {
+    let pw = lab.secret("superuser_password");
+    let router = lab.router();
+    let sql = format!("SELECT ({count_sql}), pg_is_in_recovery()");
+    eventually(
+        &format!("{count_sql} = {want} on a replica through :5001"),
+        30,
+        || async {
+            let r = pg(&router, 5001, &pw).await?;
+            let row = r.query_one(&sql, &[]).await.map_err(|e| e.to_string())?;
+            let (n, replica): (i64, bool) = (row.get(0), row.get(1));
+            if n == want && replica {
+                Ok(())
+            } else {
+                Err(format!("count {n}, replica {replica}"))
+            }
+        },
+    )
+    .await;
 }
