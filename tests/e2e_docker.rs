@@ -111,7 +111,7 @@ fn set_vars(inv: &str, original: &str, extra: &str) {
 
 async fn patroni_json(lab: &Lab, host: &str) -> serde_json::Value {
     eventually(&format!("Patroni's /patroni on {host}"), 60, || async {
-        get_json(&format!("http://{}:8008/patroni", lab.ip(host))).await
+        lab.patroni_get(host, "/patroni").await
     })
     .await
 }

@@ -1,8 +1,15 @@
 //! End-to-end: `pgha upgrade` on its own lab (`pgha-e2e-upgrade`). A cluster
-//! deployed with PostgreSQL and HAProxy pinned to Debian 13's point-release
-//! versions, then upgraded to trixie-security's with the pins lifted while a writer
-//! inserts through :5000; the first run is killed after its first replica and run
-//! again. Assertions read the hosts and the running servers, not pgha's report.
+//! deployed with PostgreSQL and HAProxy pinned to older builds, then upgraded to
+//! Debian's current ones with the pins lifted while a writer inserts through :5000;
+//! the first run is killed after its first replica and run again. Assertions read
+//! the hosts and the running servers, not pgha's report.
+//!
+//! The older builds: Debian's mirror keeps only the newest version of a package in
+//! each suite, so which two versions exist changes with every point release (17.11
+//! left trixie when 17.12 entered it). The test repackages the hosts' current
+//! candidates as `<version>~e2e` (which sorts just before `<version>`) into a local
+//! apt repository on each host, listed in `apt_sources`: a real package upgrade of
+//! the same programs, whatever the mirror holds today.
 
 mod common;
 
@@ -14,19 +21,74 @@ use common::*;
 use serde_json::Value;
 
 const LAB: &str = "pgha-e2e-upgrade";
-const PG_OLD: &str = "17.11-0+deb13u1";
-const PG_NEW: &str = "17.12-0+deb13u1";
-const HAPROXY_OLD: &str = "3.0.11-1+deb13u3";
-const HAPROXY_NEW: &str = "3.0.11-1+deb13u5";
+const REPO: &str = "/opt/pgha-e2e-repo";
+const PG_PACKAGES: [&str; 3] = ["libpq5", "postgresql-17", "postgresql-client-17"];
 
-fn pins() -> String {
-    format!(
-        "    apt_pins:\n\
-         \x20     - {{package: postgresql-17, version: {PG_OLD}}}\n\
-         \x20     - {{package: postgresql-client-17, version: {PG_OLD}}}\n\
-         \x20     - {{package: libpq5, version: {PG_OLD}}}\n\
-         \x20     - {{package: haproxy, version: {HAPROXY_OLD}}}\n"
-    )
+/// A local apt repository on `host` with `<candidate>~e2e` builds of `pkgs`;
+/// returns each package's mirror candidate.
+fn older_builds(lab: &Lab, host: &str, pkgs: &[&str]) -> Vec<(String, String)> {
+    let script = format!(
+        r#"set -eu
+export DEBIAN_FRONTEND=noninteractive
+rm -rf {REPO}; mkdir -p {REPO}/build; cd {REPO}/build
+apt-get -qq update
+apt-get -qq download {pkgs} >/dev/null
+for deb in *.deb; do
+  rm -rf x; dpkg-deb -R "$deb" x
+  p=$(sed -n 's/^Package: //p' x/DEBIAN/control)
+  v=$(sed -n 's/^Version: //p' x/DEBIAN/control)
+  sed -i "s/^Version: .*/Version: $v~e2e/" x/DEBIAN/control
+  dpkg-deb -Zgzip -z1 -b x "../${{p}}_$v~e2e.deb" >/dev/null
+  printf 'candidate	%s	%s
+' "$p" "$v"
+done
+cd {REPO}; rm -rf build
+for deb in *.deb; do
+  dpkg-deb -f "$deb"
+  printf 'Filename: ./%s
+Size: %s
+SHA256: %s
+
+' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
+done > Packages
+"#,
+        pkgs = pkgs.join(" ")
+    );
+    let (code, out) = lab.sh(host, &script);
+    assert_eq!(code, 0, "{host}: local repository of older builds: {out}");
+    let mut v: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 3 && f[0] == "candidate").then(|| (f[1].to_string(), f[2].to_string()))
+        })
+        .collect();
+    v.sort();
+    assert_eq!(v.len(), pkgs.len(), "{host}: {out}");
+    v
+}
+
+fn older(v: &str) -> String {
+    format!("{v}~e2e")
+}
+
+/// The local repository, and (when `pinned`) pins on its older builds.
+fn vars(pg_new: &str, haproxy_new: &str, pinned: bool) -> String {
+    let mut s = format!("    apt_sources:\n      - \"deb [trusted=yes] file:{REPO} ./\"\n");
+    if pinned {
+        s.push_str("    apt_pins:\n");
+        for p in PG_PACKAGES {
+            s.push_str(&format!(
+                "      - {{package: {p}, version: \"{}\"}}\n",
+                older(pg_new)
+            ));
+        }
+        s.push_str(&format!(
+            "      - {{package: haproxy, version: \"{}\"}}\n",
+            older(haproxy_new)
+        ));
+    }
+    s
 }
 
 fn package_version(lab: &Lab, host: &str, pkg: &str) -> String {
@@ -34,13 +96,16 @@ fn package_version(lab: &Lab, host: &str, pkg: &str) -> String {
         .1
 }
 
-/// What each member's running server says it is.
-fn server_versions(lab: &Lab) -> Vec<(String, String)> {
+/// Each member's running postmaster: whether it runs a binary replaced on disk.
+fn postmaster_exes(lab: &Lab) -> Vec<(String, String)> {
     lab.db_hosts()
         .into_iter()
         .map(|h| {
-            let v = lab.psql(&h, "SHOW server_version");
-            (h, v.split_whitespace().next().unwrap_or("").to_string())
+            let (_, exe) = lab.sh(
+                &h,
+                "readlink /proc/$(head -1 /var/lib/postgresql/17/main/postmaster.pid)/exe",
+            );
+            (h, exe.trim().to_string())
         })
         .collect()
 }
@@ -106,19 +171,43 @@ fn upgrade_killed_after_first_replica(inv: &str) -> Vec<String> {
 async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     let lab = Lab::up(LAB, "root").await;
     let inv = lab.inventory();
-    let unpinned = std::fs::read_to_string(&inv).unwrap();
-    let pinned = unpinned.replacen("vars:\n", &format!("vars:\n{}", pins()), 1);
-    assert_ne!(pinned, unpinned);
+    let mut pg_new = String::new();
+    for h in lab.db_hosts() {
+        let v = older_builds(&lab, &h, &PG_PACKAGES);
+        assert!(
+            v.iter().all(|(_, x)| *x == v[0].1),
+            "{h}: one PostgreSQL release: {v:?}"
+        );
+        pg_new = v[0].1.clone();
+    }
+    let haproxy_new = older_builds(&lab, "router1", &["haproxy"])[0].1.clone();
+    let (pg_old, haproxy_old) = (older(&pg_new), older(&haproxy_new));
+    let original = std::fs::read_to_string(&inv).unwrap();
+    let with = |pinned: bool| {
+        original.replacen(
+            "vars:\n",
+            &format!("vars:\n{}", vars(&pg_new, &haproxy_new, pinned)),
+            1,
+        )
+    };
+    let (pinned, unpinned) = (with(true), with(false));
     std::fs::write(&inv, &pinned).unwrap();
 
     // 1. Deploy the older versions.
     let (code, _, _) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy with pins");
     healthy_cluster(&lab).await;
-    for (h, v) in server_versions(&lab) {
-        assert_eq!(v, "17.11", "{h} runs the pinned PostgreSQL");
+    for h in lab.db_hosts() {
+        for p in PG_PACKAGES {
+            assert_eq!(
+                package_version(&lab, &h, p),
+                pg_old,
+                "{h} has the pinned {p}"
+            );
+        }
     }
-    assert_eq!(package_version(&lab, "router1", "haproxy"), HAPROXY_OLD);
+    assert_eq!(package_version(&lab, "router1", "haproxy"), haproxy_old);
+    let deployed = start_times(&lab).await;
 
     // 2. Pins lifted: --check lists exactly the changes and changes nothing.
     std::fs::write(&inv, &unpinned).unwrap();
@@ -142,32 +231,36 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     let mut want = Vec::new();
     for h in lab.db_hosts() {
         for p in ["libpq5", "postgresql-17", "postgresql-client-17"] {
-            want.push((
-                h.clone(),
-                p.to_string(),
-                PG_OLD.to_string(),
-                PG_NEW.to_string(),
-            ));
+            want.push((h.clone(), p.to_string(), pg_old.clone(), pg_new.clone()));
         }
     }
     want.push((
         "router1".into(),
         "haproxy".into(),
-        HAPROXY_OLD.into(),
-        HAPROXY_NEW.into(),
+        haproxy_old.clone(),
+        haproxy_new.clone(),
     ));
     want.sort();
     assert_eq!(changes, want, "--check lists exactly the pending changes");
     assert_eq!(doc["switchovers"], 1, "one switchover expected");
-    for (h, v) in server_versions(&lab) {
-        assert_eq!(v, "17.11", "--check changed nothing on {h}");
+    for h in lab.db_hosts() {
+        assert_eq!(
+            package_version(&lab, &h, "postgresql-17"),
+            pg_old,
+            "--check changed nothing on {h}"
+        );
     }
-    assert_eq!(package_version(&lab, "router1", "haproxy"), HAPROXY_OLD);
+    assert_eq!(
+        start_times(&lab).await,
+        deployed,
+        "--check restarted nothing"
+    );
+    assert_eq!(package_version(&lab, "router1", "haproxy"), haproxy_old);
     assert!(
-        !lab.sh("db1", "cat /etc/apt/preferences.d/pgha")
+        lab.sh("db1", "cat /etc/apt/preferences.d/pgha")
             .1
-            .contains("17.12"),
-        "--check wrote no apt preferences"
+            .contains(&pg_old),
+        "--check wrote no apt preferences (the pins are still there)"
     );
 
     // 3. The upgrade, killed after its first replica, with a writer running.
@@ -186,10 +279,10 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         seen.iter().any(|l| l.contains("upgraded and streaming")),
         "the first run got through one replica: {seen:?}"
     );
-    let upgraded: Vec<String> = server_versions(&lab)
+    let upgraded: Vec<String> = lab
+        .db_hosts()
         .into_iter()
-        .filter(|(_, v)| v == "17.12")
-        .map(|(h, _)| h)
+        .filter(|h| package_version(&lab, h, "postgresql-17") == pg_new)
         .collect();
     assert!(
         !upgraded.is_empty() && upgraded.len() < 3,
@@ -210,11 +303,23 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     }
 
     let leader = healthy_cluster(&lab).await;
-    for (h, v) in server_versions(&lab) {
-        assert_eq!(v, "17.12", "{h} runs the new PostgreSQL");
-        assert_eq!(package_version(&lab, &h, "postgresql-17"), PG_NEW);
+    for h in lab.db_hosts() {
+        for p in PG_PACKAGES {
+            assert_eq!(package_version(&lab, &h, p), pg_new, "{h} has the new {p}");
+        }
     }
-    assert_eq!(package_version(&lab, "router1", "haproxy"), HAPROXY_NEW);
+    // Every postmaster was restarted onto the new binary.
+    let restarted = start_times(&lab).await;
+    for (h, t) in &restarted {
+        assert_ne!(Some(t), deployed.get(h), "{h}'s PostgreSQL was restarted");
+    }
+    for (h, exe) in postmaster_exes(&lab) {
+        assert!(
+            exe.ends_with("/postgres") && !exe.ends_with("(deleted)"),
+            "{h} runs the new PostgreSQL binary: {exe}"
+        );
+    }
+    assert_eq!(package_version(&lab, "router1", "haproxy"), haproxy_new);
     let (_, exe) = haproxy_master(&lab);
     assert!(
         !exe.ends_with("(deleted)"),

@@ -40,6 +40,9 @@ pub fn json_doc(stdout: &str) -> Value {
 
 pub struct Lab {
     pub info: LabInfo,
+    /// The inventory has TLS on: Patroni and etcd are read over TLS with the
+    /// cluster CA and pgha's client certificate, once deploy has made them.
+    pub tls: bool,
 }
 
 impl Lab {
@@ -56,10 +59,11 @@ impl Lab {
         Self::up_spec(name, user, db, tls, false).await
     }
 
-    /// A lab for install_method docker (TLS off), pgha's image built first.
+    /// A lab for install_method docker (TLS on, the default), pgha's image built
+    /// first.
     pub async fn up_docker(name: &str) -> Lab {
         pgha::images::ensure().await.expect("pgha images build");
-        Self::up_spec(name, "root", 3, false, true).await
+        Self::up_spec(name, "root", 3, true, true).await
     }
 
     async fn up_spec(name: &str, user: &str, db: u32, tls: bool, docker: bool) -> Lab {
@@ -79,7 +83,65 @@ impl Lab {
         })
         .await
         .expect("lab up");
-        Lab { info }
+        Lab { info, tls }
+    }
+
+    /// The cluster CA and pgha's client certificate, read from the files deploy
+    /// wrote and trusted for the lab's hosts in this process (so `pg` verifies the
+    /// router too). None with TLS off.
+    pub fn tls_material(&self) -> Option<pgha::probe::tls::Tls> {
+        if !self.tls {
+            return None;
+        }
+        let dir = self.info.dir.join("inventory.pki");
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap_or_else(|e| panic!("{}: {e} (deploy makes it)", dir.join(f).display()))
+        };
+        let t = pgha::probe::tls::Tls {
+            ca_pem: read("ca.crt"),
+            client_cert_pem: read("client-pgha.crt"),
+            client_key_pem: read("client-pgha.key"),
+        };
+        pgha::probe::tls::register(
+            self.info.hosts.iter().map(|h| h.address.to_string()),
+            t.clone(),
+        );
+        Some(t)
+    }
+
+    /// `http` or `https`: how Patroni's REST API and etcd are reached.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// A JSON document from Patroni's REST API on a host (over TLS when on).
+    pub async fn patroni_get(&self, host: &str, path: &str) -> Result<Value, String> {
+        let url = format!("{}://{}:8008{path}", self.scheme(), self.ip(host));
+        match self.tls_material() {
+            None => get_json(&url).await,
+            Some(t) => t
+                .http_client(Duration::from_secs(3))
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// An etcd client of one host's member (over TLS with pgha's client
+    /// certificate when on).
+    pub async fn etcd(&self, host: &str) -> etcd_client::Client {
+        let ep = format!("{}://{}:2379", self.scheme(), self.ip(host));
+        let opts = self
+            .tls_material()
+            .map(|t| etcd_client::ConnectOptions::new().with_tls(t.etcd_options()));
+        etcd_client::Client::connect([ep.as_str()], opts)
+            .await
+            .unwrap_or_else(|e| panic!("etcd connect {ep}: {e}"))
     }
 
     /// Re-read the hosts' addresses from Docker (after `lab replace --new-address`).
@@ -227,7 +289,7 @@ pub struct Member {
 pub async fn patroni_cluster(lab: &Lab) -> Result<(String, Vec<Member>), String> {
     let mut last = String::new();
     for h in lab.db_hosts() {
-        match get_json(&format!("http://{}:8008/cluster", lab.ip(&h))).await {
+        match lab.patroni_get(&h, "/cluster").await {
             Ok(v) => {
                 let members: Vec<Member> = v["members"]
                     .as_array()
@@ -281,10 +343,7 @@ pub async fn check_etcd(lab: &Lab) {
     let mut cluster_ids = Vec::new();
     let dbs = lab.db_hosts();
     for h in &dbs {
-        let ep = format!("http://{}:2379", lab.ip(h));
-        let mut c = etcd_client::Client::connect([ep.as_str()], None)
-            .await
-            .expect("etcd connect");
+        let mut c = lab.etcd(h).await;
         let members = c.member_list().await.expect("member list");
         let mut names: Vec<String> = members
             .members()
@@ -338,7 +397,8 @@ pub fn postmaster_start(v: &Value) -> String {
 pub async fn start_times(lab: &Lab) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for h in lab.db_hosts() {
-        let v = get_json(&format!("http://{}:8008/patroni", lab.ip(&h)))
+        let v = lab
+            .patroni_get(&h, "/patroni")
             .await
             .expect("patroni status");
         m.insert(h.to_string(), postmaster_start(&v));
