@@ -1,6 +1,7 @@
 //! End-to-end: `pgha rebuild` on its own lab (`pgha-e2e-rebuild`): a replica lost and
 //! rebuilt at the same address and at a new one while a writer runs, the live
-//! leader refused, a killed leader rebuilt after failover, and a router rebuilt.
+//! leader refused, a killed leader rebuilt after failover, and a router rebuilt,
+//! with TLS on (the default).
 //! Assertions read etcd, Patroni, the hosts' files and rows, not pgha's report.
 
 mod common;
@@ -18,10 +19,7 @@ async fn etcd_members(lab: &Lab) -> Vec<(String, Vec<String>)> {
     let mut ids = Vec::new();
     let mut seen = None;
     for h in lab.db_hosts() {
-        let ep = format!("http://{}:2379", lab.ip(&h));
-        let mut c = etcd_client::Client::connect([ep.as_str()], None)
-            .await
-            .expect("etcd connect");
+        let mut c = lab.etcd(&h).await;
         let st = c.status().await.expect("etcd status");
         ids.push(st.header().unwrap().cluster_id());
         let r = c.member_list().await.expect("member list");
@@ -49,7 +47,7 @@ async fn rebuilt_and_streaming(lab: &Lab, host: &str) {
     assert_ne!(leader, host, "{host} came back as a replica");
     let members = etcd_members(lab).await;
     assert_eq!(members.len(), 3, "three etcd voters: {members:?}");
-    let url = format!("http://{}:2380", lab.ip(host));
+    let url = format!("{}://{}:2380", lab.scheme(), lab.ip(host));
     assert!(
         members
             .iter()
@@ -70,7 +68,9 @@ fn deploy_changes_nothing(lab: &Lab) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rebuild_replicas_a_lost_leader_and_a_router() {
-    let mut lab = Lab::up(LAB, "root").await;
+    // TLS on (the default): a rebuilt member gets its certificate, a new address a
+    // new one.
+    let mut lab = Lab::up_tls(LAB, "root", 3, true).await;
     let inv = lab.inventory();
     let (code, _, _) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy");

@@ -642,10 +642,20 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             let mut joining = env.clone();
             joining.content =
                 joining_env(&String::from_utf8_lossy(&env.content), &initial).into_bytes();
+            // Every file of the member (its TLS certificate and key too), the
+            // configuration in its joining form.
+            let mut files: Vec<&desired::DesiredFile> = conv
+                .role(t, "etcd")
+                .map_err(Failure::from)?
+                .files
+                .iter()
+                .filter(|f| f.path != env.path)
+                .collect();
+            files.push(&joining);
             let s = self.ctx.session(t)?;
-            apply::write_files(s, &[&joining])
+            apply::write_files(s, &files)
                 .await
-                .map_err(|e| host_failed(format!("{t}: write /etc/default/etcd: {e:#}")))?;
+                .map_err(|e| host_failed(format!("{t}: write etcd's files: {e:#}")))?;
             let dir = desired::etcd_data_dir(c);
             let role = conv.role(t, "etcd").map_err(Failure::from)?;
             let running = self

@@ -56,6 +56,24 @@ chmod 755 /usr/sbin/policy-rc.d
     )
 }
 
+/// Packages to install, with the version the inventory pins (`pkg=version`) where
+/// a pin names one exactly (no wildcard, priority above apt's default): apt then
+/// fails, naming the version, when no source has it, instead of quietly
+/// installing another one (Debian's mirror keeps only a suite's newest version).
+pub fn pinned(packages: &[String], pins: &[crate::inventory::AptPin]) -> Vec<String> {
+    packages
+        .iter()
+        .map(|p| {
+            match pins.iter().find(|pin| {
+                pin.package == *p && pin.priority > 500 && !pin.version.contains(['*', '?', '/'])
+            }) {
+                Some(pin) => format!("{p}={}", pin.version),
+                None => p.clone(),
+            }
+        })
+        .collect()
+}
+
 /// Install exact versions (`pkg=version`), downgrades allowed: the inventory's pins
 /// decide. With `download_only`, only fetch them into apt's cache.
 pub async fn install_exact(s: &Session, specs: &[String], download_only: bool) -> Result<()> {
@@ -121,6 +139,32 @@ pub async fn systemctl(s: &Session, verb: &str, service: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_pins_become_versioned_installs() {
+        let pin = |package: &str, version: &str, priority| crate::inventory::AptPin {
+            package: package.into(),
+            version: version.into(),
+            priority,
+        };
+        let pins = [
+            pin("postgresql-17", "17.11-0+deb13u1", 1001),
+            pin("haproxy", "3.0.*", 1001),
+            pin("patroni", "4.0.7-3", 100),
+        ];
+        let pkgs: Vec<String> = ["postgresql-17", "haproxy", "patroni", "etcd-server"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            pinned(&pkgs, &pins),
+            [
+                "postgresql-17=17.11-0+deb13u1",
+                "haproxy",
+                "patroni",
+                "etcd-server"
+            ]
+        );
+    }
 
     #[test]
     fn install_script_guards_service_starts_and_keeps_our_files() {

@@ -331,7 +331,7 @@ impl<'c, 'a> Converge<'c, 'a> {
                     let pre = p.pre_install_files();
                     apply::write_files(&s, &pre).await?;
                     let mut n = pre.len() as u32 + u32::from(p.apt_update());
-                    let pkgs = p.packages();
+                    let pkgs = apply::pinned(&p.packages(), &self.inv.cluster.apt_pins);
                     // Native: etcd's packages first in a new cluster. Docker: the
                     // engine is all there is to install, and etcd follows its image.
                     let etcd_pkgs: Vec<String> = if etcd_early && !docker {
@@ -339,7 +339,10 @@ impl<'c, 'a> Converge<'c, 'a> {
                             .role("etcd")
                             .map(|r| r.packages.clone())
                             .unwrap_or_default();
-                        pkgs.iter().filter(|x| want.contains(x)).cloned().collect()
+                        pkgs.iter()
+                            .filter(|x| want.iter().any(|w| x.split('=').next() == Some(w)))
+                            .cloned()
+                            .collect()
                     } else {
                         Vec::new()
                     };
