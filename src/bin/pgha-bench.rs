@@ -41,6 +41,10 @@ struct Args {
     /// upgrade, rebuild); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// An inventory variable for every lab, `KEY: VALUE` (repeatable): measure a
+    /// variant of the defaults, e.g. `--var 'patroni_loop_wait: 5'`.
+    #[arg(long = "var")]
+    vars: Vec<String>,
 }
 
 /// One line of the table.
@@ -159,7 +163,7 @@ impl Bench {
         let _ = lab::down(name).await;
         let dir = self.tmp.join(name);
         let _ = std::fs::remove_dir_all(&dir);
-        lab::up(&LabSpec {
+        let info = lab::up(&LabSpec {
             name: name.into(),
             db,
             routers: 1,
@@ -169,7 +173,17 @@ impl Bench {
             docker: false,
         })
         .await
-        .unwrap_or_else(|e| panic!("lab up {name}: {e}"))
+        .unwrap_or_else(|e| panic!("lab up {name}: {e}"));
+        if !self.args.vars.is_empty() {
+            let text = std::fs::read_to_string(&info.inventory_path).expect("lab inventory");
+            let extra: String = self.args.vars.iter().map(|v| format!("    {v}\n")).collect();
+            std::fs::write(
+                &info.inventory_path,
+                text.replacen("vars:\n", &format!("vars:\n{extra}"), 1),
+            )
+            .expect("lab inventory");
+        }
+        info
     }
 
     /// A timed cold deploy of pgha on a fresh lab: seconds and phases.

@@ -35,7 +35,9 @@ use crate::ssh::shell_quote;
 use crate::ui::Ui;
 
 pub async fn command(args: RebuildArgs, output: OutputFormat) -> Result<Exit, Failure> {
-    let inv = load_inventory(&args.inventory, false)?;
+    // Like deploy, a rebuild issues what the cluster's certificates now lack (a host
+    // at a new address needs one naming it; db hosts' name the routers too).
+    let inv = load_inventory(&args.inventory, !args.check)?;
     let Some(target) = inv.host(&args.host).map(|h| h.name.clone()) else {
         let names: Vec<&str> = inv.hosts.iter().map(|h| h.name.as_str()).collect();
         return Err(Failure::options(format!(
