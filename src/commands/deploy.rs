@@ -14,7 +14,7 @@ use crate::inventory::Inventory;
 use crate::ops::converge::{Converge, Existing};
 use crate::ops::lock::ClusterLock;
 use crate::ops::run::ssh_options;
-use crate::ops::{Ctx, verify};
+use crate::ops::{Ctx, etcd as etcd_ops, verify};
 use crate::probe::etcd;
 use crate::ssh::{Cmd, SshOptions, shell_quote};
 use crate::ui::Ui;
@@ -116,6 +116,7 @@ async fn run(
     conv.roles(&leader).await?;
     conv.exporters().await?;
     conv.haproxy().await?;
+    etcd_ops::keep_apart(conv.ctx).await;
     verify::verify(conv.ctx).await?;
     for (h, d) in &conv.desired {
         let resources = d.files().count() + d.packages().len() + d.services().len();

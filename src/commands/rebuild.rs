@@ -498,6 +498,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             )
             .await?;
         }
+        crate::ops::etcd::keep_apart(self.ctx).await;
         self.step("verify", verify::verify(self.ctx)).await?;
         let clone_bytes = if a.kind == Kind::Db {
             let out = self

@@ -515,6 +515,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             }
         }
         steps?;
+        etcd_ops::keep_apart(self.ctx).await;
         verify::verify(self.ctx).await?;
         let (after, _) = self.plan().await?;
         let unfinished: Vec<&HostWork> = after.work.values().filter(|w| !w.is_empty()).collect();

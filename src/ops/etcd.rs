@@ -55,6 +55,60 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
     Ok(())
 }
 
+/// The member to hand etcd leadership to when it sits on the Patroni leader's host
+/// (None: it does not, or no other member can take it). Pure.
+pub fn apart_from(etcd_leader: &str, patroni_leader: &str, healthy: &[String]) -> Option<String> {
+    (etcd_leader == patroni_leader)
+        .then(|| healthy.iter().find(|m| *m != patroni_leader).cloned())
+        .flatten()
+}
+
+/// Keep etcd's leader off the Patroni leader's host. Losing a host that leads both
+/// costs an etcd election, and etcd's new leader renews every lease to its full
+/// TTL (leases are not checkpointed below 5 minutes), so Patroni's leader key
+/// outlives its dead holder by a whole `ttl` more: measured on the lab, 23-26 s
+/// without writes instead of 17-22 s. Best effort (a warning when it cannot):
+/// nothing is wrong with the cluster when both lead on one host.
+pub async fn keep_apart(ctx: &Ctx<'_>) {
+    if let Err(e) = try_keep_apart(ctx).await {
+        ctx.ui.warn(format!(
+            "could not move etcd leadership off the Patroni leader's host: {}",
+            e.message
+        ));
+    }
+}
+
+async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let view = crate::probe::patroni::cluster_any(&ctx.ep.patroni_apis())
+        .await
+        .map_err(Failure::error)?;
+    let Some(patroni_leader) = view.leader().map(|l| l.name.clone()) else {
+        return Ok(());
+    };
+    if !ctx.etcd_hosts().contains(&patroni_leader) {
+        return Ok(());
+    }
+    let report = etcd::probe(&ctx.ep.etcd).await;
+    let q = report.quorum(ctx.ep.etcd.len()).map_err(Failure::error)?;
+    let healthy: Vec<String> = report
+        .endpoints
+        .iter()
+        .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
+        .collect();
+    let Some(to) = apart_from(&q.leader, &patroni_leader, &healthy) else {
+        return Ok(());
+    };
+    move_leader(ctx, &q.leader, &to).await?;
+    ctx.ui.host(
+        "etcd",
+        format!(
+            "leadership moved {} -> {to} (off the Patroni leader's host)",
+            q.leader
+        ),
+    );
+    Ok(())
+}
+
 /// One etcd member as the cluster lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MemberInfo {
@@ -219,6 +273,14 @@ pub async fn snapshot(endpoint: &str, path: &std::path::Path) -> Result<u64, Fai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etcd_leadership_leaves_the_patroni_leaders_host_only() {
+        let healthy: Vec<String> = ["db1", "db2", "db3"].map(String::from).to_vec();
+        assert_eq!(apart_from("db1", "db1", &healthy), Some("db2".into()));
+        assert_eq!(apart_from("db2", "db1", &healthy), None);
+        assert_eq!(apart_from("db1", "db1", &["db1".to_string()]), None);
+    }
 
     #[test]
     fn the_joining_member_is_named_in_the_initial_cluster() {

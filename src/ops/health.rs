@@ -612,6 +612,16 @@ pub fn verdict(s: &Snapshot, bounds: &Bounds) -> Verdict {
     {
         notes.push(format!("{} has a pending restart", l.name));
     }
+    if let Some(l) = leader
+        && s.etcd.iter().any(|e| e.leader && e.name == l.name)
+        && s.etcd.len() > 1
+    {
+        notes.push(format!(
+            "{} leads both etcd and Patroni: losing that host costs an etcd election and a \
+             longer failover (`pgha deploy` or `pgha switchover` moves etcd's leadership)",
+            l.name
+        ));
+    }
     if bounds.synchronous_mode
         && leader.is_some()
         && s.members.len() > 1

@@ -260,6 +260,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
         }
     }
     let (checkpoint_secs, took_secs) = outcome?;
+    super::etcd::keep_apart(ctx).await;
     Ok(SwitchoverReport {
         from: leader,
         to: candidate,
