@@ -176,7 +176,12 @@ impl Bench {
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"));
         if !self.args.vars.is_empty() {
             let text = std::fs::read_to_string(&info.inventory_path).expect("lab inventory");
-            let extra: String = self.args.vars.iter().map(|v| format!("    {v}\n")).collect();
+            let extra: String = self
+                .args
+                .vars
+                .iter()
+                .map(|v| format!("    {v}\n"))
+                .collect();
             std::fs::write(
                 &info.inventory_path,
                 text.replacen("vars:\n", &format!("vars:\n{extra}"), 1),
