@@ -100,6 +100,32 @@ impl Ui {
         }
     }
 
+    /// Progress of a transfer of `total` bytes to a host: a bar with bytes, rate
+    /// and time left on a terminal, a line at each quarter otherwise.
+    pub fn transfer(&self, host: &str, what: &str, total: u64) -> Transfer {
+        let bar = self.inner.bars.as_ref().map(|mp| {
+            let b = mp.add(ProgressBar::new(total));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "  {prefix:<10} {msg} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            b.set_prefix(host.to_string());
+            b.set_message(what.to_string());
+            b
+        });
+        Transfer {
+            ui: self.clone(),
+            host: host.to_string(),
+            what: what.to_string(),
+            total: total.max(1),
+            bar,
+            quarter: Arc::new(Mutex::new(0)),
+        }
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.inner.start.elapsed()
     }
@@ -144,6 +170,40 @@ impl Ui {
                 "  {host:<10} ok={:<4} changed={:<4} failed={:<2} unreachable={}",
                 r.ok, r.changed, r.failed, r.unreachable
             ));
+        }
+    }
+}
+
+/// A transfer in progress (see `Ui::transfer`); cheap to clone into callbacks.
+#[derive(Clone)]
+pub struct Transfer {
+    ui: Ui,
+    host: String,
+    what: String,
+    total: u64,
+    bar: Option<ProgressBar>,
+    quarter: Arc<Mutex<u64>>,
+}
+
+impl Transfer {
+    /// `done` bytes of the total have been sent.
+    pub fn set(&self, done: u64) {
+        match &self.bar {
+            Some(b) => b.set_position(done),
+            None => {
+                let q = done.min(self.total) * 4 / self.total;
+                let mut last = self.quarter.lock().unwrap();
+                if (1..4).contains(&q) && q > *last {
+                    *last = q;
+                    self.ui
+                        .host(&self.host, format!("{}: {}% sent", self.what, q * 25));
+                }
+            }
+        }
+    }
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
         }
     }
 }

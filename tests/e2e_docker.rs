@@ -81,24 +81,51 @@ fn local_image_id(image: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A new image of the same content under another reference (a new image id): what
-/// a rebuilt or patched image looks like to an upgrade.
-fn derived_image(from: &str, to: &str) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .expect("docker");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let id = run(&["create", from, "true"]);
-    run(&["commit", "--change", "LABEL pgha.e2e=upgrade", &id, to]);
-    run(&["rm", &id]);
+/// A registry on the router host (Debian's docker-registry on port 5050, plain
+/// HTTP), holding a new image of the same content as `from` (a new image id: what
+/// a rebuilt or patched image looks like to an upgrade). Returns the reference the
+/// hosts pull, `<router>:5050/pgha:e2e-next`, and the image id.
+fn registry_with_next_image(lab: &Lab, from: &str) -> (String, String) {
+    let registry = format!("{}:5050", lab.router());
+    let script = format!(
+        r#"set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q --no-install-recommends docker-registry >/dev/null
+# Debian's unit listens on :5000, HAProxy's write port: ours runs on 5050.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true
+mkdir -p /var/lib/pgha-e2e-registry
+cat >/etc/pgha-e2e-registry.yml <<'YML'
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: /var/lib/pgha-e2e-registry
+http:
+  addr: :5050
+YML
+systemd-run --unit pgha-e2e-registry /usr/bin/docker-registry serve /etc/pgha-e2e-registry.yml >/dev/null
+# Wait (10 s at most) until it listens.
+for i in $(seq 1 50); do ss -Htln 'sport = :5050' | grep -q . && break; sleep 0.2; done
+id=$(docker create {from} true)
+docker commit --change 'LABEL pgha.e2e=upgrade' "$id" 127.0.0.1:5050/pgha:e2e-next >/dev/null
+docker rm "$id" >/dev/null
+docker push -q 127.0.0.1:5050/pgha:e2e-next >/dev/null
+docker image inspect -f '{{{{.Id}}}}' 127.0.0.1:5050/pgha:e2e-next
+# The router pulls it like every other host.
+docker rmi 127.0.0.1:5050/pgha:e2e-next >/dev/null"#
+    );
+    let (code, out) = lab.sh("router1", &script);
+    assert_eq!(code, 0, "a registry with the next image on router1: {out}");
+    (format!("{registry}/pgha:e2e-next"), out.trim().to_string())
+}
+
+/// The digests a host's image was pulled under (empty for a loaded image).
+fn repo_digests(lab: &Lab, host: &str, image: &str) -> String {
+    let (code, out) = lab.sh(
+        host,
+        &format!("docker image inspect -f '{{{{.Id}}}} {{{{json .RepoDigests}}}}' {image}"),
+    );
+    assert_eq!(code, 0, "{host} has {image}");
+    out.trim().to_string()
 }
 
 fn set_vars(inv: &str, original: &str, extra: &str) {
@@ -277,11 +304,38 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     healthy_cluster(&lab).await;
     containers(&lab);
 
-    // 6. A rolling upgrade to a new image with a writer running.
-    let next = format!("{image}-e2e-next");
-    derived_image(&image, &next);
-    let next_id = local_image_id(&next);
-    set_vars(&inv, &original, &format!("    docker_image: {next}\n"));
+    // 6. Images from a registry: the inventory names a new image in a plain-HTTP
+    // registry on the router; a deploy configures the hosts' Docker for it
+    // (restarting the daemon, containers kept) and they pull it; then a rolling
+    // upgrade to it with a writer running.
+    let (next, next_id) = registry_with_next_image(&lab, &image);
+    let registry = next.split('/').next().unwrap().to_string();
+    let registry_vars = format!(
+        "    docker_image: {next}\n    docker_image_source: registry\n    docker_insecure_registries: [\"{registry}\"]\n"
+    );
+    set_vars(&inv, &original, &registry_vars);
+    let before_pull = containers(&lab);
+    let (code, _, _) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with the registry");
+    assert_eq!(
+        containers(&lab),
+        before_pull,
+        "deploy leaves the running containers to the upgrade"
+    );
+    for h in all_hosts(&lab) {
+        let (_, daemon) = lab.sh(&h, "cat /etc/docker/daemon.json");
+        let daemon: serde_json::Value = serde_json::from_str(&daemon).unwrap();
+        assert_eq!(
+            daemon["insecure-registries"],
+            serde_json::json!([registry]),
+            "{h}"
+        );
+        let got = repo_digests(&lab, &h, &next);
+        assert!(
+            got.starts_with(&next_id) && got.contains(&format!("{registry}/pgha@sha256:")),
+            "{h} pulled {next} from the registry: {got}"
+        );
+    }
     let (code, out, _) = pgha(&["upgrade", &inv, "--check", "--output", "json"]);
     assert_eq!(code, 0, "upgrade --check");
     let doc = json_doc(&out);

@@ -544,6 +544,29 @@ mod tests {
     }
 
     #[test]
+    fn docker_daemon_config_is_json_with_the_inventorys_registries() {
+        let mut inv = sample();
+        inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+        inv.cluster.docker_image = "pgha:test".into();
+        let lib = Library::builtin().unwrap();
+        let read = |inv: &Inventory| -> serde_json::Value {
+            let d = desired_state(inv, &lib).unwrap();
+            serde_json::from_str(&file(&d, "db1", "/etc/docker/daemon.json")).unwrap()
+        };
+        let plain = read(&inv);
+        assert_eq!(plain["live-restore"], true);
+        assert!(plain.get("insecure-registries").is_none(), "{plain}");
+        inv.cluster.docker_insecure_registries = vec!["10.9.0.21:5050".into()];
+        inv.cluster.docker_storage_driver = "vfs".into();
+        let with = read(&inv);
+        assert_eq!(
+            with["insecure-registries"],
+            serde_json::json!(["10.9.0.21:5050"])
+        );
+        assert_eq!(with["storage-driver"], "vfs");
+    }
+
+    #[test]
     fn patroni_config_is_valid_yaml_with_the_right_values() {
         let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
         let text = file(&d, "db2", "/etc/patroni/config.yml");

@@ -154,6 +154,9 @@ pub struct Cluster {
     pub docker_image_source: String,
     /// Docker's storage driver on the hosts (empty: Docker's default; the lab: vfs).
     pub docker_storage_driver: String,
+    /// Registries the hosts' Docker may reach over plain HTTP (or TLS it cannot
+    /// verify): `insecure-registries` in daemon.json.
+    pub docker_insecure_registries: Vec<String>,
     /// TLS for etcd (client and peer, with client certificates), Patroni's REST API
     /// and PostgreSQL, with certificates from the cluster CA.
     pub tls: bool,
@@ -216,6 +219,7 @@ impl Default for Cluster {
             docker_image_exporter: String::new(),
             docker_image_source: "push".into(),
             docker_storage_driver: String::new(),
+            docker_insecure_registries: Vec::new(),
             tls: true,
             tls_ca_cert_file: None,
             tls_ca_key_file: None,

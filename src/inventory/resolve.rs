@@ -645,6 +645,12 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(docker_image_exporter, str);
     set!(docker_image_source, str);
     set!(docker_storage_driver, str);
+    if let Some((Json::Array(a), _)) = v.get("docker_insecure_registries") {
+        c.docker_insecure_registries = a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
+    }
     set!(tls, bool);
     set!(tls_cert_validity_days, u64);
     set!(tls_renew_before_days, u64);

@@ -50,6 +50,8 @@ pub(crate) enum Kind {
     /// Free text on one line (an image reference, a storage driver name).
     Text,
     Cidrs,
+    /// Registries as `host[:port]` (Docker's `insecure-registries`).
+    Registries,
     AptSources,
     AptPins,
     Params,
@@ -188,6 +190,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("docker_image_exporter", C, Kind::Text),
     k("docker_image_source", C, Kind::ImageSource),
     k("docker_storage_driver", C, Kind::Text),
+    k("docker_insecure_registries", C, Kind::Registries),
     k("tls", C, Kind::Bool),
     k("tls_ca_cert_file", C, Kind::LocalPath),
     k("tls_ca_key_file", C, Kind::LocalPath),
@@ -520,6 +523,17 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
                 describe(other)
             ))),
         }),
+        Kind::Registries => each_item(v, |item| match item {
+            Yaml::String(s) if is_registry(s) => Ok(json!(s)),
+            Yaml::String(s) => Err(err(format!(
+                "\"{s}\" is not a registry: write its host and port, like 10.0.0.5:5000 or \
+                 registry.internal:5000 (no scheme, no path)"
+            ))),
+            other => Err(err(format!(
+                "expected a registry host:port string, found {}",
+                describe(other)
+            ))),
+        }),
         Kind::AptSources => each_item(v, |item| match item {
             Yaml::String(s)
                 if (s.starts_with("deb ") || s.starts_with("deb-src ")) && !s.contains('\n') =>
@@ -714,6 +728,19 @@ fn string(v: &Yaml) -> Result<String, Vec<ConvError>> {
 
 /// Convert every item of a list, collecting all items' errors, each located at its
 /// index.
+/// `host[:port]` as Docker names a registry: no scheme, path or spaces.
+fn is_registry(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
+        _ => (s, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+}
+
 fn each_item(
     v: &Yaml,
     f: impl Fn(&Yaml) -> Result<Json, Vec<ConvError>>,
@@ -907,6 +934,24 @@ mod tests {
         assert_eq!(e[0].0, vec![Seg::Index(1)]);
         assert!(convert(Kind::Cidrs, &y("10.0.0.0/8")).is_err());
         assert_eq!(convert(Kind::Cidrs, &y("~")).unwrap(), json!([]));
+        assert_eq!(
+            convert(
+                Kind::Registries,
+                &y("[10.1.2.3:5050, registry.internal, \"[fd00::1]:5000\"]")
+            )
+            .unwrap(),
+            json!(["10.1.2.3:5050", "registry.internal", "[fd00::1]:5000"])
+        );
+        for bad in [
+            "[\"http://10.1.2.3:5050\"]",
+            "[\"reg:99999\"]",
+            "[\"reg/path\"]",
+            "[\"a b\"]",
+            "[\"reg:\"]",
+            "[5050]",
+        ] {
+            assert!(convert(Kind::Registries, &y(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

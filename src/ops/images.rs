@@ -128,16 +128,25 @@ pub async fn ensure_on(
             data.len() / 1_000_000
         ),
     );
-    s.exec(
-        &Cmd::root("gunzip | docker load -q >/dev/null")
-            .stdin(data.clone())
-            .timeout(Duration::from_secs(1800)),
-    )
-    .await?
-    .ok()?;
+    let progress = ui.transfer(host, "images", data.len() as u64);
+    let report = progress.clone();
+    let loaded = s
+        .exec(
+            &Cmd::root("gunzip | docker load -q >/dev/null")
+                .stdin(data.clone())
+                .stdin_progress(move |done| report.set(done))
+                .timeout(Duration::from_secs(1800)),
+        )
+        .await;
+    progress.finish();
+    loaded?.ok()?;
+    let secs = t.elapsed().as_secs_f64();
     ui.host(
         host,
-        format!("images loaded in {:.1}s", t.elapsed().as_secs_f64()),
+        format!(
+            "images loaded in {secs:.1}s ({:.1} MB/s)",
+            data.len() as f64 / 1e6 / secs.max(0.001)
+        ),
     );
     Ok(missing.len() as u32)
 }

@@ -83,10 +83,25 @@ pub struct Cmd {
     /// A POSIX sh script (run with `sh -c`).
     pub script: String,
     pub stdin: Option<Vec<u8>>,
+    /// Told the number of stdin bytes sent so far, as they go (large transfers).
+    pub stdin_progress: Option<StdinProgress>,
     pub timeout: Duration,
     /// Run as root: through `sudo -n` when the SSH user is not root and become is on.
     pub as_root: bool,
 }
+
+/// A callback for stdin progress: called with the bytes sent so far.
+#[derive(Clone)]
+pub struct StdinProgress(pub std::sync::Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for StdinProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StdinProgress")
+    }
+}
+
+/// Stdin with a progress callback is sent in chunks of this size.
+const STDIN_CHUNK: usize = 1 << 20;
 
 impl Cmd {
     /// Run as root with the default timeout (10 minutes: apt can be slow and silent).
@@ -94,6 +109,7 @@ impl Cmd {
         Cmd {
             script: script.into(),
             stdin: None,
+            stdin_progress: None,
             timeout: Duration::from_secs(600),
             as_root: true,
         }
@@ -111,6 +127,11 @@ impl Cmd {
     }
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(data.into());
+        self
+    }
+    /// Report stdin progress to `f` (bytes sent so far) while it is sent.
+    pub fn stdin_progress(mut self, f: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.stdin_progress = Some(StdinProgress(std::sync::Arc::new(f)));
         self
     }
 }
@@ -678,10 +699,26 @@ impl Session {
             // Feed stdin while reading output (a command may write before it reads);
             // the outcome is decided by the reading side alone.
             let feed = async {
-                if let Some(data) = &cmd.stdin
-                    && let Err(e) = tx.data_bytes(data.clone()).await
-                {
-                    tracing::debug!(host = %t.host, "stdin not fully sent: {e}");
+                if let Some(data) = &cmd.stdin {
+                    let sent = match &cmd.stdin_progress {
+                        None => tx.data_bytes(data.clone()).await,
+                        Some(StdinProgress(report)) => {
+                            let mut sent = Ok(());
+                            let mut done = 0u64;
+                            for chunk in data.chunks(STDIN_CHUNK) {
+                                sent = tx.data_bytes(chunk.to_vec()).await;
+                                if sent.is_err() {
+                                    break;
+                                }
+                                done += chunk.len() as u64;
+                                report(done);
+                            }
+                            sent
+                        }
+                    };
+                    if let Err(e) = sent {
+                        tracing::debug!(host = %t.host, "stdin not fully sent: {e}");
+                    }
                 }
                 let _ = tx.eof().await;
                 std::future::pending::<()>().await
@@ -835,7 +872,7 @@ impl Session {
             script: s,
             stdin: Some(file.content.clone()),
             timeout: Duration::from_secs(300),
-            as_root: true,
+            ..Cmd::root("")
         };
         self.exec(&cmd).await?.ok().map(|_| ())
     }
