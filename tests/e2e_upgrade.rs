@@ -4,12 +4,8 @@
 //! the first run is killed after its first replica and run again. Assertions read
 //! the hosts and the running servers, not pgha's report.
 //!
-//! The older builds: Debian's mirror keeps only the newest version of a package in
-//! each suite, so which two versions exist changes with every point release (17.11
-//! left trixie when 17.12 entered it). The test repackages the hosts' current
-//! candidates as `<version>~e2e` (which sorts just before `<version>`) into a local
-//! apt repository on each host, listed in `apt_sources`: a real package upgrade of
-//! the same programs, whatever the mirror holds today.
+//! The older builds are the hosts' current candidates repackaged as `<version>~e2e`
+//! (`pgha::lab::rehearsal`): a real package upgrade whatever the mirror holds today.
 
 mod common;
 
@@ -21,74 +17,12 @@ use common::*;
 use serde_json::Value;
 
 const LAB: &str = "pgha-e2e-upgrade";
-const REPO: &str = "/opt/pgha-e2e-repo";
-const PG_PACKAGES: [&str; 3] = ["libpq5", "postgresql-17", "postgresql-client-17"];
+use pgha::lab::rehearsal::{PG_PACKAGES, older, vars};
 
-/// A local apt repository on `host` with `<candidate>~e2e` builds of `pkgs`;
-/// returns each package's mirror candidate.
-fn older_builds(lab: &Lab, host: &str, pkgs: &[&str]) -> Vec<(String, String)> {
-    let script = format!(
-        r#"set -eu
-export DEBIAN_FRONTEND=noninteractive
-rm -rf {REPO}; mkdir -p {REPO}/build; cd {REPO}/build
-apt-get -qq update
-apt-get -qq download {pkgs} >/dev/null
-for deb in *.deb; do
-  rm -rf x; dpkg-deb -R "$deb" x
-  p=$(sed -n 's/^Package: //p' x/DEBIAN/control)
-  v=$(sed -n 's/^Version: //p' x/DEBIAN/control)
-  sed -i "s/^Version: .*/Version: $v~e2e/" x/DEBIAN/control
-  dpkg-deb -Zgzip -z1 -b x "../${{p}}_$v~e2e.deb" >/dev/null
-  printf 'candidate	%s	%s
-' "$p" "$v"
-done
-cd {REPO}; rm -rf build
-for deb in *.deb; do
-  dpkg-deb -f "$deb"
-  printf 'Filename: ./%s
-Size: %s
-SHA256: %s
-
-' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
-done > Packages
-"#,
-        pkgs = pkgs.join(" ")
-    );
-    let (code, out) = lab.sh(host, &script);
-    assert_eq!(code, 0, "{host}: local repository of older builds: {out}");
-    let mut v: Vec<(String, String)> = out
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.len() == 3 && f[0] == "candidate").then(|| (f[1].to_string(), f[2].to_string()))
-        })
-        .collect();
-    v.sort();
-    assert_eq!(v.len(), pkgs.len(), "{host}: {out}");
-    v
-}
-
-fn older(v: &str) -> String {
-    format!("{v}~e2e")
-}
-
-/// The local repository, and (when `pinned`) pins on its older builds.
-fn vars(pg_new: &str, haproxy_new: &str, pinned: bool) -> String {
-    let mut s = format!("    apt_sources:\n      - \"deb [trusted=yes] file:{REPO} ./\"\n");
-    if pinned {
-        s.push_str("    apt_pins:\n");
-        for p in PG_PACKAGES {
-            s.push_str(&format!(
-                "      - {{package: {p}, version: \"{}\"}}\n",
-                older(pg_new)
-            ));
-        }
-        s.push_str(&format!(
-            "      - {{package: haproxy, version: \"{}\"}}\n",
-            older(haproxy_new)
-        ));
-    }
-    s
+async fn older_builds(lab: &Lab, host: &str, pkgs: &[&str]) -> Vec<(String, String)> {
+    pgha::lab::rehearsal::older_builds(&lab.info.name, host, pkgs)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn package_version(lab: &Lab, host: &str, pkg: &str) -> String {
@@ -173,14 +107,16 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     let inv = lab.inventory();
     let mut pg_new = String::new();
     for h in lab.db_hosts() {
-        let v = older_builds(&lab, &h, &PG_PACKAGES);
+        let v = older_builds(&lab, &h, &PG_PACKAGES).await;
         assert!(
             v.iter().all(|(_, x)| *x == v[0].1),
             "{h}: one PostgreSQL release: {v:?}"
         );
         pg_new = v[0].1.clone();
     }
-    let haproxy_new = older_builds(&lab, "router1", &["haproxy"])[0].1.clone();
+    let haproxy_new = older_builds(&lab, "router1", &["haproxy"]).await[0]
+        .1
+        .clone();
     let (pg_old, haproxy_old) = (older(&pg_new), older(&haproxy_new));
     let original = std::fs::read_to_string(&inv).unwrap();
     let with = |pinned: bool| {

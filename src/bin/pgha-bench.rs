@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use pgha::lab::clients::{Ack, Connector, Writer, pg};
-use pgha::lab::{self, LabInfo, LabSpec};
+use pgha::lab::{self, LabInfo, LabSpec, rehearsal};
 use pgha::probe::patroni;
 
 #[derive(Debug, Parser)]
@@ -85,6 +85,7 @@ struct Bench {
     args: Args,
     figures: Vec<Figure>,
     tmp: PathBuf,
+    started: Instant,
 }
 
 /// A command's exit code, stdout, stderr and wall time.
@@ -157,6 +158,25 @@ impl Bench {
             })
         ));
         self.figures.push(f);
+        // Written after every figure: a run that stops early keeps what it measured.
+        self.save();
+    }
+
+    fn save(&self) -> Value {
+        let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let doc = json!({
+            "date": date,
+            "machine": machine(),
+            "runs": self.args.runs,
+            "took_secs": self.started.elapsed().as_secs_f64(),
+            "figures": self.figures,
+            "pgha_version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Some(dir) = self.args.out.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(&self.args.out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        doc
     }
 
     async fn lab(&self, name: &str, db: u32) -> LabInfo {
@@ -566,16 +586,31 @@ impl Bench {
         let info = self.lab("pgha-b-upg", 3).await;
         let inv = info.inventory_path.display().to_string();
         let unpinned = std::fs::read_to_string(&inv).unwrap();
-        let pins = "    apt_pins:\n      - {package: postgresql-17, version: 17.11-0+deb13u1}\n      - {package: postgresql-client-17, version: 17.11-0+deb13u1}\n      - {package: libpq5, version: 17.11-0+deb13u1}\n      - {package: haproxy, version: 3.0.11-1+deb13u3}\n";
-        std::fs::write(
-            &inv,
-            unpinned.replacen("vars:\n", &format!("vars:\n{pins}"), 1),
-        )
-        .unwrap();
+        // Older builds of what the mirror has today (see pgha::lab::rehearsal).
+        let mut pg_new = String::new();
+        for h in info.hosts.iter().filter(|h| h.name.starts_with("db")) {
+            let v = rehearsal::older_builds(&info.name, &h.name, &rehearsal::PG_PACKAGES)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            pg_new = v[0].1.clone();
+        }
+        let haproxy_new = rehearsal::older_builds(&info.name, "router1", &["haproxy"])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))[0]
+            .1
+            .clone();
+        let with = |pinned: bool| {
+            unpinned.replacen(
+                "vars:\n",
+                &format!("vars:\n{}", rehearsal::vars(&pg_new, &haproxy_new, pinned)),
+                1,
+            )
+        };
+        std::fs::write(&inv, with(true)).unwrap();
         let (code, _, _, _) = self.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "pinned deploy");
         trust(&info);
-        std::fs::write(&inv, &unpinned).unwrap();
+        std::fs::write(&inv, with(false)).unwrap();
         let pw = secret(&info, "superuser_password");
         let router = ip(&info, "router1");
         create_table(&router, &pw, "bench_upg").await;
@@ -592,7 +627,8 @@ impl Bench {
         let doc = last_json(&out);
         let _ = lab::down("pgha-b-upg").await;
         self.push(Figure {
-            name: "upgrade (PostgreSQL 17.11->17.12, HAProxy): longest write gap".into(),
+            name: "upgrade (PostgreSQL and HAProxy, older build -> current): longest write gap"
+                .into(),
             unit: "s".into(),
             pgha: Some(client),
             baseline: doc["upgrade"]["gap"]["longest_secs"].as_f64(),
@@ -601,7 +637,7 @@ impl Bench {
             goal: Some("0 rows lost".into()),
             met: Some(lost == 0),
             runs: vec![client],
-            detail: json!({"upgrade_secs": secs, "rows_lost": lost, "switchovers": doc["upgrade"]["switchovers"].as_array().map(|a| a.len())}),
+            detail: json!({"upgrade_secs": secs, "rows_lost": lost, "postgresql": [rehearsal::older(&pg_new), &pg_new], "haproxy": [rehearsal::older(&haproxy_new), &haproxy_new], "switchovers": doc["upgrade"]["switchovers"].as_array().map(|a| a.len())}),
         });
     }
 
@@ -848,6 +884,7 @@ async fn main() {
         args,
         figures: Vec::new(),
         tmp,
+        started,
     };
     if b.wants("cold") {
         b.cold().await;
@@ -888,19 +925,8 @@ async fn main() {
     if b.wants("upgrade") {
         b.upgrade().await;
     }
-    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let doc = json!({
-        "date": date,
-        "machine": machine(),
-        "runs": b.args.runs,
-        "took_secs": started.elapsed().as_secs_f64(),
-        "figures": b.figures,
-        "pgha_version": env!("CARGO_PKG_VERSION"),
-    });
-    if let Some(dir) = b.args.out.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(&b.args.out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    let doc = b.save();
+    let date = doc["date"].as_str().unwrap_or_default().to_string();
     let t = table(&b.figures);
     println!("{t}");
     println!(

@@ -12,6 +12,7 @@ pub(crate) mod docker;
 mod files;
 mod image;
 pub mod layout;
+pub mod rehearsal;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
