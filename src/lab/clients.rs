@@ -80,7 +80,9 @@ impl Writer {
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 } else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Retry soon: the gaps measured are the cluster's, not this client's
+                    // (a 200 ms pause added up to 0.2 s to every measured outage).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             acked
