@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,7 +123,7 @@ impl Ui {
             what: what.to_string(),
             total: total.max(1),
             bar,
-            quarter: Arc::new(Mutex::new(0)),
+            quarter: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -182,7 +183,8 @@ pub struct Transfer {
     what: String,
     total: u64,
     bar: Option<ProgressBar>,
-    quarter: Arc<Mutex<u64>>,
+    /// The last quarter reported (lines mode).
+    quarter: Arc<AtomicU64>,
 }
 
 impl Transfer {
@@ -192,9 +194,7 @@ impl Transfer {
             Some(b) => b.set_position(done),
             None => {
                 let q = done.min(self.total) * 4 / self.total;
-                let mut last = self.quarter.lock().unwrap();
-                if (1..4).contains(&q) && q > *last {
-                    *last = q;
+                if (1..4).contains(&q) && self.quarter.fetch_max(q, Ordering::Relaxed) < q {
                     self.ui
                         .host(&self.host, format!("{}: {}% sent", self.what, q * 25));
                 }

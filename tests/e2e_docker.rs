@@ -105,6 +105,7 @@ YML
 systemd-run --unit pgha-e2e-registry /usr/bin/docker-registry serve /etc/pgha-e2e-registry.yml >/dev/null
 # Wait (10 s at most) until it listens.
 for i in $(seq 1 50); do ss -Htln 'sport = :5050' | grep -q . && break; sleep 0.2; done
+ss -Htln 'sport = :5050' | grep -q . || {{ echo "the registry did not listen on :5050 within 10 s"; journalctl -u pgha-e2e-registry -n 20 --no-pager; exit 1; }}
 id=$(docker create {from} true)
 docker commit --change 'LABEL pgha.e2e=upgrade' "$id" 127.0.0.1:5050/pgha:e2e-next >/dev/null
 docker rm "$id" >/dev/null

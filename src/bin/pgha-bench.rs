@@ -328,11 +328,7 @@ impl Bench {
         let (code, _, _, _) = self.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "deploy before a fault");
         let (_, out, _, _) = self.pgha(&["status", &inv, "--output", "json"]);
-        let doc: serde_json::Value = out
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or_default();
+        let doc = last_json(&out);
         let etcd_leader = doc["etcd"]
             .as_array()
             .into_iter()

@@ -100,7 +100,7 @@ impl std::fmt::Debug for StdinProgress {
     }
 }
 
-/// Stdin with a progress callback is sent in chunks of this size.
+/// Stdin is sent in chunks of this size (progress is reported after each).
 const STDIN_CHUNK: usize = 1 << 20;
 
 impl Cmd {
@@ -700,24 +700,17 @@ impl Session {
             // the outcome is decided by the reading side alone.
             let feed = async {
                 if let Some(data) = &cmd.stdin {
-                    let sent = match &cmd.stdin_progress {
-                        None => tx.data_bytes(data.clone()).await,
-                        Some(StdinProgress(report)) => {
-                            let mut sent = Ok(());
-                            let mut done = 0u64;
-                            for chunk in data.chunks(STDIN_CHUNK) {
-                                sent = tx.data_bytes(chunk.to_vec()).await;
-                                if sent.is_err() {
-                                    break;
-                                }
-                                done += chunk.len() as u64;
-                                report(done);
-                            }
-                            sent
+                    // In chunks, so a large transfer can report its progress.
+                    let mut done = 0u64;
+                    for chunk in data.chunks(STDIN_CHUNK) {
+                        if let Err(e) = tx.data_bytes(chunk.to_vec()).await {
+                            tracing::debug!(host = %t.host, "stdin not fully sent: {e}");
+                            break;
                         }
-                    };
-                    if let Err(e) = sent {
-                        tracing::debug!(host = %t.host, "stdin not fully sent: {e}");
+                        done += chunk.len() as u64;
+                        if let Some(StdinProgress(report)) = &cmd.stdin_progress {
+                            report(done);
+                        }
                     }
                 }
                 let _ = tx.eof().await;
