@@ -45,9 +45,8 @@ async fn leader_partition_rejoins_and_never_serves_stale_reads(lab: &Lab, pw: &s
     let old = healthy_cluster(lab).await;
     let old_ip = lab.ip(&old);
     let old_tl = timeline_of(lab, &old).await;
-    let writer = Writer::start(&lab.router(), pw, "day2", 1);
+    let writer = writer_going(lab, pw, "day2", 1).await;
     let reader = Reader::start(&lab.router(), pw);
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
     lab::partition(LAB, &old).await.expect("lab partition");
     let cut = Instant::now();
@@ -69,9 +68,14 @@ async fn leader_partition_rejoins_and_never_serves_stale_reads(lab: &Lab, pw: &s
     let new_tl = timeline_of(lab, &new).await;
     assert!(new_tl > old_tl, "the promotion started a new timeline");
 
-    // Stay cut off well past the leader key's ttl (20 s), as in the field report.
-    let hold = Duration::from_secs(45).saturating_sub(cut.elapsed());
-    tokio::time::sleep(hold).await;
+    // Stay cut off until the new leader takes writes and the isolated old leader,
+    // seen on the host itself, has stopped acting as a primary (Patroni demotes it
+    // once it cannot renew its key): the long partition of the field report.
+    acked(&writer, 20, cut, Some(&lab.ip(&new))).await;
+    eventually(&format!("isolated {old} to step down"), 120, || async {
+        not_a_primary(lab, &old)
+    })
+    .await;
     lab::heal(LAB, &old).await.expect("lab heal");
     let healed = Instant::now();
 
@@ -110,8 +114,11 @@ async fn leader_partition_rejoins_and_never_serves_stale_reads(lab: &Lab, pw: &s
         format!("streaming|{new_tl}"),
         "{old}'s WAL receiver streams the new timeline"
     );
-    // Give the read port a few checks with the old leader back in it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The old leader is back in the read port (so the reads below cover it).
+    reader
+        .wait_served_by(&old_ip, healed, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let acked = writer.stop().await;
     let reads = reader.stop().await;
 
@@ -178,12 +185,28 @@ async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
         .unwrap()
         .name
         .clone();
-    let writer = Writer::start(&lab.router(), pw, "day2", 100_000);
+    let writer = writer_going(lab, pw, "day2", 100_000).await;
     let reader = Reader::start(&lab.router(), pw);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     lab::partition(LAB, &replica).await.expect("lab partition");
     let cut = Instant::now();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Cut off until the leader has moved on without it (its member key expired,
+    // another synchronous standby) and writes were acknowledged since.
+    let moved_on = eventually(
+        &format!("{leader} to go on without {replica}"),
+        120,
+        || async {
+            let (l, members) = patroni_cluster(lab).await?;
+            let listed = members.iter().any(|m| m.name == replica);
+            let sync = members.iter().find(|m| m.role == "sync_standby");
+            match sync {
+                Some(m) if l == leader && !listed && m.name != replica => Ok(Instant::now()),
+                _ => Err(format!("{members:?}")),
+            }
+        },
+    )
+    .await;
+    acked(&writer, 20, moved_on, None).await;
+    let healed_at = Instant::now();
     lab::heal(LAB, &replica).await.expect("lab heal");
     eventually(&format!("{replica} to stream again"), 120, || async {
         let (l, members) = patroni_cluster(lab).await?;
@@ -198,7 +221,10 @@ async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    reader
+        .wait_served_by(&lab.ip(&replica), healed_at, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let acked = writer.stop().await;
     let reads = reader.stop().await;
     assert_eq!(
@@ -208,7 +234,11 @@ async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
     );
     assert_no_loss(lab, "day2", &acked).await;
     assert!(
-        acked.iter().any(|a| a.at > cut + Duration::from_secs(25)),
+        acked
+            .iter()
+            .filter(|a| a.sent > cut && a.at < healed_at)
+            .count()
+            >= 20,
         "writes went on while the replica was cut off"
     );
     check_reads(lab, &reads, cut, &replica, tl, &leader);
@@ -218,11 +248,13 @@ async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
 /// over) leadership: the cluster ends healthy and nothing acknowledged is lost.
 async fn short_leader_partition_ends_well(lab: &Lab, pw: &str) {
     let leader = healthy_cluster(lab).await;
-    let writer = Writer::start(&lab.router(), pw, "day2", 200_000);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(lab, pw, "day2", 200_000).await;
     lab::partition(LAB, &leader).await.expect("lab partition");
+    // The fault's length is the scenario (shorter than retry_timeout), not a wait
+    // for some state: the outcome is checked on observed state below.
     tokio::time::sleep(Duration::from_secs(5)).await;
     lab::heal(LAB, &leader).await.expect("lab heal");
+    let healed = Instant::now();
     healthy_cluster(lab).await;
     let (l, members) = patroni_cluster(lab).await.unwrap();
     let tl = members.iter().find(|m| m.name == l).unwrap().timeline;
@@ -230,9 +262,20 @@ async fn short_leader_partition_ends_well(lab: &Lab, pw: &str) {
         members.iter().all(|m| m.timeline == tl),
         "every member on the leader's timeline: {members:?}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    acked(&writer, 20, healed, None).await;
     let acked = writer.stop().await;
     assert_no_loss(lab, "day2", &acked).await;
+}
+
+/// Whether `host`'s PostgreSQL, asked on the host itself, is not a primary (in
+/// recovery, or not accepting connections).
+fn not_a_primary(lab: &Lab, host: &str) -> Result<(), String> {
+    match lab.try_psql(host, "SELECT pg_is_in_recovery()") {
+        Ok(t) if t == "t" => Ok(()),
+        Ok(t) => Err(format!("pg_is_in_recovery {t}")),
+        Err(e) if e.contains("could not connect") || e.contains("No such file") => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn timeline_of(lab: &Lab, host: &str) -> u64 {
@@ -252,8 +295,31 @@ fn status_json(lab: &Lab) -> (i32, serde_json::Value) {
 async fn status_matches_patroni(lab: &Lab) {
     let leader = healthy_cluster(lab).await;
     sync_standby(lab).await;
-    let (_, members) = patroni_cluster(lab).await.unwrap();
-    let (code, doc) = status_json(lab);
+    // Lag moves between two reads (Patroni's and pgha's are moments apart): with no
+    // writer running, both must come to say 0 for every replica; the stable fields
+    // are compared from that same pair of reads.
+    let (members, code, doc) = eventually(
+        "pgha status and Patroni to show every replica at lag 0",
+        60,
+        || async {
+            let (_, members) = patroni_cluster(lab).await?;
+            let (code, doc) = status_json(lab);
+            for m in members.iter().filter(|m| m.role != "leader") {
+                let shown = doc["members"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["name"] == m.name.as_str()))
+                    .map(|x| x["lag_bytes"].as_u64());
+                if m.lag != Some(0) || shown != Some(Some(0)) {
+                    return Err(format!(
+                        "{}: Patroni lag {:?}, pgha status lag {shown:?}",
+                        m.name, m.lag
+                    ));
+                }
+            }
+            Ok((members, code, doc))
+        },
+    )
+    .await;
     assert_eq!(code, 0, "a healthy cluster: exit 0: {doc}");
     assert_eq!(doc["healthy"], true);
     assert_eq!(doc["leader"], leader.as_str());
@@ -267,8 +333,8 @@ async fn status_matches_patroni(lab: &Lab) {
         assert_eq!(s["role"], m.role.as_str(), "{}'s role", m.name);
         assert_eq!(s["state"], m.state.as_str(), "{}'s state", m.name);
         assert_eq!(s["timeline"].as_u64(), m.timeline, "{}'s timeline", m.name);
-        if m.role != "leader" {
-            assert_eq!(s["lag_bytes"].as_u64(), m.lag, "{}'s lag", m.name);
+        if m.role == "leader" {
+            assert!(s["lag_bytes"].is_null(), "the leader has no lag: {s}");
         }
     }
     let (_, version) = lab.sh(&leader, "dpkg-query -W -f='${Version}' postgresql-17");
@@ -305,8 +371,7 @@ async fn switchover_to_a_named_replica(lab: &Lab, pw: &str) {
     let old = healthy_cluster(lab).await;
     // In synchronous mode only the sync standby can be promoted: name it.
     let target = sync_standby(lab).await;
-    let writer = Writer::start(&lab.router(), pw, "day2", 300_000);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(lab, pw, "day2", 300_000).await;
     let (code, out, _) = pgha(&[
         "switchover",
         &lab.inventory(),
@@ -316,7 +381,8 @@ async fn switchover_to_a_named_replica(lab: &Lab, pw: &str) {
         "json",
     ]);
     assert_eq!(code, 0, "switchover --to {target}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Writes resume on the new leader.
+    acked(&writer, 20, Instant::now(), Some(&lab.ip(&target))).await;
     let acked = writer.stop().await;
     let (leader, members) = patroni_cluster(lab).await.unwrap();
     assert_eq!(leader, target, "{target} leads after the switchover");

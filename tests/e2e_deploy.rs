@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use pgha::lab;
@@ -147,10 +147,9 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
 
     // 4. Hard kill of the leader while a writer runs: no acknowledged write is lost.
     let leader = new_leader;
-    let writer = Writer::start(&router, &superpw, "e2e", 1000);
+    let writer = writer_going(&lab, &superpw, "e2e", 1000).await;
     // New connections through :5000 all along: none may hang in HAProxy.
     let connector = Connector::start(&router, &superpw);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     lab::kill(&lab.info.name, &leader).await.expect("lab kill");
     let survivors: Vec<&str> = ["db1", "db2", "db3"]
         .into_iter()
@@ -181,7 +180,8 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The writer itself is answered by the new leader again.
+    acked(&writer, 20, Instant::now(), Some(&lab.ip(&promoted))).await;
     let acked = writer.stop().await;
     let attempts = connector.stop().await;
     let slowest = attempts.iter().map(|(d, _)| *d).max().unwrap_or_default();

@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::Instant;
 
 use common::*;
 use pgha::lab;
@@ -360,11 +360,10 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         at_check.values().all(|(_, img, _)| *img == want),
         "--check changed nothing"
     );
-    let writer = Writer::start(&router, &pw, "dk", 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(&lab, &pw, "dk", 1).await;
     let (code, _, _) = pgha(&["upgrade", &inv]);
     assert_eq!(code, 0, "docker upgrade");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    acked(&writer, 20, Instant::now(), None).await;
     let acked = writer.stop().await;
     assert!(acked.len() > 50, "the writer wrote during the upgrade");
     assert_no_loss(&lab, "dk", &acked).await;

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use pgha::lab;
 
@@ -97,8 +95,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     assert_eq!(code, 1, "a healthy member needs --force: {stderr}");
 
     // 2. A replica's disk lost: fresh host at the same address, writer running.
-    let writer = Writer::start(&lab.router(), &pw, "rb", 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(&lab, &pw, "rb", 1).await;
     lab::replace(LAB, &replica).await.expect("lab replace");
     let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 0, "rebuild {replica}");
@@ -120,8 +117,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     lab.refresh().await;
     let new_ip = lab.ip(&replica);
     assert_ne!(new_ip, old_ip, "a new address");
-    let writer = Writer::start(&lab.router(), &pw, "rb", 100_000);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(&lab, &pw, "rb", 100_000).await;
     let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 0, "rebuild {replica} at {new_ip}");
     rebuilt_and_streaming(&lab, &replica).await;

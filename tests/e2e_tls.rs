@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use pgha::probe::tls::Tls;
@@ -222,8 +222,7 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
     })
     .await;
     let before_start = start_times_tls(&lab, &tls).await;
-    let writer = Writer::start(&lab.router(), &pw, "tl", 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(&lab, &pw, "tl", 1).await;
     let text = std::fs::read_to_string(&inv).unwrap();
     std::fs::write(
         &inv,
@@ -247,7 +246,7 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
     )
     .await;
     assert_eq!(renewed.len(), before_certs.len());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    acked(&writer, 20, Instant::now(), None).await;
     let acked = writer.stop().await;
     assert!(acked.len() > 20, "the writer wrote during the renewal");
     assert_no_loss(&lab, "tl", &acked).await;

@@ -11,7 +11,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
@@ -205,8 +205,7 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     c.batch_execute("CREATE TABLE upg (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
-    let writer = Writer::start(&lab.router(), &pw, "upg", 1);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writer = writer_going(&lab, &pw, "upg", 1).await;
     let inv2 = inv.clone();
     let seen = tokio::task::spawn_blocking(move || upgrade_killed_after_first_replica(&inv2))
         .await
@@ -228,7 +227,7 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     // 4. Run again: it continues from what the hosts show and finishes.
     let (code, out, _) = pgha(&["upgrade", &inv, "--output", "json"]);
     assert_eq!(code, 0, "the second upgrade finishes");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    acked(&writer, 20, Instant::now(), None).await;
     let acked = writer.stop().await;
     let doc = json_doc(&out);
     for h in &upgraded {

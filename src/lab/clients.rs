@@ -4,11 +4,12 @@
 //! each read, how long each connection took to end). The end-to-end tests and the
 //! benchmark measure failovers, switchovers and upgrades with them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::probe::sql;
+use crate::wait::{WaitError, until};
 use tokio::task::JoinHandle;
 
 /// A superuser connection with the whole handshake bounded (HAProxy accepts at once,
@@ -43,7 +44,8 @@ pub struct Ack {
 /// server that acknowledged it.
 pub struct Writer {
     stop: Arc<AtomicBool>,
-    task: JoinHandle<Vec<Ack>>,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    task: JoinHandle<()>,
 }
 
 impl Writer {
@@ -53,8 +55,9 @@ impl Writer {
         let (router, password, table) =
             (router.to_string(), password.to_string(), table.to_string());
         let stop2 = stop.clone();
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let acked2 = acked.clone();
         let task = tokio::spawn(async move {
-            let mut acked = Vec::new();
             let mut i = first_id;
             let mut client = None;
             let sql = format!(
@@ -69,7 +72,7 @@ impl Writer {
                     let sent = Instant::now();
                     let insert = c.query_one(&sql, &params);
                     match tokio::time::timeout(Duration::from_secs(3), insert).await {
-                        Ok(Ok(row)) => acked.push(Ack {
+                        Ok(Ok(row)) => acked2.lock().unwrap().push(Ack {
                             id: i,
                             server: row.get(0),
                             sent,
@@ -85,14 +88,51 @@ impl Writer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            acked
         });
-        Writer { stop, task }
+        Writer { stop, acked, task }
+    }
+
+    /// The acknowledgements so far.
+    pub fn acked(&self) -> Vec<Ack> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` writes sent after `since` were acknowledged (by `server` when
+    /// named): the writer is observed working, not assumed to be after a sleep.
+    pub async fn wait_acked(
+        &self,
+        n: usize,
+        since: Instant,
+        server: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let what = match server {
+            Some(s) => format!("{n} writes acknowledged by {s}"),
+            None => format!("{n} writes acknowledged"),
+        };
+        until(&what, timeout, || async {
+            let acked = self.acked.lock().unwrap();
+            let got = acked
+                .iter()
+                .filter(|a| a.sent >= since && server.is_none_or(|s| a.server == s))
+                .count();
+            let last = acked
+                .last()
+                .map(|a| format!("last by {}", a.server))
+                .unwrap_or_else(|| "none yet".into());
+            if got >= n {
+                Ok(())
+            } else {
+                Err(format!("{got} so far ({} in all, {last})", acked.len()))
+            }
+        })
+        .await
     }
 
     pub async fn stop(self) -> Vec<Ack> {
         self.stop.store(true, Ordering::SeqCst);
-        self.task.await.expect("writer task")
+        self.task.await.expect("writer task");
+        std::mem::take(&mut *self.acked.lock().unwrap())
     }
 }
 
@@ -112,7 +152,8 @@ pub struct Read {
 /// read, so every read is routed afresh).
 pub struct Reader {
     stop: Arc<AtomicBool>,
-    task: JoinHandle<Vec<Read>>,
+    reads: Arc<Mutex<Vec<Read>>>,
+    task: JoinHandle<()>,
 }
 
 impl Reader {
@@ -120,8 +161,9 @@ impl Reader {
         let stop = Arc::new(AtomicBool::new(false));
         let (router, password) = (router.to_string(), password.to_string());
         let stop2 = stop.clone();
+        let reads = Arc::new(Mutex::new(Vec::new()));
+        let reads2 = reads.clone();
         let task = tokio::spawn(async move {
-            let mut reads = Vec::new();
             while !stop2.load(Ordering::SeqCst) {
                 if let Ok(c) = pg(&router, 5001, &password).await {
                     let q = c.query_one(
@@ -131,7 +173,7 @@ impl Reader {
                         &[],
                     );
                     if let Ok(Ok(row)) = tokio::time::timeout(Duration::from_secs(3), q).await {
-                        reads.push(Read {
+                        reads2.lock().unwrap().push(Read {
                             server: row.get(0),
                             in_recovery: row.get(1),
                             receiver: row.get(2),
@@ -142,14 +184,40 @@ impl Reader {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            reads
         });
-        Reader { stop, task }
+        Reader { stop, reads, task }
+    }
+
+    /// Wait until a read after `since` was served by `server`.
+    pub async fn wait_served_by(
+        &self,
+        server: &str,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        until(
+            &format!("a read through the read port served by {server}"),
+            timeout,
+            || async {
+                let reads = self.reads.lock().unwrap();
+                let after: Vec<&Read> = reads.iter().filter(|r| r.at >= since).collect();
+                if after.iter().any(|r| r.server == server) {
+                    Ok(())
+                } else {
+                    let mut by: Vec<&str> = after.iter().map(|r| r.server.as_str()).collect();
+                    by.sort();
+                    by.dedup();
+                    Err(format!("{} reads since, served by {by:?}", after.len()))
+                }
+            },
+        )
+        .await
     }
 
     pub async fn stop(self) -> Vec<Read> {
         self.stop.store(true, Ordering::SeqCst);
-        self.task.await.expect("reader task")
+        self.task.await.expect("reader task");
+        std::mem::take(&mut *self.reads.lock().unwrap())
     }
 }
 

@@ -29,13 +29,18 @@ pub fn pgha_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
 
-/// The last line of stdout that parses as JSON (pgha prints one document).
+/// The last line of stdout that parses as a JSON object (pgha prints one document);
+/// panics when there is none, so a check on pgha's report cannot pass on nothing.
 pub fn json_doc(stdout: &str) -> Value {
     stdout
         .lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or(Value::Null)
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(Value::is_object)
+        })
+        .unwrap_or_else(|| panic!("no JSON document in pgha's output:\n{stdout}"))
 }
 
 pub struct Lab {
@@ -201,6 +206,12 @@ impl Lab {
 
     /// Run a command on a host through docker exec (independent of pgha's SSH).
     pub fn sh(&self, host: &str, script: &str) -> (i32, String) {
+        let (code, out, _) = self.sh_err(host, script);
+        (code, out)
+    }
+
+    /// `sh` with stderr too.
+    pub fn sh_err(&self, host: &str, script: &str) -> (i32, String, String) {
         let out = Command::new("docker")
             .args([
                 "exec",
@@ -214,16 +225,31 @@ impl Lab {
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 
-    /// A SQL query on a host's own PostgreSQL, through docker exec.
+    /// A SQL query on a host's own PostgreSQL, through docker exec; panics when psql
+    /// fails (an error is never read as an answer).
     pub fn psql(&self, host: &str, sql: &str) -> String {
-        let (_, out) = self.sh(
+        self.try_psql(host, sql)
+            .unwrap_or_else(|e| panic!("psql on {host}: {sql}: {e}"))
+    }
+
+    /// `psql`, with psql's failure as an Err (for waits).
+    pub fn try_psql(&self, host: &str, sql: &str) -> Result<String, String> {
+        let (code, out, err) = self.sh_err(
             host,
-            &format!("runuser -u postgres -- psql -XAtc {}", shell_words(sql)),
+            &format!(
+                "runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -c {}",
+                shell_words(sql)
+            ),
         );
-        out.trim().to_string()
+        if code == 0 {
+            Ok(out.trim().to_string())
+        } else {
+            Err(format!("exit {code}: {}", err.trim()))
+        }
     }
 }
 
@@ -406,6 +432,24 @@ pub async fn start_times(lab: &Lab) -> BTreeMap<String, String> {
     m
 }
 
+/// Wait until `writer` has had `n` writes acknowledged since `since` (by `server`
+/// when named), or panic naming what it saw: a no-loss check needs a writer that
+/// was really answered, observed rather than assumed after a sleep.
+pub async fn acked(writer: &Writer, n: usize, since: Instant, server: Option<&str>) {
+    writer
+        .wait_acked(n, since, server, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A writer started on `table` and observed acknowledged a few times.
+pub async fn writer_going(lab: &Lab, pw: &str, table: &str, first_id: i32) -> Writer {
+    let t0 = Instant::now();
+    let w = Writer::start(&lab.router(), pw, table, first_id);
+    acked(&w, 20, t0, None).await;
+    w
+}
+
 /// Every acknowledged id is present in `table` (read through the write port).
 pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
     let pw = lab.secret("superuser_password");
@@ -419,6 +463,12 @@ pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     })
     .await;
+    // A dead writer proves nothing: the check needs a writer that was answered.
+    assert!(
+        acked.len() >= 20,
+        "only {} acknowledged writes on {table}: too few for a no-loss check",
+        acked.len()
+    );
     let present: std::collections::BTreeSet<i32> = present.into_iter().collect();
     let lost: Vec<i32> = acked
         .iter()
