@@ -98,6 +98,8 @@ pub struct SwitchoverArgs {
     /// [default: the inventory's patroni_maximum_lag_on_failover].
     #[arg(long, value_name = "BYTES")]
     pub max_lag: Option<u64>,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +112,8 @@ pub struct UpgradeArgs {
     pub check: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +131,8 @@ pub struct RebuildArgs {
     pub force: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +163,21 @@ pub enum ImagesCommand {
 pub struct CompletionsArgs {
     /// The shell to complete for.
     pub shell: clap_complete::Shell,
+}
+
+/// How long a command that changes the cluster waits for the cluster lock.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct LockWaitArg {
+    /// Wait up to SECS for the cluster lock when another run holds it (a run that
+    /// crashed releases it within 30 s) [default: 0, refuse at once].
+    #[arg(long = "lock-wait", value_name = "SECS", default_value_t = 0)]
+    pub lock_wait: u64,
+}
+
+impl LockWaitArg {
+    pub fn duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.lock_wait)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -195,6 +216,9 @@ pub struct DeployArgs {
 
     #[command(flatten)]
     pub ssh: SshArgs,
+
+    #[command(flatten)]
+    pub lock: LockWaitArg,
 }
 
 #[derive(Debug, Args)]

@@ -12,5 +12,6 @@ pub mod ops;
 pub mod pki;
 pub mod probe;
 pub mod ssh;
+pub mod testpoint;
 pub mod ui;
 pub mod wait;

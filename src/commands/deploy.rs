@@ -24,6 +24,8 @@ pub struct DeployOptions {
     pub check: bool,
     pub diff: bool,
     pub limit: Vec<String>,
+    /// How long to wait for the cluster lock held by another run.
+    pub lock_wait: std::time::Duration,
 }
 
 pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Failure> {
@@ -32,6 +34,7 @@ pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Fai
         check: args.check,
         diff: args.diff,
         limit: args.limit.clone(),
+        lock_wait: args.lock.duration(),
     };
     let ssh = ssh_options(&args.ssh, &inv);
     deploy(&inv, &opts, ssh, &Ui::new(output)).await
@@ -70,14 +73,14 @@ pub async fn deploy(
             None
         } else {
             let etcd_up = etcd::probe(&ctx.ep.etcd).await.any_healthy();
-            Some(ClusterLock::acquire(&ctx, "pgha deploy", etcd_up).await?)
+            Some(ClusterLock::acquire(&ctx, "pgha deploy", etcd_up, opts.lock_wait).await?)
         };
         let r = match Converge::load(&ctx).await {
             Ok(mut conv) => run(&mut conv, opts, lock.as_mut()).await,
             Err(f) => Err(f),
         };
         if let Some(l) = lock {
-            l.release().await;
+            l.release(&ctx).await;
         }
         r
     }

@@ -63,6 +63,7 @@ pub async fn command(args: RebuildArgs, output: OutputFormat) -> Result<Exit, Fa
             snapshot_dir,
             started: Instant::now(),
             steps: std::sync::Mutex::new(Vec::new()),
+            lock_wait: args.lock.duration(),
         };
         r.run(args.check).await
     }
@@ -125,6 +126,7 @@ struct Rebuild<'c, 'a> {
     snapshot_dir: PathBuf,
     started: Instant,
     steps: std::sync::Mutex<Vec<(String, f64)>>,
+    lock_wait: std::time::Duration,
 }
 
 fn quorum(voters: usize) -> usize {
@@ -163,7 +165,25 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         if check {
             return Ok(Exit::Ok);
         }
-        let lock = ClusterLock::acquire(self.ctx, "pgha rebuild", true).await?;
+        crate::testpoint::pause("rebuild:assessed").await;
+        let lock = ClusterLock::acquire(self.ctx, "pgha rebuild", true, self.lock_wait).await?;
+        // Judged again under the lock: the cluster may have moved since the first
+        // assessment (a switchover onto the target, a member lost).
+        let a = match self.assess().await {
+            Ok(again) => {
+                if again.steps != a.steps {
+                    self.ctx
+                        .ui
+                        .line("The cluster changed since the plan above; under the lock:");
+                    self.show(&again, false);
+                }
+                again
+            }
+            Err(f) => {
+                lock.release(self.ctx).await;
+                return Err(f);
+            }
+        };
         let probes: Vec<GapProbe> = self
             .inv()
             .router_hosts()
@@ -179,7 +199,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 gap = Some(g);
             }
         }
-        lock.release().await;
+        lock.release(self.ctx).await;
         let mut report = result?;
         report.gap = gap;
         report.took_secs = self.started.elapsed().as_secs_f64();
@@ -270,6 +290,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             }
             a.etcd = Some(state);
         }
+        self.refuse_tls_switch(&refuse).await?;
         if kind == Kind::Router {
             let ip = self.address();
             a.healthy_member = haproxy::backends(&ip, self.inv().cluster.haproxy_stats_port)
@@ -294,6 +315,68 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             a.steps.len()
         ));
         Ok(a)
+    }
+
+    /// The inventory's `tls` against what the cluster runs, read from the other
+    /// hosts before anything is wiped (deploy refuses the same switch).
+    async fn refuse_tls_switch(&self, refuse: &dyn Fn(String) -> Failure) -> Result<(), Failure> {
+        let mut conv = Converge::load(self.ctx).await?;
+        let others: Vec<String> = self
+            .ctx
+            .etcd_hosts()
+            .into_iter()
+            .filter(|h| *h != self.target)
+            .collect();
+        conv.gather_facts(&others).await?;
+        conv.refuse_tls_switch(&others.iter().collect::<Vec<_>>())
+            .map_err(|f| refuse(f.message))
+    }
+
+    /// Right before the wipe: the target is not the leader and another member
+    /// leads, judged from a fresh view (a switchover may have moved leadership onto
+    /// it since the assessment).
+    async fn safe_to_wipe(&self, a: &Assessment) -> Result<(), Failure> {
+        if a.kind != Kind::Db {
+            return Ok(());
+        }
+        let t = &self.target;
+        let refuse = |why: String| {
+            Failure::error(format!(
+                "rebuild of {t} stopped before wiping it; nothing was wiped or changed: {why}"
+            ))
+        };
+        let survivors: Vec<String> = self
+            .ctx
+            .ep
+            .patroni
+            .iter()
+            .filter(|(n, _)| n != t)
+            .map(|(_, api)| api.clone())
+            .collect();
+        let view = patroni::cluster_any(&survivors)
+            .await
+            .map_err(|e| refuse(format!("no other member's Patroni answers ({e})")))?;
+        match view.leader() {
+            Some(l) if l.name == *t => {
+                return Err(refuse(format!(
+                    "{t} leads the cluster now; hand leadership over first: `pgha switchover {}`",
+                    self.inv().path.display()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                return Err(refuse(format!(
+                    "no member leads the cluster now ({})",
+                    view.summary()
+                )));
+            }
+        }
+        if let Ok(st) = patroni::status(&self.ctx.api(t)).await
+            && st["role"] == "primary"
+        {
+            return Err(refuse(format!("{t}'s Patroni says it is a primary")));
+        }
+        Ok(())
     }
 
     async fn assess_etcd(&self, refuse: &dyn Fn(String) -> Failure) -> Result<EtcdState, Failure> {
@@ -568,9 +651,21 @@ impl<'c, 'a> Rebuild<'c, 'a> {
     /// Stop what may run on the target and remove its data directories (etcd's only
     /// when its membership is replaced).
     async fn wipe(&self, a: &Assessment, conv: &Converge<'_, '_>) -> Result<(), Failure> {
+        crate::testpoint::pause("rebuild:before-wipe").await;
+        self.safe_to_wipe(a).await?;
         let c = &self.inv().cluster;
         let roles = &conv.desired[&self.target];
         let mut script = String::new();
+        if a.kind == Kind::Db {
+            // The last word is the host's own: a PostgreSQL that runs as a primary
+            // there is never stopped or wiped (exit 3 is reported below).
+            script.push_str(&format!(
+                "r=$({} -Atq -c 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
+                 if [ \"$r\" = f ]; then echo 'PostgreSQL on this host is a primary' >&2; exit 3; fi
+",
+                install::psql(c)
+            ));
+        }
         for r in ["patroni", "exporter"] {
             if let Some(role) = roles.role(r) {
                 script.push_str(&install::remove(role));

@@ -34,10 +34,10 @@ pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit,
             .unwrap_or(inv.cluster.patroni_maximum_lag_on_failover),
         candidate_wait: Duration::ZERO,
     };
-    let lock = ClusterLock::acquire(&ctx, "pgha switchover", true).await?;
+    let lock = ClusterLock::acquire(&ctx, "pgha switchover", true, args.lock.duration()).await?;
     let phase = ui.phase("switchover");
     let result = actions::switchover(&ctx, &opts).await;
-    lock.release().await;
+    lock.release(&ctx).await;
     let report = match result {
         Ok(r) => r,
         Err(f) => {

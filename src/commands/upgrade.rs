@@ -51,7 +51,10 @@ pub async fn command(args: UpgradeArgs, output: OutputFormat) -> Result<Exit, Fa
     let ssh = ssh_options(&args.ssh, &inv);
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
-        Upgrade::new(&ctx, args.check).await?.run().await
+        Upgrade::new(&ctx, args.check, args.lock.duration())
+            .await?
+            .run()
+            .await
     }
     .await;
     ctx.close().await;
@@ -91,10 +94,11 @@ struct Upgrade<'c, 'a> {
     docker: bool,
     archive: images::Archive,
     started: Instant,
+    lock_wait: Duration,
 }
 
 impl<'c, 'a> Upgrade<'c, 'a> {
-    async fn new(ctx: &'c Ctx<'a>, check: bool) -> Result<Self, Failure> {
+    async fn new(ctx: &'c Ctx<'a>, check: bool, lock_wait: Duration) -> Result<Self, Failure> {
         let docker = ctx.inv.cluster.install_method == InstallMethod::Docker;
         // Under docker the wanted containers name image ids (push: this machine's;
         // a missing image fails here, before any change).
@@ -116,6 +120,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             docker,
             archive: Default::default(),
             started: Instant::now(),
+            lock_wait,
         })
     }
 
@@ -136,9 +141,9 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             }
             return Ok(Exit::Ok);
         }
-        let lock = ClusterLock::acquire(self.ctx, "pgha upgrade", true).await?;
+        let lock = ClusterLock::acquire(self.ctx, "pgha upgrade", true, self.lock_wait).await?;
         let result = self.apply(plan, &leftovers).await;
-        lock.release().await;
+        lock.release(self.ctx).await;
         let report = result?;
         self.print_report(&report);
         Ok(Exit::Ok)

@@ -42,6 +42,9 @@ pub(crate) enum Kind {
     Duration,
     /// An absolute path on the hosts.
     RemotePath,
+    /// A directory pgha may wipe as root (PostgreSQL's data directory): absolute,
+    /// normalized, at least two levels deep, not a system directory.
+    DataDir,
     /// A path on this machine (relative to the inventory's directory, `~` expanded).
     LocalPath,
     InstallMethod,
@@ -125,7 +128,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("install_method", C, Kind::InstallMethod),
     k("postgresql_version", C, Kind::Int { min: 13, max: 18 }),
     k("postgresql_port", C, Kind::Port),
-    k("postgresql_data_dir", C, Kind::RemotePath),
+    k("postgresql_data_dir", C, Kind::DataDir),
     k("postgresql_parameters", C, Kind::Params),
     k("patroni_rest_port", C, Kind::Port),
     k("patroni_ttl", C, POS_U32),
@@ -464,6 +467,16 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
                     "\"{s}\" must be an absolute path without spaces or `..`"
                 )));
             }
+            Ok(json!(s))
+        }
+        Kind::DataDir => {
+            let s = string(v)?;
+            data_dir(&s).map_err(|why| {
+                err(format!(
+                    "\"{s}\" {why}: pgha wipes this directory as root when it rebuilds a member; \
+                     use a dedicated directory such as /var/lib/postgresql/17/main or /srv/pg/data"
+                ))
+            })?;
             Ok(json!(s))
         }
         Kind::LocalPath => {
@@ -839,6 +852,90 @@ pub(crate) fn is_secret_name(name: &str) -> bool {
     (n.contains("pass") || n.contains("secret") || n.contains("token")) && !n.ends_with("_file")
 }
 
+/// System directories (and their ancestors) a data directory may never be, and
+/// pseudo or volatile filesystems it may never be under.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/lib64",
+    "/usr/local",
+    "/usr/sbin",
+    "/usr/share",
+    "/var/backups",
+    "/var/cache",
+    "/var/lib",
+    "/var/local",
+    "/var/log",
+    "/var/mail",
+    "/var/opt",
+    "/var/run",
+    "/var/spool",
+    "/var/tmp",
+    "/var/lib/postgresql",
+    "/var/lib/etcd",
+    "/var/lib/docker",
+    "/etc/postgresql",
+];
+const NEVER_UNDER: &[&str] = &[
+    "/proc", "/sys", "/dev", "/run", "/tmp", "/boot", "/etc", "/usr",
+];
+
+/// Why `path` may not be a data directory (None: it may).
+fn data_dir(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err("is not an absolute path".into());
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(*c)))
+    {
+        return Err(format!(
+            "contains {c:?} (use letters, digits and / . _ - + @ only)"
+        ));
+    }
+    let parts: Vec<&str> = path[1..].split('/').collect();
+    if path.len() > 1 && path.ends_with('/')
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err("is not a normalized path (no empty, `.` or `..` parts, no trailing /)".into());
+    }
+    if parts.len() < 2 {
+        return Err("is less than two levels deep".into());
+    }
+    if SYSTEM_DIRS.contains(&path) {
+        return Err("is a system directory".into());
+    }
+    if let Some(root) = NEVER_UNDER
+        .iter()
+        .find(|r| path.starts_with(&format!("{r}/")))
+    {
+        return Err(format!("is under {root}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -986,6 +1083,43 @@ mod tests {
         assert!(convert(Kind::Address, &y("fe80::1")).is_ok());
         assert!(convert(Kind::Address, &y("not an address")).is_err());
         assert!(convert(Kind::RemotePath, &y("relative/dir")).is_err());
+        for bad in [
+            "/",
+            "/var",
+            "/etc",
+            "/var/lib",
+            "/usr/local",
+            "/home",
+            "/var/lib/postgresql",
+            "relative/dir",
+            "/srv//pg",
+            "/srv/pg/",
+            "/srv/./pg",
+            "/srv/pg/../x",
+            "/data",
+            "/tmp/pg",
+            "/etc/postgresql/17/main",
+            "/proc/1/x",
+            "/srv/pg data",
+            "/srv/$(id)",
+            "/srv/pg;rm",
+            "/srv/`x`",
+        ] {
+            assert!(
+                convert(Kind::DataDir, &y(bad)).is_err(),
+                "{bad} must be refused as a data directory"
+            );
+        }
+        for good in [
+            "/var/lib/postgresql/17/main",
+            "/srv/pg/data",
+            "/data/pg",
+            "/pg/17",
+        ] {
+            assert!(convert(Kind::DataDir, &y(good)).is_ok(), "{good}");
+        }
+        let e = format!("{:?}", convert(Kind::DataDir, &y("/var")).unwrap_err());
+        assert!(e.contains("wipes this directory"), "{e}");
         assert!(convert(Kind::Secret, &y("12345")).is_err());
         assert!(convert(Kind::Secret, &y("!vault |\n  $ANSIBLE_VAULT;1.1")).is_err());
     }

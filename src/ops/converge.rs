@@ -126,6 +126,17 @@ impl<'c, 'a> Converge<'c, 'a> {
         }
     }
 
+    /// Facts of these hosts only (read-only; no preflight, no plan).
+    pub async fn gather_facts(&mut self, hosts: &[String]) -> Result<(), Failure> {
+        let requests: BTreeMap<String, FactsRequest> = hosts
+            .iter()
+            .map(|h| (h.clone(), self.facts_request(h)))
+            .collect();
+        let (facts, _) = self.ctx.gather(&requests).await?;
+        self.facts.extend(facts);
+        Ok(())
+    }
+
     /// Facts, preflight (refuses before any change), and a plan per host.
     pub async fn gather_and_plan(&mut self) -> Result<(), Failure> {
         let requests: BTreeMap<String, FactsRequest> = self
@@ -240,7 +251,7 @@ impl<'c, 'a> Converge<'c, 'a> {
     /// cannot be moved between plain and TLS URLs by a restart, and Patroni, HAProxy
     /// and clients would lose each other half-way. Whether it runs with TLS is read
     /// from its etcd hosts (pgha's CA file is there). Refused before any change.
-    fn refuse_tls_switch(&self, etcd_hosts: &[&String]) -> Result<(), Failure> {
+    pub fn refuse_tls_switch(&self, etcd_hosts: &[&String]) -> Result<(), Failure> {
         let ca = format!("{}/ca.crt", desired::TLS_DIR);
         let with_tls = etcd_hosts.iter().any(|h| self.facts[*h].exists(&ca));
         match (self.inv.cluster.tls, with_tls) {

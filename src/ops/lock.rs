@@ -6,9 +6,15 @@
 //! command that has SSH sessions, it is also held on the first db host as
 //! `/var/lib/pgha/lock`, a file with an expiry the holder refreshes (`HOST_TTL`).
 //! A second command finds either and stops before any change, naming the holder.
+//!
+//! A lock is judged only by its lease (etcd) or its expiry (host file): a holder
+//! that stopped renewing loses it when that runs out, never because its process
+//! looks absent from here (two controllers may share a host name). The holder, in
+//! turn, checks before each change that it still holds the lock (`LockGuard`), and
+//! stops when it does not.
 
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
@@ -56,17 +62,40 @@ impl Holder {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            id: format!("{:016x}", rand::random::<u64>()),
+            id: String::new(),
         }
+        .with_run_id()
     }
 
-    /// A holder that ran on this machine and whose process is gone (killed, or the
-    /// machine rebooted since): its lock is stale and may be taken over at once.
-    pub fn is_dead_here(&self) -> bool {
-        let me = Holder::me("");
-        self.controller == me.controller
-            && self.pid != me.pid
-            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    /// A run id unique to this run: a random token beside the controller and pid,
+    /// so two controllers with one name (containers, `localhost`) never match.
+    fn with_run_id(mut self) -> Holder {
+        self.id = format!(
+            "{}:{}:{:016x}",
+            self.controller,
+            self.pid,
+            rand::random::<u64>()
+        );
+        self
+    }
+
+    /// A note for a refusal: the holder ran here and its process is gone, so its
+    /// lock will expire (it is never taken over for that: another controller may
+    /// share this host name).
+    fn gone_note(&self) -> String {
+        let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if self.controller == here && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        {
+            format!(
+                " (no process {} runs on this machine: if that was this holder, its lock \
+                 expires by itself)",
+                self.pid
+            )
+        } else {
+            String::new()
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -100,13 +129,30 @@ fn current_user() -> String {
         .unwrap_or(format!("uid {uid}"))
 }
 
-fn held(what: &str, h: &Holder, ttl: String) -> Failure {
-    Failure::error(format!(
-        "the cluster lock ({what}) is held by {}; nothing was changed. Wait for it to finish. \
-         A holder that crashed or lost its network releases the lock within {ttl}; a lock left \
-         behind otherwise can be seen with `pgha lock` and removed with `pgha lock --break`",
-        h.describe()
-    ))
+/// Why a lock could not be taken: held by another run (worth waiting for with
+/// `--lock-wait`), or an error.
+enum TakeError {
+    Held(Failure),
+    Other(Failure),
+}
+
+impl From<TakeError> for Failure {
+    fn from(e: TakeError) -> Failure {
+        match e {
+            TakeError::Held(f) | TakeError::Other(f) => f,
+        }
+    }
+}
+
+fn held(what: &str, h: &Holder, ttl: String) -> TakeError {
+    TakeError::Held(Failure::error(format!(
+        "the cluster lock ({what}) is held by {}{}; nothing was changed. Wait for it to finish \
+         (or pass --lock-wait SECS). A holder that crashed or lost its network releases the \
+         lock within {ttl}; a lock left behind otherwise can be seen with `pgha lock` and \
+         removed with `pgha lock --break`",
+        h.describe(),
+        h.gone_note()
+    )))
 }
 
 /// The etcd lock key of a cluster.
@@ -114,16 +160,17 @@ pub fn etcd_key(cluster: &str) -> String {
     format!("/pgha/{cluster}/lock")
 }
 
-/// One keep-alive of the lease, answered in time with time left on it.
+/// One keep-alive of the lease: Some(true) renewed, Some(false) the lease is gone
+/// (expired or revoked: etcd answers TTL 0), None no answer in time.
 async fn renew(
     keeper: &mut etcd_client::LeaseKeeper,
     stream: &mut etcd_client::LeaseKeepAliveStream,
-) -> bool {
-    keeper.keep_alive().await.is_ok()
-        && matches!(
-            tokio::time::timeout(RENEW_EVERY, stream.message()).await,
-            Ok(Ok(Some(r))) if r.ttl() > 0
-        )
+) -> Option<bool> {
+    keeper.keep_alive().await.ok()?;
+    match tokio::time::timeout(RENEW_EVERY, stream.message()).await {
+        Ok(Ok(Some(r))) => Some(r.ttl() > 0),
+        _ => None,
+    }
 }
 
 async fn etcd_client(endpoints: &[String]) -> Result<Client, String> {
@@ -163,6 +210,150 @@ pub async fn release_all() {
     }
 }
 
+/// The etcd part of a held lock, as the guard checks it.
+#[derive(Clone)]
+struct EtcdHold {
+    endpoints: Vec<String>,
+    lease: i64,
+    /// When the last keep-alive that etcd answered was sent: the lease lives at
+    /// least ETCD_TTL from then unless revoked.
+    renewed: Instant,
+}
+
+#[derive(Default)]
+struct GuardState {
+    etcd: Option<EtcdHold>,
+    /// When the last host-lock refresh that succeeded was sent.
+    host: Option<Instant>,
+    lost: Option<String>,
+}
+
+/// Seconds a renewal proves the etcd lease alive when etcd cannot be asked
+/// directly (the lease's TTL less a renewal period and a margin).
+const ETCD_CONFIRM: Duration = Duration::from_secs(ETCD_TTL as u64 - 4);
+/// The same for the host lock.
+const HOST_CONFIRM: Duration = Duration::from_secs(HOST_TTL - 5);
+
+/// Whether this run still holds the cluster lock. The keepers record each renewal;
+/// `check` (through `Ctx::ensure_locked`, before every step that changes the
+/// cluster) asks etcd whether the key is still this run's, and fails once the lock
+/// is lost, naming the loss and the step it stopped before.
+pub struct LockGuard {
+    key: String,
+    holder: Holder,
+    state: Mutex<GuardState>,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl LockGuard {
+    fn new(key: String, holder: Holder) -> LockGuard {
+        LockGuard {
+            key,
+            holder,
+            state: Mutex::new(GuardState::default()),
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn lose(&self, why: String) {
+        let mut s = self.state.lock().unwrap();
+        if s.lost.is_none() {
+            tracing::warn!("cluster lock lost: {why}");
+            s.lost = Some(why);
+        }
+    }
+
+    /// Why the lock was lost, once it was.
+    pub fn lost(&self) -> Option<String> {
+        self.state.lock().unwrap().lost.clone()
+    }
+
+    fn renewed_etcd(&self, sent: Instant) {
+        if let Some(e) = self.state.lock().unwrap().etcd.as_mut() {
+            e.renewed = e.renewed.max(sent);
+        }
+    }
+
+    fn refreshed_host(&self, sent: Instant) {
+        let mut s = self.state.lock().unwrap();
+        s.host = Some(s.host.map_or(sent, |h| h.max(sent)));
+    }
+
+    /// The lock key's value and lease as etcd has it now (None: no key).
+    async fn read_key(&self, endpoints: &[String]) -> Result<Option<(Vec<u8>, i64)>, String> {
+        let mut slot = self.client.lock().await;
+        if slot.is_none() {
+            *slot = Some(etcd_client(endpoints).await?);
+        }
+        let c = slot.as_mut().expect("client set above");
+        let got =
+            tokio::time::timeout(Duration::from_secs(3), c.get(self.key.as_str(), None)).await;
+        match got {
+            Ok(Ok(r)) => Ok(r.kvs().first().map(|kv| (kv.value().to_vec(), kv.lease()))),
+            Ok(Err(e)) => {
+                *slot = None;
+                Err(e.to_string())
+            }
+            Err(_) => {
+                *slot = None;
+                Err("no answer within 3 s".into())
+            }
+        }
+    }
+
+    /// Ok while this run holds the lock; otherwise the failure that stops the
+    /// command before `step`.
+    pub async fn check(&self, step: &str) -> Result<(), Failure> {
+        let (etcd, host) = {
+            let s = self.state.lock().unwrap();
+            (s.etcd.clone(), s.host)
+        };
+        if let Some(sent) = host
+            && sent.elapsed() > HOST_CONFIRM
+        {
+            self.lose(format!(
+                "the host lock was not refreshed for {} s",
+                sent.elapsed().as_secs()
+            ));
+        }
+        if let Some(e) = etcd
+            && self.lost().is_none()
+        {
+            match self.read_key(&e.endpoints).await {
+                Ok(Some((value, lease))) => {
+                    let h = serde_json::from_slice::<Holder>(&value).ok();
+                    if lease != e.lease || h.as_ref().is_none_or(|h| h.id != self.holder.id) {
+                        self.lose(format!(
+                            "etcd key {} now holds {}",
+                            self.key,
+                            h.map_or("another value".into(), |h| h.describe())
+                        ));
+                    }
+                }
+                Ok(None) => self.lose(format!(
+                    "etcd key {} is gone (its lease was revoked or expired)",
+                    self.key
+                )),
+                Err(err) if e.renewed.elapsed() > ETCD_CONFIRM => self.lose(format!(
+                    "etcd could not confirm it ({err}) and it was last renewed {} s ago",
+                    e.renewed.elapsed().as_secs()
+                )),
+                // etcd briefly unreachable (a member restarting) with a recent
+                // renewal: the lease is alive.
+                Err(_) => {}
+            }
+        }
+        match self.lost() {
+            None => Ok(()),
+            Some(why) => Err(Failure::error(format!(
+                "the cluster lock was lost ({why}); stopped before \"{step}\". What this run \
+                 changed until then is in the recap; check the cluster (`pgha status`) and run \
+                 the command again when the lock is free (`pgha lock`)"
+            ))),
+        }
+    }
+}
+
 struct EtcdLock {
     endpoints: Vec<String>,
     lease: i64,
@@ -178,34 +369,69 @@ struct HostLock {
 pub struct ClusterLock {
     holder: Holder,
     cluster: String,
+    guard: Arc<LockGuard>,
     etcd: Option<EtcdLock>,
     host: Option<HostLock>,
 }
 
 impl ClusterLock {
     /// Take the lock: on the first db host when connected to it, and in etcd when
-    /// `etcd_exists`. Fails (exit 1) naming the holder when another run holds it.
+    /// `etcd_exists`. A lock held by another run is waited for up to `wait`, then
+    /// refused (exit 1) naming the holder. Steps of `ctx` check it from then on.
     pub async fn acquire(
         ctx: &Ctx<'_>,
         command: &str,
         etcd_exists: bool,
+        wait: Duration,
     ) -> Result<ClusterLock, Failure> {
+        let deadline = Instant::now() + wait;
+        let mut said = false;
+        loop {
+            match Self::try_acquire(ctx, command, etcd_exists).await {
+                Ok(lock) => {
+                    ctx.hold_lock(lock.guard.clone());
+                    return Ok(lock);
+                }
+                Err(TakeError::Held(f)) if Instant::now() < deadline => {
+                    if !said {
+                        ctx.ui.line(format!(
+                            "waiting up to {} s for the cluster lock: {}",
+                            wait.as_secs(),
+                            f.message.split(';').next().unwrap_or_default()
+                        ));
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn try_acquire(
+        ctx: &Ctx<'_>,
+        command: &str,
+        etcd_exists: bool,
+    ) -> Result<ClusterLock, TakeError> {
+        let holder = Holder::me(command);
+        let cluster = ctx.inv.cluster.cluster_name.clone();
         let mut lock = ClusterLock {
-            holder: Holder::me(command),
-            cluster: ctx.inv.cluster.cluster_name.clone(),
+            guard: Arc::new(LockGuard::new(etcd_key(&cluster), holder.clone())),
+            holder,
+            cluster,
             etcd: None,
             host: None,
         };
         let first_db = ctx.db_hosts()[0].clone();
         if ctx.has_session(&first_db) {
-            let session = ctx.session(&first_db)?.clone();
+            let session = ctx.session(&first_db).map_err(TakeError::Other)?.clone();
             if let Err(f) = lock.take_host(session).await {
-                lock.release().await;
+                lock.release_inner().await;
                 return Err(f);
             }
         }
         if etcd_exists && let Err(f) = lock.take_etcd(&ctx.ep.etcd).await {
-            lock.release().await;
+            lock.release_inner().await;
             return Err(f);
         }
         Ok(lock)
@@ -216,28 +442,22 @@ impl ClusterLock {
         if self.etcd.is_some() {
             return Ok(());
         }
-        self.take_etcd(endpoints).await
+        Ok(self.take_etcd(endpoints).await?)
     }
 
     pub fn holder(&self) -> &Holder {
         &self.holder
     }
 
-    async fn take_etcd(&mut self, endpoints: &[String]) -> Result<(), Failure> {
-        self.take_etcd_inner(endpoints, false).await
-    }
-
-    async fn take_etcd_inner(
-        &mut self,
-        endpoints: &[String],
-        stale_taken: bool,
-    ) -> Result<(), Failure> {
-        let mut c = etcd_client(endpoints).await.map_err(Failure::error)?;
+    async fn take_etcd(&mut self, endpoints: &[String]) -> Result<(), TakeError> {
+        let other = |f: String| TakeError::Other(Failure::error(f));
+        let mut c = etcd_client(endpoints).await.map_err(other)?;
         let key = etcd_key(&self.cluster);
+        let granted = Instant::now();
         let lease = c
             .lease_grant(ETCD_TTL, None)
             .await
-            .map_err(|e| Failure::error(format!("cluster lock: etcd lease: {e}")))?
+            .map_err(|e| other(format!("cluster lock: etcd lease: {e}")))?
             .id();
         let value = serde_json::to_string(&self.holder).expect("holder serializes");
         let txn = Txn::new()
@@ -251,41 +471,36 @@ impl ClusterLock {
         let resp = c
             .txn(txn)
             .await
-            .map_err(|e| Failure::error(format!("cluster lock: etcd: {e}")))?;
+            .map_err(|e| other(format!("cluster lock: etcd: {e}")))?;
         if !resp.succeeded() {
-            let other_raw = resp.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            // Held: only its lease decides when it ends, never a guess about its holder.
+            let _ = c.lease_revoke(lease).await;
+            let holder = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Holder>(kv.value()).ok()),
                 _ => None,
             });
-            if let Some(raw) = &other_raw
-                && let Ok(h) = serde_json::from_slice::<Holder>(raw)
-                && h.is_dead_here()
-                && !stale_taken
-            {
-                // Only if it is still that same stale value.
-                let del = Txn::new()
-                    .when([Compare::value(key.clone(), CompareOp::Equal, raw.clone())])
-                    .and_then([TxnOp::delete(key.clone(), None)]);
-                if c.txn(del).await.is_ok_and(|r| r.succeeded()) {
-                    tracing::warn!("took over a stale cluster lock of {}", h.describe());
-                    let _ = c.lease_revoke(lease).await;
-                    return Box::pin(self.take_etcd_inner(endpoints, true)).await;
-                }
-            }
-            let _ = c.lease_revoke(lease).await;
-            let other = other_raw.and_then(|v| serde_json::from_slice::<Holder>(&v).ok());
-            return Err(match other {
+            return Err(match holder {
                 Some(h) => held(&format!("etcd key {key}"), &h, format!("{ETCD_TTL} s")),
-                None => Failure::error(format!(
-                    "the cluster lock (etcd key {key}) is held by an unknown holder; see `pgha lock`"
-                )),
+                None => TakeError::Held(Failure::error(format!(
+                    "the cluster lock (etcd key {key}) is held by an unknown holder; nothing was \
+                     changed; see `pgha lock`"
+                ))),
             });
         }
         let (keeper, stream) = c
             .lease_keep_alive(lease)
             .await
-            .map_err(|e| Failure::error(format!("cluster lock: etcd keep-alive: {e}")))?;
+            .map_err(|e| other(format!("cluster lock: etcd keep-alive: {e}")))?;
+        self.guard.state.lock().unwrap().etcd = Some(EtcdHold {
+            endpoints: endpoints.to_vec(),
+            lease,
+            renewed: granted,
+        });
         let eps = endpoints.to_vec();
+        let guard = self.guard.clone();
         let keeper_task = tokio::spawn(async move {
             // The lease is the cluster's, not the endpoint's: when the member this
             // client talks to restarts (an upgrade restarts each in turn), keep the
@@ -293,31 +508,41 @@ impl ClusterLock {
             let mut chan = Some((keeper, stream));
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                if let Some((k, s)) = chan.as_mut()
-                    && renew(k, s).await
-                {
-                    continue;
-                }
-                chan = None;
-                match etcd_client(&eps).await {
-                    Ok(mut c) => match c.lease_keep_alive(lease).await {
-                        Ok((mut k, mut s)) => {
-                            if renew(&mut k, &mut s).await {
-                                chan = Some((k, s));
-                            } else {
-                                tracing::warn!(
-                                    "cluster lock: its etcd lease could not be renewed \
-                                     (expired?); retrying"
-                                );
+                let sent = Instant::now();
+                let answer = match chan.as_mut() {
+                    Some((k, s)) => renew(k, s).await,
+                    None => None,
+                };
+                let answer = match answer {
+                    Some(a) => Some(a),
+                    None => {
+                        chan = None;
+                        match etcd_client(&eps).await {
+                            Ok(mut c) => match c.lease_keep_alive(lease).await {
+                                Ok((mut k, mut s)) => {
+                                    let a = renew(&mut k, &mut s).await;
+                                    chan = Some((k, s));
+                                    a
+                                }
+                                Err(e) => {
+                                    tracing::warn!("cluster lock: renewing its lease: {e}");
+                                    None
+                                }
+                            },
+                            Err(e) => {
+                                tracing::warn!("cluster lock: renewing its lease: {e}");
+                                None
                             }
                         }
-                        Err(e) => {
-                            tracing::warn!("cluster lock: renewing the etcd lease: {e}; retrying")
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!("cluster lock: renewing the etcd lease: {e}; retrying")
                     }
+                };
+                match answer {
+                    Some(true) => guard.renewed_etcd(sent),
+                    Some(false) => {
+                        guard.lose(format!("its etcd lease {lease:x} was revoked or expired"));
+                        return;
+                    }
+                    None => {}
                 }
             }
         });
@@ -336,28 +561,22 @@ impl ClusterLock {
         Ok(())
     }
 
-    async fn take_host(&mut self, session: Session) -> Result<(), Failure> {
-        let script = host_acquire_script(&self.holder, None);
-        let ask = |script: String| {
-            let session = session.clone();
-            async move {
-                session
-                    .exec(&Cmd::root(script).timeout(Duration::from_secs(30)))
-                    .await
-                    .and_then(|o| o.ok())
-                    .map(|o| parse_host_answer(&o.stdout_str()))
-                    .map_err(|e| Failure::error(format!("cluster lock on {}: {e}", session.host())))
-            }
-        };
-        let mut answer = ask(script.clone()).await?;
-        if let HostAnswer::Held(h) = &answer
-            && h.is_dead_here()
-        {
-            tracing::warn!("taking over a stale host lock of {}", h.describe());
-            answer = ask(host_acquire_script(&self.holder, Some(&h.id))).await?;
-        }
+    async fn take_host(&mut self, session: Session) -> Result<(), TakeError> {
+        let script = host_acquire_script(&self.holder);
+        let sent = Instant::now();
+        let answer = session
+            .exec(&Cmd::root(script.clone()).timeout(Duration::from_secs(30)))
+            .await
+            .and_then(|o| o.ok())
+            .map(|o| parse_host_answer(&o.stdout_str()))
+            .map_err(|e| {
+                TakeError::Other(Failure::error(format!(
+                    "cluster lock on {}: {e}",
+                    session.host()
+                )))
+            })?;
         match answer {
-            HostAnswer::Acquired => {}
+            HostAnswer::Acquired => self.guard.refreshed_host(sent),
             HostAnswer::Held(h) => {
                 return Err(held(
                     &format!("{HOST_LOCK} on {}", session.host()),
@@ -366,22 +585,32 @@ impl ClusterLock {
                 ));
             }
             HostAnswer::Unreadable(t) => {
-                return Err(Failure::error(format!(
+                return Err(TakeError::Other(Failure::error(format!(
                     "cluster lock on {}: unexpected answer {t:?}",
                     session.host()
-                )));
+                ))));
             }
         }
         let s2 = session.clone();
+        let guard = self.guard.clone();
         let refresher = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
+                let sent = Instant::now();
                 let r = s2
                     .exec(&Cmd::root(script.clone()).timeout(Duration::from_secs(20)))
                     .await;
-                if !matches!(&r, Ok(o) if parse_host_answer(&o.stdout_str()) == HostAnswer::Acquired)
-                {
-                    tracing::warn!("cluster lock: refreshing the host lock failed; retrying");
+                match r.map(|o| parse_host_answer(&o.stdout_str())) {
+                    Ok(HostAnswer::Acquired) => guard.refreshed_host(sent),
+                    Ok(HostAnswer::Held(h)) => {
+                        guard.lose(format!(
+                            "the host lock on {} is held by {}",
+                            s2.host(),
+                            h.describe()
+                        ));
+                        return;
+                    }
+                    _ => tracing::warn!("cluster lock: refreshing the host lock failed; retrying"),
                 }
             }
         });
@@ -396,8 +625,14 @@ impl ClusterLock {
         Ok(())
     }
 
-    /// Give the lock back (etcd lease revoked, host lock file removed).
-    pub async fn release(self) {
+    /// Give the lock back (etcd lease revoked, host lock file removed); steps of
+    /// `ctx` no longer check it.
+    pub async fn release(self, ctx: &Ctx<'_>) {
+        ctx.drop_lock();
+        self.release_inner().await;
+    }
+
+    async fn release_inner(self) {
         if let Some(e) = self.etcd {
             e.keeper.abort();
             if let Ok(mut c) = etcd_client(&e.endpoints).await {
@@ -442,10 +677,9 @@ fn parse_host_answer(text: &str) -> HostAnswer {
 }
 
 /// Take or refresh the host lock: under flock, a lock file of another run that has
-/// not expired (by the host's own clock) wins, unless it is the `stale` one;
-/// otherwise ours is written with a new expiry. Prints ACQUIRED, or HELD and the
-/// holder (base64 JSON).
-fn host_acquire_script(h: &Holder, stale: Option<&str>) -> String {
+/// not expired (by the host's own clock) wins; otherwise ours is written with a new
+/// expiry. Prints ACQUIRED, or HELD and the holder (base64 JSON).
+fn host_acquire_script(h: &Holder) -> String {
     let holder = base64::engine::general_purpose::STANDARD
         .encode(serde_json::to_vec(h).expect("holder serializes"));
     format!(
@@ -456,7 +690,7 @@ flock -w 10 9
 now=$(date +%s)
 if [ -s "$f" ]; then
   id=$(sed -n 's/^id=//p' "$f"); exp=$(sed -n 's/^expires=//p' "$f")
-  if [ "$id" != {id} ] && [ "$id" != {stale} ] && [ "${{exp:-0}}" -gt "$now" ]; then
+  if [ "$id" != {id} ] && [ "${{exp:-0}}" -gt "$now" ]; then
     echo HELD; sed -n 's/^holder=//p' "$f"; exit 0
   fi
 fi
@@ -466,7 +700,6 @@ echo ACQUIRED
 "#,
         f = shell_quote(HOST_LOCK),
         id = shell_quote(&h.id),
-        stale = shell_quote(stale.unwrap_or("-")),
         ttl = HOST_TTL,
         holder = shell_quote(&holder),
     )
@@ -602,7 +835,7 @@ mod tests {
     fn the_acquire_script_quotes_the_holder() {
         let mut h = Holder::me("deploy");
         h.user = "o'brien".into();
-        let s = host_acquire_script(&h, None);
+        let s = host_acquire_script(&h);
         assert!(s.contains("flock -w 10 9"));
         assert!(!s.contains("o'brien"), "the holder travels base64-encoded");
     }

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 
 use super::Endpoints;
+use super::lock::LockGuard;
 use crate::cli::SshArgs;
 use crate::engine::facts::{self, FactsRequest, HostFacts};
 use crate::error::{Exit, Failure};
@@ -68,6 +70,9 @@ pub struct Ctx<'a> {
     sessions: BTreeMap<String, Session>,
     /// Hosts a `--limit` run may act on (empty: all).
     limit: Vec<String>,
+    /// The cluster lock this run holds, checked before every step that changes
+    /// the cluster.
+    lock: Mutex<Option<Arc<LockGuard>>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -81,7 +86,38 @@ impl<'a> Ctx<'a> {
             ui: ui.clone(),
             sessions: BTreeMap::new(),
             limit: Vec::new(),
+            lock: Mutex::new(None),
         }
+    }
+
+    /// From now on, steps check that this run still holds the cluster lock.
+    pub fn hold_lock(&self, guard: Arc<LockGuard>) {
+        *self.lock.lock().unwrap() = Some(guard);
+    }
+
+    /// The lock was given back: steps no longer check it.
+    pub fn drop_lock(&self) {
+        *self.lock.lock().unwrap() = None;
+    }
+
+    /// Before a step that changes the cluster: Ok while this run holds the cluster
+    /// lock (or takes none); once it is lost, the failure that stops the command
+    /// before `step`.
+    pub async fn ensure_locked(&self, step: &str) -> Result<(), Failure> {
+        let guard = self.lock.lock().unwrap().clone();
+        match guard {
+            Some(g) => g.check(step).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the lock this run held was lost (no cleanup may change the cluster).
+    pub fn lock_lost(&self) -> bool {
+        self.lock
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|g| g.lost().is_some())
     }
 
     /// Restrict per-host steps to these hosts (`--limit`); refuses unknown names.
@@ -213,6 +249,7 @@ impl<'a> Ctx<'a> {
         F: Fn(String, Session) -> Fut,
         Fut: Future<Output = anyhow::Result<u32>>,
     {
+        self.ensure_locked(step).await?;
         let mut futs = Vec::new();
         for h in hosts.iter().filter(|h| self.acts_on(h)) {
             let fut = f(h.clone(), self.session(h)?.clone());
@@ -298,6 +335,7 @@ impl<'a> Ctx<'a> {
         step: &str,
         script: impl Into<String>,
     ) -> Result<String, Failure> {
+        self.ensure_locked(&format!("{host}: {step}")).await?;
         crate::engine::apply::run(self.session(host)?, script)
             .await
             .map_err(|e| host_failed(self.inv.secrets.redact(&format!("{host}: {step}: {e:#}"))))
