@@ -110,6 +110,10 @@ pub struct UpgradeArgs {
     /// switchovers; change nothing.
     #[arg(long)]
     pub check: bool,
+    /// Upgrade a cluster that someone else paused or tagged (maintenance): pgha
+    /// then clears that pause and those tags as it goes.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
     #[command(flatten)]
@@ -250,13 +254,24 @@ pub enum LabCommand {
     Kill(LabHostArgs),
     /// Start a stopped host.
     Start(LabHostArgs),
-    /// Cut a host off the lab network.
-    Partition(LabHostArgs),
+    /// Cut a host off the lab network, or with --from only off some hosts (both
+    /// ways) while the others still reach it.
+    Partition(LabPartitionArgs),
     /// Put a partitioned host back on the network.
     Heal(LabHostArgs),
     /// Destroy a host and create a fresh bare one at the same address (lost VM or
     /// disk), or with --new-address at a new one (written into the lab inventory).
     Replace(LabReplaceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabPartitionArgs {
+    #[command(flatten)]
+    pub host: LabHostArgs,
+    /// Cut it off only from these hosts (comma-separated; `controller` is this
+    /// machine), both ways, packets dropped; it stays on the lab network.
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    pub from: Vec<String>,
 }
 
 #[derive(Debug, Args)]

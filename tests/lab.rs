@@ -297,6 +297,46 @@ async fn lab_hosts_over_ssh_with_fault_injection() {
     );
     s2.close().await;
 
+    // partition --from: db2 cut off from db1 and this machine only, both ways; the
+    // router still reaches it, and the lab reports the cut; heal removes it.
+    let router = connect(target(&targets, "router1"), &kh)
+        .await
+        .expect("router1");
+    let h = lab::partition_from(LAB, "db2", &["db1".into(), lab::CONTROLLER.into()])
+        .await
+        .expect("lab partition --from");
+    assert_eq!(h.cut_from, ["db1", "controller"]);
+    assert!(!h.partitioned, "still on the lab network");
+    assert!(
+        !reaches(&s1, &db2_ip).await,
+        "db1 must not reach db2 while cut off from it"
+    );
+    assert!(
+        reaches(&router, &db2_ip).await,
+        "router1 still reaches db2"
+    );
+    let s2 = connect(db2, &kh).await.err();
+    assert!(
+        matches!(s2, Some(SshError::Unreachable { .. })),
+        "this machine is cut off from db2: {s2:?}"
+    );
+    let st = lab::status(LAB).await.unwrap();
+    let mut cut = st.iter().find(|h| h.name == "db2").unwrap().cut_from.clone();
+    cut.sort();
+    assert_eq!(cut, ["controller", "db1"], "lab status shows the cut");
+    let h = lab::heal(LAB, "db2").await.expect("lab heal");
+    assert!(h.cut_from.is_empty());
+    let mut back = false;
+    for _ in 0..10 {
+        if reaches(&s1, &db2_ip).await {
+            back = true;
+            break;
+        }
+    }
+    assert!(back, "db1 reaches db2 after heal");
+    connect(db2, &kh).await.expect("db2 after heal of the cut");
+    router.close().await;
+
     // replace: a fresh bare machine at the same address, with a new host key that the
     // lab records (the old known_hosts now refuses it).
     let old_kh = dir.join("known_hosts.before-replace");

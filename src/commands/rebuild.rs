@@ -709,6 +709,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .filter(|e| **e != target_ep)
             .cloned()
             .collect();
+        self.ctx.ensure_locked("etcd: replace the member").await?;
         let mut client = etcd_ops::client(&survivors).await?;
         let id = match state {
             EtcdState::Done => None,
@@ -818,6 +819,9 @@ impl<'c, 'a> Rebuild<'c, 'a> {
     /// Members of another name (a renamed host): their key in etcd and their
     /// replication slot on the leader go, so nothing waits for them.
     async fn remove_stale(&self, stale: &[String], leader: &str) -> Result<(), Failure> {
+        self.ctx
+            .ensure_locked("remove stale Patroni members")
+            .await?;
         let c = &self.inv().cluster;
         let mut client = etcd_ops::client(&self.ctx.ep.etcd).await?;
         for m in stale {

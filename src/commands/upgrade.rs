@@ -31,6 +31,7 @@ use crate::ops::gap::{Gap, GapProbe};
 use crate::ops::health::{self, Level};
 use crate::ops::images;
 use crate::ops::lock::ClusterLock;
+use crate::ops::marks;
 use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
 use crate::ops::run::{host_failed, ssh_options};
 use crate::ops::{Ctx, etcd as etcd_ops, verify, waits};
@@ -51,7 +52,7 @@ pub async fn command(args: UpgradeArgs, output: OutputFormat) -> Result<Exit, Fa
     let ssh = ssh_options(&args.ssh, &inv);
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
-        Upgrade::new(&ctx, args.check, args.lock.duration())
+        Upgrade::new(&ctx, args.check, args.force, args.lock.duration())
             .await?
             .run()
             .await
@@ -59,19 +60,6 @@ pub async fn command(args: UpgradeArgs, output: OutputFormat) -> Result<Exit, Fa
     .await;
     ctx.close().await;
     finish(&inv, &ui, result, !args.check)
-}
-
-/// Leftovers of an interrupted run that the next one clears.
-#[derive(Debug, Default, Serialize)]
-struct Leftovers {
-    tagged: Vec<String>,
-    paused: bool,
-}
-
-impl Leftovers {
-    fn is_empty(&self) -> bool {
-        self.tagged.is_empty() && !self.paused
-    }
 }
 
 /// What the upgrade did (text and `--output json`).
@@ -95,10 +83,17 @@ struct Upgrade<'c, 'a> {
     archive: images::Archive,
     started: Instant,
     lock_wait: Duration,
+    /// Upgrade a cluster paused or tagged by someone else (pgha clears it).
+    force: bool,
 }
 
 impl<'c, 'a> Upgrade<'c, 'a> {
-    async fn new(ctx: &'c Ctx<'a>, check: bool, lock_wait: Duration) -> Result<Self, Failure> {
+    async fn new(
+        ctx: &'c Ctx<'a>,
+        check: bool,
+        force: bool,
+        lock_wait: Duration,
+    ) -> Result<Self, Failure> {
         let docker = ctx.inv.cluster.install_method == InstallMethod::Docker;
         // Under docker the wanted containers name image ids (push: this machine's;
         // a missing image fails here, before any change).
@@ -121,6 +116,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             archive: Default::default(),
             started: Instant::now(),
             lock_wait,
+            force,
         })
     }
 
@@ -132,7 +128,13 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         if self.check {
             return Ok(Exit::Ok);
         }
-        if plan.is_empty() && leftovers.is_empty() {
+        if plan.is_empty() && !leftovers.leftovers() {
+            if leftovers.foreign() {
+                self.ctx.ui.line(format!(
+                    "Not pgha's, left alone: {}",
+                    foreign_text(&leftovers)
+                ));
+            }
             self.ctx
                 .ui
                 .line("Nothing to upgrade: every host runs the versions the inventory asks for.");
@@ -141,8 +143,17 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             }
             return Ok(Exit::Ok);
         }
+        if leftovers.foreign() && !self.force {
+            return Err(Failure::error(format!(
+                "upgrade refused, nothing was changed: {} (pgha did not set this: someone may be \
+                 doing maintenance). Upgrade when they are done and the cluster is resumed and \
+                 untagged, or pass --force to upgrade anyway: pgha then clears that pause and \
+                 those tags as it goes",
+                foreign_text(&leftovers)
+            )));
+        }
         let lock = ClusterLock::acquire(self.ctx, "pgha upgrade", true, self.lock_wait).await?;
-        let result = self.apply(plan, &leftovers).await;
+        let result = self.apply(plan).await;
         lock.release(self.ctx).await;
         let report = result?;
         self.print_report(&report);
@@ -370,27 +381,28 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             .collect()
     }
 
-    /// Tags pgha sets while it works, or a pause, left by an interrupted run.
-    async fn leftovers(&self) -> Result<Leftovers, Failure> {
-        let mut l = Leftovers::default();
+    /// Maintenance tags and a pause set now, sorted by pgha's record into its own
+    /// leftovers (an interrupted run) and what someone else set.
+    async fn leftovers(&self) -> Result<marks::Found, Failure> {
+        let mut tagged = Vec::new();
+        let mut paused = false;
         for h in self.ctx.db_hosts() {
             if let Ok(st) = patroni::status(&self.ctx.api(&h)).await {
                 if actions::work_tags().keys().any(|t| st["tags"][t] == true) {
-                    l.tagged.push(h.clone());
+                    tagged.push(h.clone());
                 }
-                if st["pause"] == true {
-                    l.paused = true;
-                }
+                paused |= st["pause"] == true;
             }
         }
-        Ok(l)
+        let record = marks::read(self.ctx).await?;
+        Ok(marks::classify(&record, &tagged, paused))
     }
 
     fn show_plan(
         &self,
         plan: &UpgradePlan,
         policies: &BTreeMap<String, BTreeMap<String, PackagePolicy>>,
-        leftovers: &Leftovers,
+        leftovers: &marks::Found,
     ) {
         let ui = &self.ctx.ui;
         ui.line("");
@@ -441,18 +453,29 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             }
             hosts.insert(h.clone(), json!(rows));
         }
-        if !leftovers.is_empty() {
+        if leftovers.leftovers() {
             ui.line(format!(
-                "Left by an interrupted run, cleared first: {}{}",
-                if leftovers.tagged.is_empty() {
+                "Left by an interrupted pgha run, cleared first: {}{}",
+                if leftovers.ours_tagged.is_empty() {
                     String::new()
                 } else {
-                    format!("tags on {} ", leftovers.tagged.join(", "))
+                    format!("tags on {} ", leftovers.ours_tagged.join(", "))
                 },
-                if leftovers.paused {
+                if leftovers.ours_paused {
                     "(cluster paused)"
                 } else {
                     ""
+                }
+            ));
+        }
+        if leftovers.foreign() {
+            ui.line(format!(
+                "Not set by pgha: {}{}",
+                foreign_text(leftovers),
+                if self.force {
+                    " (--force: cleared as the upgrade goes)"
+                } else {
+                    " (refused without --force)"
                 }
             ));
         }
@@ -479,7 +502,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
     }
 
     /// Everything that changes hosts, under the lock.
-    async fn apply(&self, plan: UpgradePlan, leftovers: &Leftovers) -> Result<Report, Failure> {
+    async fn apply(&self, plan: UpgradePlan) -> Result<Report, Failure> {
         // One Ctrl-C listener for the whole run: before anything is installed it just
         // stops; during the steps it stops after clearing tags and pause.
         let interrupted = async {
@@ -489,7 +512,16 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         let stopped = || Failure::error("interrupted by Ctrl-C; the cluster lock was released");
         let plan = tokio::select! {
             r = async {
-                self.clear_leftovers(leftovers).await?;
+                // Judged again under the lock (the record changes only under it).
+                let leftovers = self.leftovers().await?;
+                if leftovers.foreign() && !self.force {
+                    return Err(Failure::error(format!(
+                        "upgrade stopped before any change: {} meanwhile (not by pgha); pass \
+                         --force to upgrade anyway",
+                        foreign_text(&leftovers)
+                    )));
+                }
+                self.clear_leftovers(&leftovers).await?;
                 let plan = self.prepare(plan).await?;
                 self.gates(&plan).await?;
                 Ok::<_, Failure>(plan)
@@ -509,8 +541,17 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             _ = &mut interrupted => Err(stopped()),
         };
         if steps.is_err() {
-            // Leave nothing set that pgha set: tags cleared, pause lifted.
-            self.cleanup().await;
+            if self.ctx.lock_lost() {
+                // Without the lock nothing may change: the next run clears what is
+                // left, from pgha's record.
+                self.ctx.ui.warn(
+                    "the cluster lock was lost: tags and pause pgha set are left as they are; \
+                     the next `pgha upgrade` clears them",
+                );
+            } else {
+                // Leave nothing set that pgha set: tags cleared, pause lifted.
+                self.cleanup().await;
+            }
         }
         let mut gap: Option<Gap> = None;
         for p in probes {
@@ -564,32 +605,61 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         }
     }
 
-    async fn clear_leftovers(&self, l: &Leftovers) -> Result<(), Failure> {
-        for h in &l.tagged {
-            actions::undrain(self.ctx, h).await?;
-            self.ctx
-                .ui
-                .host(h, "tags left by an interrupted run cleared");
+    /// pgha's leftovers (and, with --force, what someone else set) cleared; records
+    /// of what is no longer set dropped.
+    async fn clear_leftovers(&self, l: &marks::Found) -> Result<(), Failure> {
+        let mut tagged = l.ours_tagged.clone();
+        if self.force {
+            tagged.extend(l.foreign_tagged.iter().cloned());
         }
-        if l.paused {
+        for h in &tagged {
+            actions::undrain(self.ctx, h).await?;
+            self.ctx.ui.host(h, "tags left by an earlier run cleared");
+        }
+        if l.ours_paused || (self.force && l.foreign_paused) {
             actions::set_pause(self.ctx, false).await?;
+        }
+        if l.stale {
+            let keep: Vec<String> = tagged;
+            marks::update(self.ctx, |m| {
+                m.tagged.retain(|h| keep.contains(h));
+                m.paused = false;
+            })
+            .await?;
         }
         Ok(())
     }
 
-    /// Best effort after a failure: default tags everywhere, no pause.
+    /// Best effort after a failure: what pgha recorded setting is cleared (tags,
+    /// pause), nothing else.
     async fn cleanup(&self) {
-        for h in self.ctx.db_hosts() {
-            if let Ok(st) = patroni::status(&self.ctx.api(&h)).await
-                && actions::work_tags().keys().any(|t| st["tags"][t] == true)
-                && let Err(e) = actions::set_tags(self.ctx, &h, &desired::default_tags()).await
-            {
+        let record = match marks::read(self.ctx).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.ctx.ui.warn(format!(
+                    "after the failure, pgha's record of the tags and pause it set could not be \
+                     read ({e}); the next `pgha upgrade` clears them"
+                ));
+                return;
+            }
+        };
+        for h in &record.tagged {
+            let cleared = async {
+                actions::set_tags(self.ctx, h, &desired::default_tags()).await?;
+                marks::update(self.ctx, |m| {
+                    m.tagged.remove(h);
+                })
+                .await
+            };
+            if let Err(e) = cleared.await {
                 self.ctx
                     .ui
                     .warn(format!("{h}: clearing tags after the failure: {e}"));
             }
         }
-        if let Err(e) = actions::set_pause(self.ctx, false).await {
+        if record.paused
+            && let Err(e) = actions::set_pause(self.ctx, false).await
+        {
             self.ctx
                 .ui
                 .warn(format!("resuming the cluster after the failure: {e}"));
@@ -800,6 +870,9 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         if w.packages.is_empty() || self.docker {
             return Ok(());
         }
+        self.ctx
+            .ensure_locked(&format!("{host}: install {}", w.specs().join(" ")))
+            .await?;
         apply::install_exact(self.ctx.session(host)?, &w.specs(), false)
             .await
             .map_err(|e| host_failed(format!("{host}: install {}: {e:#}", w.specs().join(" "))))?;
@@ -840,6 +913,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         let phase = self.ctx.ui.phase("postgres");
         phase.set(format!("draining {h}"));
         actions::drain(self.ctx, h).await?;
+        crate::testpoint::pause("upgrade:drained").await;
         self.install_and_restart(h, w).await?;
         phase.set(format!("{h}: back into service"));
         actions::undrain(self.ctx, h).await?;
@@ -850,6 +924,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
     /// Install, then restart what changed and wait until it runs the new versions.
     async fn install_and_restart(&self, h: &str, w: &HostWork) -> Result<(), Failure> {
         self.install(h, w).await?;
+        crate::testpoint::pause("upgrade:installed").await;
         if w.touches(Component::Patroni) {
             // Restarting Patroni on a drained replica restarts its PostgreSQL too.
             self.ctx
@@ -1047,4 +1122,19 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             println!("{}", json!({"ok": true, "upgrade": r}));
         }
     }
+}
+
+/// What someone other than pgha set, in words.
+fn foreign_text(f: &marks::Found) -> String {
+    let mut parts = Vec::new();
+    if f.foreign_paused {
+        parts.push("the cluster is paused".to_string());
+    }
+    if !f.foreign_tagged.is_empty() {
+        parts.push(format!(
+            "{} tagged nofailover/noloadbalance/nosync",
+            f.foreign_tagged.join(", ")
+        ));
+    }
+    parts.join(" and ")
 }

@@ -40,8 +40,6 @@ pub(crate) enum Kind {
     Bool,
     /// An HAProxy time (`4s`, `30m`, `500ms`; a bare number is milliseconds).
     Duration,
-    /// An absolute path on the hosts.
-    RemotePath,
     /// A directory pgha may wipe as root (PostgreSQL's data directory): absolute,
     /// normalized, at least two levels deep, not a system directory.
     DataDir,
@@ -454,18 +452,6 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
             }
             if value == 0 {
                 return Err(err("a zero time is not usable here"));
-            }
-            Ok(json!(s))
-        }
-        Kind::RemotePath => {
-            let s = string(v)?;
-            if !s.starts_with('/')
-                || s.split('/').any(|p| p == "..")
-                || s.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(err(format!(
-                    "\"{s}\" must be an absolute path without spaces or `..`"
-                )));
             }
             Ok(json!(s))
         }
@@ -1082,7 +1068,6 @@ mod tests {
         assert!(convert(Kind::Address, &y("db1.example.com")).is_ok());
         assert!(convert(Kind::Address, &y("fe80::1")).is_ok());
         assert!(convert(Kind::Address, &y("not an address")).is_err());
-        assert!(convert(Kind::RemotePath, &y("relative/dir")).is_err());
         for bad in [
             "/",
             "/var",

@@ -20,7 +20,7 @@ use crate::wait;
 const SUITE: &str = "trixie";
 const MIRROR: &str = "http://deb.debian.org/debian";
 const INCLUDE: &str =
-    "systemd,systemd-sysv,dbus,openssh-server,iproute2,ca-certificates,sudo,procps,curl";
+    "systemd,systemd-sysv,dbus,openssh-server,iproute2,ca-certificates,sudo,procps,curl,nftables";
 /// Packages downloaded into the image's apt cache (installed for real by `pgha deploy`).
 const PREFETCH: &[&str] = &[
     "postgresql-17",

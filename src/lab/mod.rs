@@ -82,6 +82,10 @@ pub struct LabHost {
     pub running: bool,
     /// Cut off the lab network by `lab partition`.
     pub partitioned: bool,
+    /// Hosts (and `controller`, this machine) it is cut off from by
+    /// `lab partition --from`, while it stays on the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut_from: Vec<String>,
 }
 
 /// Progress for people, on stderr (stdout stays for results).
@@ -218,7 +222,173 @@ pub async fn status(name: &str) -> Result<Vec<LabHost>, Failure> {
         .filter_map(|v| host_from_inspect(name, v))
         .collect();
     hosts.sort_by_key(|h| layout::host_order(&h.name));
+    let cuts = futures_util::future::join_all(hosts.iter().map(|h| async move {
+        if h.running {
+            read_cut(&h.container).await
+        } else {
+            Vec::new()
+        }
+    }))
+    .await;
+    let by_address: Vec<(String, String)> = hosts
+        .iter()
+        .map(|h| (h.address.to_string(), h.name.clone()))
+        .collect();
+    let gateway = lab_network(name).await.ok().and_then(|n| match n {
+        NetState::Ours {
+            subnet: Some(s), ..
+        } => Some(layout::gateway(s).to_string()),
+        _ => None,
+    });
+    for (h, cut) in hosts.iter_mut().zip(cuts) {
+        h.cut_from = cut
+            .iter()
+            .map(|a| {
+                if Some(a) == gateway.as_ref() {
+                    CONTROLLER.to_string()
+                } else {
+                    by_address
+                        .iter()
+                        .find(|(ip, _)| ip == a)
+                        .map_or(a.clone(), |(_, n)| n.clone())
+                }
+            })
+            .collect();
+    }
     Ok(hosts)
+}
+
+/// The name `lab partition --from` gives this machine (the lab network's gateway).
+pub const CONTROLLER: &str = "controller";
+/// The nftables table a partial partition lives in, on the cut host.
+const CUT_TABLE: &str = "inet pgha_lab_cut";
+
+/// The addresses a host is cut off from (its nftables table), empty when none.
+async fn read_cut(container: &str) -> Vec<String> {
+    let script = format!("nft -j list table {CUT_TABLE} 2>/dev/null || true");
+    let Ok(out) = docker::exec_sh(container, &script, &[], Duration::from_secs(10)).await else {
+        return Vec::new();
+    };
+    cut_addresses(&out.stdout)
+}
+
+/// The addresses of the output chain's drop rule in `nft -j list table` output. Pure.
+fn cut_addresses(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<Value>(json) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let rule = &item["rule"];
+        if rule["chain"] != "output" {
+            continue;
+        }
+        for e in rule["expr"].as_array().into_iter().flatten() {
+            let right = &e["match"]["right"];
+            let set = right["set"]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![right.clone()]);
+            out.extend(set.iter().filter_map(|a| a.as_str().map(str::to_string)));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The nftables ruleset that cuts a host off from `addresses`, both ways: what it
+/// sends to them and what it receives from them is dropped, silently, as packets
+/// lost in a real partition. Pure.
+fn cut_ruleset(addresses: &[String]) -> String {
+    let set = addresses.join(", ");
+    format!(
+        "table {CUT_TABLE} {{\n\
+         \tchain input {{ type filter hook input priority -10; ip saddr {{ {set} }} drop; }}\n\
+         \tchain output {{ type filter hook output priority -10; ip daddr {{ {set} }} drop; }}\n\
+         }}\n"
+    )
+}
+
+/// Cut a running host off from some of the lab's hosts (and `controller`, this
+/// machine, when named) while it stays on the network: every other host still
+/// reaches it. Both ways, packets dropped (nftables on the host). Replaces any
+/// earlier partial cut of that host; `heal` removes it.
+pub async fn partition_from(name: &str, host: &str, from: &[String]) -> Result<LabHost, Failure> {
+    let (mut h, _) = find_host(name, host).await?;
+    if !h.running || h.partitioned {
+        return Err(Failure::error(format!(
+            "{}: a partial partition needs a running host on the lab network (it is {})",
+            h.name,
+            state_word(&h)
+        )));
+    }
+    let hosts = status(name).await?;
+    let gateway = match lab_network(name).await? {
+        NetState::Ours {
+            subnet: Some(s), ..
+        } => Some(layout::gateway(s).to_string()),
+        _ => None,
+    };
+    let mut addresses = Vec::new();
+    for f in from {
+        let a = if f == CONTROLLER {
+            gateway.clone().ok_or_else(|| {
+                Failure::error(format!("lab {name}: the network's gateway is unknown"))
+            })?
+        } else {
+            match hosts.iter().find(|x| x.name == *f) {
+                Some(x) if x.name != h.name => x.address.to_string(),
+                Some(_) => {
+                    return Err(Failure::options(format!(
+                        "{f}: a host is not cut from itself"
+                    )));
+                }
+                None => {
+                    let names: Vec<&str> = hosts.iter().map(|x| x.name.as_str()).collect();
+                    return Err(Failure::options(format!(
+                        "--from {f}: not a host of lab {name} ({}, or {CONTROLLER})",
+                        names.join(", ")
+                    )));
+                }
+            }
+        };
+        addresses.push(a);
+    }
+    if addresses.is_empty() {
+        return Err(Failure::options(
+            "--from names no host: name the hosts to cut it off from",
+        ));
+    }
+    let script = format!("nft delete table {CUT_TABLE} 2>/dev/null; printf '%s' \"$1\" | nft -f -");
+    let out = docker::exec_sh(
+        &h.container,
+        &script,
+        &[&cut_ruleset(&addresses)],
+        Duration::from_secs(30),
+    )
+    .await?;
+    if !out.success() {
+        return Err(Failure::error(format!(
+            "{}: nft failed: {}",
+            h.name,
+            out.stderr.trim()
+        )));
+    }
+    h.cut_from = read_cut(&h.container).await;
+    if h.cut_from.len() != addresses.len() {
+        return Err(Failure::error(format!(
+            "{}: the cut is not in place (nft shows {:?}, wanted {addresses:?})",
+            h.name, h.cut_from
+        )));
+    }
+    h.cut_from = from.to_vec();
+    say(&format!(
+        "{}: cut off from {} (both ways; packets dropped)",
+        h.name,
+        from.join(", ")
+    ));
+    Ok(h)
 }
 
 /// Hard-stop a host, like pulling the power (`docker kill`). A stopped host stays stopped.
@@ -293,6 +463,16 @@ pub async fn partition(name: &str, host: &str) -> Result<LabHost, Failure> {
 /// running, wait until its sshd answers again.
 pub async fn heal(name: &str, host: &str) -> Result<LabHost, Failure> {
     let (mut h, _) = find_host(name, host).await?;
+    if h.running && !h.cut_from.is_empty() {
+        let script = format!("nft delete table {CUT_TABLE} 2>/dev/null || true");
+        docker::exec_sh(&h.container, &script, &[], Duration::from_secs(30)).await?;
+        say(&format!(
+            "{}: no longer cut off from {}",
+            h.name,
+            h.cut_from.join(", ")
+        ));
+        h.cut_from.clear();
+    }
     if h.partitioned {
         reconnect(name, &h).await?;
         say(&format!(
@@ -501,6 +681,7 @@ fn host_from_inspect(lab: &str, v: &Value) -> Option<LabHost> {
         address,
         running,
         partitioned: !attached,
+        cut_from: Vec::new(),
     })
 }
 
@@ -682,6 +863,7 @@ async fn bring_up(
             address,
             running: true,
             partitioned: false,
+            cut_from: Vec::new(),
         },
         entry,
     ))
@@ -883,7 +1065,16 @@ pub async fn command(args: LabArgs, output: OutputFormat) -> Result<Exit, Failur
         LabCommand::Status(n) => cmd_status(&n, json).await,
         LabCommand::Kill(h) => verb(h, "kill", json).await,
         LabCommand::Start(h) => verb(h, "start", json).await,
-        LabCommand::Partition(h) => verb(h, "partition", json).await,
+        LabCommand::Partition(p) if !p.from.is_empty() => {
+            let name = p.host.lab.name.as_str();
+            layout::validate_name(name).map_err(Failure::options)?;
+            let h = partition_from(name, &p.host.host, &p.from).await?;
+            if json {
+                println!("{}", json!({"lab": name, "action": "partition", "host": h}));
+            }
+            Ok(Exit::Ok)
+        }
+        LabCommand::Partition(p) => verb(p.host, "partition", json).await,
         LabCommand::Heal(h) => verb(h, "heal", json).await,
         LabCommand::Replace(r) => {
             let a = r.host;
@@ -917,6 +1108,9 @@ fn state_word(h: &LabHost) -> String {
     let mut s = if h.running { "running" } else { "stopped" }.to_string();
     if h.partitioned {
         s.push_str(", partitioned");
+    }
+    if !h.cut_from.is_empty() {
+        s.push_str(&format!(", cut off from {}", h.cut_from.join(", ")));
     }
     s
 }
@@ -1062,6 +1256,7 @@ mod tests {
                 address: "172.28.7.12".parse().unwrap(),
                 running: true,
                 partitioned: false,
+                cut_from: Vec::new(),
             })
         );
         let v = inspect_sample(json!({}), false);
@@ -1073,6 +1268,33 @@ mod tests {
             host_from_inspect("demo", &json!({"Name": "/x", "Config": {"Labels": null}})),
             None
         );
+    }
+
+    #[test]
+    fn a_cut_drops_both_ways_and_reads_back() {
+        let r = cut_ruleset(&["172.28.7.12".into(), "172.28.7.13".into()]);
+        assert!(
+            r.contains("hook input") && r.contains("ip saddr { 172.28.7.12, 172.28.7.13 } drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("hook output") && r.contains("ip daddr { 172.28.7.12, 172.28.7.13 } drop"),
+            "{r}"
+        );
+        // `nft -j list table` of that ruleset (trimmed), as nftables 1.1 prints it.
+        let listed = r#"{"nftables": [{"metainfo": {"version": "1.1.3"}},
+          {"table": {"family": "inet", "name": "pgha_lab_cut"}},
+          {"rule": {"family": "inet", "table": "pgha_lab_cut", "chain": "input", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+             "right": {"set": ["172.28.7.12", "172.28.7.13"]}}}, {"drop": null}]}},
+          {"rule": {"family": "inet", "table": "pgha_lab_cut", "chain": "output", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+             "right": {"set": ["172.28.7.13", "172.28.7.12"]}}}, {"drop": null}]}}]}"#;
+        assert_eq!(cut_addresses(listed), ["172.28.7.12", "172.28.7.13"]);
+        let one = r#"{"nftables": [{"rule": {"chain": "output", "expr": [
+            {"match": {"right": "172.28.7.1"}}, {"drop": null}]}}]}"#;
+        assert_eq!(cut_addresses(one), ["172.28.7.1"]);
+        assert!(cut_addresses("").is_empty());
     }
 
     #[test]
@@ -1090,6 +1312,7 @@ mod tests {
             address: "172.28.7.11".parse().unwrap(),
             running: false,
             partitioned: true,
+            cut_from: Vec::new(),
         }];
         let t = hosts_table(&hosts);
         assert!(

@@ -36,6 +36,8 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
         find(from).ok_or_else(|| Failure::error(format!("etcd member {from} does not answer")))?;
     let (_, to_id) =
         find(to).ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
+    ctx.ensure_locked(&format!("etcd: move leadership {from} -> {to}"))
+        .await?;
     let opts = etcd::options(&from_ep, Duration::from_secs(10));
     let mut c = Client::connect([from_ep.as_str()], Some(opts))
         .await

@@ -263,6 +263,11 @@ impl LockGuard {
         }
     }
 
+    /// The id of the run holding it.
+    pub fn holder_id(&self) -> &str {
+        &self.holder.id
+    }
+
     /// Why the lock was lost, once it was.
     pub fn lost(&self) -> Option<String> {
         self.state.lock().unwrap().lost.clone()

@@ -10,6 +10,7 @@ pub mod gap;
 pub mod health;
 pub mod images;
 pub mod lock;
+pub mod marks;
 pub mod patroni;
 pub mod run;
 pub mod verify;

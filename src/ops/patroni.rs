@@ -318,6 +318,8 @@ async fn switch(
                 continue;
             }
         }
+        ctx.ensure_locked(&format!("switchover {leader} -> {candidate}"))
+            .await?;
         ctx.ui
             .host(leader, format!("switchover {leader} -> {candidate}"));
         let asked = Instant::now();
@@ -329,7 +331,7 @@ async fn switch(
         )
         .await
         {
-            SwitchoverAnswer::Done => {}
+            SwitchoverAnswer::Done => crate::testpoint::pause("switchover:requested").await,
             SwitchoverAnswer::Refused(why) => {
                 // Nothing happened: with a free choice, try a fresh one until the deadline.
                 if opts.to.is_some() || Instant::now() >= deadline {
@@ -340,6 +342,7 @@ async fn switch(
                 continue;
             }
             SwitchoverAnswer::Unknown(why) => {
+                crate::testpoint::pause("switchover:requested").await;
                 ctx.ui.host(
                     leader,
                     format!("Patroni's answer was not conclusive ({why}); watching the cluster, not asking again"),
@@ -389,6 +392,8 @@ async fn switch(
 /// Restart PostgreSQL on one member through Patroni and wait until it runs with no
 /// pending restart.
 pub async fn restart_member(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
+    ctx.ensure_locked(&format!("{host}: restart PostgreSQL"))
+        .await?;
     let api = ctx.api(host);
     patroni::restart(&api, &ctx.inv.secrets.patroni_api_password)
         .await
@@ -465,6 +470,7 @@ pub async fn rolling_restart(
 /// Converge Patroni's dynamic configuration with one PATCH, then wait until every
 /// member applied it (Patroni applies it, and flags pending restarts, in its loop).
 pub async fn patch_config(ctx: &Ctx<'_>, leader: &str, patch: &Value) -> Result<(), Failure> {
+    ctx.ensure_locked("patroni: PATCH /config").await?;
     let since = now_secs();
     patroni::patch_config(
         &ctx.api(leader),
@@ -509,6 +515,13 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
     if view.pause == pause {
         return Ok(());
     }
+    if pause {
+        // Recorded first: a run interrupted right after the PATCH leaves a pause
+        // that the next run knows to be pgha's.
+        super::marks::update(ctx, |m| m.paused = true).await?;
+    } else {
+        ctx.ensure_locked("resume the cluster").await?;
+    }
     let via = view
         .leader()
         .map(|l| l.name.clone())
@@ -537,6 +550,9 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
             },
         )
         .await?;
+    }
+    if !pause {
+        super::marks::update(ctx, |m| m.paused = false).await?;
     }
     ctx.ui.host(
         "cluster",
@@ -567,6 +583,11 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 /// synchronous standby, and its client sessions are gone (bounded: sessions left
 /// after `DRAIN` end with the restart).
 pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
+    // Recorded before the tags are set, so they are known to be pgha's.
+    super::marks::update(ctx, |m| {
+        m.tagged.insert(host.to_string());
+    })
+    .await?;
     set_tags(ctx, host, &work_tags()).await?;
     waits::wait_haproxy_server(&ctx.ep, "replicas", host, false, Duration::from_secs(60)).await?;
     let others = ctx.db_hosts().len() > 2;
@@ -632,6 +653,10 @@ pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
 /// and back in HAProxy's read backend.
 pub async fn undrain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
     set_tags(ctx, host, &desired::default_tags()).await?;
+    super::marks::update(ctx, |m| {
+        m.tagged.remove(host);
+    })
+    .await?;
     let leader = waits::wait_leader(&ctx.ep, None, TAKEOVER).await?;
     waits::wait_member_streaming(&ctx.ep, host, &leader, MEMBER).await?;
     waits::wait_haproxy_server(&ctx.ep, "replicas", host, true, Duration::from_secs(60)).await?;
@@ -645,6 +670,7 @@ pub type Tags = BTreeMap<String, bool>;
 /// configuration file is rendered with them, written, and Patroni reloaded; returns
 /// once Patroni reports them. Needs an SSH session to the member.
 pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Failure> {
+    ctx.ensure_locked(&format!("{host}: set tags")).await?;
     let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
     let file = desired::patroni_config_file(ctx.inv, &lib, host, tags)
         .map_err(|e| Failure::error(format!("{e:#}")))?;

@@ -111,6 +111,16 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// This run's id (the cluster lock's holder id; empty without the lock).
+    pub fn run_id(&self) -> String {
+        self.lock
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|g| g.holder_id().to_string())
+            .unwrap_or_default()
+    }
+
     /// Whether the lock this run held was lost (no cleanup may change the cluster).
     pub fn lock_lost(&self) -> bool {
         self.lock
