@@ -157,7 +157,7 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         .collect();
     let promoted = eventually("a surviving replica to become leader", 120, || async {
         for h in &survivors {
-            if let Ok(v) = get_json(&format!("http://{}:8008/patroni", lab.ip(h))).await
+            if let Ok(v) = lab.patroni_status(h).await
                 && v["role"] == "primary"
                 && v["state"] == "running"
             {
@@ -244,7 +244,8 @@ fn untouched(lab: &Lab, host: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refusals_touch_nothing_then_non_root_deploy_works() {
-    let lab = Lab::up("pgha-e2e-user", "deploy").await;
+    // TLS off here: the plain-text path keeps a run of its own.
+    let lab = Lab::up_tls("pgha-e2e-user", "deploy", 3, false).await;
     let inv = lab.inventory();
     let text = std::fs::read_to_string(&inv).unwrap();
     assert!(

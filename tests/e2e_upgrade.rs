@@ -56,9 +56,7 @@ fn haproxy_master(lab: &Lab) -> (String, String) {
 
 async fn no_tags_no_pending_restart(lab: &Lab) {
     for h in lab.db_hosts() {
-        let st = get_json(&format!("http://{}:8008/patroni", lab.ip(&h)))
-            .await
-            .expect("patroni status");
+        let st = lab.patroni_status(&h).await.expect("patroni status");
         for t in ["nofailover", "noloadbalance", "nosync"] {
             assert_ne!(
                 st["tags"][t],

@@ -311,17 +311,19 @@ async fn lab_hosts_over_ssh_with_fault_injection() {
         !reaches(&s1, &db2_ip).await,
         "db1 must not reach db2 while cut off from it"
     );
-    assert!(
-        reaches(&router, &db2_ip).await,
-        "router1 still reaches db2"
-    );
+    assert!(reaches(&router, &db2_ip).await, "router1 still reaches db2");
     let s2 = connect(db2, &kh).await.err();
     assert!(
         matches!(s2, Some(SshError::Unreachable { .. })),
         "this machine is cut off from db2: {s2:?}"
     );
     let st = lab::status(LAB).await.unwrap();
-    let mut cut = st.iter().find(|h| h.name == "db2").unwrap().cut_from.clone();
+    let mut cut = st
+        .iter()
+        .find(|h| h.name == "db2")
+        .unwrap()
+        .cut_from
+        .clone();
     cut.sort();
     assert_eq!(cut, ["controller", "db1"], "lab status shows the cut");
     let h = lab::heal(LAB, "db2").await.expect("lab heal");

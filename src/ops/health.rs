@@ -144,10 +144,12 @@ pub struct Bounds {
 pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
     let c = &ctx.inv.cluster;
     let apis = ctx.ep.patroni_apis();
-    let (view, statuses, etcd_report, routers, exporters) = tokio::join!(
+    // Every probe at once, each bounded by one probe timeout: a host that silently
+    // drops packets costs that bound once, not once per probe.
+    let (view, statuses, etcd_report, routers, exporters, certificates) = tokio::join!(
         patroni::cluster_any(&apis),
         join_all(ctx.ep.patroni.iter().map(|(_, api)| patroni::status(api))),
-        etcd::probe(&ctx.ep.etcd),
+        etcd::probe_within(&ctx.ep.etcd, crate::probe::PROBE_TIMEOUT),
         join_all(
             ctx.ep
                 .routers
@@ -155,12 +157,14 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
                 .map(|(_, ip)| haproxy::backends(ip, ctx.ep.stats_port))
         ),
         join_all(ctx.ep.exporters.iter().map(|(_, url)| pg_up(url))),
+        async {
+            if c.tls {
+                certificates(ctx).await
+            } else {
+                Vec::new()
+            }
+        },
     );
-    let certificates = if c.tls {
-        certificates(ctx).await
-    } else {
-        Vec::new()
-    };
     let addresses: Vec<String> = ctx
         .inv
         .db_hosts()
@@ -517,10 +521,16 @@ pub fn router(
 /// the first scrape after PostgreSQL restarted fails once and reconnects: only a
 /// second 0 in a row counts.
 async fn pg_up(url: &str) -> Result<bool, String> {
-    match scrape_pg_up(url).await {
-        Ok(false) => scrape_pg_up(url).await,
-        r => r,
-    }
+    // Both scrapes within one probe timeout.
+    let twice = async {
+        match scrape_pg_up(url).await {
+            Ok(false) => scrape_pg_up(url).await,
+            r => r,
+        }
+    };
+    tokio::time::timeout(crate::probe::PROBE_TIMEOUT, twice)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()))
 }
 
 async fn scrape_pg_up(url: &str) -> Result<bool, String> {

@@ -102,10 +102,15 @@ async fn probe_one(endpoint: &str) -> Result<EndpointHealth, String> {
 
 /// Probe every endpoint (`http://ip:2379`) in parallel.
 pub async fn probe(endpoints: &[String]) -> EtcdReport {
+    probe_within(endpoints, PROBE_TIMEOUT * 2).await
+}
+
+/// `probe`, each endpoint given at most `bound` (status keeps to one probe timeout).
+pub async fn probe_within(endpoints: &[String], bound: std::time::Duration) -> EtcdReport {
     let results = join_all(endpoints.iter().map(|e| async move {
         EndpointReport {
             endpoint: e.clone(),
-            health: tokio::time::timeout(PROBE_TIMEOUT * 2, probe_one(e))
+            health: tokio::time::timeout(bound, probe_one(e))
                 .await
                 .unwrap_or_else(|_| Err("timed out".into())),
         }

@@ -125,16 +125,14 @@ pub async fn cluster(api: &str) -> Result<ClusterView, String> {
     get_json(&format!("{api}/cluster")).await
 }
 
-/// The cluster view from the first member that answers.
+/// The cluster view from the first member that answers, all asked at once (a
+/// member that silently drops packets costs one probe timeout, not one each).
 pub async fn cluster_any(apis: &[String]) -> Result<ClusterView, String> {
-    let mut last = "no members".to_string();
-    for a in apis {
-        match cluster(a).await {
-            Ok(v) => return Ok(v),
-            Err(e) => last = e,
-        }
+    if apis.is_empty() {
+        return Err("no members".into());
     }
-    Err(last)
+    let asks = apis.iter().map(|a| Box::pin(cluster(a)));
+    futures_util::future::select_ok(asks).await.map(|(v, _)| v)
 }
 
 /// GET /patroni: this member's own status (state, role, pending_restart, postmaster_start_time).

@@ -51,12 +51,9 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// A lab of 3 db hosts and a router whose inventory has TLS on (the default).
     pub async fn up(name: &str, user: &str) -> Lab {
-        Self::up_with(name, user, 3).await
-    }
-
-    pub async fn up_with(name: &str, user: &str, db: u32) -> Lab {
-        Self::up_tls(name, user, db, false).await
+        Self::up_tls(name, user, 3, true).await
     }
 
     /// A lab whose inventory has TLS on or off.
@@ -118,6 +115,11 @@ impl Lab {
     /// `http` or `https`: how Patroni's REST API and etcd are reached.
     pub fn scheme(&self) -> &'static str {
         if self.tls { "https" } else { "http" }
+    }
+
+    /// Patroni's `/patroni` status of a host (over TLS when on).
+    pub async fn patroni_status(&self, host: &str) -> Result<Value, String> {
+        self.patroni_get(host, "/patroni").await
     }
 
     /// A JSON document from Patroni's REST API on a host (over TLS when on).
@@ -452,6 +454,12 @@ pub async fn writer_going(lab: &Lab, pw: &str, table: &str, first_id: i32) -> Wr
 
 /// Every acknowledged id is present in `table` (read through the write port).
 pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
+    let ids: Vec<i32> = acked.iter().map(|a| a.id).collect();
+    assert_present(lab, table, &ids).await
+}
+
+/// Every id in `acked` is present in `table` (read through the write port).
+pub async fn assert_present(lab: &Lab, table: &str, acked: &[i32]) {
     let pw = lab.secret("superuser_password");
     let router = lab.router();
     let present: Vec<i32> = eventually("a connection through :5000 to count rows", 60, || async {
@@ -472,7 +480,7 @@ pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
     let present: std::collections::BTreeSet<i32> = present.into_iter().collect();
     let lost: Vec<i32> = acked
         .iter()
-        .map(|a| a.id)
+        .copied()
         .filter(|i| !present.contains(i))
         .collect();
     assert!(
@@ -504,4 +512,87 @@ pub async fn replica_count(lab: &Lab, count_sql: &str, want: i64) {
         },
     )
     .await;
+}
+
+/// A client on a db host itself, inserting through the Unix socket (docker exec, so
+/// it reaches that host's PostgreSQL whatever the network does): the ids it got an
+/// acknowledgement for, and when the test saw each. An insert is acknowledged only
+/// when psql exits 0.
+pub struct LocalWriter {
+    container: String,
+    child: std::process::Child,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(i32, Instant)>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+const LOCAL_STOP: &str = "/tmp/pgha-e2e-local-writer.stop";
+
+impl LocalWriter {
+    pub fn start(lab: &Lab, host: &str, table: &str, first_id: i32) -> LocalWriter {
+        use std::io::BufRead;
+        let container = format!("{}-{host}", lab.info.name);
+        let script = format!(
+            "rm -f {LOCAL_STOP}; i={first_id}; while [ ! -e {LOCAL_STOP} ]; do \
+             if runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 \
+             -c \"INSERT INTO {table} VALUES ($i, 'local')\" >/dev/null 2>&1; then echo $i; fi; \
+             i=$((i+1)); sleep 0.05; done"
+        );
+        let mut child = Command::new("docker")
+            .args(["exec", &container, "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker exec the local writer");
+        let out = child.stdout.take().expect("stdout");
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let acked2 = acked.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(id) = line.trim().parse::<i32>() {
+                    acked2.lock().unwrap().push((id, Instant::now()));
+                }
+            }
+        });
+        LocalWriter {
+            container,
+            child,
+            acked,
+            reader,
+        }
+    }
+
+    pub fn acked(&self) -> Vec<(i32, Instant)> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` inserts were acknowledged.
+    pub async fn wait_acked(&self, n: usize) {
+        eventually(&format!("{n} local inserts acknowledged"), 60, || async {
+            let got = self.acked.lock().unwrap().len();
+            if got >= n {
+                Ok(())
+            } else {
+                Err(format!("{got} so far"))
+            }
+        })
+        .await
+    }
+
+    /// Stop it (an insert still waiting ends when its server does) and return
+    /// what was acknowledged.
+    pub async fn stop(self) -> Vec<(i32, Instant)> {
+        let _ = Command::new("docker")
+            .args(["exec", &self.container, "touch", LOCAL_STOP])
+            .output();
+        let child = std::sync::Mutex::new(self.child);
+        eventually("the local writer to stop", 120, || async {
+            match child.lock().unwrap().try_wait() {
+                Ok(Some(_)) => Ok(()),
+                _ => Err("still running".to_string()),
+            }
+        })
+        .await;
+        self.reader.join().expect("local writer output");
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
 }
