@@ -559,18 +559,6 @@ async fn status_names_a_killed_replica(lab: &Lab) {
     healthy_cluster(lab).await;
 }
 
-async fn sync_standby(lab: &Lab) -> String {
-    eventually("a synchronous standby", 60, || async {
-        let (_, members) = patroni_cluster(lab).await?;
-        members
-            .iter()
-            .find(|m| m.role == "sync_standby" && m.state == "streaming")
-            .map(|m| m.name.clone())
-            .ok_or(format!("{members:?}"))
-    })
-    .await
-}
-
 /// A holder as another controller would write it, for the lock tests: named like
 /// this machine, with a pid that runs nowhere here (the old code took such a lock
 /// over at once, though a live controller of the same name may hold it).

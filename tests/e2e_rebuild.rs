@@ -94,9 +94,49 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     let (code, _, stderr) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 1, "a healthy member needs --force: {stderr}");
 
-    // 2. A replica's disk lost: fresh host at the same address, writer running.
-    let writer = writer_going(&lab, &pw, "rb", 1).await;
+    moved_leadership_is_seen_before_the_wipe(&lab, &inv).await;
+    tls_switch_refused_before_any_change(&lab, &inv).await;
+
+    // 2. A replica's disk lost: fresh host at the same address. First the
+    // refusals that leave it as it is: etcd would lose its quorum (another member
+    // down), nothing to clone from (no other Patroni answers).
+    let leader = healthy_cluster(&lab).await;
+    let replica = lab.db_hosts().into_iter().find(|h| *h != leader).unwrap();
+    let other = lab
+        .db_hosts()
+        .into_iter()
+        .find(|h| *h != leader && *h != replica)
+        .unwrap();
     lab::replace(LAB, &replica).await.expect("lab replace");
+    lab::kill(LAB, &other).await.expect("lab kill");
+    let (code, _, stderr) = pgha(&["rebuild", &replica, &inv]);
+    assert_eq!(code, 1, "refused without etcd quorum: {stderr}");
+    assert!(
+        stderr.contains("needed for quorum") && stderr.contains("nothing was changed"),
+        "names the quorum: {stderr}"
+    );
+    still_bare(&lab, &replica);
+    lab::start(LAB, &other).await.expect("lab start");
+    leader_and_streaming(&lab, &other).await;
+    for h in lab.db_hosts().iter().filter(|h| **h != replica) {
+        let (code, _) = lab.sh(h, "systemctl stop patroni");
+        assert_eq!(code, 0, "stop Patroni on {h}");
+    }
+    let (code, _, stderr) = pgha(&["rebuild", &replica, &inv]);
+    assert_eq!(code, 1, "refused with nothing to clone from: {stderr}");
+    assert!(
+        stderr.contains("nothing to clone from"),
+        "names the missing clone source: {stderr}"
+    );
+    still_bare(&lab, &replica);
+    for h in lab.db_hosts().iter().filter(|h| **h != replica) {
+        let (code, _) = lab.sh(h, "systemctl start patroni");
+        assert_eq!(code, 0, "start Patroni on {h}");
+    }
+    leader_and_streaming(&lab, &other).await;
+
+    // The rebuild itself, with a writer running.
+    let writer = writer_going(&lab, &pw, "rb", 1).await;
     let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 0, "rebuild {replica}");
     rebuilt_and_streaming(&lab, &replica).await;
@@ -192,4 +232,87 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     )
     .await
     .expect("a write through the rebuilt router");
+}
+
+/// A replaced host got nothing: no package, no data directory.
+fn still_bare(lab: &Lab, host: &str) {
+    let (_, n) = lab.sh(
+        host,
+        "dpkg-query -W -f='${Status}\\n' postgresql-17 patroni etcd-server 2>/dev/null | grep -c 'ok installed'",
+    );
+    assert_eq!(
+        n.trim(),
+        "0",
+        "{host}: no package installed by a refused rebuild"
+    );
+    let (code, _) = lab.sh(host, "test -e /var/lib/postgresql/17/main");
+    assert_ne!(code, 0, "{host}: no data directory");
+}
+
+/// A running leader and `member` streaming from it (the third db host may be bare).
+async fn leader_and_streaming(lab: &Lab, member: &str) {
+    eventually(&format!("a leader and {member} streaming"), 180, || async {
+        let (l, members) = patroni_cluster(lab).await?;
+        let ok = members
+            .iter()
+            .any(|m| m.name == member && (l == member || m.state == "streaming"));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{members:?}"))
+        }
+    })
+    .await
+}
+
+/// An operator's switchover onto the target while rebuild --force runs (patronictl,
+/// outside pgha): judged again under the lock, and again right before the wipe;
+/// refused both times, the target leading on with its data untouched.
+async fn moved_leadership_is_seen_before_the_wipe(lab: &Lab, inv: &str) {
+    for point in ["rebuild:assessed", "rebuild:before-wipe"] {
+        let leader = healthy_cluster(lab).await;
+        let target = sync_standby(lab).await;
+        let before = start_times(lab).await;
+        let mut run = PausedRun::start(&["rebuild", &target, inv, "--force"], &[point]);
+        run.paused_at(point, 1).await;
+        patronictl_switchover(lab, &leader, &leader, &target);
+        leads(lab, &target).await;
+        run.resume(point);
+        let (code, _, stderr) = run.finish().await;
+        assert_eq!(code, 1, "{point}: the rebuild is refused: {stderr}");
+        assert!(
+            stderr.contains("nothing was") && stderr.contains("pgha switchover"),
+            "{point}: says nothing was wiped and how to go on: {stderr}"
+        );
+        assert_eq!(healthy_cluster(lab).await, target, "{target} leads on");
+        assert_eq!(
+            start_times(lab).await.get(&target),
+            before.get(&target),
+            "{point}: {target}'s PostgreSQL was never stopped"
+        );
+        let (code, _) = lab.sh(&target, "test -s /var/lib/postgresql/17/main/PG_VERSION");
+        assert_eq!(code, 0, "{point}: {target}'s data directory is there");
+    }
+}
+
+/// `tls: false` against a TLS cluster: refused before anything (the check used to
+/// come after the wipe).
+async fn tls_switch_refused_before_any_change(lab: &Lab, inv: &str) {
+    let leader = healthy_cluster(lab).await;
+    let replica = lab.db_hosts().into_iter().find(|h| *h != leader).unwrap();
+    let text = std::fs::read_to_string(inv).unwrap();
+    std::fs::write(inv, text.replacen("vars:\n", "vars:\n    tls: false\n", 1)).unwrap();
+    let before = start_times(lab).await;
+    let (code, _, stderr) = pgha(&["rebuild", &replica, inv, "--force"]);
+    std::fs::write(inv, &text).unwrap();
+    assert_eq!(code, 1, "refused: {stderr}");
+    assert!(
+        stderr.contains("runs with TLS") && stderr.contains("nothing was changed"),
+        "names the TLS setting: {stderr}"
+    );
+    assert_eq!(
+        start_times(lab).await,
+        before,
+        "nothing was restarted or wiped"
+    );
 }

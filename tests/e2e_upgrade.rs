@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::*;
@@ -73,30 +71,54 @@ async fn no_tags_no_pending_restart(lab: &Lab) {
     }
 }
 
-/// Run `pgha upgrade` and kill it (SIGKILL: no cleanup possible) once it reports
-/// its first upgraded replica.
-fn upgrade_killed_after_first_replica(inv: &str) -> Vec<String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgha"))
-        .args(["upgrade", inv])
-        .env("CI", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run pgha upgrade");
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    for line in out.lines() {
-        let line = line.unwrap_or_default();
-        eprintln!("upgrade| {line}");
-        let done = line.starts_with("ok postgres") && line.contains("upgraded and streaming");
-        seen.push(line);
-        if done {
-            child.kill().expect("kill pgha upgrade");
-            break;
+/// Members tagged nofailover (drained by pgha or anyone), sorted.
+async fn tagged(lab: &Lab) -> Vec<String> {
+    let mut t = Vec::new();
+    for h in lab.db_hosts() {
+        let st = lab.patroni_status(&h).await.expect("patroni status");
+        if st["tags"]["nofailover"] == true {
+            t.push(h);
         }
     }
-    let _ = child.wait();
-    seen
+    t
+}
+
+/// Members pgha's record in etcd says it tagged.
+async fn recorded(lab: &Lab, key: &str) -> Vec<String> {
+    let mut c = lab.etcd(&lab.db_hosts()[0]).await;
+    let r = c.get(key, None).await.expect("etcd get");
+    r.kvs()
+        .first()
+        .map(|kv| {
+            let v: Value = serde_json::from_slice(kv.value()).expect("record JSON");
+            v["tagged"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+/// Revoke the cluster lock's etcd lease from outside (as `pgha lock --break` or an
+/// operator would), and wait until the key is gone.
+async fn revoke_lock(lab: &Lab) {
+    let mut c = lab.etcd(&lab.db_hosts()[0]).await;
+    let key = format!("/pgha/{}/lock", lab.cluster_name());
+    let r = c.get(key.as_str(), None).await.expect("etcd get");
+    let lease = r
+        .kvs()
+        .first()
+        .expect("the run holds the etcd lock")
+        .lease();
+    c.lease_revoke(lease)
+        .await
+        .expect("revoke the lock's lease");
+    let r = c.get(key.as_str(), None).await.expect("etcd get");
+    assert!(r.kvs().is_empty(), "the lock key went with its lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -197,43 +219,116 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         "--check wrote no apt preferences (the pins are still there)"
     );
 
-    // 3. The upgrade, killed after its first replica, with a writer running.
+    // 3. A pause someone else set (an operator's maintenance): refused, nothing
+    // installed, the pause left as it is.
+    let (code, out, err) = lab.sh_err("db1", "patronictl -c /etc/patroni/config.yml pause --wait");
+    assert_eq!(code, 0, "patronictl pause: {out}{err}");
+    let (code, _, stderr) = pgha(&["upgrade", &inv]);
+    assert_eq!(code, 1, "an operator's pause refuses the upgrade: {stderr}");
+    assert!(
+        stderr.contains("paused") && stderr.contains("--force"),
+        "names the pause and the way on: {stderr}"
+    );
+    assert_eq!(
+        lab.patroni_status("db1").await.unwrap()["pause"],
+        true,
+        "the operator's pause is left alone"
+    );
+    assert_eq!(package_version(&lab, "db1", "postgresql-17"), pg_old);
+    let (code, out, err) = lab.sh_err("db1", "patronictl -c /etc/patroni/config.yml resume --wait");
+    assert_eq!(code, 0, "patronictl resume: {out}{err}");
+
+    // 4. The upgrade, interrupted at exact steps with a writer running; each run
+    // continues from what the hosts show (and pgha's record of what it set).
     let pw = lab.secret("superuser_password");
     let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
     c.batch_execute("CREATE TABLE upg (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
     let writer = writer_going(&lab, &pw, "upg", 1).await;
-    let inv2 = inv.clone();
-    let seen = tokio::task::spawn_blocking(move || upgrade_killed_after_first_replica(&inv2))
-        .await
-        .unwrap();
-    assert!(
-        seen.iter().any(|l| l.contains("upgraded and streaming")),
-        "the first run got through one replica: {seen:?}"
+    let work_key = format!("/pgha/{}/work", lab.cluster_name());
+    let upgrade = ["upgrade", inv.as_str(), "--lock-wait", "90"];
+
+    // a. Killed mid-drain: the first replica tagged, nothing installed.
+    let mut run = PausedRun::start(&upgrade, &["upgrade:drained"]);
+    run.paused_at("upgrade:drained", 1).await;
+    let first = tagged(&lab).await;
+    assert_eq!(first.len(), 1, "one member drained: {first:?}");
+    let first = first[0].clone();
+    run.kill();
+    assert_eq!(
+        recorded(&lab, &work_key).await,
+        std::slice::from_ref(&first),
+        "pgha recorded its tags"
     );
-    let upgraded: Vec<String> = lab
+    assert_eq!(package_version(&lab, &first, "postgresql-17"), pg_old);
+
+    // b. Killed mid-install: that replica's packages in, its PostgreSQL still the
+    // old binary, still drained.
+    let mut run = PausedRun::start(&upgrade, &["upgrade:installed"]);
+    run.paused_at("upgrade:installed", 1).await;
+    let installed: Vec<String> = lab
         .db_hosts()
         .into_iter()
         .filter(|h| package_version(&lab, h, "postgresql-17") == pg_new)
         .collect();
+    assert_eq!(
+        installed.len(),
+        1,
+        "one member's packages in: {installed:?}"
+    );
+    run.kill();
+
+    // c. The lock revoked from outside while a run is paused between two steps: it
+    // stops before its next change (no package on the member it drained), changes
+    // nothing more, and leaves its record for the next run.
+    let mut run = PausedRun::start(&upgrade, &["upgrade:drained"]);
+    run.paused_at("upgrade:drained", 1).await;
+    run.resume("upgrade:drained");
+    run.paused_at("upgrade:drained", 2).await;
+    let drained = tagged(&lab).await;
+    assert_eq!(drained.len(), 1, "one member drained: {drained:?}");
+    let drained = drained[0].clone();
+    let old_before = package_version(&lab, &drained, "postgresql-17");
+    revoke_lock(&lab).await;
+    run.resume("upgrade:drained");
+    let (code, _, stderr) = run.finish().await;
+    assert_eq!(code, 1, "a run that lost its lock stops: {stderr}");
     assert!(
-        !upgraded.is_empty() && upgraded.len() < 3,
-        "killed midway: some members upgraded, not all ({upgraded:?})"
+        stderr.contains("the cluster lock was lost") && stderr.contains("stopped before"),
+        "names the loss and where it stopped: {stderr}"
+    );
+    assert_eq!(
+        package_version(&lab, &drained, "postgresql-17"),
+        old_before,
+        "no package installed after the lock was lost"
+    );
+    assert_eq!(
+        tagged(&lab).await,
+        std::slice::from_ref(&drained),
+        "its tags left for the next run"
+    );
+    assert_eq!(
+        recorded(&lab, &work_key).await,
+        std::slice::from_ref(&drained)
     );
 
-    // 4. Run again: it continues from what the hosts show and finishes.
-    let (code, out, _) = pgha(&["upgrade", &inv, "--output", "json"]);
-    assert_eq!(code, 0, "the second upgrade finishes");
+    // d. Killed mid-switchover: Patroni completes it by itself.
+    let mut run = PausedRun::start(&upgrade, &["switchover:requested"]);
+    run.paused_at("switchover:requested", 1).await;
+    run.kill();
+
+    // e. Run again: it finishes.
+    let (code, out, _) = pgha(&["upgrade", &inv, "--lock-wait", "90", "--output", "json"]);
+    assert_eq!(code, 0, "the last upgrade finishes");
     acked(&writer, 20, Instant::now(), None).await;
     let acked = writer.stop().await;
-    let doc = json_doc(&out);
-    for h in &upgraded {
-        assert!(
-            doc["upgrade"]["hosts"].get(h).is_none(),
-            "{h} was finished by the first run and not upgraded again: {doc}"
-        );
-    }
+    assert!(json_doc(&out)["ok"] == true, "{out}");
+    assert!(
+        recorded(&lab, &work_key).await.is_empty(),
+        "pgha's record of what it set is gone"
+    );
+    assert!(tagged(&lab).await.is_empty(), "no member left tagged");
 
     let leader = healthy_cluster(&lab).await;
     for h in lab.db_hosts() {

@@ -252,9 +252,12 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 .filter(|(n, _)| n != t)
                 .map(|(_, api)| api.clone())
                 .collect();
-            let view = patroni::cluster_any(&survivors)
-                .await
-                .map_err(|e| refuse(format!("no other member's Patroni answers ({e})")))?;
+            let view = patroni::cluster_any(&survivors).await.map_err(|e| {
+                refuse(format!(
+                    "there is nothing to clone from: no other member's Patroni answers ({e}); \
+                     bring the other members back first"
+                ))
+            })?;
             let leader = view.leader().map(|l| l.name.clone());
             if leader.as_deref() == Some(t.as_str()) {
                 return Err(refuse(format!(
@@ -264,7 +267,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             }
             let Some(leader) = leader else {
                 return Err(refuse(format!(
-                    "there is no running leader to clone from ({})",
+                    "there is nothing to clone from: no running leader ({})",
                     view.summary()
                 )));
             };

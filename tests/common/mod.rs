@@ -596,3 +596,178 @@ impl LocalWriter {
         std::mem::take(&mut *self.acked.lock().unwrap())
     }
 }
+
+/// A pgha run started with named pause points (debug builds only, see
+/// `pgha::testpoint`): the test waits until it is paused at a point, acts on the
+/// cluster, then lets it go on or kills it.
+pub struct PausedRun {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    out: std::sync::Arc<std::sync::Mutex<(String, String)>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PausedRun {
+    pub fn start(args: &[&str], points: &[&str]) -> PausedRun {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!(
+            "pgha-pause-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        eprintln!(
+            "$ pgha {} (pausing at {})",
+            args.join(" "),
+            points.join(",")
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgha"))
+            .args(args)
+            .env("CI", "1")
+            .env("PGHA_PAUSE_AT", points.join(","))
+            .env("PGHA_PAUSE_DIR", &dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run pgha");
+        let out = std::sync::Arc::new(std::sync::Mutex::new((String::new(), String::new())));
+        let mut readers = Vec::new();
+        let stdout = child.stdout.take().unwrap();
+        let o = out.clone();
+        readers.push(std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("pgha| {l}");
+                o.lock().unwrap().0.push_str(&format!("{l}\n"));
+            }
+        }));
+        let stderr = child.stderr.take().unwrap();
+        let o = out.clone();
+        readers.push(std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("pgha! {l}");
+                o.lock().unwrap().1.push_str(&format!("{l}\n"));
+            }
+        }));
+        PausedRun {
+            child,
+            dir,
+            out,
+            readers,
+        }
+    }
+
+    /// Wait until the run is paused at `point` (the n-th time it reaches it).
+    pub async fn paused_at(&mut self, point: &str, nth: usize) {
+        let marker = format!("pgha: paused at {point} ");
+        let child = std::sync::Mutex::new(&mut self.child);
+        let out = self.out.clone();
+        eventually(
+            &format!("pgha to pause at {point} (#{nth})"),
+            600,
+            || async {
+                let seen = out.lock().unwrap().1.matches(&marker).count();
+                if seen >= nth {
+                    return Ok(());
+                }
+                if let Ok(Some(st)) = child.lock().unwrap().try_wait() {
+                    panic!(
+                        "pgha ended ({st}) before pausing at {point}:\n{}",
+                        out.lock().unwrap().1
+                    );
+                }
+                Err(format!("paused {seen} time(s) there so far"))
+            },
+        )
+        .await
+    }
+
+    /// Let a run paused at `point` go on.
+    pub fn resume(&self, point: &str) {
+        std::fs::write(self.dir.join(point), b"").unwrap();
+    }
+
+    /// SIGKILL: the run stops where it is, with no cleanup.
+    pub fn kill(mut self) -> (String, String) {
+        self.child.kill().expect("kill pgha");
+        let _ = self.child.wait();
+        self.collect()
+    }
+
+    /// Wait for the run to end: (exit code, stdout, stderr).
+    pub async fn finish(mut self) -> (i32, String, String) {
+        let child = std::sync::Mutex::new(&mut self.child);
+        let code = eventually("pgha to end", 1800, || async {
+            match child.lock().unwrap().try_wait() {
+                Ok(Some(st)) => Ok(st.code().unwrap_or(-1)),
+                _ => Err("still running".to_string()),
+            }
+        })
+        .await;
+        let (out, err) = self.collect();
+        (code, out, err)
+    }
+
+    fn collect(self) -> (String, String) {
+        for r in self.readers {
+            let _ = r.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let o = self.out.lock().unwrap();
+        (o.0.clone(), o.1.clone())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A switchover done outside pgha, as an operator would with patronictl on a
+/// member (it talks to Patroni's REST API with the member's own configuration).
+pub fn patronictl_switchover(lab: &Lab, via: &str, leader: &str, candidate: &str) {
+    let (code, out, err) = lab.sh_err(
+        via,
+        &format!(
+            "patronictl -c /etc/patroni/config.yml switchover --leader {leader} \
+             --candidate {candidate} --force"
+        ),
+    );
+    assert_eq!(
+        code, 0,
+        "patronictl switchover {leader} -> {candidate}: {out}{err}"
+    );
+}
+
+/// Wait until `host` leads (Patroni's view).
+pub async fn leads(lab: &Lab, host: &str) {
+    eventually(&format!("{host} to lead"), 120, || async {
+        let (l, members) = patroni_cluster(lab).await?;
+        if l == host {
+            Ok(())
+        } else {
+            Err(format!("{members:?}"))
+        }
+    })
+    .await
+}
+
+/// The synchronous standby streaming now.
+pub async fn sync_standby(lab: &Lab) -> String {
+    eventually("a synchronous standby", 60, || async {
+        let (_, members) = patroni_cluster(lab).await?;
+        members
+            .iter()
+            .find(|m| m.role == "sync_standby" && m.state == "streaming")
+            .map(|m| m.name.clone())
+            .ok_or(format!("{members:?}"))
+    })
+    .await
+}
