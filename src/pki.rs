@@ -38,6 +38,7 @@ pub struct CertInfo {
     pub not_after: u64,
     pub names: BTreeSet<String>,
     pub issuer: String,
+    pub subject: String,
 }
 
 /// The cluster's CA and every host's certificate.
@@ -103,7 +104,31 @@ pub fn cert_info(pem: &str) -> Result<CertInfo> {
         not_after: cert.validity().not_after.timestamp().max(0) as u64,
         names,
         issuer: cert.issuer().to_string(),
+        subject: cert.subject().to_string(),
     })
+}
+
+/// Whether the CA's key signed `cert_pem`. A name is not enough: a CA replaced
+/// under the same name issues certificates with the same issuer that no longer
+/// chain to it. Ok(None): an algorithm this build cannot check (a CA of the
+/// user's own); the certificate is then judged by its issuer's name, rather than
+/// re-issued on every run.
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> Result<Option<bool>> {
+    let (_, cert) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?;
+    let cert = cert
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    let ca = ca
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?;
+    match cert.verify_signature(Some(ca.public_key())) {
+        Ok(()) => Ok(Some(true)),
+        Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => Ok(None),
+        Err(_) => Ok(Some(false)),
+    }
 }
 
 fn now() -> u64 {
@@ -236,6 +261,84 @@ pub fn reissue_reason(
     None
 }
 
+/// Why a stored certificate must be re-issued (None: keep it): unreadable, not
+/// signed by the CA's key, or one of `reissue_reason`'s.
+pub fn stored_reason(
+    cert_pem: &str,
+    ca_pem: &str,
+    ca_subject: &str,
+    want: &BTreeSet<String>,
+    now: u64,
+    renew_before_days: u64,
+) -> Option<String> {
+    let info = match cert_info(cert_pem) {
+        Ok(info) => info,
+        Err(e) => return Some(format!("unreadable: {e}")),
+    };
+    if let Some(why) = reissue_reason(&info, want, ca_subject, now, renew_before_days) {
+        return Some(why);
+    }
+    match signed_by(cert_pem, ca_pem) {
+        Ok(Some(true)) => None,
+        Ok(Some(false)) => {
+            Some("not signed by the current CA's key (a CA replaced under the same name)".into())
+        }
+        Ok(None) => {
+            tracing::warn!("cannot check the CA's signature algorithm: judged by issuer name");
+            None
+        }
+        Err(e) => Some(format!("unreadable: {e}")),
+    }
+}
+
+/// Days before the CA's expiry from which `status` and `deploy` warn: a new CA
+/// means new certificates on every host, which wants planning well ahead of the
+/// hosts' own renewal window.
+pub const CA_WARN_DAYS: i64 = 365;
+
+/// Whole days from `now` to `not_after` (negative once past).
+pub fn days_between(now: u64, not_after: u64) -> i64 {
+    (not_after as i64 - now as i64).div_euclid(DAY as i64)
+}
+
+/// RFC 3339 of seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// The warning for a CA that expires within `CA_WARN_DAYS` of `now` (or has).
+pub fn ca_warning(not_after: u64, now: u64) -> Option<String> {
+    let days = days_between(now, not_after);
+    let when = rfc3339(not_after);
+    if days < 0 {
+        Some(format!(
+            "the cluster CA expired on {when}: no certificate it issued verifies; replace it \
+             (a new CA in tls_ca_cert_file, or a new <inventory>.pki/ca.crt and ca.key) and run \
+             `pgha deploy`, which re-issues every host's certificate from it"
+        ))
+    } else if days <= CA_WARN_DAYS {
+        Some(format!(
+            "the cluster CA expires in {days} day(s), on {when}: replace it before then (a new \
+             CA in tls_ca_cert_file, or a new <inventory>.pki/ca.crt and ca.key); `pgha deploy` \
+             then re-issues every host's certificate from it"
+        ))
+    } else {
+        None
+    }
+}
+
+impl Pki {
+    /// What the CA certificate says about itself.
+    pub fn ca_info(&self) -> Result<CertInfo> {
+        cert_info(&self.ca_cert)
+    }
+
+    /// The warning when the CA expires within `CA_WARN_DAYS`.
+    pub fn ca_warning(&self) -> Option<String> {
+        ca_warning(self.ca_info().ok()?.not_after, now())
+    }
+}
+
 /// The names a host's certificate carries: its name, its address, localhost, and
 /// for db hosts the routers' names and addresses (a client connecting to a router
 /// with `sslmode=verify-full` checks the router's address against the server's
@@ -325,10 +428,7 @@ pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
         let cert_path = dir.join(format!("{file}.crt"));
         let key_path = dir.join(format!("{file}.key"));
         if let (Some(cert), Some(key)) = (read(&cert_path), read(&key_path)) {
-            let why = match cert_info(&cert) {
-                Ok(info) => reissue_reason(&info, &names, &ca_dn, t, c.tls_renew_before_days),
-                Err(e) => Some(format!("unreadable: {e}")),
-            };
+            let why = stored_reason(&cert, &ca_cert, &ca_dn, &names, t, c.tls_renew_before_days);
             match why {
                 None => {
                     return Ok(CertKey {
@@ -445,5 +545,100 @@ mod tests {
                 .unwrap()
                 .contains("another CA")
         );
+    }
+
+    fn subject(pem: &str) -> String {
+        cert_info(pem).unwrap().subject
+    }
+
+    #[test]
+    fn a_certificate_of_a_replaced_ca_with_the_same_name_is_reissued() {
+        let (ca1, ca1_key) = new_ca("t").unwrap();
+        let (ca2, _) = new_ca("t").unwrap();
+        assert_eq!(subject(&ca1), subject(&ca2), "same name, another key");
+        assert_eq!(subject(&ca1), "CN=pgha CA t, O=pgha");
+        let names: BTreeSet<String> = ["db1".to_string()].into();
+        let (cert, _) = issue(&ca1, &ca1_key, "db1", &names, 365).unwrap();
+        // The name alone says nothing is wrong (what was checked before).
+        let info = cert_info(&cert).unwrap();
+        assert_eq!(
+            reissue_reason(&info, &names, &subject(&ca2), now(), 30),
+            None
+        );
+        let why = stored_reason(&cert, &ca2, &subject(&ca2), &names, now(), 30).unwrap();
+        assert!(why.contains("not signed by the current CA"), "{why}");
+        assert_eq!(
+            stored_reason(&cert, &ca1, &subject(&ca1), &names, now(), 30),
+            None,
+            "one issued by the current CA is kept"
+        );
+        assert_eq!(signed_by(&cert, &ca1).unwrap(), Some(true));
+        assert_eq!(signed_by(&cert, &ca2).unwrap(), Some(false));
+    }
+
+    #[test]
+    fn load_reissues_every_certificate_after_the_ca_is_replaced_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prod.yml");
+        std::fs::write(
+            &path,
+            "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n",
+        )
+        .unwrap();
+        let write = crate::inventory::LoadOptions {
+            write_secrets: true,
+        };
+        let inv = crate::inventory::load(&path, &write).unwrap();
+        let first = inv.pki.clone().unwrap();
+        let (ca2, ca2_key) = new_ca(&inv.cluster.cluster_name).unwrap();
+        assert_eq!(subject(&ca2), subject(&first.ca_cert));
+        write_private(&first.dir.join("ca.key"), &ca2_key).unwrap();
+        write_public(&first.dir.join("ca.crt"), &ca2).unwrap();
+        let second = crate::inventory::load(&path, &write).unwrap().pki.unwrap();
+        let reissued: BTreeSet<&str> = second.issued.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            reissued,
+            BTreeSet::from(["db1", "db2", "db3", "router1", "pgha"])
+        );
+        assert!(
+            second
+                .issued
+                .iter()
+                .all(|(_, why)| why.contains("not signed")),
+            "{:?}",
+            second.issued
+        );
+        for ck in second.hosts.values().chain([&second.client]) {
+            assert_eq!(signed_by(&ck.cert, &ca2).unwrap(), Some(true));
+        }
+        let third = crate::inventory::load(&path, &write).unwrap().pki.unwrap();
+        assert!(third.issued.is_empty(), "kept: {:?}", third.issued);
+    }
+
+    #[test]
+    fn the_ca_is_warned_about_a_year_ahead() {
+        let t = 1_900_000_000;
+        assert_eq!(ca_warning(t + 366 * DAY, t), None);
+        let w = ca_warning(t + 365 * DAY, t).unwrap();
+        assert!(
+            w.contains("expires in 365 day(s)") && w.contains("pgha deploy"),
+            "{w}"
+        );
+        let w = ca_warning(t - DAY, t).unwrap();
+        assert!(w.contains("expired on"), "{w}");
+        // A CA pgha creates is good for ten years: no warning.
+        let (ca, ca_key) = new_ca("t").unwrap();
+        let p = Pki {
+            dir: PathBuf::new(),
+            ca_cert: ca.clone(),
+            hosts: BTreeMap::new(),
+            client: CertKey {
+                cert: ca,
+                key: Secret::new(ca_key),
+            },
+            issued: vec![],
+        };
+        assert_eq!(p.ca_warning(), None);
+        assert!(p.ca_info().unwrap().not_after > now() + 3600 * DAY);
     }
 }

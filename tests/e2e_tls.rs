@@ -212,6 +212,12 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
             .all(|c| c["days_left"].as_i64().is_some_and(|d| d > 300)),
         "{doc}"
     );
+    // The CA's own expiry: pgha's CA is good for ten years, so no warning.
+    let ca = &doc["ca"];
+    assert!(
+        ca["days_left"].as_i64().is_some_and(|d| d > 3000) && ca["warning"].is_null(),
+        "{doc}"
+    );
     let (code, _, _) = pgha(&["switchover", &inv]);
     assert_eq!(code, 0, "switchover over TLS");
 

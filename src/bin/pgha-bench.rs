@@ -61,6 +61,10 @@ struct Figure {
     met: Option<bool>,
     runs: Vec<f64>,
     detail: Value,
+    /// Why the figure could not be computed (its baseline failed, say): a failed
+    /// figure has no baseline or ratio rather than numbers from a bogus one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<String>,
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -151,11 +155,12 @@ impl Bench {
             f.pgha.map_or("-".into(), |v| format!("{v:.2}")),
             f.unit,
             f.baseline.map_or("-".into(), |v| format!("{v:.2}")),
-            f.met.map_or(String::new(), |m| if m {
-                " goal met".into()
-            } else {
-                " goal NOT met".into()
-            })
+            match (&f.failed, f.met) {
+                (Some(e), _) => format!(" FAILED: {e}"),
+                (None, Some(true)) => " goal met".into(),
+                (None, Some(false)) => " goal NOT met".into(),
+                (None, None) => String::new(),
+            }
         ));
         self.figures.push(f);
         // Written after every figure: a run that stops early keeps what it measured.
@@ -164,14 +169,12 @@ impl Bench {
 
     fn save(&self) -> Value {
         let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let doc = json!({
-            "date": date,
-            "machine": machine(),
-            "runs": self.args.runs,
-            "took_secs": self.started.elapsed().as_secs_f64(),
-            "figures": self.figures,
-            "pgha_version": env!("CARGO_PKG_VERSION"),
-        });
+        let doc = results_doc(
+            &date,
+            self.args.runs,
+            self.started.elapsed().as_secs_f64(),
+            &self.figures,
+        );
         if let Some(dir) = self.args.out.parent() {
             std::fs::create_dir_all(dir).unwrap();
         }
@@ -264,6 +267,7 @@ impl Bench {
             goal: Some("<= 1.15x floor".into()),
             met: ratio.map(|r| r <= 1.15),
             runs: p.clone(),
+            failed: None,
             detail: json!({"pgha_phases": pph, "floor_barriers": fph, "floor_runs": f}),
         });
     }
@@ -315,6 +319,7 @@ impl Bench {
             goal: Some(">= 15x faster than Ansible".into()),
             met: ratio.map(|r| r >= 15.0),
             runs: p,
+            failed: None,
             detail: json!({"ansible_noop_runs": a, "ansible_cold": cold}),
         });
     }
@@ -389,6 +394,7 @@ impl Bench {
             goal: Some("median <= 20 s, 0 rows lost, 0 hung connections".into()),
             met: m.map(|m| m <= 20.0 && lost_total == 0 && hung_total == 0),
             runs: outages,
+            failed: None,
             detail: json!({
                 "rows_lost": lost_total,
                 "connections_over_5s": hung_total,
@@ -462,6 +468,7 @@ impl Bench {
             goal: Some("0 rows lost, none of them acknowledged by the isolated leader".into()),
             met: Some(lost_total == 0 && split_lost == 0),
             runs: outages,
+            failed: None,
             detail: json!({
                 "rows_lost": lost_total,
                 "partition": "leader cut from its db peers; router and clients still reach it",
@@ -475,6 +482,7 @@ impl Bench {
 
     async fn switchover(&mut self, info: &LabInfo, inv: &str, pw: &str, router: &str) {
         let (mut client, mut reported) = (Vec::new(), Vec::new());
+        let mut unmeasured: Vec<String> = Vec::new();
         let mut lost_total = 0;
         for i in 0..self.args.runs {
             wait_healthy(info).await;
@@ -487,12 +495,23 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let acked = writer.stop().await;
             client.push(longest_gap(&acked, t, end));
-            if let Some(g) = last_json(&out)["switchover"]["gap"]["longest_secs"].as_f64() {
-                reported.push(g);
+            match reported_gap(&last_json(&out)["switchover"]["gap"]) {
+                Ok(g) => reported.push(g),
+                Err(e) => {
+                    say(format!("switchover {}: {e}", i + 1));
+                    unmeasured.push(e);
+                }
             }
             lost_total += lost(router, pw, "bench_sw", &acked).await;
         }
-        let (mc, mr) = (median(&client), median(&reported));
+        // A median of only the runs pgha measured would not compare with the
+        // client's median of all of them.
+        let mr = if unmeasured.is_empty() {
+            median(&reported)
+        } else {
+            None
+        };
+        let mc = median(&client);
         self.push(Figure {
             name: "switchover: write gap seen by a writing client".into(),
             unit: "s".into(),
@@ -503,7 +522,8 @@ impl Bench {
             goal: Some("median <= 2 s, 0 rows lost".into()),
             met: mc.map(|m| m <= 2.0 && lost_total == 0),
             runs: client,
-            detail: json!({"reported_runs": reported, "rows_lost": lost_total}),
+            failed: None,
+            detail: json!({"reported_runs": reported, "reported_unmeasured": unmeasured, "rows_lost": lost_total}),
         });
     }
 
@@ -550,6 +570,7 @@ impl Bench {
             goal: Some("0 (no false failover)".into()),
             met: Some(changes == 0),
             runs: vec![changes as f64],
+            failed: None,
             detail: json!({}),
         });
     }
@@ -586,6 +607,7 @@ impl Bench {
             goal: None,
             met: None,
             runs: five,
+            failed: None,
             detail: json!({"three_db_runs": three}),
         });
     }
@@ -633,19 +655,24 @@ impl Bench {
         let client = longest_gap(&acked, t, end);
         let lost = lost(&router, &pw, "bench_upg", &acked).await;
         let doc = last_json(&out);
+        let reported = reported_gap(&doc["upgrade"]["gap"]);
+        if let Err(e) = &reported {
+            say(format!("upgrade: {e}"));
+        }
         let _ = lab::down("pgha-b-upg").await;
         self.push(Figure {
             name: "upgrade (PostgreSQL and HAProxy, older build -> current): longest write gap"
                 .into(),
             unit: "s".into(),
             pgha: Some(client),
-            baseline: doc["upgrade"]["gap"]["longest_secs"].as_f64(),
+            baseline: reported.as_ref().ok().copied(),
             baseline_name: Some("gap pgha reported".into()),
             ratio: None,
             goal: Some("0 rows lost".into()),
             met: Some(lost == 0),
             runs: vec![client],
-            detail: json!({"upgrade_secs": secs, "rows_lost": lost, "postgresql": [rehearsal::older(&pg_new), &pg_new], "haproxy": [rehearsal::older(&haproxy_new), &haproxy_new], "switchovers": doc["upgrade"]["switchovers"].as_array().map(|a| a.len())}),
+            failed: None,
+            detail: json!({"upgrade_secs": secs, "rows_lost": lost, "postgresql": [rehearsal::older(&pg_new), &pg_new], "haproxy": [rehearsal::older(&haproxy_new), &haproxy_new], "switchovers": doc["upgrade"]["switchovers"].as_array().map(|a| a.len()), "reported_unmeasured": reported.err()}),
         });
     }
 
@@ -677,8 +704,9 @@ impl Bench {
                 "rm -rf /tmp/bb && PGPASSWORD='{rpw}' runuser -u postgres -- pg_basebackup -h {leader_ip} -U replicator -D /tmp/bb -X stream -c fast && du -sb /tmp/bb | cut -f1 && rm -rf /tmp/bb"
             ),
         ]));
-        if code != 0 {
-            say(format!("pg_basebackup failed: {err}"));
+        let baseline = basebackup_baseline(code, &err, bb);
+        if let Err(e) = &baseline {
+            say(e);
         }
         lab::replace(&info.name, &replica)
             .await
@@ -686,19 +714,73 @@ impl Bench {
         let (code, out, _, secs) = self.pgha(&["rebuild", &replica, inv, "--output", "json"]);
         assert_eq!(code, 0, "rebuild");
         let doc = last_json(&out);
-        self.push(Figure {
-            name: "rebuild of a lost replica vs a plain pg_basebackup".into(),
-            unit: "s".into(),
-            pgha: Some(secs),
-            baseline: Some(bb),
-            baseline_name: Some("pg_basebackup of the same data".into()),
-            ratio: Some(secs / bb),
-            goal: None,
-            met: None,
-            runs: vec![secs],
-            detail: json!({"clone_secs": doc["rebuild"]["clone_secs"], "clone_bytes": doc["rebuild"]["clone_bytes"], "steps": doc["rebuild"]["steps"], "write_gap": doc["rebuild"]["gap"]}),
-        });
+        let detail = json!({"clone_secs": doc["rebuild"]["clone_secs"], "clone_bytes": doc["rebuild"]["clone_bytes"], "steps": doc["rebuild"]["steps"], "write_gap": doc["rebuild"]["gap"]});
+        self.push(rebuild_figure(secs, baseline, detail));
     }
+}
+
+/// The pg_basebackup baseline: its seconds when it succeeded; when it failed, why
+/// (the time of a failed copy is no baseline).
+fn basebackup_baseline(code: i32, stderr: &str, secs: f64) -> Result<f64, String> {
+    if code == 0 {
+        return Ok(secs);
+    }
+    let why = stderr.lines().rev().find(|l| !l.trim().is_empty());
+    Err(format!(
+        "the pg_basebackup baseline failed (exit {code}): {}",
+        why.unwrap_or("no message")
+    ))
+}
+
+/// pgha's rebuild beside a plain pg_basebackup of the same data. Without a baseline
+/// the figure fails, naming why, instead of a ratio to a bogus one.
+fn rebuild_figure(secs: f64, baseline: Result<f64, String>, detail: Value) -> Figure {
+    let (baseline, failed) = match baseline {
+        Ok(b) => (Some(b), None),
+        Err(e) => (None, Some(e)),
+    };
+    Figure {
+        name: "rebuild of a lost replica vs a plain pg_basebackup".into(),
+        unit: "s".into(),
+        pgha: Some(secs),
+        baseline,
+        baseline_name: Some("pg_basebackup of the same data".into()),
+        ratio: baseline.map(|b| secs / b),
+        goal: None,
+        met: None,
+        runs: vec![secs],
+        failed,
+        detail,
+    }
+}
+
+/// The write gap pgha reported (`gap` of its JSON result): seconds, or why there is
+/// none. A gap pgha could not measure is no figure, never 0.
+fn reported_gap(gap: &Value) -> Result<f64, String> {
+    if gap.is_null() {
+        return Err("pgha reported no gap (no router was probed)".into());
+    }
+    if gap["measured"] == false {
+        return Err(format!(
+            "pgha could not measure the gap: {}",
+            gap["error"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    gap["longest_secs"]
+        .as_f64()
+        .ok_or_else(|| format!("no longest_secs in pgha's gap {gap}"))
+}
+
+/// The results file: everything it holds, so that nothing else ends up there.
+fn results_doc(date: &str, runs: usize, took_secs: f64, figures: &[Figure]) -> Value {
+    json!({
+        "date": date,
+        "machine": machine(),
+        "runs": runs,
+        "took_secs": took_secs,
+        "figures": figures,
+        "pgha_version": env!("CARGO_PKG_VERSION"),
+    })
 }
 
 /// Trust the lab's cluster CA (after its first deploy created it).
@@ -870,7 +952,12 @@ fn table(figures: &[Figure]) -> String {
                 .map_or(String::new(), |n| format!(" ({n})")),
             f.ratio.map_or("-".into(), |r| format!("{r:.2}")),
             f.goal.clone().unwrap_or_else(|| "-".into()),
-            f.met.map_or("-", |m| if m { "met" } else { "NOT met" }),
+            match (&f.failed, f.met) {
+                (Some(e), _) => format!("FAILED: {e}"),
+                (None, m) => m
+                    .map_or("-", |m| if m { "met" } else { "NOT met" })
+                    .to_string(),
+            },
         ));
     }
     s
@@ -946,4 +1033,77 @@ async fn main() {
         started.elapsed().as_secs_f64() / 60.0,
         b.args.out.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_basebackup_fails_the_rebuild_figure_instead_of_a_ratio() {
+        let baseline = basebackup_baseline(1, "pg_basebackup: error: connection refused\n", 0.4);
+        let f = rebuild_figure(56.0, baseline, json!({}));
+        assert_eq!((f.baseline, f.ratio), (None, None), "{f:?}");
+        let why = f.failed.clone().unwrap();
+        assert!(
+            why.contains("exit 1") && why.contains("connection refused"),
+            "{why}"
+        );
+        assert_eq!(f.pgha, Some(56.0));
+        let row = table(&[f]);
+        assert!(
+            row.contains("FAILED: the pg_basebackup baseline failed"),
+            "{row}"
+        );
+        let j = serde_json::to_value(rebuild_figure(56.0, Err("x".into()), json!({}))).unwrap();
+        assert_eq!(j["failed"], "x");
+        assert!(j["ratio"].is_null() && j["baseline"].is_null(), "{j}");
+    }
+
+    #[test]
+    fn a_good_basebackup_is_the_rebuild_baseline() {
+        let f = rebuild_figure(50.0, basebackup_baseline(0, "", 2.0), json!({}));
+        assert_eq!(
+            (f.baseline, f.ratio, &f.failed),
+            (Some(2.0), Some(25.0), &None)
+        );
+        // A figure that did not fail writes no `failed` key.
+        let j = serde_json::to_value(&f).unwrap();
+        assert!(j.get("failed").is_none(), "{j}");
+    }
+
+    #[test]
+    fn an_unmeasured_gap_is_no_figure_not_zero() {
+        let measured = json!({"measured": true, "longest_secs": 1.7, "probes": 40, "failed": 12, "error": null});
+        assert_eq!(reported_gap(&measured), Ok(1.7));
+        let crashed = json!({"measured": false, "longest_secs": null, "probes": null, "failed": null, "error": "the write-port probe of 10.0.0.21:5000 stopped: task 9 panicked"});
+        let e = reported_gap(&crashed).unwrap_err();
+        assert!(
+            e.contains("could not measure") && e.contains("panicked"),
+            "{e}"
+        );
+        assert!(reported_gap(&Value::Null).is_err());
+    }
+
+    fn keys(v: &Value) -> std::collections::BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// The committed results file holds what `save` writes and nothing else (no
+    /// hand-added keys whose numbers no run of the benchmark produced).
+    #[test]
+    fn the_results_file_holds_only_what_the_benchmark_writes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results/latest.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let figure = rebuild_figure(1.0, Ok(1.0), json!({}));
+        let written = results_doc("d", 1, 1.0, std::slice::from_ref(&figure));
+        assert_eq!(keys(&doc), keys(&written), "{path}: top-level keys");
+        let figure_keys = keys(&serde_json::to_value(&figure).unwrap());
+        for f in doc["figures"].as_array().unwrap() {
+            let mut k = keys(f);
+            k.remove("failed");
+            assert_eq!(k, figure_keys, "{path}: figure {}", f["name"]);
+        }
+        assert_eq!(keys(&doc["machine"]), keys(&machine()), "{path}: machine");
+    }
 }

@@ -67,6 +67,9 @@ pub async fn deploy(
     ui: &Ui,
 ) -> Result<Exit, Failure> {
     let mut ctx = Ctx::new(inv, ui).with_limit(&opts.limit)?;
+    if let Some(w) = inv.pki.as_ref().and_then(|p| p.ca_warning()) {
+        ui.warn(w);
+    }
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
         let mut lock = if opts.check {

@@ -26,7 +26,7 @@ use crate::inventory::Inventory;
 use crate::ops::converge::Converge;
 use crate::ops::endpoints::scheme;
 use crate::ops::etcd::{self as etcd_ops, MemberInfo};
-use crate::ops::gap::{Gap, GapProbe};
+use crate::ops::gap::{self, Gap, GapProbe};
 use crate::ops::lock::ClusterLock;
 use crate::ops::run::{host_failed, ssh_options};
 use crate::ops::{Ctx, verify, waits};
@@ -192,13 +192,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .map(|r| GapProbe::start(self.write_port(&r.ip.to_string())))
             .collect();
         let result = self.apply(&a).await;
-        let mut gap: Option<Gap> = None;
-        for p in probes {
-            let g = p.stop().await;
-            if gap.is_none_or(|x| g.longest_secs > x.longest_secs) {
-                gap = Some(g);
-            }
-        }
+        let gap = gap::stop_all(probes).await;
         lock.release(self.ctx).await;
         let mut report = result?;
         report.gap = gap;
@@ -881,11 +875,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             ui.line(format!("  etcd snapshot: {p}"));
         }
         match &r.gap {
-            Some(g) if g.failed == 0 => ui.line("  write gap on the write port: none"),
-            Some(g) => ui.line(format!(
-                "  write gap on the write port: {:.2}s ({} of {} probes reached no primary)",
-                g.longest_secs, g.failed, g.probes
-            )),
+            Some(g) if g.no_gap() => ui.line("  write gap on the write port: none"),
+            Some(g) => ui.line(format!("  write gap on the write port: {}", g.summary())),
             None => ui.line("  write gap: not measured (no other router)"),
         }
         if ui.json() {

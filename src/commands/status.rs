@@ -93,6 +93,9 @@ pub fn render(s: &Snapshot) -> String {
     for n in &s.verdict.notes {
         out.push_str(&format!("  note: {n}\n"));
     }
+    if let Some(w) = s.ca.as_ref().and_then(|ca| ca.warning.as_ref()) {
+        out.push_str(&format!("  warning: {w}\n"));
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = s
         .members
@@ -244,8 +247,63 @@ pub fn render(s: &Snapshot) -> String {
             .collect();
         out.push_str(&format!("  certificates: {}\n", certs.join("; ")));
     }
+    if let Some(ca) = &s.ca {
+        out.push_str(&format!(
+            "  CA: {} until {} ({} d)\n",
+            ca.subject, ca.not_after, ca.days_left
+        ));
+    }
     if s.verdict.level != Level::Healthy {
         out.push_str(&format!("\n{}\n", s.verdict.line()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::health::{Bounds, CaState, Parts, assemble};
+
+    fn snapshot(ca: Option<CaState>) -> Snapshot {
+        let parts = Parts {
+            members: vec![],
+            etcd: vec![],
+            routers: vec![],
+            exporters: vec![],
+            certificates: vec![],
+            ca,
+        };
+        let bounds = Bounds {
+            max_lag: 0,
+            read_max_lag: 0,
+            synchronous_mode: false,
+            renew_before_days: 30,
+        };
+        assemble("prod", parts, false, &bounds)
+    }
+
+    #[test]
+    fn the_ca_expiry_is_shown_and_warned_about() {
+        let ca = |days_left, warning: Option<&str>| CaState {
+            subject: "CN=pgha CA prod, O=pgha".into(),
+            not_after: "2027-06-01T00:00:00Z".into(),
+            days_left,
+            warning: warning.map(String::from),
+        };
+        let text = render(&snapshot(Some(ca(3000, None))));
+        assert!(
+            text.contains("  CA: CN=pgha CA prod, O=pgha until 2027-06-01T00:00:00Z (3000 d)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("warning:"), "{text}");
+        let text = render(&snapshot(Some(ca(
+            200,
+            Some("the cluster CA expires in 200 day(s)"),
+        ))));
+        assert!(
+            text.contains("\n  warning: the cluster CA expires in 200 day(s)\n"),
+            "{text}"
+        );
+        assert!(!render(&snapshot(None)).contains("CA:"));
+    }
 }

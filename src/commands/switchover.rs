@@ -68,10 +68,12 @@ fn print(ui: &Ui, r: &SwitchoverReport) {
     }
     match &r.gap {
         Some(g) => ui.line(format!(
-            "  write gap on the routers' write port: {:.2}s ({} of {} probes every 100 ms reached no primary)",
-            g.longest_secs, g.failed, g.probes
+            "  write gap on the routers' write port (probed every 100 ms): {}",
+            g.summary()
         )),
-        None => ui.line("  write gap: not measured (no router served writes before the switchover)"),
+        None => {
+            ui.line("  write gap: not measured (no router served writes before the switchover)")
+        }
     }
     if ui.json() {
         println!("{}", json!({"ok": true, "switchover": r}));

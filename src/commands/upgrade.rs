@@ -27,7 +27,7 @@ use crate::engine::upgrade::{
 use crate::error::{Exit, Failure};
 use crate::install;
 use crate::inventory::InstallMethod;
-use crate::ops::gap::{Gap, GapProbe};
+use crate::ops::gap::{self, Gap, GapProbe};
 use crate::ops::health::{self, Level};
 use crate::ops::images;
 use crate::ops::lock::ClusterLock;
@@ -553,13 +553,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                 self.cleanup().await;
             }
         }
-        let mut gap: Option<Gap> = None;
-        for p in probes {
-            let g = p.stop().await;
-            if gap.is_none_or(|x| g.longest_secs > x.longest_secs) {
-                gap = Some(g);
-            }
-        }
+        let gap = gap::stop_all(probes).await;
         steps?;
         etcd_ops::keep_apart(self.ctx).await;
         verify::verify(self.ctx).await?;
@@ -1113,8 +1107,8 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         ui.line(format!("  switchovers: {}", r.switchovers.len()));
         match &r.gap {
             Some(g) => ui.line(format!(
-                "  longest write gap on the routers' write port: {:.2}s ({} of {} probes reached no primary)",
-                g.longest_secs, g.failed, g.probes
+                "  longest write gap on the routers' write port: {}",
+                g.summary()
             )),
             None => ui.line("  write gap: not measured (no router)"),
         }

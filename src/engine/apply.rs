@@ -42,19 +42,71 @@ pub fn install_script_with(packages: &[String], update: bool, options: &str) -> 
     } else {
         ""
     };
-    format!(
-        r#"set -e
-export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
-saved=""
-if [ -e /usr/sbin/policy-rc.d ]; then mv /usr/sbin/policy-rc.d /usr/sbin/policy-rc.d.pgha-saved; saved=1; fi
-restore() {{ rm -f /usr/sbin/policy-rc.d; if [ -n "$saved" ]; then mv /usr/sbin/policy-rc.d.pgha-saved /usr/sbin/policy-rc.d; fi; }}
-trap restore EXIT
-printf '#!/bin/sh\n# pgha: no service starts during package installation\nexit 101\n' > /usr/sbin/policy-rc.d
-chmod 755 /usr/sbin/policy-rc.d
-{update}apt-get install -y -q --no-install-recommends {options}-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}
-"#
-    )
+    let apt = format!(
+        "export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1\n\
+         {update}apt-get install -y -q --no-install-recommends {options}-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}\n"
+    );
+    no_service_starts(POLICY_DIR, &apt)
 }
+
+/// Where Debian's invoke-rc.d and deb-systemd-invoke look for `policy-rc.d`.
+const POLICY_DIR: &str = "/usr/sbin";
+
+/// `body` run with a `policy-rc.d` in `dir` that refuses every service start
+/// (exit 101), the host's own policy set aside and put back afterwards.
+///
+/// The guard must not outlive its run: a run killed by SIGKILL (or a host that
+/// lost power) runs no trap, and a guard left behind would stop every later
+/// package's services on that host for good. Placing it where it dies with the
+/// process (a private mount namespace) needs CAP_SYS_ADMIN and an existing file to
+/// bind over, which not every host or container gives. So the guard names its
+/// owner (boot id, pid and the pid's start time, unique per process), and every
+/// run first removes a guard whose owner is gone, and puts back the policy that
+/// owner set aside; it waits for a guard whose owner still runs.
+pub fn no_service_starts(dir: &str, body: &str) -> String {
+    GUARD.replace("@DIR@", &shell_quote(dir)) + body
+}
+
+const GUARD: &str = r#"set -e
+dir=@DIR@
+guard="$dir/policy-rc.d"
+saved="$dir/policy-rc.d.pgha-saved"
+# A process's identity: boot id, pid, start time (field 22 of /proc/PID/stat).
+identity() { echo "$(cat /proc/sys/kernel/random/boot_id) $1 $(sed 's/.*) //' /proc/$1/stat 2>/dev/null | cut -d' ' -f20)"; }
+owner() { sed -n 's/^# pgha-guard owner: //p' "$1" 2>/dev/null; }
+alive() { [ -n "$1" ] && [ "$(identity "$(echo "$1" | cut -d' ' -f2)")" = "$1" ]; }
+pgha_made() { grep -qs '^# pgha: no service starts' "$1"; }
+present() { [ -e "$1" ] || [ -L "$1" ]; }
+me=$(identity $$)
+n=0
+while o=$(owner "$guard") && alive "$o"; do
+  n=$((n + 1))
+  if [ "$n" -gt 300 ]; then
+    echo "pgha: another pgha package installation ($o) has held $guard for 300 s: wait for it to finish, or remove $guard if no pgha runs on this host" >&2
+    exit 1
+  fi
+  sleep 1
+done
+# Left by a run that died: pgha's guards go; the host's own policy comes back.
+if pgha_made "$guard"; then rm -f "$guard"; fi
+if pgha_made "$saved"; then rm -f "$saved"; fi
+if present "$saved"; then
+  if present "$guard"; then mv -f "$saved" "$saved.old"; else mv "$saved" "$guard"; fi
+fi
+restore() {
+  if [ "$(owner "$guard")" = "$me" ]; then rm -f "$guard"; fi
+  if present "$saved" && ! present "$guard"; then mv "$saved" "$guard"; fi
+}
+trap restore EXIT
+# dash runs the EXIT trap on a signal only when the signal is trapped.
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if present "$guard"; then mv "$guard" "$saved"; fi
+printf '#!/bin/sh\n# pgha: no service starts during package installation\n# pgha-guard owner: %s\nexit 101\n' "$me" > "$guard.pgha-new"
+chmod 755 "$guard.pgha-new"
+mv -f "$guard.pgha-new" "$guard"
+"#;
 
 /// Packages to install, with the version the inventory pins (`pkg=version`) where
 /// a pin names one exactly (no wildcard, priority above apt's default): apt then
@@ -170,10 +222,145 @@ mod tests {
     fn install_script_guards_service_starts_and_keeps_our_files() {
         let s = install_script(&["etcd-server".into(), "patroni".into()], true);
         assert!(s.contains("exit 101"));
+        assert!(s.contains("dir=/usr/sbin\n"), "{s}");
+        // The guard names its owner; a stale one is removed before anything else.
+        assert!(s.contains("# pgha-guard owner: %s"));
+        let heal = s.find("if pgha_made \"$guard\"; then rm -f").unwrap();
+        assert!(heal < s.find("apt-get").unwrap());
         assert!(s.contains("trap restore EXIT"));
+        assert!(s.contains("trap 'exit 143' TERM"));
         assert!(s.contains("--force-confold"));
         assert!(s.contains("update\n"));
         assert!(s.trim_end().ends_with("etcd-server patroni"));
         assert!(!install_script(&["x".into()], false).contains(" update"));
+    }
+
+    /// The guard script run by a real `sh` in a temp dir standing in for /usr/sbin.
+    mod shell {
+        use super::super::no_service_starts;
+        use std::os::unix::process::CommandExt;
+        use std::path::Path;
+        use std::process::{Child, Command};
+        use std::time::{Duration, Instant};
+
+        const ADMIN: &str = "#!/bin/sh\n# the host's own policy\nexit 0\n";
+
+        fn spawn(dir: &Path, body: &str) -> Child {
+            Command::new("sh")
+                .arg("-c")
+                .arg(no_service_starts(dir.to_str().unwrap(), body))
+                // Its own process group, so a kill reaches the body's children too.
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        }
+
+        fn run(dir: &Path, body: &str) -> bool {
+            spawn(dir, body).wait().unwrap().success()
+        }
+
+        fn wait_for(path: &Path) {
+            let t = Instant::now();
+            while !path.exists() {
+                assert!(t.elapsed() < Duration::from_secs(10), "{}", path.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn read(path: &Path) -> String {
+            std::fs::read_to_string(path).unwrap_or_default()
+        }
+
+        fn names(dir: &Path) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+
+        /// Start a run, SIGKILL it mid-way (no trap runs): the guard is left behind.
+        fn killed_run(dir: &Path) {
+            let started = dir.join("started");
+            let mut child = spawn(dir, &format!("touch {}\nsleep 60\n", started.display()));
+            wait_for(&started);
+            std::fs::remove_file(&started).unwrap();
+            let group = format!("-{}", child.id());
+            let killed = Command::new("kill").args(["-KILL", "--", &group]).status();
+            assert!(killed.unwrap().success());
+            child.wait().unwrap();
+            assert!(read(&dir.join("policy-rc.d")).contains("exit 101"));
+        }
+
+        #[test]
+        fn a_run_refuses_starts_while_it_runs_and_restores_the_hosts_policy() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (dir, policy) = (tmp.path(), tmp.path().join("policy-rc.d"));
+            std::fs::write(&policy, ADMIN).unwrap();
+            let during = dir.join("during");
+            assert!(run(
+                dir,
+                &format!("\"$guard\" || echo $? > {}\n", during.display())
+            ));
+            assert_eq!(read(&during).trim(), "101", "the guard refuses starts");
+            assert_eq!(read(&policy), ADMIN);
+            assert_eq!(names(dir), ["during", "policy-rc.d"]);
+            // A failing body fails the script and still restores.
+            assert!(!run(dir, "false\n"));
+            assert_eq!(read(&policy), ADMIN);
+        }
+
+        #[test]
+        fn the_run_after_a_sigkilled_one_heals_the_host() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (dir, policy) = (tmp.path(), tmp.path().join("policy-rc.d"));
+            // Without a policy of the host's own: none is left afterwards.
+            killed_run(dir);
+            let during = dir.join("during");
+            assert!(run(dir, &format!("cat $guard > {}\n", during.display())));
+            assert!(read(&during).contains("exit 101"), "guarded while it ran");
+            assert_eq!(names(dir), ["during"], "the stale guard is gone");
+            std::fs::remove_file(&during).unwrap();
+            // With one: killed twice in a row, the host's own policy survives both.
+            std::fs::write(&policy, ADMIN).unwrap();
+            killed_run(dir);
+            killed_run(dir);
+            assert!(run(dir, "true\n"));
+            assert_eq!(read(&policy), ADMIN);
+            assert_eq!(names(dir), ["policy-rc.d"]);
+        }
+
+        #[test]
+        fn a_guard_of_an_earlier_pgha_without_an_owner_is_removed() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (dir, policy) = (tmp.path(), tmp.path().join("policy-rc.d"));
+            let old =
+                "#!/bin/sh\n# pgha: no service starts during package installation\nexit 101\n";
+            std::fs::write(&policy, old).unwrap();
+            assert!(run(dir, "true\n"));
+            assert_eq!(names(dir), Vec::<String>::new());
+        }
+
+        #[test]
+        fn a_live_runs_guard_is_waited_for_not_taken() {
+            let tmp = tempfile::tempdir().unwrap();
+            let (dir, policy) = (tmp.path(), tmp.path().join("policy-rc.d"));
+            std::fs::write(&policy, ADMIN).unwrap();
+            let started = dir.join("started");
+            let first = spawn(dir, &format!("touch {}\nsleep 1\n", started.display()));
+            wait_for(&started);
+            let t = Instant::now();
+            let owners = dir.join("owners");
+            let second = format!(
+                "sed -n 's/^# pgha-guard owner: //p' $guard >> {}\n",
+                owners.display()
+            );
+            assert!(run(dir, &second));
+            assert!(t.elapsed() >= Duration::from_millis(500), "it waited");
+            assert!(first.wait_with_output().unwrap().status.success());
+            assert_eq!(read(&policy), ADMIN);
+            assert_eq!(read(&owners).lines().count(), 1);
+        }
     }
 }

@@ -85,6 +85,28 @@ pub struct CertState {
     pub error: Option<String>,
 }
 
+/// The cluster CA (from the inventory's PKI): its own expiry, which no host's
+/// renewal covers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaState {
+    pub subject: String,
+    /// Expiry, RFC 3339.
+    pub not_after: String,
+    pub days_left: i64,
+    /// Set when it expires within `pki::CA_WARN_DAYS` (or has expired).
+    pub warning: Option<String>,
+}
+
+/// The CA's state at `now` (seconds since the epoch). Pure.
+pub fn ca_state(ca: &crate::pki::CertInfo, now: u64) -> CaState {
+    CaState {
+        subject: ca.subject.clone(),
+        not_after: crate::pki::rfc3339(ca.not_after),
+        days_left: crate::pki::days_between(now, ca.not_after),
+        warning: crate::pki::ca_warning(ca.not_after, now),
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
@@ -126,6 +148,8 @@ pub struct Snapshot {
     pub exporters: Vec<ExporterState>,
     /// Certificates in use (TLS clusters), with their expiry.
     pub certificates: Vec<CertState>,
+    /// The cluster CA (TLS clusters).
+    pub ca: Option<CaState>,
 }
 
 /// Bounds the snapshot uses (from the inventory).
@@ -165,6 +189,17 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
             }
         },
     );
+    let ca = ctx
+        .inv
+        .pki
+        .as_ref()
+        .and_then(|p| p.ca_info().ok())
+        .map(|i| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            ca_state(&i, now)
+        });
     let addresses: Vec<String> = ctx
         .inv
         .db_hosts()
@@ -212,6 +247,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         routers,
         exporters,
         certificates,
+        ca,
     };
     assemble(&c.cluster_name, parts, paused, &bounds)
 }
@@ -277,6 +313,7 @@ pub struct Parts {
     pub routers: Vec<RouterState>,
     pub exporters: Vec<ExporterState>,
     pub certificates: Vec<CertState>,
+    pub ca: Option<CaState>,
 }
 
 pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> Snapshot {
@@ -286,6 +323,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         routers,
         exporters,
         certificates,
+        ca,
     } = parts;
     let healthy_etcd = etcd.iter().filter(|e| e.healthy).count();
     let etcd_quorum = healthy_etcd > etcd.len() / 2;
@@ -309,6 +347,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         routers,
         exporters,
         certificates,
+        ca,
     };
     s.verdict = verdict(&s, bounds);
     s.healthy = s.verdict.level == Level::Healthy;
@@ -677,6 +716,16 @@ pub fn verdict(s: &Snapshot, bounds: &Bounds) -> Verdict {
             _ => {}
         }
     }
+    // An expired CA is a fault; one expiring within a year is a warning of its own
+    // (CaState::warning), not a note.
+    if let Some(ca) = &s.ca
+        && ca.days_left < 0
+    {
+        degraded.push(format!(
+            "the cluster CA expired on {}: replace it and run `pgha deploy`",
+            ca.not_after
+        ));
+    }
     let (level, reasons) = if !down.is_empty() {
         down.extend(degraded);
         (Level::Down, down)
@@ -778,6 +827,7 @@ mod tests {
                     error: None,
                 }],
                 certificates: vec![],
+                ca: None,
             },
             false,
             &BOUNDS,
@@ -876,5 +926,37 @@ mod tests {
     fn server_versions_read_like_postgres_prints_them() {
         assert_eq!(server_version(&Value::from(170012)).unwrap(), "17.12");
         assert_eq!(server_version(&Value::from(130022)).unwrap(), "13.22");
+    }
+
+    fn ca_info(not_after: u64) -> crate::pki::CertInfo {
+        crate::pki::CertInfo {
+            not_after,
+            names: Default::default(),
+            issuer: "CN=pgha CA prod, O=pgha".into(),
+            subject: "CN=pgha CA prod, O=pgha".into(),
+        }
+    }
+
+    #[test]
+    fn the_ca_expiry_is_in_the_model_with_a_warning_a_year_ahead() {
+        const DAY: u64 = 86_400;
+        let now = 1_900_000_000;
+        let far = ca_state(&ca_info(now + 400 * DAY), now);
+        assert_eq!((far.days_left, &far.warning), (400, &None));
+        assert_eq!(far.not_after, crate::pki::rfc3339(now + 400 * DAY));
+        let near = ca_state(&ca_info(now + 365 * DAY), now);
+        assert_eq!(near.days_left, 365);
+        assert!(near.warning.as_deref().unwrap().contains("365 day(s)"));
+        let mut s = snap(healthy_members(), good_backends());
+        s.ca = Some(near);
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["ca"]["days_left"], 365);
+        assert!(j["ca"]["not_after"].is_string() && j["ca"]["warning"].is_string());
+        // A warning, not a fault.
+        assert_eq!(verdict(&s, &BOUNDS).level, Level::Healthy);
+        s.ca = Some(ca_state(&ca_info(now - DAY), now));
+        let v = verdict(&s, &BOUNDS);
+        assert_eq!(v.level, Level::Degraded);
+        assert!(v.reasons[0].contains("cluster CA expired"), "{v:?}");
     }
 }

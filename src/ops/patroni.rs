@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::gap::{Gap, GapProbe};
+use super::gap::{self, Gap, GapProbe};
 use super::run::{Ctx, host_failed, now_secs};
 use super::waits;
 use crate::engine::apply;
@@ -252,13 +252,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
     }
     let probes: Vec<GapProbe> = routers.iter().cloned().map(GapProbe::start).collect();
     let outcome = switch(ctx, opts, &leader, &mut candidate, &routers).await;
-    let mut gap: Option<Gap> = None;
-    for p in probes {
-        let g = p.stop().await;
-        if gap.is_none_or(|x| g.longest_secs > x.longest_secs) {
-            gap = Some(g);
-        }
-    }
+    let gap = gap::stop_all(probes).await;
     let (checkpoint_secs, took_secs) = outcome?;
     super::etcd::keep_apart(ctx).await;
     Ok(SwitchoverReport {

@@ -195,6 +195,35 @@ pub async fn wait_exporters(ep: &Endpoints, timeout: Duration) -> Result<(), Wai
     Ok(())
 }
 
+/// The canary key of one write attempt: unique per run and attempt.
+pub fn canary_token(run: &str, attempt: u32) -> String {
+    format!("{run}-{attempt}")
+}
+
+/// Write a canary through `write` until an attempt is acknowledged; the key it
+/// wrote. Each attempt writes a fresh key: an insert that committed but whose
+/// answer was lost (a failover, a dropped connection) would make a retry of the
+/// same key fail on the primary key until the deadline.
+pub async fn write_fresh_canary<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    run: &str,
+    write: F,
+) -> Result<String, WaitError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut attempt = 0;
+    until(what, timeout, || {
+        attempt += 1;
+        let token = canary_token(run, attempt);
+        let written = write(token.clone());
+        async move { written.await.map(|()| token) }
+    })
+    .await
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RoundTrip {
     pub router: String,
@@ -218,7 +247,7 @@ pub async fn sql_round_trip(
         password: inv.secrets.superuser_password.expose().to_string(),
         dbname: "postgres".into(),
     };
-    let token = format!(
+    let run = format!(
         "pgha-{}-{}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -227,10 +256,14 @@ pub async fn sql_round_trip(
         std::process::id()
     );
     let write = ep(c.haproxy_write_port);
-    until(
+    let token = write_fresh_canary(
         &format!("a write through {router_ip}:{}", c.haproxy_write_port),
         timeout,
-        || sql::write_canary(&write, &token),
+        &run,
+        |token| {
+            let write = write.clone();
+            async move { sql::write_canary(&write, &token).await }
+        },
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -259,4 +292,45 @@ pub async fn sql_round_trip(
         read_via: format!("{router_ip}:{}", c.haproxy_read_port),
         read_from: server,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    /// An attempt whose insert committed but whose answer was lost: the retry must
+    /// not trip over its own row (the table's primary key), and the key read back
+    /// is the one acknowledged.
+    #[tokio::test]
+    async fn a_canary_retry_after_a_lost_answer_writes_a_fresh_key() {
+        let table: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+        let calls = Mutex::new(0u32);
+        let insert = |token: String| {
+            let mut rows = table.lock().unwrap();
+            let mut n = calls.lock().unwrap();
+            *n += 1;
+            let result = if !rows.insert(token.clone()) {
+                Err(format!("insert: duplicate key value {token}"))
+            } else if *n == 1 {
+                Err("connection lost before the commit's answer".to_string())
+            } else {
+                Ok(())
+            };
+            async move { result }
+        };
+        let token = write_fresh_canary("a canary write", Duration::from_secs(3), "run", insert)
+            .await
+            .expect("a retry succeeds");
+        assert_eq!(token, canary_token("run", 2));
+        let rows = table.lock().unwrap();
+        assert!(rows.contains(&token) && rows.contains("run-1"), "{rows:?}");
+    }
+
+    #[test]
+    fn canary_keys_differ_per_attempt_and_per_run() {
+        assert_ne!(canary_token("pgha-1-7", 1), canary_token("pgha-1-7", 2));
+        assert_ne!(canary_token("pgha-1-7", 1), canary_token("pgha-1-8", 1));
+    }
 }
