@@ -228,6 +228,9 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 "rebuild of {t} refused, nothing was changed: {why}"
             ))
         };
+        // First: with the other TLS setting nothing below could even reach the
+        // cluster, and the refusal should say why.
+        self.refuse_tls_switch(&refuse).await?;
         let mut a = Assessment {
             kind,
             address: self.address(),
@@ -287,7 +290,6 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             }
             a.etcd = Some(state);
         }
-        self.refuse_tls_switch(&refuse).await?;
         if kind == Kind::Router {
             let ip = self.address();
             a.healthy_member = haproxy::backends(&ip, self.inv().cluster.haproxy_stats_port)
