@@ -98,8 +98,8 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     tls_switch_refused_before_any_change(&lab, &inv).await;
 
     // 2. A replica's disk lost: fresh host at the same address. First the
-    // refusals that leave it as it is: etcd would lose its quorum (another member
-    // down), nothing to clone from (no other Patroni answers).
+    // refusals that leave it as it is: etcd would lose its quorum (another
+    // member's etcd down), nothing to clone from (no other Patroni answers).
     let leader = healthy_cluster(&lab).await;
     let replica = lab.db_hosts().into_iter().find(|h| *h != leader).unwrap();
     let other = lab
@@ -108,7 +108,9 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
         .find(|h| *h != leader && *h != replica)
         .unwrap();
     lab::replace(LAB, &replica).await.expect("lab replace");
-    lab::kill(LAB, &other).await.expect("lab kill");
+    // etcd stopped on another member (rebuild needs every host reachable by SSH).
+    let (code, _) = lab.sh(&other, "systemctl stop etcd");
+    assert_eq!(code, 0, "stop etcd on {other}");
     let (code, _, stderr) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 1, "refused without etcd quorum: {stderr}");
     assert!(
@@ -116,7 +118,8 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
         "names the quorum: {stderr}"
     );
     still_bare(&lab, &replica);
-    lab::start(LAB, &other).await.expect("lab start");
+    let (code, _) = lab.sh(&other, "systemctl start etcd");
+    assert_eq!(code, 0, "start etcd on {other}");
     leader_and_streaming(&lab, &other).await;
     for h in lab.db_hosts().iter().filter(|h| **h != replica) {
         let (code, _) = lab.sh(h, "systemctl stop patroni");
