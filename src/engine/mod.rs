@@ -5,6 +5,7 @@ pub mod apply;
 pub mod desired;
 pub mod facts;
 pub mod plan;
+pub mod quote;
 pub mod roles;
 pub mod scram;
 pub mod upgrade;

@@ -42,6 +42,8 @@ pub struct FileDef {
     pub mode: String,
     pub stage: Stage,
     pub notify: Notify,
+    /// A shell command that checks the new file (`%s`) before it replaces the old one;
+    /// every `{{ value }}` in it is quoted as one shell word.
     #[serde(default)]
     pub validate: Option<String>,
     /// Only when this expression (minijinja, over the same variables as the
@@ -91,7 +93,9 @@ pub struct ContainerDef {
     /// The signal that makes the component re-read its configuration (none: restart).
     #[serde(default)]
     pub reload_signal: Option<String>,
-    /// Shell run on the host before the container is created (directories).
+    /// Shell run on the host before the container is created (directories); every
+    /// `{{ value }}` in it is quoted as one shell word. The other strings are single
+    /// arguments of `docker run`, quoted whole.
     #[serde(default)]
     pub prepare: Option<String>,
 }
