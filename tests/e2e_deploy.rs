@@ -75,12 +75,26 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         metrics.lines().any(|l| l == "pg_up 1"),
         "exporter on db1 reports pg_up 1"
     );
-    let csv = reqwest::get(format!("http://{router}:8404/;csv"))
-        .await
-        .unwrap()
-        .text()
+    // The stats page wants pgha's password, and listens on the router's address only.
+    let anonymous = reqwest::get(format!("http://{router}:8404/;csv"))
         .await
         .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "the stats page refuses anonymous reads"
+    );
+    let (_, listening) = lab.sh("router1", "ss -ltnH 'sport = :8404'");
+    assert!(
+        listening.contains(&format!("{router}:8404")) && !listening.contains("0.0.0.0:8404"),
+        "stats bound to the router's address: {listening}"
+    );
+    let (_, listening) = lab.sh("db1", "ss -ltnH 'sport = :9187'");
+    assert!(
+        listening.contains(&format!("{}:9187", lab.ip("db1"))),
+        "the exporter bound to its host's address: {listening}"
+    );
+    let csv = haproxy_csv(&lab).await;
     let up: Vec<&str> = csv
         .lines()
         .filter(|l| l.starts_with("primary,db") && l.contains(",UP,"))

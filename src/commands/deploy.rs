@@ -264,12 +264,14 @@ fn print_connect(conv: &Converge<'_, '_>) {
             r.ip, c.haproxy_read_port, c.app_user, c.app_database
         ));
         ui.line(format!(
-            "  stats:  http://{}:{}/",
-            r.ip, c.haproxy_stats_port
+            "  stats:  http://{}:{}/ (user {})",
+            r.ip,
+            c.haproxy_stats_port,
+            crate::probe::haproxy::STATS_USER
         ));
     }
     ui.line(format!(
-        "  password of {}: app_password in {}",
+        "  password of {}: app_password in {}; of the stats page: haproxy_stats_password",
         c.app_user,
         conv.inv.secrets_path.display()
     ));

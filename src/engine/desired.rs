@@ -288,6 +288,14 @@ fn container_spec(
     })
 }
 
+/// An address as the host part of `host:port` (IPv6 in brackets).
+fn listen_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
 /// Patroni tags every member has unless pgha is working on it.
 pub fn default_tags() -> BTreeMap<String, bool> {
     ["nofailover", "noloadbalance", "clonefrom", "nosync"]
@@ -357,6 +365,10 @@ fn render(
             "patroni_api_password",
             inv.secrets.patroni_api_password.expose(),
         ),
+        (
+            "haproxy_stats_password",
+            inv.secrets.haproxy_stats_password.expose(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -401,7 +413,13 @@ fn render(
             "tags": tags,
             "cluster": c,
             "secrets": secrets,
-            "host": { "name": host.name, "ip": host.ip.to_string() },
+            "host": {
+                "name": host.name,
+                "ip": host.ip.to_string(),
+                // The address in `listen` form (`host:port` needs brackets for IPv6).
+                "listen": listen_host(host.ip),
+            },
+            "haproxy_stats_user": crate::probe::haproxy::STATS_USER,
             "db_hosts": refs(&db),
             "etcd_hosts": refs(&etcd),
             "router_hosts": refs(&routers),
@@ -637,7 +655,7 @@ mod tests {
         assert!(
             hap.contains("bind *:5000")
                 && hap.contains("bind *:5001")
-                && hap.contains("bind *:8404")
+                && hap.contains("bind 10.9.0.21:8404\n")
         );
         // The read port serves only streaming replicas within the lag bound.
         assert!(hap.contains("uri /replica?lag=16777216"), "{hap}");
@@ -904,5 +922,54 @@ mod tests {
             v,
             "docker run --rm --network none -v %s:/tmp/pgha-haproxy.cfg:ro -v /etc/pgha/tls:/etc/pgha/tls:ro pgha-stack:abc haproxy -c -q -f /tmp/pgha-haproxy.cfg"
         );
+    }
+
+    /// HAProxy's stats page is bound to the router's address and needs pgha's
+    /// password, carried literally whatever it holds; the exporters listen on their
+    /// host's address only, under both install methods.
+    #[test]
+    fn stats_page_and_exporters_are_not_open_to_every_address() {
+        use crate::engine::quote::tests::{HOSTILE, sh_args};
+        let lib = Library::builtin().unwrap();
+        for pw in HOSTILE {
+            let mut inv = sample();
+            inv.secrets.haproxy_stats_password = crate::inventory::Secret::new(pw);
+            let d = desired_state(&inv, &lib).unwrap();
+            let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+            let stats =
+                &hap[hap.find("listen stats").unwrap()..hap.find("listen primary").unwrap()];
+            assert!(stats.contains("    bind 10.9.0.21:8404\n"), "{stats}");
+            assert!(!hap.contains("bind *:8404"), "{hap}");
+            let auth = stats
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("stats auth "))
+                .expect("an auth line");
+            // HAProxy's strong quoting is sh's: one word, read literally.
+            assert_eq!(sh_args("w", &format!("w {auth}")), [format!("pgha:{pw}")]);
+        }
+        let exp = file(
+            &desired_state(&sample(), &lib).unwrap(),
+            "db2",
+            "/etc/default/prometheus-postgres-exporter",
+        );
+        assert!(
+            exp.contains("ARGS=\"--web.listen-address=10.9.0.12:9187\"\n"),
+            "{exp}"
+        );
+        let mut inv = sample();
+        inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+        inv.cluster.docker_image = "pgha:test".into();
+        let d = desired_state(&inv, &lib).unwrap();
+        let spec = d
+            .iter()
+            .find(|h| h.host == "db2")
+            .and_then(|h| h.role("exporter"))
+            .and_then(|r| r.container.clone())
+            .unwrap();
+        assert_eq!(
+            spec.run_args.last().unwrap(),
+            "--web.listen-address=10.9.0.12:9187"
+        );
+        assert_eq!(listen_host("fe80::1".parse().unwrap()), "[fe80::1]");
     }
 }

@@ -238,11 +238,13 @@ pub struct Secrets {
     pub app_password: Secret,
     /// Basic auth for Patroni's unsafe REST endpoints (restart, switchover, config).
     pub patroni_api_password: Secret,
+    /// Basic auth for HAProxy's stats page (user `pgha`), which pgha's probes read.
+    pub haproxy_stats_password: Secret,
 }
 
 impl Secrets {
     /// All secret values, for redaction of diffs and error text.
-    pub fn all(&self) -> [&Secret; 6] {
+    pub fn all(&self) -> [&Secret; 7] {
         [
             &self.superuser_password,
             &self.replication_password,
@@ -250,6 +252,7 @@ impl Secrets {
             &self.monitor_password,
             &self.app_password,
             &self.patroni_api_password,
+            &self.haproxy_stats_password,
         ]
     }
 
@@ -398,7 +401,10 @@ impl Inventory {
         let pending: Vec<&str> = self
             .secret_sources
             .iter()
-            .filter(|(_, s)| matches!(s, SecretSource::Pending { .. }))
+            .filter(|(k, s)| {
+                matches!(s, SecretSource::Pending { .. })
+                    && !super::secrets::ADDED_LATER.contains(&k.as_str())
+            })
             .map(|(k, _)| k.as_str())
             .collect();
         if pending.is_empty() {

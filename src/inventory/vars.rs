@@ -207,12 +207,14 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("monitor_password", S, Kind::Secret),
     k("app_password", S, Kind::Secret),
     k("patroni_api_password", S, Kind::Secret),
+    k("haproxy_stats_password", S, Kind::Secret),
     k("superuser_password_file", SF, Kind::LocalPath),
     k("replication_password_file", SF, Kind::LocalPath),
     k("rewind_password_file", SF, Kind::LocalPath),
     k("monitor_password_file", SF, Kind::LocalPath),
     k("app_password_file", SF, Kind::LocalPath),
     k("patroni_api_password_file", SF, Kind::LocalPath),
+    k("haproxy_stats_password_file", SF, Kind::LocalPath),
 ];
 
 /// Ansible variables that are accepted without comment (they belong to Ansible itself).
