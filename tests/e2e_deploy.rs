@@ -334,7 +334,8 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         1,
     );
     std::fs::write(&inv, &changed).unwrap();
-    // Drift on db1: its password lines edited by hand, so the diff must show them.
+    // Drift on db1: its password lines edited by hand, so the diff must show that
+    // they differ, without their values.
     let (code, _) = lab.sh(
         "db1",
         "sed -i 's/^\\( *\\)password: .*/\\1password: \"tampered\"/' /etc/patroni/config.yml",
@@ -347,18 +348,26 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         shown.contains("work_mem"),
         "the diff shows the parameter: {shown}"
     );
+    // The drifted lines are in the diff as changed secrets, masked on both sides: a
+    // value tampered with on a host is a secret too.
     assert!(
-        shown.contains("-      password: \"tampered\""),
+        shown.contains("-      password: <redacted (old)>"),
         "the drifted lines are in the diff: {shown}"
     );
     assert!(
-        shown.contains("+      password: \"<redacted>\""),
+        shown.contains("+      password: <redacted (new)>"),
         "the wanted password is redacted: {shown}"
+    );
+    assert!(
+        !shown.contains("tampered"),
+        "the host's value is not shown: {shown}"
     );
     for key in [
         "superuser_password",
         "replication_password",
+        "rewind_password",
         "patroni_api_password",
+        "haproxy_stats_password",
     ] {
         assert!(
             !shown.contains(&lab.secret(key)),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::quote;
-use super::roles::{Library, Notify, Stage};
+use super::roles::{Library, Notify, SecretLines, Stage};
 use crate::inventory::{Cluster, Host, Inventory};
 
 /// One file a host should have.
@@ -24,6 +24,8 @@ pub struct DesiredFile {
     pub stage: Stage,
     pub notify: Notify,
     pub validate: Option<String>,
+    /// Where it holds secrets (masked in diffs); boxed: plans carry many files.
+    pub secrets: Box<SecretLines>,
 }
 
 #[derive(Debug, Clone)]
@@ -501,6 +503,7 @@ fn render(
                         .map(|v| render_shell(&env, v, &ctx))
                         .transpose()
                         .with_context(|| format!("role {}: validate of {}", role.name, f.dest))?,
+                    secrets: Box::new(f.secrets.clone()),
                 });
             }
             roles.push(DesiredRole {

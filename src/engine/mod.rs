@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod desired;
 pub mod facts;
+pub mod mask;
 pub mod plan;
 pub mod quote;
 pub mod roles;

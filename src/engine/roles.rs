@@ -50,6 +50,30 @@ pub struct FileDef {
     /// templates) is true, e.g. `cluster.tls`.
     #[serde(default)]
     pub when: Option<String>,
+    /// Where the file holds secrets: masked on both sides of `deploy --check --diff`.
+    #[serde(default)]
+    pub secrets: SecretLines,
+}
+
+/// Which lines of a managed file hold a secret (roles/*.yml `secrets:`). Their
+/// values are masked on the host's side and pgha's before a diff, whatever they
+/// are: a password changed or tampered with on a host is no known secret, but it
+/// sits where one does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretLines {
+    /// YAML keys whose values are secrets, at any depth (`password`).
+    #[serde(default)]
+    pub yaml_keys: Vec<String>,
+    /// Environment file variables whose values are secrets (`DATA_SOURCE_PASS`).
+    #[serde(default)]
+    pub env_keys: Vec<String>,
+    /// Configuration directives whose arguments are secrets (`stats auth`).
+    #[serde(default)]
+    pub directives: Vec<String>,
+    /// The whole file is a secret (a private key).
+    #[serde(default)]
+    pub whole_file: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
