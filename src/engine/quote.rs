@@ -26,12 +26,20 @@ pub fn auto_escape(name: &str) -> AutoEscape {
 }
 
 /// The template formatter: in shell mode every value is one shell word, whatever it
-/// holds (`;`, `$(...)`, backticks, quotes); elsewhere minijinja's default.
+/// holds (`;`, `$(...)`, backticks, quotes), unless a role marks it `| safe`;
+/// elsewhere minijinja's default.
 pub fn formatter(out: &mut Output, state: &mut State, value: &Value) -> Result<(), Error> {
     match state.auto_escape() {
-        AutoEscape::Custom(mode) if mode == SHELL && !value.is_safe() => out
-            .write_str(&shell_quote(&value.to_string()))
-            .map_err(|_| Error::new(ErrorKind::WriteFailure, "cannot write the output")),
+        AutoEscape::Custom(mode) if mode == SHELL => {
+            let text = value.to_string();
+            let word = if value.is_safe() {
+                text
+            } else {
+                shell_quote(&text)
+            };
+            out.write_str(&word)
+                .map_err(|_| Error::new(ErrorKind::WriteFailure, "cannot write the output"))
+        }
         _ => minijinja::escape_formatter(out, state, value),
     }
 }
@@ -301,6 +309,15 @@ pub(crate) mod tests {
             )
             .unwrap();
         assert_eq!(plain, "x /var/lib/x");
+        // A role may pass shell text on deliberately.
+        let safe = env
+            .render_named_str(
+                "t.sh",
+                "{{ c | safe }}",
+                minijinja::context! { c => "a; b" },
+            )
+            .unwrap();
+        assert_eq!(safe, "a; b");
         // Config templates are not touched.
         let conf = env
             .render_named_str("t.j2", "{{ d }}", minijinja::context! { d => "a b" })
