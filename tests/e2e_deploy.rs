@@ -75,12 +75,26 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         metrics.lines().any(|l| l == "pg_up 1"),
         "exporter on db1 reports pg_up 1"
     );
-    let csv = reqwest::get(format!("http://{router}:8404/;csv"))
-        .await
-        .unwrap()
-        .text()
+    // The stats page wants pgha's password, and listens on the router's address only.
+    let anonymous = reqwest::get(format!("http://{router}:8404/;csv"))
         .await
         .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "the stats page refuses anonymous reads"
+    );
+    let (_, listening) = lab.sh("router1", "ss -ltnH 'sport = :8404'");
+    assert!(
+        listening.contains(&format!("{router}:8404")) && !listening.contains("0.0.0.0:8404"),
+        "stats bound to the router's address: {listening}"
+    );
+    let (_, listening) = lab.sh("db1", "ss -ltnH 'sport = :9187'");
+    assert!(
+        listening.contains(&format!("{}:9187", lab.ip("db1"))),
+        "the exporter bound to its host's address: {listening}"
+    );
+    let csv = haproxy_csv(&lab).await;
     let up: Vec<&str> = csv
         .lines()
         .filter(|l| l.starts_with("primary,db") && l.contains(",UP,"))
@@ -321,7 +335,8 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         1,
     );
     std::fs::write(&inv, &changed).unwrap();
-    // Drift on db1: its password lines edited by hand, so the diff must show them.
+    // Drift on db1: its password lines edited by hand, so the diff must show that
+    // they differ, without their values.
     let (code, _) = lab.sh(
         "db1",
         "sed -i 's/^\\( *\\)password: .*/\\1password: \"tampered\"/' /etc/patroni/config.yml",
@@ -334,18 +349,26 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
         shown.contains("work_mem"),
         "the diff shows the parameter: {shown}"
     );
+    // The drifted lines are in the diff as changed secrets, masked on both sides: a
+    // value tampered with on a host is a secret too.
     assert!(
-        shown.contains("-      password: \"tampered\""),
+        shown.contains("-      password: <redacted (old)>"),
         "the drifted lines are in the diff: {shown}"
     );
     assert!(
-        shown.contains("+      password: \"<redacted>\""),
+        shown.contains("+      password: <redacted (new)>"),
         "the wanted password is redacted: {shown}"
+    );
+    assert!(
+        !shown.contains("tampered"),
+        "the host's value is not shown: {shown}"
     );
     for key in [
         "superuser_password",
         "replication_password",
+        "rewind_password",
         "patroni_api_password",
+        "haproxy_stats_password",
     ] {
         assert!(
             !shown.contains(&lab.secret(key)),

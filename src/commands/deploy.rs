@@ -8,6 +8,8 @@ use serde_json::json;
 
 use crate::cli::{DeployArgs, OutputFormat, SshArgs};
 use crate::commands::{finish, load_inventory};
+use crate::engine::desired::DesiredFile;
+use crate::engine::mask;
 use crate::engine::plan::{Action, FileReason};
 use crate::error::{Exit, Failure};
 use crate::inventory::Inventory;
@@ -169,8 +171,7 @@ async fn report_check(
                     } else {
                         String::new()
                     };
-                    let new = String::from_utf8_lossy(&file.content);
-                    ui.line(redacted_diff(conv, &h.name, &file.path, &old, &new));
+                    ui.line(redacted_diff(conv, &h.name, file, &old));
                 }
             }
         }
@@ -226,9 +227,15 @@ async fn remote_content(
     Ok(out.stdout_str())
 }
 
-fn redacted_diff(conv: &Converge<'_, '_>, host: &str, path: &str, old: &str, new: &str) -> String {
-    let old = conv.inv.secrets.redact(old);
-    let new = conv.inv.secrets.redact(new);
+/// The host's file against pgha's, secrets masked by structure on both sides (the
+/// role's `secrets:` lines, whatever their value), then by value (every known
+/// secret in every encoding, private keys) as a second net.
+fn redacted_diff(conv: &Converge<'_, '_>, host: &str, file: &DesiredFile, old: &str) -> String {
+    let path = &file.path;
+    let new = String::from_utf8_lossy(&file.content);
+    let (old, new) = mask::mask_pair(&file.secrets, old, &new);
+    let old = conv.inv.secrets.redact(&old);
+    let new = conv.inv.secrets.redact(&new);
     similar::TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
@@ -270,12 +277,14 @@ fn print_connect(conv: &Converge<'_, '_>) {
             r.ip, c.haproxy_read_port, c.app_user, c.app_database
         ));
         ui.line(format!(
-            "  stats:  http://{}:{}/",
-            r.ip, c.haproxy_stats_port
+            "  stats:  http://{}:{}/ (user {})",
+            r.ip,
+            c.haproxy_stats_port,
+            crate::probe::haproxy::STATS_USER
         ));
     }
     ui.line(format!(
-        "  password of {}: app_password in {}",
+        "  password of {}: app_password in {}; of the stats page: haproxy_stats_password",
         c.app_user,
         conv.inv.secrets_path.display()
     ));

@@ -292,7 +292,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         }
         if kind == Kind::Router {
             let ip = self.address();
-            a.healthy_member = haproxy::backends(&ip, self.inv().cluster.haproxy_stats_port)
+            a.healthy_member = haproxy::backends(&ip, &self.ctx.ep.stats)
                 .await
                 .is_ok_and(|b| !b.up("primary").is_empty());
         }

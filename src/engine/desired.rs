@@ -8,7 +8,8 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use super::roles::{Library, Notify, Stage};
+use super::quote;
+use super::roles::{Library, Notify, SecretLines, Stage};
 use crate::inventory::{Cluster, Host, Inventory};
 
 /// One file a host should have.
@@ -23,6 +24,8 @@ pub struct DesiredFile {
     pub stage: Stage,
     pub notify: Notify,
     pub validate: Option<String>,
+    /// Where it holds secrets (masked in diffs); boxed: plans carry many files.
+    pub secrets: Box<SecretLines>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,31 +175,14 @@ fn refs(hosts: &[&Host]) -> Vec<HostRef> {
         .collect()
 }
 
-/// Quote a value for a systemd EnvironmentFile (double quotes, C-style escapes).
-fn envquote(v: String) -> String {
-    let mut out = String::with_capacity(v.len() + 2);
-    out.push('"');
-    for ch in v.chars() {
-        match ch {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(ch);
-            }
-            '\n' => out.push_str("\\n"),
-            _ => out.push(ch),
-        }
-    }
-    out.push('"');
-    out
-}
-
 pub fn template_env(lib: &Library) -> Environment<'static> {
     let mut env = Environment::new();
     // A typo in a template variable is an error, not an empty string.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    // Config files are not HTML or JSON: never escape (minijinja would JSON-escape
-    // values in templates named *.yml.j2).
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    // Config files are never escaped; role fields that run in a shell quote every
+    // value (see `render_shell`).
+    env.set_auto_escape_callback(quote::auto_escape);
+    env.set_formatter(quote::formatter);
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
             .trim_blocks(true)
@@ -205,12 +191,21 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
             .build()
             .expect("default delimiters are valid"),
     );
-    env.add_filter("envquote", envquote);
+    env.add_filter("envquote", quote::envquote);
+    env.add_filter("haproxy_quote", quote::haproxy_quote);
     for (name, text) in &lib.templates {
         env.add_template_owned(name.clone(), text.clone())
             .expect("template syntax is checked by tests");
     }
     env
+}
+
+/// Render a role field that runs in a shell on the hosts (`prepare`, `validate`):
+/// every `{{ value }}` in it becomes one shell word, whatever the inventory put in it.
+fn render_shell(env: &Environment<'static>, source: &str, ctx: &Value) -> Result<String> {
+    let name = format!("role-field{}", quote::SHELL_SUFFIX);
+    env.render_named_str(&name, source, ctx)
+        .map_err(anyhow::Error::from)
 }
 
 /// Patroni's configuration file on a db host.
@@ -287,8 +282,20 @@ fn container_spec(
         spec,
         stop_timeout: def.stop_timeout,
         reload_signal: def.reload_signal.clone(),
-        prepare: def.prepare.as_ref().map(|p| r(p)).transpose()?,
+        prepare: def
+            .prepare
+            .as_ref()
+            .map(|p| render_shell(env, p, ctx))
+            .transpose()?,
     })
+}
+
+/// An address as the host part of `host:port` (IPv6 in brackets).
+fn listen_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
 }
 
 /// Patroni tags every member has unless pgha is working on it.
@@ -360,6 +367,10 @@ fn render(
             "patroni_api_password",
             inv.secrets.patroni_api_password.expose(),
         ),
+        (
+            "haproxy_stats_password",
+            inv.secrets.haproxy_stats_password.expose(),
+        ),
     ]
     .into_iter()
     .collect();
@@ -404,7 +415,13 @@ fn render(
             "tags": tags,
             "cluster": c,
             "secrets": secrets,
-            "host": { "name": host.name, "ip": host.ip.to_string() },
+            "host": {
+                "name": host.name,
+                "ip": host.ip.to_string(),
+                // The address in `listen` form (`host:port` needs brackets for IPv6).
+                "listen": listen_host(host.ip),
+            },
+            "haproxy_stats_user": crate::probe::haproxy::STATS_USER,
             "db_hosts": refs(&db),
             "etcd_hosts": refs(&etcd),
             "router_hosts": refs(&routers),
@@ -483,9 +500,10 @@ fn render(
                     validate: f
                         .validate
                         .as_ref()
-                        .map(|v| env.render_str(v, &ctx))
+                        .map(|v| render_shell(&env, v, &ctx))
                         .transpose()
                         .with_context(|| format!("role {}: validate of {}", role.name, f.dest))?,
+                    secrets: Box::new(f.secrets.clone()),
                 });
             }
             roles.push(DesiredRole {
@@ -508,11 +526,6 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envquote_escapes_quotes_and_backslashes() {
-        assert_eq!(envquote(r#"a"b\c"#.into()), r#""a\"b\\c""#);
-    }
 
     #[test]
     fn strict_undefined_rejects_typos() {
@@ -645,7 +658,7 @@ mod tests {
         assert!(
             hap.contains("bind *:5000")
                 && hap.contains("bind *:5001")
-                && hap.contains("bind *:8404")
+                && hap.contains("bind 10.9.0.21:8404\n")
         );
         // The read port serves only streaming replicas within the lag bound.
         assert!(hap.contains("uri /replica?lag=16777216"), "{hap}");
@@ -772,5 +785,194 @@ mod tests {
             .secrets
             .redact(&format!("x\n{}y", pki.hosts["db1"].key.expose()));
         assert_eq!(shown, "x\n<redacted private key>\ny");
+    }
+
+    /// The exporter's environment file carries a hostile password literally to both
+    /// of its readers: systemd (native) and the docker container's own `sh`.
+    #[test]
+    fn exporter_env_file_reads_the_same_under_both_methods() {
+        use crate::engine::quote::tests::{HOSTILE, sh_reads, systemd_reads};
+        let dir = tempfile::tempdir().unwrap();
+        let env_path = dir.path().join("exporter.env");
+        let lib = Library::builtin().unwrap();
+        for pw in HOSTILE {
+            let mut inv = sample();
+            inv.secrets.monitor_password = crate::inventory::Secret::new(pw);
+            let text = file(
+                &desired_state(&inv, &lib).unwrap(),
+                "db1",
+                "/etc/default/prometheus-postgres-exporter",
+            );
+            std::fs::write(&env_path, &text).unwrap();
+            assert_eq!(systemd_reads(&text)["DATA_SOURCE_PASS"], pw, "{text}");
+            assert_eq!(sh_reads(&env_path, "DATA_SOURCE_PASS"), pw, "{text}");
+            // The container reads it with the command its spec runs.
+            inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+            inv.cluster.docker_image = "pgha:test".into();
+            let d = desired_state(&inv, &lib).unwrap();
+            let spec = d
+                .iter()
+                .find(|h| h.host == "db1")
+                .and_then(|h| h.role("exporter"))
+                .and_then(|r| r.container.clone())
+                .unwrap();
+            let sh = spec.run_args.iter().position(|a| a == "sh").unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-c", &spec.run_args[sh + 2]])
+                .arg(&env_path)
+                .args(["printenv", "DATA_SOURCE_PASS"])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{pw}\n"));
+        }
+        assert!(!std::path::Path::new("/tmp/pgha-pwned").exists());
+    }
+
+    /// etcd's file holds only validated names, addresses and ports: both readers
+    /// see the same values.
+    #[test]
+    fn etcd_env_file_reads_the_same_in_systemd_and_sh() {
+        use crate::engine::quote::tests::{sh_reads, systemd_reads};
+        let text = file(
+            &desired_state(&sample(), &Library::builtin().unwrap()).unwrap(),
+            "db2",
+            "/etc/default/etcd",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.env");
+        std::fs::write(&path, &text).unwrap();
+        let vars = systemd_reads(&text);
+        assert!(vars.len() > 10, "{vars:?}");
+        for (k, v) in &vars {
+            assert_eq!(&sh_reads(&path, k), v, "{k}");
+        }
+    }
+
+    /// Role fields that run in a root shell (`prepare`, `validate`) carry inventory
+    /// values as single words, even values validation would refuse.
+    #[test]
+    fn shell_fields_quote_hostile_inventory_values() {
+        use crate::engine::quote::tests::sh_args;
+        let mut inv = sample();
+        inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+        let parent = "/srv/a b;$(touch /tmp/pgha-pwned)|`id`'x'";
+        inv.cluster.postgresql_data_dir = format!("{parent}/main");
+        let image = "img:1 $(touch /tmp/pgha-pwned);id";
+        inv.cluster.docker_image = image.into();
+        let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
+        let role = |h: &str, r: &str| {
+            d.iter()
+                .find(|x| x.host == h)
+                .and_then(|x| x.role(r))
+                .cloned()
+                .unwrap()
+        };
+        let prepare = role("db1", "patroni").container.unwrap().prepare.unwrap();
+        assert_eq!(
+            sh_args("install", &prepare),
+            [
+                "-d",
+                "-o",
+                "postgres",
+                "-g",
+                "postgres",
+                "-m",
+                "0755",
+                "/var/lib/postgresql",
+                parent
+            ]
+        );
+        let haproxy = role("router1", "haproxy");
+        let validate = haproxy.files[0].validate.clone().unwrap();
+        // As the upload script runs it: %s is the new file.
+        let script = format!("t=/tmp/new.cfg\n{}", validate.replace("%s", "\"$t\""));
+        let args = sh_args("docker", &script);
+        assert_eq!(
+            args[..6],
+            [
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "-v",
+                "/tmp/new.cfg:/tmp/pgha-haproxy.cfg:ro"
+            ]
+        );
+        assert_eq!(args[8], image, "{args:?}");
+        assert_eq!(
+            args[9..],
+            ["haproxy", "-c", "-q", "-f", "/tmp/pgha-haproxy.cfg"]
+        );
+        assert!(!std::path::Path::new("/tmp/pgha-pwned").exists());
+        // A plain inventory renders them as before (no needless quotes).
+        let plain = desired_state(
+            &{
+                let mut i = sample();
+                i.cluster.install_method = crate::inventory::InstallMethod::Docker;
+                i.cluster.docker_image = "pgha-stack:abc".into();
+                i
+            },
+            &Library::builtin().unwrap(),
+        )
+        .unwrap();
+        let v = plain
+            .iter()
+            .find(|x| x.host == "router1")
+            .and_then(|x| x.role("haproxy"))
+            .map(|r| r.files[0].validate.clone().unwrap())
+            .unwrap();
+        assert_eq!(
+            v,
+            "docker run --rm --network none -v %s:/tmp/pgha-haproxy.cfg:ro -v /etc/pgha/tls:/etc/pgha/tls:ro pgha-stack:abc haproxy -c -q -f /tmp/pgha-haproxy.cfg"
+        );
+    }
+
+    /// HAProxy's stats page is bound to the router's address and needs pgha's
+    /// password, carried literally whatever it holds; the exporters listen on their
+    /// host's address only, under both install methods.
+    #[test]
+    fn stats_page_and_exporters_are_not_open_to_every_address() {
+        use crate::engine::quote::tests::{HOSTILE, sh_args};
+        let lib = Library::builtin().unwrap();
+        for pw in HOSTILE {
+            let mut inv = sample();
+            inv.secrets.haproxy_stats_password = crate::inventory::Secret::new(pw);
+            let d = desired_state(&inv, &lib).unwrap();
+            let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+            let stats =
+                &hap[hap.find("listen stats").unwrap()..hap.find("listen primary").unwrap()];
+            assert!(stats.contains("    bind 10.9.0.21:8404\n"), "{stats}");
+            assert!(!hap.contains("bind *:8404"), "{hap}");
+            let auth = stats
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("stats auth "))
+                .expect("an auth line");
+            // HAProxy's strong quoting is sh's: one word, read literally.
+            assert_eq!(sh_args("w", &format!("w {auth}")), [format!("pgha:{pw}")]);
+        }
+        let exp = file(
+            &desired_state(&sample(), &lib).unwrap(),
+            "db2",
+            "/etc/default/prometheus-postgres-exporter",
+        );
+        assert!(
+            exp.contains("ARGS=\"--web.listen-address=10.9.0.12:9187\"\n"),
+            "{exp}"
+        );
+        let mut inv = sample();
+        inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+        inv.cluster.docker_image = "pgha:test".into();
+        let d = desired_state(&inv, &lib).unwrap();
+        let spec = d
+            .iter()
+            .find(|h| h.host == "db2")
+            .and_then(|h| h.role("exporter"))
+            .and_then(|r| r.container.clone())
+            .unwrap();
+        assert_eq!(
+            spec.run_args.last().unwrap(),
+            "--web.listen-address=10.9.0.12:9187"
+        );
+        assert_eq!(listen_host("fe80::1".parse().unwrap()), "[fe80::1]");
     }
 }

@@ -4,7 +4,9 @@
 pub mod apply;
 pub mod desired;
 pub mod facts;
+pub mod mask;
 pub mod plan;
+pub mod quote;
 pub mod roles;
 pub mod scram;
 pub mod upgrade;

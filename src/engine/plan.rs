@@ -507,6 +507,7 @@ mod host_tests {
             stage: Stage::Configure,
             notify,
             validate: None,
+            secrets: Default::default(),
         }
     }
 

@@ -42,12 +42,38 @@ pub struct FileDef {
     pub mode: String,
     pub stage: Stage,
     pub notify: Notify,
+    /// A shell command that checks the new file (`%s`) before it replaces the old one;
+    /// every `{{ value }}` in it is quoted as one shell word.
     #[serde(default)]
     pub validate: Option<String>,
     /// Only when this expression (minijinja, over the same variables as the
     /// templates) is true, e.g. `cluster.tls`.
     #[serde(default)]
     pub when: Option<String>,
+    /// Where the file holds secrets: masked on both sides of `deploy --check --diff`.
+    #[serde(default)]
+    pub secrets: SecretLines,
+}
+
+/// Which lines of a managed file hold a secret (roles/*.yml `secrets:`). Their
+/// values are masked on the host's side and pgha's before a diff, whatever they
+/// are: a password changed or tampered with on a host is no known secret, but it
+/// sits where one does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretLines {
+    /// YAML keys whose values are secrets, at any depth (`password`).
+    #[serde(default)]
+    pub yaml_keys: Vec<String>,
+    /// Environment file variables whose values are secrets (`DATA_SOURCE_PASS`).
+    #[serde(default)]
+    pub env_keys: Vec<String>,
+    /// Configuration directives whose arguments are secrets (`stats auth`).
+    #[serde(default)]
+    pub directives: Vec<String>,
+    /// The whole file is a secret (a private key).
+    #[serde(default)]
+    pub whole_file: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,7 +117,9 @@ pub struct ContainerDef {
     /// The signal that makes the component re-read its configuration (none: restart).
     #[serde(default)]
     pub reload_signal: Option<String>,
-    /// Shell run on the host before the container is created (directories).
+    /// Shell run on the host before the container is created (directories); every
+    /// `{{ value }}` in it is quoted as one shell word. The other strings are single
+    /// arguments of `docker run`, quoted whole.
     #[serde(default)]
     pub prepare: Option<String>,
 }

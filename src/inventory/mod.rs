@@ -103,6 +103,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         monitor_password: secret("monitor_password"),
         app_password: secret("app_password"),
         patroni_api_password: secret("patroni_api_password"),
+        haproxy_stats_password: secret("haproxy_stats_password"),
     };
     let mut inv = Inventory {
         path: path.to_path_buf(),

@@ -238,11 +238,13 @@ pub struct Secrets {
     pub app_password: Secret,
     /// Basic auth for Patroni's unsafe REST endpoints (restart, switchover, config).
     pub patroni_api_password: Secret,
+    /// Basic auth for HAProxy's stats page (user `pgha`), which pgha's probes read.
+    pub haproxy_stats_password: Secret,
 }
 
 impl Secrets {
     /// All secret values, for redaction of diffs and error text.
-    pub fn all(&self) -> [&Secret; 6] {
+    pub fn all(&self) -> [&Secret; 7] {
         [
             &self.superuser_password,
             &self.replication_password,
@@ -250,19 +252,95 @@ impl Secrets {
             &self.monitor_password,
             &self.app_password,
             &self.patroni_api_password,
+            &self.haproxy_stats_password,
         ]
     }
 
-    /// Replace every secret value occurring in `text` with `<redacted>`.
+    /// Replace every secret value occurring in `text` with `<redacted>`, in each form
+    /// it takes in files, commands and URLs (see `encodings`), and every private key.
+    /// Diffs are masked by structure first (engine::mask); this is the net under it,
+    /// and the only one for error text and logs.
     pub fn redact(&self, text: &str) -> String {
+        let mut forms: Vec<String> = self
+            .all()
+            .iter()
+            .filter(|s| !s.expose().is_empty())
+            .flat_map(|s| encodings(s.expose()))
+            .collect();
+        // Longest first: an encoding may contain another form of the same secret.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
         let mut out = text.to_string();
-        for s in self.all() {
-            if !s.expose().is_empty() {
-                out = out.replace(s.expose(), "<redacted>");
-            }
+        for f in forms {
+            out = out.replace(&f, "<redacted>");
         }
         redact_private_keys(&out)
     }
+}
+
+/// The forms a secret takes where pgha writes it: raw; JSON-escaped, plain and as
+/// minijinja's HTML-safe `tojson` (`<` `>` `&` `'` as \u00XX); YAML single-quoted
+/// (`''`); sh single-quoted (`'\''`, also HAProxy's); env-file double-quoted
+/// (backslash before `" \ $` and backtick); URL-encoded, in the variants encoders
+/// produce (see `URL_FORMS`).
+pub fn encodings(secret: &str) -> Vec<String> {
+    let quoted = serde_json::to_string(secret).unwrap_or_default();
+    let json = quoted
+        .strip_prefix('"')
+        .and_then(|j| j.strip_suffix('"'))
+        .unwrap_or(&quoted)
+        .to_string();
+    let html_safe = json
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\'', "\\u0027");
+    let mut env = String::new();
+    for c in secret.chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            env.push('\\');
+        }
+        env.push(c);
+    }
+    let mut forms = vec![
+        secret.to_string(),
+        json,
+        html_safe,
+        secret.replace('\'', "''"),
+        secret.replace('\'', r"'\''"),
+        env,
+    ];
+    for (raw, upper) in URL_FORMS {
+        let url = percent_encode(secret, raw, upper);
+        forms.push(url.replace("%20", "+"));
+        forms.push(url);
+    }
+    forms
+}
+
+/// URL encodings of a password: (characters left as they are besides letters,
+/// digits and `- . _ ~`, upper case hex). Everything encoded; Go's net/url
+/// userinfo (postgres_exporter builds its DSN with it); the WHATWG userinfo set
+/// (the `url` crate, browsers).
+const URL_FORMS: [(&str, bool); 4] = [
+    ("", true),
+    ("", false),
+    ("$&+,;=", true),
+    ("!$%&'()*+,", true),
+];
+
+fn percent_encode(s: &str, raw: &str, upper: bool) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || raw.as_bytes().contains(&b) {
+            out.push(b as char);
+        } else if upper {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Every PEM private key block replaced by `<redacted private key>`.
@@ -398,7 +476,10 @@ impl Inventory {
         let pending: Vec<&str> = self
             .secret_sources
             .iter()
-            .filter(|(_, s)| matches!(s, SecretSource::Pending { .. }))
+            .filter(|(k, s)| {
+                matches!(s, SecretSource::Pending { .. })
+                    && !super::secrets::ADDED_LATER.contains(&k.as_str())
+            })
             .map(|(k, _)| k.as_str())
             .collect();
         if pending.is_empty() {

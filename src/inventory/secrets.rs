@@ -15,14 +15,20 @@ use super::model::SecretSource;
 use super::{Ctx, expand_local_path};
 
 /// The passwords pgha manages, in the order of `Secrets`.
-pub const SECRET_NAMES: [&str; 6] = [
+pub const SECRET_NAMES: [&str; 7] = [
     "superuser_password",
     "replication_password",
     "rewind_password",
     "monitor_password",
     "app_password",
     "patroni_api_password",
+    "haproxy_stats_password",
 ];
+
+/// Secrets added after clusters were deployed without them: a secrets file may lack
+/// them until the next `deploy` adds them, and the commands that only use them
+/// (the stats page answers without a password until then) work meanwhile.
+pub const ADDED_LATER: [&str; 1] = ["haproxy_stats_password"];
 
 /// Length of generated passwords (alphanumeric: safe in every config format).
 pub const GENERATED_LEN: usize = 32;

@@ -344,7 +344,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         a.secrets.app_password.expose(),
         c.secrets.app_password.expose()
     );
-    // All six differ from each other.
+    // All seven differ from each other.
     let mut values: Vec<_> = a
         .secrets
         .all()
@@ -353,7 +353,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         .collect();
     values.sort();
     values.dedup();
-    assert_eq!(values.len(), 6);
+    assert_eq!(values.len(), 7);
     // Nothing else was created (no temp files): the inventory, the secrets file and
     // the certificates' directory (TLS is on by default).
     let mut names: Vec<String> = fs::read_dir(d.dir.path())
@@ -363,6 +363,69 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
     names.sort();
     assert_eq!(names.len(), 3, "{names:?}");
     assert!(names.iter().any(|n| n.ends_with(".pki")), "{names:?}");
+}
+
+/// A secrets file written before `haproxy_stats_password` existed: day-2 commands
+/// still run (the routers' stats page has no password until the next deploy), and a
+/// deploy adds it to the file, keeping the others and mode 0600.
+#[test]
+fn a_secrets_file_without_the_stats_password_gets_it_added() {
+    let d = Dir::new();
+    let p = d.write("inv.yml", BASE);
+    let old: String = SECRET_NAMES
+        .iter()
+        .filter(|n| **n != "haproxy_stats_password")
+        .map(|n| format!("{n}: old-{n}\n"))
+        .collect();
+    let store = d.write("inv.secrets.yml", &old);
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut day2 = load(&p, &LoadOptions::default()).unwrap();
+    day2.cluster.tls = false; // no certificates in this test
+    assert!(matches!(
+        day2.secret_sources["haproxy_stats_password"],
+        SecretSource::Pending { .. }
+    ));
+    assert_eq!(day2.require_secrets(), Ok(()));
+    assert_eq!(
+        fs::read_to_string(&store).unwrap(),
+        old,
+        "a day-2 load writes nothing"
+    );
+    let inv = load(
+        &p,
+        &LoadOptions {
+            write_secrets: true,
+        },
+    )
+    .unwrap();
+    let added = inv.secrets.haproxy_stats_password.expose().to_string();
+    assert_eq!(added.len(), 32);
+    let text = fs::read_to_string(&store).unwrap();
+    assert!(
+        text.contains(&format!("haproxy_stats_password: {added}")),
+        "added"
+    );
+    assert!(
+        text.contains("superuser_password: old-superuser_password"),
+        "kept"
+    );
+    assert_eq!(
+        inv.secrets.superuser_password.expose(),
+        "old-superuser_password"
+    );
+    assert_eq!(
+        fs::metadata(&store).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Any other secret missing still stops a day-2 command.
+    d.write("inv.secrets.yml", "superuser_password: x\n");
+    let mut partial = load(&p, &LoadOptions::default()).unwrap();
+    partial.cluster.tls = false;
+    let e = partial.require_secrets().unwrap_err();
+    assert!(
+        e.contains("replication_password") && !e.contains("haproxy_stats"),
+        "{e}"
+    );
 }
 
 #[test]

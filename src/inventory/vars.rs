@@ -48,8 +48,11 @@ pub(crate) enum Kind {
     InstallMethod,
     /// `push` or `registry`: how docker images reach the hosts.
     ImageSource,
-    /// Free text on one line (an image reference, a storage driver name).
+    /// Free text on one line (a storage driver name).
     Text,
+    /// A Docker image reference (`name[:tag][@digest]`): it reaches `docker`
+    /// command lines on the hosts.
+    Image,
     Cidrs,
     /// Registries as `host[:port]` (Docker's `insecure-registries`).
     Registries,
@@ -184,11 +187,11 @@ pub(crate) const KEYS: &[KeySpec] = &[
         },
     ),
     k("allow_router_on_db", C, Kind::Bool),
-    k("docker_image", C, Kind::Text),
-    k("docker_image_etcd", C, Kind::Text),
-    k("docker_image_postgres", C, Kind::Text),
-    k("docker_image_haproxy", C, Kind::Text),
-    k("docker_image_exporter", C, Kind::Text),
+    k("docker_image", C, Kind::Image),
+    k("docker_image_etcd", C, Kind::Image),
+    k("docker_image_postgres", C, Kind::Image),
+    k("docker_image_haproxy", C, Kind::Image),
+    k("docker_image_exporter", C, Kind::Image),
     k("docker_image_source", C, Kind::ImageSource),
     k("docker_storage_driver", C, Kind::Text),
     k("docker_insecure_registries", C, Kind::Registries),
@@ -205,12 +208,14 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("monitor_password", S, Kind::Secret),
     k("app_password", S, Kind::Secret),
     k("patroni_api_password", S, Kind::Secret),
+    k("haproxy_stats_password", S, Kind::Secret),
     k("superuser_password_file", SF, Kind::LocalPath),
     k("replication_password_file", SF, Kind::LocalPath),
     k("rewind_password_file", SF, Kind::LocalPath),
     k("monitor_password_file", SF, Kind::LocalPath),
     k("app_password_file", SF, Kind::LocalPath),
     k("patroni_api_password_file", SF, Kind::LocalPath),
+    k("haproxy_stats_password_file", SF, Kind::LocalPath),
 ];
 
 /// Ansible variables that are accepted without comment (they belong to Ansible itself).
@@ -488,6 +493,18 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
             }
             Ok(json!(s))
         }
+        Kind::Image => {
+            let s = string(v)?;
+            if is_image_ref(&s) {
+                Ok(json!(s))
+            } else {
+                Err(err(format!(
+                    "\"{s}\" is not an image reference: write name[:tag] or name@sha256:<digest>, \
+                     like registry.example:5000/pgha-stack:1.2 (letters, digits and `. _ - / : @`, \
+                     starting with a letter or digit)"
+                )))
+            }
+        }
         Kind::InstallMethod => {
             let s = string(v)?;
             match s.as_str() {
@@ -728,6 +745,35 @@ fn string(v: &Yaml) -> Result<String, Vec<ConvError>> {
 /// Convert every item of a list, collecting all items' errors, each located at its
 /// index.
 /// `host[:port]` as Docker names a registry: no scheme, path or spaces.
+/// A character a path on the hosts may hold: nothing a shell, a Docker mount
+/// (`src:dst:opts`) or a validation command (`%s`) gives a meaning to.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "/._-+".contains(c)
+}
+
+/// Docker's reference grammar, loosely: `[host[:port]/]path[:tag][@algo:hex]` out of
+/// letters, digits and `. _ - / : @`. A leading `-` would read as an option.
+fn is_image_ref(s: &str) -> bool {
+    let (name, digest) = match s.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (s, None),
+    };
+    let word = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c))
+    };
+    s.len() <= 512
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && word(name)
+        && !name.contains("//")
+        && digest.is_none_or(|d| {
+            d.split_once(':').is_some_and(|(algo, hex)| {
+                word(algo) && !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())
+            })
+        })
+}
+
 fn is_registry(s: &str) -> bool {
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') || h.starts_with('[') => (h, Some(p)),
@@ -891,12 +937,10 @@ fn data_dir(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err("is not an absolute path".into());
     }
-    if let Some(c) = path
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(*c)))
-    {
+    if let Some(c) = path.chars().find(|c| !is_path_char(*c)) {
         return Err(format!(
-            "contains {c:?} (use letters, digits and / . _ - + @ only)"
+            "contains {c:?} (use letters, digits and / . _ - + only: the path goes into \
+             commands run as root and into Docker's `-v src:dst` mounts)"
         ));
     }
     let parts: Vec<&str> = path[1..].split('/').collect();
@@ -1105,6 +1149,41 @@ mod tests {
         }
         let e = format!("{:?}", convert(Kind::DataDir, &y("/var")).unwrap_err());
         assert!(e.contains("wipes this directory"), "{e}");
+        for bad in [
+            "/var/lib/pg;rm",
+            "/var/lib/$(id)",
+            "/var/lib/`id`",
+            "/var/lib/a|b",
+            "/var/lib/a:b",
+            "/var/lib/'x'",
+            "/var/lib/%s",
+        ] {
+            let e = convert(Kind::DataDir, &y(&format!("\"{bad}\""))).unwrap_err();
+            assert!(e[0].1.contains("use letters, digits"), "{bad}: {e:?}");
+        }
+        assert!(convert(Kind::DataDir, &y("/srv/pg-17/data_1.x+y")).is_ok());
+        for good in [
+            "pgha-stack:0123abcd",
+            "10.9.0.21:5050/pgha/stack:v1.2-rc_1",
+            "registry.example/pgha@sha256:0123456789abcdef",
+        ] {
+            assert!(convert(Kind::Image, &y(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "pgha;id",
+            "pgha:$(id)",
+            "pgha`id`",
+            "pgha|cat",
+            "--privileged",
+            "a b",
+            "pgha@sha256:xyz",
+            "x//y",
+        ] {
+            assert!(
+                convert(Kind::Image, &y(&format!("\"{bad}\""))).is_err(),
+                "{bad}"
+            );
+        }
         assert!(convert(Kind::Secret, &y("12345")).is_err());
         assert!(convert(Kind::Secret, &y("!vault |\n  $ANSIBLE_VAULT;1.1")).is_err());
     }

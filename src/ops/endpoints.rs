@@ -1,6 +1,7 @@
 //! Addresses of the cluster's services, derived from the inventory.
 
 use crate::inventory::Inventory;
+use crate::probe::haproxy::StatsAccess;
 use crate::probe::patroni;
 
 /// Addresses of the cluster's services, derived from the inventory.
@@ -11,7 +12,8 @@ pub struct Endpoints {
     pub patroni: Vec<(String, String)>,
     pub db_names: Vec<String>,
     pub routers: Vec<(String, String)>,
-    pub stats_port: u16,
+    /// The routers' stats page (port and password).
+    pub stats: StatsAccess,
     pub exporters: Vec<(String, String)>,
 }
 
@@ -40,7 +42,7 @@ impl Endpoints {
                 .iter()
                 .map(|h| (h.name.clone(), h.ip.to_string()))
                 .collect(),
-            stats_port: c.haproxy_stats_port,
+            stats: StatsAccess::new(inv),
             exporters: inv
                 .db_hosts()
                 .iter()

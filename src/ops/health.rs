@@ -178,7 +178,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
             ctx.ep
                 .routers
                 .iter()
-                .map(|(_, ip)| haproxy::backends(ip, ctx.ep.stats_port))
+                .map(|(_, ip)| haproxy::backends(ip, &ctx.ep.stats))
         ),
         join_all(ctx.ep.exporters.iter().map(|(_, url)| pg_up(url))),
         async {

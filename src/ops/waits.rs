@@ -119,7 +119,7 @@ pub async fn wait_haproxy(
             want_replicas.join(",")
         );
         until(&what, timeout, || async {
-            let b = haproxy::backends(ip, ep.stats_port).await?;
+            let b = haproxy::backends(ip, &ep.stats).await?;
             let up = b.up("primary");
             let mut rup = b.up("replicas");
             rup.sort();
@@ -152,7 +152,7 @@ pub async fn wait_haproxy_server(
             if up { "UP" } else { "not UP" }
         );
         until(&what, timeout, || async {
-            let b = haproxy::backends(ip, ep.stats_port).await?;
+            let b = haproxy::backends(ip, &ep.stats).await?;
             if b.up(proxy).iter().any(|s| s == server) == up {
                 Ok(())
             } else {

@@ -398,14 +398,23 @@ pub async fn check_etcd(lab: &Lab) {
     );
 }
 
-/// HAProxy's servers on one proxy (`primary` or `replicas`) with their status.
-pub async fn haproxy_servers(lab: &Lab, proxy: &str) -> BTreeMap<String, String> {
-    let csv = reqwest::get(format!("http://{}:8404/;csv", lab.router()))
+/// HAProxy's stats CSV of the lab's router (the page wants pgha's password).
+pub async fn haproxy_csv(lab: &Lab) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}:8404/;csv", lab.router()))
+        .basic_auth("pgha", Some(lab.secret("haproxy_stats_password")))
+        .send()
         .await
+        .and_then(|r| r.error_for_status())
         .expect("haproxy stats")
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// HAProxy's servers on one proxy (`primary` or `replicas`) with their status.
+pub async fn haproxy_servers(lab: &Lab, proxy: &str) -> BTreeMap<String, String> {
+    let csv = haproxy_csv(lab).await;
     csv.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
