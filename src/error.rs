@@ -42,19 +42,3 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        // Keep typed categories that travelled through anyhow.
-        let e = match e.downcast::<Failure>() {
-            Ok(f) => return f,
-            Err(e) => e,
-        };
-        match e.downcast_ref::<crate::ssh::SshError>() {
-            // A failed command or lost host keeps its exit code (2 or 3), with the
-            // context anyhow added on the way up.
-            Some(ssh) => Failure::new(ssh.exit(), format!("{e:#}")),
-            None => Failure::error(format!("{e:#}")),
-        }
-    }
-}

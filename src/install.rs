@@ -5,12 +5,9 @@
 //! Docker's policy, recreated only when its image or run spec changes). Everything
 //! else (rendering, plans, rollout order, probes) is the same for both.
 
-use crate::engine::desired::{ContainerSpec, DesiredRole};
+use crate::engine::desired::{ContainerSpec, DesiredRole, SPEC_LABEL};
 use crate::inventory::{Cluster, InstallMethod};
 use crate::ssh::shell_quote;
-
-/// The label a container carries with the hash of the spec it was created from.
-pub const SPEC_LABEL: &str = "pgha.spec";
 
 fn unit(role: &DesiredRole) -> String {
     format!(

@@ -2,9 +2,9 @@
 
 pub mod cli;
 pub mod commands;
+pub mod docker;
 pub mod engine;
 pub mod error;
-pub mod images;
 pub mod install;
 pub mod inventory;
 pub mod lab;

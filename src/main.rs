@@ -5,9 +5,9 @@ use clap::Parser;
 use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
-use pgha::commands::{deploy, lock, rebuild, status, switchover, upgrade};
+use pgha::commands::{deploy, images, inventory, lock, rebuild, status, switchover, upgrade};
 use pgha::error::{Exit, Failure};
-use pgha::{inventory, lab};
+use pgha::lab;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -73,7 +73,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
-            Command::Images(_) => pgha::images::command().await,
+            Command::Images(_) => images::command().await,
             Command::Completions(args) => {
                 clap_complete::generate(
                     args.shell,

@@ -562,7 +562,7 @@ async fn status_names_a_killed_replica(lab: &Lab) {
 /// A holder as another controller would write it, for the lock tests: named like
 /// this machine, with a pid that runs nowhere here (the old code took such a lock
 /// over at once, though a live controller of the same name may hold it).
-fn other_holder(command: &str) -> pgha::ops::lock::Holder {
+fn other_holder(command: &str) -> pgha::ops::guard::Holder {
     let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -571,7 +571,7 @@ fn other_holder(command: &str) -> pgha::ops::lock::Holder {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    pgha::ops::lock::Holder {
+    pgha::ops::guard::Holder {
         user: "ci".into(),
         controller: here.clone(),
         command: command.into(),

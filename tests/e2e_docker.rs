@@ -150,7 +150,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     let inv = lab.inventory();
     let original = std::fs::read_to_string(&inv).unwrap();
     assert!(original.contains("install_method: docker"), "{original}");
-    let image = pgha::images::default_image();
+    let image = pgha::docker::stack::default_image();
 
     // 1. push with an image this machine lacks: refused before any change.
     set_vars(

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::cli::{DeployArgs, OutputFormat, SshArgs};
+use crate::commands::args::{DeployArgs, SshArgs};
+use crate::commands::ssh_options;
 use crate::commands::{finish, load_inventory};
 use crate::engine::desired::DesiredFile;
 use crate::engine::mask;
@@ -15,10 +16,10 @@ use crate::error::{Exit, Failure};
 use crate::inventory::Inventory;
 use crate::ops::converge::{Converge, Existing};
 use crate::ops::lock::ClusterLock;
-use crate::ops::run::ssh_options;
 use crate::ops::{Ctx, etcd as etcd_ops, verify};
 use crate::probe::etcd;
 use crate::ssh::{Cmd, SshOptions, shell_quote};
+use crate::ui::OutputFormat;
 use crate::ui::Ui;
 
 #[derive(Debug, Clone, Default)]

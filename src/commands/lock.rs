@@ -4,12 +4,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::cli::{LockArgs, OutputFormat};
+use crate::commands::args::LockArgs;
 use crate::commands::load_inventory;
+use crate::commands::ssh_options;
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
-use crate::ops::lock::{self, ETCD_TTL, HOST_TTL};
-use crate::ops::run::ssh_options;
+use crate::ops::guard::{ETCD_TTL, HOST_TTL};
+use crate::ops::lock;
+use crate::ui::OutputFormat;
 use crate::ui::Ui;
 
 pub async fn command(args: LockArgs, output: OutputFormat) -> Result<Exit, Failure> {

@@ -1,9 +1,11 @@
 //! The commands users run. Each is a short sequence of calls into the operations
 //! core (`crate::ops`): read it top to bottom to know what the command does.
 
+pub mod args;
 pub mod deploy;
+pub mod images;
+pub mod inventory;
 pub mod lock;
-pub mod preflight;
 pub mod rebuild;
 pub mod status;
 pub mod switchover;
@@ -13,9 +15,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::cli::InventoryArg;
+use crate::commands::args::InventoryArg;
 use crate::error::{Exit, Failure};
-use crate::inventory::{self, Inventory, LoadOptions};
+use crate::inventory::{Inventory, LoadOptions};
 use crate::ui::Ui;
 
 /// Where the inventory came from when the command line did not name it.
@@ -59,7 +61,10 @@ fn resolve_default(
 /// change the cluster).
 pub fn load_inventory(arg: &InventoryArg, write_secrets: bool) -> Result<Inventory, Failure> {
     let path = inventory_path(arg)?;
-    Ok(inventory::load(&path, &LoadOptions { write_secrets })?)
+    Ok(crate::inventory::load(
+        &path,
+        &LoadOptions { write_secrets },
+    )?)
 }
 
 /// End a command that changes hosts: secrets redacted from the error, the recap,
@@ -83,6 +88,24 @@ pub fn finish(
         );
     }
     result
+}
+
+/// SSH options: --known-hosts, else the inventory's pgha_known_hosts, else ~/.ssh/known_hosts.
+pub fn ssh_options(args: &args::SshArgs, inv: &Inventory) -> crate::ssh::SshOptions {
+    let known = args
+        .known_hosts
+        .clone()
+        .or_else(|| inv.known_hosts.clone())
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".ssh").join("known_hosts")
+        });
+    let mut o = crate::ssh::SshOptions::new(known);
+    o.accept_new_host_keys = args.accept_new_host_keys;
+    o.connect_timeout = std::time::Duration::from_secs(args.connect_timeout.max(1));
+    o
 }
 
 #[cfg(test)]

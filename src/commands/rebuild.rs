@@ -16,7 +16,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{OutputFormat, RebuildArgs};
+use crate::commands::args::RebuildArgs;
+use crate::commands::ssh_options;
 use crate::commands::{finish, inventory_path, load_inventory};
 use crate::engine::apply;
 use crate::engine::desired;
@@ -28,10 +29,11 @@ use crate::ops::endpoints::scheme;
 use crate::ops::etcd::{self as etcd_ops, MemberInfo};
 use crate::ops::gap::{self, Gap, GapProbe};
 use crate::ops::lock::ClusterLock;
-use crate::ops::run::{host_failed, ssh_options};
+use crate::ops::run::host_failed;
 use crate::ops::{Ctx, verify, waits};
 use crate::probe::{etcd, haproxy, patroni, sql};
 use crate::ssh::shell_quote;
+use crate::ui::OutputFormat;
 use crate::ui::Ui;
 
 pub async fn command(args: RebuildArgs, output: OutputFormat) -> Result<Exit, Failure> {
@@ -394,7 +396,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .filter(|e| **e != target_ep)
             .cloned()
             .collect();
-        let mut c = etcd_ops::client(&survivors)
+        let mut c = etcd::client(&survivors)
             .await
             .map_err(|e| refuse(format!("no other etcd member answers ({e})")))?;
         let members = etcd_ops::members(&mut c).await?;
@@ -709,7 +711,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .cloned()
             .collect();
         self.ctx.ensure_locked("etcd: replace the member").await?;
-        let mut client = etcd_ops::client(&survivors).await?;
+        let mut client = etcd::client(&survivors).await?;
         let id = match state {
             EtcdState::Done => None,
             EtcdState::Learner { id } => Some(*id),
@@ -822,7 +824,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .ensure_locked("remove stale Patroni members")
             .await?;
         let c = &self.inv().cluster;
-        let mut client = etcd_ops::client(&self.ctx.ep.etcd).await?;
+        let mut client = etcd::client(&self.ctx.ep.etcd).await?;
         for m in stale {
             let key = format!("/service/{}/members/{m}", c.cluster_name);
             client

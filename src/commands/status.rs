@@ -4,11 +4,12 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use crate::cli::{OutputFormat, StatusArgs};
+use crate::commands::args::StatusArgs;
 use crate::commands::load_inventory;
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::health::{self, Level, Snapshot};
+use crate::ui::OutputFormat;
 use crate::ui::Ui;
 
 pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Failure> {

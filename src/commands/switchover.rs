@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cli::{OutputFormat, SwitchoverArgs};
+use crate::commands::args::SwitchoverArgs;
 use crate::commands::load_inventory;
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::lock::ClusterLock;
 use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
+use crate::ui::OutputFormat;
 use crate::ui::Ui;
 
 pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit, Failure> {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{OutputFormat, UpgradeArgs};
+use crate::commands::args::UpgradeArgs;
+use crate::commands::ssh_options;
 use crate::commands::{finish, load_inventory};
 use crate::engine::apply;
 use crate::engine::desired::{self, HostDesired};
@@ -33,10 +34,11 @@ use crate::ops::images;
 use crate::ops::lock::ClusterLock;
 use crate::ops::marks;
 use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
-use crate::ops::run::{host_failed, ssh_options};
+use crate::ops::run::host_failed;
 use crate::ops::{Ctx, etcd as etcd_ops, verify, waits};
 use crate::probe::{patroni, sql};
 use crate::ssh::Cmd;
+use crate::ui::OutputFormat;
 use crate::ui::Ui;
 use crate::wait::until;
 
@@ -786,7 +788,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                 e.last
             ))
         })?;
-        let min = crate::commands::preflight::MIN_FREE_KIB;
+        let min = crate::engine::preflight::MIN_FREE_KIB;
         for h in plan.work.keys() {
             let out = self
                 .ctx

@@ -111,6 +111,9 @@ impl HostDesired {
 }
 
 /// Where etcd keeps this cluster's data (not Debian's `default` one-member dir).
+/// The label a container carries with the hash of the spec it was created from.
+pub const SPEC_LABEL: &str = "pgha.spec";
+
 pub fn etcd_data_dir(c: &Cluster) -> String {
     format!("/var/lib/etcd/{}", c.cluster_name)
 }
@@ -270,7 +273,7 @@ fn container_spec(
         .to_string();
     args.extend([
         "--label".into(),
-        format!("{}={spec}", crate::install::SPEC_LABEL),
+        format!("{}={spec}", SPEC_LABEL),
         image.clone(),
     ]);
     args.extend(command);

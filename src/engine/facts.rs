@@ -196,7 +196,7 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
         s.push_str(&format!(
             "c=$(docker inspect -f '{{{{and .State.Running (not .State.Restarting)}}}}\t{{{{index .Config.Labels \"{label}\"}}}}\t{{{{.Image}}}}\t{{{{.State.StartedAt}}}}' {name} 2>/dev/null) && \
              printf 'container\\t%s\\t%s\\n' {service} \"$c\"\n",
-            label = crate::install::SPEC_LABEL,
+            label = super::desired::SPEC_LABEL,
             name = shell_quote(name),
             service = shell_quote(service),
         ));

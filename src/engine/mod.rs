@@ -6,6 +6,7 @@ pub mod desired;
 pub mod facts;
 pub mod mask;
 pub mod plan;
+pub mod preflight;
 pub mod quote;
 pub mod roles;
 pub mod scram;

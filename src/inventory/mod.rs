@@ -9,7 +9,7 @@ mod error;
 pub(crate) mod locate;
 mod model;
 mod parse;
-mod print;
+pub mod print;
 mod resolve;
 mod secrets;
 mod vars;
@@ -20,8 +20,6 @@ pub use error::{Diagnostic, InventoryError};
 pub use model::*;
 pub use secrets::{SECRET_NAMES, secrets_path};
 
-use crate::cli::{InventoryArgs, OutputFormat};
-use crate::error::{Exit, Failure};
 use locate::Seg;
 
 /// How `load` treats secrets.
@@ -150,32 +148,6 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
     }
     inv.warnings = ctx.take_warnings();
     Ok(inv)
-}
-
-/// `pgha inventory -i FILE`: print the resolved inventory. Creates no files.
-pub fn command(args: &InventoryArgs, output: OutputFormat) -> Result<Exit, Failure> {
-    let path = crate::commands::inventory_path(&args.inventory)?;
-    match load(
-        &path,
-        &LoadOptions {
-            write_secrets: false,
-        },
-    ) {
-        Ok(inv) => {
-            let out = match output {
-                OutputFormat::Text => print::text(&inv),
-                OutputFormat::Json => print::json(&inv),
-            };
-            print!("{out}");
-            Ok(Exit::Ok)
-        }
-        Err(e) => {
-            if output == OutputFormat::Json {
-                println!("{}", print::json_error(&e));
-            }
-            Err(e.into())
-        }
-    }
 }
 
 /// Print the inventory's warnings to stderr (for commands that act on it).

@@ -443,7 +443,7 @@ impl Cluster {
         } else if !self.docker_image.is_empty() {
             self.docker_image.clone()
         } else {
-            crate::images::default_image()
+            crate::docker::stack::default_image()
         }
     }
 

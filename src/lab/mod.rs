@@ -7,10 +7,9 @@
 //! Docker is reached through the docker CLI (`docker`); naming, addressing and the
 //! files in the lab directory are pure functions (`layout`).
 
+pub mod args;
 pub mod clients;
-pub(crate) mod docker;
 mod files;
-mod image;
 pub mod layout;
 pub mod rehearsal;
 
@@ -19,17 +18,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
-use crate::cli::{LabArgs, LabCommand, LabHostArgs, LabName, LabUpArgs, OutputFormat};
+use crate::docker;
 use crate::error::{Exit, Failure};
+use crate::ui::OutputFormat;
 use crate::wait;
+use args::{LabArgs, LabCommand, LabHostArgs, LabName, LabUpArgs};
 use layout::{LABEL, LABEL_ADDRESS, LABEL_DIR, LABEL_HOST, Planned};
 
-pub use image::{ensure as ensure_image, image_tag, recipe_hash};
+pub use crate::docker::base::{ensure as ensure_image, image_tag, recipe_hash};
 
 /// What `up` creates.
 #[derive(Debug, Clone)]
@@ -108,7 +109,7 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo, Failure> {
     layout::validate_counts(spec.db, spec.routers).map_err(Failure::options)?;
     validate_user(&spec.user)?;
     docker::check_engine().await?;
-    let image = image::ensure().await?;
+    let image = docker::base::ensure().await?;
     let name = spec.name.as_str();
 
     files::ensure_dir(&spec.dir)?;
@@ -555,7 +556,7 @@ async fn replace_with(
         .unwrap_or_default()
         .to_string();
     if image.is_empty() || docker::inspect("image", &image).await?.is_none() {
-        image = image::ensure().await?;
+        image = docker::base::ensure().await?;
     }
     let planned = Planned {
         name: h.name.clone(),
@@ -732,26 +733,6 @@ async fn lab_network(name: &str) -> Result<NetState, Failure> {
     Ok(NetState::Ours { subnet, dir })
 }
 
-/// Prefixes in use on this machine: Docker networks' subnets and IPv4 routes.
-pub(crate) async fn taken_subnets() -> Result<Vec<(String, IpNet)>, Failure> {
-    let ids = docker::lines(&docker::run(&["network", "ls", "-q", "--no-trunc"]).await?);
-    let mut taken = Vec::new();
-    for v in docker::inspect_many("network", &ids).await? {
-        let net_name = v["Name"].as_str().unwrap_or("?").to_string();
-        for c in v["IPAM"]["Config"].as_array().into_iter().flatten() {
-            if let Some(Ok(s)) = c["Subnet"].as_str().map(str::parse::<IpNet>) {
-                taken.push((format!("Docker network {net_name}"), s));
-            }
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
-        for (iface, net) in layout::parse_proc_routes(&text) {
-            taken.push((format!("a route via {iface}"), net));
-        }
-    }
-    Ok(taken)
-}
-
 /// The lab network's subnet, creating the network when missing.
 async fn ensure_network(name: &str, dir_abs: &Path) -> Result<Ipv4Net, Failure> {
     let dir_s = dir_abs.to_string_lossy().into_owned();
@@ -779,8 +760,8 @@ async fn ensure_network(name: &str, dir_abs: &Path) -> Result<Ipv4Net, Failure> 
             }
             NetState::Missing => {}
         }
-        let taken = taken_subnets().await?;
-        let (subnet, note) = layout::choose_subnet(name, &taken).map_err(Failure::error)?;
+        let taken = docker::net::taken_subnets().await?;
+        let (subnet, note) = docker::net::choose_subnet(name, &taken).map_err(Failure::error)?;
         if let Some(n) = note {
             say(&format!("note: {n}"));
         }
@@ -1184,7 +1165,7 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
     };
     if spec.docker {
         // The images the hosts will run, built here (cached) before the hosts start.
-        crate::images::ensure().await?;
+        crate::docker::stack::ensure().await?;
     }
     let info = up(&spec).await?;
     let json = output == OutputFormat::Json;

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::commands::preflight::{limit_refusals, preflight};
 use crate::engine::apply;
 use crate::engine::desired::{self, HostDesired};
 use crate::engine::facts::{self, FactsRequest, HostFacts, SqlFacts, SqlFactsRequest};
 use crate::engine::plan::{self, Action, HostPlan, SqlChange};
+use crate::engine::preflight::{limit_refusals, preflight};
 use crate::engine::roles::{Library, Notify, Stage};
 use crate::error::Failure;
 use crate::install;
@@ -108,7 +108,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             users: if images.is_empty() {
                 Vec::new()
             } else {
-                crate::images::USERS
+                crate::docker::stack::USERS
                     .iter()
                     .map(|(n, _, _)| n.to_string())
                     .collect()
@@ -337,7 +337,7 @@ impl<'c, 'a> Converge<'c, 'a> {
                     let docker = self.desired[&h].role("docker").is_some();
                     if docker {
                         // The users the images run as own files written below.
-                        apply::run(&s, crate::images::user_script()).await?;
+                        apply::run(&s, crate::docker::stack::user_script()).await?;
                     }
                     let pre = p.pre_install_files();
                     apply::write_files(&s, &pre).await?;

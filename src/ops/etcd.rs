@@ -8,7 +8,7 @@ use etcd_client::Client;
 use super::run::Ctx;
 use super::waits;
 use crate::error::Failure;
-use crate::probe::{PROBE_TIMEOUT, etcd};
+use crate::probe::etcd;
 
 /// Bound for quorum with every member healthy after a member restart.
 pub const QUORUM: Duration = Duration::from_secs(90);
@@ -139,34 +139,6 @@ fn infos(members: &[etcd_client::Member]) -> Vec<MemberInfo> {
         .collect()
 }
 
-/// A client on the first of these endpoints that answers. (etcd-client balances
-/// requests over every endpoint it is given and fails a request sent to a dead
-/// one, so pgha gives it one endpoint known to be up.)
-pub async fn client(endpoints: &[String]) -> Result<Client, Failure> {
-    connect_any(endpoints).await.map_err(Failure::error)
-}
-
-/// `client`, with the error as text.
-pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
-    let mut last = "no etcd endpoints".to_string();
-    for e in endpoints {
-        let opts = etcd::options(e, Duration::from_secs(10));
-        let attempt = async {
-            let mut c = Client::connect([e.as_str()], Some(opts))
-                .await
-                .map_err(|err| format!("{e}: {err}"))?;
-            c.status().await.map_err(|err| format!("{e}: {err}"))?;
-            Ok::<_, String>(c)
-        };
-        match tokio::time::timeout(PROBE_TIMEOUT * 2, attempt).await {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(err)) => last = err,
-            Err(_) => last = format!("{e}: no answer"),
-        }
-    }
-    Err(format!("no etcd endpoint answers (last: {last})"))
-}
-
 pub async fn members(c: &mut Client) -> Result<Vec<MemberInfo>, Failure> {
     let r = c
         .member_list()
@@ -246,7 +218,7 @@ pub async fn promote(c: &mut Client, id: u64) -> Result<(), Failure> {
 pub async fn snapshot(endpoint: &str, path: &std::path::Path) -> Result<u64, Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut c = client(&[endpoint.to_string()]).await?;
+    let mut c = etcd::client(&[endpoint.to_string()]).await?;
     let mut stream = c
         .snapshot()
         .await

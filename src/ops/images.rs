@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
+use crate::docker;
 use crate::error::Failure;
 use crate::inventory::Cluster;
-use crate::lab::docker;
 use crate::ssh::{Cmd, Session, shell_quote};
 use crate::ui::Ui;
 

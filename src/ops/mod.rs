@@ -7,6 +7,7 @@ pub mod converge;
 pub mod endpoints;
 pub mod etcd;
 pub mod gap;
+pub mod guard;
 pub mod health;
 pub mod images;
 pub mod lock;

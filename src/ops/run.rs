@@ -4,38 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 
 use super::Endpoints;
-use super::lock::LockGuard;
-use crate::cli::SshArgs;
+use super::guard::LockGuard;
 use crate::engine::facts::{self, FactsRequest, HostFacts};
 use crate::error::{Exit, Failure};
 use crate::inventory::Inventory;
 use crate::ssh::{self, Cmd, Session, SshOptions};
 use crate::ui::Ui;
-
-/// SSH options: --known-hosts, else the inventory's pgha_known_hosts, else ~/.ssh/known_hosts.
-pub fn ssh_options(args: &SshArgs, inv: &Inventory) -> SshOptions {
-    let known = args
-        .known_hosts
-        .clone()
-        .or_else(|| inv.known_hosts.clone())
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".ssh").join("known_hosts")
-        });
-    let mut o = SshOptions::new(known);
-    o.accept_new_host_keys = args.accept_new_host_keys;
-    o.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
-    o
-}
 
 pub fn now_secs() -> f64 {
     SystemTime::now()

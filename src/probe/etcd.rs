@@ -209,6 +209,36 @@ pub async fn key_exists(endpoints: &[String], key: &str) -> Result<bool, String>
     Err(last)
 }
 
+/// A client on the first of these endpoints that answers. (etcd-client balances
+/// requests over every endpoint it is given and fails a request sent to a dead
+/// one, so pgha gives it one endpoint known to be up.)
+pub async fn client(endpoints: &[String]) -> Result<Client, crate::error::Failure> {
+    connect_any(endpoints)
+        .await
+        .map_err(crate::error::Failure::error)
+}
+
+/// `client`, with the error as text.
+pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
+    let mut last = "no etcd endpoints".to_string();
+    for e in endpoints {
+        let opts = options(e, std::time::Duration::from_secs(10));
+        let attempt = async {
+            let mut c = Client::connect([e.as_str()], Some(opts))
+                .await
+                .map_err(|err| format!("{e}: {err}"))?;
+            c.status().await.map_err(|err| format!("{e}: {err}"))?;
+            Ok::<_, String>(c)
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT * 2, attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(err)) => last = err,
+            Err(_) => last = format!("{e}: no answer"),
+        }
+    }
+    Err(format!("no etcd endpoint answers (last: {last})"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

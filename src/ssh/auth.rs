@@ -14,7 +14,7 @@ use russh::keys::agent::client::AgentClient;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
 use tokio::sync::Mutex;
 
-use super::session::Client;
+use super::client::Client;
 
 /// Why a key file could not be used directly.
 #[derive(Debug, Clone)]

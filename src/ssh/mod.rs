@@ -12,13 +12,18 @@
 //! ```
 
 mod auth;
+mod client;
+mod cmd;
+mod error;
 pub mod known_hosts;
 mod script;
 mod session;
 
+pub use cmd::{Cmd, Output, SshOptions, StdinProgress, Upload};
+pub use error::SshError;
 pub use known_hosts::{HostKeyPolicy, HostKeyStatus, KnownHosts};
 pub use script::DEFAULT_MAX_OUTPUT;
-pub use session::{Cmd, Output, Session, SshError, SshOptions, Upload};
+pub use session::Session;
 
 use crate::inventory::SshTarget;
 

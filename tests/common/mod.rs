@@ -64,7 +64,9 @@ impl Lab {
     /// A lab for install_method docker (TLS on, the default), pgha's image built
     /// first.
     pub async fn up_docker(name: &str) -> Lab {
-        pgha::images::ensure().await.expect("pgha images build");
+        pgha::docker::stack::ensure()
+            .await
+            .expect("pgha images build");
         Self::up_spec(name, "root", 3, true, true).await
     }
 

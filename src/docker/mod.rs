@@ -1,5 +1,14 @@
-//! The docker CLI, run through tokio::process: the lab's only edge to Docker.
-//! Every error names the command and carries docker's stderr.
+//! Docker on this machine: the docker CLI run through tokio::process (every error
+//! names the command and carries docker's stderr), the Debian 13 base image built
+//! with debootstrap (`base`), pgha's stack image for the docker install method
+//! (`stack`), and free subnets for bridge networks (`net`). Used by the product
+//! (images for `install_method: docker`) and by the lab alike.
+//!
+//! Layer 1 (an edge): imports only `error` and `wait`.
+
+pub mod base;
+pub mod net;
+pub mod stack;
 
 use std::process::Stdio;
 use std::time::Duration;

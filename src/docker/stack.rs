@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
+use crate::docker;
 use crate::error::Failure;
-use crate::lab::docker;
 
 pub const REPO: &str = "pgha-stack";
 const BUILD_PREFIX: &str = "pgha-stack-build-";
@@ -88,7 +88,7 @@ echo "pgha stack image: $(dpkg-query -W -f='${{Package}} ${{Version}}, ' {pkgs})
 pub fn recipe() -> String {
     format!(
         "base {}\nsetup:\n{}\nflatten: docker export | docker import\n",
-        crate::lab::image_tag(),
+        super::base::image_tag(),
         setup_script()
     )
 }
@@ -107,7 +107,7 @@ pub async fn ensure() -> Result<String, Failure> {
     if docker::inspect("image", &tag).await?.is_some() {
         return Ok(tag);
     }
-    let base = crate::lab::ensure_image().await?;
+    let base = super::base::ensure().await?;
     let t = Instant::now();
     eprintln!("building {tag} from {base} (Debian's packages of the stack; once, then cached)");
     let name = format!("{BUILD_PREFIX}{}", std::process::id());
@@ -195,20 +195,4 @@ async fn build(base: &str, name: &str, tag: &str) -> Result<(), Failure> {
         )));
     }
     Ok(())
-}
-
-/// `pgha images build`.
-pub async fn command() -> Result<crate::error::Exit, Failure> {
-    docker::check_engine().await?;
-    let tag = ensure().await?;
-    let id = docker::run(&["image", "inspect", "-f", "{{.Id}} {{.Size}}", &tag]).await?;
-    let mut f = id.split_whitespace();
-    println!(
-        "{tag} ({}, {} MB): the default image of every component (install_method: docker)",
-        f.next().unwrap_or(""),
-        f.next()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map_or(0, |b| b / 1_000_000)
-    );
-    Ok(crate::error::Exit::Ok)
 }

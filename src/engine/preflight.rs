@@ -58,7 +58,7 @@ pub fn preflight(
         // install_method docker: bind-mounted files keep their owners only when
         // the host's users have the image's ids.
         if d.role("docker").is_some() {
-            for (name, id, _) in crate::images::USERS {
+            for (name, id, _) in crate::docker::stack::USERS {
                 if let Some(have) = f.users.get(*name)
                     && have != id
                 {

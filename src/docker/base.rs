@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
-use super::docker;
-use super::layout;
-use super::say;
+use super::net;
+use crate::docker;
 use crate::error::Failure;
 use crate::wait;
 
@@ -33,7 +32,7 @@ const PREFETCH: &[&str] = &[
     "prometheus-postgres-exporter",
 ];
 /// Runs in the build container (see the script's header).
-const SETUP: &str = include_str!("image-setup.sh");
+const SETUP: &str = include_str!("base-setup.sh");
 /// Image settings applied by `docker commit` (Docker 20.10 accepts no STOPSIGNAL
 /// here; `docker run --stop-signal` sets systemd's instead).
 const CHANGES: &[&str] = &[r#"CMD ["/sbin/init"]"#, "ENV container=docker"];
@@ -345,8 +344,8 @@ async fn import(rootfs: &Path, base: &str) -> Result<(), Failure> {
 /// mirror), then commit it.
 async fn setup_and_commit(base: &str, name: &str, tag: &str, hash: &str) -> Result<(), Failure> {
     let t = Instant::now();
-    let taken = super::taken_subnets().await?;
-    let (subnet, _) = layout::choose_subnet(name, &taken).map_err(Failure::error)?;
+    let taken = net::taken_subnets().await?;
+    let (subnet, _) = net::choose_subnet(name, &taken).map_err(Failure::error)?;
     let subnet = subnet.to_string();
     docker::run(&[
         "network", "create", "--driver", "bridge", "--subnet", &subnet, name,
@@ -506,6 +505,11 @@ async fn remove_rootfs(dir: &Path) -> Result<(), String> {
         "left {} in place: something is still mounted inside it",
         dir.display()
     ))
+}
+
+/// Progress for people, on stderr.
+fn say(msg: &str) {
+    eprintln!("{msg}");
 }
 
 #[cfg(test)]
