@@ -337,6 +337,15 @@ impl Pki {
     pub fn ca_warning(&self) -> Option<String> {
         ca_warning(self.ca_info().ok()?.not_after, now())
     }
+
+    /// What pgha's clients need: the CA to verify servers, its own client identity.
+    pub fn tls(&self) -> crate::probe::tls::Tls {
+        crate::probe::tls::Tls {
+            ca_pem: self.ca_cert.clone(),
+            client_cert_pem: self.client.cert.clone(),
+            client_key_pem: self.client.key.expose().to_string(),
+        }
+    }
 }
 
 /// The names a host's certificate carries: its name, its address, localhost, and
@@ -589,12 +598,12 @@ mod tests {
             write_secrets: true,
         };
         let inv = crate::inventory::load(&path, &write).unwrap();
-        let first = inv.pki.clone().unwrap();
+        let first = load(&inv, true).unwrap();
         let (ca2, ca2_key) = new_ca(&inv.cluster.cluster_name).unwrap();
         assert_eq!(subject(&ca2), subject(&first.ca_cert));
         write_private(&first.dir.join("ca.key"), &ca2_key).unwrap();
         write_public(&first.dir.join("ca.crt"), &ca2).unwrap();
-        let second = crate::inventory::load(&path, &write).unwrap().pki.unwrap();
+        let second = load(&crate::inventory::load(&path, &write).unwrap(), true).unwrap();
         let reissued: BTreeSet<&str> = second.issued.iter().map(|(l, _)| l.as_str()).collect();
         assert_eq!(
             reissued,
@@ -611,7 +620,7 @@ mod tests {
         for ck in second.hosts.values().chain([&second.client]) {
             assert_eq!(signed_by(&ck.cert, &ca2).unwrap(), Some(true));
         }
-        let third = crate::inventory::load(&path, &write).unwrap().pki.unwrap();
+        let third = load(&crate::inventory::load(&path, &write).unwrap(), true).unwrap();
         assert!(third.issued.is_empty(), "kept: {:?}", third.issued);
     }
 

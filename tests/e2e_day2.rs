@@ -20,23 +20,22 @@ async fn day2_partitions() {
     let (code, _, _) = pgha(&["deploy", &lab.inventory()]);
     assert_eq!(code, 0, "deploy");
     healthy_cluster(&lab).await;
-    let pw = lab.secret("superuser_password");
-    let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
+    let c = pg(&lab.target(), 5000).await.expect("connect :5000");
     c.batch_execute("CREATE TABLE day2 (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
 
     status_matches_patroni(&lab).await;
-    switchover_to_a_named_replica(&lab, &pw).await;
+    switchover_to_a_named_replica(&lab).await;
     switchover_picks_the_sync_standby(&lab).await;
     refused_switchovers_change_nothing(&lab).await;
     concurrent_deploys_one_runs(&lab).await;
     locks_are_judged_by_lease_and_expiry(&lab).await;
     status_names_a_killed_replica(&lab).await;
     status_is_bounded_with_a_silent_replica(&lab).await;
-    leader_cut_from_its_peers_loses_nothing(&lab, &pw).await;
-    replica_partition_comes_back_streaming(&lab, &pw).await;
-    short_leader_partition_ends_well(&lab, &pw).await;
+    leader_cut_from_its_peers_loses_nothing(&lab).await;
+    replica_partition_comes_back_streaming(&lab).await;
+    short_leader_partition_ends_well(&lab).await;
 }
 
 /// The leader is cut off from its db peers (and so from etcd) while the router and
@@ -46,14 +45,14 @@ async fn day2_partitions() {
 /// every write acknowledged by anyone, the isolated leader included, is present
 /// afterwards; reads never reach it while it does not stream; after the heal it is
 /// rewound and streams from the new leader.
-async fn leader_cut_from_its_peers_loses_nothing(lab: &Lab, pw: &str) {
+async fn leader_cut_from_its_peers_loses_nothing(lab: &Lab) {
     let old = healthy_cluster(lab).await;
     let old_ip = lab.ip(&old);
     let old_tl = timeline_of(lab, &old).await;
-    let writer = writer_going(lab, pw, "day2", 1).await;
+    let writer = writer_going(lab, "day2", 1).await;
     let local = LocalWriter::start(lab, &old, "day2", 500_000);
     local.wait_acked(20).await;
-    let reader = Reader::start(&lab.router(), pw);
+    let reader = Reader::start(&lab.target());
 
     let survivors: Vec<String> = lab.db_hosts().into_iter().filter(|h| *h != old).collect();
     lab::partition_from(LAB, &old, &survivors)
@@ -184,7 +183,7 @@ fn check_reads(lab: &Lab, reads: &[Read], cut: Instant, member: &str, tl: u64, l
 
 /// A replica cut off and healed comes back streaming by itself, and the read port
 /// avoids it while it does not stream.
-async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
+async fn replica_partition_comes_back_streaming(lab: &Lab) {
     let leader = healthy_cluster(lab).await;
     let tl = timeline_of(lab, &leader).await;
     let (_, members) = patroni_cluster(lab).await.unwrap();
@@ -196,8 +195,8 @@ async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
         .unwrap()
         .name
         .clone();
-    let writer = writer_going(lab, pw, "day2", 100_000).await;
-    let reader = Reader::start(&lab.router(), pw);
+    let writer = writer_going(lab, "day2", 100_000).await;
+    let reader = Reader::start(&lab.target());
     lab::partition(LAB, &replica).await.expect("lab partition");
     let cut = Instant::now();
     // Cut off until the leader has moved on without it (its member key expired,
@@ -257,9 +256,9 @@ async fn replica_partition_comes_back_streaming(lab: &Lab, pw: &str) {
 
 /// A leader cut off for less than Patroni's retry_timeout keeps (or cleanly hands
 /// over) leadership: the cluster ends healthy and nothing acknowledged is lost.
-async fn short_leader_partition_ends_well(lab: &Lab, pw: &str) {
+async fn short_leader_partition_ends_well(lab: &Lab) {
     let leader = healthy_cluster(lab).await;
-    let writer = writer_going(lab, pw, "day2", 200_000).await;
+    let writer = writer_going(lab, "day2", 200_000).await;
     lab::partition(LAB, &leader).await.expect("lab partition");
     // The fault's length is the scenario (shorter than retry_timeout), not a wait
     // for some state: the outcome is checked on observed state below.
@@ -378,11 +377,11 @@ async fn status_matches_patroni(lab: &Lab) {
 /// `switchover --to` a replica while a writer runs: that host leads (read from
 /// Patroni), the old leader streams again, no acknowledged row is lost, and the
 /// measured gap is reported.
-async fn switchover_to_a_named_replica(lab: &Lab, pw: &str) {
+async fn switchover_to_a_named_replica(lab: &Lab) {
     let old = healthy_cluster(lab).await;
     // In synchronous mode only the sync standby can be promoted: name it.
     let target = sync_standby(lab).await;
-    let writer = writer_going(lab, pw, "day2", 300_000).await;
+    let writer = writer_going(lab, "day2", 300_000).await;
     let (code, out, _) = pgha(&[
         "switchover",
         &lab.inventory(),

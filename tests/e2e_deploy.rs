@@ -49,9 +49,8 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         "0",
         "no Debian-managed 17/main cluster next to Patroni's"
     );
-    let superpw = lab.secret("superuser_password");
     let router = lab.router();
-    let w = pg(&router, 5000, &superpw).await.expect("connect :5000");
+    let w = pg(&lab.target(), 5000).await.expect("connect :5000");
     w.batch_execute("CREATE TABLE e2e (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
@@ -149,7 +148,7 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         new_leader, leader,
         "the leader was restarted last, after a switchover"
     );
-    let w = pg(&router, 5000, &superpw)
+    let w = pg(&lab.target(), 5000)
         .await
         .expect("connect :5000 after rolling restart");
     let n: i64 = w
@@ -161,9 +160,9 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
 
     // 4. Hard kill of the leader while a writer runs: no acknowledged write is lost.
     let leader = new_leader;
-    let writer = writer_going(&lab, &superpw, "e2e", 1000).await;
+    let writer = writer_going(&lab, "e2e", 1000).await;
     // New connections through :5000 all along: none may hang in HAProxy.
-    let connector = Connector::start(&router, &superpw);
+    let connector = Connector::start(&lab.target());
     lab::kill(&lab.info.name, &leader).await.expect("lab kill");
     let survivors: Vec<&str> = ["db1", "db2", "db3"]
         .into_iter()
@@ -183,7 +182,7 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     .await;
     assert_ne!(promoted, leader);
     eventually("writes through :5000 to succeed again", 120, || async {
-        let c = pg(&router, 5000, &superpw).await?;
+        let c = pg(&lab.target(), 5000).await?;
         let insert = c.execute(
             "INSERT INTO e2e VALUES (999999, 'after failover') ON CONFLICT DO NOTHING",
             &[],

@@ -214,9 +214,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         .await;
         assert!(!metrics.is_empty());
     }
-    let pw = lab.secret("superuser_password");
-    let router = lab.router();
-    let c = pg(&router, 5000, &pw).await.expect("connect :5000");
+    let c = pg(&lab.target(), 5000).await.expect("connect :5000");
     c.batch_execute(
         "CREATE TABLE dk (id int PRIMARY KEY, note text); INSERT INTO dk VALUES (0, 'first')",
     )
@@ -360,7 +358,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         at_check.values().all(|(_, img, _)| *img == want),
         "--check changed nothing"
     );
-    let writer = writer_going(&lab, &pw, "dk", 1).await;
+    let writer = writer_going(&lab, "dk", 1).await;
     let (code, _, _) = pgha(&["upgrade", &inv]);
     assert_eq!(code, 0, "docker upgrade");
     acked(&writer, 20, Instant::now(), None).await;

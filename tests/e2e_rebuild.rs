@@ -73,8 +73,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     let (code, _, _) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy");
     let leader = healthy_cluster(&lab).await;
-    let pw = lab.secret("superuser_password");
-    let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
+    let c = pg(&lab.target(), 5000).await.expect("connect :5000");
     c.batch_execute("CREATE TABLE rb (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
@@ -139,7 +138,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     leader_and_streaming(&lab, &other).await;
 
     // The rebuild itself, with a writer running.
-    let writer = writer_going(&lab, &pw, "rb", 1).await;
+    let writer = writer_going(&lab, "rb", 1).await;
     let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 0, "rebuild {replica}");
     rebuilt_and_streaming(&lab, &replica).await;
@@ -160,7 +159,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     lab.refresh().await;
     let new_ip = lab.ip(&replica);
     assert_ne!(new_ip, old_ip, "a new address");
-    let writer = writer_going(&lab, &pw, "rb", 100_000).await;
+    let writer = writer_going(&lab, "rb", 100_000).await;
     let (code, _, _) = pgha(&["rebuild", &replica, &inv]);
     assert_eq!(code, 0, "rebuild {replica} at {new_ip}");
     rebuilt_and_streaming(&lab, &replica).await;
@@ -228,7 +227,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
         [leader],
         "the rebuilt router sends writes to the leader alone"
     );
-    let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
+    let c = pg(&lab.target(), 5000).await.expect("connect :5000");
     c.execute(
         "INSERT INTO rb VALUES (999999, 'via the rebuilt router')",
         &[],

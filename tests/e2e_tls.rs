@@ -48,9 +48,10 @@ async fn https_json(tls: &Tls, url: &str) -> Result<Value, String> {
 /// to retry.
 async fn served(lab: &Lab) -> Result<BTreeSet<String>, String> {
     let mut out = BTreeSet::new();
+    let tls = lab_tls(lab);
     for h in lab.db_hosts() {
         for port in [8008, 2379] {
-            let pem = pgha::probe::tls::served_certificate(&lab.ip(&h), port)
+            let pem = pgha::probe::tls::served_certificate(&tls, &lab.ip(&h), port)
                 .await
                 .map_err(|e| format!("{h}:{port}: {e}"))?;
             out.insert(pem);
@@ -79,8 +80,6 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
     };
     assert_eq!(mode("ca.key"), 0o600, "the CA key is private");
     assert_eq!(mode("host-db1.key"), 0o600, "host keys are private");
-    // Trust the lab's CA in this process (as pgha does when it loads the inventory).
-    pgha::inventory::load(&lab.info.inventory_path, &Default::default()).expect("inventory");
     let tls = lab_tls(&lab);
 
     // etcd over TLS with a client certificate: three members, one cluster id.
@@ -164,7 +163,7 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
     // PostgreSQL: verify-full through the router works; no TLS from the router's
     // network is refused.
     let pw = lab.secret("superuser_password");
-    let c = pg(&lab.router(), 5000, &pw)
+    let c = pg(&lab.target(), 5000)
         .await
         .expect("verify-full through :5000");
     let ssl: bool = c
@@ -228,7 +227,7 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
     })
     .await;
     let before_start = start_times_tls(&lab, &tls).await;
-    let writer = writer_going(&lab, &pw, "tl", 1).await;
+    let writer = writer_going(&lab, "tl", 1).await;
     let text = std::fs::read_to_string(&inv).unwrap();
     std::fs::write(
         &inv,

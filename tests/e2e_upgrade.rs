@@ -240,12 +240,11 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
 
     // 4. The upgrade, interrupted at exact steps with a writer running; each run
     // continues from what the hosts show (and pgha's record of what it set).
-    let pw = lab.secret("superuser_password");
-    let c = pg(&lab.router(), 5000, &pw).await.expect("connect :5000");
+    let c = pg(&lab.target(), 5000).await.expect("connect :5000");
     c.batch_execute("CREATE TABLE upg (id int PRIMARY KEY, note text)")
         .await
         .unwrap();
-    let writer = writer_going(&lab, &pw, "upg", 1).await;
+    let writer = writer_going(&lab, "upg", 1).await;
     let work_key = format!("/pgha/{}/work", lab.cluster_name());
     let upgrade = ["upgrade", inv.as_str(), "--lock-wait", "90"];
 

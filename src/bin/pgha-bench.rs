@@ -15,9 +15,9 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use pgha::lab::clients::{Ack, Connector, Writer, pg};
+use pgha::lab::clients::{Ack, Connector, Target, Writer, pg};
 use pgha::lab::{self, LabInfo, LabSpec, rehearsal};
-use pgha::probe::patroni;
+use pgha::probe::{Net, patroni};
 
 #[derive(Debug, Parser)]
 #[command(name = "pgha-bench", about = "pgha's benchmark beside its baselines")]
@@ -345,7 +345,7 @@ impl Bench {
         (wait_healthy(info).await, etcd_leader)
     }
 
-    async fn hard_kill(&mut self, info: &LabInfo, pw: &str, router: &str) {
+    async fn hard_kill(&mut self, info: &LabInfo, target: &Target) {
         let mut outages = Vec::new();
         let mut lost_total = 0;
         let mut hung_total = 0;
@@ -358,13 +358,13 @@ impl Bench {
                 i + 1,
                 self.args.runs
             ));
-            let writer = Writer::start(router, pw, "bench_kill", (i as i32 + 1) * 1_000_000);
-            let conn = Connector::start(router, pw);
+            let writer = Writer::start(target, "bench_kill", (i as i32 + 1) * 1_000_000);
+            let conn = Connector::start(target);
             tokio::time::sleep(Duration::from_secs(3)).await;
             let t = Instant::now();
             lab::kill(&info.name, &leader).await.expect("lab kill");
             let old_ip = ip(info, &leader);
-            let first = wait_ack_after(t, &old_ip, router, pw).await;
+            let first = wait_ack_after(t, &old_ip, target).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let acked = writer.stop().await;
             let attempts = conn.stop().await;
@@ -379,7 +379,7 @@ impl Bench {
                 .min()
                 .unwrap_or(first);
             outages.push(first_new.duration_since(t).as_secs_f64());
-            lost_total += lost(router, pw, "bench_kill", &acked).await;
+            lost_total += lost(target, "bench_kill", &acked).await;
             lab::start(&info.name, &leader).await.expect("lab start");
             wait_healthy(info).await;
         }
@@ -403,7 +403,7 @@ impl Bench {
         });
     }
 
-    async fn partition(&mut self, info: &LabInfo, pw: &str, router: &str) {
+    async fn partition(&mut self, info: &LabInfo, target: &Target) {
         let mut outages = Vec::new();
         let mut rejoin = Vec::new();
         let (mut lost_total, mut split_total, mut split_lost) = (0, 0, 0);
@@ -415,7 +415,7 @@ impl Bench {
                 self.args.runs
             ));
             let old_ip = ip(info, &leader);
-            let writer = Writer::start(router, pw, "bench_part", (i as i32 + 1) * 1_000_000);
+            let writer = Writer::start(target, "bench_part", (i as i32 + 1) * 1_000_000);
             tokio::time::sleep(Duration::from_secs(3)).await;
             let t = Instant::now();
             // Cut from its db peers (and so from etcd) only: the router and this
@@ -430,7 +430,7 @@ impl Bench {
                 .await
                 .expect("lab partition --from");
             let cut = Instant::now();
-            wait_ack_after(t, &old_ip, router, pw).await;
+            wait_ack_after(t, &old_ip, target).await;
             tokio::time::sleep(Duration::from_secs(45).saturating_sub(t.elapsed())).await;
             lab::heal(&info.name, &leader).await.expect("lab heal");
             let healed = Instant::now();
@@ -454,8 +454,8 @@ impl Bench {
                 .cloned()
                 .collect();
             split_total += split.len();
-            split_lost += lost(router, pw, "bench_part", &split).await;
-            lost_total += lost(router, pw, "bench_part", &acked).await;
+            split_lost += lost(target, "bench_part", &split).await;
+            lost_total += lost(target, "bench_part", &acked).await;
         }
         let m = median(&outages);
         self.push(Figure {
@@ -480,13 +480,13 @@ impl Bench {
         });
     }
 
-    async fn switchover(&mut self, info: &LabInfo, inv: &str, pw: &str, router: &str) {
+    async fn switchover(&mut self, info: &LabInfo, inv: &str, target: &Target) {
         let (mut client, mut reported) = (Vec::new(), Vec::new());
         let mut unmeasured: Vec<String> = Vec::new();
         let mut lost_total = 0;
         for i in 0..self.args.runs {
             wait_healthy(info).await;
-            let writer = Writer::start(router, pw, "bench_sw", (i as i32 + 1) * 1_000_000);
+            let writer = Writer::start(target, "bench_sw", (i as i32 + 1) * 1_000_000);
             tokio::time::sleep(Duration::from_secs(2)).await;
             let t = Instant::now();
             let (code, out, _, _) = self.pgha(&["switchover", inv, "--output", "json"]);
@@ -502,7 +502,7 @@ impl Bench {
                     unmeasured.push(e);
                 }
             }
-            lost_total += lost(router, pw, "bench_sw", &acked).await;
+            lost_total += lost(target, "bench_sw", &acked).await;
         }
         // A median of only the runs pgha measured would not compare with the
         // client's median of all of them.
@@ -551,7 +551,7 @@ impl Bench {
         let mut changes = 0;
         let mut last = before.clone();
         while t.elapsed() < Duration::from_secs(62) {
-            if let Ok(v) = patroni::cluster_any(&apis(info)).await
+            if let Ok(v) = patroni::cluster_any(&net(info), &apis(info)).await
                 && let Some(l) = v.leader()
                 && l.name != last
             {
@@ -639,12 +639,10 @@ impl Bench {
         std::fs::write(&inv, with(true)).unwrap();
         let (code, _, _, _) = self.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "pinned deploy");
-        trust(&info);
         std::fs::write(&inv, with(false)).unwrap();
-        let pw = secret(&info, "superuser_password");
-        let router = ip(&info, "router1");
-        create_table(&router, &pw, "bench_upg").await;
-        let writer = Writer::start(&router, &pw, "bench_upg", 1);
+        let target = target(&info);
+        create_table(&target, "bench_upg").await;
+        let writer = Writer::start(&target, "bench_upg", 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let t = Instant::now();
         let (code, out, _, secs) = self.pgha(&["upgrade", &inv, "--output", "json"]);
@@ -653,7 +651,7 @@ impl Bench {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let acked = writer.stop().await;
         let client = longest_gap(&acked, t, end);
-        let lost = lost(&router, &pw, "bench_upg", &acked).await;
+        let lost = lost(&target, "bench_upg", &acked).await;
         let doc = last_json(&out);
         let reported = reported_gap(&doc["upgrade"]["gap"]);
         if let Err(e) = &reported {
@@ -676,7 +674,7 @@ impl Bench {
         });
     }
 
-    async fn rebuild(&mut self, info: &LabInfo, inv: &str, pw: &str) {
+    async fn rebuild(&mut self, info: &LabInfo, inv: &str, target: &Target) {
         let leader = wait_healthy(info).await;
         let replica = info
             .hosts
@@ -686,8 +684,7 @@ impl Bench {
             .name
             .clone();
         // Some data, so the clone is not trivially small.
-        let router = ip(info, "router1");
-        if let Ok(c) = pg(&router, 5000, pw).await {
+        if let Ok(c) = pg(target, 5000).await {
             let _ = c
                 .batch_execute("CREATE TABLE IF NOT EXISTS bench_fill AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 500000) g")
                 .await;
@@ -783,9 +780,22 @@ fn results_doc(date: &str, runs: usize, took_secs: f64, figures: &[Figure]) -> V
     })
 }
 
-/// Trust the lab's cluster CA (after its first deploy created it).
-fn trust(info: &LabInfo) {
-    pgha::inventory::load(&info.inventory_path, &Default::default()).expect("lab inventory");
+/// How to reach the lab's cluster: its CA and pgha's client certificate (after
+/// its first deploy created them).
+fn net(info: &LabInfo) -> Net {
+    let inv =
+        pgha::inventory::load(&info.inventory_path, &Default::default()).expect("lab inventory");
+    let pki = pgha::pki::load(&inv, false).expect("the lab's certificates (deploy makes them)");
+    Net::new(Some(pki.tls()))
+}
+
+/// The clients' target: the router's ports as the superuser.
+fn target(info: &LabInfo) -> Target {
+    Target::new(
+        net(info),
+        &ip(info, "router1"),
+        &secret(info, "superuser_password"),
+    )
 }
 
 fn ip(info: &LabInfo, host: &str) -> String {
@@ -817,7 +827,7 @@ async fn wait_healthy(info: &LabInfo) -> String {
         .map(|h| h.name.clone())
         .collect();
     pgha::wait::until("a healthy cluster", Duration::from_secs(300), || async {
-        let v = patroni::cluster_any(&apis(info)).await?;
+        let v = patroni::cluster_any(&net(info), &apis(info)).await?;
         v.healthy(&names, 0)
     })
     .await
@@ -829,7 +839,7 @@ async fn wait_streaming(info: &LabInfo, host: &str) {
         &format!("{host} streaming"),
         Duration::from_secs(300),
         || async {
-            let v = patroni::cluster_any(&apis(info)).await?;
+            let v = patroni::cluster_any(&net(info), &apis(info)).await?;
             let tl = v.leader_timeline();
             match v.member(host) {
                 Some(m) if m.state == "streaming" && m.timeline == tl && m.lag == Some(0) => Ok(()),
@@ -843,12 +853,12 @@ async fn wait_streaming(info: &LabInfo, host: &str) {
 
 /// Wait until the write port reaches a primary other than `old_ip` (the writer keeps
 /// its own record of acknowledgements; this bounds the wait). `t` if it never does.
-async fn wait_ack_after(t: Instant, old_ip: &str, router: &str, pw: &str) -> Instant {
+async fn wait_ack_after(t: Instant, old_ip: &str, target: &Target) -> Instant {
     pgha::wait::until(
         "a write on the new leader",
         Duration::from_secs(120),
         || async {
-            let c = pg(router, 5000, pw).await?;
+            let c = pg(target, 5000).await?;
             let row = tokio::time::timeout(
                 Duration::from_secs(3),
                 c.query_one("SELECT host(inet_server_addr()), pg_is_in_recovery()", &[]),
@@ -868,8 +878,8 @@ async fn wait_ack_after(t: Instant, old_ip: &str, router: &str, pw: &str) -> Ins
     .unwrap_or(t)
 }
 
-async fn create_table(router: &str, pw: &str, table: &str) {
-    let c = pg(router, 5000, pw).await.expect("connect :5000");
+async fn create_table(target: &Target, table: &str) {
+    let c = pg(target, 5000).await.expect("connect :5000");
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {table} (id int PRIMARY KEY, note text)"
     ))
@@ -878,9 +888,9 @@ async fn create_table(router: &str, pw: &str, table: &str) {
 }
 
 /// Acknowledged ids missing from the table.
-async fn lost(router: &str, pw: &str, table: &str, acked: &[Ack]) -> usize {
+async fn lost(target: &Target, table: &str, acked: &[Ack]) -> usize {
     let rows = pgha::wait::until("a read of the rows", Duration::from_secs(60), || async {
-        let c = pg(router, 5000, pw).await?;
+        let c = pg(target, 5000).await?;
         c.query(&format!("SELECT id FROM {table}"), &[])
             .await
             .map_err(|e| e.to_string())
@@ -990,27 +1000,25 @@ async fn main() {
         let inv = info.inventory_path.display().to_string();
         let (code, _, _, _) = b.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "deploy pgha-b-main");
-        trust(&info);
-        let pw = secret(&info, "superuser_password");
-        let router = ip(&info, "router1");
+        let target = target(&info);
         for t in ["bench_kill", "bench_part", "bench_sw"] {
-            create_table(&router, &pw, t).await;
+            create_table(&target, t).await;
         }
         if b.wants("noop") {
             b.noop(&inv).await;
         }
         if b.wants("failover") {
-            b.hard_kill(&info, &pw, &router).await;
-            b.partition(&info, &pw, &router).await;
+            b.hard_kill(&info, &target).await;
+            b.partition(&info, &target).await;
         }
         if b.wants("switchover") {
-            b.switchover(&info, &inv, &pw, &router).await;
+            b.switchover(&info, &inv, &target).await;
         }
         if b.wants("load") {
             b.load(&info).await;
         }
         if b.wants("rebuild") {
-            b.rebuild(&info, &inv, &pw).await;
+            b.rebuild(&info, &inv, &target).await;
         }
         let _ = lab::down("pgha-b-main").await;
     }

@@ -2,13 +2,11 @@
 //! phases themselves live in `ops::converge`; this is their order, the lock, the
 //! `--check` report and the final words.
 
-use std::path::Path;
-
 use serde_json::json;
 
-use crate::commands::args::{DeployArgs, SshArgs};
+use crate::commands::args::DeployArgs;
 use crate::commands::ssh_options;
-use crate::commands::{finish, load_inventory};
+use crate::commands::{finish, load_inventory, load_pki};
 use crate::engine::desired::DesiredFile;
 use crate::engine::mask;
 use crate::engine::plan::{Action, FileReason};
@@ -33,6 +31,12 @@ pub struct DeployOptions {
 
 pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = load_inventory(&args.inventory, !args.check)?;
+    // --check writes nothing: without certificates yet, the plan says they are missing.
+    let pki = if args.check {
+        load_pki(&inv, false).unwrap_or(None)
+    } else {
+        load_pki(&inv, true)?
+    };
     let opts = DeployOptions {
         check: args.check,
         diff: args.diff,
@@ -40,45 +44,27 @@ pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Fai
         lock_wait: args.lock.duration(),
     };
     let ssh = ssh_options(&args.ssh, &inv);
-    deploy(&inv, &opts, ssh, &Ui::new(output)).await
+    deploy(&inv, pki, &opts, ssh, &Ui::new(output)).await
 }
 
-/// Deploy the cluster described by the inventory at `inventory` (used by `pgha lab up`).
-/// Host keys are verified against the inventory's `pgha_known_hosts` file.
-pub async fn run_for_lab(inventory: &Path, output: OutputFormat) -> Result<Exit, Failure> {
-    let inv = crate::inventory::load(
-        inventory,
-        &crate::inventory::LoadOptions {
-            write_secrets: true,
-        },
-    )?;
-    let ssh = ssh_options(
-        &SshArgs {
-            known_hosts: None,
-            accept_new_host_keys: false,
-            connect_timeout: 10,
-        },
-        &inv,
-    );
-    deploy(&inv, &DeployOptions::default(), ssh, &Ui::new(output)).await
-}
-
+/// Deploy the cluster the inventory describes (also what `pgha lab up` runs).
 pub async fn deploy(
     inv: &Inventory,
+    pki: Option<crate::pki::Pki>,
     opts: &DeployOptions,
     ssh: SshOptions,
     ui: &Ui,
 ) -> Result<Exit, Failure> {
-    let mut ctx = Ctx::new(inv, ui).with_limit(&opts.limit)?;
-    if let Some(w) = inv.pki.as_ref().and_then(|p| p.ca_warning()) {
+    if let Some(w) = pki.as_ref().and_then(|p| p.ca_warning()) {
         ui.warn(w);
     }
+    let mut ctx = Ctx::new(inv, pki, ui).with_limit(&opts.limit)?;
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
         let mut lock = if opts.check {
             None
         } else {
-            let etcd_up = etcd::probe(&ctx.ep.etcd).await.any_healthy();
+            let etcd_up = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await.any_healthy();
             Some(ClusterLock::acquire(&ctx, "pgha deploy", etcd_up, opts.lock_wait).await?)
         };
         let r = match Converge::load(&ctx).await {

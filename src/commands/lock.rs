@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::commands::args::LockArgs;
-use crate::commands::load_inventory;
 use crate::commands::ssh_options;
+use crate::commands::{load_inventory, load_pki};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::guard::{ETCD_TTL, HOST_TTL};
@@ -17,7 +17,12 @@ use crate::ui::Ui;
 pub async fn command(args: LockArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = load_inventory(&args.inventory, false)?;
     let ui = Ui::new(output);
-    let mut ctx = Ctx::new(&inv, &ui);
+    // Without certificates the etcd lock cannot be read, but the host lock can.
+    let pki = load_pki(&inv, false).unwrap_or_else(|f| {
+        ui.warn(f.message);
+        None
+    });
+    let mut ctx = Ctx::new(&inv, pki, &ui);
     // The host lock lives on the first db host; reading it needs SSH. Without SSH
     // (an unreachable host), the etcd lock is still shown.
     let first = ctx.db_hosts()[0].clone();

@@ -67,6 +67,28 @@ pub fn load_inventory(arg: &InventoryArg, write_secrets: bool) -> Result<Invento
     )?)
 }
 
+/// The cluster's certificates when it has TLS, loaded where a run starts: created
+/// or renewed when `write` (the commands that write secrets), else read as they
+/// are; a run without them cannot reach a TLS cluster, so it stops here.
+pub fn load_pki(inv: &Inventory, write: bool) -> Result<Option<crate::pki::Pki>, Failure> {
+    if !inv.cluster.tls {
+        return Ok(None);
+    }
+    let dir = crate::pki::pki_dir(&inv.path);
+    match crate::pki::load(inv, write) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if write => Err(Failure::new(
+            Exit::Inventory,
+            format!("{}: TLS certificates: {e:#}", dir.display()),
+        )),
+        Err(e) => Err(Failure::error(format!(
+            "no usable cluster certificates in {} ({e:#}); tls is on: `pgha deploy` creates \
+             them; is this the inventory the cluster was deployed with?",
+            dir.display()
+        ))),
+    }
+}
+
 /// End a command that changes hosts: secrets redacted from the error, the recap,
 /// and on failure a JSON document for programs (the message goes to stderr too).
 pub fn finish(

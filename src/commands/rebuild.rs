@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::commands::args::RebuildArgs;
 use crate::commands::ssh_options;
-use crate::commands::{finish, inventory_path, load_inventory};
+use crate::commands::{finish, inventory_path, load_inventory, load_pki};
 use crate::engine::apply;
 use crate::engine::desired;
 use crate::error::{Exit, Failure};
@@ -27,11 +27,11 @@ use crate::inventory::Inventory;
 use crate::ops::converge::Converge;
 use crate::ops::endpoints::scheme;
 use crate::ops::etcd::{self as etcd_ops, MemberInfo};
-use crate::ops::gap::{self, Gap, GapProbe};
+use crate::ops::gap::{self, Gap};
 use crate::ops::lock::ClusterLock;
 use crate::ops::run::host_failed;
 use crate::ops::{Ctx, verify, waits};
-use crate::probe::{etcd, haproxy, patroni, sql};
+use crate::probe::{etcd, haproxy, patroni};
 use crate::ssh::shell_quote;
 use crate::ui::OutputFormat;
 use crate::ui::Ui;
@@ -49,8 +49,9 @@ pub async fn command(args: RebuildArgs, output: OutputFormat) -> Result<Exit, Fa
         )));
     };
     inv.require_secrets().map_err(Failure::error)?;
+    let pki = load_pki(&inv, !args.check)?;
     let ui = Ui::new(output);
-    let mut ctx = Ctx::new(&inv, &ui);
+    let mut ctx = Ctx::new(&inv, pki, &ui);
     let ssh = ssh_options(&args.ssh, &inv);
     let snapshot_dir = inventory_path(&args.inventory)?
         .parent()
@@ -186,13 +187,15 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 return Err(f);
             }
         };
-        let probes: Vec<GapProbe> = self
-            .inv()
-            .router_hosts()
+        // The write port of every router but the one being rebuilt.
+        let ep = &self.ctx.ep;
+        let ports = ep
+            .routers
             .iter()
-            .filter(|r| r.name != self.target)
-            .map(|r| GapProbe::start(self.write_port(&r.ip.to_string())))
+            .filter(|(name, _)| *name != self.target)
+            .map(|(_, ip)| ep.router_port(ip, ep.write_port))
             .collect();
+        let probes = gap::start_all(&ep.net, ports);
         let result = self.apply(&a).await;
         let gap = gap::stop_all(probes).await;
         lock.release(self.ctx).await;
@@ -201,17 +204,6 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         report.took_secs = self.started.elapsed().as_secs_f64();
         self.print_report(&report);
         Ok(Exit::Ok)
-    }
-
-    fn write_port(&self, router_ip: &str) -> sql::Endpoint {
-        let c = &self.inv().cluster;
-        sql::Endpoint {
-            host: router_ip.to_string(),
-            port: c.haproxy_write_port,
-            user: c.superuser_name.clone(),
-            password: self.inv().secrets.superuser_password.expose().to_string(),
-            dbname: "postgres".into(),
-        }
     }
 
     /// Read-only: what the cluster looks like without the target, and the refusals.
@@ -251,12 +243,14 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 .filter(|(n, _)| n != t)
                 .map(|(_, api)| api.clone())
                 .collect();
-            let view = patroni::cluster_any(&survivors).await.map_err(|e| {
-                refuse(format!(
-                    "there is nothing to clone from: no other member's Patroni answers ({e}); \
+            let view = patroni::cluster_any(&self.ctx.ep.net, &survivors)
+                .await
+                .map_err(|e| {
+                    refuse(format!(
+                        "there is nothing to clone from: no other member's Patroni answers ({e}); \
                      bring the other members back first"
-                ))
-            })?;
+                    ))
+                })?;
             let leader = view.leader().map(|l| l.name.clone());
             if leader.as_deref() == Some(t.as_str()) {
                 return Err(refuse(format!(
@@ -273,7 +267,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             a.healthy_member = view
                 .member(t)
                 .is_some_and(|m| m.state == "streaming" && m.lag == Some(0))
-                && patroni::status(&self.ctx.api(t))
+                && patroni::status(&self.ctx.ep.net, &self.ctx.api(t))
                     .await
                     .is_ok_and(|s| s["state"] == "running");
             let db = self.ctx.db_hosts();
@@ -294,7 +288,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         }
         if kind == Kind::Router {
             let ip = self.address();
-            a.healthy_member = haproxy::backends(&ip, &self.ctx.ep.stats)
+            a.healthy_member = haproxy::backends(&self.ctx.ep.net, &ip, &self.ctx.ep.stats)
                 .await
                 .is_ok_and(|b| !b.up("primary").is_empty());
         }
@@ -354,7 +348,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .filter(|(n, _)| n != t)
             .map(|(_, api)| api.clone())
             .collect();
-        let view = patroni::cluster_any(&survivors)
+        let view = patroni::cluster_any(&self.ctx.ep.net, &survivors)
             .await
             .map_err(|e| refuse(format!("no other member's Patroni answers ({e})")))?;
         match view.leader() {
@@ -372,7 +366,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
                 )));
             }
         }
-        if let Ok(st) = patroni::status(&self.ctx.api(t)).await
+        if let Ok(st) = patroni::status(&self.ctx.ep.net, &self.ctx.api(t)).await
             && st["role"] == "primary"
         {
             return Err(refuse(format!("{t}'s Patroni says it is a primary")));
@@ -396,11 +390,11 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .filter(|e| **e != target_ep)
             .cloned()
             .collect();
-        let mut c = etcd::client(&survivors)
+        let mut c = etcd::client(&self.ctx.ep.net, &survivors)
             .await
             .map_err(|e| refuse(format!("no other etcd member answers ({e})")))?;
         let members = etcd_ops::members(&mut c).await?;
-        let report = etcd::probe(&self.ctx.ep.etcd).await;
+        let report = etcd::probe(&self.ctx.ep.net, &self.ctx.ep.etcd).await;
         let healthy_names: Vec<String> = report
             .endpoints
             .iter()
@@ -614,7 +608,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
 
     /// A snapshot of etcd's data from a healthy survivor, kept beside the inventory.
     async fn snapshot(&self) -> Result<PathBuf, Failure> {
-        let report = etcd::probe(&self.ctx.ep.etcd).await;
+        let report = etcd::probe(&self.ctx.ep.net, &self.ctx.ep.etcd).await;
         let survivor = report
             .endpoints
             .iter()
@@ -638,7 +632,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         let path = self
             .snapshot_dir
             .join(format!("{stem}.etcd-snapshot-{stamp}.db"));
-        let bytes = etcd_ops::snapshot(&survivor, &path).await?;
+        let bytes = etcd_ops::snapshot(&self.ctx.ep.net, &survivor, &path).await?;
         self.ctx.ui.host(
             "etcd",
             format!(
@@ -711,7 +705,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .cloned()
             .collect();
         self.ctx.ensure_locked("etcd: replace the member").await?;
-        let mut client = etcd::client(&survivors).await?;
+        let mut client = etcd::client(&self.ctx.ep.net, &survivors).await?;
         let id = match state {
             EtcdState::Done => None,
             EtcdState::Learner { id } => Some(*id),
@@ -824,7 +818,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             .ensure_locked("remove stale Patroni members")
             .await?;
         let c = &self.inv().cluster;
-        let mut client = etcd::client(&self.ctx.ep.etcd).await?;
+        let mut client = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd).await?;
         for m in stale {
             let key = format!("/service/{}/members/{m}", c.cluster_name);
             client

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use crate::commands::args::StatusArgs;
-use crate::commands::load_inventory;
+use crate::commands::{load_inventory, load_pki};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::health::{self, Level, Snapshot};
@@ -15,7 +15,8 @@ use crate::ui::Ui;
 pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = load_inventory(&args.inventory, false)?;
     let ui = Ui::new(output);
-    let ctx = Ctx::new(&inv, &ui);
+    let pki = load_pki(&inv, false)?;
+    let ctx = Ctx::new(&inv, pki, &ui);
     let Some(secs) = args.watch else {
         let s = health::snapshot(&ctx).await;
         print(&s, output);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::commands::args::SwitchoverArgs;
-use crate::commands::load_inventory;
+use crate::commands::{load_inventory, load_pki};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::lock::ClusterLock;
@@ -27,7 +27,8 @@ pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit,
     }
     inv.require_secrets().map_err(Failure::error)?;
     let ui = Ui::new(output);
-    let ctx = Ctx::new(&inv, &ui);
+    let pki = load_pki(&inv, false)?;
+    let ctx = Ctx::new(&inv, pki, &ui);
     let opts = SwitchoverOpts {
         to: args.to.clone(),
         max_lag: args

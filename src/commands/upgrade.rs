@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::commands::args::UpgradeArgs;
 use crate::commands::ssh_options;
-use crate::commands::{finish, load_inventory};
+use crate::commands::{finish, load_inventory, load_pki};
 use crate::engine::apply;
 use crate::engine::desired::{self, HostDesired};
 use crate::engine::facts;
@@ -28,7 +28,7 @@ use crate::engine::upgrade::{
 use crate::error::{Exit, Failure};
 use crate::install;
 use crate::inventory::InstallMethod;
-use crate::ops::gap::{self, Gap, GapProbe};
+use crate::ops::gap::{self, Gap};
 use crate::ops::health::{self, Level};
 use crate::ops::images;
 use crate::ops::lock::ClusterLock;
@@ -36,7 +36,7 @@ use crate::ops::marks;
 use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
 use crate::ops::run::host_failed;
 use crate::ops::{Ctx, etcd as etcd_ops, verify, waits};
-use crate::probe::{patroni, sql};
+use crate::probe::patroni;
 use crate::ssh::Cmd;
 use crate::ui::OutputFormat;
 use crate::ui::Ui;
@@ -50,7 +50,8 @@ pub async fn command(args: UpgradeArgs, output: OutputFormat) -> Result<Exit, Fa
     let inv = load_inventory(&args.inventory, false)?;
     inv.require_secrets().map_err(Failure::error)?;
     let ui = Ui::new(output);
-    let mut ctx = Ctx::new(&inv, &ui);
+    let pki = load_pki(&inv, false)?;
+    let mut ctx = Ctx::new(&inv, pki, &ui);
     let ssh = ssh_options(&args.ssh, &inv);
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
@@ -105,11 +106,18 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             BTreeMap::new()
         };
         let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-        let desired = desired::desired_state_with(ctx.inv, &lib, &desired::Inputs { image_ids })
-            .map_err(|e| Failure::error(format!("{e:#}")))?
-            .into_iter()
-            .map(|d| (d.host.clone(), d))
-            .collect();
+        let desired = desired::desired_state_with(
+            ctx.inv,
+            &lib,
+            &desired::Inputs {
+                image_ids,
+                pki: ctx.pki.clone(),
+            },
+        )
+        .map_err(|e| Failure::error(format!("{e:#}")))?
+        .into_iter()
+        .map(|d| (d.host.clone(), d))
+        .collect();
         Ok(Upgrade {
             ctx,
             check,
@@ -256,7 +264,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                     .map_err(|e| host_failed(format!("{h}: reading package versions: {e}")))?;
                 let text = out.stdout_str();
                 let status = match api {
-                    Some(a) => patroni::status(&a).await.ok(),
+                    Some(a) => patroni::status(&self.ctx.ep.net, &a).await.ok(),
                     None => None,
                 };
                 Ok::<_, Failure>((h, text, status))
@@ -303,7 +311,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
 
     /// Who leads Patroni and etcd now.
     async fn roles(&self) -> Result<Roles, Failure> {
-        let view = patroni::cluster_any(&self.ctx.ep.patroni_apis())
+        let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
             .await
             .map_err(|e| Failure::error(format!("reading Patroni's cluster view: {e}")))?;
         Ok(Roles {
@@ -389,7 +397,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
         let mut tagged = Vec::new();
         let mut paused = false;
         for h in self.ctx.db_hosts() {
-            if let Ok(st) = patroni::status(&self.ctx.api(&h)).await {
+            if let Ok(st) = patroni::status(&self.ctx.ep.net, &self.ctx.api(&h)).await {
                 if actions::work_tags().keys().any(|t| st["tags"][t] == true) {
                     tagged.push(h.clone());
                 }
@@ -530,13 +538,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             } => r?,
             _ = &mut interrupted => return Err(stopped()),
         };
-        let probes: Vec<GapProbe> = self
-            .ctx
-            .inv
-            .router_hosts()
-            .iter()
-            .map(|r| GapProbe::start(self.write_port(&r.ip.to_string())))
-            .collect();
+        let probes = gap::start_all(&self.ctx.ep.net, self.ctx.ep.write_ports());
         let mut switchovers = Vec::new();
         let steps = tokio::select! {
             r = self.steps(&plan, &mut switchovers) => r,
@@ -588,17 +590,6 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             gap,
             took_secs: self.started.elapsed().as_secs_f64(),
         })
-    }
-
-    fn write_port(&self, router_ip: &str) -> sql::Endpoint {
-        let c = &self.ctx.inv.cluster;
-        sql::Endpoint {
-            host: router_ip.to_string(),
-            port: c.haproxy_write_port,
-            user: c.superuser_name.clone(),
-            password: self.ctx.inv.secrets.superuser_password.expose().to_string(),
-            dbname: "postgres".into(),
-        }
     }
 
     /// pgha's leftovers (and, with --force, what someone else set) cleared; records
@@ -949,7 +940,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             let want_patroni = self.target_upstream(w, Component::Patroni);
             let api = self.ctx.api(h);
             until(&format!("{h} to run the new versions"), MEMBER, || async {
-                let st = patroni::status(&api).await?;
+                let st = patroni::status(&self.ctx.ep.net, &api).await?;
                 let pg = st["server_version"]
                     .as_u64()
                     .map(|n| format!("{}.{}", n / 10000, n % 10000));
@@ -1004,7 +995,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
                 &format!("Patroni on {h} to answer on its new version"),
                 MEMBER,
                 || async {
-                    let st = patroni::status(&api).await?;
+                    let st = patroni::status(&self.ctx.ep.net, &api).await?;
                     let v = st["patroni"]["version"].as_str().map(str::to_string);
                     if want.as_ref().is_none_or(|w| v.as_ref() == Some(w)) {
                         Ok(())
@@ -1070,7 +1061,7 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             },
         )
         .await?;
-        let view = patroni::cluster_any(&self.ctx.ep.patroni_apis())
+        let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?;
         let leader = view.leader().map(|l| l.name.clone()).unwrap_or_default();

@@ -20,6 +20,7 @@ use tokio::process::Command;
 
 use crate::docker;
 use crate::error::Failure;
+use crate::inventory::Cluster;
 
 pub const REPO: &str = "pgha-stack";
 const BUILD_PREFIX: &str = "pgha-stack-build-";
@@ -195,4 +196,35 @@ async fn build(base: &str, name: &str, tag: &str) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// The image of a component (etcd, postgres, haproxy, exporter) under the docker
+/// method: its own `docker_image_<component>`, else `docker_image`, else pgha's
+/// stack image built here.
+pub fn image(c: &Cluster, component: &str) -> String {
+    let own = match component {
+        "etcd" => &c.docker_image_etcd,
+        "postgres" => &c.docker_image_postgres,
+        "haproxy" => &c.docker_image_haproxy,
+        "exporter" => &c.docker_image_exporter,
+        _ => &c.docker_image,
+    };
+    if !own.is_empty() {
+        own.clone()
+    } else if !c.docker_image.is_empty() {
+        c.docker_image.clone()
+    } else {
+        default_image()
+    }
+}
+
+/// Every distinct image the cluster's containers use.
+pub fn images(c: &Cluster) -> Vec<String> {
+    let mut v: Vec<String> = ["etcd", "postgres", "haproxy", "exporter"]
+        .iter()
+        .map(|k| image(c, k))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
 }

@@ -60,10 +60,12 @@ pub struct ContainerSpec {
 }
 
 /// What desired state needs from outside the inventory: the ids of the images the
-/// containers use (push: this machine's; a new id under the same tag re-creates).
+/// containers use (push: this machine's; a new id under the same tag re-creates),
+/// and the cluster's certificates when it has TLS.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     pub image_ids: BTreeMap<String, String>,
+    pub pki: Option<crate::pki::Pki>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +229,7 @@ fn container_spec(
     inputs: &Inputs,
 ) -> Result<ContainerSpec> {
     let r = |s: &str| env.render_str(s, ctx).map_err(anyhow::Error::from);
-    let image = c.image(&def.image);
+    let image = crate::docker::stack::image(c, &def.image);
     let mut args: Vec<String> = vec![
         "run".into(),
         "-d".into(),
@@ -327,11 +329,12 @@ pub fn desired_state_with(
 pub fn patroni_config_file(
     inv: &Inventory,
     lib: &Library,
+    inputs: &Inputs,
     host: &str,
     tags: &BTreeMap<String, bool>,
 ) -> Result<DesiredFile> {
     let overrides = BTreeMap::from([(host.to_string(), tags.clone())]);
-    render(inv, lib, &overrides, &Inputs::default())?
+    render(inv, lib, &overrides, inputs)?
         .into_iter()
         .find(|d| d.host == host)
         .and_then(|d| {
@@ -388,7 +391,7 @@ fn render(
         if let Some(o) = tag_overrides.get(&host.name) {
             tags.extend(o.clone());
         }
-        let tls = match (&inv.pki, c.tls) {
+        let tls = match (&inputs.pki, c.tls) {
             (Some(p), true) => json!({
                 "ca": p.ca_cert,
                 "cert": p.hosts.get(&host.name).map(|k| k.cert.clone()).unwrap_or_default(),
@@ -406,7 +409,7 @@ fn render(
             .unwrap_or_else(|| "/var/lib/postgresql".into());
         let images: BTreeMap<&str, String> = ["etcd", "postgres", "haproxy", "exporter"]
             .into_iter()
-            .map(|k| (k, c.image(k)))
+            .map(|k| (k, crate::docker::stack::image(c, k)))
             .collect();
         let ctx = ctx_value(json!({
             "images": images,
@@ -702,11 +705,12 @@ mod tests {
             },
         )
         .unwrap();
-        let pki = inv
-            .pki
-            .clone()
-            .expect("certificates created with the secrets");
-        let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
+        let pki = crate::pki::load(&inv, true).expect("certificates created");
+        let inputs = Inputs {
+            pki: Some(pki.clone()),
+            ..Default::default()
+        };
+        let d = desired_state_with(&inv, &Library::builtin().unwrap(), &inputs).unwrap();
         let etcd = file(&d, "db1", "/etc/default/etcd");
         assert!(
             etcd.contains(
@@ -780,7 +784,7 @@ mod tests {
             },
         )
         .unwrap();
-        let p2 = again.pki.unwrap();
+        let p2 = crate::pki::load(&again, true).unwrap();
         assert!(p2.issued.is_empty(), "{:?}", p2.issued);
         assert_eq!(p2.hosts["db2"].cert, pki.hosts["db2"].cert);
         // A private key never appears in redacted text.

@@ -353,7 +353,7 @@ mod tests {
     /// encoding, nor any private key; the value-based net alone catches pgha's.
     #[test]
     fn every_secret_the_roles_render_is_masked_on_both_sides() {
-        use crate::engine::desired::desired_state;
+        use crate::engine::desired::{Inputs, desired_state_with};
         use crate::engine::roles::Library;
         use crate::inventory::InstallMethod;
         let lib = Library::builtin().unwrap();
@@ -365,9 +365,13 @@ mod tests {
                 inv.cluster.install_method = method;
                 inv.cluster.docker_image = "pgha:test".into();
             }
+            let inputs = |inv| Inputs {
+                pki: Some(crate::pki::load(inv, true).unwrap()),
+                ..Default::default()
+            };
             let (have, want) = (
-                desired_state(&old, &lib).unwrap(),
-                desired_state(&new, &lib).unwrap(),
+                desired_state_with(&old, &lib, &inputs(&old)).unwrap(),
+                desired_state_with(&new, &lib, &inputs(&new)).unwrap(),
             );
             for (h, w) in have.iter().zip(&want) {
                 for (hf, wf) in h.files().zip(w.files()) {

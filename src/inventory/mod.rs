@@ -117,35 +117,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
             .collect(),
         known_hosts: r.known_hosts,
         warnings: Vec::new(),
-        pki: None,
     };
-    if inv.cluster.tls {
-        // Certificates live beside the secrets: created or renewed only by the
-        // commands that write secrets; others use what is there.
-        match crate::pki::load(&inv, opts.write_secrets) {
-            Ok(p) => {
-                crate::probe::tls::register(
-                    inv.hosts.iter().map(|h| h.ip.to_string()),
-                    crate::probe::tls::Tls {
-                        ca_pem: p.ca_cert.clone(),
-                        client_cert_pem: p.client.cert.clone(),
-                        client_key_pem: p.client.key.expose().to_string(),
-                    },
-                );
-                inv.pki = Some(p);
-            }
-            Err(e) if opts.write_secrets => {
-                ctx.push(Diagnostic::new(
-                    &crate::pki::pki_dir(path),
-                    None,
-                    None,
-                    format!("TLS certificates: {e:#}"),
-                ));
-                return Err(ctx.into_error());
-            }
-            Err(_) => {}
-        }
-    }
     inv.warnings = ctx.take_warnings();
     Ok(inv)
 }

@@ -422,42 +422,12 @@ pub struct Inventory {
     /// (relative to the inventory's directory). None: the SSH default.
     pub known_hosts: Option<PathBuf>,
     pub warnings: Vec<Warning>,
-    /// The cluster's certificates (with `tls`), loaded beside the secrets; created
-    /// or renewed by the commands that write secrets (deploy).
-    #[serde(skip)]
-    pub pki: Option<crate::pki::Pki>,
 }
 
-impl Cluster {
-    /// The image of a component (etcd, postgres, haproxy, exporter).
-    pub fn image(&self, component: &str) -> String {
-        let own = match component {
-            "etcd" => &self.docker_image_etcd,
-            "postgres" => &self.docker_image_postgres,
-            "haproxy" => &self.docker_image_haproxy,
-            "exporter" => &self.docker_image_exporter,
-            _ => &self.docker_image,
-        };
-        if !own.is_empty() {
-            own.clone()
-        } else if !self.docker_image.is_empty() {
-            self.docker_image.clone()
-        } else {
-            crate::docker::stack::default_image()
-        }
-    }
-
-    /// Every distinct image the cluster's containers use.
-    pub fn images(&self) -> Vec<String> {
-        let mut v: Vec<String> = ["etcd", "postgres", "haproxy", "exporter"]
-            .iter()
-            .map(|c| self.image(c))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-}
+/// Secrets added after clusters were deployed without them: a secrets file may lack
+/// them until the next `deploy` adds them, and the commands that only use them
+/// (the stats page answers without a password until then) work meanwhile.
+pub const ADDED_LATER: [&str; 1] = ["haproxy_stats_password"];
 
 impl Inventory {
     pub fn host(&self, name: &str) -> Option<&Host> {
@@ -466,19 +436,11 @@ impl Inventory {
     /// Refuse when a secret the cluster was deployed with is not known: a day-2
     /// command must use the passwords the deploy generated, not new random ones.
     pub fn require_secrets(&self) -> Result<(), String> {
-        if self.cluster.tls && self.pki.is_none() {
-            return Err(format!(
-                "no cluster certificates in {} (tls is on: `pgha deploy` creates them; is this \
-                 the inventory the cluster was deployed with?)",
-                crate::pki::pki_dir(&self.path).display()
-            ));
-        }
         let pending: Vec<&str> = self
             .secret_sources
             .iter()
             .filter(|(k, s)| {
-                matches!(s, SecretSource::Pending { .. })
-                    && !super::secrets::ADDED_LATER.contains(&k.as_str())
+                matches!(s, SecretSource::Pending { .. }) && !ADDED_LATER.contains(&k.as_str())
             })
             .map(|(k, _)| k.as_str())
             .collect();
@@ -486,7 +448,8 @@ impl Inventory {
             Ok(())
         } else {
             Err(format!(
-                "{} not set and not in {}: this command needs the passwords `pgha deploy` generated                  (is this the inventory the cluster was deployed with?)",
+                "{} not set and not in {}: this command needs the passwords `pgha deploy` generated \
+                 (is this the inventory the cluster was deployed with?)",
                 pending.join(", "),
                 self.secrets_path.display()
             ))

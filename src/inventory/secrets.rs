@@ -25,11 +25,6 @@ pub const SECRET_NAMES: [&str; 7] = [
     "haproxy_stats_password",
 ];
 
-/// Secrets added after clusters were deployed without them: a secrets file may lack
-/// them until the next `deploy` adds them, and the commands that only use them
-/// (the stats page answers without a password until then) work meanwhile.
-pub const ADDED_LATER: [&str; 1] = ["haproxy_stats_password"];
-
 /// Length of generated passwords (alphanumeric: safe in every config format).
 pub const GENERATED_LEN: usize = 32;
 

@@ -8,24 +8,43 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::probe::sql;
+use crate::probe::{Net, sql};
 use crate::wait::{WaitError, until};
 use tokio::task::JoinHandle;
 
-/// A superuser connection with the whole handshake bounded (HAProxy accepts at once,
-/// and a session bound for a dead server could otherwise hang).
-pub async fn pg(host: &str, port: u16, password: &str) -> Result<tokio_postgres::Client, String> {
-    sql::connect_bounded(&superuser(host, port, password), Duration::from_secs(5)).await
+/// Where the clients connect: a host (the router), as the superuser, and how (the
+/// cluster's TLS material when it has TLS).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub net: Net,
+    pub host: String,
+    pub password: String,
 }
 
-fn superuser(host: &str, port: u16, password: &str) -> sql::Endpoint {
-    sql::Endpoint {
-        host: host.to_string(),
-        port,
-        user: "postgres".into(),
-        password: password.to_string(),
-        dbname: "postgres".into(),
+impl Target {
+    pub fn new(net: Net, host: &str, password: &str) -> Target {
+        Target {
+            net,
+            host: host.to_string(),
+            password: password.to_string(),
+        }
     }
+
+    fn superuser(&self, port: u16) -> sql::Endpoint {
+        sql::Endpoint {
+            host: self.host.clone(),
+            port,
+            user: "postgres".into(),
+            password: self.password.clone(),
+            dbname: "postgres".into(),
+        }
+    }
+}
+
+/// A superuser connection with the whole handshake bounded (HAProxy accepts at once,
+/// and a session bound for a dead server could otherwise hang).
+pub async fn pg(t: &Target, port: u16) -> Result<tokio_postgres::Client, String> {
+    sql::connect_bounded(&t.net, &t.superuser(port), Duration::from_secs(5)).await
 }
 
 /// An acknowledged insert: its id, the server that acknowledged it, and when.
@@ -50,10 +69,9 @@ pub struct Writer {
 
 impl Writer {
     /// `table` must exist with columns (id int primary key, note text).
-    pub fn start(router: &str, password: &str, table: &str, first_id: i32) -> Writer {
+    pub fn start(t: &Target, table: &str, first_id: i32) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
-        let (router, password, table) =
-            (router.to_string(), password.to_string(), table.to_string());
+        let (t, table) = (t.clone(), table.to_string());
         let stop2 = stop.clone();
         let acked = Arc::new(Mutex::new(Vec::new()));
         let acked2 = acked.clone();
@@ -65,7 +83,7 @@ impl Writer {
             );
             while !stop2.load(Ordering::SeqCst) {
                 if client.is_none() {
-                    client = pg(&router, 5000, &password).await.ok();
+                    client = pg(&t, 5000).await.ok();
                 }
                 if let Some(c) = &client {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
@@ -157,15 +175,15 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn start(router: &str, password: &str) -> Reader {
+    pub fn start(t: &Target) -> Reader {
         let stop = Arc::new(AtomicBool::new(false));
-        let (router, password) = (router.to_string(), password.to_string());
+        let t = t.clone();
         let stop2 = stop.clone();
         let reads = Arc::new(Mutex::new(Vec::new()));
         let reads2 = reads.clone();
         let task = tokio::spawn(async move {
             while !stop2.load(Ordering::SeqCst) {
-                if let Ok(c) = pg(&router, 5001, &password).await {
+                if let Ok(c) = pg(&t, 5001).await {
                     let q = c.query_one(
                         "SELECT host(inet_server_addr()), pg_is_in_recovery(), \
                          coalesce((SELECT status FROM pg_stat_wal_receiver), ''), \
@@ -230,20 +248,21 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn start(router: &str, password: &str) -> Connector {
+    pub fn start(t: &Target) -> Connector {
         let stop = Arc::new(AtomicBool::new(false));
-        let (router, password) = (router.to_string(), password.to_string());
+        let t = t.clone();
         let stop2 = stop.clone();
         let task = tokio::spawn(async move {
             let mut attempts = Vec::new();
             while !stop2.load(Ordering::SeqCst) {
-                let (router, password) = (router.clone(), password.clone());
+                let t = t.clone();
                 attempts.push(tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let ep = superuser(&router, 5000, &password);
+                    let ep = t.superuser(5000);
                     let attempt = async {
                         // Unbounded here: the test bounds how long each may take.
-                        let c = sql::connect_bounded(&ep, Duration::from_secs(3600)).await?;
+                        let c =
+                            sql::connect_bounded(&t.net, &ep, Duration::from_secs(3600)).await?;
                         c.simple_query("SELECT 1")
                             .await
                             .map_err(|e| e.to_string())?;

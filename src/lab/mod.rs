@@ -1183,7 +1183,7 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
     say(&format!(
         "deploying the cluster onto lab {name} (pgha deploy -i {inv})"
     ));
-    let exit = crate::commands::deploy::run_for_lab(&info.inventory_path, output).await?;
+    let exit = deploy_lab(&info.inventory_path, output).await?;
     if exit != Exit::Ok {
         return Ok(exit);
     }
@@ -1193,6 +1193,29 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
         "lab {name}: `pgha lab status --name {name}` lists its hosts, `pgha lab down --name {name}` removes it"
     ));
     Ok(Exit::Ok)
+}
+
+/// `pgha deploy` of a lab's inventory, as the command runs it: secrets and
+/// certificates written beside it, host keys verified against its known_hosts.
+async fn deploy_lab(inventory: &Path, output: OutputFormat) -> Result<Exit, Failure> {
+    use crate::commands::{args::SshArgs, deploy, load_pki, ssh_options};
+    let inv = crate::inventory::load(
+        inventory,
+        &crate::inventory::LoadOptions {
+            write_secrets: true,
+        },
+    )?;
+    let pki = load_pki(&inv, true)?;
+    let ssh = ssh_options(
+        &SshArgs {
+            known_hosts: None,
+            accept_new_host_keys: false,
+            connect_timeout: 10,
+        },
+        &inv,
+    );
+    let opts = deploy::DeployOptions::default();
+    deploy::deploy(&inv, pki, &opts, ssh, &crate::ui::Ui::new(output)).await
 }
 
 #[cfg(test)]

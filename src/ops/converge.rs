@@ -62,7 +62,10 @@ impl<'c, 'a> Converge<'c, 'a> {
             BTreeMap::new()
         };
         let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-        let inputs = desired::Inputs { image_ids };
+        let inputs = desired::Inputs {
+            image_ids,
+            pki: ctx.pki.clone(),
+        };
         let desired = desired::desired_state_with(ctx.inv, &lib, &inputs)
             .map_err(|e| Failure::error(format!("{e:#}")))?
             .into_iter()
@@ -226,6 +229,7 @@ impl<'c, 'a> Converge<'c, 'a> {
         }
         let patroni_initialized = !etcd_new
             && etcd::key_exists(
+                &self.ctx.ep.net,
                 &self.ctx.ep.etcd,
                 &format!("/service/{}/initialize", c.cluster_name),
             )
@@ -291,7 +295,7 @@ impl<'c, 'a> Converge<'c, 'a> {
     pub async fn dcs_patch(&self) -> Option<serde_json::Value> {
         let want = desired::dcs_config(&self.inv.cluster);
         for api in self.ctx.ep.patroni_apis() {
-            if let Ok(have) = patroni::config(&api).await {
+            if let Ok(have) = patroni::config(&self.ctx.ep.net, &api).await {
                 return plan::plan_dcs(&want, &have);
             }
         }
@@ -603,7 +607,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             actions::patch_config(self.ctx, leader, p).await?;
             phase.done("applied");
         }
-        let view = patroni::cluster_any(&self.ctx.ep.patroni_apis())
+        let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?;
         let pending: Vec<String> = view

@@ -1,12 +1,15 @@
-//! Addresses of the cluster's services, derived from the inventory.
+//! Addresses of the cluster's services, derived from the inventory, and how to
+//! reach them (`net`: the cluster's TLS material when it has TLS).
 
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, Secret};
 use crate::probe::haproxy::StatsAccess;
-use crate::probe::patroni;
+use crate::probe::{Net, patroni, sql};
 
 /// Addresses of the cluster's services, derived from the inventory.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
+    /// How every probe reaches them (TLS verified against the cluster CA).
+    pub net: Net,
     pub etcd: Vec<String>,
     /// (host name, REST base URL) of every db host.
     pub patroni: Vec<(String, String)>,
@@ -15,12 +18,22 @@ pub struct Endpoints {
     /// The routers' stats page (port and password).
     pub stats: StatsAccess,
     pub exporters: Vec<(String, String)>,
+    /// The routers' write and read ports, and the superuser pgha checks them as.
+    pub write_port: u16,
+    pub read_port: u16,
+    superuser: String,
+    superuser_password: Secret,
 }
 
 impl Endpoints {
-    pub fn new(inv: &Inventory) -> Endpoints {
+    pub fn new(inv: &Inventory, net: Net) -> Endpoints {
         let c = &inv.cluster;
         Endpoints {
+            net,
+            write_port: c.haproxy_write_port,
+            read_port: c.haproxy_read_port,
+            superuser: c.superuser_name.clone(),
+            superuser_password: inv.secrets.superuser_password.clone(),
             etcd: inv
                 .etcd_hosts()
                 .iter()
@@ -58,6 +71,25 @@ impl Endpoints {
 
     pub fn patroni_apis(&self) -> Vec<String> {
         self.patroni.iter().map(|(_, a)| a.clone()).collect()
+    }
+
+    /// The superuser's endpoint on a router's port (`write_port` or `read_port`).
+    pub fn router_port(&self, router_ip: &str, port: u16) -> sql::Endpoint {
+        sql::Endpoint {
+            host: router_ip.to_string(),
+            port,
+            user: self.superuser.clone(),
+            password: self.superuser_password.expose().to_string(),
+            dbname: "postgres".into(),
+        }
+    }
+
+    /// Every router's write port, as the superuser (the write-gap probes use them).
+    pub fn write_ports(&self) -> Vec<sql::Endpoint> {
+        self.routers
+            .iter()
+            .map(|(_, ip)| self.router_port(ip, self.write_port))
+            .collect()
     }
 
     pub fn api_of(&self, host: &str) -> Option<&str> {

@@ -22,7 +22,7 @@ pub async fn leader(ctx: &Ctx<'_>) -> Result<String, Failure> {
 /// Hand etcd leadership to `to` (by member name) so that restarting the current
 /// leader costs no election while Patroni talks to etcd. Asked of the leader itself.
 pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Failure> {
-    let report = etcd::probe(&ctx.ep.etcd).await;
+    let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
     let find = |name: &str| {
         report.endpoints.iter().find_map(|e| {
             e.health
@@ -38,7 +38,7 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
         find(to).ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
     ctx.ensure_locked(&format!("etcd: move leadership {from} -> {to}"))
         .await?;
-    let opts = etcd::options(&from_ep, Duration::from_secs(10));
+    let opts = ctx.ep.net.etcd_options(&from_ep, Duration::from_secs(10));
     let mut c = Client::connect([from_ep.as_str()], Some(opts))
         .await
         .map_err(|e| Failure::error(format!("etcd {from}: {e}")))?;
@@ -46,7 +46,9 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
         .await
         .map_err(|e| Failure::error(format!("etcd: move leadership {from} -> {to}: {e}")))?;
     crate::wait::until(&format!("etcd member {to} to lead"), QUORUM, || async {
-        let q = etcd::probe(&ctx.ep.etcd).await.quorum(ctx.ep.etcd.len())?;
+        let q = etcd::probe(&ctx.ep.net, &ctx.ep.etcd)
+            .await
+            .quorum(ctx.ep.etcd.len())?;
         if q.leader == to {
             Ok(())
         } else {
@@ -81,7 +83,7 @@ pub async fn keep_apart(ctx: &Ctx<'_>) {
 }
 
 async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
-    let view = crate::probe::patroni::cluster_any(&ctx.ep.patroni_apis())
+    let view = crate::probe::patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
         .await
         .map_err(Failure::error)?;
     let Some(patroni_leader) = view.leader().map(|l| l.name.clone()) else {
@@ -90,7 +92,7 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
     if !ctx.etcd_hosts().contains(&patroni_leader) {
         return Ok(());
     }
-    let report = etcd::probe(&ctx.ep.etcd).await;
+    let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
     let q = report.quorum(ctx.ep.etcd.len()).map_err(Failure::error)?;
     let healthy: Vec<String> = report
         .endpoints
@@ -215,10 +217,14 @@ pub async fn promote(c: &mut Client, id: u64) -> Result<(), Failure> {
 }
 
 /// Save a snapshot of the etcd data to `path` (mode 0600) from one endpoint.
-pub async fn snapshot(endpoint: &str, path: &std::path::Path) -> Result<u64, Failure> {
+pub async fn snapshot(
+    net: &crate::probe::Net,
+    endpoint: &str,
+    path: &std::path::Path,
+) -> Result<u64, Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut c = etcd::client(&[endpoint.to_string()]).await?;
+    let mut c = etcd::client(net, &[endpoint.to_string()]).await?;
     let mut stream = c
         .snapshot()
         .await

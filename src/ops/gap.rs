@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::probe::sql;
+use crate::probe::{Net, sql};
 
 /// How often the probe asks.
 pub const INTERVAL: Duration = Duration::from_millis(100);
@@ -192,7 +192,7 @@ pub struct GapProbe {
 }
 
 impl GapProbe {
-    pub fn start(endpoint: sql::Endpoint) -> GapProbe {
+    pub fn start(net: Net, endpoint: sql::Endpoint) -> GapProbe {
         let at = format!("{}:{}", endpoint.host, endpoint.port);
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -201,7 +201,7 @@ impl GapProbe {
             while !stop2.load(Ordering::SeqCst) {
                 let began = Instant::now();
                 let ok = matches!(
-                    tokio::time::timeout(PROBE_BOUND, primary_answers(&endpoint)).await,
+                    tokio::time::timeout(PROBE_BOUND, primary_answers(&net, &endpoint)).await,
                     Ok(Ok(true))
                 );
                 t.record(Instant::now(), ok);
@@ -220,6 +220,14 @@ impl GapProbe {
     }
 }
 
+/// Start a probe on each of these write endpoints.
+pub fn start_all(net: &Net, endpoints: Vec<sql::Endpoint>) -> Vec<GapProbe> {
+    endpoints
+        .into_iter()
+        .map(|e| GapProbe::start(net.clone(), e))
+        .collect()
+}
+
 /// Stop every probe; the worst gap among them (see `worst`), None without probes.
 pub async fn stop_all(probes: Vec<GapProbe>) -> Option<Gap> {
     let mut gaps = Vec::new();
@@ -229,8 +237,8 @@ pub async fn stop_all(probes: Vec<GapProbe>) -> Option<Gap> {
     worst(gaps)
 }
 
-async fn primary_answers(ep: &sql::Endpoint) -> Result<bool, String> {
-    let c = sql::connect_bounded(ep, PROBE_BOUND).await?;
+async fn primary_answers(net: &Net, ep: &sql::Endpoint) -> Result<bool, String> {
+    let c = sql::connect_bounded(net, ep, PROBE_BOUND).await?;
     let row = c
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await

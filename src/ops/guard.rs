@@ -10,6 +10,7 @@ use etcd_client::Client;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Failure;
+use crate::probe::Net;
 use crate::probe::etcd::connect_any;
 
 /// Seconds an etcd lock outlives a holder that stopped renewing it.
@@ -145,15 +146,17 @@ const HOST_CONFIRM: Duration = Duration::from_secs(HOST_TTL - 5);
 pub struct LockGuard {
     key: String,
     holder: Holder,
+    net: Net,
     state: Mutex<GuardState>,
     client: tokio::sync::Mutex<Option<Client>>,
 }
 
 impl LockGuard {
-    pub(super) fn new(key: String, holder: Holder) -> LockGuard {
+    pub(super) fn new(key: String, holder: Holder, net: Net) -> LockGuard {
         LockGuard {
             key,
             holder,
+            net,
             state: Mutex::new(GuardState::default()),
             client: tokio::sync::Mutex::new(None),
         }
@@ -201,7 +204,7 @@ impl LockGuard {
     async fn read_key(&self, endpoints: &[String]) -> Result<Option<(Vec<u8>, i64)>, String> {
         let mut slot = self.client.lock().await;
         if slot.is_none() {
-            *slot = Some(connect_any(endpoints).await?);
+            *slot = Some(connect_any(&self.net, endpoints).await?);
         }
         let c = slot.as_mut().expect("client set above");
         let got =

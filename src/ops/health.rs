@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::run::Ctx;
-use crate::probe::{etcd, haproxy, http, patroni};
+use crate::probe::{Net, etcd, haproxy, patroni};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MemberState {
@@ -171,16 +171,25 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
     // Every probe at once, each bounded by one probe timeout: a host that silently
     // drops packets costs that bound once, not once per probe.
     let (view, statuses, etcd_report, routers, exporters, certificates) = tokio::join!(
-        patroni::cluster_any(&apis),
-        join_all(ctx.ep.patroni.iter().map(|(_, api)| patroni::status(api))),
-        etcd::probe_within(&ctx.ep.etcd, crate::probe::PROBE_TIMEOUT),
+        patroni::cluster_any(&ctx.ep.net, &apis),
         join_all(
             ctx.ep
-                .routers
+                .patroni
                 .iter()
-                .map(|(_, ip)| haproxy::backends(ip, &ctx.ep.stats))
+                .map(|(_, api)| patroni::status(&ctx.ep.net, api))
         ),
-        join_all(ctx.ep.exporters.iter().map(|(_, url)| pg_up(url))),
+        etcd::probe_within(&ctx.ep.net, &ctx.ep.etcd, crate::probe::PROBE_TIMEOUT),
+        join_all(ctx.ep.routers.iter().map(|(_, ip)| haproxy::backends(
+            &ctx.ep.net,
+            ip,
+            &ctx.ep.stats
+        ))),
+        join_all(
+            ctx.ep
+                .exporters
+                .iter()
+                .map(|(_, url)| pg_up(&ctx.ep.net, url))
+        ),
         async {
             if c.tls {
                 certificates(ctx).await
@@ -189,17 +198,12 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
             }
         },
     );
-    let ca = ctx
-        .inv
-        .pki
-        .as_ref()
-        .and_then(|p| p.ca_info().ok())
-        .map(|i| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            ca_state(&i, now)
-        });
+    let ca = ctx.pki.as_ref().and_then(|p| p.ca_info().ok()).map(|i| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ca_state(&i, now)
+    });
     let addresses: Vec<String> = ctx
         .inv
         .db_hosts()
@@ -272,7 +276,16 @@ async fn certificates(ctx: &Ctx<'_>) -> Vec<CertState> {
         targets
             .into_iter()
             .map(|(host, service, ip, port)| async move {
-                let info = crate::probe::tls::served_certificate(&ip, port)
+                let Some(tls) = ctx.ep.net.tls() else {
+                    return CertState {
+                        host,
+                        service: service.into(),
+                        not_after: None,
+                        days_left: None,
+                        error: Some("no TLS material loaded".into()),
+                    };
+                };
+                let info = crate::probe::tls::served_certificate(tls, &ip, port)
                     .await
                     .and_then(|pem| {
                         crate::pki::cert_info(&pem)
@@ -559,11 +572,11 @@ pub fn router(
 /// The exporter's pg_up. postgres_exporter keeps its connection between scrapes, so
 /// the first scrape after PostgreSQL restarted fails once and reconnects: only a
 /// second 0 in a row counts.
-async fn pg_up(url: &str) -> Result<bool, String> {
+async fn pg_up(net: &Net, url: &str) -> Result<bool, String> {
     // Both scrapes within one probe timeout.
     let twice = async {
-        match scrape_pg_up(url).await {
-            Ok(false) => scrape_pg_up(url).await,
+        match scrape_pg_up(net, url).await {
+            Ok(false) => scrape_pg_up(net, url).await,
             r => r,
         }
     };
@@ -572,9 +585,9 @@ async fn pg_up(url: &str) -> Result<bool, String> {
         .unwrap_or_else(|_| Err("no answer".into()))
 }
 
-async fn scrape_pg_up(url: &str) -> Result<bool, String> {
-    let text = http()
-        .get(url)
+async fn scrape_pg_up(net: &Net, url: &str) -> Result<bool, String> {
+    let text = net
+        .get(url, crate::probe::PROBE_TIMEOUT)
         .send()
         .await
         .map_err(|e| e.to_string())?

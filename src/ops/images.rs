@@ -22,7 +22,7 @@ pub async fn local_ids(c: &Cluster) -> Result<BTreeMap<String, String>, Failure>
     if c.docker_image_source != "push" {
         return Ok(ids);
     }
-    for r in c.images() {
+    for r in crate::docker::stack::images(c) {
         let out = docker::output(&["image", "inspect", "-f", "{{.Id}}", &r], docker::TIMEOUT)
             .await
             .map_err(|f| {
@@ -118,7 +118,10 @@ pub async fn ensure_on(
     }
     // One stream with every image of the cluster: shared layers travel once, and
     // `docker load` skips the layers a host already has.
-    let data = archive.get(&c.images()).await.map_err(anyhow::Error::msg)?;
+    let data = archive
+        .get(&crate::docker::stack::images(c))
+        .await
+        .map_err(anyhow::Error::msg)?;
     let t = Instant::now();
     ui.host(
         host,

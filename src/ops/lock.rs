@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use super::guard::{ETCD_TTL, HOST_TTL, Holder, LockGuard};
 use super::run::Ctx;
 use crate::error::Failure;
+use crate::probe::Net;
 use crate::ssh::{Cmd, Session, shell_quote};
 
 const RENEW_EVERY: Duration = Duration::from_secs(3);
@@ -73,14 +74,21 @@ async fn renew(
     }
 }
 
-async fn etcd_client(endpoints: &[String]) -> Result<Client, String> {
-    crate::probe::etcd::connect_any(endpoints).await
+async fn etcd_client(net: &Net, endpoints: &[String]) -> Result<Client, String> {
+    crate::probe::etcd::connect_any(net, endpoints).await
 }
 
 /// Releases still to do when the process is interrupted (Ctrl-C).
 enum Release {
-    Etcd { endpoints: Vec<String>, lease: i64 },
-    Host { session: Session, id: String },
+    Etcd {
+        net: Net,
+        endpoints: Vec<String>,
+        lease: i64,
+    },
+    Host {
+        session: Session,
+        id: String,
+    },
 }
 
 static HELD: Mutex<Vec<(String, Release)>> = Mutex::new(Vec::new());
@@ -98,8 +106,12 @@ pub async fn release_all() {
     let all: Vec<(String, Release)> = std::mem::take(&mut *HELD.lock().unwrap());
     for (_, r) in all {
         match r {
-            Release::Etcd { endpoints, lease } => {
-                if let Ok(mut c) = etcd_client(&endpoints).await {
+            Release::Etcd {
+                net,
+                endpoints,
+                lease,
+            } => {
+                if let Ok(mut c) = etcd_client(&net, &endpoints).await {
                     let _ = c.lease_revoke(lease).await;
                 }
             }
@@ -125,6 +137,7 @@ struct HostLock {
 pub struct ClusterLock {
     holder: Holder,
     cluster: String,
+    net: Net,
     guard: Arc<LockGuard>,
     etcd: Option<EtcdLock>,
     host: Option<HostLock>,
@@ -172,9 +185,14 @@ impl ClusterLock {
         let holder = Holder::me(command);
         let cluster = ctx.inv.cluster.cluster_name.clone();
         let mut lock = ClusterLock {
-            guard: Arc::new(LockGuard::new(etcd_key(&cluster), holder.clone())),
+            guard: Arc::new(LockGuard::new(
+                etcd_key(&cluster),
+                holder.clone(),
+                ctx.ep.net.clone(),
+            )),
             holder,
             cluster,
+            net: ctx.ep.net.clone(),
             etcd: None,
             host: None,
         };
@@ -207,7 +225,7 @@ impl ClusterLock {
 
     async fn take_etcd(&mut self, endpoints: &[String]) -> Result<(), TakeError> {
         let other = |f: String| TakeError::Other(Failure::error(f));
-        let mut c = etcd_client(endpoints).await.map_err(other)?;
+        let mut c = etcd_client(&self.net, endpoints).await.map_err(other)?;
         let key = etcd_key(&self.cluster);
         let granted = Instant::now();
         let lease = c
@@ -252,6 +270,7 @@ impl ClusterLock {
             .map_err(|e| other(format!("cluster lock: etcd keep-alive: {e}")))?;
         self.guard.held_in_etcd(endpoints, lease, granted);
         let eps = endpoints.to_vec();
+        let net = self.net.clone();
         let guard = self.guard.clone();
         let keeper_task = tokio::spawn(async move {
             // The lease is the cluster's, not the endpoint's: when the member this
@@ -269,7 +288,7 @@ impl ClusterLock {
                     Some(a) => Some(a),
                     None => {
                         chan = None;
-                        match etcd_client(&eps).await {
+                        match etcd_client(&net, &eps).await {
                             Ok(mut c) => match c.lease_keep_alive(lease).await {
                                 Ok((mut k, mut s)) => {
                                     let a = renew(&mut k, &mut s).await;
@@ -301,6 +320,7 @@ impl ClusterLock {
         remember(
             &self.holder.id,
             Release::Etcd {
+                net: self.net.clone(),
                 endpoints: endpoints.to_vec(),
                 lease,
             },
@@ -387,7 +407,7 @@ impl ClusterLock {
     async fn release_inner(self) {
         if let Some(e) = self.etcd {
             e.keeper.abort();
-            if let Ok(mut c) = etcd_client(&e.endpoints).await {
+            if let Ok(mut c) = etcd_client(&self.net, &e.endpoints).await {
                 let _ = c.lease_revoke(e.lease).await;
             }
         }
@@ -484,7 +504,7 @@ pub struct LockState {
 /// Read both locks (the host lock only when connected to the first db host).
 pub async fn inspect(ctx: &Ctx<'_>) -> LockState {
     let key = etcd_key(&ctx.inv.cluster.cluster_name);
-    let (etcd, etcd_error) = match etcd_client(&ctx.ep.etcd).await {
+    let (etcd, etcd_error) = match etcd_client(&ctx.ep.net, &ctx.ep.etcd).await {
         Ok(mut c) => match c.get(key, None).await {
             Ok(r) => (
                 r.kvs()
@@ -528,7 +548,7 @@ pub async fn inspect(ctx: &Ctx<'_>) -> LockState {
 /// Remove both locks whoever holds them (`pgha lock --break`).
 pub async fn break_locks(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let key = etcd_key(&ctx.inv.cluster.cluster_name);
-    match etcd_client(&ctx.ep.etcd).await {
+    match etcd_client(&ctx.ep.net, &ctx.ep.etcd).await {
         Ok(mut c) => {
             c.delete(key.clone(), None)
                 .await

@@ -38,7 +38,7 @@ pub fn key(cluster: &str) -> String {
 /// The record as etcd holds it (empty when there is none).
 pub async fn read(ctx: &Ctx<'_>) -> Result<Marks, Failure> {
     let key = key(&ctx.inv.cluster.cluster_name);
-    let mut c = crate::probe::etcd::client(&ctx.ep.etcd).await?;
+    let mut c = crate::probe::etcd::client(&ctx.ep.net, &ctx.ep.etcd).await?;
     let r = c
         .get(key.as_str(), None)
         .await
@@ -65,7 +65,7 @@ pub async fn update(ctx: &Ctx<'_>, change: impl FnOnce(&mut Marks)) -> Result<()
         return Ok(());
     }
     marks.run = ctx.run_id();
-    let mut c = crate::probe::etcd::client(&ctx.ep.etcd).await?;
+    let mut c = crate::probe::etcd::client(&ctx.ep.net, &ctx.ep.etcd).await?;
     let r = if marks.is_empty() {
         c.delete(key.as_str(), None).await.map(|_| ())
     } else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::gap::{self, Gap, GapProbe};
+use super::gap::{self, Gap};
 use super::run::{Ctx, host_failed, now_secs};
 use super::waits;
 use crate::engine::apply;
@@ -17,7 +17,7 @@ use crate::engine::desired;
 use crate::engine::roles::Library;
 use crate::error::Failure;
 use crate::probe::patroni::{self, ClusterView, SwitchoverAnswer};
-use crate::probe::sql;
+use crate::probe::{Net, sql};
 use crate::wait::until;
 
 /// Bound for a member to come back after a restart, or to stream after one.
@@ -147,21 +147,9 @@ fn sync_names(view: &ClusterView) -> String {
     }
 }
 
-/// The superuser endpoint of a router's write port.
-fn write_port(ctx: &Ctx<'_>, router_ip: &str) -> sql::Endpoint {
-    let c = &ctx.inv.cluster;
-    sql::Endpoint {
-        host: router_ip.to_string(),
-        port: c.haproxy_write_port,
-        user: c.superuser_name.clone(),
-        password: ctx.inv.secrets.superuser_password.expose().to_string(),
-        dbname: "postgres".into(),
-    }
-}
-
 /// Which server a router's write port reaches: Some(address) when a primary answers.
-async fn write_port_primary(ep: &sql::Endpoint) -> Result<String, String> {
-    let c = sql::connect_bounded(ep, Duration::from_secs(2)).await?;
+async fn write_port_primary(net: &Net, ep: &sql::Endpoint) -> Result<String, String> {
+    let c = sql::connect_bounded(net, ep, Duration::from_secs(2)).await?;
     let row = c
         .query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[])
         .await
@@ -198,7 +186,7 @@ async fn checkpoint(ctx: &Ctx<'_>, leader: &str, routers: &[sql::Endpoint]) -> R
     let mut last = "no router serves writes".to_string();
     for ep in routers {
         let res = async {
-            let cl = sql::connect_bounded(ep, Duration::from_secs(3)).await?;
+            let cl = sql::connect_bounded(&ctx.ep.net, ep, Duration::from_secs(3)).await?;
             let row = cl
                 .query_one("SELECT host(inet_server_addr()), pg_is_in_recovery()", &[])
                 .await
@@ -233,7 +221,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
     let sync = ctx.inv.cluster.synchronous_mode;
     let apis = ctx.ep.patroni_apis();
     let choose = || async {
-        let view = patroni::cluster_any(&apis).await?;
+        let view = patroni::cluster_any(&ctx.ep.net, &apis).await?;
         choose_candidate(&view, opts.to.as_deref(), sync, opts.max_lag)
     };
     let (leader, mut candidate) = if opts.candidate_wait.is_zero() {
@@ -245,12 +233,12 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
     // Routers serving writes now are the ones that must serve them afterwards.
     let mut routers = Vec::new();
     for r in ctx.inv.router_hosts() {
-        let ep = write_port(ctx, &r.ip.to_string());
-        if write_port_primary(&ep).await.is_ok() {
+        let ep = ctx.ep.router_port(&r.ip.to_string(), ctx.ep.write_port);
+        if write_port_primary(&ctx.ep.net, &ep).await.is_ok() {
             routers.push(ep);
         }
     }
-    let probes: Vec<GapProbe> = routers.iter().cloned().map(GapProbe::start).collect();
+    let probes = super::gap::start_all(&ctx.ep.net, routers.clone());
     let outcome = switch(ctx, opts, &leader, &mut candidate, &routers).await;
     let gap = gap::stop_all(probes).await;
     let (checkpoint_secs, took_secs) = outcome?;
@@ -290,7 +278,9 @@ async fn switch(
     let api = ctx.api(leader);
     loop {
         // Re-check right before asking: roles and lag move.
-        let view = patroni::cluster_any(&apis).await.map_err(Failure::error)?;
+        let view = patroni::cluster_any(&ctx.ep.net, &apis)
+            .await
+            .map_err(Failure::error)?;
         let to = opts.to.as_deref().or(Some(candidate.as_str()));
         match choose_candidate(&view, to, sync, opts.max_lag) {
             Ok((l, _)) if l != leader => {
@@ -318,6 +308,7 @@ async fn switch(
             .host(leader, format!("switchover {leader} -> {candidate}"));
         let asked = Instant::now();
         match patroni::switchover(
+            &ctx.ep.net,
             &api,
             &ctx.inv.secrets.patroni_api_password,
             leader,
@@ -364,7 +355,7 @@ async fn switch(
                 ),
                 TAKEOVER,
                 || async {
-                    let addr = write_port_primary(ep).await?;
+                    let addr = write_port_primary(&ctx.ep.net, ep).await?;
                     if addr == candidate_ip {
                         Ok(())
                     } else {
@@ -389,14 +380,14 @@ pub async fn restart_member(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
     ctx.ensure_locked(&format!("{host}: restart PostgreSQL"))
         .await?;
     let api = ctx.api(host);
-    patroni::restart(&api, &ctx.inv.secrets.patroni_api_password)
+    patroni::restart(&ctx.ep.net, &api, &ctx.inv.secrets.patroni_api_password)
         .await
         .map_err(|e| host_failed(format!("{host}: restart PostgreSQL: {e}")))?;
     until(
         &format!("{host} to have no pending restart"),
         MEMBER,
         || async {
-            let st = patroni::status(&api).await?;
+            let st = patroni::status(&ctx.ep.net, &api).await?;
             if st["state"] == "running" && st["pending_restart"] != true {
                 Ok(())
             } else {
@@ -421,7 +412,7 @@ pub async fn rolling_restart(
     pending: &[String],
 ) -> Result<Vec<SwitchoverReport>, Failure> {
     let db = ctx.db_hosts();
-    let view = patroni::cluster_any(&ctx.ep.patroni_apis())
+    let view = patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
         .await
         .map_err(Failure::error)?;
     let leader = view
@@ -448,7 +439,7 @@ pub async fn rolling_restart(
             format!("switched over to {} before restarting it", report.to),
         );
         switchovers.push(report);
-        let still = patroni::cluster_any(&ctx.ep.patroni_apis())
+        let still = patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?
             .member(&leader)
@@ -467,6 +458,7 @@ pub async fn patch_config(ctx: &Ctx<'_>, leader: &str, patch: &Value) -> Result<
     ctx.ensure_locked("patroni: PATCH /config").await?;
     let since = now_secs();
     patroni::patch_config(
+        &ctx.ep.net,
         &ctx.api(leader),
         &ctx.inv.secrets.patroni_api_password,
         patch,
@@ -486,7 +478,7 @@ async fn wait_members_looped(ctx: &Ctx<'_>, since: f64) -> Result<(), Failure> {
             &format!("{h} to run its HA loop after the configuration change"),
             Duration::from_secs(60),
             || async {
-                let st = patroni::status(&api).await?;
+                let st = patroni::status(&ctx.ep.net, &api).await?;
                 let seen = st["dcs_last_seen"].as_f64().unwrap_or(0.0);
                 if seen > since + loop_wait + 1.0 {
                     Ok(())
@@ -503,7 +495,7 @@ async fn wait_members_looped(ctx: &Ctx<'_>, since: f64) -> Result<(), Failure> {
 /// Pause (maintenance mode: Patroni stops managing PostgreSQL, which keeps running)
 /// or resume the cluster, and wait until every member reports it.
 pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
-    let view = patroni::cluster_any(&ctx.ep.patroni_apis())
+    let view = patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
         .await
         .map_err(Failure::error)?;
     if view.pause == pause {
@@ -522,6 +514,7 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
         .or_else(|| view.members.first().map(|m| m.name.clone()))
         .ok_or_else(|| Failure::error("no Patroni member answers"))?;
     patroni::patch_config(
+        &ctx.ep.net,
         &ctx.api(&via),
         &ctx.inv.secrets.patroni_api_password,
         &json!({ "pause": pause }),
@@ -534,7 +527,7 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
             &format!("{h} to report pause={pause}"),
             Duration::from_secs(60),
             || async {
-                let st = patroni::status(&api).await?;
+                let st = patroni::status(&ctx.ep.net, &api).await?;
                 let now = st["pause"] == true;
                 if now == pause {
                     Ok(())
@@ -591,7 +584,7 @@ pub async fn drain(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
             &format!("another member to take over as synchronous standby from {host}"),
             Duration::from_secs(60),
             || async {
-                let v = patroni::cluster_any(&apis).await?;
+                let v = patroni::cluster_any(&ctx.ep.net, &apis).await?;
                 let sync: Vec<&str> = v
                     .members
                     .iter()
@@ -666,7 +659,11 @@ pub type Tags = BTreeMap<String, bool>;
 pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Failure> {
     ctx.ensure_locked(&format!("{host}: set tags")).await?;
     let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-    let file = desired::patroni_config_file(ctx.inv, &lib, host, tags)
+    let inputs = desired::Inputs {
+        pki: ctx.pki.clone(),
+        ..Default::default()
+    };
+    let file = desired::patroni_config_file(ctx.inv, &lib, &inputs, host, tags)
         .map_err(|e| Failure::error(format!("{e:#}")))?;
     let s = ctx.session(host)?;
     apply::write_files(s, &[&file])
@@ -684,7 +681,7 @@ pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Fail
         &format!("{host} to report tags {tags:?}"),
         Duration::from_secs(60),
         || async {
-            let st = patroni::status(&api).await?;
+            let st = patroni::status(&ctx.ep.net, &api).await?;
             let have = &st["tags"];
             let ok = tags.iter().all(|(k, v)| (have[k] == true) == *v);
             if ok {

@@ -45,6 +45,8 @@ pub fn host_failed(msg: impl Into<String>) -> Failure {
 /// without SSH; commands that change hosts `connect` first.
 pub struct Ctx<'a> {
     pub inv: &'a Inventory,
+    /// The cluster's certificates (with `tls`), loaded where the run started.
+    pub pki: Option<crate::pki::Pki>,
     pub ep: Endpoints,
     pub ui: Ui,
     sessions: BTreeMap<String, Session>,
@@ -56,13 +58,14 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(inv: &'a Inventory, ui: &Ui) -> Ctx<'a> {
+    pub fn new(inv: &'a Inventory, pki: Option<crate::pki::Pki>, ui: &Ui) -> Ctx<'a> {
         for w in &inv.warnings {
             ui.warn(&w.message);
         }
         Ctx {
             inv,
-            ep: Endpoints::new(inv),
+            ep: Endpoints::new(inv, crate::probe::Net::new(pki.as_ref().map(|p| p.tls()))),
+            pki,
             ui: ui.clone(),
             sessions: BTreeMap::new(),
             limit: Vec::new(),

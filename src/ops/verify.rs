@@ -56,7 +56,7 @@ pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
         format!("writes -> {leader} only; reads -> {}", replicas.join(", ")),
     );
     for r in ctx.inv.router_hosts() {
-        let rt = waits::sql_round_trip(ctx.inv, &r.ip.to_string(), VERIFY)
+        let rt = waits::sql_round_trip(&ctx.ep, &r.ip.to_string(), VERIFY)
             .await
             .map_err(|e| fail(format!("SQL round trip through {}: {e}", r.name)))?;
         ctx.ui.host(

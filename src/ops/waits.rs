@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Endpoints;
-use crate::inventory::Inventory;
 use crate::probe::{etcd, haproxy, patroni, sql};
 use crate::wait::{WaitError, until};
 
@@ -19,7 +18,7 @@ pub async fn wait_etcd_quorum(
     until(
         "etcd quorum (every endpoint healthy, one leader, one cluster id)",
         timeout,
-        || async { etcd::probe(&ep.etcd).await.quorum(n) },
+        || async { etcd::probe(&ep.net, &ep.etcd).await.quorum(n) },
     )
     .await
 }
@@ -35,7 +34,7 @@ pub async fn wait_patroni_healthy(
         format!("{others} replica{}", if others == 1 { "" } else { "s" })
     });
     until(&what, timeout, || async {
-        let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+        let view = patroni::cluster_any(&ep.net, &ep.patroni_apis()).await?;
         view.healthy(members, 0)?;
         Ok(view)
     })
@@ -53,7 +52,7 @@ pub async fn wait_member_streaming(
         &format!("{member} to stream from {leader} with lag 0"),
         timeout,
         || async {
-            let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+            let view = patroni::cluster_any(&ep.net, &ep.patroni_apis()).await?;
             let l = view.leader().ok_or_else(|| view.summary())?;
             match view.member(member) {
                 Some(m)
@@ -74,7 +73,7 @@ pub async fn wait_member_streaming(
 /// A running leader with a synchronous standby streaming from it.
 pub async fn wait_sync_standby(ep: &Endpoints, timeout: Duration) -> Result<String, WaitError> {
     until("a synchronous standby", timeout, || async {
-        let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+        let view = patroni::cluster_any(&ep.net, &ep.patroni_apis()).await?;
         let tl = view.leader_timeline().ok_or_else(|| view.summary())?;
         view.members
             .iter()
@@ -95,7 +94,7 @@ pub async fn wait_leader(
         None => "a Patroni leader".to_string(),
     };
     until(&what, timeout, || async {
-        let view = patroni::cluster_any(&ep.patroni_apis()).await?;
+        let view = patroni::cluster_any(&ep.net, &ep.patroni_apis()).await?;
         match view.leader() {
             Some(l) if expected.is_none_or(|e| e == l.name) => Ok(l.name.clone()),
             _ => Err(view.summary()),
@@ -119,7 +118,7 @@ pub async fn wait_haproxy(
             want_replicas.join(",")
         );
         until(&what, timeout, || async {
-            let b = haproxy::backends(ip, &ep.stats).await?;
+            let b = haproxy::backends(&ep.net, ip, &ep.stats).await?;
             let up = b.up("primary");
             let mut rup = b.up("replicas");
             rup.sort();
@@ -152,7 +151,7 @@ pub async fn wait_haproxy_server(
             if up { "UP" } else { "not UP" }
         );
         until(&what, timeout, || async {
-            let b = haproxy::backends(ip, &ep.stats).await?;
+            let b = haproxy::backends(&ep.net, ip, &ep.stats).await?;
             if b.up(proxy).iter().any(|s| s == server) == up {
                 Ok(())
             } else {
@@ -171,8 +170,9 @@ pub async fn wait_exporters(ep: &Endpoints, timeout: Duration) -> Result<(), Wai
             &format!("postgres_exporter on {name} to report pg_up 1"),
             timeout,
             || async {
-                let text = crate::probe::http()
-                    .get(url)
+                let text = ep
+                    .net
+                    .get(url, crate::probe::PROBE_TIMEOUT)
                     .send()
                     .await
                     .map_err(|e| e.to_string())?
@@ -235,18 +235,10 @@ pub struct RoundTrip {
 /// Write a row through router:write_port and read it back through router:read_port
 /// (from a replica: read port routes to replicas only).
 pub async fn sql_round_trip(
-    inv: &Inventory,
+    ep: &Endpoints,
     router_ip: &str,
     timeout: Duration,
 ) -> Result<RoundTrip, String> {
-    let c = &inv.cluster;
-    let ep = |port| sql::Endpoint {
-        host: router_ip.to_string(),
-        port,
-        user: c.superuser_name.clone(),
-        password: inv.secrets.superuser_password.expose().to_string(),
-        dbname: "postgres".into(),
-    };
     let run = format!(
         "pgha-{}-{}",
         std::time::SystemTime::now()
@@ -255,27 +247,27 @@ pub async fn sql_round_trip(
             .unwrap_or(0),
         std::process::id()
     );
-    let write = ep(c.haproxy_write_port);
+    let write = ep.router_port(router_ip, ep.write_port);
     let token = write_fresh_canary(
-        &format!("a write through {router_ip}:{}", c.haproxy_write_port),
+        &format!("a write through {router_ip}:{}", ep.write_port),
         timeout,
         &run,
         |token| {
             let write = write.clone();
-            async move { sql::write_canary(&write, &token).await }
+            async move { sql::write_canary(&ep.net, &write, &token).await }
         },
     )
     .await
     .map_err(|e| e.to_string())?;
-    let read = ep(c.haproxy_read_port);
+    let read = ep.router_port(router_ip, ep.read_port);
     let (_, server, _) = until(
         &format!(
             "the row to be readable through {router_ip}:{}",
-            c.haproxy_read_port
+            ep.read_port
         ),
         timeout,
         || async {
-            match sql::read_canary(&read, &token).await? {
+            match sql::read_canary(&ep.net, &read, &token).await? {
                 (true, server, true) => Ok((true, server, true)),
                 (false, server, _) => Err(format!("not yet visible on {server}")),
                 (true, server, false) => Err(format!(
@@ -288,8 +280,8 @@ pub async fn sql_round_trip(
     .map_err(|e| e.to_string())?;
     Ok(RoundTrip {
         router: router_ip.to_string(),
-        written_via: format!("{router_ip}:{}", c.haproxy_write_port),
-        read_via: format!("{router_ip}:{}", c.haproxy_read_port),
+        written_via: format!("{router_ip}:{}", ep.write_port),
+        read_via: format!("{router_ip}:{}", ep.read_port),
         read_from: server,
     })
 }

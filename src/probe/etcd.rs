@@ -1,11 +1,11 @@
 //! etcd: every endpoint is asked on its own (status, member list, and a read as the
 //! health check), so one answering endpoint cannot hide a split or a dead member.
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::PROBE_TIMEOUT;
+use super::{Net, PROBE_TIMEOUT};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointHealth {
@@ -52,27 +52,15 @@ pub struct Quorum {
     pub version: String,
 }
 
-/// Connection options for an endpoint: TLS with the cluster CA and pgha's client
-/// certificate when it is a registered TLS host.
-pub fn options(endpoint: &str, timeout: std::time::Duration) -> ConnectOptions {
-    let o = ConnectOptions::new()
-        .with_connect_timeout(PROBE_TIMEOUT)
-        .with_timeout(timeout);
-    match super::tls::for_host(super::tls::url_host(endpoint)) {
-        Some(t) if endpoint.starts_with("https://") => o.with_tls(t.etcd_options()),
-        _ => o,
-    }
-}
-
-async fn connect(endpoint: &str) -> Result<Client, String> {
-    let opts = options(endpoint, PROBE_TIMEOUT);
+async fn connect(net: &Net, endpoint: &str) -> Result<Client, String> {
+    let opts = net.etcd_options(endpoint, PROBE_TIMEOUT);
     Client::connect([endpoint], Some(opts))
         .await
         .map_err(|e| format!("connect: {e}"))
 }
 
-async fn probe_one(endpoint: &str) -> Result<EndpointHealth, String> {
-    let mut c = connect(endpoint).await?;
+async fn probe_one(net: &Net, endpoint: &str) -> Result<EndpointHealth, String> {
+    let mut c = connect(net, endpoint).await?;
     let status = c.status().await.map_err(|e| format!("status: {e}"))?;
     let header = status.header().ok_or("status: no header")?;
     let members = c
@@ -101,16 +89,20 @@ async fn probe_one(endpoint: &str) -> Result<EndpointHealth, String> {
 }
 
 /// Probe every endpoint (`http://ip:2379`) in parallel.
-pub async fn probe(endpoints: &[String]) -> EtcdReport {
-    probe_within(endpoints, PROBE_TIMEOUT * 2).await
+pub async fn probe(net: &Net, endpoints: &[String]) -> EtcdReport {
+    probe_within(net, endpoints, PROBE_TIMEOUT * 2).await
 }
 
 /// `probe`, each endpoint given at most `bound` (status keeps to one probe timeout).
-pub async fn probe_within(endpoints: &[String], bound: std::time::Duration) -> EtcdReport {
+pub async fn probe_within(
+    net: &Net,
+    endpoints: &[String],
+    bound: std::time::Duration,
+) -> EtcdReport {
     let results = join_all(endpoints.iter().map(|e| async move {
         EndpointReport {
             endpoint: e.clone(),
-            health: tokio::time::timeout(bound, probe_one(e))
+            health: tokio::time::timeout(bound, probe_one(net, e))
                 .await
                 .unwrap_or_else(|_| Err("timed out".into())),
         }
@@ -195,10 +187,10 @@ impl EtcdReport {
 }
 
 /// Whether `key` exists, asked of the first endpoint that answers.
-pub async fn key_exists(endpoints: &[String], key: &str) -> Result<bool, String> {
+pub async fn key_exists(net: &Net, endpoints: &[String], key: &str) -> Result<bool, String> {
     let mut last = String::from("no endpoints");
     for e in endpoints {
-        match connect(e).await {
+        match connect(net, e).await {
             Ok(mut c) => match c.get(key, None).await {
                 Ok(r) => return Ok(!r.kvs().is_empty()),
                 Err(err) => last = format!("{e}: {err}"),
@@ -212,17 +204,17 @@ pub async fn key_exists(endpoints: &[String], key: &str) -> Result<bool, String>
 /// A client on the first of these endpoints that answers. (etcd-client balances
 /// requests over every endpoint it is given and fails a request sent to a dead
 /// one, so pgha gives it one endpoint known to be up.)
-pub async fn client(endpoints: &[String]) -> Result<Client, crate::error::Failure> {
-    connect_any(endpoints)
+pub async fn client(net: &Net, endpoints: &[String]) -> Result<Client, crate::error::Failure> {
+    connect_any(net, endpoints)
         .await
         .map_err(crate::error::Failure::error)
 }
 
 /// `client`, with the error as text.
-pub async fn connect_any(endpoints: &[String]) -> Result<Client, String> {
+pub async fn connect_any(net: &Net, endpoints: &[String]) -> Result<Client, String> {
     let mut last = "no etcd endpoints".to_string();
     for e in endpoints {
-        let opts = options(e, std::time::Duration::from_secs(10));
+        let opts = net.etcd_options(e, std::time::Duration::from_secs(10));
         let attempt = async {
             let mut c = Client::connect([e.as_str()], Some(opts))
                 .await

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::http;
+use super::{Net, PROBE_TIMEOUT};
 use crate::inventory::{Inventory, Secret};
 
 /// The user of HAProxy's stats page (its password: `haproxy_stats_password`).
@@ -88,10 +88,10 @@ pub fn parse_csv(text: &str) -> Result<Backends, String> {
 }
 
 /// The backends of one router, from its stats CSV (basic auth with pgha's password).
-pub async fn backends(router_ip: &str, stats: &StatsAccess) -> Result<Backends, String> {
+pub async fn backends(net: &Net, router_ip: &str, stats: &StatsAccess) -> Result<Backends, String> {
     let url = format!("http://{router_ip}:{}/;csv", stats.port);
-    let resp = http()
-        .get(&url)
+    let resp = net
+        .get(&url, PROBE_TIMEOUT)
         .basic_auth(STATS_USER, Some(stats.password.expose()))
         .send()
         .await
@@ -168,9 +168,13 @@ replicas,db1,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN 1/2,1\n";
             port,
             password: Secret::new(pw),
         };
-        let b = backends("127.0.0.1", &access("right")).await.unwrap();
+        let b = backends(&Net::plain(), "127.0.0.1", &access("right"))
+            .await
+            .unwrap();
         assert_eq!(b.up("primary"), ["db1"]);
-        let e = backends("127.0.0.1", &access("wrong")).await.unwrap_err();
+        let e = backends(&Net::plain(), "127.0.0.1", &access("wrong"))
+            .await
+            .unwrap_err();
         assert!(
             e.contains("401") && e.contains("haproxy_stats_password"),
             "{e}"

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::http_for;
+use super::Net;
 use crate::inventory::Secret;
 
 /// The user Patroni's REST API authenticates unsafe requests as (see patroni.yml.j2).
@@ -112,37 +112,37 @@ pub fn api(ip: &str, port: u16, tls: bool) -> String {
     format!("{}://{ip}:{port}", if tls { "https" } else { "http" })
 }
 
-async fn get_json<T: for<'de> Deserialize<'de>>(url: &str) -> Result<T, String> {
-    let resp = http_for(url, super::PROBE_TIMEOUT)
-        .get(url)
+async fn get_json<T: for<'de> Deserialize<'de>>(net: &Net, url: &str) -> Result<T, String> {
+    let resp = net
+        .get(url, super::PROBE_TIMEOUT)
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     resp.json::<T>().await.map_err(|e| format!("{url}: {e}"))
 }
 
-pub async fn cluster(api: &str) -> Result<ClusterView, String> {
-    get_json(&format!("{api}/cluster")).await
+pub async fn cluster(net: &Net, api: &str) -> Result<ClusterView, String> {
+    get_json(net, &format!("{api}/cluster")).await
 }
 
 /// The cluster view from the first member that answers, all asked at once (a
 /// member that silently drops packets costs one probe timeout, not one each).
-pub async fn cluster_any(apis: &[String]) -> Result<ClusterView, String> {
+pub async fn cluster_any(net: &Net, apis: &[String]) -> Result<ClusterView, String> {
     if apis.is_empty() {
         return Err("no members".into());
     }
-    let asks = apis.iter().map(|a| Box::pin(cluster(a)));
+    let asks = apis.iter().map(|a| Box::pin(cluster(net, a)));
     futures_util::future::select_ok(asks).await.map(|(v, _)| v)
 }
 
 /// GET /patroni: this member's own status (state, role, pending_restart, postmaster_start_time).
-pub async fn status(api: &str) -> Result<Value, String> {
+pub async fn status(net: &Net, api: &str) -> Result<Value, String> {
     // /patroni answers 200 on every running member whatever its role.
-    get_json(&format!("{api}/patroni")).await
+    get_json(net, &format!("{api}/patroni")).await
 }
 
-pub async fn config(api: &str) -> Result<Value, String> {
-    get_json(&format!("{api}/config")).await
+pub async fn config(net: &Net, api: &str) -> Result<Value, String> {
+    get_json(net, &format!("{api}/config")).await
 }
 
 async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<String, String> {
@@ -156,10 +156,14 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<String, String
     }
 }
 
-pub async fn patch_config(api: &str, auth: &Secret, patch: &Value) -> Result<(), String> {
+pub async fn patch_config(
+    net: &Net,
+    api: &str,
+    auth: &Secret,
+    patch: &Value,
+) -> Result<(), String> {
     send(
-        http_for(api, super::PROBE_TIMEOUT)
-            .patch(format!("{api}/config"))
+        net.patch(&format!("{api}/config"), super::PROBE_TIMEOUT)
             .basic_auth(API_USER, Some(auth.expose()))
             .json(patch),
         "PATCH /config",
@@ -169,12 +173,14 @@ pub async fn patch_config(api: &str, auth: &Secret, patch: &Value) -> Result<(),
 }
 
 /// Restart PostgreSQL on this member (Patroni refuses while a restart is unsafe).
-pub async fn restart(api: &str, auth: &Secret) -> Result<(), String> {
-    let c = http_for(api, std::time::Duration::from_secs(120));
+pub async fn restart(net: &Net, api: &str, auth: &Secret) -> Result<(), String> {
     send(
-        c.post(format!("{api}/restart"))
-            .basic_auth(API_USER, Some(auth.expose()))
-            .json(&serde_json::json!({})),
+        net.post(
+            &format!("{api}/restart"),
+            std::time::Duration::from_secs(120),
+        )
+        .basic_auth(API_USER, Some(auth.expose()))
+        .json(&serde_json::json!({})),
         "POST /restart",
     )
     .await?;
@@ -195,15 +201,18 @@ pub enum SwitchoverAnswer {
 /// Ask for a planned switchover from `leader` to `candidate`. Never retried here:
 /// a second request after an unknown outcome could switch over twice.
 pub async fn switchover(
+    net: &Net,
     api: &str,
     auth: &Secret,
     leader: &str,
     candidate: &str,
 ) -> SwitchoverAnswer {
     // Patroni itself polls for up to 2*max(10, loop_wait) s before answering.
-    let c = http_for(api, std::time::Duration::from_secs(90));
-    let resp = c
-        .post(format!("{api}/switchover"))
+    let resp = net
+        .post(
+            &format!("{api}/switchover"),
+            std::time::Duration::from_secs(90),
+        )
         .basic_auth(API_USER, Some(auth.expose()))
         .json(&serde_json::json!({"leader": leader, "candidate": candidate}))
         .send()

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
+use super::Net;
+
 /// Connection settings for one endpoint (host, port, user, password, database).
 #[derive(Clone)]
 pub struct Endpoint {
@@ -25,14 +27,14 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
-pub async fn connect(ep: &Endpoint) -> Result<Client, String> {
-    connect_bounded(ep, Duration::from_secs(5)).await
+pub async fn connect(net: &Net, ep: &Endpoint) -> Result<Client, String> {
+    connect_bounded(net, ep, Duration::from_secs(5)).await
 }
 
 /// Connect with the whole handshake bounded: tokio-postgres' connect_timeout covers
 /// only the TCP connect, and HAProxy accepts at once, so a session bound for a dead
 /// server could otherwise hang.
-pub async fn connect_bounded(ep: &Endpoint, bound: Duration) -> Result<Client, String> {
+pub async fn connect_bounded(net: &Net, ep: &Endpoint, bound: Duration) -> Result<Client, String> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&ep.host)
         .port(ep.port)
@@ -50,9 +52,9 @@ pub async fn connect_bounded(ep: &Endpoint, bound: Duration) -> Result<Client, S
         )
     };
     let failed = |e: tokio_postgres::Error| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e));
-    // A registered TLS host is reached over TLS, its certificate verified against
+    // With the cluster's TLS, over TLS, the server's certificate verified against
     // the cluster CA and its name (sslmode=verify-full).
-    match super::tls::for_host(&ep.host) {
+    match net.tls() {
         Some(t) => {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (client, conn) = tokio::time::timeout(bound, cfg.connect(t.pg_connector()))
@@ -94,8 +96,8 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
 }
 
 /// Write a unique token through the write endpoint; returns it.
-pub async fn write_canary(ep: &Endpoint, token: &str) -> Result<(), String> {
-    let c = connect(ep).await?;
+pub async fn write_canary(net: &Net, ep: &Endpoint, token: &str) -> Result<(), String> {
+    let c = connect(net, ep).await?;
     c.batch_execute(
         "CREATE TABLE IF NOT EXISTS pgha_canary (token text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
     )
@@ -116,8 +118,12 @@ pub async fn write_canary(ep: &Endpoint, token: &str) -> Result<(), String> {
 
 /// Whether the token is visible through the endpoint, and on which server
 /// (inet_server_addr, and whether it is a replica).
-pub async fn read_canary(ep: &Endpoint, token: &str) -> Result<(bool, String, bool), String> {
-    let c = connect(ep).await?;
+pub async fn read_canary(
+    net: &Net,
+    ep: &Endpoint,
+    token: &str,
+) -> Result<(bool, String, bool), String> {
+    let c = connect(net, ep).await?;
     let row = c
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pgha_canary WHERE token = $1), host(inet_server_addr()), pg_is_in_recovery()",

@@ -1,11 +1,9 @@
-//! Trust for the cluster's TLS endpoints, per host, like known_hosts for SSH: when
-//! an inventory with `tls` is loaded, its hosts' addresses are registered with the
-//! cluster CA (and pgha's client certificate, which etcd requires). Every probe
-//! (Patroni's REST API, etcd, PostgreSQL through a router) looks up the host it
-//! talks to and verifies the server against that CA: nothing is "insecure".
+//! The cluster's TLS material as a client uses it: the CA every server is verified
+//! against (nothing is "insecure") and pgha's client certificate (etcd requires
+//! one), turned into rustls, reqwest, etcd-client and tokio-postgres settings. It
+//! travels in a `Net` from where a run starts to every probe.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -26,7 +24,6 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-static REGISTRY: RwLock<BTreeMap<String, Arc<Tls>>> = RwLock::new(BTreeMap::new());
 static PROVIDER: Once = Once::new();
 
 /// rustls' process-wide crypto provider (ring), installed once.
@@ -34,28 +31,6 @@ pub fn init_provider() {
     PROVIDER.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-}
-
-/// Trust these hosts (addresses) with this cluster's TLS settings.
-pub fn register(hosts: impl IntoIterator<Item = String>, tls: Tls) {
-    init_provider();
-    let tls = Arc::new(tls);
-    let mut r = REGISTRY.write().unwrap();
-    for h in hosts {
-        r.insert(h, tls.clone());
-    }
-}
-
-/// The TLS settings registered for a host (an address), if any.
-pub fn for_host(host: &str) -> Option<Arc<Tls>> {
-    REGISTRY.read().unwrap().get(host).cloned()
-}
-
-/// The host part of a URL (`https://10.0.0.1:8008/x` -> `10.0.0.1`).
-pub fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
 }
 
 impl Tls {
@@ -117,8 +92,7 @@ impl Tls {
 
 /// The certificate a TLS server presents at `host:port` (verified against the
 /// cluster CA), as PEM: what is really in use, for `status` to show its expiry.
-pub async fn served_certificate(host: &str, port: u16) -> Result<String, String> {
-    let tls = for_host(host).ok_or_else(|| format!("{host}: not a TLS host"))?;
+pub async fn served_certificate(tls: &Tls, host: &str, port: u16) -> Result<String, String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config()));
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host}: {e}"))?;
@@ -152,16 +126,4 @@ fn der_to_pem(der: &[u8]) -> String {
     }
     s.push_str("-----END CERTIFICATE-----\n");
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_hosts() {
-        assert_eq!(url_host("https://10.0.0.1:8008/cluster"), "10.0.0.1");
-        assert_eq!(url_host("http://db1:2379"), "db1");
-        assert_eq!(url_host("10.0.0.5:5000"), "10.0.0.5");
-    }
 }

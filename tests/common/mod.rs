@@ -71,8 +71,6 @@ impl Lab {
     }
 
     async fn up_spec(name: &str, user: &str, db: u32, tls: bool, docker: bool) -> Lab {
-        // reqwest (rustls) needs its crypto provider even for plain HTTP.
-        pgha::probe::tls::init_provider();
         let _ = lab::down(name).await;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -91,8 +89,7 @@ impl Lab {
     }
 
     /// The cluster CA and pgha's client certificate, read from the files deploy
-    /// wrote and trusted for the lab's hosts in this process (so `pg` verifies the
-    /// router too). None with TLS off.
+    /// wrote. None with TLS off.
     pub fn tls_material(&self) -> Option<pgha::probe::tls::Tls> {
         if !self.tls {
             return None;
@@ -102,16 +99,25 @@ impl Lab {
             std::fs::read_to_string(dir.join(f))
                 .unwrap_or_else(|e| panic!("{}: {e} (deploy makes it)", dir.join(f).display()))
         };
-        let t = pgha::probe::tls::Tls {
+        Some(pgha::probe::tls::Tls {
             ca_pem: read("ca.crt"),
             client_cert_pem: read("client-pgha.crt"),
             client_key_pem: read("client-pgha.key"),
-        };
-        pgha::probe::tls::register(
-            self.info.hosts.iter().map(|h| h.address.to_string()),
-            t.clone(),
-        );
-        Some(t)
+        })
+    }
+
+    /// How to reach the cluster (its TLS material when it has TLS), as pgha does.
+    pub fn net(&self) -> pgha::probe::Net {
+        pgha::probe::Net::new(self.tls_material())
+    }
+
+    /// The router's ports as the superuser: what the workload clients connect to.
+    pub fn target(&self) -> Target {
+        Target::new(
+            self.net(),
+            &self.router(),
+            &self.secret("superuser_password"),
+        )
     }
 
     /// `http` or `https`: how Patroni's REST API and etcd are reached.
@@ -127,18 +133,14 @@ impl Lab {
     /// A JSON document from Patroni's REST API on a host (over TLS when on).
     pub async fn patroni_get(&self, host: &str, path: &str) -> Result<Value, String> {
         let url = format!("{}://{}:8008{path}", self.scheme(), self.ip(host));
-        match self.tls_material() {
-            None => get_json(&url).await,
-            Some(t) => t
-                .http_client(Duration::from_secs(3))
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string()),
-        }
+        self.net()
+            .get(&url, Duration::from_secs(3))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// An etcd client of one host's member (over TLS with pgha's client
@@ -270,21 +272,6 @@ impl Drop for Lab {
                 .output();
         }
     }
-}
-
-pub async fn get_json(url: &str) -> Result<Value, String> {
-    pgha::probe::tls::init_provider();
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    c.get(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// Poll until `f` is Ok, or panic naming what was awaited and the last state.
@@ -456,9 +443,9 @@ pub async fn acked(writer: &Writer, n: usize, since: Instant, server: Option<&st
 }
 
 /// A writer started on `table` and observed acknowledged a few times.
-pub async fn writer_going(lab: &Lab, pw: &str, table: &str, first_id: i32) -> Writer {
+pub async fn writer_going(lab: &Lab, table: &str, first_id: i32) -> Writer {
     let t0 = Instant::now();
-    let w = Writer::start(&lab.router(), pw, table, first_id);
+    let w = Writer::start(&lab.target(), table, first_id);
     acked(&w, 20, t0, None).await;
     w
 }
@@ -471,10 +458,9 @@ pub async fn assert_no_loss(lab: &Lab, table: &str, acked: &[Ack]) {
 
 /// Every id in `acked` is present in `table` (read through the write port).
 pub async fn assert_present(lab: &Lab, table: &str, acked: &[i32]) {
-    let pw = lab.secret("superuser_password");
-    let router = lab.router();
+    let target = lab.target();
     let present: Vec<i32> = eventually("a connection through :5000 to count rows", 60, || async {
-        let c = pg(&router, 5000, &pw).await?;
+        let c = pg(&target, 5000).await?;
         let rows = c
             .query(&format!("SELECT id FROM {table}"), &[])
             .await
@@ -505,14 +491,13 @@ pub async fn assert_present(lab: &Lab, table: &str, acked: &[i32]) {
 /// Wait until a session through the router's read port lands on a replica where
 /// `count_sql` (one bigint) returns `want`.
 pub async fn replica_count(lab: &Lab, count_sql: &str, want: i64) {
-    let pw = lab.secret("superuser_password");
-    let router = lab.router();
+    let target = lab.target();
     let sql = format!("SELECT ({count_sql}), pg_is_in_recovery()");
     eventually(
         &format!("{count_sql} = {want} on a replica through :5001"),
         30,
         || async {
-            let r = pg(&router, 5001, &pw).await?;
+            let r = pg(&target, 5001).await?;
             let row = r.query_one(&sql, &[]).await.map_err(|e| e.to_string())?;
             let (n, replica): (i64, bool) = (row.get(0), row.get(1));
             if n == want && replica {
