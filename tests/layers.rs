@@ -115,9 +115,7 @@ fn code_only(text: &str) -> String {
             }
             i += 1;
             out.push_str("\"\"");
-        } else if b[i] == b'\'' && b.get(i + 2) == Some(&b'\'')
-            || (b[i] == b'\'' && b.get(i + 1) == Some(&b'\\'))
-        {
+        } else if b[i] == b'\'' && (b.get(i + 2) == Some(&b'\'') || b.get(i + 1) == Some(&b'\\')) {
             // a char literal ('x' or '\n'); lifetimes ('a) are kept
             let mut j = i + 1;
             if b[j] == b'\\' {
