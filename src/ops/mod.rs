@@ -12,6 +12,7 @@ pub mod health;
 pub mod images;
 pub mod lock;
 pub mod marks;
+pub mod member;
 pub mod patroni;
 pub mod run;
 pub mod verify;
