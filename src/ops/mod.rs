@@ -14,7 +14,9 @@ pub mod lock;
 pub mod marks;
 pub mod member;
 pub mod patroni;
+pub mod rolling;
 pub mod run;
+pub mod stack;
 pub mod verify;
 pub mod waits;
 
