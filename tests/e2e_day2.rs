@@ -242,6 +242,14 @@ async fn replica_partition_comes_back_streaming(lab: &Lab) {
         leader,
         "a replica's partition moves no leadership"
     );
+    // Nor demotes the leader and promotes it again (a new timeline, a write outage).
+    let tl_after = timeline_of(lab, &leader).await;
+    assert_eq!(
+        tl_after,
+        tl,
+        "{leader} went from timeline {tl} to {tl_after} while {replica} was cut off; its Patroni log:\n{}",
+        lab.journal(&leader, "patroni", 80)
+    );
     assert_no_loss(lab, "day2", &acked).await;
     assert!(
         acked

@@ -235,6 +235,15 @@ impl Lab {
         )
     }
 
+    /// The last `lines` lines of a unit's journal on a host (for failure messages).
+    pub fn journal(&self, host: &str, unit: &str, lines: u32) -> String {
+        self.sh(
+            host,
+            &format!("journalctl -u {unit} --no-pager -n {lines} 2>&1"),
+        )
+        .1
+    }
+
     /// A SQL query on a host's own PostgreSQL, through docker exec; panics when psql
     /// fails (an error is never read as an answer).
     pub fn psql(&self, host: &str, sql: &str) -> String {
