@@ -10,7 +10,7 @@ use crate::commands::{load_inventory, load_pki};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::lock::ClusterLock;
-use crate::ops::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
+use crate::ops::switchover::{self as actions, SwitchoverOpts, SwitchoverReport};
 use crate::ui::OutputFormat;
 use crate::ui::Ui;
 

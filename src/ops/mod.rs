@@ -17,6 +17,7 @@ pub mod patroni;
 pub mod rolling;
 pub mod run;
 pub mod stack;
+pub mod switchover;
 pub mod verdict;
 pub mod verify;
 pub mod waits;

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use super::health::{self, Level};
-use super::patroni::{self as actions, SwitchoverOpts, SwitchoverReport};
+use super::patroni as actions;
 use super::run::host_failed;
 use super::stack::Stack;
+use super::switchover::{self, SwitchoverOpts, SwitchoverReport};
 use super::{etcd as etcd_ops, waits};
 use crate::engine::apply;
 use crate::engine::upgrade::{Component, HostWork, UpgradePlan};
@@ -88,7 +89,7 @@ impl Stack<'_, '_> {
             let leader = waits::wait_leader(&self.ctx.ep, None, MEMBER).await?;
             if *h == leader {
                 let phase = self.ctx.ui.phase("switchover");
-                let r = actions::switchover(
+                let r = switchover::switchover(
                     self.ctx,
                     &SwitchoverOpts {
                         to: None,

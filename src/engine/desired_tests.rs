@@ -1,0 +1,446 @@
+//! Unit tests of `desired`.
+
+use super::*;
+
+#[test]
+fn strict_undefined_rejects_typos() {
+    let lib = Library::builtin().unwrap();
+    let env = template_env(&lib);
+    let err = env
+        .render_str(
+            "{{ cluster.clustr_name }}",
+            ctx_value(json!({"cluster": {}})),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("undefined"), "{err}");
+}
+
+fn sample() -> Inventory {
+    let text = "all:\n  vars:\n    tls: false\n    superuser_password: \"pa'ss\\\"word\"\n    postgresql_parameters:\n      work_mem: 8MB\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
+    crate::inventory::load_str(
+        std::path::Path::new("/nonexistent/inv.yml"),
+        text,
+        &crate::inventory::LoadOptions::default(),
+    )
+    .unwrap()
+}
+
+fn file(d: &[HostDesired], host: &str, path: &str) -> String {
+    let h = d.iter().find(|h| h.host == host).unwrap();
+    let f = h.files().find(|f| f.path == path).unwrap();
+    String::from_utf8(f.content.clone()).unwrap()
+}
+
+#[test]
+fn docker_daemon_config_is_json_with_the_inventorys_registries() {
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    inv.cluster.docker_image = "pgha:test".into();
+    let lib = Library::builtin().unwrap();
+    let read = |inv: &Inventory| -> serde_json::Value {
+        let d = desired_state(inv, &lib).unwrap();
+        serde_json::from_str(&file(&d, "db1", "/etc/docker/daemon.json")).unwrap()
+    };
+    let plain = read(&inv);
+    assert_eq!(plain["live-restore"], true);
+    assert!(plain.get("insecure-registries").is_none(), "{plain}");
+    inv.cluster.docker_insecure_registries = vec!["10.9.0.21:5050".into()];
+    inv.cluster.docker_storage_driver = "vfs".into();
+    let with = read(&inv);
+    assert_eq!(
+        with["insecure-registries"],
+        serde_json::json!(["10.9.0.21:5050"])
+    );
+    assert_eq!(with["storage-driver"], "vfs");
+}
+
+#[test]
+fn patroni_config_is_valid_yaml_with_the_right_values() {
+    let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
+    let text = file(&d, "db2", "/etc/patroni/config.yml");
+    let y: serde_json::Value = yaml_serde::from_str(&text).unwrap();
+    assert_eq!(y["name"], "db2");
+    assert_eq!(y["restapi"]["connect_address"], "10.9.0.12:8008");
+    assert_eq!(
+        y["postgresql"]["authentication"]["superuser"]["password"],
+        "pa'ss\"word"
+    );
+    assert_eq!(y["etcd3"]["hosts"][2], "10.9.0.13:2379");
+    assert_eq!(
+        y["bootstrap"]["dcs"]["postgresql"]["parameters"]["work_mem"],
+        "8MB"
+    );
+    let hba: Vec<String> = y["postgresql"]["pg_hba"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert!(hba.contains(&"host replication replicator 10.9.0.11/32 scram-sha-256".to_string()));
+    assert!(hba.contains(&"host all all 10.9.0.21/32 scram-sha-256".to_string()));
+    assert!(
+        !hba.iter().any(|l| l.contains("0.0.0.0/0")),
+        "no open pg_hba by default"
+    );
+    // Patroni checks a demoted primary's timeline over a replication connection
+    // to itself: over the socket, with no TCP replication rule from localhost.
+    assert_eq!(y["postgresql"]["use_unix_socket_repl"], true);
+    assert!(hba.contains(&"local replication replicator scram-sha-256".to_string()));
+    assert!(
+        !hba.iter()
+            .any(|l| l.starts_with("host replication") && l.contains("127.0.0.1")),
+        "no replication from localhost over TCP"
+    );
+}
+
+#[test]
+fn roles_apply_to_their_groups_only() {
+    let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
+    let names = |h: &str| -> Vec<String> {
+        d.iter()
+            .find(|x| x.host == h)
+            .unwrap()
+            .roles
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    assert_eq!(
+        names("db1"),
+        ["common", "postgres", "etcd", "patroni", "exporter"]
+    );
+    assert_eq!(names("router1"), ["common", "haproxy"]);
+    let d1 = d.iter().find(|x| x.host == "db1").unwrap();
+    assert_eq!(d1.role("postgres").unwrap().packages, ["postgresql-17"]);
+}
+
+#[test]
+fn etcd_and_haproxy_files_list_every_member() {
+    let d = desired_state(&sample(), &Library::builtin().unwrap()).unwrap();
+    let etcd = file(&d, "db3", "/etc/default/etcd");
+    assert!(etcd.contains("ETCD_NAME=\"db3\"\n"));
+    assert!(etcd.contains(
+        "ETCD_INITIAL_CLUSTER=\"db1=http://10.9.0.11:2380,db2=http://10.9.0.12:2380,db3=http://10.9.0.13:2380\"\n"
+    ));
+    let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+    assert_eq!(
+        hap.matches("server db2 10.9.0.12:5432 check port 8008")
+            .count(),
+        2
+    );
+    assert!(
+        hap.contains("bind *:5000")
+            && hap.contains("bind *:5001")
+            && hap.contains("bind 10.9.0.21:8404\n")
+    );
+    // The read port serves only streaming replicas within the lag bound.
+    assert!(hap.contains("uri /replica?lag=16777216"), "{hap}");
+    assert!(
+        hap.contains(r#"http-check expect rstring '"replication_state": *"streaming"'"#),
+        "{hap}"
+    );
+    let exp = file(&d, "db1", "/etc/default/prometheus-postgres-exporter");
+    assert!(exp.contains("DATA_SOURCE_USER=\"pgha_monitor\""));
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    let lib = Library::builtin().unwrap();
+    let inv = sample();
+    let a = desired_state(&inv, &lib).unwrap();
+    let b = desired_state(&inv, &lib).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        for (f, g) in x.files().zip(y.files()) {
+            assert!(f.content == g.content, "{} differs between renders", f.path);
+        }
+    }
+}
+
+#[test]
+fn tls_configures_every_component_with_the_cluster_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prod.yml");
+    std::fs::write(
+        &path,
+        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n",
+    )
+    .unwrap();
+    let inv = crate::inventory::load(
+        &path,
+        &crate::inventory::LoadOptions {
+            write_secrets: true,
+        },
+    )
+    .unwrap();
+    let pki = crate::pki::load(&inv, true).expect("certificates created");
+    let inputs = Inputs {
+        pki: Some(pki.clone()),
+        ..Default::default()
+    };
+    let d = desired_state_with(&inv, &Library::builtin().unwrap(), &inputs).unwrap();
+    let etcd = file(&d, "db1", "/etc/default/etcd");
+    assert!(
+        etcd.contains("ETCD_LISTEN_CLIENT_URLS=\"https://10.9.0.11:2379,https://127.0.0.1:2379\"")
+    );
+    assert!(
+        etcd.contains("ETCD_CLIENT_CERT_AUTH=\"true\"")
+            && etcd.contains("ETCD_PEER_CLIENT_CERT_AUTH=\"true\"")
+    );
+    let y: serde_json::Value =
+        yaml_serde::from_str(&file(&d, "db1", "/etc/patroni/config.yml")).unwrap();
+    assert_eq!(y["etcd3"]["protocol"], "https");
+    assert_eq!(y["restapi"]["certfile"], "/etc/pgha/tls/postgres.crt");
+    assert_eq!(y["postgresql"]["parameters"]["ssl"], "on");
+    assert_eq!(
+        y["postgresql"]["authentication"]["replication"]["sslmode"],
+        "verify-full"
+    );
+    let hba: Vec<String> = y["postgresql"]["pg_hba"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert!(hba.contains(&"hostssl all all 10.9.0.21/32 scram-sha-256".to_string()));
+    assert!(hba.contains(&"hostssl replication replicator 10.9.0.12/32 scram-sha-256".to_string()));
+    assert!(
+        !hba.iter()
+            .any(|l| l.starts_with("host ") && !l.contains("127.0.0.1") && !l.contains("::1")),
+        "{hba:?}"
+    );
+    let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+    assert_eq!(
+        hap.matches("check-ssl verify required ca-file /etc/pgha/tls/ca.crt")
+            .count(),
+        2
+    );
+    // The host's own certificate and key, private.
+    let db1 = d.iter().find(|h| h.host == "db1").unwrap();
+    let key = db1
+        .files()
+        .find(|f| f.path == "/etc/pgha/tls/postgres.key")
+        .unwrap();
+    assert_eq!((key.mode, key.owner.as_str()), (0o600, "postgres"));
+    assert_eq!(
+        String::from_utf8_lossy(&key.content),
+        pki.hosts["db1"].key.expose()
+    );
+    let cert = file(&d, "db1", "/etc/pgha/tls/etcd.crt");
+    let names = crate::pki::cert_info(&cert).unwrap().names;
+    for n in ["db1", "10.9.0.11", "127.0.0.1", "10.9.0.21", "router1"] {
+        assert!(names.contains(n), "db1's certificate names {n}: {names:?}");
+    }
+    assert_eq!(file(&d, "router1", "/etc/pgha/tls/ca.crt"), pki.ca_cert);
+    assert!(
+        d.iter()
+            .find(|h| h.host == "router1")
+            .unwrap()
+            .files()
+            .all(|f| !f.path.ends_with(".key")),
+        "routers get no key"
+    );
+    // Loading again reuses every certificate (a re-run changes nothing).
+    let again = crate::inventory::load(
+        &path,
+        &crate::inventory::LoadOptions {
+            write_secrets: true,
+        },
+    )
+    .unwrap();
+    let p2 = crate::pki::load(&again, true).unwrap();
+    assert!(p2.issued.is_empty(), "{:?}", p2.issued);
+    assert_eq!(p2.hosts["db2"].cert, pki.hosts["db2"].cert);
+    // A private key never appears in redacted text.
+    let shown = inv
+        .secrets
+        .redact(&format!("x\n{}y", pki.hosts["db1"].key.expose()));
+    assert_eq!(shown, "x\n<redacted private key>\ny");
+}
+
+/// The exporter's environment file carries a hostile password literally to both
+/// of its readers: systemd (native) and the docker container's own `sh`.
+#[test]
+fn exporter_env_file_reads_the_same_under_both_methods() {
+    use crate::engine::quote::tests::{HOSTILE, sh_reads, systemd_reads};
+    let dir = tempfile::tempdir().unwrap();
+    let env_path = dir.path().join("exporter.env");
+    let lib = Library::builtin().unwrap();
+    for pw in HOSTILE {
+        let mut inv = sample();
+        inv.secrets.monitor_password = crate::inventory::Secret::new(pw);
+        let text = file(
+            &desired_state(&inv, &lib).unwrap(),
+            "db1",
+            "/etc/default/prometheus-postgres-exporter",
+        );
+        std::fs::write(&env_path, &text).unwrap();
+        assert_eq!(systemd_reads(&text)["DATA_SOURCE_PASS"], pw, "{text}");
+        assert_eq!(sh_reads(&env_path, "DATA_SOURCE_PASS"), pw, "{text}");
+        // The container reads it with the command its spec runs.
+        inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+        inv.cluster.docker_image = "pgha:test".into();
+        let d = desired_state(&inv, &lib).unwrap();
+        let spec = d
+            .iter()
+            .find(|h| h.host == "db1")
+            .and_then(|h| h.role("exporter"))
+            .and_then(|r| r.container.clone())
+            .unwrap();
+        let sh = spec.run_args.iter().position(|a| a == "sh").unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", &spec.run_args[sh + 2]])
+            .arg(&env_path)
+            .args(["printenv", "DATA_SOURCE_PASS"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{pw}\n"));
+    }
+    assert!(!std::path::Path::new("/tmp/pgha-pwned").exists());
+}
+
+/// etcd's file holds only validated names, addresses and ports: both readers
+/// see the same values.
+#[test]
+fn etcd_env_file_reads_the_same_in_systemd_and_sh() {
+    use crate::engine::quote::tests::{sh_reads, systemd_reads};
+    let text = file(
+        &desired_state(&sample(), &Library::builtin().unwrap()).unwrap(),
+        "db2",
+        "/etc/default/etcd",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("etcd.env");
+    std::fs::write(&path, &text).unwrap();
+    let vars = systemd_reads(&text);
+    assert!(vars.len() > 10, "{vars:?}");
+    for (k, v) in &vars {
+        assert_eq!(&sh_reads(&path, k), v, "{k}");
+    }
+}
+
+/// Role fields that run in a root shell (`prepare`, `validate`) carry inventory
+/// values as single words, even values validation would refuse.
+#[test]
+fn shell_fields_quote_hostile_inventory_values() {
+    use crate::engine::quote::tests::sh_args;
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    let parent = "/srv/a b;$(touch /tmp/pgha-pwned)|`id`'x'";
+    inv.cluster.postgresql_data_dir = format!("{parent}/main");
+    let image = "img:1 $(touch /tmp/pgha-pwned);id";
+    inv.cluster.docker_image = image.into();
+    let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
+    let role = |h: &str, r: &str| {
+        d.iter()
+            .find(|x| x.host == h)
+            .and_then(|x| x.role(r))
+            .cloned()
+            .unwrap()
+    };
+    let prepare = role("db1", "patroni").container.unwrap().prepare.unwrap();
+    assert_eq!(
+        sh_args("install", &prepare),
+        [
+            "-d",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            "-m",
+            "0755",
+            "/var/lib/postgresql",
+            parent
+        ]
+    );
+    let haproxy = role("router1", "haproxy");
+    let validate = haproxy.files[0].validate.clone().unwrap();
+    // As the upload script runs it: %s is the new file.
+    let script = format!("t=/tmp/new.cfg\n{}", validate.replace("%s", "\"$t\""));
+    let args = sh_args("docker", &script);
+    assert_eq!(
+        args[..6],
+        [
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            "/tmp/new.cfg:/tmp/pgha-haproxy.cfg:ro"
+        ]
+    );
+    assert_eq!(args[8], image, "{args:?}");
+    assert_eq!(
+        args[9..],
+        ["haproxy", "-c", "-q", "-f", "/tmp/pgha-haproxy.cfg"]
+    );
+    assert!(!std::path::Path::new("/tmp/pgha-pwned").exists());
+    // A plain inventory renders them as before (no needless quotes).
+    let plain = desired_state(
+        &{
+            let mut i = sample();
+            i.cluster.install_method = crate::inventory::InstallMethod::Docker;
+            i.cluster.docker_image = "pgha-stack:abc".into();
+            i
+        },
+        &Library::builtin().unwrap(),
+    )
+    .unwrap();
+    let v = plain
+        .iter()
+        .find(|x| x.host == "router1")
+        .and_then(|x| x.role("haproxy"))
+        .map(|r| r.files[0].validate.clone().unwrap())
+        .unwrap();
+    assert_eq!(
+        v,
+        "docker run --rm --network none -v %s:/tmp/pgha-haproxy.cfg:ro -v /etc/pgha/tls:/etc/pgha/tls:ro pgha-stack:abc haproxy -c -q -f /tmp/pgha-haproxy.cfg"
+    );
+}
+
+/// HAProxy's stats page is bound to the router's address and needs pgha's
+/// password, carried literally whatever it holds; the exporters listen on their
+/// host's address only, under both install methods.
+#[test]
+fn stats_page_and_exporters_are_not_open_to_every_address() {
+    use crate::engine::quote::tests::{HOSTILE, sh_args};
+    let lib = Library::builtin().unwrap();
+    for pw in HOSTILE {
+        let mut inv = sample();
+        inv.secrets.haproxy_stats_password = crate::inventory::Secret::new(pw);
+        let d = desired_state(&inv, &lib).unwrap();
+        let hap = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+        let stats = &hap[hap.find("listen stats").unwrap()..hap.find("listen primary").unwrap()];
+        assert!(stats.contains("    bind 10.9.0.21:8404\n"), "{stats}");
+        assert!(!hap.contains("bind *:8404"), "{hap}");
+        let auth = stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("stats auth "))
+            .expect("an auth line");
+        // HAProxy's strong quoting is sh's: one word, read literally.
+        assert_eq!(sh_args("w", &format!("w {auth}")), [format!("pgha:{pw}")]);
+    }
+    let exp = file(
+        &desired_state(&sample(), &lib).unwrap(),
+        "db2",
+        "/etc/default/prometheus-postgres-exporter",
+    );
+    assert!(
+        exp.contains("ARGS=\"--web.listen-address=10.9.0.12:9187\"\n"),
+        "{exp}"
+    );
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    inv.cluster.docker_image = "pgha:test".into();
+    let d = desired_state(&inv, &lib).unwrap();
+    let spec = d
+        .iter()
+        .find(|h| h.host == "db2")
+        .and_then(|h| h.role("exporter"))
+        .and_then(|r| r.container.clone())
+        .unwrap();
+    assert_eq!(
+        spec.run_args.last().unwrap(),
+        "--web.listen-address=10.9.0.12:9187"
+    );
+    assert_eq!(listen_host("fe80::1".parse().unwrap()), "[fe80::1]");
+}

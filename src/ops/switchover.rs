@@ -1,0 +1,376 @@
+//! The planned switchover, in one function every command calls: the candidate
+//! chosen (or checked) from a fresh view by Patroni's own rules, the routers' write
+//! port probed throughout, a CHECKPOINT on the leader first, exactly one request
+//! to Patroni (an unknown answer is resolved by watching, never by asking again),
+//! then the new leader serving writes through every router and the old one
+//! streaming from it.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::gap::{self, Gap};
+use super::run::Ctx;
+use super::waits;
+use crate::error::Failure;
+use crate::probe::patroni::{self, ClusterView, SwitchoverAnswer};
+use crate::probe::{Net, sql};
+use crate::wait::until;
+
+/// Bound for a member to come back after a restart, or to stream after one.
+pub const MEMBER: Duration = Duration::from_secs(300);
+/// Bound for a new leader to take over after a switchover was accepted.
+pub const TAKEOVER: Duration = Duration::from_secs(120);
+
+/// What `switchover` is asked to do.
+#[derive(Debug, Clone)]
+pub struct SwitchoverOpts {
+    /// The member to promote; None: the synchronous standby (or, without synchronous
+    /// mode, the replica) with the least lag.
+    pub to: Option<String>,
+    /// Largest replication lag (bytes) the candidate may have.
+    pub max_lag: u64,
+    /// How long to wait for a suitable candidate to appear (0: refuse at once). A
+    /// rolling restart waits: right after a member restarts there may be no
+    /// synchronous standby for a loop or two.
+    pub candidate_wait: Duration,
+}
+
+/// What a switchover did, as measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchoverReport {
+    pub from: String,
+    pub to: String,
+    /// Seconds the leader's CHECKPOINT took (run right before asking Patroni).
+    pub checkpoint_secs: Option<f64>,
+    /// Seconds from the request to the new leader serving writes through the
+    /// routers and the old leader streaming again.
+    pub took_secs: f64,
+    /// The write-port probe's measurement (None: no router was serving writes).
+    pub gap: Option<Gap>,
+}
+
+/// Choose the member to promote from a view of the cluster. Pure: the rules Patroni
+/// applies, checked before asking it, so a refusal names the reason.
+pub fn choose_candidate(
+    view: &ClusterView,
+    to: Option<&str>,
+    sync_mode: bool,
+    max_lag: u64,
+) -> Result<(String, String), String> {
+    if view.pause {
+        return Err(
+            "the cluster is paused (maintenance mode): resume it first (Patroni does not switch over while paused)"
+                .into(),
+        );
+    }
+    let leader = view
+        .leader()
+        .ok_or_else(|| format!("there is no running leader ({})", view.summary()))?;
+    let suitable = |m: &patroni::Member| -> Result<(), String> {
+        if m.name == leader.name {
+            return Err(format!("{} is the leader already", m.name));
+        }
+        if m.state != "streaming" {
+            return Err(format!("{} is {}, not streaming", m.name, m.state));
+        }
+        if m.timeline != leader.timeline {
+            return Err(format!(
+                "{} is on timeline {:?}, the leader on {:?}",
+                m.name, m.timeline, leader.timeline
+            ));
+        }
+        match m.lag {
+            Some(l) if l <= max_lag => {}
+            Some(l) => return Err(format!("{} lags {l} bytes (bound {max_lag})", m.name)),
+            None => return Err(format!("{}'s lag is unknown", m.name)),
+        }
+        if m.tag("nofailover") {
+            return Err(format!("{} is tagged nofailover", m.name));
+        }
+        if sync_mode && m.role != "sync_standby" {
+            return Err(format!(
+                "{} is not the synchronous standby; in synchronous mode Patroni promotes only {}",
+                m.name,
+                sync_names(view)
+            ));
+        }
+        Ok(())
+    };
+    match to {
+        Some(name) => {
+            let m = view.member(name).ok_or_else(|| {
+                format!("{name} is not a member of the cluster ({})", view.summary())
+            })?;
+            suitable(m)?;
+            Ok((leader.name.clone(), m.name.clone()))
+        }
+        None => {
+            let mut reasons = Vec::new();
+            let mut best: Option<&patroni::Member> = None;
+            for m in view.replicas() {
+                match suitable(m) {
+                    Ok(()) => {
+                        if best.is_none_or(|b| m.lag < b.lag) {
+                            best = Some(m);
+                        }
+                    }
+                    Err(r) => reasons.push(r),
+                }
+            }
+            best.map(|m| (leader.name.clone(), m.name.clone()))
+                .ok_or_else(|| {
+                    if reasons.is_empty() {
+                        "there is no replica".to_string()
+                    } else {
+                        format!("no member can take over: {}", reasons.join("; "))
+                    }
+                })
+        }
+    }
+}
+
+fn sync_names(view: &ClusterView) -> String {
+    let s: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| m.role == "sync_standby")
+        .map(|m| m.name.as_str())
+        .collect();
+    if s.is_empty() {
+        "a synchronous standby (there is none right now)".into()
+    } else {
+        s.join(", ")
+    }
+}
+
+/// Which server a router's write port reaches: Some(address) when a primary answers.
+async fn write_port_primary(net: &Net, ep: &sql::Endpoint) -> Result<String, String> {
+    let c = sql::connect_bounded(net, ep, Duration::from_secs(2)).await?;
+    let row = c
+        .query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[])
+        .await
+        .map_err(|e| sql::pg_error(&e))?;
+    let (recovery, addr): (bool, String) = (row.get(0), row.get(1));
+    if recovery {
+        Err(format!(
+            "{}:{} reached a replica ({addr})",
+            ep.host, ep.port
+        ))
+    } else {
+        Ok(addr)
+    }
+}
+
+/// CHECKPOINT on the leader so its shutdown checkpoint, which the switchover waits
+/// for, is short. Over SSH when connected to it, else through a router's write port
+/// (checked to reach that leader). Returns the seconds it took.
+async fn checkpoint(ctx: &Ctx<'_>, leader: &str, routers: &[sql::Endpoint]) -> Result<f64, String> {
+    let t0 = Instant::now();
+    let c = &ctx.inv.cluster;
+    if ctx.has_session(leader) {
+        let script = format!("{} -q -c CHECKPOINT", crate::install::psql(c));
+        ctx.run_on(leader, "CHECKPOINT", script)
+            .await
+            .map_err(|f| f.message)?;
+        return Ok(t0.elapsed().as_secs_f64());
+    }
+    let leader_ip = ctx
+        .inv
+        .host(leader)
+        .map(|h| h.ip.to_string())
+        .unwrap_or_default();
+    let mut last = "no router serves writes".to_string();
+    for ep in routers {
+        let res = async {
+            let cl = sql::connect_bounded(&ctx.ep.net, ep, Duration::from_secs(3)).await?;
+            let row = cl
+                .query_one("SELECT host(inet_server_addr()), pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| sql::pg_error(&e))?;
+            let (addr, rec): (String, bool) = (row.get(0), row.get(1));
+            if addr != leader_ip || rec {
+                return Err(format!(
+                    "{}:{} reached {addr}, not {leader}",
+                    ep.host, ep.port
+                ));
+            }
+            tokio::time::timeout(Duration::from_secs(120), cl.batch_execute("CHECKPOINT"))
+                .await
+                .map_err(|_| "CHECKPOINT took over 120 s".to_string())?
+                .map_err(|e| sql::pg_error(&e))
+        }
+        .await;
+        match res {
+            Ok(()) => return Ok(t0.elapsed().as_secs_f64()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Planned switchover: choose (or check) the candidate from a fresh view, start the
+/// write-port probe, CHECKPOINT the leader, re-check the candidate, ask Patroni once,
+/// then wait until the new leader serves writes through every router that served
+/// them before and the old leader streams again. An unknown answer from Patroni is
+/// resolved by watching the cluster, never by asking again.
+pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<SwitchoverReport, Failure> {
+    let sync = ctx.inv.cluster.synchronous_mode;
+    let apis = ctx.ep.patroni_apis();
+    let choose = || async {
+        let view = patroni::cluster_any(&ctx.ep.net, &apis).await?;
+        choose_candidate(&view, opts.to.as_deref(), sync, opts.max_lag)
+    };
+    let (leader, mut candidate) = if opts.candidate_wait.is_zero() {
+        choose().await.map_err(refused)?
+    } else {
+        until("a member that can take over", opts.candidate_wait, choose).await?
+    };
+
+    // Routers serving writes now are the ones that must serve them afterwards.
+    let mut routers = Vec::new();
+    for r in ctx.inv.router_hosts() {
+        let ep = ctx.ep.router_port(&r.ip.to_string(), ctx.ep.write_port);
+        if write_port_primary(&ctx.ep.net, &ep).await.is_ok() {
+            routers.push(ep);
+        }
+    }
+    let probes = super::gap::start_all(&ctx.ep.net, routers.clone());
+    let outcome = switch(ctx, opts, &leader, &mut candidate, &routers).await;
+    let gap = gap::stop_all(probes).await;
+    let (checkpoint_secs, took_secs) = outcome?;
+    super::etcd::keep_apart(ctx).await;
+    Ok(SwitchoverReport {
+        from: leader,
+        to: candidate,
+        checkpoint_secs,
+        took_secs,
+        gap,
+    })
+}
+
+fn refused(reason: String) -> Failure {
+    Failure::error(format!("switchover refused, nothing was changed: {reason}"))
+}
+
+async fn switch(
+    ctx: &Ctx<'_>,
+    opts: &SwitchoverOpts,
+    leader: &str,
+    candidate: &mut String,
+    routers: &[sql::Endpoint],
+) -> Result<(Option<f64>, f64), Failure> {
+    let sync = ctx.inv.cluster.synchronous_mode;
+    let apis = ctx.ep.patroni_apis();
+    let checkpoint_secs = match checkpoint(ctx, leader, routers).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            ctx.ui.warn(format!(
+                "CHECKPOINT on {leader} before the switchover failed: {e}"
+            ));
+            None
+        }
+    };
+    let deadline = Instant::now() + opts.candidate_wait.max(Duration::from_secs(30));
+    let api = ctx.api(leader);
+    loop {
+        // Re-check right before asking: roles and lag move.
+        let view = patroni::cluster_any(&ctx.ep.net, &apis)
+            .await
+            .map_err(Failure::error)?;
+        let to = opts.to.as_deref().or(Some(candidate.as_str()));
+        match choose_candidate(&view, to, sync, opts.max_lag) {
+            Ok((l, _)) if l != leader => {
+                return Err(refused(format!(
+                    "the leader changed to {l} meanwhile; nothing was asked of Patroni"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if opts.to.is_some() || Instant::now() >= deadline => return Err(refused(e)),
+            Err(_) => {
+                // The chosen member stopped qualifying: choose again from this view.
+                match choose_candidate(&view, None, sync, opts.max_lag) {
+                    Ok((_, c)) => *candidate = c,
+                    Err(e) if Instant::now() >= deadline => return Err(refused(e)),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                continue;
+            }
+        }
+        ctx.ensure_locked(&format!("switchover {leader} -> {candidate}"))
+            .await?;
+        ctx.ui
+            .host(leader, format!("switchover {leader} -> {candidate}"));
+        let asked = Instant::now();
+        match patroni::switchover(
+            &ctx.ep.net,
+            &api,
+            &ctx.inv.secrets.patroni_api_password,
+            leader,
+            candidate,
+        )
+        .await
+        {
+            SwitchoverAnswer::Done => crate::testpoint::pause("switchover:requested").await,
+            SwitchoverAnswer::Refused(why) => {
+                // Nothing happened: with a free choice, try a fresh one until the deadline.
+                if opts.to.is_some() || Instant::now() >= deadline {
+                    return Err(refused(format!("Patroni refused: {why}")));
+                }
+                tracing::info!("switchover to {candidate} refused ({why}); choosing again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            SwitchoverAnswer::Unknown(why) => {
+                crate::testpoint::pause("switchover:requested").await;
+                ctx.ui.host(
+                    leader,
+                    format!("Patroni's answer was not conclusive ({why}); watching the cluster, not asking again"),
+                );
+            }
+        }
+        waits::wait_leader(&ctx.ep, Some(candidate), TAKEOVER)
+            .await
+            .map_err(|e| {
+                Failure::error(format!(
+                    "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
+                ))
+            })?;
+        ctx.ui.changed(leader, 1);
+        let candidate_ip = ctx
+            .inv
+            .host(candidate)
+            .map(|h| h.ip.to_string())
+            .unwrap_or_default();
+        for ep in routers {
+            until(
+                &format!(
+                    "{}:{} to reach the new leader {candidate}",
+                    ep.host, ep.port
+                ),
+                TAKEOVER,
+                || async {
+                    let addr = write_port_primary(&ctx.ep.net, ep).await?;
+                    if addr == candidate_ip {
+                        Ok(())
+                    } else {
+                        Err(format!("reached {addr}"))
+                    }
+                },
+            )
+            .await?;
+        }
+        waits::wait_member_streaming(&ctx.ep, leader, candidate, MEMBER).await?;
+        if sync {
+            // Done means protected again: a synchronous standby is named.
+            waits::wait_sync_standby(&ctx.ep, TAKEOVER).await?;
+        }
+        return Ok((checkpoint_secs, asked.elapsed().as_secs_f64()));
+    }
+}
+
+#[cfg(test)]
+#[path = "switchover_tests.rs"]
+mod tests;
