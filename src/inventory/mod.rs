@@ -5,6 +5,7 @@
 //! rules, and returns a typed [`Inventory`] or an [`InventoryError`] listing
 //! every problem with its file, line and column (exit code 4).
 
+mod convert;
 mod error;
 pub(crate) mod locate;
 mod model;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
+use super::convert;
 use super::locate::Seg;
 use super::model::{AptPin, Cluster, Host, InstallMethod, SshTarget};
 use super::parse::{Level, Tree};
@@ -288,7 +289,7 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             let v = if vars::is_secret_name(k) {
                 Json::String("<redacted>".into())
             } else {
-                vars::yaml_to_json(&tree.defs[d].value)
+                convert::yaml_to_json(&tree.defs[d].value)
             };
             shown.insert(k.clone(), v);
         }
@@ -407,7 +408,7 @@ fn check_defs(ctx: &mut Ctx, tree: &Tree) -> Vec<Option<Json>> {
     for (i, def) in tree.defs.iter().enumerate() {
         let key = def.key.as_str();
         if let Some(spec) = vars::spec(key) {
-            match vars::convert(spec.kind, &def.value) {
+            match convert::convert(spec.kind, &def.value) {
                 Ok(v) => {
                     if spec.scope == Scope::Secret {
                         ctx.warn_at(
@@ -611,7 +612,7 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     if let Some((Json::Array(a), _)) = v.get("client_cidrs") {
         c.client_cidrs = a
             .iter()
-            .filter_map(|x| x.as_str().and_then(vars::parse_cidr))
+            .filter_map(|x| x.as_str().and_then(convert::parse_cidr))
             .collect();
     }
     set!(superuser_name, str);
