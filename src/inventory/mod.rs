@@ -13,6 +13,7 @@ mod parse;
 pub mod print;
 mod resolve;
 mod secrets;
+mod validate;
 mod vars;
 
 use std::path::{Path, PathBuf};

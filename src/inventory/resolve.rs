@@ -11,6 +11,7 @@ use super::convert;
 use super::locate::Seg;
 use super::model::{AptPin, Cluster, Host, InstallMethod, SshTarget};
 use super::parse::{Level, Tree};
+use super::validate::{ClusterVals, validate};
 use super::vars::{self, Scope};
 use super::{Ctx, expand_local_path};
 
@@ -28,16 +29,53 @@ pub(crate) struct Resolved {
     pub secret_files: BTreeMap<&'static str, (String, Vec<Seg>)>,
 }
 
-/// Effective cluster-wide values: canonical key -> (value, index of the def that set it).
-type ClusterVals = BTreeMap<&'static str, (Json, usize)>;
-
 pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
     // Structural errors (a skipped host or group) make membership counts meaningless.
     let structural_errors = ctx.error_count() > 0;
     let typed = check_defs(ctx, tree);
-    let depth = group_depths(ctx, tree);
+    let closures = group_closures(tree);
+    let managed = effective_vars(ctx, tree, &typed, &closures);
+    let cvals = cluster_values(ctx, tree, &typed, &managed);
+    let mut cluster = build_cluster(&cvals);
+    let local = |k: &str| {
+        cvals
+            .get(k)
+            .and_then(|(v, _)| v.as_str().map(|s| expand_local_path(dir, s)))
+    };
+    cluster.tls_ca_cert_file = local("tls_ca_cert_file");
+    cluster.tls_ca_key_file = local("tls_ca_key_file");
+    let def_path = |name: &str| -> Vec<Seg> {
+        cvals
+            .get(name)
+            .map(|(_, d)| tree.defs[*d].path.clone())
+            .unwrap_or_default()
+    };
+    let hosts = resolve_hosts(ctx, tree, &typed, &managed, dir);
+    let groups = member_groups(tree, &hosts);
+    validate(
+        ctx,
+        tree,
+        &cluster,
+        &hosts,
+        &groups,
+        &cvals,
+        &def_path,
+        !structural_errors,
+    );
+    let (secret_inline, secret_files) = secret_sources(tree, &cvals);
+    Resolved {
+        hosts,
+        groups,
+        cluster,
+        known_hosts: local("pgha_known_hosts"),
+        secret_inline,
+        secret_files,
+    }
+}
 
-    // Group closure per host (direct groups and all their ancestors, without `all`).
+/// Each host's groups: its direct groups and all their ancestors (without `all`),
+/// in file order.
+fn group_closures(tree: &Tree) -> Vec<Vec<String>> {
     let group_pos: HashMap<&str, usize> = tree
         .groups
         .iter()
@@ -60,14 +98,28 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
         list.sort_by_key(|g| group_pos.get(g.as_str()).copied().unwrap_or(usize::MAX));
         closures.push(list);
     }
+    closures
+}
 
-    // Managed hosts and their effective variables.
-    struct Eff {
-        entry: usize,
-        groups: Vec<String>,
-        raw: BTreeMap<String, usize>,
-        canon: BTreeMap<&'static str, usize>,
-    }
+/// A managed host and its effective variables (after Ansible's precedence).
+struct Eff {
+    entry: usize,
+    groups: Vec<String>,
+    /// Variable name as written -> the definition that wins.
+    raw: BTreeMap<String, usize>,
+    /// Canonical name -> the definition that wins.
+    canon: BTreeMap<&'static str, usize>,
+}
+
+/// The hosts of the managed groups with their effective variables (`all`, then
+/// groups from the shallowest, then the host's own); others are warned about.
+fn effective_vars(
+    ctx: &mut Ctx,
+    tree: &Tree,
+    typed: &[Option<Json>],
+    closures: &[Vec<String>],
+) -> Vec<Eff> {
+    let depth = group_depths(ctx, tree);
     let mut managed: Vec<Eff> = Vec::new();
     for (i, h) in tree.hosts.iter().enumerate() {
         let groups = &closures[i];
@@ -127,8 +179,17 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             canon,
         });
     }
+    managed
+}
 
-    // Cluster-wide values: one value across all managed hosts.
+/// Cluster-wide values: one value across all managed hosts (a difference is an
+/// error naming both hosts and where each value was set).
+fn cluster_values(
+    ctx: &mut Ctx,
+    tree: &Tree,
+    typed: &[Option<Json>],
+    managed: &[Eff],
+) -> ClusterVals {
     let mut cvals: ClusterVals = BTreeMap::new();
     for spec in vars::KEYS
         .iter()
@@ -195,27 +256,21 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             cvals.insert(name, (v.clone(), d));
         }
     }
+    cvals
+}
 
-    let mut cluster = build_cluster(&cvals);
-    let local = |k: &str| {
-        cvals
-            .get(k)
-            .and_then(|(v, _)| v.as_str().map(|s| expand_local_path(dir, s)))
-    };
-    cluster.tls_ca_cert_file = local("tls_ca_cert_file");
-    cluster.tls_ca_key_file = local("tls_ca_key_file");
-    let def_path = |name: &str| -> Vec<Seg> {
-        cvals
-            .get(name)
-            .map(|(_, d)| tree.defs[*d].path.clone())
-            .unwrap_or_default()
-    };
-
-    // Hosts.
+/// The managed hosts, typed: address resolved, SSH settings, key files readable.
+fn resolve_hosts(
+    ctx: &mut Ctx,
+    tree: &Tree,
+    typed: &[Option<Json>],
+    managed: &[Eff],
+    dir: &Path,
+) -> Vec<Host> {
     let mut hosts: Vec<Host> = Vec::new();
     let mut resolved_addr: HashMap<String, Result<IpAddr, String>> = HashMap::new();
     let mut key_problems: BTreeMap<usize, (PathBuf, Vec<String>, String)> = BTreeMap::new();
-    for e in &managed {
+    for e in managed {
         let entry = &tree.hosts[e.entry];
         let name = entry.name.clone();
         let host_path = entry.seen[0].1.clone();
@@ -324,8 +379,11 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             ),
         );
     }
+    hosts
+}
 
-    // Groups: members among managed hosts, file order.
+/// Every group's members among the managed hosts, in file order.
+fn member_groups(tree: &Tree, hosts: &[Host]) -> BTreeMap<String, Vec<String>> {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for g in tree.groups.iter().filter(|g| g.name != "all") {
         let members = hosts
@@ -335,21 +393,18 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             .collect();
         groups.insert(g.name.clone(), members);
     }
+    groups
+}
 
-    validate(
-        ctx,
-        tree,
-        &cluster,
-        &hosts,
-        &groups,
-        &cvals,
-        &def_path,
-        !structural_errors,
-    );
-
-    let known_hosts = cvals
-        .get("pgha_known_hosts")
-        .and_then(|(v, _)| v.as_str().map(|s| expand_local_path(dir, s)));
+/// Secrets set inline and secrets read from files, with where they were written.
+#[allow(clippy::type_complexity)]
+fn secret_sources(
+    tree: &Tree,
+    cvals: &ClusterVals,
+) -> (
+    BTreeMap<&'static str, (String, Vec<Seg>)>,
+    BTreeMap<&'static str, (String, Vec<Seg>)>,
+) {
     let mut secret_inline = BTreeMap::new();
     let mut secret_files = BTreeMap::new();
     for spec in vars::KEYS {
@@ -373,14 +428,7 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
             _ => {}
         }
     }
-    Resolved {
-        hosts,
-        groups,
-        cluster,
-        known_hosts,
-        secret_inline,
-        secret_files,
-    }
+    (secret_inline, secret_files)
 }
 
 fn level_name(l: &Level) -> String {
@@ -656,314 +704,4 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(tls_cert_validity_days, u64);
     set!(tls_renew_before_days, u64);
     c
-}
-
-#[allow(clippy::too_many_arguments)]
-fn validate(
-    ctx: &mut Ctx,
-    tree: &Tree,
-    c: &Cluster,
-    hosts: &[Host],
-    groups: &BTreeMap<String, Vec<String>>,
-    cvals: &ClusterVals,
-    def_path: &dyn Fn(&str) -> Vec<Seg>,
-    check_membership: bool,
-) {
-    let group_path = |g: &str| tree.group(g).map(|x| x.path.clone());
-    let members = |g: &str| groups.get(g).cloned().unwrap_or_default();
-    let db = members("db");
-
-    for (g, what) in [
-        ("db", "the PostgreSQL hosts (Patroni)"),
-        ("router", "the HAProxy hosts"),
-    ] {
-        if check_membership && members(g).is_empty() {
-            let how = format!("list {what} under `all: children: {g}: hosts:`");
-            match group_path(g) {
-                Some(p) => ctx.error_at(&p, format!("group `{g}` has no hosts: {how}")),
-                None => ctx.error(format!("group `{g}` is missing: {how}")),
-            }
-        }
-    }
-
-    // etcd: odd number of members, at least 3.
-    let explicit_etcd = !members("etcd").is_empty();
-    let etcd = if explicit_etcd {
-        members("etcd")
-    } else {
-        db.clone()
-    };
-    if check_membership && !db.is_empty() && (etcd.len() < 3 || etcd.len() % 2 == 0) {
-        let (g, how) = if explicit_etcd {
-            ("etcd", "add or remove hosts in the `etcd` group")
-        } else {
-            (
-                "db",
-                "the etcd members are the db hosts unless an `etcd` group is given: add db hosts, \
-                 or list 3 (or 5) etcd hosts in an `etcd` group",
-            )
-        };
-        ctx.error_at(
-            &group_path(g).unwrap_or_default(),
-            format!(
-                "etcd needs an odd number of members, at least 3, to keep quorum; it would have {} ({}): {how}",
-                etcd.len(),
-                etcd.join(", ")
-            ),
-        );
-    }
-    if !db.is_empty() && db.len() < 3 {
-        ctx.warn_at(
-            group_path("db").as_deref(),
-            format!(
-                "only {} db host(s): with fewer than 3 there is {} after a failure",
-                db.len(),
-                if db.len() == 1 {
-                    "no replica to fail over to"
-                } else {
-                    "no synchronous standby left"
-                }
-            ),
-        );
-    }
-
-    // A host in both db and router.
-    for h in hosts
-        .iter()
-        .filter(|h| h.in_group("db") && h.in_group("router"))
-    {
-        let at = router_entry(tree, &h.name);
-        if c.allow_router_on_db {
-            ctx.warn_at(
-                Some(&at),
-                format!(
-                    "host `{}` is both a db host and a router (allowed by allow_router_on_db): losing it takes out a \
-                     database member and a router at once",
-                    h.name
-                ),
-            );
-        } else {
-            ctx.error_at(
-                &at,
-                format!(
-                    "host `{}` is in both db and router: losing it would take out a database member and a router at once; \
-                     use a separate router host, or set `allow_router_on_db: true` in all.vars",
-                    h.name
-                ),
-            );
-        }
-    }
-
-    // Duplicate addresses.
-    for (i, a) in hosts.iter().enumerate() {
-        for b in &hosts[..i] {
-            let same_ssh =
-                a.ssh.address.eq_ignore_ascii_case(&b.ssh.address) && a.ssh.port == b.ssh.port;
-            let at = address_path(tree, &a.name);
-            if same_ssh {
-                ctx.error_at(
-                    &at,
-                    format!(
-                        "hosts `{}` and `{}` have the same address {} and SSH port {}: each host needs its own address \
-                         (a host in several groups is written once per group with the same name)",
-                        b.name, a.name, a.ssh.address, a.ssh.port
-                    ),
-                );
-                break;
-            }
-            if a.ip == b.ip && !a.ip.is_unspecified() {
-                ctx.error_at(
-                    &at,
-                    format!(
-                        "hosts `{}` and `{}` both resolve to {}: cluster members reach each other by IP, so each host needs \
-                         its own address",
-                        b.name, a.name, a.ip
-                    ),
-                );
-                break;
-            }
-        }
-    }
-
-    // The same port for two services on one host.
-    let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for h in hosts {
-        let mut ports: Vec<(&str, u16)> = Vec::new();
-        if h.in_group("db") {
-            ports.extend([
-                ("postgresql_port", c.postgresql_port),
-                ("patroni_rest_port", c.patroni_rest_port),
-                ("exporter_port", c.exporter_port),
-            ]);
-        }
-        if etcd.contains(&h.name) {
-            ports.extend([
-                ("etcd_client_port", c.etcd_client_port),
-                ("etcd_peer_port", c.etcd_peer_port),
-            ]);
-        }
-        if h.in_group("router") {
-            ports.extend([
-                ("haproxy_write_port", c.haproxy_write_port),
-                ("haproxy_read_port", c.haproxy_read_port),
-                ("haproxy_stats_port", c.haproxy_stats_port),
-            ]);
-        }
-        for (i, (ka, pa)) in ports.iter().enumerate() {
-            for (kb, pb) in &ports[..i] {
-                if pa == pb && reported.insert((kb, ka)) {
-                    let at = if cvals.contains_key(ka) {
-                        def_path(ka)
-                    } else {
-                        def_path(kb)
-                    };
-                    ctx.error_at(
-                        &at,
-                        format!(
-                            "`{kb}` and `{ka}` are both {pa} on host `{}`: two services cannot listen on one port; \
-                             change one of them",
-                            h.name
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    // Patroni's timing rules.
-    if c.patroni_ttl < 20 {
-        ctx.error_at(
-            &def_path("patroni_ttl"),
-            format!(
-                "`patroni_ttl` is {}: Patroni requires at least 20 (seconds)",
-                c.patroni_ttl
-            ),
-        );
-    }
-    if c.patroni_loop_wait as u64 + 2 * c.patroni_retry_timeout as u64 > c.patroni_ttl as u64 {
-        let at = ["patroni_loop_wait", "patroni_retry_timeout", "patroni_ttl"]
-            .into_iter()
-            .find(|k| cvals.contains_key(k))
-            .map(def_path)
-            .unwrap_or_default();
-        ctx.error_at(
-            &at,
-            format!(
-                "Patroni requires patroni_loop_wait + 2 * patroni_retry_timeout <= patroni_ttl, but {} + 2 * {} = {} > {}: \
-                 lower loop_wait or retry_timeout, or raise ttl",
-                c.patroni_loop_wait,
-                c.patroni_retry_timeout,
-                c.patroni_loop_wait as u64 + 2 * c.patroni_retry_timeout as u64,
-                c.patroni_ttl
-            ),
-        );
-    }
-    if c.patroni_ttl > 60 {
-        ctx.warn_at(
-            Some(&def_path("patroni_ttl")),
-            format!(
-                "`patroni_ttl` is {}: a failed leader is replaced only after up to that many seconds (slow failover)",
-                c.patroni_ttl
-            ),
-        );
-    }
-
-    // Synchronous replication.
-    if c.synchronous_mode {
-        if c.synchronous_node_count == 0 {
-            ctx.error_at(
-                &def_path("synchronous_node_count"),
-                "`synchronous_node_count` must be at least 1 when synchronous_mode is on",
-            );
-        } else if check_membership
-            && !db.is_empty()
-            && c.synchronous_node_count as usize > db.len() - 1
-        {
-            ctx.error_at(
-                &def_path("synchronous_node_count"),
-                format!(
-                    "`synchronous_node_count` is {} but there are only {} db host(s), so at most {} synchronous standby(s): \
-                     lower it, add db hosts, or set synchronous_mode: false",
-                    c.synchronous_node_count,
-                    db.len(),
-                    db.len() - 1
-                ),
-            );
-        }
-    } else {
-        ctx.warn_at(
-            Some(&def_path("synchronous_mode")),
-            "synchronous_mode is off: a failover can lose commits the old leader had already acknowledged",
-        );
-    }
-
-    // Network exposure.
-    if c.client_cidrs.iter().any(|n| n.prefix_len() == 0) {
-        ctx.warn_at(
-            Some(&def_path("client_cidrs")),
-            "client_cidrs allows every address (0.0.0.0/0 or ::/0): PostgreSQL accepts password logins from anywhere",
-        );
-    }
-
-    // Role names must differ (one role cannot have two jobs with two passwords).
-    let roles = [
-        ("superuser_name", &c.superuser_name),
-        ("replication_user", &c.replication_user),
-        ("rewind_user", &c.rewind_user),
-        ("monitor_user", &c.monitor_user),
-        ("app_user", &c.app_user),
-    ];
-    for (i, (ka, a)) in roles.iter().enumerate() {
-        if let Some((kb, _)) = roles[..i].iter().find(|(_, b)| b == a) {
-            let at = if cvals.contains_key(ka) {
-                def_path(ka)
-            } else {
-                def_path(kb)
-            };
-            ctx.error_at(
-                &at,
-                format!("`{kb}` and `{ka}` are both `{a}`: each role needs its own name"),
-            );
-        }
-    }
-
-    if c.postgresql_version != 17 && c.apt_sources.is_empty() {
-        ctx.warn_at(
-            Some(&def_path("postgresql_version")),
-            format!(
-                "postgresql_version is {}: Debian 13 ships only PostgreSQL 17; add the PGDG repository to apt_sources \
-                 (deb http://apt.postgresql.org/pub/repos/apt trixie-pgdg main) or the packages will not be found",
-                c.postgresql_version
-            ),
-        );
-    }
-}
-
-/// Where a host is listed in the router group (for the db+router message).
-fn router_entry(tree: &Tree, host: &str) -> Vec<Seg> {
-    tree.hosts
-        .iter()
-        .find(|h| h.name == host)
-        .and_then(|h| {
-            h.seen
-                .iter()
-                .find(|(g, _)| g == "router")
-                .or(h.seen.first())
-                .map(|(_, p)| p.clone())
-        })
-        .unwrap_or_default()
-}
-
-/// Where a host's address is set, else where the host is listed.
-fn address_path(tree: &Tree, host: &str) -> Vec<Seg> {
-    let Some(h) = tree.hosts.iter().find(|h| h.name == host) else {
-        return Vec::new();
-    };
-    h.vars
-        .iter()
-        .rev()
-        .map(|&d| &tree.defs[d])
-        .find(|d| vars::spec(&d.key).is_some_and(|s| s.canonical == "address"))
-        .map(|d| d.path.clone())
-        .unwrap_or_else(|| h.seen.first().map(|(_, p)| p.clone()).unwrap_or_default())
 }

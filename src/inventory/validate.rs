@@ -1,0 +1,429 @@
+//! The cluster's validation rules, over typed hosts and settings: group
+//! membership, etcd's size, hosts' addresses and ports, Patroni's timing rules,
+//! synchronous replication, role names. Each error names where to fix it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value as Json;
+
+use super::Ctx;
+use super::locate::Seg;
+use super::model::{Cluster, Host};
+use super::parse::Tree;
+use super::vars;
+
+/// Effective cluster-wide values: canonical key -> (value, index of the def that set it).
+pub(crate) type ClusterVals = BTreeMap<&'static str, (Json, usize)>;
+
+/// What the rules look at.
+#[derive(Clone, Copy)]
+struct V<'x> {
+    tree: &'x Tree,
+    c: &'x Cluster,
+    hosts: &'x [Host],
+    groups: &'x BTreeMap<String, Vec<String>>,
+    cvals: &'x ClusterVals,
+    /// Where a cluster setting was written (empty when defaulted).
+    def_path: &'x dyn Fn(&str) -> Vec<Seg>,
+    /// Group sizes can be judged (no host or group was skipped as malformed).
+    check_membership: bool,
+}
+
+impl V<'_> {
+    fn group_path(&self, g: &str) -> Option<Vec<Seg>> {
+        self.tree.group(g).map(|x| x.path.clone())
+    }
+    fn members(&self, g: &str) -> Vec<String> {
+        self.groups.get(g).cloned().unwrap_or_default()
+    }
+    /// The etcd members: the etcd group when given, else the db hosts.
+    fn etcd(&self) -> Vec<String> {
+        let explicit = self.members("etcd");
+        if explicit.is_empty() {
+            self.members("db")
+        } else {
+            explicit
+        }
+    }
+}
+
+/// Check every rule; each problem goes to `ctx` (errors and warnings).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate(
+    ctx: &mut Ctx,
+    tree: &Tree,
+    c: &Cluster,
+    hosts: &[Host],
+    groups: &BTreeMap<String, Vec<String>>,
+    cvals: &ClusterVals,
+    def_path: &dyn Fn(&str) -> Vec<Seg>,
+    check_membership: bool,
+) {
+    let v = V {
+        tree,
+        c,
+        hosts,
+        groups,
+        cvals,
+        def_path,
+        check_membership,
+    };
+    membership(ctx, &v);
+    etcd_size(ctx, &v);
+    router_on_db(ctx, &v);
+    addresses(ctx, &v);
+    ports(ctx, &v);
+    patroni_timing(ctx, &v);
+    synchronous(ctx, &v);
+    exposure(ctx, &v);
+    roles(ctx, &v);
+    pg_version(ctx, &v);
+}
+
+/// db and router each have hosts.
+fn membership(ctx: &mut Ctx, v: &V) {
+    let V {
+        check_membership, ..
+    } = *v;
+    for (g, what) in [
+        ("db", "the PostgreSQL hosts (Patroni)"),
+        ("router", "the HAProxy hosts"),
+    ] {
+        if check_membership && v.members(g).is_empty() {
+            let how = format!("list {what} under `all: children: {g}: hosts:`");
+            match v.group_path(g) {
+                Some(p) => ctx.error_at(&p, format!("group `{g}` has no hosts: {how}")),
+                None => ctx.error(format!("group `{g}` is missing: {how}")),
+            }
+        }
+    }
+}
+
+/// etcd: an odd number of members, at least 3; fewer than 3 db hosts warned about.
+fn etcd_size(ctx: &mut Ctx, v: &V) {
+    let V {
+        check_membership, ..
+    } = *v;
+    let db = v.members("db");
+    let explicit_etcd = !v.members("etcd").is_empty();
+    let etcd = if explicit_etcd {
+        v.members("etcd")
+    } else {
+        db.clone()
+    };
+    if check_membership && !db.is_empty() && (etcd.len() < 3 || etcd.len() % 2 == 0) {
+        let (g, how) = if explicit_etcd {
+            ("etcd", "add or remove hosts in the `etcd` group")
+        } else {
+            (
+                "db",
+                "the etcd members are the db hosts unless an `etcd` group is given: add db hosts, \
+                 or list 3 (or 5) etcd hosts in an `etcd` group",
+            )
+        };
+        ctx.error_at(
+            &v.group_path(g).unwrap_or_default(),
+            format!(
+                "etcd needs an odd number of members, at least 3, to keep quorum; it would have {} ({}): {how}",
+                etcd.len(),
+                etcd.join(", ")
+            ),
+        );
+    }
+    if !db.is_empty() && db.len() < 3 {
+        ctx.warn_at(
+            v.group_path("db").as_deref(),
+            format!(
+                "only {} db host(s): with fewer than 3 there is {} after a failure",
+                db.len(),
+                if db.len() == 1 {
+                    "no replica to fail over to"
+                } else {
+                    "no synchronous standby left"
+                }
+            ),
+        );
+    }
+}
+
+/// A host in both db and router: an error unless allowed.
+fn router_on_db(ctx: &mut Ctx, v: &V) {
+    let V { tree, c, hosts, .. } = *v;
+    for h in hosts
+        .iter()
+        .filter(|h| h.in_group("db") && h.in_group("router"))
+    {
+        let at = router_entry(tree, &h.name);
+        if c.allow_router_on_db {
+            ctx.warn_at(
+                Some(&at),
+                format!(
+                    "host `{}` is both a db host and a router (allowed by allow_router_on_db): losing it takes out a \
+                     database member and a router at once",
+                    h.name
+                ),
+            );
+        } else {
+            ctx.error_at(
+                &at,
+                format!(
+                    "host `{}` is in both db and router: losing it would take out a database member and a router at once; \
+                     use a separate router host, or set `allow_router_on_db: true` in all.vars",
+                    h.name
+                ),
+            );
+        }
+    }
+}
+
+/// Each host its own address and SSH endpoint.
+fn addresses(ctx: &mut Ctx, v: &V) {
+    let V { tree, hosts, .. } = *v;
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[..i] {
+            let same_ssh =
+                a.ssh.address.eq_ignore_ascii_case(&b.ssh.address) && a.ssh.port == b.ssh.port;
+            let at = address_path(tree, &a.name);
+            if same_ssh {
+                ctx.error_at(
+                    &at,
+                    format!(
+                        "hosts `{}` and `{}` have the same address {} and SSH port {}: each host needs its own address \
+                         (a host in several groups is written once per group with the same name)",
+                        b.name, a.name, a.ssh.address, a.ssh.port
+                    ),
+                );
+                break;
+            }
+            if a.ip == b.ip && !a.ip.is_unspecified() {
+                ctx.error_at(
+                    &at,
+                    format!(
+                        "hosts `{}` and `{}` both resolve to {}: cluster members reach each other by IP, so each host needs \
+                         its own address",
+                        b.name, a.name, a.ip
+                    ),
+                );
+                break;
+            }
+        }
+    }
+}
+
+/// Two services of one host never on one port.
+fn ports(ctx: &mut Ctx, v: &V) {
+    let V {
+        c,
+        hosts,
+        cvals,
+        def_path,
+        ..
+    } = *v;
+    let etcd = v.etcd();
+    let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for h in hosts {
+        let mut ports: Vec<(&str, u16)> = Vec::new();
+        if h.in_group("db") {
+            ports.extend([
+                ("postgresql_port", c.postgresql_port),
+                ("patroni_rest_port", c.patroni_rest_port),
+                ("exporter_port", c.exporter_port),
+            ]);
+        }
+        if etcd.contains(&h.name) {
+            ports.extend([
+                ("etcd_client_port", c.etcd_client_port),
+                ("etcd_peer_port", c.etcd_peer_port),
+            ]);
+        }
+        if h.in_group("router") {
+            ports.extend([
+                ("haproxy_write_port", c.haproxy_write_port),
+                ("haproxy_read_port", c.haproxy_read_port),
+                ("haproxy_stats_port", c.haproxy_stats_port),
+            ]);
+        }
+        for (i, (ka, pa)) in ports.iter().enumerate() {
+            for (kb, pb) in &ports[..i] {
+                if pa == pb && reported.insert((kb, ka)) {
+                    let at = if cvals.contains_key(ka) {
+                        def_path(ka)
+                    } else {
+                        def_path(kb)
+                    };
+                    ctx.error_at(
+                        &at,
+                        format!(
+                            "`{kb}` and `{ka}` are both {pa} on host `{}`: two services cannot listen on one port; \
+                             change one of them",
+                            h.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Patroni's timing rules (ttl floor, loop_wait + 2 * retry_timeout <= ttl).
+fn patroni_timing(ctx: &mut Ctx, v: &V) {
+    let V {
+        c, cvals, def_path, ..
+    } = *v;
+    if c.patroni_ttl < 20 {
+        ctx.error_at(
+            &def_path("patroni_ttl"),
+            format!(
+                "`patroni_ttl` is {}: Patroni requires at least 20 (seconds)",
+                c.patroni_ttl
+            ),
+        );
+    }
+    if c.patroni_loop_wait as u64 + 2 * c.patroni_retry_timeout as u64 > c.patroni_ttl as u64 {
+        let at = ["patroni_loop_wait", "patroni_retry_timeout", "patroni_ttl"]
+            .into_iter()
+            .find(|k| cvals.contains_key(k))
+            .map(def_path)
+            .unwrap_or_default();
+        ctx.error_at(
+            &at,
+            format!(
+                "Patroni requires patroni_loop_wait + 2 * patroni_retry_timeout <= patroni_ttl, but {} + 2 * {} = {} > {}: \
+                 lower loop_wait or retry_timeout, or raise ttl",
+                c.patroni_loop_wait,
+                c.patroni_retry_timeout,
+                c.patroni_loop_wait as u64 + 2 * c.patroni_retry_timeout as u64,
+                c.patroni_ttl
+            ),
+        );
+    }
+    if c.patroni_ttl > 60 {
+        ctx.warn_at(
+            Some(&def_path("patroni_ttl")),
+            format!(
+                "`patroni_ttl` is {}: a failed leader is replaced only after up to that many seconds (slow failover)",
+                c.patroni_ttl
+            ),
+        );
+    }
+}
+
+/// Synchronous replication settings against the db hosts.
+fn synchronous(ctx: &mut Ctx, v: &V) {
+    let V {
+        c,
+        def_path,
+        check_membership,
+        ..
+    } = *v;
+    let db = v.members("db");
+    if c.synchronous_mode {
+        if c.synchronous_node_count == 0 {
+            ctx.error_at(
+                &def_path("synchronous_node_count"),
+                "`synchronous_node_count` must be at least 1 when synchronous_mode is on",
+            );
+        } else if check_membership
+            && !db.is_empty()
+            && c.synchronous_node_count as usize > db.len() - 1
+        {
+            ctx.error_at(
+                &def_path("synchronous_node_count"),
+                format!(
+                    "`synchronous_node_count` is {} but there are only {} db host(s), so at most {} synchronous standby(s): \
+                     lower it, add db hosts, or set synchronous_mode: false",
+                    c.synchronous_node_count,
+                    db.len(),
+                    db.len() - 1
+                ),
+            );
+        }
+    } else {
+        ctx.warn_at(
+            Some(&def_path("synchronous_mode")),
+            "synchronous_mode is off: a failover can lose commits the old leader had already acknowledged",
+        );
+    }
+}
+
+/// Client networks open to every address.
+fn exposure(ctx: &mut Ctx, v: &V) {
+    let V { c, def_path, .. } = *v;
+    if c.client_cidrs.iter().any(|n| n.prefix_len() == 0) {
+        ctx.warn_at(
+            Some(&def_path("client_cidrs")),
+            "client_cidrs allows every address (0.0.0.0/0 or ::/0): PostgreSQL accepts password logins from anywhere",
+        );
+    }
+}
+
+/// Each role its own name (one role cannot have two jobs with two passwords).
+fn roles(ctx: &mut Ctx, v: &V) {
+    let V {
+        c, cvals, def_path, ..
+    } = *v;
+    let roles = [
+        ("superuser_name", &c.superuser_name),
+        ("replication_user", &c.replication_user),
+        ("rewind_user", &c.rewind_user),
+        ("monitor_user", &c.monitor_user),
+        ("app_user", &c.app_user),
+    ];
+    for (i, (ka, a)) in roles.iter().enumerate() {
+        if let Some((kb, _)) = roles[..i].iter().find(|(_, b)| b == a) {
+            let at = if cvals.contains_key(ka) {
+                def_path(ka)
+            } else {
+                def_path(kb)
+            };
+            ctx.error_at(
+                &at,
+                format!("`{kb}` and `{ka}` are both `{a}`: each role needs its own name"),
+            );
+        }
+    }
+}
+
+/// A PostgreSQL version Debian 13 does not ship needs its repository.
+fn pg_version(ctx: &mut Ctx, v: &V) {
+    let V { c, def_path, .. } = *v;
+    if c.postgresql_version != 17 && c.apt_sources.is_empty() {
+        ctx.warn_at(
+            Some(&def_path("postgresql_version")),
+            format!(
+                "postgresql_version is {}: Debian 13 ships only PostgreSQL 17; add the PGDG repository to apt_sources \
+                 (deb http://apt.postgresql.org/pub/repos/apt trixie-pgdg main) or the packages will not be found",
+                c.postgresql_version
+            ),
+        );
+    }
+}
+
+/// Where a host is listed in the router group (for the db+router message).
+fn router_entry(tree: &Tree, host: &str) -> Vec<Seg> {
+    tree.hosts
+        .iter()
+        .find(|h| h.name == host)
+        .and_then(|h| {
+            h.seen
+                .iter()
+                .find(|(g, _)| g == "router")
+                .or(h.seen.first())
+                .map(|(_, p)| p.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Where a host's address is set, else where the host is listed.
+fn address_path(tree: &Tree, host: &str) -> Vec<Seg> {
+    let Some(h) = tree.hosts.iter().find(|h| h.name == host) else {
+        return Vec::new();
+    };
+    h.vars
+        .iter()
+        .rev()
+        .map(|&d| &tree.defs[d])
+        .find(|d| vars::spec(&d.key).is_some_and(|s| s.canonical == "address"))
+        .map(|d| d.path.clone())
+        .unwrap_or_else(|| h.seen.first().map(|(_, p)| p.clone()).unwrap_or_default())
+}
