@@ -14,6 +14,7 @@ pub mod lock;
 pub mod marks;
 pub mod member;
 pub mod patroni;
+pub mod phases;
 pub mod rolling;
 pub mod run;
 pub mod stack;
