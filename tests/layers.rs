@@ -145,8 +145,30 @@ fn paths(code: &str) -> Vec<Vec<String>> {
         expand(after[..end].trim(), &mut Vec::new(), &mut out);
         rest = &after[end..];
     }
-    // inline paths
+    // inline paths: `crate::`, `super::`, and any `name::` (a child module's name
+    // is resolved, anything else dropped by `resolve`)
     let b = code.as_bytes();
+    let mut at = 0;
+    while let Some(k) = code[at..].find("::") {
+        let end = at + k;
+        let start = code[..end]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        at = end + 2;
+        if start == end || (start >= 2 && &code[start - 2..start] == "::") {
+            continue;
+        }
+        let seg_end = code[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .map_or(code.len(), |e| start + e);
+        out.push(
+            code[start..seg_end]
+                .split("::")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        );
+    }
     for start in ["crate::", "super::"] {
         let mut from = 0;
         while let Some(k) = code[from..].find(start) {
@@ -232,6 +254,8 @@ fn expand(tree: &str, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
 }
 
 /// The file a path names from module `from` (the deepest module file on it).
+/// Besides `crate::`, `super::` and `self::`, a path may start with a child module
+/// of `from` (`use layout::X` in a `mod.rs` that declares `mod layout`).
 fn resolve(
     from: &[String],
     path: &[String],
@@ -242,6 +266,12 @@ fn resolve(
         Some("crate") => {
             segs.next();
             Vec::new()
+        }
+        Some(first)
+            if files.contains_key(&[from, &[first.to_string()]].concat())
+                && !["std", "core", "alloc"].contains(&first) =>
+        {
+            from.to_vec()
         }
         Some("super") | Some("self") => {
             let mut m = from.to_vec();
