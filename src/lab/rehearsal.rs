@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use super::{docker, layout};
+use super::layout;
+use crate::docker;
 
 /// The local repository on each host.
 pub const REPO: &str = "/opt/pgha-e2e-repo";
