@@ -351,175 +351,19 @@ fn render(
     tag_overrides: &BTreeMap<String, BTreeMap<String, bool>>,
     inputs: &Inputs,
 ) -> Result<Vec<HostDesired>> {
-    let docker = inv.cluster.install_method == crate::inventory::InstallMethod::Docker;
     let env = template_env(lib);
-    let c = &inv.cluster;
-    let db = inv.db_hosts();
-    let etcd = inv.etcd_hosts();
-    let routers = inv.router_hosts();
-    let secrets: BTreeMap<&str, &str> = [
-        (
-            "superuser_password",
-            inv.secrets.superuser_password.expose(),
-        ),
-        (
-            "replication_password",
-            inv.secrets.replication_password.expose(),
-        ),
-        ("rewind_password", inv.secrets.rewind_password.expose()),
-        ("monitor_password", inv.secrets.monitor_password.expose()),
-        ("app_password", inv.secrets.app_password.expose()),
-        (
-            "patroni_api_password",
-            inv.secrets.patroni_api_password.expose(),
-        ),
-        (
-            "haproxy_stats_password",
-            inv.secrets.haproxy_stats_password.expose(),
-        ),
-    ]
-    .into_iter()
-    .collect();
-    let etcd_client_hosts: Vec<String> = etcd
-        .iter()
-        .map(|h| format!("{}:{}", h.ip, c.etcd_client_port))
-        .collect();
-
     let mut out = Vec::new();
     for host in &inv.hosts {
         let mut tags = default_tags();
         if let Some(o) = tag_overrides.get(&host.name) {
             tags.extend(o.clone());
         }
-        let tls = match (&inputs.pki, c.tls) {
-            (Some(p), true) => json!({
-                "ca": p.ca_cert,
-                "cert": p.hosts.get(&host.name).map(|k| k.cert.clone()).unwrap_or_default(),
-                "key": p.hosts.get(&host.name).map(|k| k.key.expose().to_string()).unwrap_or_default(),
-            }),
-            (None, true) => anyhow::bail!(
-                "tls is on but the cluster's certificates are not loaded ({}): `pgha deploy` creates them",
-                crate::pki::pki_dir(&inv.path).display()
-            ),
-            _ => json!({"ca": "", "cert": "", "key": ""}),
-        };
-        let pg_data_parent = std::path::Path::new(&c.postgresql_data_dir)
-            .parent()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "/var/lib/postgresql".into());
-        let images: BTreeMap<&str, String> = ["etcd", "postgres", "haproxy", "exporter"]
-            .into_iter()
-            .map(|k| (k, crate::docker::stack::image(c, k)))
-            .collect();
-        let ctx = ctx_value(json!({
-            "images": images,
-            "pg_data_parent": pg_data_parent,
-            "tls": tls,
-            "tls_dir": TLS_DIR,
-            "scheme": if c.tls { "https" } else { "http" },
-            "hostssl": if c.tls { "hostssl" } else { "host" },
-            "tags": tags,
-            "cluster": c,
-            "secrets": secrets,
-            "host": {
-                "name": host.name,
-                "ip": host.ip.to_string(),
-                // The address in `listen` form (`host:port` needs brackets for IPv6).
-                "listen": listen_host(host.ip),
-            },
-            "haproxy_stats_user": crate::probe::haproxy::STATS_USER,
-            "db_hosts": refs(&db),
-            "etcd_hosts": refs(&etcd),
-            "router_hosts": refs(&routers),
-            "etcd_client_hosts": etcd_client_hosts,
-            "etcd_data_dir": etcd_data_dir(c),
-            "dcs": dcs_config(c),
-        }));
+        let ctx = host_context(inv, host, &tags, inputs)?;
         let mut roles = Vec::new();
         for role in &lib.roles {
-            let applies = match role.hosts.as_str() {
-                "all" => true,
-                "etcd" => etcd.iter().any(|h| h.name == host.name),
-                g => host.in_group(g),
-            };
-            if !applies {
-                continue;
+            if let Some(r) = render_role(&env, &ctx, inv, host, role, inputs)? {
+                roles.push(r);
             }
-            if let Some(w) = &role.when {
-                let expr = env
-                    .compile_expression(w)
-                    .map_err(|e| anyhow::anyhow!("role {}: when {w:?}: {e}", role.name))?;
-                if !expr.eval(&ctx)?.is_true() {
-                    continue;
-                }
-            }
-            let render_all = |list: &[String]| {
-                list.iter()
-                    .map(|p| {
-                        env.render_str(p, &ctx)
-                            .with_context(|| format!("role {}: package {p:?}", role.name))
-                    })
-                    .collect::<Result<Vec<_>>>()
-            };
-            // Under docker a component comes in its image, not as packages.
-            let in_container = docker && role.container.is_some();
-            let (packages, upgrade_with) = if in_container {
-                (Vec::new(), Vec::new())
-            } else {
-                (render_all(&role.packages)?, render_all(&role.upgrade_with)?)
-            };
-            let container = match (&role.container, in_container) {
-                (Some(def), true) => Some(
-                    container_spec(&env, &ctx, def, c, inputs)
-                        .with_context(|| format!("role {}: container", role.name))?,
-                ),
-                _ => None,
-            };
-            let mut files = Vec::new();
-            for f in &role.files {
-                if let Some(w) = &f.when {
-                    let expr = env.compile_expression(w).map_err(|e| {
-                        anyhow::anyhow!("role {}: file {}: when {w:?}: {e}", role.name, f.dest)
-                    })?;
-                    if !expr.eval(&ctx)?.is_true() {
-                        continue;
-                    }
-                }
-                let tmpl = env.get_template(&f.template)?;
-                let content = tmpl.render(&ctx).map_err(|e| {
-                    anyhow::anyhow!(
-                        "role {}: rendering templates/{} for {}: {e:#}",
-                        role.name,
-                        f.template,
-                        host.name
-                    )
-                })?;
-                files.push(DesiredFile {
-                    role: role.name.clone(),
-                    path: f.dest.clone(),
-                    content: content.into_bytes(),
-                    owner: f.owner.clone(),
-                    group: f.group.clone(),
-                    mode: f.mode_bits()?,
-                    stage: f.stage,
-                    notify: f.notify,
-                    validate: f
-                        .validate
-                        .as_ref()
-                        .map(|v| render_shell(&env, v, &ctx))
-                        .transpose()
-                        .with_context(|| format!("role {}: validate of {}", role.name, f.dest))?,
-                    secrets: Box::new(f.secrets.clone()),
-                });
-            }
-            roles.push(DesiredRole {
-                name: role.name.clone(),
-                packages,
-                upgrade_with,
-                files,
-                services: role.services.clone(),
-                container,
-            });
         }
         out.push(HostDesired {
             host: host.name.clone(),
@@ -527,6 +371,187 @@ fn render(
         });
     }
     Ok(out)
+}
+
+/// The secrets templates may use, by name.
+fn secret_values(inv: &Inventory) -> BTreeMap<&'static str, &str> {
+    let s = &inv.secrets;
+    [
+        ("superuser_password", s.superuser_password.expose()),
+        ("replication_password", s.replication_password.expose()),
+        ("rewind_password", s.rewind_password.expose()),
+        ("monitor_password", s.monitor_password.expose()),
+        ("app_password", s.app_password.expose()),
+        ("patroni_api_password", s.patroni_api_password.expose()),
+        ("haproxy_stats_password", s.haproxy_stats_password.expose()),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// What the templates of one host see: the cluster, its secrets and certificates,
+/// the host, the groups, its Patroni tags.
+fn host_context(
+    inv: &Inventory,
+    host: &crate::inventory::Host,
+    tags: &BTreeMap<String, bool>,
+    inputs: &Inputs,
+) -> Result<minijinja::Value> {
+    let c = &inv.cluster;
+    let (db, etcd, routers) = (inv.db_hosts(), inv.etcd_hosts(), inv.router_hosts());
+    let tls = match (&inputs.pki, c.tls) {
+        (Some(p), true) => json!({
+            "ca": p.ca_cert,
+            "cert": p.hosts.get(&host.name).map(|k| k.cert.clone()).unwrap_or_default(),
+            "key": p.hosts.get(&host.name).map(|k| k.key.expose().to_string()).unwrap_or_default(),
+        }),
+        (None, true) => anyhow::bail!(
+            "tls is on but the cluster's certificates are not loaded ({}): `pgha deploy` creates them",
+            crate::pki::pki_dir(&inv.path).display()
+        ),
+        _ => json!({"ca": "", "cert": "", "key": ""}),
+    };
+    let pg_data_parent = std::path::Path::new(&c.postgresql_data_dir)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/var/lib/postgresql".into());
+    let images: BTreeMap<&str, String> = ["etcd", "postgres", "haproxy", "exporter"]
+        .into_iter()
+        .map(|k| (k, crate::docker::stack::image(c, k)))
+        .collect();
+    let etcd_client_hosts: Vec<String> = etcd
+        .iter()
+        .map(|h| format!("{}:{}", h.ip, c.etcd_client_port))
+        .collect();
+    Ok(ctx_value(json!({
+        "images": images,
+        "pg_data_parent": pg_data_parent,
+        "tls": tls,
+        "tls_dir": TLS_DIR,
+        "scheme": if c.tls { "https" } else { "http" },
+        "hostssl": if c.tls { "hostssl" } else { "host" },
+        "tags": tags,
+        "cluster": c,
+        "secrets": secret_values(inv),
+        "host": {
+            "name": host.name,
+            "ip": host.ip.to_string(),
+            // The address in `listen` form (`host:port` needs brackets for IPv6).
+            "listen": listen_host(host.ip),
+        },
+        "haproxy_stats_user": crate::probe::haproxy::STATS_USER,
+        "db_hosts": refs(&db),
+        "etcd_hosts": refs(&etcd),
+        "router_hosts": refs(&routers),
+        "etcd_client_hosts": etcd_client_hosts,
+        "etcd_data_dir": etcd_data_dir(c),
+        "dcs": dcs_config(c),
+    })))
+}
+
+/// Whether a `when` expression holds in this context (no expression: it does).
+fn holds(
+    env: &Environment<'static>,
+    ctx: &minijinja::Value,
+    when: Option<&String>,
+    what: &str,
+) -> Result<bool> {
+    let Some(w) = when else { return Ok(true) };
+    let expr = env
+        .compile_expression(w)
+        .map_err(|e| anyhow::anyhow!("{what}: when {w:?}: {e}"))?;
+    Ok(expr.eval(ctx)?.is_true())
+}
+
+/// One role on one host, or None when it does not apply there.
+fn render_role(
+    env: &Environment<'static>,
+    ctx: &minijinja::Value,
+    inv: &Inventory,
+    host: &crate::inventory::Host,
+    role: &crate::engine::roles::RoleDef,
+    inputs: &Inputs,
+) -> Result<Option<DesiredRole>> {
+    let c = &inv.cluster;
+    let applies = match role.hosts.as_str() {
+        "all" => true,
+        "etcd" => inv.etcd_hosts().iter().any(|h| h.name == host.name),
+        g => host.in_group(g),
+    };
+    if !applies || !holds(env, ctx, role.when.as_ref(), &format!("role {}", role.name))? {
+        return Ok(None);
+    }
+    let render_all = |list: &[String]| {
+        list.iter()
+            .map(|p| {
+                env.render_str(p, ctx)
+                    .with_context(|| format!("role {}: package {p:?}", role.name))
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    // Under docker a component comes in its image, not as packages.
+    let docker = c.install_method == crate::inventory::InstallMethod::Docker;
+    let in_container = docker && role.container.is_some();
+    let (packages, upgrade_with) = if in_container {
+        (Vec::new(), Vec::new())
+    } else {
+        (render_all(&role.packages)?, render_all(&role.upgrade_with)?)
+    };
+    let container = match (&role.container, in_container) {
+        (Some(def), true) => Some(
+            container_spec(env, ctx, def, c, inputs)
+                .with_context(|| format!("role {}: container", role.name))?,
+        ),
+        _ => None,
+    };
+    let mut files = Vec::new();
+    for f in &role.files {
+        let what = format!("role {}: file {}", role.name, f.dest);
+        if holds(env, ctx, f.when.as_ref(), &what)? {
+            files.push(render_file(env, ctx, &role.name, f, &host.name)?);
+        }
+    }
+    Ok(Some(DesiredRole {
+        name: role.name.clone(),
+        packages,
+        upgrade_with,
+        files,
+        services: role.services.clone(),
+        container,
+    }))
+}
+
+/// One file of a role, rendered from its template.
+fn render_file(
+    env: &Environment<'static>,
+    ctx: &minijinja::Value,
+    role: &str,
+    f: &crate::engine::roles::FileDef,
+    host: &str,
+) -> Result<DesiredFile> {
+    let content = env.get_template(&f.template)?.render(ctx).map_err(|e| {
+        anyhow::anyhow!(
+            "role {role}: rendering templates/{} for {host}: {e:#}",
+            f.template
+        )
+    })?;
+    Ok(DesiredFile {
+        role: role.to_string(),
+        path: f.dest.clone(),
+        content: content.into_bytes(),
+        owner: f.owner.clone(),
+        group: f.group.clone(),
+        mode: f.mode_bits()?,
+        stage: f.stage,
+        notify: f.notify,
+        validate: f
+            .validate
+            .as_ref()
+            .map(|v| render_shell(env, v, ctx))
+            .transpose()
+            .with_context(|| format!("role {role}: validate of {}", f.dest))?,
+        secrets: Box::new(f.secrets.clone()),
+    })
 }
 
 #[cfg(test)]
