@@ -99,6 +99,19 @@ pub fn render(s: &Snapshot) -> String {
         out.push_str(&format!("  warning: {w}\n"));
     }
     out.push('\n');
+    members_table(s, &mut out);
+    out.push('\n');
+    etcd_table(s, &mut out);
+    routers_table(s, &mut out);
+    exporters_and_certificates(s, &mut out);
+    if s.verdict.level != Level::Healthy {
+        out.push_str(&format!("\n{}\n", s.verdict.line()));
+    }
+    out
+}
+
+/// One row per db member.
+fn members_table(s: &Snapshot, out: &mut String) {
     let rows: Vec<Vec<String>> = s
         .members
         .iter()
@@ -144,7 +157,10 @@ pub fn render(s: &Snapshot) -> String {
         ],
         &rows,
     ));
-    out.push('\n');
+}
+
+/// One row per etcd member, and the quorum.
+fn etcd_table(s: &Snapshot, out: &mut String) {
     let rows: Vec<Vec<String>> = s
         .etcd
         .iter()
@@ -182,6 +198,10 @@ pub fn render(s: &Snapshot) -> String {
         if s.etcd_quorum { "held" } else { "LOST" },
         s.etcd.len()
     ));
+}
+
+/// One row per router: its backends against Patroni.
+fn routers_table(s: &Snapshot, out: &mut String) {
     let servers = |m: &std::collections::BTreeMap<String, String>| {
         if m.is_empty() {
             "-".to_string()
@@ -224,6 +244,10 @@ pub fn render(s: &Snapshot) -> String {
         &rows,
     ));
     out.push('\n');
+}
+
+/// Exporters, served certificates and the CA, a line each.
+fn exporters_and_certificates(s: &Snapshot, out: &mut String) {
     let exporters: Vec<String> = s
         .exporters
         .iter()
@@ -255,10 +279,6 @@ pub fn render(s: &Snapshot) -> String {
             ca.subject, ca.not_after, ca.days_left
         ));
     }
-    if s.verdict.level != Level::Healthy {
-        out.push_str(&format!("\n{}\n", s.verdict.line()));
-    }
-    out
 }
 
 #[cfg(test)]
