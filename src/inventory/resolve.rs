@@ -273,7 +273,6 @@ fn resolve_hosts(
     for e in managed {
         let entry = &tree.hosts[e.entry];
         let name = entry.name.clone();
-        let host_path = entry.seen[0].1.clone();
         let get = |k: &str| e.canon.get(k).and_then(|&d| typed[d].clone());
         let address = get("address")
             .and_then(|v| v.as_str().map(str::to_string))
@@ -305,40 +304,7 @@ fn resolve_hosts(
                 ),
             );
         }
-        // An address that failed its type check was reported already: do not
-        // fall back to resolving the host's name.
-        let bad_address = !e.canon.contains_key("address")
-            && e.raw
-                .keys()
-                .any(|k| vars::spec(k).is_some_and(|s| s.canonical == "address"));
-        let ip = if bad_address {
-            Ok(IpAddr::from([0, 0, 0, 0]))
-        } else {
-            resolved_addr
-                .entry(address.clone())
-                .or_insert_with(|| resolve_address(&address, port))
-                .clone()
-        };
-        let ip = match ip {
-            Ok(ip) => ip,
-            Err(why) => {
-                let at = e
-                    .canon
-                    .get("address")
-                    .map(|&d| tree.defs[d].path.clone())
-                    .unwrap_or_else(|| host_path.clone());
-                let what = if e.canon.contains_key("address") {
-                    "set ansible_host to an IP address or a DNS name this machine can resolve"
-                } else {
-                    "the host has no ansible_host, so its name is used as address: set ansible_host"
-                };
-                ctx.error_at(
-                    &at,
-                    format!("host `{name}`: cannot resolve address `{address}` ({why}): {what}"),
-                );
-                IpAddr::from([0, 0, 0, 0])
-            }
-        };
+        let ip = host_ip(ctx, tree, e, &address, port, &mut resolved_addr);
         let mut shown = BTreeMap::new();
         for (k, &d) in &e.raw {
             let v = if vars::is_secret_name(k) {
@@ -380,6 +346,54 @@ fn resolve_hosts(
         );
     }
     hosts
+}
+
+/// The host's IP address (resolved once per name); 0.0.0.0 after an error it
+/// reported (or that its address' type check reported already).
+fn host_ip(
+    ctx: &mut Ctx,
+    tree: &Tree,
+    e: &Eff,
+    address: &str,
+    port: u16,
+    resolved: &mut HashMap<String, Result<IpAddr, String>>,
+) -> IpAddr {
+    let name = &tree.hosts[e.entry].name;
+    let host_path = tree.hosts[e.entry].seen[0].1.clone();
+    // An address that failed its type check was reported already: do not
+    // fall back to resolving the host's name.
+    let bad_address = !e.canon.contains_key("address")
+        && e.raw
+            .keys()
+            .any(|k| vars::spec(k).is_some_and(|s| s.canonical == "address"));
+    let ip = if bad_address {
+        Ok(IpAddr::from([0, 0, 0, 0]))
+    } else {
+        resolved
+            .entry(address.to_string())
+            .or_insert_with(|| resolve_address(address, port))
+            .clone()
+    };
+    match ip {
+        Ok(ip) => ip,
+        Err(why) => {
+            let at = e
+                .canon
+                .get("address")
+                .map(|&d| tree.defs[d].path.clone())
+                .unwrap_or_else(|| host_path.clone());
+            let what = if e.canon.contains_key("address") {
+                "set ansible_host to an IP address or a DNS name this machine can resolve"
+            } else {
+                "the host has no ansible_host, so its name is used as address: set ansible_host"
+            };
+            ctx.error_at(
+                &at,
+                format!("host `{name}`: cannot resolve address `{address}` ({why}): {what}"),
+            );
+            IpAddr::from([0, 0, 0, 0])
+        }
+    }
 }
 
 /// Every group's members among the managed hosts, in file order.
