@@ -372,17 +372,64 @@ pub fn host_names(inv: &Inventory, host: &str) -> BTreeSet<String> {
 /// Load the cluster's PKI, creating or renewing what is needed when `write` (a
 /// deploy); otherwise what is stored must be there and valid.
 pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
-    let c = &inv.cluster;
     let dir = pki_dir(&inv.path);
     if write && !dir.exists() {
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     }
-    let ca_cert_path = dir.join("ca.crt");
-    let ca_key_path = dir.join("ca.key");
     let mut issued = Vec::new();
-    // The CA: the user's own, or pgha's.
-    let (ca_cert, ca_key) = match (&c.tls_ca_cert_file, &c.tls_ca_key_file) {
+    let (ca_cert, ca_key) = load_ca(inv, &dir, write, &mut issued)?;
+    let ca_dn = {
+        let (_, p) = x509_parser::pem::parse_x509_pem(ca_cert.as_bytes())
+            .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?;
+        p.parse_x509()
+            .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?
+            .subject()
+            .to_string()
+    };
+    let mut store = Store {
+        dir: &dir,
+        ca_cert: &ca_cert,
+        ca_key: ca_key.as_deref(),
+        ca_dn: &ca_dn,
+        write,
+        now: now(),
+        renew_before_days: inv.cluster.tls_renew_before_days,
+        validity_days: inv.cluster.tls_cert_validity_days,
+        issued: &mut issued,
+    };
+    let mut hosts = BTreeMap::new();
+    for h in &inv.hosts {
+        let user = match (&h.tls_cert_file, &h.tls_key_file) {
+            (Some(c), Some(k)) => Some((c, k)),
+            _ => None,
+        };
+        let file = format!("host-{}", h.name);
+        let ck = store.cert_key(&h.name, &file, host_names(inv, &h.name), user)?;
+        hosts.insert(h.name.clone(), ck);
+    }
+    let pgha = BTreeSet::from(["pgha".to_string()]);
+    let client = store.cert_key("pgha", "client-pgha", pgha, None)?;
+    Ok(Pki {
+        dir,
+        ca_cert,
+        hosts,
+        client,
+        issued,
+    })
+}
+
+/// The CA: the user's own (tls_ca_cert_file, tls_ca_key_file), or pgha's in `dir`
+/// (created when `write`).
+fn load_ca(
+    inv: &Inventory,
+    dir: &Path,
+    write: bool,
+    issued: &mut Vec<(String, String)>,
+) -> Result<(String, Option<String>)> {
+    let c = &inv.cluster;
+    let (ca_cert_path, ca_key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
+    match (&c.tls_ca_cert_file, &c.tls_ca_key_file) {
         (Some(cert), key) => {
             let cert_pem = fs::read_to_string(cert)
                 .with_context(|| format!("tls_ca_cert_file {}", cert.display()))?;
@@ -393,37 +440,49 @@ pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
                 ),
                 None => None,
             };
-            (cert_pem, key_pem)
+            Ok((cert_pem, key_pem))
         }
         (None, _) => match (read(&ca_cert_path), read(&ca_key_path)) {
-            (Some(cert), Some(key)) => (cert, Some(key)),
+            (Some(cert), Some(key)) => Ok((cert, Some(key))),
             _ if write => {
                 let (cert, key) = new_ca(&c.cluster_name)?;
                 write_private(&ca_key_path, &key)?;
                 write_public(&ca_cert_path, &cert)?;
                 issued.push(("CA".to_string(), "created".to_string()));
-                (cert, Some(key))
+                Ok((cert, Some(key)))
             }
             _ => bail!(
                 "no cluster CA in {} (the cluster's certificates are created by `pgha deploy`)",
                 dir.display()
             ),
         },
-    };
-    let ca_dn = {
-        let (_, p) = x509_parser::pem::parse_x509_pem(ca_cert.as_bytes())
-            .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?;
-        p.parse_x509()
-            .map_err(|e| anyhow::anyhow!("the CA certificate: {e}"))?
-            .subject()
-            .to_string()
-    };
-    let t = now();
-    let mut get = |label: &str,
-                   file: &str,
-                   names: BTreeSet<String>,
-                   user: Option<(&PathBuf, &PathBuf)>|
-     -> Result<CertKey> {
+    }
+}
+
+/// Where certificates are kept and how they are judged and issued during a load.
+struct Store<'x> {
+    dir: &'x Path,
+    ca_cert: &'x str,
+    ca_key: Option<&'x str>,
+    ca_dn: &'x str,
+    write: bool,
+    now: u64,
+    renew_before_days: u64,
+    validity_days: u64,
+    issued: &'x mut Vec<(String, String)>,
+}
+
+impl Store<'_> {
+    /// The certificate and key of `label`: the user's own files, else the stored
+    /// ones when they still hold (signed by the CA, naming `names`, not expiring),
+    /// else newly issued (only when writing).
+    fn cert_key(
+        &mut self,
+        label: &str,
+        file: &str,
+        names: BTreeSet<String>,
+        user: Option<(&PathBuf, &PathBuf)>,
+    ) -> Result<CertKey> {
         if let Some((cert, key)) = user {
             return Ok(CertKey {
                 cert: fs::read_to_string(cert)
@@ -434,10 +493,17 @@ pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
                 ),
             });
         }
-        let cert_path = dir.join(format!("{file}.crt"));
-        let key_path = dir.join(format!("{file}.key"));
+        let cert_path = self.dir.join(format!("{file}.crt"));
+        let key_path = self.dir.join(format!("{file}.key"));
         if let (Some(cert), Some(key)) = (read(&cert_path), read(&key_path)) {
-            let why = stored_reason(&cert, &ca_cert, &ca_dn, &names, t, c.tls_renew_before_days);
+            let why = stored_reason(
+                &cert,
+                self.ca_cert,
+                self.ca_dn,
+                &names,
+                self.now,
+                self.renew_before_days,
+            );
             match why {
                 None => {
                     return Ok(CertKey {
@@ -445,7 +511,7 @@ pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
                         key: Secret::new(key),
                     });
                 }
-                Some(why) if !write => {
+                Some(why) if !self.write => {
                     // Not renewed here; deploy will.
                     tracing::warn!("certificate of {label} {why}: run `pgha deploy` to renew it");
                     return Ok(CertKey {
@@ -453,56 +519,29 @@ pub fn load(inv: &Inventory, write: bool) -> Result<Pki> {
                         key: Secret::new(key),
                     });
                 }
-                Some(why) => issued.push((label.to_string(), why)),
+                Some(why) => self.issued.push((label.to_string(), why)),
             }
-        } else if !write {
+        } else if !self.write {
             bail!(
                 "no certificate for {label} in {} (run `pgha deploy`)",
-                dir.display()
+                self.dir.display()
             );
         } else {
-            issued.push((label.to_string(), "new".to_string()));
+            self.issued.push((label.to_string(), "new".to_string()));
         }
-        let Some(ca_key) = &ca_key else {
+        let Some(ca_key) = self.ca_key else {
             bail!(
                 "{label} needs a certificate and the CA's key is not given (tls_ca_key_file): supply tls_cert_file/tls_key_file for it"
             );
         };
-        let (cert, key) = issue(&ca_cert, ca_key, label, &names, c.tls_cert_validity_days)?;
+        let (cert, key) = issue(self.ca_cert, ca_key, label, &names, self.validity_days)?;
         write_private(&key_path, &key)?;
         write_public(&cert_path, &cert)?;
         Ok(CertKey {
             cert,
             key: Secret::new(key),
         })
-    };
-    let mut hosts = BTreeMap::new();
-    for h in &inv.hosts {
-        let user = match (&h.tls_cert_file, &h.tls_key_file) {
-            (Some(c), Some(k)) => Some((c, k)),
-            _ => None,
-        };
-        let ck = get(
-            &h.name,
-            &format!("host-{}", h.name),
-            host_names(inv, &h.name),
-            user,
-        )?;
-        hosts.insert(h.name.clone(), ck);
     }
-    let client = get(
-        "pgha",
-        "client-pgha",
-        BTreeSet::from(["pgha".to_string()]),
-        None,
-    )?;
-    Ok(Pki {
-        dir,
-        ca_cert,
-        hosts,
-        client,
-        issued,
-    })
 }
 
 /// Days until a certificate expires (negative when expired).
