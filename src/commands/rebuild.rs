@@ -180,6 +180,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
     }
 
     /// Read-only: what the cluster looks like without the target, and the refusals.
+    // Long by design: the refusals, in the order they are judged.
     async fn assess(&self) -> Result<Assessment, Failure> {
         let phase = self.ctx.ui.phase("assess");
         let t = &self.target;

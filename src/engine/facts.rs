@@ -143,6 +143,7 @@ fn words(items: &[String]) -> String {
 }
 
 /// The read-only script. Every line of its output is `kind<TAB>fields...`.
+// Long by design: the facts script is one shell text, built section by section.
 pub fn script(req: &FactsRequest) -> String {
     let mut s = String::from(
         r#"set +e
@@ -251,6 +252,7 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
 }
 
 /// Parse the script's output.
+// Long by design: one pass over the script's sections, in the order it prints them.
 pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
     let mut f = HostFacts::default();
     let mut saw_os = false;

@@ -176,6 +176,7 @@ fn file_reason(want: &DesiredFile, have: Option<&super::facts::FileFact>) -> Opt
 
 /// Plan one host: files that differ, missing packages, services not enabled/running,
 /// and the handlers that changed files need.
+// Long by design: the rules in the order their actions run, each a few lines.
 pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u64) -> HostPlan {
     let mut actions = Vec::new();
     let mut apt_files_changed = false;

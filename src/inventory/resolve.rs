@@ -610,6 +610,7 @@ fn resolve_address(address: &str, port: u16) -> Result<IpAddr, String> {
     }
 }
 
+// Long by design: one `set!` per cluster variable, a table rather than logic.
 fn build_cluster(v: &ClusterVals) -> Cluster {
     let mut c = Cluster::default();
     let s = |k: &str| v.get(k).and_then(|(j, _)| j.as_str().map(str::to_string));

@@ -223,6 +223,7 @@ impl ClusterLock {
         &self.holder
     }
 
+    // Long by design: the lock's transaction and the keeper task that renews its lease.
     async fn take_etcd(&mut self, endpoints: &[String]) -> Result<(), TakeError> {
         let other = |f: String| TakeError::Other(Failure::error(f));
         let mut c = etcd_client(&self.net, endpoints).await.map_err(other)?;

@@ -40,6 +40,8 @@ impl Converge<'_, '_> {
     /// HAProxy, a db host its exporter, and in a new cluster an etcd member installs
     /// etcd first and starts it, so quorum forms while PostgreSQL still installs;
     /// the first db host (the one that bootstraps) installs ahead of the others.
+    // Long by design: one host's package step and what may start right after it
+    // (etcd of a new cluster, HAProxy, exporters), run for every host at once.
     pub async fn packages_on(&self, only: &[String], new_cluster: bool) -> Result<(), Failure> {
         let hosts: Vec<String> = self
             .plans

@@ -331,44 +331,57 @@ async fn switch(
                 );
             }
         }
-        waits::wait_leader(&ctx.ep, Some(candidate), TAKEOVER)
-            .await
-            .map_err(|e| {
-                Failure::error(format!(
-                    "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
-                ))
-            })?;
         ctx.ui.changed(leader, 1);
-        let candidate_ip = ctx
-            .inv
-            .host(candidate)
-            .map(|h| h.ip.to_string())
-            .unwrap_or_default();
-        for ep in routers {
-            until(
-                &format!(
-                    "{}:{} to reach the new leader {candidate}",
-                    ep.host, ep.port
-                ),
-                TAKEOVER,
-                || async {
-                    let addr = write_port_primary(&ctx.ep.net, ep).await?;
-                    if addr == candidate_ip {
-                        Ok(())
-                    } else {
-                        Err(format!("reached {addr}"))
-                    }
-                },
-            )
-            .await?;
-        }
-        waits::wait_member_streaming(&ctx.ep, leader, candidate, MEMBER).await?;
-        if sync {
-            // Done means protected again: a synchronous standby is named.
-            waits::wait_sync_standby(&ctx.ep, TAKEOVER).await?;
-        }
+        taken_over(ctx, leader, candidate, routers).await?;
         return Ok((checkpoint_secs, asked.elapsed().as_secs_f64()));
     }
+}
+
+/// After the request: the candidate leads, every router's write port reaches it,
+/// the old leader streams from it, and (synchronous mode) a standby protects it.
+async fn taken_over(
+    ctx: &Ctx<'_>,
+    leader: &str,
+    candidate: &str,
+    routers: &[sql::Endpoint],
+) -> Result<(), Failure> {
+    let sync = ctx.inv.cluster.synchronous_mode;
+    waits::wait_leader(&ctx.ep, Some(candidate), TAKEOVER)
+        .await
+        .map_err(|e| {
+            Failure::error(format!(
+                "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
+            ))
+        })?;
+    let candidate_ip = ctx
+        .inv
+        .host(candidate)
+        .map(|h| h.ip.to_string())
+        .unwrap_or_default();
+    for ep in routers {
+        until(
+            &format!(
+                "{}:{} to reach the new leader {candidate}",
+                ep.host, ep.port
+            ),
+            TAKEOVER,
+            || async {
+                let addr = write_port_primary(&ctx.ep.net, ep).await?;
+                if addr == candidate_ip {
+                    Ok(())
+                } else {
+                    Err(format!("reached {addr}"))
+                }
+            },
+        )
+        .await?;
+    }
+    waits::wait_member_streaming(&ctx.ep, leader, candidate, MEMBER).await?;
+    if sync {
+        // Done means protected again: a synchronous standby is named.
+        waits::wait_sync_standby(&ctx.ep, TAKEOVER).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -247,6 +247,8 @@ impl Session {
     /// Run a command on its own channel; waits for a free channel slot first.
     /// A non-zero exit is not an error here (see `Output::ok`); sudo refusing is
     /// (`SudoPassword`, `Sudo`), as is the timeout.
+    // Long by design: one loop over the channel's messages (output, exit status,
+    // signals, the deadline) whose state stays local to it.
     pub async fn exec(&self, cmd: &Cmd) -> Result<Output, SshError> {
         let t = &self.inner.target;
         let (line, sudo) = script::wrap(&cmd.script, cmd.as_root, &t.user, t.become_, cmd.timeout);
