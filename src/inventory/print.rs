@@ -39,6 +39,7 @@ fn compact(v: &Json) -> String {
     }
 }
 
+// Long by design: one section per part of the resolved inventory, in print order.
 pub(crate) fn text(inv: &Inventory) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "inventory     {}", inv.path.display());

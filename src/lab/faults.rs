@@ -218,6 +218,8 @@ pub async fn replace_at_new_address(name: &str, host: &str) -> Result<LabHost, F
     replace_with(name, host, None, true).await
 }
 
+// Long by design: the replacement of a host step by step (stop, new container,
+// boot, key, known_hosts, inventory), each observed before the next.
 pub(super) async fn replace_with(
     name: &str,
     host: &str,

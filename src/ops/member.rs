@@ -263,6 +263,7 @@ impl<'c, 'a> Member<'c, 'a> {
     /// Replace the target's etcd member the safe way, then make every etcd host's
     /// configuration file what deploy renders (no restarts: those values are read
     /// only when a data directory is empty).
+    // Long by design: etcd's runtime-reconfiguration procedure, in its order.
     pub async fn replace_etcd_member(
         &self,
         state: &EtcdState,
