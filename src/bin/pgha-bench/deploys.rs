@@ -1,0 +1,318 @@
+//! The deploy figures: a cold deploy beside the hand-made floor, the no-op re-run
+//! beside Ansible's, scale, a rolling upgrade and a rebuild beside pg_basebackup.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::cluster::*;
+use super::faults::{longest_gap, lost};
+use super::{Bench, Figure, last_json, median, phases, run, say};
+use pgha::lab::clients::{Target, Writer, pg};
+use pgha::lab::{self, LabInfo, rehearsal};
+
+impl Bench {
+    /// A timed cold deploy of pgha on a fresh lab: seconds and phases.
+    pub(crate) async fn pgha_cold(&self, name: &str, db: u32) -> (f64, BTreeMap<String, f64>) {
+        let info = self.lab(name, db).await;
+        let inv = info.inventory_path.display().to_string();
+        let (code, out, _, secs) = self.pgha(&["deploy", &inv]);
+        assert_eq!(code, 0, "cold deploy on {name}");
+        let _ = lab::down(name).await;
+        (secs, phases(&out))
+    }
+
+    /// The floor script: barrier -> seconds since its start, and its work time
+    /// (everything after its containers are up, as pgha's deploy starts from booted hosts).
+    pub(crate) fn floor(&self) -> (f64, BTreeMap<String, f64>) {
+        let (code, out, err, _) = run(&mut Command::new(self.args.baselines.join("floor.sh")));
+        assert_eq!(code, 0, "floor.sh failed: {err}");
+        let mut m = BTreeMap::new();
+        for l in out.lines() {
+            if let Some((t, name)) = l.split_once("s ")
+                && let Ok(t) = t.parse::<f64>()
+            {
+                m.insert(name.trim().to_string(), t);
+            }
+        }
+        let total = m.get("read-via-5001").copied().unwrap_or(f64::NAN);
+        let up = m.get("containers-up").copied().unwrap_or(0.0);
+        (total - up, m)
+    }
+
+    pub(crate) async fn cold(&mut self) {
+        let (mut p, mut f) = (Vec::new(), Vec::new());
+        let (mut pph, mut fph) = (Vec::new(), Vec::new());
+        for i in 0..self.args.runs {
+            say(format!("cold deploy {}/{}: floor", i + 1, self.args.runs));
+            let (fs, fm) = self.floor();
+            f.push(fs);
+            fph.push(fm);
+            say(format!("cold deploy {}/{}: pgha", i + 1, self.args.runs));
+            let (ps, pm) = self.pgha_cold("pgha-b-cold", 3).await;
+            p.push(ps);
+            pph.push(pm);
+        }
+        let (mp, mf) = (median(&p), median(&f));
+        let ratio = mp.zip(mf).map(|(a, b)| a / b);
+        self.push(Figure {
+            name: "cold deploy, 3 db + 1 router".into(),
+            unit: "s".into(),
+            pgha: mp,
+            baseline: mf,
+            baseline_name: Some("floor.sh".into()),
+            ratio,
+            goal: Some("<= 1.15x floor".into()),
+            met: ratio.map(|r| r <= 1.15),
+            runs: p.clone(),
+            failed: None,
+            detail: json!({"pgha_phases": pph, "floor_barriers": fph, "floor_runs": f}),
+        });
+    }
+
+    pub(crate) async fn noop(&mut self, inv: &str) {
+        let mut p = Vec::new();
+        for _ in 0..self.args.runs {
+            let (code, out, _, secs) = self.pgha(&["deploy", inv, "--output", "json"]);
+            assert_eq!(code, 0, "no-op deploy");
+            assert_eq!(
+                last_json(&out)["changed"],
+                0,
+                "a no-op run changed something"
+            );
+            p.push(secs);
+        }
+        let mut a = Vec::new();
+        let mut cold = None;
+        if !self.args.no_ansible {
+            say("Ansible baseline (one cold run, three no-op runs)");
+            let (code, out, err, _) = run(&mut Command::new(
+                self.args.baselines.join("ansible/run.sh"),
+            ));
+            if code != 0 {
+                say(format!("ansible/run.sh failed: {err}"));
+            }
+            for l in out.lines() {
+                let secs = l
+                    .split_whitespace()
+                    .rev()
+                    .nth(1)
+                    .and_then(|s| s.parse::<f64>().ok());
+                if l.starts_with("ansible no-op") {
+                    a.extend(secs);
+                } else if l.starts_with("ansible cold") {
+                    cold = secs;
+                }
+            }
+        }
+        let (mp, ma) = (median(&p), median(&a));
+        let ratio = mp.zip(ma).map(|(p, a)| a / p);
+        self.push(Figure {
+            name: "no-op re-run (pgha with full verification)".into(),
+            unit: "s".into(),
+            pgha: mp,
+            baseline: ma,
+            baseline_name: Some("ansible no-op".into()),
+            ratio,
+            goal: Some(">= 15x faster than Ansible".into()),
+            met: ratio.map(|r| r >= 15.0),
+            runs: p,
+            failed: None,
+            detail: json!({"ansible_noop_runs": a, "ansible_cold": cold}),
+        });
+    }
+
+    pub(crate) async fn scale(&mut self) {
+        let three: Vec<f64> = self
+            .figures
+            .iter()
+            .find(|f| f.name.starts_with("cold deploy"))
+            .map(|f| f.runs.clone())
+            .unwrap_or_default();
+        let three = if three.is_empty() {
+            vec![self.pgha_cold("pgha-b-cold", 3).await.0]
+        } else {
+            three
+        };
+        let mut five = Vec::new();
+        for i in 0..self.args.runs.min(2) {
+            say(format!(
+                "cold deploy with 5 db hosts {}/{}",
+                i + 1,
+                self.args.runs.min(2)
+            ));
+            five.push(self.pgha_cold("pgha-b-scale", 5).await.0);
+        }
+        let (m5, m3) = (median(&five), median(&three));
+        self.push(Figure {
+            name: "scale: cold deploy 5 db vs 3 db".into(),
+            unit: "s".into(),
+            pgha: m5,
+            baseline: m3,
+            baseline_name: Some("3 db hosts".into()),
+            ratio: m5.zip(m3).map(|(a, b)| a / b),
+            goal: None,
+            met: None,
+            runs: five,
+            failed: None,
+            detail: json!({"three_db_runs": three}),
+        });
+    }
+
+    pub(crate) async fn upgrade(&mut self) {
+        let info = self.lab("pgha-b-upg", 3).await;
+        let inv = info.inventory_path.display().to_string();
+        let unpinned = std::fs::read_to_string(&inv).unwrap();
+        // Older builds of what the mirror has today (see pgha::lab::rehearsal).
+        let mut pg_new = String::new();
+        for h in info.hosts.iter().filter(|h| h.name.starts_with("db")) {
+            let v = rehearsal::older_builds(&info.name, &h.name, &rehearsal::PG_PACKAGES)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            pg_new = v[0].1.clone();
+        }
+        let haproxy_new = rehearsal::older_builds(&info.name, "router1", &["haproxy"])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))[0]
+            .1
+            .clone();
+        let with = |pinned: bool| {
+            unpinned.replacen(
+                "vars:\n",
+                &format!("vars:\n{}", rehearsal::vars(&pg_new, &haproxy_new, pinned)),
+                1,
+            )
+        };
+        std::fs::write(&inv, with(true)).unwrap();
+        let (code, _, _, _) = self.pgha(&["deploy", &inv]);
+        assert_eq!(code, 0, "pinned deploy");
+        std::fs::write(&inv, with(false)).unwrap();
+        let target = target(&info);
+        create_table(&target, "bench_upg").await;
+        let writer = Writer::start(&target, "bench_upg", 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t = Instant::now();
+        let (code, out, _, secs) = self.pgha(&["upgrade", &inv, "--output", "json"]);
+        assert_eq!(code, 0, "upgrade");
+        let end = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let acked = writer.stop().await;
+        let client = longest_gap(&acked, t, end);
+        let lost = lost(&target, "bench_upg", &acked).await;
+        let doc = last_json(&out);
+        let reported = reported_gap(&doc["upgrade"]["gap"]);
+        if let Err(e) = &reported {
+            say(format!("upgrade: {e}"));
+        }
+        let _ = lab::down("pgha-b-upg").await;
+        self.push(Figure {
+            name: "upgrade (PostgreSQL and HAProxy, older build -> current): longest write gap"
+                .into(),
+            unit: "s".into(),
+            pgha: Some(client),
+            baseline: reported.as_ref().ok().copied(),
+            baseline_name: Some("gap pgha reported".into()),
+            ratio: None,
+            goal: Some("0 rows lost".into()),
+            met: Some(lost == 0),
+            runs: vec![client],
+            failed: None,
+            detail: json!({"upgrade_secs": secs, "rows_lost": lost, "postgresql": [rehearsal::older(&pg_new), &pg_new], "haproxy": [rehearsal::older(&haproxy_new), &haproxy_new], "switchovers": doc["upgrade"]["switchovers"].as_array().map(|a| a.len()), "reported_unmeasured": reported.err()}),
+        });
+    }
+
+    pub(crate) async fn rebuild(&mut self, info: &LabInfo, inv: &str, target: &Target) {
+        let leader = wait_healthy(info).await;
+        let replica = info
+            .hosts
+            .iter()
+            .find(|h| h.name.starts_with("db") && h.name != leader)
+            .unwrap()
+            .name
+            .clone();
+        // Some data, so the clone is not trivially small.
+        if let Ok(c) = pg(target, 5000).await {
+            let _ = c
+                .batch_execute("CREATE TABLE IF NOT EXISTS bench_fill AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 500000) g")
+                .await;
+        }
+        wait_healthy(info).await;
+        let rpw = secret(info, "replication_password");
+        let leader_ip = ip(info, &leader);
+        let (code, _, err, bb) = run(Command::new("docker").args([
+            "exec",
+            &format!("{}-{replica}", info.name),
+            "sh",
+            "-c",
+            &format!(
+                "rm -rf /tmp/bb && PGPASSWORD='{rpw}' runuser -u postgres -- pg_basebackup -h {leader_ip} -U replicator -D /tmp/bb -X stream -c fast && du -sb /tmp/bb | cut -f1 && rm -rf /tmp/bb"
+            ),
+        ]));
+        let baseline = basebackup_baseline(code, &err, bb);
+        if let Err(e) = &baseline {
+            say(e);
+        }
+        lab::replace(&info.name, &replica)
+            .await
+            .expect("lab replace");
+        let (code, out, _, secs) = self.pgha(&["rebuild", &replica, inv, "--output", "json"]);
+        assert_eq!(code, 0, "rebuild");
+        let doc = last_json(&out);
+        let detail = json!({"clone_secs": doc["rebuild"]["clone_secs"], "clone_bytes": doc["rebuild"]["clone_bytes"], "steps": doc["rebuild"]["steps"], "write_gap": doc["rebuild"]["gap"]});
+        self.push(rebuild_figure(secs, baseline, detail));
+    }
+}
+
+/// The pg_basebackup baseline: its seconds when it succeeded; when it failed, why
+/// (the time of a failed copy is no baseline).
+pub(crate) fn basebackup_baseline(code: i32, stderr: &str, secs: f64) -> Result<f64, String> {
+    if code == 0 {
+        return Ok(secs);
+    }
+    let why = stderr.lines().rev().find(|l| !l.trim().is_empty());
+    Err(format!(
+        "the pg_basebackup baseline failed (exit {code}): {}",
+        why.unwrap_or("no message")
+    ))
+}
+
+/// pgha's rebuild beside a plain pg_basebackup of the same data. Without a baseline
+/// the figure fails, naming why, instead of a ratio to a bogus one.
+pub(crate) fn rebuild_figure(secs: f64, baseline: Result<f64, String>, detail: Value) -> Figure {
+    let (baseline, failed) = match baseline {
+        Ok(b) => (Some(b), None),
+        Err(e) => (None, Some(e)),
+    };
+    Figure {
+        name: "rebuild of a lost replica vs a plain pg_basebackup".into(),
+        unit: "s".into(),
+        pgha: Some(secs),
+        baseline,
+        baseline_name: Some("pg_basebackup of the same data".into()),
+        ratio: baseline.map(|b| secs / b),
+        goal: None,
+        met: None,
+        runs: vec![secs],
+        failed,
+        detail,
+    }
+}
+
+/// The write gap pgha reported (`gap` of its JSON result): seconds, or why there is
+/// none. A gap pgha could not measure is no figure, never 0.
+pub(crate) fn reported_gap(gap: &Value) -> Result<f64, String> {
+    if gap.is_null() {
+        return Err("pgha reported no gap (no router was probed)".into());
+    }
+    if gap["measured"] == false {
+        return Err(format!(
+            "pgha could not measure the gap: {}",
+            gap["error"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    gap["longest_secs"]
+        .as_f64()
+        .ok_or_else(|| format!("no longest_secs in pgha's gap {gap}"))
+}
