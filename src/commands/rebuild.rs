@@ -209,22 +209,12 @@ impl<'c, 'a> Rebuild<'c, 'a> {
             steps: Vec::new(),
         };
         if kind == Kind::Db {
-            let survivors: Vec<String> = self
-                .ctx
-                .ep
-                .patroni
-                .iter()
-                .filter(|(n, _)| n != t)
-                .map(|(_, api)| api.clone())
-                .collect();
-            let view = patroni::cluster_any(&self.ctx.ep.net, &survivors)
-                .await
-                .map_err(|e| {
-                    refuse(format!(
-                        "there is nothing to clone from: no other member's Patroni answers ({e}); \
+            let view = self.member().others_view().await.map_err(|e| {
+                refuse(format!(
+                    "there is nothing to clone from: no other member's Patroni answers ({e}); \
                      bring the other members back first"
-                    ))
-                })?;
+                ))
+            })?;
             let leader = view.leader().map(|l| l.name.clone());
             if leader.as_deref() == Some(t.as_str()) {
                 return Err(refuse(format!(

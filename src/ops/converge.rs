@@ -39,26 +39,34 @@ pub struct Converge<'c, 'a> {
     pub(super) archive: images::Archive,
 }
 
+/// Every host's desired state for this run: the inventory's roles rendered with
+/// the cluster's certificates and, under the docker method, the ids of the images
+/// the containers run (push: this machine's; a missing image fails here, before
+/// any change).
+pub async fn desired_state(ctx: &Ctx<'_>) -> Result<BTreeMap<String, HostDesired>, Failure> {
+    let image_ids = if ctx.inv.cluster.install_method == InstallMethod::Docker {
+        images::local_ids(&ctx.inv.cluster).await?
+    } else {
+        BTreeMap::new()
+    };
+    let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
+    let inputs = desired::Inputs {
+        image_ids,
+        pki: ctx.pki.clone(),
+    };
+    Ok(desired::desired_state_with(ctx.inv, &lib, &inputs)
+        .map_err(|e| Failure::error(format!("{e:#}")))?
+        .into_iter()
+        .map(|d| (d.host.clone(), d))
+        .collect())
+}
+
 impl<'c, 'a> Converge<'c, 'a> {
     /// Desired state of every host. Under the docker method the images must be at
     /// hand first (push: in this machine's Docker): a missing one fails here, before
     /// any change.
     pub async fn load(ctx: &'c Ctx<'a>) -> Result<Self, Failure> {
-        let image_ids = if ctx.inv.cluster.install_method == InstallMethod::Docker {
-            images::local_ids(&ctx.inv.cluster).await?
-        } else {
-            BTreeMap::new()
-        };
-        let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-        let inputs = desired::Inputs {
-            image_ids,
-            pki: ctx.pki.clone(),
-        };
-        let desired = desired::desired_state_with(ctx.inv, &lib, &inputs)
-            .map_err(|e| Failure::error(format!("{e:#}")))?
-            .into_iter()
-            .map(|d| (d.host.clone(), d))
-            .collect();
+        let desired = desired_state(ctx).await?;
         Ok(Converge {
             ctx,
             inv: ctx.inv,

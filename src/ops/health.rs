@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 
 use super::run::Ctx;
 pub use super::verdict::*;
-use crate::probe::{Net, etcd, haproxy, patroni};
+use crate::probe::{Net, etcd, exporter, haproxy, patroni};
 
 /// Gather a snapshot; never fails: what does not answer is recorded as such.
 pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
@@ -170,27 +170,12 @@ async fn certificates(ctx: &Ctx<'_>) -> Vec<CertState> {
 async fn pg_up(net: &Net, url: &str) -> Result<bool, String> {
     // Both scrapes within one probe timeout.
     let twice = async {
-        match scrape_pg_up(net, url).await {
-            Ok(false) => scrape_pg_up(net, url).await,
+        match exporter::pg_up(net, url).await {
+            Ok(false) => exporter::pg_up(net, url).await,
             r => r,
         }
     };
     tokio::time::timeout(crate::probe::PROBE_TIMEOUT, twice)
         .await
         .unwrap_or_else(|_| Err("no answer".into()))
-}
-
-async fn scrape_pg_up(net: &Net, url: &str) -> Result<bool, String> {
-    let text = net
-        .get(url, crate::probe::PROBE_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("pg_up "))
-        .map(|v| v.trim() == "1")
-        .ok_or_else(|| "no pg_up metric".to_string())
 }

@@ -65,6 +65,20 @@ impl<'c, 'a> Member<'c, 'a> {
         )
     }
 
+    /// Patroni's view of the cluster from the other members (the host's own
+    /// Patroni may be gone, or may be the one that moved).
+    pub async fn others_view(&self) -> Result<patroni::ClusterView, String> {
+        let others: Vec<String> = self
+            .ctx
+            .ep
+            .patroni
+            .iter()
+            .filter(|(n, _)| *n != self.name)
+            .map(|(_, api)| api.clone())
+            .collect();
+        patroni::cluster_any(&self.ctx.ep.net, &others).await
+    }
+
     /// The etcd client endpoints of every other member.
     fn etcd_survivors(&self) -> Vec<String> {
         let c = &self.ctx.inv.cluster;
@@ -93,15 +107,8 @@ impl<'c, 'a> Member<'c, 'a> {
                 "rebuild of {t} stopped before wiping it; nothing was wiped or changed: {why}"
             ))
         };
-        let survivors: Vec<String> = self
-            .ctx
-            .ep
-            .patroni
-            .iter()
-            .filter(|(n, _)| n != t)
-            .map(|(_, api)| api.clone())
-            .collect();
-        let view = patroni::cluster_any(&self.ctx.ep.net, &survivors)
+        let view = self
+            .others_view()
             .await
             .map_err(|e| refuse(format!("no other member's Patroni answers ({e})")))?;
         match view.leader() {

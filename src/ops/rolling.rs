@@ -173,32 +173,32 @@ impl Stack<'_, '_> {
         Ok(())
     }
 
+    /// Restart a role's service (or re-create its container) on a host.
+    async fn restart_service(&self, h: &str, role: &str, shown: &str) -> Result<(), Failure> {
+        self.ctx
+            .run_on(
+                h,
+                &format!("restart {shown}"),
+                install::restart(self.role(h, role)?, false),
+            )
+            .await?;
+        self.ctx.ui.host(h, format!("{shown} restarted"));
+        Ok(())
+    }
+
     /// Install, then restart what changed and wait until it runs the new versions.
     pub async fn install_and_restart(&self, h: &str, w: &HostWork) -> Result<(), Failure> {
         self.install(h, w).await?;
         crate::testpoint::pause("upgrade:installed").await;
         if w.touches(Component::Patroni) {
             // Restarting Patroni on a drained replica restarts its PostgreSQL too.
-            self.ctx
-                .run_on(
-                    h,
-                    "restart patroni",
-                    install::restart(self.role(h, "patroni")?, false),
-                )
-                .await?;
-            self.ctx.ui.host(h, "Patroni restarted");
+            self.restart_service(h, "patroni", "Patroni").await?;
         } else if w.touches(Component::Postgres) {
             actions::restart_member(self.ctx, h).await?;
         }
         if w.touches(Component::Exporter) {
-            self.ctx
-                .run_on(
-                    h,
-                    "restart postgres_exporter",
-                    install::restart(self.role(h, "exporter")?, false),
-                )
+            self.restart_service(h, "exporter", "postgres_exporter")
                 .await?;
-            self.ctx.ui.host(h, "postgres_exporter restarted");
         }
         if w.touches(Component::Postgres) || w.touches(Component::Patroni) {
             let want_pg = self.target_upstream(w, Component::Postgres);
@@ -238,13 +238,7 @@ impl Stack<'_, '_> {
             phase.set(format!("{h}: Patroni (PostgreSQL keeps running)"));
             let w = &plan.work[h];
             self.install(h, w).await?;
-            self.ctx
-                .run_on(
-                    h,
-                    "restart patroni",
-                    install::restart(self.role(h, "patroni")?, false),
-                )
-                .await?;
+            self.restart_service(h, "patroni", "Patroni").await?;
             let want = self.target_upstream(w, Component::Patroni);
             let api = self.ctx.api(h);
             until(
@@ -262,12 +256,7 @@ impl Stack<'_, '_> {
             )
             .await?;
             if w.touches(Component::Exporter) {
-                self.ctx
-                    .run_on(
-                        h,
-                        "restart postgres_exporter",
-                        install::restart(self.role(h, "exporter")?, false),
-                    )
+                self.restart_service(h, "exporter", "postgres_exporter")
                     .await?;
             }
         }

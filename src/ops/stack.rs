@@ -13,7 +13,7 @@ use super::run::{Ctx, host_failed};
 use crate::engine::apply;
 use crate::engine::desired::{self, HostDesired};
 use crate::engine::facts;
-use crate::engine::roles::{Library, Stage};
+use crate::engine::roles::Stage;
 use crate::engine::upgrade::{
     self, Component, HostWork, PackagePolicy, Roles, Running, UpgradePlan,
 };
@@ -37,28 +37,10 @@ pub type Policies = BTreeMap<String, BTreeMap<String, PackagePolicy>>;
 
 impl<'c, 'a> Stack<'c, 'a> {
     pub async fn new(ctx: &'c Ctx<'a>) -> Result<Self, Failure> {
-        let docker = ctx.inv.cluster.install_method == InstallMethod::Docker;
-        // Under docker the wanted containers name image ids (push: this machine's;
-        // a missing image fails here, before any change).
-        let image_ids = if docker {
-            images::local_ids(&ctx.inv.cluster).await?
-        } else {
-            BTreeMap::new()
-        };
-        let lib = Library::load().map_err(|e| Failure::error(format!("{e:#}")))?;
-        let inputs = desired::Inputs {
-            image_ids,
-            pki: ctx.pki.clone(),
-        };
-        let desired = desired::desired_state_with(ctx.inv, &lib, &inputs)
-            .map_err(|e| Failure::error(format!("{e:#}")))?
-            .into_iter()
-            .map(|d| (d.host.clone(), d))
-            .collect();
         Ok(Stack {
             ctx,
-            desired,
-            docker,
+            desired: super::converge::desired_state(ctx).await?,
+            docker: ctx.inv.cluster.install_method == InstallMethod::Docker,
             archive: Default::default(),
         })
     }

@@ -170,23 +170,9 @@ pub async fn wait_exporters(ep: &Endpoints, timeout: Duration) -> Result<(), Wai
             &format!("postgres_exporter on {name} to report pg_up 1"),
             timeout,
             || async {
-                let text = ep
-                    .net
-                    .get(url, crate::probe::PROBE_TIMEOUT)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .text()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if text.lines().any(|l| l.trim() == "pg_up 1") {
-                    Ok(())
-                } else {
-                    Err(text
-                        .lines()
-                        .find(|l| l.starts_with("pg_up"))
-                        .unwrap_or("no pg_up metric")
-                        .to_string())
+                match crate::probe::exporter::pg_up(&ep.net, url).await? {
+                    true => Ok(()),
+                    false => Err("pg_up 0".to_string()),
                 }
             },
         )

@@ -3,6 +3,7 @@
 //! and a SQL round trip through the router.
 
 pub mod etcd;
+pub mod exporter;
 pub mod haproxy;
 pub mod net;
 pub mod patroni;

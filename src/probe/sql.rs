@@ -43,40 +43,44 @@ pub async fn connect_bounded(net: &Net, ep: &Endpoint, bound: Duration) -> Resul
         .dbname(&ep.dbname)
         .connect_timeout(bound)
         .application_name("pgha");
-    let late = || {
-        format!(
-            "{}:{}: no answer within {}s",
-            ep.host,
-            ep.port,
-            bound.as_secs_f32()
-        )
-    };
-    let failed = |e: tokio_postgres::Error| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e));
     // With the cluster's TLS, over TLS, the server's certificate verified against
     // the cluster CA and its name (sslmode=verify-full).
     match net.tls() {
         Some(t) => {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let (client, conn) = tokio::time::timeout(bound, cfg.connect(t.pg_connector()))
-                .await
-                .map_err(|_| late())?
-                .map_err(failed)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(client)
+            open(&cfg, t.pg_connector(), ep, bound).await
         }
-        None => {
-            let (client, conn) = tokio::time::timeout(bound, cfg.connect(NoTls))
-                .await
-                .map_err(|_| late())?
-                .map_err(failed)?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(client)
-        }
+        None => open(&cfg, NoTls, ep, bound).await,
     }
+}
+
+/// Connect with `tls`, the handshake bounded; the connection is driven in the
+/// background.
+async fn open<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    ep: &Endpoint,
+    bound: Duration,
+) -> Result<Client, String>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = tokio::time::timeout(bound, cfg.connect(tls))
+        .await
+        .map_err(|_| {
+            format!(
+                "{}:{}: no answer within {}s",
+                ep.host,
+                ep.port,
+                bound.as_secs_f32()
+            )
+        })?
+        .map_err(|e| format!("{}:{}: {}", ep.host, ep.port, pg_error(&e)))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
 }
 
 /// The server's own message when there is one (tokio-postgres' Display is terse).
