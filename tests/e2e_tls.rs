@@ -33,14 +33,7 @@ fn lab_tls(lab: &Lab) -> Tls {
 }
 
 async fn https_json(tls: &Tls, url: &str) -> Result<Value, String> {
-    tls.http_client(Duration::from_secs(3))
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?
-        .json()
-        .await
-        .map_err(|e| e.to_string())
+    get_json(&pgha::probe::Net::new(Some(tls.clone())), url).await
 }
 
 /// The certificates each db host serves on Patroni's REST API and etcd. An error

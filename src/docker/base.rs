@@ -290,36 +290,13 @@ async fn build(tag: &str, cache: &Path) -> Result<(), Failure> {
 /// `tar -C DIR -c . | docker import - BASE`.
 async fn import(rootfs: &Path, base: &str) -> Result<(), Failure> {
     let t = Instant::now();
-    let mut tar = Command::new("tar")
-        .arg("--numeric-owner")
+    let mut tar = Command::new("tar");
+    tar.arg("--numeric-owner")
         .arg("-C")
         .arg(rootfs)
         .args(["-c", "."])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Failure::error(format!("cannot run tar: {e}")))?;
-    let stdout: Stdio = tar
-        .stdout
-        .take()
-        .expect("piped")
-        .try_into()
-        .map_err(|e| Failure::error(format!("cannot pipe tar into docker import: {e}")))?;
-    let import = Command::new("docker")
-        .args(["import", "-", base])
-        .stdin(stdout)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let both = async { tokio::join!(tar.wait_with_output(), import) };
-    let (tar_out, imp) = tokio::time::timeout(STEP_TIMEOUT, both)
-        .await
-        .map_err(|_| Failure::error("importing the root filesystem into Docker timed out"))?;
-    let tar_out = tar_out.map_err(|e| Failure::error(format!("tar: {e}")))?;
-    let imp = imp.map_err(|e| Failure::error(format!("cannot run docker import: {e}")))?;
+        .stdin(Stdio::null());
+    let (tar_out, imp) = docker::import_from(tar, "tar", &["-", base], STEP_TIMEOUT).await?;
     if !tar_out.status.success() {
         return Err(Failure::error(format!(
             "tar -C {} -c . failed: {}",

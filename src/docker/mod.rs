@@ -88,6 +88,44 @@ pub async fn bounded(
     }
 }
 
+/// `SOURCE | docker import IMPORT_ARGS... -`: a root filesystem streamed from
+/// another process into a new image, both bounded by `timeout`. Returns both
+/// processes' outputs (the caller judges them: each names its failure its way).
+pub async fn import_from(
+    mut source: Command,
+    what: &str,
+    import_args: &[&str],
+    timeout: Duration,
+) -> Result<(std::process::Output, std::process::Output), Failure> {
+    let mut child = source
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Failure::error(format!("cannot run {what}: {e}")))?;
+    let stdout: Stdio = child
+        .stdout
+        .take()
+        .expect("piped")
+        .try_into()
+        .map_err(|e| Failure::error(format!("cannot pipe {what} into docker import: {e}")))?;
+    let import = Command::new("docker")
+        .arg("import")
+        .args(import_args)
+        .stdin(stdout)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let both = async { tokio::join!(child.wait_with_output(), import) };
+    let (src, imp) = tokio::time::timeout(timeout, both)
+        .await
+        .map_err(|_| Failure::error(format!("{what} | docker import timed out")))?;
+    let src = src.map_err(|e| Failure::error(format!("{what}: {e}")))?;
+    let imp = imp.map_err(|e| Failure::error(format!("cannot run docker import: {e}")))?;
+    Ok((src, imp))
+}
+
 /// Run `docker ARGS` (stdin closed) within `timeout`; a non-zero exit is not an error here.
 pub async fn output(args: &[&str], timeout: Duration) -> Result<Out, Failure> {
     let mut cmd = Command::new("docker");

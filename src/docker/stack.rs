@@ -12,7 +12,6 @@
 //!   ids, below 1000: Debian's maintainer scripts accept an existing system user);
 //! - no entrypoint: pgha gives each container its command.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -150,44 +149,20 @@ async fn build(base: &str, name: &str, tag: &str) -> Result<(), Failure> {
         eprintln!("  {l}");
     }
     // One layer: no systemd of the base's boot, no apt cache; small to ship.
-    let mut export = Command::new("docker")
-        .args(["export", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Failure::error(format!("cannot run docker export: {e}")))?;
-    let stdout: Stdio = export
-        .stdout
-        .take()
-        .expect("piped")
-        .try_into()
-        .map_err(|e| Failure::error(format!("cannot pipe docker export: {e}")))?;
+    let mut export = Command::new("docker");
+    export.args(["export", name]);
     let label = format!("LABEL pgha.recipe={tag}");
-    let import = Command::new("docker")
-        .args([
-            "import",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-            "--change",
-            "ENV LANG=C.UTF-8",
-            "--change",
-            &label,
-            "-",
-            tag,
-        ])
-        .stdin(stdout)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let (exp, imp) = tokio::time::timeout(STEP_TIMEOUT, async {
-        tokio::join!(export.wait_with_output(), import)
-    })
-    .await
-    .map_err(|_| Failure::error("flattening the image timed out"))?;
-    let exp = exp.map_err(|e| Failure::error(format!("docker export: {e}")))?;
-    let imp = imp.map_err(|e| Failure::error(format!("docker import: {e}")))?;
+    let args = [
+        "--change",
+        "CMD [\"/bin/sh\"]",
+        "--change",
+        "ENV LANG=C.UTF-8",
+        "--change",
+        &label,
+        "-",
+        tag,
+    ];
+    let (exp, imp) = docker::import_from(export, "docker export", &args, STEP_TIMEOUT).await?;
     if !exp.status.success() || !imp.status.success() {
         return Err(Failure::error(format!(
             "flattening {tag} failed: {}{}",

@@ -59,20 +59,39 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
     Ok(())
 }
 
-/// The member to hand etcd leadership to when it sits on the Patroni leader's host
-/// (None: it does not, or no other member can take it). Pure.
-pub fn apart_from(etcd_leader: &str, patroni_leader: &str, healthy: &[String]) -> Option<String> {
-    (etcd_leader == patroni_leader)
-        .then(|| healthy.iter().find(|m| *m != patroni_leader).cloned())
-        .flatten()
+/// The member to hand etcd leadership to: best a healthy member that is neither the
+/// Patroni leader nor a synchronous standby, else one that is not the leader.
+/// None when etcd's leader already sits well or nobody better can take it. Pure.
+pub fn apart_from(
+    etcd_leader: &str,
+    patroni_leader: &str,
+    sync: &[String],
+    healthy: &[String],
+) -> Option<String> {
+    let is_sync = |m: &str| sync.iter().any(|s| s == m);
+    let neither = |m: &str| m != patroni_leader && !is_sync(m);
+    if neither(etcd_leader) {
+        return None;
+    }
+    let best = healthy.iter().find(|m| neither(m));
+    let other = healthy.iter().find(|m| *m != patroni_leader);
+    match (best, etcd_leader == patroni_leader) {
+        (Some(b), _) => Some(b.clone()),
+        (None, true) => other.cloned(),
+        (None, false) => None,
+    }
 }
 
-/// Keep etcd's leader off the Patroni leader's host. Losing a host that leads both
-/// costs an etcd election, and etcd's new leader renews every lease to its full
-/// TTL (leases are not checkpointed below 5 minutes), so Patroni's leader key
-/// outlives its dead holder by a whole `ttl` more: measured on the lab, 23-26 s
-/// without writes instead of 17-22 s. Best effort (a warning when it cannot):
-/// nothing is wrong with the cluster when both lead on one host.
+/// Keep etcd's leader off the Patroni leader's host, and off the synchronous
+/// standby's when another member can take it. Losing a host that leads both etcd
+/// and Patroni costs an etcd election, and etcd's new leader renews every lease to
+/// its full TTL (leases are not checkpointed below 5 minutes), so Patroni's leader
+/// key outlives its dead holder by a whole `ttl` more: measured on the lab, 23-26 s
+/// without writes instead of 17-22 s. But losing the etcd leader's host always
+/// costs an election, and during one Patroni 4.0.7 can fail to renew its leader
+/// key and demote a healthy leader (patroni#3407, fixed in 4.0.9): so the etcd
+/// leader goes where its loss hurts least, the asynchronous replica. Best effort
+/// (a warning when it cannot): nothing is wrong with the cluster either way.
 pub async fn keep_apart(ctx: &Ctx<'_>) {
     if let Err(e) = try_keep_apart(ctx).await {
         ctx.ui.warn(format!(
@@ -99,14 +118,20 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
         .iter()
         .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
         .collect();
-    let Some(to) = apart_from(&q.leader, &patroni_leader, &healthy) else {
+    let sync: Vec<String> = view
+        .members
+        .iter()
+        .filter(|m| m.role == "sync_standby")
+        .map(|m| m.name.clone())
+        .collect();
+    let Some(to) = apart_from(&q.leader, &patroni_leader, &sync, &healthy) else {
         return Ok(());
     };
     move_leader(ctx, &q.leader, &to).await?;
     ctx.ui.host(
         "etcd",
         format!(
-            "leadership moved {} -> {to} (off the Patroni leader's host)",
+            "leadership moved {} -> {to} (off the Patroni leader's and the synchronous standby's hosts)",
             q.leader
         ),
     );
@@ -257,9 +282,23 @@ mod tests {
     #[test]
     fn etcd_leadership_leaves_the_patroni_leaders_host_only() {
         let healthy: Vec<String> = ["db1", "db2", "db3"].map(String::from).to_vec();
-        assert_eq!(apart_from("db1", "db1", &healthy), Some("db2".into()));
-        assert_eq!(apart_from("db2", "db1", &healthy), None);
-        assert_eq!(apart_from("db1", "db1", &["db1".to_string()]), None);
+        let sync = ["db2".to_string()];
+        // Off the leader, onto the asynchronous replica.
+        assert_eq!(
+            apart_from("db1", "db1", &sync, &healthy),
+            Some("db3".into())
+        );
+        // Off the synchronous standby too.
+        assert_eq!(
+            apart_from("db2", "db1", &sync, &healthy),
+            Some("db3".into())
+        );
+        assert_eq!(apart_from("db3", "db1", &sync, &healthy), None);
+        // Two members: off the leader onto the standby; nowhere better otherwise.
+        let two = ["db1".to_string(), "db2".to_string()];
+        assert_eq!(apart_from("db1", "db1", &sync, &two), Some("db2".into()));
+        assert_eq!(apart_from("db2", "db1", &sync, &two), None);
+        assert_eq!(apart_from("db1", "db1", &sync, &["db1".to_string()]), None);
     }
 
     #[test]

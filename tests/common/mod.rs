@@ -133,14 +133,7 @@ impl Lab {
     /// A JSON document from Patroni's REST API on a host (over TLS when on).
     pub async fn patroni_get(&self, host: &str, path: &str) -> Result<Value, String> {
         let url = format!("{}://{}:8008{path}", self.scheme(), self.ip(host));
-        self.net()
-            .get(&url, Duration::from_secs(3))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
+        get_json(&self.net(), &url).await
     }
 
     /// An etcd client of one host's member (over TLS with pgha's client
@@ -281,6 +274,17 @@ impl Drop for Lab {
                 .output();
         }
     }
+}
+
+/// A JSON document over HTTP(S) as `net` reaches it (3 s bound).
+pub async fn get_json(net: &pgha::probe::Net, url: &str) -> Result<Value, String> {
+    net.get(url, Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Poll until `f` is Ok, or panic naming what was awaited and the last state.
