@@ -1,6 +1,8 @@
 //! Command-line interface (clap): the top-level parser and one variant per
 //! command. Each command's options live with it (`commands::args`, `lab::args`);
 //! `main` matches on `Command` and calls the command.
+//!
+//! Layer 6, the top: may import commands and the lab.
 
 use clap::{Args, Parser, Subcommand};
 

@@ -1,4 +1,7 @@
 //! Error categories and the exit codes they map to (ansible-playbook's convention).
+//!
+//! Layer 0: imports nothing of pgha. (The conversion from anyhow that keeps an SSH
+//! error's exit code lives in `ssh::error`, beside the type it knows.)
 
 use std::fmt;
 

@@ -4,6 +4,8 @@
 //! container (host networking, configuration and data bind-mounted, restarted by
 //! Docker's policy, recreated only when its image or run spec changes). Everything
 //! else (rendering, plans, rollout order, probes) is the same for both.
+//!
+//! Layer 2: imports engine (desired state) and layer 0/1; never ops or commands.
 
 use crate::engine::desired::{ContainerSpec, DesiredRole, SPEC_LABEL};
 use crate::inventory::{Cluster, InstallMethod};

@@ -4,6 +4,9 @@
 //! printed). Certificates are re-issued when they expire within the renewal window
 //! or no longer name the host's addresses. X.509 by rcgen; expiry read with
 //! x509-parser.
+//!
+//! Layer 1 (an edge): imports inventory and probe::tls (the material it hands out);
+//! never ops or commands.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -6,6 +6,8 @@
 //! When the run reaches a named point it prints `pgha: paused at NAME` on stderr
 //! and waits until the file `DIR/NAME` exists, removes it, and goes on. Each time
 //! a point is reached it pauses again.
+//!
+//! Layer 0: imports nothing of pgha.
 
 /// Pause here when a test asked for this point (debug builds only).
 pub async fn pause(name: &str) {

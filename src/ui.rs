@@ -1,6 +1,8 @@
 //! What people see: a spinner per phase on a terminal (indicatif), plain lines
 //! otherwise, and a recap per host at the end. With `--output json` the human
 //! lines go to stderr and stdout carries one JSON document.
+//!
+//! Layer 0: imports nothing above it.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

@@ -1,5 +1,7 @@
 //! Waiting with deadlines. Every wait names what it waited for and, when it gives
 //! up, the last state it saw.
+//!
+//! Layer 0: imports only `error`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

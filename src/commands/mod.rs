@@ -1,5 +1,8 @@
 //! The commands users run. Each is a short sequence of calls into the operations
 //! core (`crate::ops`): read it top to bottom to know what the command does.
+//!
+//! Layer 4: may import ops and everything below; never cli, main, the lab or the
+//! benchmark.
 
 pub mod args;
 pub mod deploy;

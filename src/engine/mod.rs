@@ -1,5 +1,8 @@
 //! The plan engine: roles as data -> desired state; facts (read-only, one round trip
 //! per host) -> a pure plan; apply runs only what the plan holds.
+//!
+//! Layer 2: may import install (same layer, one way: install imports engine, not
+//! back), the edges and layer 0; never ops or commands.
 
 pub mod apply;
 pub mod desired;

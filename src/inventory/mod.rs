@@ -4,6 +4,9 @@
 //! applies Ansible's variable precedence, checks every value and the cluster's
 //! rules, and returns a typed [`Inventory`] or an [`InventoryError`] listing
 //! every problem with its file, line and column (exit code 4).
+//!
+//! Layer 0: plain data and pure logic; imports only `error` (and std and crates).
+//! Reads no certificates and calls nothing above it: a run loads those itself.
 
 mod convert;
 mod error;

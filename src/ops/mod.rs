@@ -2,6 +2,9 @@
 //! sessions, facts, parallel per-host steps, recap), the cluster's endpoints, the
 //! waits, Patroni actions, the cluster lock, the write-port probe and the final
 //! verification. Commands (`crate::commands`) are short sequences of these.
+//!
+//! Layer 3: may import engine, install, the edges (ssh, probe, docker, pki) and layer
+//! 0; never commands, cli, the lab or the benchmark.
 
 pub mod converge;
 pub mod endpoints;

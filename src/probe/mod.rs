@@ -1,6 +1,8 @@
 //! Typed, read-only probes of the running cluster, reused by every command:
 //! etcd (etcd-client, each endpoint on its own), Patroni (REST), HAProxy (stats CSV),
 //! and a SQL round trip through the router.
+//!
+//! Layer 1 (an edge): imports only layer 0 (inventory, error, wait).
 
 pub mod etcd;
 pub mod exporter;

@@ -10,6 +10,8 @@
 //! s.upload(&Upload { path, content, owner, group, mode, validate: None }).await?;
 //! let sum = s.sha256("/etc/haproxy/haproxy.cfg").await?;    // None when absent
 //! ```
+//!
+//! Layer 1 (an edge): imports only layer 0 (inventory for `SshTarget`, error).
 
 mod auth;
 mod client;
