@@ -313,7 +313,7 @@ pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Fail
     apply::write_files(s, &[&file])
         .await
         .map_err(|e| host_failed(format!("{host}: write {}: {e:#}", file.path)))?;
-    let reload = desired::desired_state(ctx.inv, &lib)
+    let reload = desired::desired_state_with(ctx.inv, &lib, &inputs)
         .map_err(|e| Failure::error(format!("{e:#}")))?
         .into_iter()
         .find(|d| d.host == host)
