@@ -16,7 +16,7 @@ fn strict_undefined_rejects_typos() {
 }
 
 fn sample() -> Inventory {
-    let text = "all:\n  vars:\n    tls: false\n    superuser_password: \"pa'ss\\\"word\"\n    postgresql_parameters:\n      work_mem: 8MB\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
+    let text = "all:\n  vars:\n    tls: false\n    superuser_password: \"pa'ss\\\"word\"\n    postgresql_parameters:\n      work_mem: 8MB\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n";
     crate::inventory::load_str(
         std::path::Path::new("/nonexistent/inv.yml"),
         text,
@@ -162,7 +162,7 @@ fn tls_configures_every_component_with_the_cluster_certificates() {
     let path = dir.path().join("prod.yml");
     std::fs::write(
         &path,
-        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n",
+        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n",
     )
     .unwrap();
     let inv = crate::inventory::load(

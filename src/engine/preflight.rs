@@ -147,7 +147,7 @@ mod tests {
     use crate::inventory::{self, LoadOptions};
 
     fn sample() -> Inventory {
-        let text = "all:\n  vars:\n    tls: false\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n";
+        let text = "all:\n  vars:\n    tls: false\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n";
         inventory::load_str(
             Path::new("/nonexistent/inv.yml"),
             text,

@@ -60,6 +60,70 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
         Kind::AptSources => apt_sources(v),
         Kind::AptPins => each_item(v, pin),
         Kind::Params => params(v),
+        Kind::OneOf(words) => one_of(v, words),
+        Kind::Calendar => calendar(v),
+        Kind::Size => size(v),
+    }
+}
+
+/// One word of `words`.
+fn one_of(v: &Yaml, words: &[&str]) -> Result<Json, Vec<ConvError>> {
+    let s = string(v)?;
+    if words.contains(&s.as_str()) {
+        Ok(json!(s))
+    } else {
+        Err(err(format!(
+            "\"{s}\" is not one of {}: use one of them",
+            words.join(", ")
+        )))
+    }
+}
+
+/// A systemd calendar event as `OnCalendar=` takes it, or empty (none).
+fn calendar(v: &Yaml) -> Result<Json, Vec<ConvError>> {
+    let s = match v {
+        Yaml::Null => return Ok(json!("")),
+        Yaml::String(s) if s.trim().is_empty() => return Ok(json!("")),
+        _ => string(v)?,
+    };
+    super::calendar::Calendar::parse(&s).map_err(|e| {
+        err(format!(
+            "not a systemd calendar event: {e} (e.g. \"Sun *-*-* 01:00:00\" or \"daily\"; \
+             `systemd-analyze calendar '...'` checks one; empty for none)"
+        ))
+    })?;
+    Ok(json!(s.trim()))
+}
+
+/// A size as pgBackRest writes it: a number of bytes with an optional unit
+/// (KB, MB, GB, TB, PB, or KiB, MiB, ... which pgBackRest reads as the same powers of 1024).
+pub(crate) fn size_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let exp = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 1,
+        "m" | "mb" | "mib" => 2,
+        "g" | "gb" | "gib" => 3,
+        "t" | "tb" | "tib" => 4,
+        "p" | "pb" | "pib" => 5,
+        _ => return None,
+    };
+    n.checked_mul(1024u64.checked_pow(exp)?)
+}
+
+fn size(v: &Yaml) -> Result<Json, Vec<ConvError>> {
+    let s = match v {
+        Yaml::Number(n) => n.to_string(),
+        _ => string(v)?,
+    };
+    match size_bytes(&s) {
+        Some(_) => Ok(json!(s.trim())),
+        None => Err(err(format!(
+            "\"{s}\" is not a size: write a number of bytes with a unit, e.g. 4GiB or 512MiB"
+        ))),
     }
 }
 

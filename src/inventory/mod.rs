@@ -8,6 +8,7 @@
 //! Layer 0: plain data and pure logic; imports only `error` (and std and crates).
 //! Reads no certificates and calls nothing above it: a run loads those itself.
 
+pub mod calendar;
 mod convert;
 mod error;
 pub(crate) mod locate;
@@ -107,6 +108,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         app_password: secret("app_password"),
         patroni_api_password: secret("patroni_api_password"),
         haproxy_stats_password: secret("haproxy_stats_password"),
+        backup_cipher_pass: secret("backup_cipher_pass"),
     };
     let mut inv = Inventory {
         path: path.to_path_buf(),

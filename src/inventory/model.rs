@@ -165,6 +165,40 @@ pub struct Cluster {
     pub tls_ca_key_file: Option<PathBuf>,
     pub tls_cert_validity_days: u64,
     pub tls_renew_before_days: u64,
+    /// Backups with pgBackRest to a repository on the `backup` group's host, WAL
+    /// archiving from the leader, scheduled backups (systemd timers on that host).
+    pub backup_enabled: bool,
+    /// The repository's directory on the backup host.
+    pub backup_repo_path: String,
+    /// pgBackRest's TLS server (on the db hosts and the backup host).
+    pub backup_port: u16,
+    /// Encrypt the repository (aes-256-cbc, pass `backup_cipher_pass`).
+    pub backup_encryption: bool,
+    pub backup_retention_full: u32,
+    pub backup_retention_diff: u32,
+    pub backup_compress_type: String,
+    pub backup_process_max: u32,
+    /// systemd calendar events; empty: no such timer.
+    pub backup_schedule_full: String,
+    pub backup_schedule_diff: String,
+    pub backup_schedule_incr: String,
+    pub backup_schedule_verify: String,
+    pub backup_archive_async: bool,
+    /// Past this much WAL waiting for the repository, pgBackRest drops it (a hole
+    /// in the recovery window) instead of filling the db host's disk.
+    pub backup_archive_push_queue_max: String,
+    /// `status` is degraded when the newest backup is older (0: not checked).
+    /// Default: the longest gap between scheduled backups plus 2 hours.
+    pub backup_max_age_hours: u32,
+    /// `status` is degraded when archiving has failed for this long.
+    pub backup_archive_fail_minutes: u32,
+}
+
+impl Cluster {
+    /// The pgBackRest stanza: the cluster's name.
+    pub fn stanza(&self) -> &str {
+        &self.cluster_name
+    }
 }
 
 impl Default for Cluster {
@@ -225,6 +259,22 @@ impl Default for Cluster {
             tls_ca_key_file: None,
             tls_cert_validity_days: 365,
             tls_renew_before_days: 30,
+            backup_enabled: true,
+            backup_repo_path: "/var/lib/pgbackrest".into(),
+            backup_port: 8432,
+            backup_encryption: true,
+            backup_retention_full: 2,
+            backup_retention_diff: 7,
+            backup_compress_type: "zst".into(),
+            backup_process_max: 2,
+            backup_schedule_full: "Sun *-*-* 01:00:00".into(),
+            backup_schedule_diff: "Mon..Sat *-*-* 01:00:00".into(),
+            backup_schedule_incr: String::new(),
+            backup_schedule_verify: "Sun *-*-* 05:00:00".into(),
+            backup_archive_async: true,
+            backup_archive_push_queue_max: "4GiB".into(),
+            backup_max_age_hours: 26,
+            backup_archive_fail_minutes: 5,
         }
     }
 }
@@ -240,11 +290,14 @@ pub struct Secrets {
     pub patroni_api_password: Secret,
     /// Basic auth for HAProxy's stats page (user `pgha`), which pgha's probes read.
     pub haproxy_stats_password: Secret,
+    /// The backup repository's encryption pass (pgBackRest `repo1-cipher-pass`):
+    /// without it the backups cannot be read. Keep a copy away from the cluster.
+    pub backup_cipher_pass: Secret,
 }
 
 impl Secrets {
     /// All secret values, for redaction of diffs and error text.
-    pub fn all(&self) -> [&Secret; 7] {
+    pub fn all(&self) -> [&Secret; 8] {
         [
             &self.superuser_password,
             &self.replication_password,
@@ -253,6 +306,7 @@ impl Secrets {
             &self.app_password,
             &self.patroni_api_password,
             &self.haproxy_stats_password,
+            &self.backup_cipher_pass,
         ]
     }
 
@@ -427,7 +481,7 @@ pub struct Inventory {
 /// Secrets added after clusters were deployed without them: a secrets file may lack
 /// them until the next `deploy` adds them, and the commands that only use them
 /// (the stats page answers without a password until then) work meanwhile.
-pub const ADDED_LATER: [&str; 1] = ["haproxy_stats_password"];
+pub const ADDED_LATER: [&str; 2] = ["haproxy_stats_password", "backup_cipher_pass"];
 
 impl Inventory {
     pub fn host(&self, name: &str) -> Option<&Host> {
@@ -463,6 +517,13 @@ impl Inventory {
     }
     pub fn router_hosts(&self) -> Vec<&Host> {
         self.members("router")
+    }
+    /// The backup repository's host (`backup` group), when backups are on.
+    pub fn backup_host(&self) -> Option<&Host> {
+        if !self.cluster.backup_enabled {
+            return None;
+        }
+        self.members("backup").into_iter().next()
     }
     /// The `etcd` group when given, else the db hosts.
     pub fn etcd_hosts(&self) -> Vec<&Host> {

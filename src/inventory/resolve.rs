@@ -16,7 +16,7 @@ use super::vars::{self, Scope};
 use super::{Ctx, expand_local_path};
 
 /// The managed groups: a host in none of them is not touched.
-pub(crate) const MANAGED: [&str; 3] = ["db", "router", "etcd"];
+pub(crate) const MANAGED: [&str; 4] = ["db", "router", "etcd", "backup"];
 
 pub(crate) struct Resolved {
     pub hosts: Vec<Host>,
@@ -128,7 +128,7 @@ fn effective_vars(
             ctx.warn_at(
                 Some(&at),
                 format!(
-                    "host `{}` is in none of the groups db, router, etcd: pgha does not manage it",
+                    "host `{}` is in none of the groups db, router, etcd, backup: pgha does not manage it",
                     h.name
                 ),
             );
@@ -718,5 +718,38 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(tls, bool);
     set!(tls_cert_validity_days, u64);
     set!(tls_renew_before_days, u64);
+    set!(backup_enabled, bool);
+    set!(backup_repo_path, str);
+    set!(backup_port, u16);
+    set!(backup_encryption, bool);
+    set!(backup_retention_full, u32);
+    set!(backup_retention_diff, u32);
+    set!(backup_compress_type, str);
+    set!(backup_process_max, u32);
+    set!(backup_schedule_full, str);
+    set!(backup_schedule_diff, str);
+    set!(backup_schedule_incr, str);
+    set!(backup_schedule_verify, str);
+    set!(backup_archive_async, bool);
+    set!(backup_archive_push_queue_max, str);
+    set!(backup_archive_fail_minutes, u32);
+    c.backup_max_age_hours = default_max_age_hours(&c);
+    set!(backup_max_age_hours, u32);
     c
+}
+
+/// The longest gap between scheduled backups plus 2 hours (a backup's own
+/// duration and some slack); 0 (not checked) when nothing is scheduled.
+pub(crate) fn default_max_age_hours(c: &Cluster) -> u32 {
+    let events: Vec<_> = [
+        &c.backup_schedule_full,
+        &c.backup_schedule_diff,
+        &c.backup_schedule_incr,
+    ]
+    .into_iter()
+    .filter_map(|s| super::calendar::Calendar::parse(s).ok())
+    .collect();
+    super::calendar::longest_gap_minutes(&events)
+        .map(|m| (m.div_ceil(60) + 2) as u32)
+        .unwrap_or(0)
 }

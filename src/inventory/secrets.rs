@@ -15,7 +15,7 @@ use super::model::SecretSource;
 use super::{Ctx, expand_local_path};
 
 /// The passwords pgha manages, in the order of `Secrets`.
-pub const SECRET_NAMES: [&str; 7] = [
+pub const SECRET_NAMES: [&str; 8] = [
     "superuser_password",
     "replication_password",
     "rewind_password",
@@ -23,6 +23,7 @@ pub const SECRET_NAMES: [&str; 7] = [
     "app_password",
     "patroni_api_password",
     "haproxy_stats_password",
+    "backup_cipher_pass",
 ];
 
 /// Length of generated passwords (alphanumeric: safe in every config format).

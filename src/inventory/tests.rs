@@ -18,6 +18,9 @@ all:
     router:
       hosts:
         router1: {ansible_host: 10.0.0.21}
+    backup:
+      hosts:
+        router1:
 ";
 
 struct Dir {
@@ -131,6 +134,9 @@ all:
         router:
           hosts:
             router1: {ansible_host: 10.0.0.21}
+        backup:
+          hosts:
+            router1:
 ";
     let inv = d.load(text).unwrap();
     let u = |h: &str| inv.host(h).unwrap().ssh.user.clone();
@@ -180,6 +186,9 @@ all:
     router:
       hosts:
         router1: {ansible_host: 10.0.0.21}
+    backup:
+      hosts:
+        router1:
     db_east:
       hosts:
         db3: {ansible_host: 10.0.0.13}
@@ -344,7 +353,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         a.secrets.app_password.expose(),
         c.secrets.app_password.expose()
     );
-    // All seven differ from each other.
+    // All eight differ from each other.
     let mut values: Vec<_> = a
         .secrets
         .all()
@@ -353,7 +362,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         .collect();
     values.sort();
     values.dedup();
-    assert_eq!(values.len(), 7);
+    assert_eq!(values.len(), 8);
     // Nothing else was created (no temp files): the inventory and the secrets file.
     // Loading an inventory reads and makes no certificates (a run does, later).
     let mut names: Vec<String> = fs::read_dir(d.dir.path())
@@ -552,6 +561,9 @@ all:
     router:
       hosts:
         router1: {ansible_host: 10.0.0.21}
+    backup:
+      hosts:
+        router1:
 ";
     let inv = d.load(text).unwrap();
     assert_eq!(inv.host("db3").unwrap().ssh.user, "deploy");
@@ -603,4 +615,77 @@ fn readme_documents_every_variable() {
             k.name
         );
     }
+}
+
+#[test]
+fn backups_default_on_with_the_documented_settings() {
+    let d = Dir::new();
+    let inv = d.load(BASE).unwrap();
+    let c = &inv.cluster;
+    assert!(c.backup_enabled && c.backup_encryption && c.backup_archive_async);
+    assert_eq!(inv.backup_host().map(|h| h.name.as_str()), Some("router1"));
+    assert_eq!(c.stanza(), "demo");
+    assert_eq!(
+        (
+            c.backup_retention_full,
+            c.backup_port,
+            c.backup_max_age_hours
+        ),
+        (2, 8432, 26)
+    );
+    assert_eq!(c.backup_compress_type, "zst");
+    // The longest gap of the schedules bounds the newest backup's age.
+    let weekly = BASE.replace(
+        "    cluster_name: demo\n",
+        "    cluster_name: demo\n    backup_schedule_diff: \"\"\n",
+    );
+    assert_eq!(
+        d.load(&weekly).unwrap().cluster.backup_max_age_hours,
+        7 * 24 + 2
+    );
+    let set = BASE.replace(
+        "    cluster_name: demo\n",
+        "    cluster_name: demo\n    backup_max_age_hours: 50\n",
+    );
+    assert_eq!(d.load(&set).unwrap().cluster.backup_max_age_hours, 50);
+}
+
+#[test]
+fn backup_rules() {
+    let d = Dir::new();
+    let off = BASE
+        .replace("    backup:\n      hosts:\n        router1:\n", "")
+        .replace(
+            "    cluster_name: demo\n",
+            "    cluster_name: demo\n    backup_enabled: false\n",
+        );
+    let inv = d.load(&off).unwrap();
+    assert!(inv.backup_host().is_none());
+    let on_db = BASE.replace(
+        "    backup:\n      hosts:\n        router1:\n",
+        "    backup:\n      hosts:\n        db3:\n",
+    );
+    let inv = d.load(&on_db).unwrap();
+    assert!(
+        inv.warnings.iter().any(|w| w
+            .message
+            .contains("a repository on a cluster member is not a backup")),
+        "{:?}",
+        inv.warnings
+    );
+    let docker = BASE.replace(
+        "    cluster_name: demo\n",
+        "    cluster_name: demo\n    install_method: docker\n",
+    );
+    let e = d.load(&docker).unwrap_err().to_string();
+    assert!(e.contains("backup_enabled: false"), "{e}");
+    let clash = BASE.replace(
+        "    cluster_name: demo\n",
+        "    cluster_name: demo\n    backup_port: 5432\n",
+    );
+    let e = d.load(&clash).unwrap_err().to_string();
+    assert!(
+        e.contains("`postgresql_port` and `backup_port` are both 5432"),
+        "{e}"
+    );
 }

@@ -78,6 +78,7 @@ pub(crate) fn validate(
     exposure(ctx, &v);
     roles(ctx, &v);
     pg_version(ctx, &v);
+    backup(ctx, &v);
 }
 
 /// db and router each have hosts.
@@ -235,6 +236,9 @@ fn ports(ctx: &mut Ctx, v: &V) {
                 ("etcd_client_port", c.etcd_client_port),
                 ("etcd_peer_port", c.etcd_peer_port),
             ]);
+        }
+        if c.backup_enabled && (h.in_group("db") || h.in_group("backup")) {
+            ports.push(("backup_port", c.backup_port));
         }
         if h.in_group("router") {
             ports.extend([
@@ -395,6 +399,90 @@ fn pg_version(ctx: &mut Ctx, v: &V) {
                  (deb http://apt.postgresql.org/pub/repos/apt trixie-pgdg main) or the packages will not be found",
                 c.postgresql_version
             ),
+        );
+    }
+}
+
+/// Backups: one repository host, sane retention and queue bounds.
+fn backup(ctx: &mut Ctx, v: &V) {
+    let V {
+        c,
+        def_path,
+        check_membership,
+        ..
+    } = *v;
+    if !c.backup_enabled {
+        return;
+    }
+    let hosts = v.members("backup");
+    let how = "list the repository's host under `all: children: backup: hosts:` (a router may double as it), \
+               or set `backup_enabled: false` to run without backups";
+    if check_membership && hosts.is_empty() {
+        match v.group_path("backup") {
+            Some(p) => ctx.error_at(&p, format!("group `backup` has no hosts: {how}")),
+            None => ctx.error(format!(
+                "backups are on (the default) but group `backup` is missing: {how}"
+            )),
+        }
+    }
+    if hosts.len() > 1 {
+        let at = v.group_path("backup").unwrap_or_default();
+        ctx.error_at(
+            &at,
+            format!(
+                "group `backup` has {} hosts ({}): the repository lives on one host; keep one",
+                hosts.len(),
+                hosts.join(", ")
+            ),
+        );
+    }
+    if let Some(h) = hosts.first()
+        && v.members("db").contains(h)
+    {
+        let at = v.group_path("backup");
+        ctx.warn_at(
+            at.as_deref(),
+            format!(
+                "the backup repository is on `{h}`, a db host: a repository on a cluster member is not a backup \
+                 (losing `{h}` loses a member and every backup); use another host"
+            ),
+        );
+    }
+    if c.backup_retention_full == 1 {
+        ctx.warn_at(
+            Some(&def_path("backup_retention_full")),
+            "`backup_retention_full` is 1: the recovery window starts at the newest full backup, and a damaged one \
+             leaves nothing to restore; keep 2 or more",
+        );
+    }
+    let sched = [
+        &c.backup_schedule_full,
+        &c.backup_schedule_diff,
+        &c.backup_schedule_incr,
+    ];
+    if c.backup_schedule_full.is_empty() && sched.iter().any(|s| !s.is_empty()) {
+        ctx.warn_at(
+            Some(&def_path("backup_schedule_full")),
+            "no full backup is scheduled but differential or incremental ones are: pgBackRest turns each into \
+             a full one while none exists, and the chain of increments then grows until you run `pgha backup run --type full`",
+        );
+    }
+    let queue = super::convert::size_bytes(&c.backup_archive_push_queue_max).unwrap_or(0);
+    if queue < 16 * 1024 * 1024 {
+        ctx.error_at(
+            &def_path("backup_archive_push_queue_max"),
+            format!(
+                "`backup_archive_push_queue_max` is {}: it must hold at least one WAL segment (16MiB); \
+                 the default is 4GiB",
+                c.backup_archive_push_queue_max
+            ),
+        );
+    }
+    if c.install_method == super::model::InstallMethod::Docker {
+        ctx.error_at(
+            &def_path("install_method"),
+            "backups under `install_method: docker` are not available yet: set `backup_enabled: false`, \
+             or use the native method",
         );
     }
 }

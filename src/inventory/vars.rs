@@ -54,6 +54,12 @@ pub(crate) enum Kind {
     AptPins,
     Params,
     Secret,
+    /// One of a fixed set of words.
+    OneOf(&'static [&'static str]),
+    /// A systemd calendar event (`OnCalendar=`), or empty for none.
+    Calendar,
+    /// A size in bytes, as pgBackRest writes it (`4GiB`, `512MB`, `1048576`).
+    Size,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +202,40 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("tls_renew_before_days", C, Kind::Int { min: 0, max: 3650 }),
     k("tls_cert_file", Conn, Kind::LocalPath),
     k("tls_key_file", Conn, Kind::LocalPath),
+    k("backup_enabled", C, Kind::Bool),
+    k("backup_repo_path", C, Kind::DataDir),
+    k("backup_port", C, Kind::Port),
+    k("backup_encryption", C, Kind::Bool),
+    k("backup_retention_full", C, Kind::Int { min: 1, max: 100 }),
+    k("backup_retention_diff", C, Kind::Int { min: 1, max: 1000 }),
+    k(
+        "backup_compress_type",
+        C,
+        Kind::OneOf(&["zst", "lz4", "gz", "bz2", "none"]),
+    ),
+    k("backup_process_max", C, Kind::Int { min: 1, max: 64 }),
+    k("backup_schedule_full", C, Kind::Calendar),
+    k("backup_schedule_diff", C, Kind::Calendar),
+    k("backup_schedule_incr", C, Kind::Calendar),
+    k("backup_schedule_verify", C, Kind::Calendar),
+    k("backup_archive_async", C, Kind::Bool),
+    k("backup_archive_push_queue_max", C, Kind::Size),
+    k(
+        "backup_max_age_hours",
+        C,
+        Kind::Int {
+            min: 1,
+            max: 24 * 366,
+        },
+    ),
+    k(
+        "backup_archive_fail_minutes",
+        C,
+        Kind::Int {
+            min: 1,
+            max: 24 * 60,
+        },
+    ),
     k("superuser_password", S, Kind::Secret),
     k("replication_password", S, Kind::Secret),
     k("rewind_password", S, Kind::Secret),
@@ -203,6 +243,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("app_password", S, Kind::Secret),
     k("patroni_api_password", S, Kind::Secret),
     k("haproxy_stats_password", S, Kind::Secret),
+    k("backup_cipher_pass", S, Kind::Secret),
     k("superuser_password_file", SF, Kind::LocalPath),
     k("replication_password_file", SF, Kind::LocalPath),
     k("rewind_password_file", SF, Kind::LocalPath),
@@ -210,6 +251,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("app_password_file", SF, Kind::LocalPath),
     k("patroni_api_password_file", SF, Kind::LocalPath),
     k("haproxy_stats_password_file", SF, Kind::LocalPath),
+    k("backup_cipher_pass_file", SF, Kind::LocalPath),
 ];
 
 /// Ansible variables that are accepted without comment (they belong to Ansible itself).

@@ -218,6 +218,9 @@ pub fn render_inventory(
     if docker {
         s.push_str("    install_method: docker\n");
     }
+    if docker || !hosts.iter().any(|h| h.role == Role::Router) {
+        s.push_str("    backup_enabled: false\n");
+    }
     s.push_str("  children:\n");
     for role in [Role::Db, Role::Router] {
         let members: Vec<&Planned> = hosts.iter().filter(|h| h.role == role).collect();
@@ -232,6 +235,14 @@ pub fn render_inventory(
                 h.name, h.address
             );
         }
+    }
+    // The first router doubles as the backup repository (a lab has no spare host
+    // for it; the router is not a cluster member).
+    match hosts.iter().find(|h| h.role == Role::Router) {
+        Some(r) if !docker => {
+            let _ = writeln!(s, "    backup:\n      hosts:\n        {}:", r.name);
+        }
+        _ => {}
     }
     s
 }
@@ -438,6 +449,9 @@ all:
       hosts:
         router1:
           ansible_host: 172.28.7.101
+    backup:
+      hosts:
+        router1:
 "
         );
         let v: yaml_serde::Value = yaml_serde::from_str(&inv).unwrap();
@@ -457,6 +471,9 @@ all:
             false,
         );
         assert!(!no_router.contains("router"), "{no_router}");
+        assert!(no_router.contains("backup_enabled: false"), "{no_router}");
+        let docker = render_inventory("demo", &hosts, "root", true, true);
+        assert!(docker.contains("backup_enabled: false"), "{docker}");
     }
 
     const KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIEnRplL8OWQ+uwpUzTnQ6LjzrRygGnr2QcxiHu1f/7Oe";
