@@ -7,8 +7,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::args::{
-    DeployArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs, StatusArgs, SwitchoverArgs,
-    UpgradeArgs,
+    BackupArgs, DeployArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs, StatusArgs,
+    SwitchoverArgs, UpgradeArgs,
 };
 use crate::lab::args::LabArgs;
 use crate::ui::OutputFormat;
@@ -47,6 +47,8 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Make a fresh host (same or new address) a full member again after its VM or disk was lost.
     Rebuild(RebuildArgs),
+    /// Backups with pgBackRest: take one, list them with the recovery window, test a restore.
+    Backup(BackupArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
     Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.

@@ -5,7 +5,9 @@ use clap::Parser;
 use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
-use pgha::commands::{deploy, images, inventory, lock, rebuild, status, switchover, upgrade};
+use pgha::commands::{
+    backup, deploy, images, inventory, lock, rebuild, status, switchover, upgrade,
+};
 use pgha::error::{Exit, Failure};
 use pgha::lab;
 
@@ -61,7 +63,11 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     // others hold no lock to give back.
     let holds_lock = matches!(
         cli.command,
-        Command::Deploy(_) | Command::Switchover(_) | Command::Rebuild(_) | Command::Lab(_)
+        Command::Deploy(_)
+            | Command::Switchover(_)
+            | Command::Rebuild(_)
+            | Command::Lab(_)
+            | Command::Backup(_)
     );
     let command = async move {
         match cli.command {
@@ -72,6 +78,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Upgrade(args) => upgrade::command(args, output).await,
             Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
+            Command::Backup(args) => backup::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
             Command::Images(_) => images::command().await,
             Command::Completions(args) => {

@@ -56,6 +56,18 @@ pub struct Pki {
     pub issued: Vec<(String, String)>,
 }
 
+impl Pki {
+    /// The common name of `host`'s certificate (pgBackRest lets clients in by it).
+    pub fn common_name(&self, host: &str) -> Option<String> {
+        let info = cert_info(&self.hosts.get(host)?.cert).ok()?;
+        info.subject
+            .split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix("CN="))
+            .map(str::to_string)
+    }
+}
+
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pki")

@@ -169,3 +169,72 @@ pub struct DeployArgs {
     #[command(flatten)]
     pub lock: LockWaitArg,
 }
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: BackupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup now (from the repository's host, of whichever member leads).
+    Run(BackupRunArgs),
+    /// Every backup in the repository, and the recovery window.
+    List(BackupListArgs),
+    /// Restore a backup into a scratch directory on the repository's host, start
+    /// PostgreSQL on it, check it answers and count every table's rows, remove it.
+    Verify(BackupVerifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackupType {
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BackupRunArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// full, diff (changes since the last full) or incr (since the last backup).
+    #[arg(long = "type", value_enum, default_value_t = BackupType::Full)]
+    pub kind: BackupType,
+    /// Copy the files from a standby (the leader still starts and stops the backup).
+    #[arg(long)]
+    pub from_standby: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupVerifyArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// The backup to test, by label (`pgha backup list`) [default: the newest].
+    #[arg(long, value_name = "LABEL")]
+    pub set: Option<String>,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}

@@ -111,6 +111,7 @@ async fn run(
     conv.roles(&leader).await?;
     conv.exporters().await?;
     conv.haproxy().await?;
+    conv.backups().await?;
     etcd_ops::keep_apart(conv.ctx).await;
     verify::verify(conv.ctx).await?;
     for (h, d) in &conv.desired {

@@ -5,6 +5,7 @@
 //! benchmark.
 
 pub mod args;
+pub mod backup;
 pub mod deploy;
 pub mod images;
 pub mod inventory;
@@ -70,16 +71,19 @@ pub fn load_inventory(arg: &InventoryArg, write_secrets: bool) -> Result<Invento
     )?)
 }
 
-/// The cluster's certificates when it has TLS, loaded where a run starts: created
-/// or renewed when `write` (the commands that write secrets), else read as they
-/// are; a run without them cannot reach a TLS cluster, so it stops here.
+/// The cluster's certificates when it has TLS or backups (pgBackRest's TLS server
+/// uses them either way), loaded where a run starts: created or renewed when
+/// `write` (the commands that write secrets), else read as they are; a run
+/// without them cannot reach a TLS cluster, so it stops here.
 pub fn load_pki(inv: &Inventory, write: bool) -> Result<Option<crate::pki::Pki>, Failure> {
-    if !inv.cluster.tls {
+    if !inv.cluster.tls && !inv.cluster.backup_enabled {
         return Ok(None);
     }
     let dir = crate::pki::pki_dir(&inv.path);
     match crate::pki::load(inv, write) {
         Ok(p) => Ok(Some(p)),
+        // Without TLS only pgBackRest's files need them, and a reading run renders none.
+        Err(_) if !write && !inv.cluster.tls => Ok(None),
         Err(e) if write => Err(Failure::new(
             Exit::Inventory,
             format!("{}: TLS certificates: {e:#}", dir.display()),

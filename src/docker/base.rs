@@ -30,6 +30,7 @@ const PREFETCH: &[&str] = &[
     "etcd-client",
     "haproxy",
     "prometheus-postgres-exporter",
+    "pgbackrest",
 ];
 /// Runs in the build container (see the script's header).
 const SETUP: &str = include_str!("base-setup.sh");

@@ -144,6 +144,10 @@ pub fn default_pg_parameters() -> BTreeMap<String, serde_json::Value> {
 pub fn dcs_config(c: &Cluster) -> serde_json::Value {
     let mut params = default_pg_parameters();
     params.extend(c.postgresql_parameters.clone());
+    // archive_mode needs a restart, archive_command only a reload: archiving is on
+    // from the first deploy, so that turning backups on later restarts nothing.
+    params.insert("archive_mode".into(), json!("on"));
+    params.insert("archive_command".into(), json!(archive_command(c)));
     json!({
         "ttl": c.patroni_ttl,
         "loop_wait": c.patroni_loop_wait,
@@ -158,6 +162,17 @@ pub fn dcs_config(c: &Cluster) -> serde_json::Value {
             "parameters": params,
         },
     })
+}
+
+/// The leader's archive_command: pgBackRest's archive-push with backups on; without
+/// them a command that accepts every segment (never empty: PostgreSQL would keep
+/// WAL forever waiting for it).
+pub fn archive_command(c: &Cluster) -> String {
+    if c.backup_enabled {
+        format!("pgbackrest --stanza={} archive-push %p", c.stanza())
+    } else {
+        "/bin/true".into()
+    }
 }
 
 #[derive(Serialize)]
@@ -384,6 +399,7 @@ fn secret_values(inv: &Inventory) -> BTreeMap<&'static str, &str> {
         ("app_password", s.app_password.expose()),
         ("patroni_api_password", s.patroni_api_password.expose()),
         ("haproxy_stats_password", s.haproxy_stats_password.expose()),
+        ("backup_cipher_pass", s.backup_cipher_pass.expose()),
     ]
     .into_iter()
     .collect()
@@ -399,8 +415,10 @@ fn host_context(
 ) -> Result<minijinja::Value> {
     let c = &inv.cluster;
     let (db, etcd, routers) = (inv.db_hosts(), inv.etcd_hosts(), inv.router_hosts());
+    // Filled whenever the certificates are loaded: pgBackRest's TLS server uses
+    // them also when the cluster's own `tls` is off.
     let tls = match (&inputs.pki, c.tls) {
-        (Some(p), true) => json!({
+        (Some(p), _) => json!({
             "ca": p.ca_cert,
             "cert": p.hosts.get(&host.name).map(|k| k.cert.clone()).unwrap_or_default(),
             "key": p.hosts.get(&host.name).map(|k| k.key.expose().to_string()).unwrap_or_default(),
@@ -433,9 +451,12 @@ fn host_context(
         "tags": tags,
         "cluster": c,
         "secrets": secret_values(inv),
+        "backup": backup_context(inv, host, inputs),
         "host": {
             "name": host.name,
             "ip": host.ip.to_string(),
+            "db": host.in_group("db"),
+            "backup": inv.backup_host().is_some_and(|b| b.name == host.name),
             // The address in `listen` form (`host:port` needs brackets for IPv6).
             "listen": listen_host(host.ip),
         },
@@ -447,6 +468,50 @@ fn host_context(
         "etcd_data_dir": etcd_data_dir(c),
         "dcs": dcs_config(c),
     })))
+}
+
+/// Where pgBackRest's files put its certificates (root-owned, the key postgres').
+pub const BACKUP_TLS_DIR: &str = "/etc/pgbackrest/tls";
+
+/// What pgBackRest's templates see: the stanza, the repository's host, the db
+/// hosts (pg1..pgN on the repository host), and the certificate common names
+/// this host's TLS server lets in (the repository host: the db hosts; a db host:
+/// the repository host).
+fn backup_context(inv: &Inventory, host: &Host, inputs: &Inputs) -> serde_json::Value {
+    let c = &inv.cluster;
+    let Some(repo) = inv.backup_host() else {
+        return json!({"enabled": false, "stanza": c.stanza(), "tls_dir": BACKUP_TLS_DIR,
+                      "host": null, "members": [], "clients": []});
+    };
+    let cn = |h: &Host| {
+        inputs
+            .pki
+            .as_ref()
+            .and_then(|p| p.common_name(&h.name))
+            .unwrap_or_else(|| h.name.clone())
+    };
+    let mut clients: Vec<String> = Vec::new();
+    if repo.name == host.name {
+        clients.extend(
+            inv.db_hosts()
+                .into_iter()
+                .filter(|h| h.name != host.name)
+                .map(cn),
+        );
+    }
+    if host.in_group("db") && repo.name != host.name {
+        clients.push(cn(repo));
+    }
+    clients.sort();
+    clients.dedup();
+    json!({
+        "enabled": true,
+        "stanza": c.stanza(),
+        "tls_dir": BACKUP_TLS_DIR,
+        "host": {"name": repo.name, "ip": repo.ip.to_string()},
+        "members": refs(&inv.db_hosts()),
+        "clients": clients,
+    })
 }
 
 /// Whether a `when` expression holds in this context (no expression: it does).
@@ -473,20 +538,23 @@ fn render_role(
     inputs: &Inputs,
 ) -> Result<Option<DesiredRole>> {
     let c = &inv.cluster;
-    let applies = match role.hosts.as_str() {
+    let applies = role.groups().any(|g| match g {
         "all" => true,
         "etcd" => inv.etcd_hosts().iter().any(|h| h.name == host.name),
+        "backup" => inv.backup_host().is_some_and(|b| b.name == host.name),
         g => host.in_group(g),
-    };
+    });
     if !applies || !holds(env, ctx, role.when.as_ref(), &format!("role {}", role.name))? {
         return Ok(None);
     }
+    // A package rendered empty does not apply to this host.
     let render_all = |list: &[String]| {
         list.iter()
             .map(|p| {
                 env.render_str(p, ctx)
                     .with_context(|| format!("role {}: package {p:?}", role.name))
             })
+            .filter(|p| p.as_ref().map_or(true, |p| !p.trim().is_empty()))
             .collect::<Result<Vec<_>>>()
     };
     // Under docker a component comes in its image, not as packages.
@@ -529,6 +597,13 @@ fn render_file(
     f: &crate::engine::roles::FileDef,
     host: &str,
 ) -> Result<DesiredFile> {
+    let with_vars;
+    let ctx = if f.vars.is_empty() {
+        ctx
+    } else {
+        with_vars = minijinja::context! { vars => Value::from(minijinja::value::Serde(&f.vars)), ..ctx.clone() };
+        &with_vars
+    };
     let content = env.get_template(&f.template)?.render(ctx).map_err(|e| {
         anyhow::anyhow!(
             "role {role}: rendering templates/{} for {host}: {e:#}",

@@ -107,9 +107,17 @@ fn roles_apply_to_their_groups_only() {
     };
     assert_eq!(
         names("db1"),
-        ["common", "postgres", "etcd", "patroni", "exporter"]
+        [
+            "common",
+            "postgres",
+            "pgbackrest",
+            "etcd",
+            "patroni",
+            "exporter"
+        ]
     );
-    assert_eq!(names("router1"), ["common", "haproxy"]);
+    // router1 doubles as the backup repository.
+    assert_eq!(names("router1"), ["common", "pgbackrest", "haproxy"]);
     let d1 = d.iter().find(|x| x.host == "db1").unwrap();
     assert_eq!(d1.role("postgres").unwrap().packages, ["postgresql-17"]);
 }
@@ -236,8 +244,8 @@ fn tls_configures_every_component_with_the_cluster_certificates() {
             .find(|h| h.host == "router1")
             .unwrap()
             .files()
-            .all(|f| !f.path.ends_with(".key")),
-        "routers get no key"
+            .all(|f| !f.path.ends_with(".key") || f.path.starts_with("/etc/pgbackrest/")),
+        "routers get no key but pgBackRest's (router1 holds the repository)"
     );
     // Loading again reuses every certificate (a re-run changes nothing).
     let again = crate::inventory::load(
@@ -443,4 +451,116 @@ fn stats_page_and_exporters_are_not_open_to_every_address() {
         "--web.listen-address=10.9.0.12:9187"
     );
     assert_eq!(listen_host("fe80::1".parse().unwrap()), "[fe80::1]");
+}
+
+#[test]
+fn pgbackrest_connects_the_repository_and_the_members_over_tls() {
+    // The sample has `tls: false`: pgBackRest's TLS uses the CA all the same.
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv = sample();
+    inv.path = dir.path().join("inv.yml");
+    let pki = crate::pki::load(&inv, true).unwrap();
+    let inputs = Inputs {
+        pki: Some(pki.clone()),
+        ..Default::default()
+    };
+    let d = desired_state_with(&inv, &Library::builtin().unwrap(), &inputs).unwrap();
+    let repo = file(&d, "router1", "/etc/pgbackrest/pgbackrest.conf");
+    for want in [
+        "repo1-path=/var/lib/pgbackrest\n",
+        "repo1-retention-full=2\n",
+        "repo1-cipher-type=aes-256-cbc\n",
+        "tls-server-address=10.9.0.21\n",
+        "tls-server-auth=db1=pgha\ntls-server-auth=db2=pgha\ntls-server-auth=db3=pgha\n",
+        "[pgha]\npg1-host=10.9.0.11\npg1-host-type=tls\n",
+        "pg3-host=10.9.0.13\n",
+        "pg3-path=/var/lib/postgresql/17/main\n",
+    ] {
+        assert!(
+            repo.contains(want),
+            "repository host lacks {want:?}:\n{repo}"
+        );
+    }
+    assert!(repo.contains(&format!(
+        "repo1-cipher-pass={}\n",
+        inv.secrets.backup_cipher_pass.expose()
+    )));
+    let db = file(&d, "db2", "/etc/pgbackrest/pgbackrest.conf");
+    for want in [
+        "repo1-host=10.9.0.21\nrepo1-host-type=tls\n",
+        "archive-async=y\n",
+        "archive-push-queue-max=4GiB\n",
+        "tls-server-address=10.9.0.12\n",
+        "tls-server-auth=router1=pgha\n",
+        "[global:archive-get]\narchive-async=n\n",
+        "[pgha]\npg1-path=/var/lib/postgresql/17/main\n",
+    ] {
+        assert!(db.contains(want), "db host lacks {want:?}:\n{db}");
+    }
+    assert!(
+        !db.contains("cipher"),
+        "the cipher pass stays on the repository host"
+    );
+    assert_eq!(
+        file(&d, "db2", "/etc/pgbackrest/tls/host.key"),
+        pki.hosts["db2"].key.expose()
+    );
+    // Timers on the repository host only, one per schedule.
+    let timer = file(&d, "router1", "/etc/systemd/system/pgha-backup-diff.timer");
+    assert!(
+        timer.contains("OnCalendar=Mon..Sat *-*-* 01:00:00\n"),
+        "{timer}"
+    );
+    assert!(timer.contains("Unit=pgha-backup@diff.service\n"), "{timer}");
+    let verify = file(
+        &d,
+        "router1",
+        "/etc/systemd/system/pgha-backup-verify.timer",
+    );
+    assert!(
+        verify.contains("Unit=pgha-backup-verify.service\n"),
+        "{verify}"
+    );
+    let router = d.iter().find(|h| h.host == "router1").unwrap();
+    assert!(
+        router
+            .files()
+            .all(|f| !f.path.ends_with("pgha-backup-incr.timer"))
+    );
+    assert_eq!(
+        router.role("pgbackrest").unwrap().packages,
+        ["pgbackrest", "postgresql-17"]
+    );
+    let db1 = d.iter().find(|h| h.host == "db1").unwrap();
+    assert_eq!(db1.role("pgbackrest").unwrap().packages, ["pgbackrest"]);
+    assert!(db1.files().all(|f| !f.path.contains("pgha-backup")));
+    // Archiving from the leader, replicas cloned from the repository first.
+    let y: serde_json::Value =
+        yaml_serde::from_str(&file(&d, "db1", "/etc/patroni/config.yml")).unwrap();
+    let params = &y["bootstrap"]["dcs"]["postgresql"]["parameters"];
+    assert_eq!(params["archive_mode"], "on");
+    assert_eq!(
+        params["archive_command"],
+        "pgbackrest --stanza=pgha archive-push %p"
+    );
+    assert_eq!(
+        y["postgresql"]["create_replica_methods"],
+        serde_json::json!(["pgbackrest", "basebackup"])
+    );
+    assert_eq!(y["postgresql"]["pgbackrest"]["keep_data"], true);
+}
+
+#[test]
+fn without_backups_archiving_stays_on_and_accepts_every_segment() {
+    let mut inv = sample();
+    inv.cluster.backup_enabled = false;
+    let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
+    assert!(d.iter().all(|h| h.role("pgbackrest").is_none()));
+    let y: serde_json::Value =
+        yaml_serde::from_str(&file(&d, "db1", "/etc/patroni/config.yml")).unwrap();
+    let params = &y["bootstrap"]["dcs"]["postgresql"]["parameters"];
+    // archive_mode from the first deploy: turning backups on later needs no restart.
+    assert_eq!(params["archive_mode"], "on");
+    assert_eq!(params["archive_command"], "/bin/true");
+    assert!(y["postgresql"].get("create_replica_methods").is_none());
 }

@@ -173,6 +173,19 @@ fn secret_line(
             return Some((prefix, k.clone(), line[at..].into(), Continues::Env));
         }
     }
+    for k in &spec.ini_keys {
+        if let Some((name, _)) = t.split_once('=')
+            && name.trim_end() == k
+        {
+            let at = line.find('=').map_or(line.len(), |i| i + 1);
+            return Some((
+                line[..at].to_string(),
+                k.clone(),
+                line[at..].into(),
+                Continues::No,
+            ));
+        }
+    }
     for d in &spec.directives {
         if let Some(rest) = t.strip_prefix(d.as_str())
             && rest.starts_with([' ', '\t'])
@@ -298,6 +311,17 @@ mod tests {
         assert_eq!(
             (h.as_str(), w.as_str()),
             ("    stats auth <redacted>\n", "    stats auth <redacted>\n")
+        );
+        let s = spec("{ini_keys: [repo1-cipher-pass]}");
+        let (h, w) = mask_pair(
+            &s,
+            "repo1-path=/x\nrepo1-cipher-pass=old\n",
+            "repo1-path=/x\nrepo1-cipher-pass=new\nrepo1-cipher-pass-x=shown\n",
+        );
+        assert_eq!(h, "repo1-path=/x\nrepo1-cipher-pass=<redacted (old)>\n");
+        assert_eq!(
+            w,
+            "repo1-path=/x\nrepo1-cipher-pass=<redacted (new)>\nrepo1-cipher-pass-x=shown\n"
         );
         let s = spec("{whole_file: true}");
         assert_eq!(

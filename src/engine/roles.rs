@@ -53,6 +53,9 @@ pub struct FileDef {
     /// Where the file holds secrets: masked on both sides of `deploy --check --diff`.
     #[serde(default)]
     pub secrets: SecretLines,
+    /// Variables the template sees as `vars.NAME` (one template, several files).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
 }
 
 /// Which lines of a managed file hold a secret (roles/*.yml `secrets:`). Their
@@ -71,6 +74,9 @@ pub struct SecretLines {
     /// Configuration directives whose arguments are secrets (`stats auth`).
     #[serde(default)]
     pub directives: Vec<String>,
+    /// `key=value` lines (INI files) whose values are secrets (`repo1-cipher-pass`).
+    #[serde(default)]
+    pub ini_keys: Vec<String>,
     /// The whole file is a secret (a private key).
     #[serde(default)]
     pub whole_file: bool,
@@ -80,7 +86,8 @@ pub struct SecretLines {
 #[serde(deny_unknown_fields)]
 pub struct RoleDef {
     pub name: String,
-    /// Inventory group the role applies to (`all`, `db`, `router`, `etcd`).
+    /// Inventory groups the role applies to, comma-separated (`all`, `db`,
+    /// `router`, `etcd`, `backup`).
     pub hosts: String,
     pub packages: Vec<String>,
     /// Installed packages `pgha upgrade` moves together with `packages` (libraries
@@ -124,6 +131,13 @@ pub struct ContainerDef {
     pub prepare: Option<String>,
 }
 
+impl RoleDef {
+    /// The groups of `hosts`.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.hosts.split(',').map(str::trim)
+    }
+}
+
 impl FileDef {
     pub fn mode_bits(&self) -> Result<u32> {
         u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
@@ -139,21 +153,49 @@ pub struct Library {
 }
 
 /// Role names in the order their phases run.
-pub const ROLE_ORDER: [&str; 7] = [
-    "common", "docker", "postgres", "etcd", "patroni", "exporter", "haproxy",
+pub const ROLE_ORDER: [&str; 8] = [
+    "common",
+    "docker",
+    "postgres",
+    "pgbackrest",
+    "etcd",
+    "patroni",
+    "exporter",
+    "haproxy",
 ];
 
-const BUILTIN_ROLES: [(&str, &str); 7] = [
+const BUILTIN_ROLES: [(&str, &str); 8] = [
     ("common", include_str!("../../roles/common.yml")),
     ("docker", include_str!("../../roles/docker.yml")),
     ("postgres", include_str!("../../roles/postgres.yml")),
+    ("pgbackrest", include_str!("../../roles/pgbackrest.yml")),
     ("etcd", include_str!("../../roles/etcd.yml")),
     ("patroni", include_str!("../../roles/patroni.yml")),
     ("exporter", include_str!("../../roles/exporter.yml")),
     ("haproxy", include_str!("../../roles/haproxy.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 11] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 16] = [
+    (
+        "pgbackrest.conf.j2",
+        include_str!("../../templates/pgbackrest.conf.j2"),
+    ),
+    (
+        "pgha-backup.service.j2",
+        include_str!("../../templates/pgha-backup.service.j2"),
+    ),
+    (
+        "pgha-backup.timer.j2",
+        include_str!("../../templates/pgha-backup.timer.j2"),
+    ),
+    (
+        "pgha-backup-verify.service.j2",
+        include_str!("../../templates/pgha-backup-verify.service.j2"),
+    ),
+    (
+        "backup-verify.sh.j2",
+        include_str!("../../templates/backup-verify.sh.j2"),
+    ),
     (
         "docker-daemon.json.j2",
         include_str!("../../templates/docker-daemon.json.j2"),
@@ -245,9 +287,12 @@ impl Library {
             if role.name != expected {
                 bail!("roles/{expected}.yml declares name {:?}", role.name);
             }
-            if !["all", "db", "router", "etcd"].contains(&role.hosts.as_str()) {
+            if role
+                .groups()
+                .any(|g| !["all", "db", "router", "etcd", "backup"].contains(&g))
+            {
                 bail!(
-                    "role {}: hosts must be one of all, db, router, etcd (got {:?})",
+                    "role {}: hosts must be among all, db, router, etcd, backup (got {:?})",
                     role.name,
                     role.hosts
                 );

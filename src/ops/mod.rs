@@ -6,6 +6,8 @@
 //! Layer 3: may import engine, install, the edges (ssh, probe, docker, pki) and layer
 //! 0; never commands, cli, the lab or the benchmark.
 
+pub mod backup;
+pub mod backup_info;
 pub mod converge;
 pub mod endpoints;
 pub mod etcd;

@@ -134,6 +134,12 @@ impl Converge<'_, '_> {
                             n += self.start_new_etcd_member(&h, &s).await?;
                         }
                     }
+                    // pgBackRest's server before Patroni starts archiving to it.
+                    if self.desired[&h].role("pgbackrest").is_some() {
+                        let repo = self.inv.backup_host().is_some_and(|b| b.name == h);
+                        apply::run(&s, super::backup::dirs_script(&self.inv.cluster, repo)).await?;
+                        n += self.service_role_host("pgbackrest", &h, &s).await?;
+                    }
                     for role in ["haproxy", "exporter"] {
                         if self.desired[&h].role(role).is_some() {
                             n += self.service_role_host(role, &h, &s).await?;
@@ -492,6 +498,24 @@ impl Converge<'_, '_> {
         waits::wait_exporters(&self.ctx.ep, EXPORTERS).await?;
         phase.done(format!("{} exporters report pg_up 1", db.len()));
         Ok(())
+    }
+
+    /// pgBackRest's files and TLS server on the db hosts and the repository's host
+    /// (those the package step did not already do).
+    pub async fn pgbackrest_servers(&self) -> Result<(), Failure> {
+        let hosts: Vec<String> = self
+            .desired
+            .iter()
+            .filter(|(h, d)| d.role("pgbackrest").is_some() && !self.is_done(h, "pgbackrest"))
+            .map(|(h, _)| h.clone())
+            .collect();
+        self.ctx
+            .each(&hosts, "configure pgbackrest", |h, s| async move {
+                let repo = self.inv.backup_host().is_some_and(|b| b.name == h);
+                apply::run(&s, super::backup::dirs_script(&self.inv.cluster, repo)).await?;
+                self.service_role_host("pgbackrest", &h, &s).await
+            })
+            .await
     }
 
     pub async fn haproxy(&self) -> Result<(), Failure> {

@@ -64,7 +64,11 @@ impl<'a> Ctx<'a> {
         }
         Ctx {
             inv,
-            ep: Endpoints::new(inv, crate::probe::Net::new(pki.as_ref().map(|p| p.tls()))),
+            // Certificates without `tls` are pgBackRest's only: probes speak plain HTTP.
+            ep: Endpoints::new(
+                inv,
+                crate::probe::Net::new(pki.as_ref().filter(|_| inv.cluster.tls).map(|p| p.tls())),
+            ),
             pki,
             ui: ui.clone(),
             sessions: BTreeMap::new(),

@@ -67,6 +67,9 @@ pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
             ),
         );
     }
+    if let Some(line) = super::backup::verify_repository(ctx).await? {
+        ctx.ui.host("backup", line);
+    }
     phase.done("cluster verified");
     Ok(())
 }

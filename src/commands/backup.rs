@@ -1,0 +1,227 @@
+//! `pgha backup run|list|verify`: take a backup now, list the repository with the
+//! recovery window, test a restore. pgBackRest runs on the repository's host
+//! (`ops::backup`); the recovery window's end comes from the leader's archiver.
+
+use serde_json::json;
+
+use crate::commands::args::{
+    BackupArgs, BackupCommand, BackupListArgs, BackupRunArgs, BackupVerifyArgs,
+};
+use crate::commands::{finish, load_inventory, load_pki, ssh_options};
+use crate::error::{Exit, Failure};
+use crate::inventory::Inventory;
+use crate::ops::Ctx;
+use crate::ops::backup::{self as ops, now};
+use crate::ops::backup_info::{human_age, human_bytes, utc};
+use crate::ops::lock::ClusterLock;
+use crate::ui::{OutputFormat, Ui};
+
+pub async fn command(args: BackupArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    match args.command {
+        BackupCommand::Run(a) => run(a, output).await,
+        BackupCommand::List(a) => list(a, output).await,
+        BackupCommand::Verify(a) => verify(a, output).await,
+    }
+}
+
+/// The inventory, with backups on and the deploy's secrets known.
+fn inventory(arg: &crate::commands::args::InventoryArg) -> Result<Inventory, Failure> {
+    let inv = load_inventory(arg, false)?;
+    if inv.backup_host().is_none() {
+        return Err(Failure::new(
+            Exit::Inventory,
+            format!(
+                "{}: backups are off for this cluster (backup_enabled: false): turn them on and run `pgha deploy`",
+                inv.path.display()
+            ),
+        ));
+    }
+    inv.require_secrets().map_err(Failure::error)?;
+    Ok(inv)
+}
+
+async fn run(args: BackupRunArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let inv = inventory(&args.inventory)?;
+    let ui = Ui::new(output);
+    let pki = load_pki(&inv, false)?;
+    let mut ctx = Ctx::new(&inv, pki, &ui);
+    let ssh = ssh_options(&args.ssh, &inv);
+    let result = async {
+        let repo = ops::repository_host(&ctx)?;
+        ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
+        let lock =
+            ClusterLock::acquire(&ctx, "pgha backup run", true, args.lock.duration()).await?;
+        let started = std::time::Instant::now();
+        let r = ops::take(
+            &ctx,
+            ctx.session(&repo)?,
+            args.kind.as_str(),
+            args.from_standby,
+        )
+        .await;
+        lock.release(&ctx).await;
+        let b = r?;
+        ui.line(format!(
+            "{} backup {} taken on {repo}: {} of data, {} added to the repository, {:.0}s",
+            b.kind,
+            b.label,
+            human_bytes(b.size),
+            human_bytes(b.repo_size),
+            started.elapsed().as_secs_f64()
+        ));
+        if ui.json() {
+            println!(
+                "{}",
+                json!({"ok": true, "backup": b, "seconds": started.elapsed().as_secs_f64()})
+            );
+        }
+        Ok(Exit::Ok)
+    }
+    .await;
+    ctx.close().await;
+    finish(&inv, &ui, result, false)
+}
+
+/// The end of the recovery window: the last WAL the leader archived, and when
+/// (pg_stat_archiver through a router's write port); None when unreachable.
+async fn archiver(ctx: &Ctx<'_>) -> Option<(String, i64, i64, Option<i64>)> {
+    let router = ctx.ep.routers.first()?.1.clone();
+    let ep = ctx.ep.router_port(&router, ctx.ep.write_port);
+    let client = crate::probe::sql::connect(&ctx.ep.net, &ep).await.ok()?;
+    let row = client
+        .query_one(
+            "select coalesce(last_archived_wal, ''), \
+                    coalesce(extract(epoch from last_archived_time)::bigint, 0), \
+                    failed_count, extract(epoch from last_failed_time)::bigint \
+               from pg_stat_archiver",
+            &[],
+        )
+        .await
+        .ok()?;
+    Some((row.get(0), row.get(1), row.get(2), row.get(3)))
+}
+
+async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let inv = inventory(&args.inventory)?;
+    let ui = Ui::new(output);
+    let pki = load_pki(&inv, false)?;
+    let mut ctx = Ctx::new(&inv, pki, &ui);
+    let ssh = ssh_options(&args.ssh, &inv);
+    let result = async {
+        let repo = ops::repository_host(&ctx)?;
+        ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
+        let (info, arch) = tokio::join!(
+            ops::info(ctx.session(&repo)?, &inv.cluster),
+            archiver(&ctx)
+        );
+        let info = info?;
+        let earliest = info.backups.first().map(|b| b.stop);
+        let latest = arch.as_ref().filter(|a| a.1 > 0).map(|a| a.1);
+        if ui.json() {
+            println!(
+                "{}",
+                json!({
+                    "stanza": inv.cluster.stanza(),
+                    "repository": repo,
+                    "status": info.status_message,
+                    "backups": info.backups,
+                    "wal": {"min": info.wal_min, "max": info.wal_max},
+                    "window": {
+                        "earliest": earliest.map(utc),
+                        "latest": latest.map(utc),
+                        "latest_wal": arch.as_ref().map(|a| a.0.clone()),
+                    },
+                })
+            );
+            return Ok(Exit::Ok);
+        }
+        ui.line(format!(
+            "stanza {} on {repo} ({}; {} backup(s), cipher {})",
+            inv.cluster.stanza(),
+            info.status_message,
+            info.backups.len(),
+            info.cipher
+        ));
+        if !info.backups.is_empty() {
+            ui.line(format!(
+                "  {:<34} {:<5} {:<21} {:>7} {:>10} {:>10}  WAL",
+                "LABEL", "TYPE", "STARTED (UTC)", "TOOK", "SIZE", "IN REPO"
+            ));
+        }
+        for b in &info.backups {
+            ui.line(format!(
+                "  {:<34} {:<5} {:<21} {:>7} {:>10} {:>10}  {}..{}",
+                b.label,
+                b.kind,
+                utc(b.start),
+                human_age(b.stop - b.start),
+                human_bytes(b.size),
+                human_bytes(b.repo_size),
+                b.wal_start,
+                b.wal_stop
+            ));
+        }
+        match (earliest, &arch) {
+            (Some(e), Some((wal, t, _, _))) if *t > 0 => ui.line(format!(
+                "recovery window: {} .. {} (last archived WAL {wal}, {} ago)",
+                utc(e),
+                utc(*t),
+                human_age(now() - t)
+            )),
+            (Some(e), _) => ui.line(format!(
+                "recovery window: from {} (the leader's archiver could not be read: the end is the newest WAL in the repository, {})",
+                utc(e),
+                info.wal_max.as_deref().unwrap_or("none")
+            )),
+            (None, _) => ui.line("recovery window: none (no backup yet): `pgha backup run`"),
+        }
+        Ok(Exit::Ok)
+    }
+    .await;
+    ctx.close().await;
+    finish(&inv, &ui, result, false)
+}
+
+async fn verify(args: BackupVerifyArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    let inv = inventory(&args.inventory)?;
+    let ui = Ui::new(output);
+    let pki = load_pki(&inv, false)?;
+    let mut ctx = Ctx::new(&inv, pki, &ui);
+    let ssh = ssh_options(&args.ssh, &inv);
+    let result = async {
+        let repo = ops::repository_host(&ctx)?;
+        ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
+        let phase = ui.phase("verify");
+        phase.set(format!(
+            "restoring {} into a scratch directory on {repo}",
+            args.set.as_deref().unwrap_or("the newest backup")
+        ));
+        let v = ops::restore_test(ctx.session(&repo)?, args.set.as_deref()).await?;
+        drop(phase);
+        if ui.json() {
+            println!("{}", json!({"ok": v.ok(), "host": repo, "result": v}));
+        }
+        if v.ok() {
+            ui.line(format!(
+                "backup {} restores: PostgreSQL started on {repo}, recovery ended, {} database(s), {} table(s), {} row(s) counted; {} restored in {}s (removed)",
+                v.set,
+                v.databases,
+                v.tables,
+                v.rows,
+                human_bytes(v.restored_bytes),
+                v.seconds
+            ));
+            Ok(Exit::Ok)
+        } else {
+            Err(Failure::error(format!(
+                "backup {} does NOT restore: {} failed on {repo}: {}",
+                if v.set.is_empty() { "(none)" } else { &v.set },
+                v.step.as_deref().unwrap_or("?"),
+                v.message.as_deref().unwrap_or("")
+            )))
+        }
+    }
+    .await;
+    ctx.close().await;
+    finish(&inv, &ui, result, false)
+}

@@ -1,0 +1,344 @@
+//! Backups with pgBackRest: the deploy's backup phase (timers, stanza, the first
+//! full backup), taking a backup with its progress shown, the restore test, and
+//! the repository's health for `verify`. Every pgBackRest command runs as
+//! `postgres` on the repository's host (root would leave lock files postgres
+//! cannot remove); what pgBackRest says is read by `backup_info`.
+
+use std::time::{Duration, Instant};
+
+use super::backup_info::{self, BackupSet, RepoInfo, Verified, human_age, human_bytes};
+use super::converge::Converge;
+use super::run::{Ctx, host_failed};
+use crate::engine::apply;
+use crate::error::{Exit, Failure};
+use crate::inventory::Cluster;
+use crate::ssh::{Cmd, Output, Session, shell_quote};
+
+/// Bounds of pgBackRest's commands (a backup of a large cluster takes hours).
+const INFO: Duration = Duration::from_secs(60);
+const CHECK: Duration = Duration::from_secs(180);
+const STANZA: Duration = Duration::from_secs(300);
+pub const BACKUP: Duration = Duration::from_secs(12 * 3600);
+pub const RESTORE_TEST: Duration = Duration::from_secs(12 * 3600);
+/// The restore test's script on the repository's host (roles/pgbackrest.yml).
+const VERIFY_SCRIPT: &str = "/usr/local/lib/pgha/backup-verify";
+/// The timers pgha may install, by kind (`pgha-backup-<kind>.timer`).
+const TIMER_KINDS: [&str; 4] = ["full", "diff", "incr", "verify"];
+
+/// A pgBackRest command line for the cluster's stanza, run as postgres.
+pub fn pgbackrest(c: &Cluster, args: &str) -> String {
+    format!(
+        "runuser -u postgres -- pgbackrest --stanza={} {args}",
+        shell_quote(c.stanza())
+    )
+}
+
+/// The directories pgBackRest needs on a host, owned by postgres (the repository's
+/// only on its host).
+pub fn dirs_script(c: &Cluster, repository: bool) -> String {
+    let mut dirs = vec![
+        "/var/log/pgbackrest".to_string(),
+        "/var/spool/pgbackrest".into(),
+    ];
+    if repository {
+        dirs.push(c.backup_repo_path.clone());
+    }
+    let quoted: Vec<String> = dirs.iter().map(|d| shell_quote(d)).collect();
+    format!(
+        "install -d -o postgres -g postgres -m 0750 {}",
+        quoted.join(" ")
+    )
+}
+
+/// Enable the scheduled timers, disable and remove the others; prints one line per
+/// change.
+fn timers_script(c: &Cluster) -> String {
+    let wanted = |k: &str| match k {
+        "full" => !c.backup_schedule_full.is_empty(),
+        "diff" => !c.backup_schedule_diff.is_empty(),
+        "incr" => !c.backup_schedule_incr.is_empty(),
+        _ => !c.backup_schedule_verify.is_empty(),
+    };
+    let mut s = String::from("set -e\nsystemctl daemon-reload\n");
+    for k in TIMER_KINDS {
+        let t = format!("pgha-backup-{k}.timer");
+        if wanted(k) {
+            s.push_str(&format!(
+                "if ! systemctl is-enabled --quiet {t} || ! systemctl is-active --quiet {t}; then \
+                 systemctl enable --now --quiet {t}; echo \"enabled {t}\"; fi\n"
+            ));
+        } else {
+            s.push_str(&format!(
+                "if [ -f /etc/systemd/system/{t} ]; then systemctl disable --now --quiet {t} || true; \
+                 rm -f /etc/systemd/system/{t}; systemctl daemon-reload; echo \"removed {t}\"; fi\n"
+            ));
+        }
+    }
+    s
+}
+
+async fn sh(s: &Session, script: String, timeout: Duration) -> Result<Output, Failure> {
+    s.exec(&Cmd::root(script).timeout(timeout))
+        .await
+        .map_err(Failure::from)
+}
+
+fn both(o: &Output) -> String {
+    format!("{}\n{}", o.stdout_str(), o.stderr_str())
+}
+
+/// The repository's host, or why there is none.
+pub fn repository_host(ctx: &Ctx<'_>) -> Result<String, Failure> {
+    ctx.inv
+        .backup_host()
+        .map(|h| h.name.clone())
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Inventory,
+                format!(
+                    "{}: backups are off for this cluster (backup_enabled: false): turn them on and run `pgha deploy`",
+                    ctx.inv.path.display()
+                ),
+            )
+        })
+}
+
+/// `pgbackrest info` of the stanza, read.
+pub async fn info(s: &Session, c: &Cluster) -> Result<RepoInfo, Failure> {
+    let out = sh(s, pgbackrest(c, "--output=json info"), INFO).await?;
+    if !out.success() {
+        return Err(host_failed(format!(
+            "{}: `pgbackrest info` failed: {}",
+            s.host(),
+            backup_info::errors(&both(&out))
+        )));
+    }
+    backup_info::parse_info(&out.stdout_str(), c.stanza())
+        .map_err(|e| host_failed(format!("{}: {e}", s.host())))
+}
+
+/// `pgbackrest check`: the stanza's configuration matches the cluster, and a WAL
+/// switch forced on the leader reaches the repository (within archive-timeout).
+pub async fn check(s: &Session, c: &Cluster) -> Result<(), Failure> {
+    let out = sh(s, pgbackrest(c, "check"), CHECK).await?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(Failure::error(format!(
+            "pgBackRest check on {} failed: {} (WAL archiving or the repository is not working: \
+             `journalctl -u pgbackrest` and /var/log/pgbackrest on the hosts say more)",
+            s.host(),
+            backup_info::errors(&both(&out))
+        )))
+    }
+}
+
+/// Take a backup of type `kind` (full, diff, incr) from the repository's host,
+/// against the leader (or a standby), showing its progress; the new backup.
+pub async fn take(
+    ctx: &Ctx<'_>,
+    s: &Session,
+    kind: &str,
+    from_standby: bool,
+) -> Result<BackupSet, Failure> {
+    let c = &ctx.inv.cluster;
+    let before: Option<String> = info(s, c).await?.newest().map(|b| b.label.clone());
+    let phase = ctx.ui.phase("backup");
+    phase.set(format!("{kind} backup starting on {}", s.host()));
+    let standby = if from_standby {
+        "--backup-standby=y "
+    } else {
+        ""
+    };
+    let args = format!("--type={kind} {standby}--log-level-console=warn backup");
+    let started = Instant::now();
+    let run = sh(s, pgbackrest(c, &args), BACKUP);
+    tokio::pin!(run);
+    // Progress from pgBackRest's own lock status while the backup runs.
+    let out = loop {
+        tokio::select! {
+            out = &mut run => break out?,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                if let Ok(i) = info(s, c).await
+                    && let Some((done, all)) = i.running
+                    && all > 0
+                {
+                    phase.set(format!(
+                        "{kind} backup: {} of {} copied ({}s)",
+                        human_bytes(done),
+                        human_bytes(all),
+                        started.elapsed().as_secs()
+                    ));
+                }
+            }
+        }
+    };
+    if !out.success() {
+        return Err(host_failed(format!(
+            "{kind} backup on {} failed: {}",
+            s.host(),
+            backup_info::errors(&both(&out))
+        )));
+    }
+    let after = info(s, c).await?;
+    let new = after
+        .newest()
+        .filter(|b| Some(&b.label) != before.as_ref())
+        .cloned()
+        .ok_or_else(|| {
+            host_failed(format!(
+                "{}: pgBackRest reported success but the repository shows no new backup",
+                s.host()
+            ))
+        })?;
+    phase.done(format!(
+        "{} backup {}: {} of data, {} in the repository, {}s",
+        new.kind,
+        new.label,
+        human_bytes(new.size),
+        human_bytes(new.repo_size),
+        started.elapsed().as_secs()
+    ));
+    Ok(new)
+}
+
+/// Restore `set` (None: the newest backup) into a scratch directory on the
+/// repository's host and check it (templates/backup-verify.sh.j2). A failed check
+/// is a result, not an error: the caller reports it.
+pub async fn restore_test(s: &Session, set: Option<&str>) -> Result<Verified, Failure> {
+    let script = match set {
+        Some(l) => format!("{VERIFY_SCRIPT} {}", shell_quote(l)),
+        None => VERIFY_SCRIPT.to_string(),
+    };
+    let out = sh(s, script, RESTORE_TEST).await?;
+    backup_info::parse_verified(&both(&out)).map_err(|e| host_failed(format!("{}: {e}", s.host())))
+}
+
+/// The repository's health for `verify`: pgBackRest's check passes, and the newest
+/// backup's age against `backup_max_age_hours`.
+pub async fn verify_repository(ctx: &Ctx<'_>) -> Result<Option<String>, Failure> {
+    let Some(repo) = ctx.inv.backup_host() else {
+        return Ok(None);
+    };
+    if !ctx.has_session(&repo.name) {
+        return Ok(None);
+    }
+    let c = &ctx.inv.cluster;
+    let s = ctx.session(&repo.name)?;
+    check(s, c)
+        .await
+        .map_err(|f| Failure::error(format!("verify: {}", f.message)))?;
+    let i = info(s, c).await?;
+    let newest = match i.newest() {
+        Some(b) => {
+            let age = now() - b.stop;
+            format!(
+                "newest backup {} {} ago ({})",
+                b.kind,
+                human_age(age),
+                human_bytes(b.size)
+            )
+        }
+        None => "no backup yet".into(),
+    };
+    Ok(Some(format!(
+        "stanza {} on {}: check passed (a WAL switch reached the repository); {}; {} backup(s) kept",
+        c.stanza(),
+        repo.name,
+        newest,
+        i.backups.len()
+    )))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Converge<'_, '_> {
+    /// The backup phase of a deploy: the timers on the repository's host, the
+    /// stanza (created once), and a first full backup when the repository has none.
+    pub async fn backups(&self) -> Result<(), Failure> {
+        let Some(repo) = self.inv.backup_host() else {
+            return Ok(());
+        };
+        self.pgbackrest_servers().await?;
+        if !self.ctx.acts_on(&repo.name) {
+            return Ok(());
+        }
+        let c = &self.inv.cluster;
+        let phase = self.ctx.ui.phase("backups");
+        let s = self.ctx.session(&repo.name)?;
+        self.ctx.ensure_locked("schedule backups").await?;
+        let changed = apply::run(s, timers_script(c))
+            .await
+            .map_err(|e| host_failed(format!("{}: timers: {e:#}", repo.name)))?;
+        for l in changed.lines().filter(|l| !l.trim().is_empty()) {
+            self.ctx.ui.host(&repo.name, l);
+        }
+        let i = info(s, c).await?;
+        if !i.stanza_exists() {
+            self.ctx.ensure_locked("create the stanza").await?;
+            phase.set(format!("creating stanza {}", c.stanza()));
+            let out = sh(
+                s,
+                pgbackrest(c, "--log-level-console=warn stanza-create"),
+                STANZA,
+            )
+            .await?;
+            if !out.success() {
+                return Err(host_failed(format!(
+                    "{}: `pgbackrest stanza-create` failed: {}",
+                    repo.name,
+                    backup_info::errors(&both(&out))
+                )));
+            }
+            self.ctx
+                .ui
+                .host(&repo.name, format!("stanza {} created", c.stanza()));
+        }
+        if i.newest().is_none() {
+            self.ctx.ensure_locked("take the first full backup").await?;
+            drop(phase);
+            let b = take(self.ctx, s, "full", false).await?;
+            self.ctx
+                .ui
+                .host(&repo.name, format!("first full backup {} taken", b.label));
+            return Ok(());
+        }
+        phase.done(format!("repository on {}", repo.name));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_run_as_postgres_for_the_stanza() {
+        let c = Cluster {
+            cluster_name: "demo".into(),
+            ..Cluster::default()
+        };
+        assert_eq!(
+            pgbackrest(&c, "info"),
+            "runuser -u postgres -- pgbackrest --stanza=demo info"
+        );
+        assert!(dirs_script(&c, true).ends_with("/var/lib/pgbackrest"));
+        assert!(!dirs_script(&c, false).contains("/var/lib/pgbackrest"));
+    }
+
+    #[test]
+    fn timers_follow_the_schedules() {
+        let c = Cluster {
+            backup_schedule_incr: String::new(),
+            ..Cluster::default()
+        };
+        let s = timers_script(&c);
+        assert!(s.contains("systemctl enable --now --quiet pgha-backup-full.timer"));
+        assert!(s.contains("systemctl enable --now --quiet pgha-backup-verify.timer"));
+        assert!(s.contains("rm -f /etc/systemd/system/pgha-backup-incr.timer"));
+    }
+}
