@@ -133,6 +133,7 @@ async fn lab_hosts_over_ssh_with_fault_injection() {
         user: "root".into(),
         tls: false,
         docker: false,
+        backup: true,
     };
     let t = Instant::now();
     let info = lab::up(&spec).await.expect("lab up");

@@ -99,6 +99,7 @@ fn setup() -> Fixture {
         user: "deploy".into(),
         tls: false,
         docker: false,
+        backup: true,
     };
     let info = lab_call(move || Box::pin(async move { lab::up(&spec).await }))
         .unwrap_or_else(|e| panic!("lab up {NAME}: {e}"));

@@ -36,6 +36,9 @@ pub struct StatusArgs {
     /// Redraw every SECS seconds (default 2) until interrupted.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<u64>,
+    /// To read the backup repository on its host.
+    #[command(flatten)]
+    pub ssh: SshArgs,
 }
 
 #[derive(Debug, Args)]

@@ -82,25 +82,6 @@ async fn run(args: BackupRunArgs, output: OutputFormat) -> Result<Exit, Failure>
     finish(&inv, &ui, result, false)
 }
 
-/// The end of the recovery window: the last WAL the leader archived, and when
-/// (pg_stat_archiver through a router's write port); None when unreachable.
-async fn archiver(ctx: &Ctx<'_>) -> Option<(String, i64, i64, Option<i64>)> {
-    let router = ctx.ep.routers.first()?.1.clone();
-    let ep = ctx.ep.router_port(&router, ctx.ep.write_port);
-    let client = crate::probe::sql::connect(&ctx.ep.net, &ep).await.ok()?;
-    let row = client
-        .query_one(
-            "select coalesce(last_archived_wal, ''), \
-                    coalesce(extract(epoch from last_archived_time)::bigint, 0), \
-                    failed_count, extract(epoch from last_failed_time)::bigint \
-               from pg_stat_archiver",
-            &[],
-        )
-        .await
-        .ok()?;
-    Some((row.get(0), row.get(1), row.get(2), row.get(3)))
-}
-
 async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = inventory(&args.inventory)?;
     let ui = Ui::new(output);
@@ -112,11 +93,12 @@ async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failur
         ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
         let (info, arch) = tokio::join!(
             ops::info(ctx.session(&repo)?, &inv.cluster),
-            archiver(&ctx)
+            crate::ops::health::archiver(&ctx)
         );
         let info = info?;
         let earliest = info.backups.first().map(|b| b.stop);
-        let latest = arch.as_ref().filter(|a| a.1 > 0).map(|a| a.1);
+        let arch = arch.ok();
+        let latest = arch.as_ref().and_then(|a| a.archived_at);
         if ui.json() {
             println!(
                 "{}",
@@ -129,7 +111,7 @@ async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failur
                     "window": {
                         "earliest": earliest.map(utc),
                         "latest": latest.map(utc),
-                        "latest_wal": arch.as_ref().map(|a| a.0.clone()),
+                        "latest_wal": arch.as_ref().and_then(|a| a.wal.clone()),
                     },
                 })
             );
@@ -161,11 +143,12 @@ async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failur
                 b.wal_stop
             ));
         }
-        match (earliest, &arch) {
-            (Some(e), Some((wal, t, _, _))) if *t > 0 => ui.line(format!(
-                "recovery window: {} .. {} (last archived WAL {wal}, {} ago)",
+        match (earliest, latest) {
+            (Some(e), Some(t)) => ui.line(format!(
+                "recovery window: {} .. {} (last archived WAL {}, {} ago)",
                 utc(e),
-                utc(*t),
+                utc(t),
+                arch.as_ref().and_then(|a| a.wal.as_deref()).unwrap_or("?"),
                 human_age(now() - t)
             )),
             (Some(e), _) => ui.line(format!(
@@ -198,9 +181,6 @@ async fn verify(args: BackupVerifyArgs, output: OutputFormat) -> Result<Exit, Fa
         ));
         let v = ops::restore_test(ctx.session(&repo)?, args.set.as_deref()).await?;
         drop(phase);
-        if ui.json() {
-            println!("{}", json!({"ok": v.ok(), "host": repo, "result": v}));
-        }
         if v.ok() {
             ui.line(format!(
                 "backup {} restores: PostgreSQL started on {repo}, recovery ended, {} database(s), {} table(s), {} row(s) counted; {} restored in {}s (removed)",
@@ -211,15 +191,27 @@ async fn verify(args: BackupVerifyArgs, output: OutputFormat) -> Result<Exit, Fa
                 human_bytes(v.restored_bytes),
                 v.seconds
             ));
-            Ok(Exit::Ok)
-        } else {
-            Err(Failure::error(format!(
-                "backup {} does NOT restore: {} failed on {repo}: {}",
-                if v.set.is_empty() { "(none)" } else { &v.set },
-                v.step.as_deref().unwrap_or("?"),
-                v.message.as_deref().unwrap_or("")
-            )))
+            if ui.json() {
+                println!("{}", json!({"ok": true, "host": repo, "result": v}));
+            }
+            return Ok(Exit::Ok);
         }
+        let msg = format!(
+            "backup {} does NOT restore: {} failed on {repo}: {}",
+            if v.set.is_empty() { "(none)" } else { &v.set },
+            v.step.as_deref().unwrap_or("?"),
+            v.message.as_deref().unwrap_or("")
+        );
+        let msg = inv.secrets.redact(&msg);
+        // One document with the test's result (finish would print a second one).
+        if ui.json() {
+            println!(
+                "{}",
+                json!({"ok": false, "exit": Exit::Error as i32, "error": msg, "host": repo, "result": v})
+            );
+        }
+        eprintln!("error: {msg}");
+        Ok(Exit::Error)
     }
     .await;
     ctx.close().await;

@@ -1,11 +1,12 @@
-//! `pgha status`: the cluster in one view, from live probes (no SSH, no lock).
+//! `pgha status`: the cluster in one view, from live probes (no lock; SSH only to
+//! the backup repository's host, for pgBackRest's view of the backups).
 //! Exit 0 when healthy, 1 when degraded or down.
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use crate::commands::args::StatusArgs;
-use crate::commands::{load_inventory, load_pki};
+use crate::commands::{load_inventory, load_pki, ssh_options};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::health::{self, Level, Snapshot};
@@ -16,7 +17,14 @@ pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Fai
     let inv = load_inventory(&args.inventory, false)?;
     let ui = Ui::new(output);
     let pki = load_pki(&inv, false)?;
-    let ctx = Ctx::new(&inv, pki, &ui);
+    let mut ctx = Ctx::new(&inv, pki, &ui);
+    if let Some(repo) = inv.backup_host() {
+        // Unreachable: the backups line says so, the rest of the view stands.
+        let ssh = ssh_options(&args.ssh, &inv);
+        if let Err(f) = ctx.connect(&ssh, std::slice::from_ref(&repo.name)).await {
+            ui.warn(format!("backups not read: {}", f.message));
+        }
+    }
     let Some(secs) = args.watch else {
         let s = health::snapshot(&ctx).await;
         print(&s, output);
@@ -104,10 +112,41 @@ pub fn render(s: &Snapshot) -> String {
     etcd_table(s, &mut out);
     routers_table(s, &mut out);
     exporters_and_certificates(s, &mut out);
+    if let Some(b) = &s.backup {
+        out.push_str(&backup_line(b));
+    }
     if s.verdict.level != Level::Healthy {
         out.push_str(&format!("\n{}\n", s.verdict.line()));
     }
     out
+}
+
+/// Backups: the newest backup and the archiver.
+fn backup_line(b: &crate::ops::health::BackupState) -> String {
+    use crate::ops::backup_info::human_age;
+    let newest = match (&b.repository_error, &b.newest) {
+        (Some(e), _) => format!("repository not readable ({e})"),
+        (None, None) => "no backup yet".into(),
+        (None, Some((label, kind, age))) => {
+            format!("newest {kind} {label}, {} ago; {} kept", human_age(*age), b.backups)
+        }
+    };
+    let archive = match (&b.archiver_error, &b.last_archived_wal, b.last_archived_age_secs) {
+        (Some(e), _, _) => format!("archiver not read ({e})"),
+        (None, Some(w), Some(age)) => format!("last archived WAL {w}, {} ago", human_age(age)),
+        (None, _, _) => "no WAL archived yet".into(),
+    };
+    let failing = match b.archive_failing_secs {
+        Some(f) => format!("; ARCHIVING FAILING for {}", human_age(f)),
+        None if b.archive_failed_count > 0 => {
+            format!("; {} earlier failure(s)", b.archive_failed_count)
+        }
+        None => String::new(),
+    };
+    format!(
+        "\nbackups (repository on {}): {newest}; {archive}{failing}\n",
+        b.repository
+    )
 }
 
 /// One row per db member.

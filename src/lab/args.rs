@@ -82,6 +82,10 @@ pub struct LabUpArgs {
     /// Write `tls: false` into the lab inventory (plain HTTP and PostgreSQL without TLS).
     #[arg(long)]
     pub no_tls: bool,
+    /// Write `backup_enabled: false` into the lab inventory (no backup repository;
+    /// by default the first router doubles as it).
+    #[arg(long)]
+    pub no_backup: bool,
     /// Install method written into the lab inventory: native or docker.
     #[arg(long, default_value = "native", value_parser = ["native", "docker"])]
     pub method: String,

@@ -133,6 +133,7 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
         user: a.user.clone(),
         tls: !a.no_tls,
         docker: a.method == "docker",
+        backup: !a.no_backup,
     };
     if spec.docker {
         // The images the hosts will run, built here (cached) before the hosts start.

@@ -34,6 +34,9 @@ pub struct LabSpec {
     pub tls: bool,
     /// `install_method: docker` (components as containers in the hosts).
     pub docker: bool,
+    /// Backups on, the first router doubling as the repository (off: the
+    /// inventory says `backup_enabled: false`).
+    pub backup: bool,
 }
 
 /// A lab that is up.
@@ -144,7 +147,15 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo, Failure> {
     let inventory_path = spec.dir.join(layout::INVENTORY_FILE);
     files::write_if_changed(
         &inventory_path,
-        layout::render_inventory(name, &planned, &spec.user, spec.tls, spec.docker).as_bytes(),
+        layout::render_inventory(
+            name,
+            &planned,
+            &spec.user,
+            spec.tls,
+            spec.docker,
+            spec.backup,
+        )
+        .as_bytes(),
         0o644,
     )?;
     Ok(LabInfo {

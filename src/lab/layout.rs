@@ -197,6 +197,7 @@ pub fn render_inventory(
     user: &str,
     tls: bool,
     docker: bool,
+    backup: bool,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -218,7 +219,11 @@ pub fn render_inventory(
     if docker {
         s.push_str("    install_method: docker\n");
     }
-    if docker || !hosts.iter().any(|h| h.role == Role::Router) {
+    let repository = hosts
+        .iter()
+        .find(|h| h.role == Role::Router)
+        .filter(|_| backup && !docker);
+    if repository.is_none() {
         s.push_str("    backup_enabled: false\n");
     }
     s.push_str("  children:\n");
@@ -238,11 +243,8 @@ pub fn render_inventory(
     }
     // The first router doubles as the backup repository (a lab has no spare host
     // for it; the router is not a cluster member).
-    match hosts.iter().find(|h| h.role == Role::Router) {
-        Some(r) if !docker => {
-            let _ = writeln!(s, "    backup:\n      hosts:\n        {}:", r.name);
-        }
-        _ => {}
+    if let Some(r) = repository {
+        let _ = writeln!(s, "    backup:\n      hosts:\n        {}:", r.name);
     }
     s
 }
@@ -427,7 +429,7 @@ mod tests {
     fn inventory_for_root_and_deploy() {
         let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
         let hosts = plan_hosts("demo", subnet, 2, 1);
-        let inv = render_inventory("demo", &hosts, "root", true, false);
+        let inv = render_inventory("demo", &hosts, "root", true, false, true);
         assert_eq!(
             inv,
             "# pgha lab demo: written by `pgha lab up`, which rewrites it when the lab changes.\n\
@@ -459,7 +461,7 @@ all:
             v["all"]["children"]["router"]["hosts"]["router1"]["ansible_host"].as_str(),
             Some("172.28.7.101")
         );
-        let dep = render_inventory("demo", &hosts, "deploy", true, false);
+        let dep = render_inventory("demo", &hosts, "deploy", true, false, true);
         let v: yaml_serde::Value = yaml_serde::from_str(&dep).unwrap();
         assert_eq!(v["all"]["vars"]["ansible_user"].as_str(), Some("deploy"));
         assert_eq!(v["all"]["vars"]["ansible_become"].as_bool(), Some(true));
@@ -469,10 +471,11 @@ all:
             "root",
             true,
             false,
+            true,
         );
         assert!(!no_router.contains("router"), "{no_router}");
         assert!(no_router.contains("backup_enabled: false"), "{no_router}");
-        let docker = render_inventory("demo", &hosts, "root", true, true);
+        let docker = render_inventory("demo", &hosts, "root", true, true, true);
         assert!(docker.contains("backup_enabled: false"), "{docker}");
     }
 
@@ -547,7 +550,7 @@ all:
             "172.28.5.201"
         );
         let hosts = plan_hosts("lab", subnet, 3, 1);
-        let inv = render_inventory("lab", &hosts, "root", true, false);
+        let inv = render_inventory("lab", &hosts, "root", true, false, true);
         let moved = set_host_address(&inv, "db2", "172.28.5.201".parse().unwrap()).unwrap();
         assert!(
             moved.contains("db2:\n          ansible_host: 172.28.5.201\n"),

@@ -99,7 +99,111 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         certificates,
         ca,
     };
-    assemble(&c.cluster_name, parts, paused, &bounds)
+    let snap = assemble(&c.cluster_name, parts, paused, &bounds);
+    match ctx.inv.backup_host() {
+        Some(repo) => {
+            let b = backup_state(ctx, &repo.name).await;
+            let bb = BackupBounds {
+                max_age_secs: (c.backup_max_age_hours > 0)
+                    .then(|| i64::from(c.backup_max_age_hours) * 3600),
+                archive_fail_secs: i64::from(c.backup_archive_fail_minutes) * 60,
+            };
+            snap.with_backup(b, &bb)
+        }
+        None => snap,
+    }
+}
+
+/// The newest backup (pgBackRest on the repository's host, over the run's SSH
+/// session: `status` opens one to that host only) and the leader's archiver
+/// (through a router's write port), read at once.
+async fn backup_state(ctx: &Ctx<'_>, repo: &str) -> BackupState {
+    let c = &ctx.inv.cluster;
+    let repo_info = async {
+        match ctx.session(repo) {
+            Ok(s) => tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                super::backup::info(s, c),
+            )
+            .await
+            .map_err(|_| "pgbackrest info did not answer within 30s".to_string())
+            .and_then(|r| r.map_err(|f| f.message)),
+            Err(_) => Err(format!("no SSH session to {repo}")),
+        }
+    };
+    let (info, arch) = tokio::join!(repo_info, archiver(ctx));
+    let now = super::backup::now();
+    let (newest, backups, repository_error) = match info {
+        Ok(i) => (
+            i.newest()
+                .map(|b| (b.label.clone(), b.kind.clone(), now - b.stop)),
+            i.backups.len(),
+            None,
+        ),
+        Err(e) => (None, 0, Some(e)),
+    };
+    let mut b = BackupState {
+        repository: repo.to_string(),
+        newest,
+        backups,
+        repository_error,
+        last_archived_wal: None,
+        last_archived_age_secs: None,
+        archive_failed_count: 0,
+        archive_failing_secs: None,
+        archiver_error: None,
+    };
+    match arch {
+        Ok(a) => {
+            b.last_archived_wal = a.wal;
+            b.last_archived_age_secs = a.archived_at.map(|t| now - t);
+            b.archive_failed_count = a.failed_count;
+            b.archive_failing_secs = match (a.failed_at, a.archived_at) {
+                (Some(f), Some(ok)) if f > ok => Some(now - ok),
+                (Some(f), None) => Some(now - f),
+                _ => None,
+            };
+        }
+        Err(e) => b.archiver_error = Some(e),
+    }
+    b
+}
+
+/// The leader's `pg_stat_archiver`, as read through a router's write port.
+pub struct Archiver {
+    pub wal: Option<String>,
+    pub archived_at: Option<i64>,
+    pub failed_count: i64,
+    pub failed_at: Option<i64>,
+}
+
+pub async fn archiver(ctx: &Ctx<'_>) -> Result<Archiver, String> {
+    let router = ctx
+        .ep
+        .routers
+        .first()
+        .map(|r| r.1.clone())
+        .ok_or("no router")?;
+    let ep = ctx.ep.router_port(&router, ctx.ep.write_port);
+    let client = crate::probe::sql::connect(&ctx.ep.net, &ep).await?;
+    let row = tokio::time::timeout(
+        crate::probe::PROBE_TIMEOUT,
+        client.query_one(
+            "select last_archived_wal, extract(epoch from last_archived_time)::bigint, \
+                    failed_count, extract(epoch from last_failed_time)::bigint \
+               from pg_stat_archiver",
+            &[],
+        ),
+    )
+    .await
+    .map_err(|_| "pg_stat_archiver did not answer".to_string())?
+    .map_err(|e| crate::probe::sql::pg_error(&e))?;
+    Ok(Archiver {
+        wal: row.get(0),
+        archived_at: row.get(1),
+        failed_count: row.get(2),
+        failed_at: row.get(3),
+    })
 }
 
 /// The certificate each TLS endpoint serves: Patroni's REST API on db hosts (the

@@ -147,6 +147,93 @@ pub struct Snapshot {
     pub certificates: Vec<CertState>,
     /// The cluster CA (TLS clusters).
     pub ca: Option<CaState>,
+    /// Backups and WAL archiving (when backups are on).
+    pub backup: Option<BackupState>,
+}
+
+/// The backups' health: the newest backup in the repository and the leader's WAL
+/// archiver (`pg_stat_archiver`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackupState {
+    pub repository: String,
+    /// The newest backup: (label, type, age in seconds).
+    pub newest: Option<(String, String, i64)>,
+    pub backups: usize,
+    /// The repository could not be read (unreachable host, pgBackRest error).
+    pub repository_error: Option<String>,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_age_secs: Option<i64>,
+    pub archive_failed_count: i64,
+    /// Failing now (the last failure is newer than the last success): since how
+    /// long nothing was archived.
+    pub archive_failing_secs: Option<i64>,
+    pub archiver_error: Option<String>,
+}
+
+/// The bounds backups are judged by (the inventory's).
+#[derive(Debug, Clone, Copy)]
+pub struct BackupBounds {
+    /// `backup_max_age_hours` in seconds; None: not checked.
+    pub max_age_secs: Option<i64>,
+    /// `backup_archive_fail_minutes` in seconds.
+    pub archive_fail_secs: i64,
+}
+
+/// What makes backups degraded, each with what to do.
+pub fn backup_faults(b: &BackupState, bounds: &BackupBounds) -> Vec<String> {
+    let mut out = Vec::new();
+    match (&b.repository_error, &b.newest) {
+        (Some(e), _) => out.push(format!(
+            "backup repository on {} not readable: {e}",
+            b.repository
+        )),
+        (None, None) => out.push(format!(
+            "no backup in the repository on {}: `pgha backup run`",
+            b.repository
+        )),
+        (None, Some((label, kind, age))) => {
+            if let Some(max) = bounds.max_age_secs
+                && *age > max
+            {
+                out.push(format!(
+                    "newest backup ({kind} {label}) is {}h old, over backup_max_age_hours {}: \
+                     check the timers on {} (`systemctl list-timers 'pgha-*'`, `journalctl -u 'pgha-backup@*'`) \
+                     or `pgha backup run`",
+                    age / 3600,
+                    max / 3600,
+                    b.repository
+                ));
+            }
+        }
+    }
+    if let Some(f) = b.archive_failing_secs
+        && f > bounds.archive_fail_secs
+    {
+        out.push(format!(
+            "WAL archiving has failed for {}m (last archived {}, {} failure(s)): the recovery window \
+             stops there; see /var/log/pgbackrest on the leader and the repository host",
+            f / 60,
+            b.last_archived_wal.as_deref().unwrap_or("none"),
+            b.archive_failed_count
+        ));
+    }
+    out
+}
+
+impl Snapshot {
+    /// Add the backups' state and fold its faults into the verdict.
+    pub fn with_backup(mut self, b: BackupState, bounds: &BackupBounds) -> Snapshot {
+        let faults = backup_faults(&b, bounds);
+        if !faults.is_empty() {
+            if self.verdict.level == Level::Healthy {
+                self.verdict.level = Level::Degraded;
+            }
+            self.verdict.reasons.extend(faults);
+            self.healthy = false;
+        }
+        self.backup = Some(b);
+        self
+    }
 }
 
 /// Bounds the snapshot uses (from the inventory).
@@ -204,6 +291,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         exporters,
         certificates,
         ca,
+        backup: None,
     };
     s.verdict = verdict(&s, bounds);
     s.healthy = s.verdict.level == Level::Healthy;

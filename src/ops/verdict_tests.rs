@@ -212,3 +212,55 @@ fn the_ca_expiry_is_in_the_model_with_a_warning_a_year_ahead() {
     assert_eq!(v.level, Level::Degraded);
     assert!(v.reasons[0].contains("cluster CA expired"), "{v:?}");
 }
+
+#[test]
+fn backups_are_judged_by_age_and_archiving() {
+    let bounds = BackupBounds {
+        max_age_secs: Some(26 * 3600),
+        archive_fail_secs: 300,
+    };
+    let ok = BackupState {
+        repository: "router1".into(),
+        newest: Some(("L".into(), "diff".into(), 3600)),
+        backups: 2,
+        repository_error: None,
+        last_archived_wal: Some("000000010000000000000009".into()),
+        last_archived_age_secs: Some(30),
+        archive_failed_count: 3,
+        archive_failing_secs: None,
+        archiver_error: None,
+    };
+    assert!(backup_faults(&ok, &bounds).is_empty(), "old failures that healed are fine");
+    let stale = BackupState {
+        newest: Some(("L".into(), "full".into(), 30 * 3600)),
+        ..ok.clone()
+    };
+    let f = backup_faults(&stale, &bounds);
+    assert!(f[0].contains("30h old, over backup_max_age_hours 26"), "{f:?}");
+    let unchecked = BackupBounds {
+        max_age_secs: None,
+        ..bounds
+    };
+    assert!(backup_faults(&stale, &unchecked).is_empty());
+    let failing = BackupState {
+        archive_failing_secs: Some(400),
+        ..ok.clone()
+    };
+    let f = backup_faults(&failing, &bounds);
+    assert!(f[0].contains("WAL archiving has failed for 6m"), "{f:?}");
+    let brief = BackupState {
+        archive_failing_secs: Some(120),
+        ..ok.clone()
+    };
+    assert!(backup_faults(&brief, &bounds).is_empty(), "a brief failure is not yet a fault");
+    let none = BackupState {
+        newest: None,
+        ..ok.clone()
+    };
+    assert!(backup_faults(&none, &bounds)[0].contains("no backup in the repository"));
+    let unreadable = BackupState {
+        repository_error: Some("no SSH session to router1".into()),
+        ..ok
+    };
+    assert!(backup_faults(&unreadable, &bounds)[0].contains("not readable"));
+}

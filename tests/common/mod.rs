@@ -58,7 +58,12 @@ impl Lab {
 
     /// A lab whose inventory has TLS on or off.
     pub async fn up_tls(name: &str, user: &str, db: u32, tls: bool) -> Lab {
-        Self::up_spec(name, user, db, tls, false).await
+        Self::up_spec(name, user, db, tls, false, true).await
+    }
+
+    /// A lab deployed without backups (`backup_enabled: false`), TLS on.
+    pub async fn up_without_backups(name: &str) -> Lab {
+        Self::up_spec(name, "root", 3, true, false, false).await
     }
 
     /// A lab for install_method docker (TLS on, the default), pgha's image built
@@ -67,10 +72,17 @@ impl Lab {
         pgha::docker::stack::ensure()
             .await
             .expect("pgha images build");
-        Self::up_spec(name, "root", 3, true, true).await
+        Self::up_spec(name, "root", 3, true, true, false).await
     }
 
-    async fn up_spec(name: &str, user: &str, db: u32, tls: bool, docker: bool) -> Lab {
+    async fn up_spec(
+        name: &str,
+        user: &str,
+        db: u32,
+        tls: bool,
+        docker: bool,
+        backup: bool,
+    ) -> Lab {
         let _ = lab::down(name).await;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -82,6 +94,7 @@ impl Lab {
             user: user.into(),
             tls,
             docker,
+            backup,
         })
         .await
         .expect("lab up");

@@ -198,6 +198,7 @@ impl Bench {
             user: "root".into(),
             tls: true,
             docker: false,
+            backup: true,
         })
         .await
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"));

@@ -1,0 +1,249 @@
+//! End-to-end: backups on their own lab (`pgha-e2e-backup`), observed on the
+//! repository host with pgBackRest itself and on PostgreSQL, independently of pgha.
+//! A cluster deployed without backups gets them by a re-run of deploy with no
+//! restart of any member (archive_mode was on from the first deploy) and a first
+//! full backup; under a writer, `backup run` takes a full backup that `backup list`
+//! and `pgbackrest info` agree on; `backup verify` restores it and counts the
+//! writer's rows; after a switchover the new leader's WAL reaches the repository
+//! and a scheduled backup (the timer's service) runs against it; a backup damaged
+//! in the repository fails `backup verify` with pgBackRest's cause; no
+//! acknowledged write is lost.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use serde_json::Value;
+
+const LAB: &str = "pgha-e2e-backup";
+const REPO: &str = "router1";
+
+/// `pgbackrest info` of the cluster's stanza, read on the repository host.
+fn repo_info(lab: &Lab) -> Value {
+    let (code, out, err) = lab.sh_err(
+        REPO,
+        &format!(
+            "runuser -u postgres -- pgbackrest --stanza={} --output=json info",
+            lab.cluster_name()
+        ),
+    );
+    assert_eq!(code, 0, "pgbackrest info on {REPO}: {err}");
+    let v: Value = serde_json::from_str(&out).expect("pgbackrest info JSON");
+    v[0].clone()
+}
+
+fn labels(info: &Value) -> Vec<String> {
+    info["backup"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| b["label"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn newest(info: &Value) -> Value {
+    info["backup"]
+        .as_array()
+        .and_then(|a| a.last().cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The WAL file a forced switch on `leader` closed, once its archiver reports it
+/// archived (PostgreSQL acknowledges archiving only when archive-push succeeded).
+async fn switch_reaches_repository(lab: &Lab, leader: &str) -> String {
+    let wal = lab.psql(
+        leader,
+        "SELECT pg_walfile_name(pg_switch_wal()) FROM pg_stat_archiver",
+    );
+    eventually(&format!("{wal} archived by {leader}"), 120, || async {
+        let last = lab.try_psql(
+            leader,
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        )?;
+        if last.as_str() >= wal.as_str() {
+            Ok(())
+        } else {
+            Err(format!("last archived {last}"))
+        }
+    })
+    .await;
+    // And pgBackRest has it: the repository's newest WAL is at least that one.
+    let max = eventually("the repository's newest WAL", 60, || async {
+        let info = repo_info(lab);
+        let max = info["archive"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(|x| x["max"].as_str()).max())
+            .unwrap_or_default()
+            .to_string();
+        if max.as_str() >= wal.as_str() {
+            Ok(max)
+        } else {
+            Err(format!("newest WAL in the repository {max}, want {wal}"))
+        }
+    })
+    .await;
+    assert!(max.as_str() >= wal.as_str());
+    wal
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
+    let lab = Lab::up_without_backups(LAB).await;
+    let inv = lab.inventory();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy without backups:\n{out}\n{err}");
+    let leader = healthy_cluster(&lab).await;
+    // Deployed without backups: archiving is on and accepts every segment.
+    assert_eq!(lab.psql(&leader, "SHOW archive_mode"), "on");
+    assert_eq!(lab.psql(&leader, "SHOW archive_command"), "/bin/true");
+    let before = start_times(&lab).await;
+    lab.psql(&leader, "CREATE TABLE bk_w (id int PRIMARY KEY, note text)");
+    let writer = writer_going(&lab, "bk_w", 1).await;
+
+    // Turn them on: the lab's inventory gets its router as the repository.
+    let text = std::fs::read_to_string(&inv).unwrap();
+    assert!(text.contains("    backup_enabled: false\n"), "{text}");
+    let with = text.replace("    backup_enabled: false\n", "")
+        + &format!("    backup:\n      hosts:\n        {REPO}:\n");
+    std::fs::write(&inv, with).unwrap();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy enabling backups:\n{out}\n{err}");
+    assert_eq!(
+        start_times(&lab).await,
+        before,
+        "enabling backups restarted a member"
+    );
+    let leader = healthy_cluster(&lab).await;
+    assert_eq!(
+        lab.psql(&leader, "SHOW archive_command"),
+        format!("pgbackrest --stanza={} archive-push %p", lab.cluster_name())
+    );
+    let info = repo_info(&lab);
+    assert_eq!(info["status"]["code"], 0, "{info}");
+    assert_eq!(info["cipher"], "aes-256-cbc", "encrypted by default");
+    assert_eq!(
+        newest(&info)["type"],
+        "full",
+        "the first full backup: {info}"
+    );
+    // A re-run changes nothing (the stanza and the first backup are not redone).
+    let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        labels(&repo_info(&lab)),
+        labels(&info),
+        "a re-run took a backup"
+    );
+
+    // A full backup under the writer; list and pgBackRest agree.
+    let (code, out, err) = pgha(&["backup", "run", &inv, "--type", "full", "--output", "json"]);
+    assert_eq!(code, 0, "backup run:\n{out}\n{err}");
+    let taken = json_doc(&out)["backup"]["label"]
+        .as_str()
+        .expect("the backup's label")
+        .to_string();
+    let info = repo_info(&lab);
+    assert_eq!(newest(&info)["label"], taken.as_str());
+    assert_eq!(newest(&info)["type"], "full");
+    let (code, out, _) = pgha(&["backup", "list", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let list = json_doc(&out);
+    let listed: Vec<String> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, labels(&info), "backup list against pgbackrest info");
+    assert!(list["window"]["earliest"].is_string(), "{list}");
+    assert!(list["window"]["latest"].is_string(), "{list}");
+
+    // The restore test: restored on the repository host, the writer's rows counted.
+    let acked_before = writer.acked().len() as u64;
+    let (code, out, err) = pgha(&["backup", "verify", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "backup verify:\n{out}\n{err}");
+    let v = json_doc(&out);
+    assert_eq!(v["result"]["status"], "ok", "{v}");
+    assert_eq!(v["result"]["set"], taken.as_str());
+    assert!(
+        v["result"]["rows"].as_u64().unwrap() >= acked_before.min(20),
+        "rows counted in the restored copy: {v}"
+    );
+    let (_, leftovers) = lab.sh(
+        REPO,
+        "ls -A /var/lib/pgha/backup-verify 2>/dev/null | wc -l",
+    );
+    assert_eq!(leftovers.trim(), "0", "the scratch directory is removed");
+
+    // After a switchover the new leader archives, and a scheduled backup runs
+    // against it (the service its timer starts).
+    let (code, out, err) = pgha(&["switchover", &inv]);
+    assert_eq!(code, 0, "switchover:\n{out}\n{err}");
+    let new_leader = healthy_cluster(&lab).await;
+    assert_ne!(new_leader, leader);
+    let wal = switch_reaches_repository(&lab, &new_leader).await;
+    assert!(
+        lab.psql(
+            &new_leader,
+            "SELECT timeline_id FROM pg_control_checkpoint()"
+        )
+        .parse::<u32>()
+        .unwrap()
+            > 1,
+        "the switchover started a new timeline (WAL {wal})"
+    );
+    let (code, out) = lab.sh(REPO, "systemctl start pgha-backup@incr.service 2>&1");
+    assert_eq!(code, 0, "the scheduled backup's service: {out}");
+    let info = repo_info(&lab);
+    let incr = newest(&info);
+    assert_eq!(incr["type"], "incr", "{info}");
+    let (_, timers) = lab.sh(
+        REPO,
+        "systemctl list-timers --all --no-legend 'pgha-backup-*' | wc -l",
+    );
+    assert_eq!(timers.trim(), "3", "full, diff and verify timers");
+
+    // A backup damaged in the repository does not pass.
+    let dir = format!(
+        "/var/lib/pgbackrest/backup/{}/{taken}/pg_data",
+        lab.cluster_name()
+    );
+    let (code, out) = lab.sh(
+        REPO,
+        &format!(
+            "f=$(find {dir} -type f -size +64k | head -1); test -n \"$f\" && \
+             dd if=/dev/urandom of=\"$f\" bs=1k count=16 seek=2 conv=notrunc 2>/dev/null && echo \"$f\""
+        ),
+    );
+    assert_eq!(code, 0, "damaging a file of {taken}: {out}");
+    let (code, out, _) = pgha(&[
+        "backup", "verify", &inv, "--set", &taken, "--output", "json",
+    ]);
+    assert_eq!(code, 1, "verify of a damaged backup must fail:\n{out}");
+    let v = json_doc(&out);
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["result"]["step"], "restore", "{v}");
+    assert!(
+        v["result"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ERROR"),
+        "pgBackRest's cause is named: {v}"
+    );
+
+    let acked = writer.stop().await;
+    assert_no_loss(&lab, "bk_w", &acked).await;
+    let kinds: BTreeSet<String> = repo_info(&lab)["backup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.contains("full") && kinds.contains("incr"),
+        "{kinds:?}"
+    );
+}
