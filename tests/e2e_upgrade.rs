@@ -134,9 +134,16 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         );
         pg_new = v[0].1.clone();
     }
-    let haproxy_new = older_builds(&lab, "router1", &["haproxy"]).await[0]
-        .1
-        .clone();
+    // router1 holds the backup repository too, with PostgreSQL's binaries for
+    // restore tests: the pins apply to it as well.
+    let mut on_router = PG_PACKAGES.to_vec();
+    on_router.push("haproxy");
+    let haproxy_new = older_builds(&lab, "router1", &on_router)
+        .await
+        .into_iter()
+        .find(|(p, _)| p == "haproxy")
+        .expect("haproxy's build on router1")
+        .1;
     let (pg_old, haproxy_old) = (older(&pg_new), older(&haproxy_new));
     let original = std::fs::read_to_string(&inv).unwrap();
     let with = |pinned: bool| {

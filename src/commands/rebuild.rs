@@ -435,6 +435,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         conv.roles(&leader).await?;
         conv.exporters().await?;
         conv.haproxy().await?;
+        // A rebuilt repository host starts empty: stanza, timers, a first full backup.
+        self.step("backups", conv.backups()).await?;
         if !a.stale_members.is_empty() {
             self.step(
                 "stale members",

@@ -128,10 +128,18 @@ fn backup_line(b: &crate::ops::health::BackupState) -> String {
         (Some(e), _) => format!("repository not readable ({e})"),
         (None, None) => "no backup yet".into(),
         (None, Some((label, kind, age))) => {
-            format!("newest {kind} {label}, {} ago; {} kept", human_age(*age), b.backups)
+            format!(
+                "newest {kind} {label}, {} ago; {} kept",
+                human_age(*age),
+                b.backups
+            )
         }
     };
-    let archive = match (&b.archiver_error, &b.last_archived_wal, b.last_archived_age_secs) {
+    let archive = match (
+        &b.archiver_error,
+        &b.last_archived_wal,
+        b.last_archived_age_secs,
+    ) {
         (Some(e), _, _) => format!("archiver not read ({e})"),
         (None, Some(w), Some(age)) => format!("last archived WAL {w}, {} ago", human_age(age)),
         (None, _, _) => "no WAL archived yet".into(),

@@ -16,7 +16,13 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
     let apis = ctx.ep.patroni_apis();
     // Every probe at once, each bounded by one probe timeout: a host that silently
     // drops packets costs that bound once, not once per probe.
-    let (view, statuses, etcd_report, routers, exporters, certificates) = tokio::join!(
+    let backup = async {
+        match ctx.inv.backup_host() {
+            Some(repo) => Some(backup_state(ctx, &repo.name).await),
+            None => None,
+        }
+    };
+    let (view, statuses, etcd_report, routers, exporters, certificates, backup) = tokio::join!(
         patroni::cluster_any(&ctx.ep.net, &apis),
         join_all(
             ctx.ep
@@ -43,6 +49,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
                 Vec::new()
             }
         },
+        backup,
     );
     let ca = ctx.pki.as_ref().and_then(|p| p.ca_info().ok()).map(|i| {
         let now = std::time::SystemTime::now()
@@ -100,9 +107,8 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         ca,
     };
     let snap = assemble(&c.cluster_name, parts, paused, &bounds);
-    match ctx.inv.backup_host() {
-        Some(repo) => {
-            let b = backup_state(ctx, &repo.name).await;
+    match backup {
+        Some(b) => {
             let bb = BackupBounds {
                 max_age_secs: (c.backup_max_age_hours > 0)
                     .then(|| i64::from(c.backup_max_age_hours) * 3600),

@@ -230,13 +230,19 @@ fn backups_are_judged_by_age_and_archiving() {
         archive_failing_secs: None,
         archiver_error: None,
     };
-    assert!(backup_faults(&ok, &bounds).is_empty(), "old failures that healed are fine");
+    assert!(
+        backup_faults(&ok, &bounds).is_empty(),
+        "old failures that healed are fine"
+    );
     let stale = BackupState {
         newest: Some(("L".into(), "full".into(), 30 * 3600)),
         ..ok.clone()
     };
     let f = backup_faults(&stale, &bounds);
-    assert!(f[0].contains("30h old, over backup_max_age_hours 26"), "{f:?}");
+    assert!(
+        f[0].contains("30h old, over backup_max_age_hours 26"),
+        "{f:?}"
+    );
     let unchecked = BackupBounds {
         max_age_secs: None,
         ..bounds
@@ -252,7 +258,10 @@ fn backups_are_judged_by_age_and_archiving() {
         archive_failing_secs: Some(120),
         ..ok.clone()
     };
-    assert!(backup_faults(&brief, &bounds).is_empty(), "a brief failure is not yet a fault");
+    assert!(
+        backup_faults(&brief, &bounds).is_empty(),
+        "a brief failure is not yet a fault"
+    );
     let none = BackupState {
         newest: None,
         ..ok.clone()
