@@ -4,8 +4,11 @@
 
 use serde_json::json;
 
+use futures_util::future::BoxFuture;
+
 use crate::commands::args::{
-    BackupArgs, BackupCommand, BackupListArgs, BackupRunArgs, BackupVerifyArgs,
+    BackupArgs, BackupCommand, BackupListArgs, BackupRunArgs, BackupVerifyArgs, InventoryArg,
+    SshArgs,
 };
 use crate::commands::{finish, load_inventory, load_pki, ssh_options};
 use crate::error::{Exit, Failure};
@@ -40,60 +43,77 @@ fn inventory(arg: &crate::commands::args::InventoryArg) -> Result<Inventory, Fai
     Ok(inv)
 }
 
-async fn run(args: BackupRunArgs, output: OutputFormat) -> Result<Exit, Failure> {
-    let inv = inventory(&args.inventory)?;
+/// Run `f` with a context connected to the repository's host (named as its
+/// second argument), then close the sessions and finish as every command does.
+async fn on_repository<F>(
+    arg: &InventoryArg,
+    ssh: &SshArgs,
+    output: OutputFormat,
+    f: F,
+) -> Result<Exit, Failure>
+where
+    F: for<'c> FnOnce(&'c Ctx<'c>, String) -> BoxFuture<'c, Result<Exit, Failure>>,
+{
+    let inv = inventory(arg)?;
     let ui = Ui::new(output);
     let pki = load_pki(&inv, false)?;
     let mut ctx = Ctx::new(&inv, pki, &ui);
-    let ssh = ssh_options(&args.ssh, &inv);
-    let result = async {
-        let repo = ops::repository_host(&ctx)?;
-        ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
-        let lock =
-            ClusterLock::acquire(&ctx, "pgha backup run", true, args.lock.duration()).await?;
-        let started = std::time::Instant::now();
-        let r = ops::take(
-            &ctx,
-            ctx.session(&repo)?,
-            args.kind.as_str(),
-            args.from_standby,
-        )
-        .await;
-        lock.release(&ctx).await;
-        let b = r?;
-        ui.line(format!(
-            "{} backup {} taken on {repo}: {} of data, {} added to the repository, {:.0}s",
-            b.kind,
-            b.label,
-            human_bytes(b.size),
-            human_bytes(b.repo_size),
-            started.elapsed().as_secs_f64()
-        ));
-        if ui.json() {
-            println!(
-                "{}",
-                json!({"ok": true, "backup": b, "seconds": started.elapsed().as_secs_f64()})
-            );
-        }
-        Ok(Exit::Ok)
-    }
-    .await;
+    let ssh = ssh_options(ssh, &inv);
+    let result = match ops::repository_host(&ctx) {
+        Ok(repo) => match ctx.connect(&ssh, std::slice::from_ref(&repo)).await {
+            Ok(()) => f(&ctx, repo).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     ctx.close().await;
     finish(&inv, &ui, result, false)
 }
 
+async fn run(args: BackupRunArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    on_repository(&args.inventory, &args.ssh, output, move |ctx, repo| {
+        Box::pin(async move {
+            let ui = &ctx.ui;
+            let lock =
+                ClusterLock::acquire(ctx, "pgha backup run", true, args.lock.duration()).await?;
+            let started = std::time::Instant::now();
+            let r = ops::take(
+                ctx,
+                ctx.session(&repo)?,
+                args.kind.as_str(),
+                args.from_standby,
+            )
+            .await;
+            lock.release(ctx).await;
+            let b = r?;
+            ui.line(format!(
+                "{} backup {} taken on {repo}: {} of data, {} added to the repository, {:.0}s",
+                b.kind,
+                b.label,
+                human_bytes(b.size),
+                human_bytes(b.repo_size),
+                started.elapsed().as_secs_f64()
+            ));
+            if ui.json() {
+                println!(
+                    "{}",
+                    json!({"ok": true, "backup": b, "seconds": started.elapsed().as_secs_f64()})
+                );
+            }
+            Ok(Exit::Ok)
+        })
+    })
+    .await
+}
+
 async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failure> {
-    let inv = inventory(&args.inventory)?;
-    let ui = Ui::new(output);
-    let pki = load_pki(&inv, false)?;
-    let mut ctx = Ctx::new(&inv, pki, &ui);
-    let ssh = ssh_options(&args.ssh, &inv);
-    let result = async {
-        let repo = ops::repository_host(&ctx)?;
-        ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
+    on_repository(&args.inventory, &args.ssh, output, move |ctx, repo| {
+        Box::pin(async move {
+        let ui = &ctx.ui;
+        let inv = ctx.inv;
         let (info, arch) = tokio::join!(
             ops::info(ctx.session(&repo)?, &inv.cluster),
-            crate::ops::health::archiver(&ctx)
+            crate::ops::health::archiver(ctx)
         );
         let info = info?;
         let earliest = info.backups.first().map(|b| b.stop);
@@ -159,21 +179,16 @@ async fn list(args: BackupListArgs, output: OutputFormat) -> Result<Exit, Failur
             (None, _) => ui.line("recovery window: none (no backup yet): `pgha backup run`"),
         }
         Ok(Exit::Ok)
-    }
-    .await;
-    ctx.close().await;
-    finish(&inv, &ui, result, false)
+        })
+    })
+    .await
 }
 
 async fn verify(args: BackupVerifyArgs, output: OutputFormat) -> Result<Exit, Failure> {
-    let inv = inventory(&args.inventory)?;
-    let ui = Ui::new(output);
-    let pki = load_pki(&inv, false)?;
-    let mut ctx = Ctx::new(&inv, pki, &ui);
-    let ssh = ssh_options(&args.ssh, &inv);
-    let result = async {
-        let repo = ops::repository_host(&ctx)?;
-        ctx.connect(&ssh, std::slice::from_ref(&repo)).await?;
+    on_repository(&args.inventory, &args.ssh, output, move |ctx, repo| {
+        Box::pin(async move {
+        let ui = &ctx.ui;
+        let inv = ctx.inv;
         let phase = ui.phase("verify");
         phase.set(format!(
             "restoring {} into a scratch directory on {repo}",
@@ -212,8 +227,7 @@ async fn verify(args: BackupVerifyArgs, output: OutputFormat) -> Result<Exit, Fa
         }
         eprintln!("error: {msg}");
         Ok(Exit::Error)
-    }
-    .await;
-    ctx.close().await;
-    finish(&inv, &ui, result, false)
+        })
+    })
+    .await
 }
