@@ -5,7 +5,8 @@
 //! full backup; under a writer, `backup run` takes a full backup that `backup list`
 //! and `pgbackrest info` agree on; `backup verify` restores it and counts the
 //! writer's rows; after a switchover the new leader's WAL reaches the repository
-//! and a scheduled backup (the timer's service) runs against it; a backup damaged
+//! and a scheduled backup (the timer's service) runs against it, and after a hard
+//! kill of the leader the next one archives too; a backup damaged
 //! in the repository fails `backup verify` with pgBackRest's cause; no
 //! acknowledged write is lost.
 
@@ -205,6 +206,21 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         "systemctl list-timers --all --no-legend 'pgha-backup-*' | wc -l",
     );
     assert_eq!(timers.trim(), "3", "full, diff and verify timers");
+
+    // After a hard kill of the leader, the member that takes over archives too.
+    lab::kill(LAB, &new_leader).await.expect("lab kill");
+    let third = eventually("a leader other than the killed one", 120, || async {
+        let (l, _) = patroni_cluster(&lab).await?;
+        if l != new_leader {
+            Ok(l)
+        } else {
+            Err(format!("{l} still leads"))
+        }
+    })
+    .await;
+    switch_reaches_repository(&lab, &third).await;
+    lab::start(LAB, &new_leader).await.expect("lab start");
+    healthy_cluster(&lab).await;
 
     // A backup damaged in the repository does not pass.
     let dir = format!(
