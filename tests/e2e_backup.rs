@@ -15,6 +15,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
+use pgha::lab;
 use serde_json::Value;
 
 const LAB: &str = "pgha-e2e-backup";
