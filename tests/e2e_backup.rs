@@ -202,6 +202,16 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
     let info = repo_info(&lab);
     let incr = newest(&info);
     assert_eq!(incr["type"], "incr", "{info}");
+    // Every backup this test took restores: the deploy's first full one and the
+    // scheduled increment (the full one of `backup run` was verified above).
+    for set in [
+        labels(&info)[0].clone(),
+        incr["label"].as_str().unwrap().to_string(),
+    ] {
+        let (code, out, err) = pgha(&["backup", "verify", &inv, "--set", &set, "--output", "json"]);
+        assert_eq!(code, 0, "backup verify --set {set}:\n{out}\n{err}");
+        assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+    }
     let (_, timers) = lab.sh(
         REPO,
         "systemctl list-timers --all --no-legend 'pgha-backup-*' | wc -l",
