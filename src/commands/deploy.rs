@@ -187,6 +187,25 @@ async fn report_check(
         )),
         None => {}
     }
+    if let Some(repo) = conv.inv.backup_host() {
+        // What the backup phase will do: read from the repository (a host without
+        // pgBackRest yet has neither stanza nor backup).
+        let info = match conv.ctx.session(&repo.name) {
+            Ok(s) => crate::ops::backup::info(s, c).await.ok(),
+            Err(_) => None,
+        };
+        match info {
+            Some(i) if i.newest().is_some() => {}
+            Some(i) if i.stanza_exists() => {
+                cluster_lines.push(format!("backups: first full backup on {}", repo.name))
+            }
+            _ => cluster_lines.push(format!(
+                "backups: create stanza {} and take a first full backup on {}",
+                c.stanza(),
+                repo.name
+            )),
+        }
+    }
     total += cluster_lines.len();
     for l in &cluster_lines {
         ui.host("cluster", l);
