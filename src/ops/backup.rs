@@ -87,6 +87,48 @@ fn both(o: &Output) -> String {
     format!("{}\n{}", o.stdout_str(), o.stderr_str())
 }
 
+/// How long a command waits for pgBackRest's stanza lock held by another command.
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// pgBackRest's "unable to acquire lock" (error 050).
+fn lock_busy(out: &str) -> bool {
+    out.contains("ERROR: [050]")
+}
+
+/// A pgBackRest command that takes the stanza's archive lock, run again while
+/// another holds it: on a new cluster the leader's archive-push keeps reaching the
+/// repository (and failing until the stanza exists) and holds that lock for a
+/// moment each time.
+async fn past_locks(
+    s: &Session,
+    c: &Cluster,
+    args: &str,
+    timeout: Duration,
+) -> Result<Output, Failure> {
+    let what = format!(
+        "`pgbackrest {args}` on {} to get the stanza's lock",
+        s.host()
+    );
+    crate::wait::until(&what, LOCK_WAIT, || async {
+        match sh(s, pgbackrest(c, args), timeout).await {
+            Ok(out) if !out.success() && lock_busy(&both(&out)) => {
+                Err(backup_info::errors(&both(&out)))
+            }
+            other => Ok(other),
+        }
+    })
+    .await?
+}
+
+#[cfg(test)]
+#[test]
+fn only_pgbackrests_lock_error_is_waited_out() {
+    assert!(lock_busy(
+        "P00  ERROR: [050]: unable to acquire lock on file '/tmp/pgbackrest/x-archive-1.lock'"
+    ));
+    assert!(!lock_busy("P00  ERROR: [055]: unable to load info file"));
+}
+
 /// The repository's host, or why there is none.
 pub fn repository_host(ctx: &Ctx<'_>) -> Result<String, Failure> {
     ctx.inv
@@ -281,12 +323,7 @@ impl Converge<'_, '_> {
         if !i.stanza_exists() {
             self.ctx.ensure_locked("create the stanza").await?;
             phase.set(format!("creating stanza {}", c.stanza()));
-            let out = sh(
-                s,
-                pgbackrest(c, "--log-level-console=warn stanza-create"),
-                STANZA,
-            )
-            .await?;
+            let out = past_locks(s, c, "--log-level-console=warn stanza-create", STANZA).await?;
             if !out.success() {
                 return Err(host_failed(format!(
                     "{}: `pgbackrest stanza-create` failed: {}",
