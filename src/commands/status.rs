@@ -21,8 +21,8 @@ pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Fai
     if let Some(repo) = inv.backup_host() {
         // Unreachable: the backups line says so, the rest of the view stands.
         let ssh = ssh_options(&args.ssh, &inv);
-        if let Err(f) = ctx.connect(&ssh, std::slice::from_ref(&repo.name)).await {
-            ui.warn(format!("backups not read: {}", f.message));
+        if let Err(e) = ctx.connect_quietly(&ssh, &repo.name).await {
+            ui.warn(format!("backups not read: {e}"));
         }
     }
     let Some(secs) = args.watch else {

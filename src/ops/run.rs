@@ -221,6 +221,24 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
+    /// One host's session, opened without progress lines or recap entries: a
+    /// reading command's side channel (status's view of the backup repository).
+    pub async fn connect_quietly(&mut self, ssh: &SshOptions, host: &str) -> Result<(), String> {
+        let target = self
+            .inv
+            .host(host)
+            .map(|h| h.ssh.clone())
+            .ok_or_else(|| format!("{host} is not in the inventory"))?;
+        match ssh::connect_all(&[target], ssh).await.into_iter().next() {
+            Some((h, Ok(s))) => {
+                self.sessions.insert(h, s);
+                Ok(())
+            }
+            Some((_, Err(e))) => Err(Failure::from(e).message),
+            None => Err(format!("{host}: no connection attempt was made")),
+        }
+    }
+
     pub async fn close(&self) {
         for s in self.sessions.values() {
             s.close().await;
