@@ -21,8 +21,10 @@ pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Fai
     if let Some(repo) = inv.backup_host() {
         // Unreachable: the backups line says so, the rest of the view stands.
         let ssh = ssh_options(&args.ssh, &inv);
+        // Said on stderr: the verdict stays the first line (it names the
+        // repository as not readable too).
         if let Err(e) = ctx.connect_quietly(&ssh, &repo.name).await {
-            ui.warn(format!("backups not read: {e}"));
+            eprintln!("warning: backups not read: {e}");
         }
     }
     let Some(secs) = args.watch else {
