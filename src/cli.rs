@@ -7,8 +7,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::args::{
-    BackupArgs, DeployArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs, StatusArgs,
-    SwitchoverArgs, UpgradeArgs,
+    BackupArgs, DeployArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs, RestoreArgs,
+    StatusArgs, SwitchoverArgs, UpgradeArgs,
 };
 use crate::lab::args::LabArgs;
 use crate::ui::OutputFormat;
@@ -49,6 +49,8 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Backups with pgBackRest: take one, list them with the recovery window, test a restore.
     Backup(BackupArgs),
+    /// Point-in-time recovery of the whole cluster from its backups, in place or onto new hosts.
+    Restore(RestoreArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
     Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.

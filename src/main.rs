@@ -6,7 +6,7 @@ use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
 use pgha::commands::{
-    backup, deploy, images, inventory, lock, rebuild, status, switchover, upgrade,
+    backup, deploy, images, inventory, lock, rebuild, restore, status, switchover, upgrade,
 };
 use pgha::error::{Exit, Failure};
 use pgha::lab;
@@ -68,6 +68,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             | Command::Rebuild(_)
             | Command::Lab(_)
             | Command::Backup(_)
+            | Command::Restore(_)
     );
     let command = async move {
         match cli.command {
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
             Command::Backup(args) => backup::command(args, output).await,
+            Command::Restore(args) => restore::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
             Command::Images(_) => images::command().await,
             Command::Completions(args) => {

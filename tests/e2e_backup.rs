@@ -16,80 +16,9 @@ use std::collections::BTreeSet;
 
 use common::*;
 use pgha::lab;
-use serde_json::Value;
 
 const LAB: &str = "pgha-e2e-backup";
 const REPO: &str = "router1";
-
-/// `pgbackrest info` of the cluster's stanza, read on the repository host.
-fn repo_info(lab: &Lab) -> Value {
-    let (code, out, err) = lab.sh_err(
-        REPO,
-        &format!(
-            "runuser -u postgres -- pgbackrest --stanza={} --output=json info",
-            lab.cluster_name()
-        ),
-    );
-    assert_eq!(code, 0, "pgbackrest info on {REPO}: {err}");
-    let v: Value = serde_json::from_str(&out).expect("pgbackrest info JSON");
-    v[0].clone()
-}
-
-fn labels(info: &Value) -> Vec<String> {
-    info["backup"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|b| b["label"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn newest(info: &Value) -> Value {
-    info["backup"]
-        .as_array()
-        .and_then(|a| a.last().cloned())
-        .unwrap_or(Value::Null)
-}
-
-/// The WAL file a forced switch on `leader` closed, once its archiver reports it
-/// archived (PostgreSQL acknowledges archiving only when archive-push succeeded).
-async fn switch_reaches_repository(lab: &Lab, leader: &str) -> String {
-    let wal = lab.psql(
-        leader,
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM pg_stat_archiver",
-    );
-    eventually(&format!("{wal} archived by {leader}"), 120, || async {
-        let last = lab.try_psql(
-            leader,
-            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        )?;
-        if last.as_str() >= wal.as_str() {
-            Ok(())
-        } else {
-            Err(format!("last archived {last}"))
-        }
-    })
-    .await;
-    // And pgBackRest has it: the repository's newest WAL is at least that one.
-    let max = eventually("the repository's newest WAL", 60, || async {
-        let info = repo_info(lab);
-        let max = info["archive"]
-            .as_array()
-            .and_then(|a| a.iter().filter_map(|x| x["max"].as_str()).max())
-            .unwrap_or_default()
-            .to_string();
-        if max.as_str() >= wal.as_str() {
-            Ok(max)
-        } else {
-            Err(format!("newest WAL in the repository {max}, want {wal}"))
-        }
-    })
-    .await;
-    assert!(max.as_str() >= wal.as_str());
-    wal
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backups_enabled_taken_listed_verified_and_following_the_leader() {

@@ -241,3 +241,33 @@ pub struct BackupVerifyArgs {
     #[command(flatten)]
     pub ssh: SshArgs,
 }
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("target")
+        .required(true)
+        .args(["time", "lsn", "latest", "resume"])
+))]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Recover to this moment: RFC 3339 with a zone, e.g. 2026-12-02T10:15:00Z.
+    #[arg(long, value_name = "TIME")]
+    pub time: Option<String>,
+    /// Recover to this WAL position, as PostgreSQL prints it (0/5000060).
+    #[arg(long, value_name = "LSN")]
+    pub lsn: Option<String>,
+    /// Recover everything the repository holds (the disaster case: every db host lost).
+    #[arg(long)]
+    pub latest: bool,
+    /// Finish a restore that was interrupted, to the target it was started with.
+    #[arg(long)]
+    pub resume: bool,
+    /// Go on without asking (the restore replaces the cluster's data).
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
+}

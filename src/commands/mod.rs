@@ -11,6 +11,7 @@ pub mod images;
 pub mod inventory;
 pub mod lock;
 pub mod rebuild;
+pub mod restore;
 pub mod status;
 pub mod switchover;
 pub mod upgrade;

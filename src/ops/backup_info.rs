@@ -21,6 +21,8 @@ pub struct BackupSet {
     /// The WAL the backup needs to be consistent.
     pub wal_start: String,
     pub wal_stop: String,
+    /// Where the backup became consistent (`X/Y`), when pgBackRest says.
+    pub lsn_stop: Option<String>,
     /// The backup it depends on (diff, incr).
     pub prior: Option<String>,
     /// pgBackRest found a page checksum error while copying.
@@ -77,6 +79,7 @@ pub fn parse_info(text: &str, stanza: &str) -> Result<RepoInfo, String> {
                     repo_size: num(&b["info"]["repository"]["delta"]),
                     wal_start: text_of(&b["archive"]["start"]),
                     wal_stop: text_of(&b["archive"]["stop"]),
+                    lsn_stop: b["lsn"]["stop"].as_str().map(str::to_string),
                     prior: b["prior"].as_str().map(str::to_string),
                     error: b["error"].as_bool().unwrap_or(false),
                 })

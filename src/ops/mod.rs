@@ -20,6 +20,8 @@ pub mod marks;
 pub mod member;
 pub mod patroni;
 pub mod phases;
+pub mod restore;
+pub mod restore_plan;
 pub mod rolling;
 pub mod run;
 pub mod stack;

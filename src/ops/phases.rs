@@ -243,11 +243,12 @@ impl Converge<'_, '_> {
         Ok(())
     }
 
-    /// Patroni configured everywhere, then started in cluster order; returns the leader.
-    pub async fn patroni(&self, initialized: bool) -> Result<String, Failure> {
+    /// Patroni's files on every db host and its service enabled (reloaded where a
+    /// file changed and it runs), nothing started: `patroni` starts it in cluster
+    /// order; `restore` starts it only once the data is restored.
+    pub async fn configure_patroni(&self) -> Result<(), Failure> {
         let c = &self.inv.cluster;
         let db = self.ctx.db_hosts();
-        let phase = self.ctx.ui.phase("patroni");
         let parent = Path::new(&c.postgresql_data_dir)
             .parent()
             .map(|p| p.display().to_string())
@@ -256,7 +257,6 @@ impl Converge<'_, '_> {
             "install -d -o postgres -g postgres -m 0755 {}",
             shell_quote(&parent)
         );
-        // Config files everywhere first; services are started below in cluster order.
         self.ctx
             .each(&db, "configure patroni", |h, s| {
                 let prepare = prepare.clone();
@@ -283,7 +283,15 @@ impl Converge<'_, '_> {
                     Ok(n)
                 }
             })
-            .await?;
+            .await
+    }
+
+    /// Patroni configured everywhere, then started in cluster order; returns the leader.
+    pub async fn patroni(&self, initialized: bool) -> Result<String, Failure> {
+        let db = self.ctx.db_hosts();
+        let phase = self.ctx.ui.phase("patroni");
+        // Config files everywhere first; services are started below in cluster order.
+        self.configure_patroni().await?;
         let start = |hosts: Vec<String>| async move {
             self.ctx
                 .each(&hosts, "start patroni", |h, s| async move {
