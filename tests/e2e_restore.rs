@@ -1,7 +1,8 @@
 //! End-to-end: `pgha restore` on its own lab (`pgha-e2e-restore`), observed on
 //! PostgreSQL, Patroni and the repository host independently of pgha.
 //!
-//! Bad targets are refused with nothing changed. Then the point-in-time test: a
+//! The repository's server stopped under a writer: no write fails, status names
+//! the failing archiving, and catches up when it is back. Bad targets are refused with nothing changed. Then the point-in-time test: a
 //! table and rows, the time T, the table dropped and more written; `restore --time
 //! T`, interrupted (killed) once the member is restored while every old data
 //! directory is kept aside, and finished by `--resume`: the table is back with its
@@ -38,6 +39,62 @@ fn aside_count(lab: &Lab, host: &str) -> usize {
     out.trim().parse().unwrap_or(0)
 }
 
+/// `pgha status`'s exit code and its reasons.
+fn status(lab: &Lab) -> (i32, Vec<String>) {
+    let (code, out, _) = pgha(&["status", &lab.inventory(), "--output", "json"]);
+    let doc = json_doc(&out);
+    let reasons = doc["verdict"]["reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    (code, reasons)
+}
+
+/// The repository unreachable under a writer (its pgBackRest server stopped): no
+/// write fails, status turns degraded naming the archiving once it has failed past
+/// `backup_archive_fail_minutes`, and when the server is back the archive catches
+/// up by itself and status is healthy again.
+async fn repository_outage(lab: &Lab, leader: &str) {
+    let inv = lab.inventory();
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(
+        &inv,
+        text.replace("  vars:\n", "  vars:\n    backup_archive_fail_minutes: 1\n"),
+    )
+    .unwrap();
+    lab.psql(leader, "CREATE TABLE rs_o (id int PRIMARY KEY, note text)");
+    let writer = writer_going(lab, "rs_o", 1).await;
+    let (code, _) = lab.sh(BACKUP_REPO, "systemctl stop pgbackrest");
+    assert_eq!(code, 0, "stop the repository's pgBackRest server");
+    let down = Instant::now();
+    lab.psql(leader, "SELECT pg_switch_wal()");
+    let reasons = eventually("status to name the failing archiving", 240, || async {
+        match status(lab) {
+            (1, r) if r.iter().any(|x| x.contains("WAL archiving has failed")) => Ok(r),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!("status while the repository is down: {reasons:?}");
+    acked(&writer, 20, down, None).await;
+    let (code, _) = lab.sh(BACKUP_REPO, "systemctl start pgbackrest");
+    assert_eq!(code, 0, "start the repository's pgBackRest server");
+    switch_reaches_repository(lab, leader).await;
+    eventually("status healthy again", 180, || async {
+        match status(lab) {
+            (0, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let acks = writer.stop().await;
+    assert_no_loss(lab, "rs_o", &acks).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repository() {
     let lab = Lab::up(LAB, "root").await;
@@ -45,6 +102,7 @@ async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repositor
     let (code, out, err) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy:\n{out}\n{err}");
     let leader = healthy_cluster(&lab).await;
+    repository_outage(&lab, &leader).await;
     let started = start_times(&lab).await;
 
     // Refusals: exit 5, the cause named, nothing changed.

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use pgha::lab::{self, LabInfo, LabSpec};
 
+mod backups;
 mod cluster;
 mod deploys;
 mod faults;
@@ -42,13 +43,16 @@ struct Args {
     #[arg(long)]
     no_ansible: bool,
     /// Only these figure groups (cold, noop, failover, switchover, load, scale,
-    /// upgrade, rebuild); default all.
+    /// upgrade, rebuild, backup); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// An inventory variable for every lab, `KEY: VALUE` (repeatable): measure a
     /// variant of the defaults, e.g. `--var 'patroni_loop_wait: 5'`.
     #[arg(long = "var")]
     vars: Vec<String>,
+    /// Size of the backup group's data set, in GB (generated with pgbench).
+    #[arg(long, default_value_t = 1.0)]
+    backup_gb: f64,
 }
 
 /// One line of the table.
@@ -341,6 +345,9 @@ async fn main() {
     }
     if b.wants("upgrade") {
         b.upgrade().await;
+    }
+    if b.wants("backup") {
+        b.backups().await;
     }
     let doc = b.save();
     let date = doc["date"].as_str().unwrap_or_default().to_string();
