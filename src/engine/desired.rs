@@ -400,6 +400,8 @@ fn secret_values(inv: &Inventory) -> BTreeMap<&'static str, &str> {
         ("patroni_api_password", s.patroni_api_password.expose()),
         ("haproxy_stats_password", s.haproxy_stats_password.expose()),
         ("backup_cipher_pass", s.backup_cipher_pass.expose()),
+        ("backup_s3_key", s.backup_s3_key.expose()),
+        ("backup_s3_key_secret", s.backup_s3_key_secret.expose()),
     ]
     .into_iter()
     .collect()

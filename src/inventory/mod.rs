@@ -80,6 +80,17 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
     let r = resolve::resolve(&mut ctx, &tree, &dir);
     let store = secrets::secrets_path(path);
     let mut found = secrets::find(&mut ctx, &dir, &r.secret_inline, &r.secret_files, &store);
+    if r.cluster.backup_enabled && r.cluster.s3() {
+        for name in secrets::PROVIDED {
+            if !found.values.contains_key(name) {
+                ctx.error(format!(
+                    "`backup_repo_type: s3` needs the S3 account's `{name}`: add `{name}: ...` to {} \
+                     (kept there, mode 0600), or set `{name}_file` to a file holding it",
+                    store.display()
+                ));
+            }
+        }
+    }
     if ctx.has_errors() {
         return Err(ctx.into_error());
     }
@@ -109,6 +120,8 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         patroni_api_password: secret("patroni_api_password"),
         haproxy_stats_password: secret("haproxy_stats_password"),
         backup_cipher_pass: secret("backup_cipher_pass"),
+        backup_s3_key: secret("backup_s3_key"),
+        backup_s3_key_secret: secret("backup_s3_key_secret"),
     };
     let mut inv = Inventory {
         path: path.to_path_buf(),

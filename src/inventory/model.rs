@@ -168,8 +168,21 @@ pub struct Cluster {
     /// Backups with pgBackRest to a repository on the `backup` group's host, WAL
     /// archiving from the leader, scheduled backups (systemd timers on that host).
     pub backup_enabled: bool,
-    /// The repository's directory on the backup host.
+    /// Where the repository lives: `posix` (a directory on the backup host) or
+    /// `s3` (a bucket, reached from the backup host only).
+    pub backup_repo_type: String,
+    /// The repository's directory on the backup host (with s3: its path in the bucket).
     pub backup_repo_path: String,
+    /// The S3 endpoint (host name or address), its port, bucket and region.
+    pub backup_s3_endpoint: String,
+    pub backup_s3_port: u16,
+    pub backup_s3_bucket: String,
+    pub backup_s3_region: String,
+    /// `path` (most self-hosted servers) or `host` (virtual-hosted buckets).
+    pub backup_s3_uri_style: String,
+    /// Which CAs verify the S3 endpoint's certificate: `system` (the backup
+    /// host's), or `pgha` (the cluster CA signed it).
+    pub backup_s3_ca: String,
     /// pgBackRest's TLS server (on the db hosts and the backup host).
     pub backup_port: u16,
     /// Encrypt the repository (aes-256-cbc, pass `backup_cipher_pass`).
@@ -195,6 +208,11 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The repository is an S3 bucket.
+    pub fn s3(&self) -> bool {
+        self.backup_repo_type == "s3"
+    }
+
     /// The pgBackRest stanza: the cluster's name.
     pub fn stanza(&self) -> &str {
         &self.cluster_name
@@ -260,7 +278,14 @@ impl Default for Cluster {
             tls_cert_validity_days: 365,
             tls_renew_before_days: 30,
             backup_enabled: true,
+            backup_repo_type: "posix".into(),
             backup_repo_path: "/var/lib/pgbackrest".into(),
+            backup_s3_endpoint: String::new(),
+            backup_s3_port: 443,
+            backup_s3_bucket: String::new(),
+            backup_s3_region: "us-east-1".into(),
+            backup_s3_uri_style: "path".into(),
+            backup_s3_ca: "system".into(),
             backup_port: 8432,
             backup_encryption: true,
             backup_retention_full: 2,
@@ -293,11 +318,15 @@ pub struct Secrets {
     /// The backup repository's encryption pass (pgBackRest `repo1-cipher-pass`):
     /// without it the backups cannot be read. Keep a copy away from the cluster.
     pub backup_cipher_pass: Secret,
+    /// The S3 repository's access key and secret key (given by the user, never
+    /// generated; empty unless the repository is S3).
+    pub backup_s3_key: Secret,
+    pub backup_s3_key_secret: Secret,
 }
 
 impl Secrets {
     /// All secret values, for redaction of diffs and error text.
-    pub fn all(&self) -> [&Secret; 8] {
+    pub fn all(&self) -> [&Secret; 10] {
         [
             &self.superuser_password,
             &self.replication_password,
@@ -307,6 +336,8 @@ impl Secrets {
             &self.patroni_api_password,
             &self.haproxy_stats_password,
             &self.backup_cipher_pass,
+            &self.backup_s3_key,
+            &self.backup_s3_key_secret,
         ]
     }
 

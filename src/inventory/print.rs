@@ -146,12 +146,14 @@ pub(crate) fn text(inv: &Inventory) -> String {
     o.push_str("\nsecrets\n");
     let w = SECRET_NAMES.iter().map(|n| n.len()).max().unwrap_or(0);
     for name in SECRET_NAMES {
-        let source = inv
-            .secret_sources
-            .get(name)
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        let _ = writeln!(o, "  {name:w$}  <redacted>  {source}");
+        match inv.secret_sources.get(name) {
+            Some(source) => {
+                let _ = writeln!(o, "  {name:w$}  <redacted>  {source}");
+            }
+            None => {
+                let _ = writeln!(o, "  {name:w$}  (not set)");
+            }
+        }
     }
 
     if !inv.warnings.is_empty() {

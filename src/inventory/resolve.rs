@@ -719,7 +719,14 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(tls_cert_validity_days, u64);
     set!(tls_renew_before_days, u64);
     set!(backup_enabled, bool);
+    set!(backup_repo_type, str);
     set!(backup_repo_path, str);
+    set!(backup_s3_endpoint, str);
+    set!(backup_s3_port, u16);
+    set!(backup_s3_bucket, str);
+    set!(backup_s3_region, str);
+    set!(backup_s3_uri_style, str);
+    set!(backup_s3_ca, str);
     set!(backup_port, u16);
     set!(backup_encryption, bool);
     set!(backup_retention_full, u32);

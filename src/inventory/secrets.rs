@@ -15,7 +15,7 @@ use super::model::SecretSource;
 use super::{Ctx, expand_local_path};
 
 /// The passwords pgha manages, in the order of `Secrets`.
-pub const SECRET_NAMES: [&str; 8] = [
+pub const SECRET_NAMES: [&str; 10] = [
     "superuser_password",
     "replication_password",
     "rewind_password",
@@ -24,7 +24,13 @@ pub const SECRET_NAMES: [&str; 8] = [
     "patroni_api_password",
     "haproxy_stats_password",
     "backup_cipher_pass",
+    "backup_s3_key",
+    "backup_s3_key_secret",
 ];
+
+/// Secrets only the user can give (an S3 account's keys): never generated; when
+/// one is needed and missing, the inventory is refused naming it.
+pub const PROVIDED: [&str; 2] = ["backup_s3_key", "backup_s3_key_secret"];
 
 /// Length of generated passwords (alphanumeric: safe in every config format).
 pub const GENERATED_LEN: usize = 32;
@@ -140,6 +146,7 @@ pub(crate) fn find(
                         },
                     );
                 }
+                None if PROVIDED.contains(&name) => {}
                 None => found.missing.push(name),
             },
         }

@@ -404,6 +404,48 @@ fn pg_version(ctx: &mut Ctx, v: &V) {
 }
 
 /// Backups: one repository host, sane retention and queue bounds.
+/// A setting's name, its value, the characters it may hold, and what it must be.
+type WordCheck<'a> = (&'a str, &'a str, fn(char) -> bool, &'a str);
+
+/// An S3 repository: endpoint and bucket given, each value one safe word (they
+/// go into pgBackRest's configuration file as they are).
+fn s3(ctx: &mut Ctx, v: &V) {
+    let c = v.c;
+    let checks: [WordCheck; 3] = [
+        (
+            "backup_s3_endpoint",
+            &c.backup_s3_endpoint,
+            |ch| ch.is_ascii_alphanumeric() || ".-:[]".contains(ch),
+            "a host name or an address, e.g. s3.eu-west-1.amazonaws.com (the port is `backup_s3_port`)",
+        ),
+        (
+            "backup_s3_bucket",
+            &c.backup_s3_bucket,
+            |ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ".-".contains(ch),
+            "an existing bucket's name: lower-case letters, digits, dots and dashes",
+        ),
+        (
+            "backup_s3_region",
+            &c.backup_s3_region,
+            |ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_',
+            "a region such as us-east-1 (most self-hosted servers accept any)",
+        ),
+    ];
+    for (key, value, ok, what) in checks {
+        if value.is_empty() {
+            ctx.error_at(
+                &(v.def_path)(key),
+                format!("`backup_repo_type: s3` needs `{key}`: {what}"),
+            );
+        } else if !value.chars().all(ok) {
+            ctx.error_at(
+                &(v.def_path)(key),
+                format!("`{key}` is {value:?}: it must be {what}"),
+            );
+        }
+    }
+}
+
 fn backup(ctx: &mut Ctx, v: &V) {
     let V {
         c,
@@ -477,6 +519,9 @@ fn backup(ctx: &mut Ctx, v: &V) {
                 c.backup_archive_push_queue_max
             ),
         );
+    }
+    if c.s3() {
+        s3(ctx, v);
     }
     if c.install_method == super::model::InstallMethod::Docker {
         ctx.error_at(

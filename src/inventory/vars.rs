@@ -203,7 +203,14 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("tls_cert_file", Conn, Kind::LocalPath),
     k("tls_key_file", Conn, Kind::LocalPath),
     k("backup_enabled", C, Kind::Bool),
+    k("backup_repo_type", C, Kind::OneOf(&["posix", "s3"])),
     k("backup_repo_path", C, Kind::DataDir),
+    k("backup_s3_endpoint", C, Kind::Text),
+    k("backup_s3_port", C, Kind::Port),
+    k("backup_s3_bucket", C, Kind::Text),
+    k("backup_s3_region", C, Kind::Text),
+    k("backup_s3_uri_style", C, Kind::OneOf(&["path", "host"])),
+    k("backup_s3_ca", C, Kind::OneOf(&["system", "pgha"])),
     k("backup_port", C, Kind::Port),
     k("backup_encryption", C, Kind::Bool),
     k("backup_retention_full", C, Kind::Int { min: 1, max: 100 }),
@@ -244,6 +251,8 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("patroni_api_password", S, Kind::Secret),
     k("haproxy_stats_password", S, Kind::Secret),
     k("backup_cipher_pass", S, Kind::Secret),
+    k("backup_s3_key", S, Kind::Secret),
+    k("backup_s3_key_secret", S, Kind::Secret),
     k("superuser_password_file", SF, Kind::LocalPath),
     k("replication_password_file", SF, Kind::LocalPath),
     k("rewind_password_file", SF, Kind::LocalPath),
@@ -252,6 +261,8 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("patroni_api_password_file", SF, Kind::LocalPath),
     k("haproxy_stats_password_file", SF, Kind::LocalPath),
     k("backup_cipher_pass_file", SF, Kind::LocalPath),
+    k("backup_s3_key_file", SF, Kind::LocalPath),
+    k("backup_s3_key_secret_file", SF, Kind::LocalPath),
 ];
 
 /// Ansible variables that are accepted without comment (they belong to Ansible itself).

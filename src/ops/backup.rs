@@ -40,7 +40,7 @@ pub fn dirs_script(c: &Cluster, repository: bool) -> String {
         "/var/log/pgbackrest".to_string(),
         "/var/spool/pgbackrest".into(),
     ];
-    if repository {
+    if repository && !c.s3() {
         dirs.push(c.backup_repo_path.clone());
     }
     let quoted: Vec<String> = dirs.iter().map(|d| shell_quote(d)).collect();
