@@ -564,3 +564,54 @@ fn without_backups_archiving_stays_on_and_accepts_every_segment() {
     assert_eq!(params["archive_command"], "/bin/true");
     assert!(y["postgresql"].get("create_replica_methods").is_none());
 }
+
+#[test]
+fn an_s3_repository_is_configured_on_the_backup_host_only_with_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv = sample();
+    inv.path = dir.path().join("inv.yml");
+    inv.cluster.backup_repo_type = "s3".into();
+    inv.cluster.backup_s3_endpoint = "10.9.0.21".into();
+    inv.cluster.backup_s3_port = 9000;
+    inv.cluster.backup_s3_bucket = "pgha".into();
+    inv.cluster.backup_s3_ca = "pgha".into();
+    inv.secrets.backup_s3_key = crate::inventory::Secret::new("AKIAEXAMPLEKEY0000001");
+    inv.secrets.backup_s3_key_secret = crate::inventory::Secret::new("s3cr3tS3cr3tS3cr3tKey");
+    let pki = crate::pki::load(&inv, true).unwrap();
+    let inputs = Inputs {
+        pki: Some(pki),
+        ..Default::default()
+    };
+    let d = desired_state_with(&inv, &Library::builtin().unwrap(), &inputs).unwrap();
+    let repo = file(&d, "router1", "/etc/pgbackrest/pgbackrest.conf");
+    for want in [
+        "repo1-type=s3\nrepo1-path=/var/lib/pgbackrest\nrepo1-s3-bucket=pgha\n",
+        "repo1-s3-endpoint=10.9.0.21\nrepo1-storage-port=9000\nrepo1-s3-region=us-east-1\n",
+        "repo1-s3-uri-style=path\n",
+        "repo1-s3-key=AKIAEXAMPLEKEY0000001\nrepo1-s3-key-secret=s3cr3tS3cr3tS3cr3tKey\n",
+        "repo1-storage-ca-file=/etc/pgbackrest/tls/ca.crt\n",
+    ] {
+        assert!(
+            repo.contains(want),
+            "repository host lacks {want:?}:\n{repo}"
+        );
+    }
+    // The keys are masked in diffs, and never reach a db host.
+    let spec = d
+        .iter()
+        .find(|h| h.host == "router1")
+        .and_then(|h| {
+            h.files()
+                .find(|f| f.path == "/etc/pgbackrest/pgbackrest.conf")
+        })
+        .map(|f| f.secrets.clone())
+        .unwrap();
+    let (_, masked) = crate::engine::mask::mask_pair(&spec, "", &repo);
+    assert!(!masked.contains("s3cr3tS3cr3tS3cr3tKey"), "{masked}");
+    assert!(!masked.contains("AKIAEXAMPLEKEY0000001"), "{masked}");
+    let db = file(&d, "db2", "/etc/pgbackrest/pgbackrest.conf");
+    assert!(
+        !db.contains("s3"),
+        "the keys stay on the backup host:\n{db}"
+    );
+}
