@@ -1,0 +1,200 @@
+//! End-to-end: backups to an S3 repository on their own lab (`pgha-e2e-s3`). The S3
+//! server is moto's (Debian's `python3-moto` in server mode) on the router, over
+//! HTTPS with a certificate from the cluster's CA (pgBackRest 2.55 speaks only
+//! HTTPS to S3). A cluster deployed without backups is switched to an S3
+//! repository: refused (exit 4, naming the key) while the S3 keys are missing,
+//! then deployed; the stanza, WAL and backups are objects in the bucket, not
+//! files on the backup host; `backup run`/`list` agree with `pgbackrest info`;
+//! a point-in-time restore from the bucket brings a dropped table back, and the
+//! new full backup passes `backup verify`.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+
+const LAB: &str = "pgha-e2e-s3";
+const S3_PORT: u16 = 9000;
+const BUCKET: &str = "pgha-e2e";
+/// Distinctive values: pgha redacts every secret from its output, short common
+/// words would disappear from it too.
+const KEY: &str = "PGHAE2ES3ACCESSKEY01";
+const KEY_SECRET: &str = "pghaE2eS3SecretKey0000000000000000000001";
+
+/// moto's S3 server on the router, with the router's certificate from the cluster
+/// CA; the bucket created. Returns the endpoint's address.
+async fn s3_server(lab: &Lab) -> String {
+    let ip = lab.ip(BACKUP_REPO);
+    let pki = lab.info.dir.join("inventory.pki");
+    let read = |f: &str| std::fs::read_to_string(pki.join(f)).expect("the lab's certificates");
+    let (cert, key, ca) = (
+        read(&format!("host-{BACKUP_REPO}.crt")),
+        read(&format!("host-{BACKUP_REPO}.key")),
+        read("ca.crt"),
+    );
+    let script = format!(
+        "set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q python3-moto python3-flask-cors >/dev/null
+install -d -m 0700 /etc/pgha-s3
+cat > /etc/pgha-s3/cert.pem <<'EOF'
+{cert}EOF
+cat > /etc/pgha-s3/key.pem <<'EOF'
+{key}EOF
+cat > /etc/pgha-s3/ca.pem <<'EOF'
+{ca}EOF
+systemctl stop pgha-s3 2>/dev/null || true
+systemd-run --unit=pgha-s3 moto_server -H 0.0.0.0 -p {S3_PORT} --ssl-cert /etc/pgha-s3/cert.pem --ssl-key /etc/pgha-s3/key.pem"
+    );
+    let (code, out, err) = lab.sh_err(BACKUP_REPO, &script);
+    assert_eq!(code, 0, "moto's S3 server on {BACKUP_REPO}:\n{out}\n{err}");
+    eventually("moto's S3 server to answer over HTTPS", 120, || async {
+        let (code, out, err) = lab.sh_err(
+            BACKUP_REPO,
+            &format!(
+                "curl -sS --fail --cacert /etc/pgha-s3/ca.pem -X PUT https://{ip}:{S3_PORT}/{BUCKET}"
+            ),
+        );
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(format!("exit {code}: {out}{err}"))
+        }
+    })
+    .await;
+    ip
+}
+
+/// The keys of the objects in the bucket.
+fn objects(lab: &Lab, ip: &str) -> String {
+    let (code, out, err) = lab.sh_err(
+        BACKUP_REPO,
+        &format!(
+            "curl -sS --fail --cacert /etc/pgha-s3/ca.pem 'https://{ip}:{S3_PORT}/{BUCKET}?list-type=2&max-keys=1000'"
+        ),
+    );
+    assert_eq!(code, 0, "list the bucket: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_and_point_in_time_restore_on_s3() {
+    let lab = Lab::up_without_backups(LAB).await;
+    let inv = lab.inventory();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy without backups:\n{out}\n{err}");
+    let leader = healthy_cluster(&lab).await;
+    let ip = s3_server(&lab).await;
+
+    // Backups on, to the bucket: refused while the keys are missing.
+    let text = std::fs::read_to_string(&inv).unwrap();
+    assert!(text.contains("    backup_enabled: false\n"), "{text}");
+    let with = text.replace(
+        "    backup_enabled: false\n",
+        &format!(
+            "    backup_repo_type: s3\n    backup_repo_path: /pgha/repo\n    backup_s3_endpoint: {ip}\n    \
+             backup_s3_port: {S3_PORT}\n    backup_s3_bucket: {BUCKET}\n    backup_s3_ca: pgha\n"
+        ),
+    ) + &format!("    backup:\n      hosts:\n        {BACKUP_REPO}:\n");
+    std::fs::write(&inv, with).unwrap();
+    let (code, _, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 4, "refused without the S3 keys:\n{err}");
+    assert!(err.contains("backup_s3_key"), "names the key: {err}");
+    assert_eq!(
+        lab.psql(&leader, "SHOW archive_command"),
+        "/bin/true",
+        "nothing was changed"
+    );
+    let secrets = lab.info.dir.join("inventory.secrets.yml");
+    let mut s = std::fs::read_to_string(&secrets).unwrap();
+    s.push_str(&format!(
+        "backup_s3_key: {KEY}\nbackup_s3_key_secret: {KEY_SECRET}\n"
+    ));
+    std::fs::write(&secrets, s).unwrap();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with an S3 repository:\n{out}\n{err}");
+    assert!(
+        !out.contains(KEY_SECRET) && !err.contains(KEY_SECRET) && !out.contains(KEY),
+        "the S3 keys never appear in pgha's output"
+    );
+    let info = repo_info(&lab);
+    assert_eq!(
+        newest(&info)["type"],
+        "full",
+        "the first full backup: {info}"
+    );
+    let listing = objects(&lab, &ip);
+    let stanza = lab.cluster_name();
+    for prefix in [
+        format!("<Key>pgha/repo/backup/{stanza}/backup.info</Key>"),
+        format!("<Key>pgha/repo/archive/{stanza}/archive.info</Key>"),
+    ] {
+        assert!(
+            listing.contains(&prefix),
+            "the bucket holds {prefix}:\n{listing}"
+        );
+    }
+    let (code, _) = lab.sh(BACKUP_REPO, "test -e /var/lib/pgbackrest/backup");
+    assert_ne!(
+        code, 0,
+        "nothing of the repository on the backup host's disk"
+    );
+
+    // A full backup under a writer; list and pgBackRest agree.
+    lab.psql(&leader, "CREATE TABLE s3_w (id int PRIMARY KEY, note text)");
+    let writer = writer_going(&lab, "s3_w", 1).await;
+    let (code, out, err) = pgha(&["backup", "run", &inv, "--type", "full", "--output", "json"]);
+    assert_eq!(code, 0, "backup run:\n{out}\n{err}");
+    let taken = json_doc(&out)["backup"]["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let info = repo_info(&lab);
+    assert_eq!(newest(&info)["label"], taken.as_str());
+    let (code, out, _) = pgha(&["backup", "list", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let listed: Vec<String> = json_doc(&out)["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, labels(&info), "backup list against pgbackrest info");
+
+    // Point in time: a table back from the bucket.
+    lab.psql(
+        &leader,
+        "CREATE TABLE s3_t AS SELECT g AS id FROM generate_series(1, 50) g",
+    );
+    acked(&writer, 20, Instant::now(), None).await;
+    let before_t = Instant::now();
+    let t = lab.psql(
+        &leader,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    lab.psql(&leader, "DROP TABLE s3_t");
+    acked(&writer, 20, Instant::now(), None).await;
+    let acks = writer.stop().await;
+    let present: Vec<i32> = acks
+        .iter()
+        .filter(|a| a.at < before_t)
+        .map(|a| a.id)
+        .collect();
+    let (code, out, err) = pgha(&["restore", &inv, "--time", &t, "--yes", "--output", "json"]);
+    assert_eq!(code, 0, "restore --time {t}:\n{out}\n{err}");
+    let report = json_doc(&out);
+    let leader = healthy_cluster(&lab).await;
+    assert_eq!(lab.psql(&leader, "SELECT count(*) FROM s3_t"), "50");
+    assert_present(&lab, "s3_w", &present).await;
+    switch_reaches_repository(&lab, &leader).await;
+    let info = repo_info(&lab);
+    assert_eq!(
+        report["restore"]["backup"],
+        newest(&info)["label"],
+        "the restore's new full backup: {report}"
+    );
+    let (code, out, err) = pgha(&["backup", "verify", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "backup verify:\n{out}\n{err}");
+    assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+}
