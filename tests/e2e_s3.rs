@@ -1,6 +1,6 @@
 //! End-to-end: backups to an S3 repository on their own lab (`pgha-e2e-s3`). The S3
 //! server is moto's (Debian's `python3-moto` in server mode) on the router, over
-//! HTTPS with a certificate from the cluster's CA (pgBackRest 2.55 speaks only
+//! HTTPS (an HAProxy in front) with a certificate from the cluster's CA (pgBackRest 2.55 speaks only
 //! HTTPS to S3). A cluster deployed without backups is switched to an S3
 //! repository: refused (exit 4, naming the key) while the S3 keys are missing,
 //! then deployed; the stanza, WAL and backups are objects in the bucket, not
@@ -22,8 +22,10 @@ const BUCKET: &str = "pgha-e2e";
 const KEY: &str = "PGHAE2ES3ACCESSKEY01";
 const KEY_SECRET: &str = "pghaE2eS3SecretKey0000000000000000000001";
 
-/// moto's S3 server on the router, with the router's certificate from the cluster
-/// CA; the bucket created. Returns the endpoint's address.
+/// moto's S3 server on the router behind a TLS front (a second HAProxy with the
+/// router's certificate from the cluster CA): moto's own TLS closes each
+/// connection without a TLS close, which pgBackRest refuses on a write. The
+/// bucket created. Returns the endpoint's address.
 async fn s3_server(lab: &Lab) -> String {
     let ip = lab.ip(BACKUP_REPO);
     let pki = lab.info.dir.join("inventory.pki");
@@ -38,14 +40,25 @@ async fn s3_server(lab: &Lab) -> String {
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -q python3-moto python3-flask-cors >/dev/null
 install -d -m 0700 /etc/pgha-s3
-cat > /etc/pgha-s3/cert.pem <<'EOF'
-{cert}EOF
-cat > /etc/pgha-s3/key.pem <<'EOF'
-{key}EOF
+cat > /etc/pgha-s3/server.pem <<'EOF'
+{cert}{key}EOF
 cat > /etc/pgha-s3/ca.pem <<'EOF'
 {ca}EOF
-systemctl stop pgha-s3 2>/dev/null || true
-systemd-run --unit=pgha-s3 moto_server -H 0.0.0.0 -p {S3_PORT} --ssl-cert /etc/pgha-s3/cert.pem --ssl-key /etc/pgha-s3/key.pem"
+cat > /etc/pgha-s3/haproxy.cfg <<'EOF'
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend s3_tls
+    bind {ip}:{S3_PORT} ssl crt /etc/pgha-s3/server.pem
+    default_backend moto
+backend moto
+    server moto 127.0.0.1:9001
+EOF
+systemctl stop pgha-s3 pgha-s3-tls 2>/dev/null || true
+systemd-run --unit=pgha-s3 moto_server -H 127.0.0.1 -p 9001
+systemd-run --unit=pgha-s3-tls /usr/sbin/haproxy -Ws -f /etc/pgha-s3/haproxy.cfg"
     );
     let (code, out, err) = lab.sh_err(BACKUP_REPO, &script);
     assert_eq!(code, 0, "moto's S3 server on {BACKUP_REPO}:\n{out}\n{err}");
