@@ -36,6 +36,7 @@ async fn day2_partitions() {
     leader_cut_from_its_peers_loses_nothing(&lab).await;
     replica_partition_comes_back_streaming(&lab).await;
     short_leader_partition_ends_well(&lab).await;
+    verify_every_backup(&lab);
 }
 
 /// The leader is cut off from its db peers (and so from etcd) while the router and

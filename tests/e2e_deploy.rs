@@ -246,6 +246,7 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         },
     )
     .await;
+    verify_every_backup(&lab);
 }
 
 fn untouched(lab: &Lab, host: &str) {
@@ -404,4 +405,5 @@ async fn refusals_touch_nothing_then_non_root_deploy_works() {
     let (_, tampered) = lab.sh("db1", "grep -c tampered /etc/patroni/config.yml");
     assert_eq!(tampered.trim(), "0", "drifted lines restored");
     healthy_cluster(&lab).await;
+    verify_every_backup(&lab);
 }

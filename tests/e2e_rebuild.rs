@@ -234,6 +234,7 @@ async fn rebuild_replicas_a_lost_leader_and_a_router() {
     )
     .await
     .expect("a write through the rebuilt router");
+    verify_every_backup(&lab);
 }
 
 /// A replaced host got nothing: no package, no data directory.

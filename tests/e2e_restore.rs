@@ -264,4 +264,5 @@ async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repositor
     assert_eq!(timelines(&lab).await.len(), 3);
     switch_reaches_repository(&lab, &leader).await;
     check_etcd(&lab).await;
+    verify_every_backup(&lab);
 }

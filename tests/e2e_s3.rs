@@ -210,4 +210,5 @@ async fn backups_and_point_in_time_restore_on_s3() {
     let (code, out, err) = pgha(&["backup", "verify", &inv, "--output", "json"]);
     assert_eq!(code, 0, "backup verify:\n{out}\n{err}");
     assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+    verify_every_backup(&lab);
 }

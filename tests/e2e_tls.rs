@@ -260,6 +260,7 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
         0,
         "after the renewal a re-run changes nothing"
     );
+    verify_every_backup(&lab);
 }
 
 /// Each db host's postmaster start time, from Patroni's `/patroni` (retried: the

@@ -393,4 +393,5 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         0,
         "deploy after upgrade changes nothing"
     );
+    verify_every_backup(&lab);
 }

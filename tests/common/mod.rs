@@ -866,3 +866,28 @@ pub async fn switch_reaches_repository(lab: &Lab, leader: &str) -> String {
     assert!(max.as_str() >= wal.as_str());
     wal
 }
+
+/// `pgha backup verify` of every backup the lab's repository holds: the suite
+/// proves that each backup it takes restores (a lab without backups has none).
+pub fn verify_every_backup(lab: &Lab) {
+    let text = std::fs::read_to_string(lab.inventory()).unwrap_or_default();
+    if text.contains("backup_enabled: false") || !text.contains("    backup:\n") {
+        return;
+    }
+    let info = repo_info(lab);
+    let sets = labels(&info);
+    assert!(!sets.is_empty(), "the repository holds no backup: {info}");
+    for set in sets {
+        let (code, out, err) = pgha(&[
+            "backup",
+            "verify",
+            &lab.inventory(),
+            "--set",
+            &set,
+            "--output",
+            "json",
+        ]);
+        assert_eq!(code, 0, "backup verify --set {set}:\n{out}\n{err}");
+        assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+    }
+}
