@@ -22,11 +22,7 @@ const REPO: &str = "router1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
-    let lab = Lab::up_without_backups(LAB).await;
-    let inv = lab.inventory();
-    let (code, out, err) = pgha(&["deploy", &inv]);
-    assert_eq!(code, 0, "deploy without backups:\n{out}\n{err}");
-    let leader = healthy_cluster(&lab).await;
+    let (lab, inv, leader) = deployed_without_backups(LAB).await;
     // Deployed without backups: archiving is on and accepts every segment.
     assert_eq!(lab.psql(&leader, "SHOW archive_mode"), "on");
     assert_eq!(lab.psql(&leader, "SHOW archive_command"), "/bin/true");

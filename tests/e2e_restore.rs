@@ -141,20 +141,13 @@ async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repositor
     lab.psql(&leader, "CREATE TABLE rs_w (id int PRIMARY KEY, note text)");
     let writer = writer_going(&lab, "rs_w", 1).await;
     let before_t = Instant::now();
-    let t = lab.psql(
-        &leader,
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    );
+    let t = clock_utc(&lab, &leader);
     let after_t = Instant::now();
     lab.psql(&leader, "DROP TABLE rs_t");
     lab.psql(&leader, "CREATE TABLE rs_after AS SELECT 1 AS id");
     acked(&writer, 20, after_t, None).await;
     let acks = writer.stop().await;
-    let present: Vec<i32> = acks
-        .iter()
-        .filter(|a| a.at < before_t)
-        .map(|a| a.id)
-        .collect();
+    let present = acked_before(&acks, before_t);
     let absent: Vec<i32> = acks
         .iter()
         .filter(|a| a.sent > after_t)

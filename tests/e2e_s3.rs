@@ -93,11 +93,7 @@ fn objects(lab: &Lab, ip: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backups_and_point_in_time_restore_on_s3() {
-    let lab = Lab::up_without_backups(LAB).await;
-    let inv = lab.inventory();
-    let (code, out, err) = pgha(&["deploy", &inv]);
-    assert_eq!(code, 0, "deploy without backups:\n{out}\n{err}");
-    let leader = healthy_cluster(&lab).await;
+    let (lab, inv, leader) = deployed_without_backups(LAB).await;
     let ip = s3_server(&lab).await;
 
     // Backups on, to the bucket: refused while the keys are missing.
@@ -182,18 +178,11 @@ async fn backups_and_point_in_time_restore_on_s3() {
     );
     acked(&writer, 20, Instant::now(), None).await;
     let before_t = Instant::now();
-    let t = lab.psql(
-        &leader,
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    );
+    let t = clock_utc(&lab, &leader);
     lab.psql(&leader, "DROP TABLE s3_t");
     acked(&writer, 20, Instant::now(), None).await;
     let acks = writer.stop().await;
-    let present: Vec<i32> = acks
-        .iter()
-        .filter(|a| a.at < before_t)
-        .map(|a| a.id)
-        .collect();
+    let present = acked_before(&acks, before_t);
     let (code, out, err) = pgha(&["restore", &inv, "--time", &t, "--yes", "--output", "json"]);
     assert_eq!(code, 0, "restore --time {t}:\n{out}\n{err}");
     let report = json_doc(&out);

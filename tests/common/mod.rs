@@ -891,3 +891,27 @@ pub fn verify_every_backup(lab: &Lab) {
         assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
     }
 }
+
+/// A lab deployed without backups (a later deploy turns them on): the lab, its
+/// inventory and the leader.
+pub async fn deployed_without_backups(name: &str) -> (Lab, String, String) {
+    let lab = Lab::up_without_backups(name).await;
+    let inv = lab.inventory();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy without backups:\n{out}\n{err}");
+    let leader = healthy_cluster(&lab).await;
+    (lab, inv, leader)
+}
+
+/// A host's clock now, in UTC with microseconds, as `pgha restore --time` takes it.
+pub fn clock_utc(lab: &Lab, host: &str) -> String {
+    lab.psql(
+        host,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+}
+
+/// The ids of the writes acknowledged before `t` (committed before it).
+pub fn acked_before(acks: &[pgha::lab::clients::Ack], t: Instant) -> Vec<i32> {
+    acks.iter().filter(|a| a.at < t).map(|a| a.id).collect()
+}
