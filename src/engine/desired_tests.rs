@@ -459,12 +459,7 @@ fn pgbackrest_connects_the_repository_and_the_members_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let mut inv = sample();
     inv.path = dir.path().join("inv.yml");
-    let pki = crate::pki::load(&inv, true).unwrap();
-    let inputs = Inputs {
-        pki: Some(pki.clone()),
-        ..Default::default()
-    };
-    let d = desired_state_with(&inv, &Library::builtin().unwrap(), &inputs).unwrap();
+    let (d, pki) = with_certificates(&inv);
     let repo = file(&d, "router1", "/etc/pgbackrest/pgbackrest.conf");
     for want in [
         "repo1-path=/var/lib/pgbackrest\n",
@@ -577,12 +572,7 @@ fn an_s3_repository_is_configured_on_the_backup_host_only_with_its_keys() {
     inv.cluster.backup_s3_ca = "pgha".into();
     inv.secrets.backup_s3_key = crate::inventory::Secret::new("AKIAEXAMPLEKEY0000001");
     inv.secrets.backup_s3_key_secret = crate::inventory::Secret::new("s3cr3tS3cr3tS3cr3tKey");
-    let pki = crate::pki::load(&inv, true).unwrap();
-    let inputs = Inputs {
-        pki: Some(pki),
-        ..Default::default()
-    };
-    let d = desired_state_with(&inv, &Library::builtin().unwrap(), &inputs).unwrap();
+    let (d, _) = with_certificates(&inv);
     let repo = file(&d, "router1", "/etc/pgbackrest/pgbackrest.conf");
     for want in [
         "repo1-type=s3\nrepo1-path=/var/lib/pgbackrest\nrepo1-s3-bucket=pgha\n",
@@ -614,4 +604,16 @@ fn an_s3_repository_is_configured_on_the_backup_host_only_with_its_keys() {
         !db.contains("s3"),
         "the keys stay on the backup host:\n{db}"
     );
+}
+
+/// The desired state with the cluster's certificates (made in the inventory's
+/// directory), and those certificates.
+fn with_certificates(inv: &Inventory) -> (Vec<HostDesired>, crate::pki::Pki) {
+    let pki = crate::pki::load(inv, true).unwrap();
+    let inputs = Inputs {
+        pki: Some(pki.clone()),
+        ..Default::default()
+    };
+    let d = desired_state_with(inv, &Library::builtin().unwrap(), &inputs).unwrap();
+    (d, pki)
 }
