@@ -66,27 +66,7 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
     );
 
     // A full backup under the writer; list and pgBackRest agree.
-    let (code, out, err) = pgha(&["backup", "run", &inv, "--type", "full", "--output", "json"]);
-    assert_eq!(code, 0, "backup run:\n{out}\n{err}");
-    let taken = json_doc(&out)["backup"]["label"]
-        .as_str()
-        .expect("the backup's label")
-        .to_string();
-    let info = repo_info(&lab);
-    assert_eq!(newest(&info)["label"], taken.as_str());
-    assert_eq!(newest(&info)["type"], "full");
-    let (code, out, _) = pgha(&["backup", "list", &inv, "--output", "json"]);
-    assert_eq!(code, 0, "{out}");
-    let list = json_doc(&out);
-    let listed: Vec<String> = list["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["label"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(listed, labels(&info), "backup list against pgbackrest info");
-    assert!(list["window"]["earliest"].is_string(), "{list}");
-    assert!(list["window"]["latest"].is_string(), "{list}");
+    let taken = full_backup_listed(&lab, &inv);
 
     // The restore test: restored on the repository host, the writer's rows counted.
     let acked_before = writer.acked().len() as u64;

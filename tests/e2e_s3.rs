@@ -153,23 +153,7 @@ async fn backups_and_point_in_time_restore_on_s3() {
     // A full backup under a writer; list and pgBackRest agree.
     lab.psql(&leader, "CREATE TABLE s3_w (id int PRIMARY KEY, note text)");
     let writer = writer_going(&lab, "s3_w", 1).await;
-    let (code, out, err) = pgha(&["backup", "run", &inv, "--type", "full", "--output", "json"]);
-    assert_eq!(code, 0, "backup run:\n{out}\n{err}");
-    let taken = json_doc(&out)["backup"]["label"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let info = repo_info(&lab);
-    assert_eq!(newest(&info)["label"], taken.as_str());
-    let (code, out, _) = pgha(&["backup", "list", &inv, "--output", "json"]);
-    assert_eq!(code, 0, "{out}");
-    let listed: Vec<String> = json_doc(&out)["backups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["label"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(listed, labels(&info), "backup list against pgbackrest info");
+    full_backup_listed(&lab, &inv);
 
     // Point in time: a table back from the bucket.
     lab.psql(

@@ -915,3 +915,31 @@ pub fn clock_utc(lab: &Lab, host: &str) -> String {
 pub fn acked_before(acks: &[pgha::lab::clients::Ack], t: Instant) -> Vec<i32> {
     acks.iter().filter(|a| a.at < t).map(|a| a.id).collect()
 }
+
+/// `pgha backup run --type full`, then `pgha backup list`: the new backup is the
+/// repository's newest full one, and the list is what pgBackRest itself shows, with
+/// a recovery window. The new backup's label.
+pub fn full_backup_listed(lab: &Lab, inv: &str) -> String {
+    let (code, out, err) = pgha(&["backup", "run", inv, "--type", "full", "--output", "json"]);
+    assert_eq!(code, 0, "backup run:\n{out}\n{err}");
+    let taken = json_doc(&out)["backup"]["label"]
+        .as_str()
+        .expect("the backup's label")
+        .to_string();
+    let info = repo_info(lab);
+    assert_eq!(newest(&info)["label"], taken.as_str());
+    assert_eq!(newest(&info)["type"], "full");
+    let (code, out, _) = pgha(&["backup", "list", inv, "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let list = json_doc(&out);
+    let listed: Vec<String> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["label"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, labels(&info), "backup list against pgbackrest info");
+    assert!(list["window"]["earliest"].is_string(), "{list}");
+    assert!(list["window"]["latest"].is_string(), "{list}");
+    taken
+}
