@@ -6,7 +6,8 @@
 //! then deployed; the stanza, WAL and backups are objects in the bucket, not
 //! files on the backup host; `backup run`/`list` agree with `pgbackrest info`;
 //! a point-in-time restore from the bucket brings a dropped table back, and the
-//! new full backup passes `backup verify`.
+//! new full backup passes `backup verify`; a wrong cipher pass fails the deploy
+//! naming it.
 
 mod common;
 
@@ -179,5 +180,30 @@ async fn backups_and_point_in_time_restore_on_s3() {
     let (code, out, err) = pgha(&["backup", "verify", &inv, "--output", "json"]);
     assert_eq!(code, 0, "backup verify:\n{out}\n{err}");
     assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+
+    // A wrong cipher pass: deploy fails naming it; the right one brings it back.
+    let kept = std::fs::read_to_string(&secrets).unwrap();
+    let right = kept
+        .lines()
+        .find(|l| l.starts_with("backup_cipher_pass:"))
+        .expect("the generated cipher pass")
+        .to_string();
+    std::fs::write(
+        &secrets,
+        kept.replace(
+            &right,
+            "backup_cipher_pass: pghaWrongCipherPass000000000001",
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_ne!(code, 0, "deploy with a wrong cipher pass:\n{out}\n{err}");
+    assert!(
+        err.contains("`backup_cipher_pass` must be the one"),
+        "names the cipher pass: {err}"
+    );
+    std::fs::write(&secrets, &kept).unwrap();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with the right pass again:\n{out}\n{err}");
     verify_every_backup(&lab);
 }

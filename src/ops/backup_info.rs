@@ -153,17 +153,41 @@ pub fn parse_verified(out: &str) -> Result<Verified, String> {
         .map_err(|e| format!("the restore test's result does not parse ({e}): {line}"))
 }
 
-/// pgBackRest's error lines (`ERROR: [code]: ...`) of an output, else its last lines.
+/// pgBackRest's error lines (`ERROR: [code]: ...`) of an output, else its last
+/// lines; with what to do when pgha recognises the cause.
 pub fn errors(out: &str) -> String {
     let errs: Vec<&str> = out
         .lines()
         .map(str::trim)
         .filter(|l| l.contains("ERROR: [") || l.starts_with("ERROR"))
         .collect();
-    if errs.is_empty() {
+    let text = if errs.is_empty() {
         last_lines(out)
     } else {
         errs.join("; ")
+    };
+    match hint(out) {
+        Some(h) => format!("{text} ({h})"),
+        None => text,
+    }
+}
+
+/// What to do about the causes pgha recognises in pgBackRest's output.
+fn hint(out: &str) -> Option<&'static str> {
+    if out.contains("CryptoError") || out.contains("bad decrypt") {
+        Some(
+            "the repository does not open with this cipher pass: `backup_cipher_pass` must be the one \
+             the repository was created with (in the secrets file, or `backup_cipher_pass_file`)",
+        )
+    } else if out.contains("HTTP request failed with 403") {
+        Some("the S3 server refused the keys: check `backup_s3_key` and `backup_s3_key_secret`")
+    } else if out.contains("HostConnectError") {
+        Some(
+            "a host or the S3 endpoint did not answer: check the addresses and ports \
+             (`backup_port`, `backup_s3_endpoint`, `backup_s3_port`) and that the server runs",
+        )
+    } else {
+        None
     }
 }
 
@@ -230,6 +254,18 @@ pub fn utc(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_causes_say_what_to_do() {
+        let wrong_pass = "P00  ERROR: [095]: unable to load info file '/pgha/repo/archive/demo/archive.info' \
+            or '/pgha/repo/archive/demo/archive.info.copy':\n    CryptoError: unable to flush EVP_CipherFinal_ex: [101077092] bad decrypt";
+        let e = errors(wrong_pass);
+        assert!(e.starts_with("P00  ERROR: [095]"), "{e}");
+        assert!(e.contains("`backup_cipher_pass` must be the one"), "{e}");
+        let refused = "P00  ERROR: [049]: HostConnectError: unable to connect to '10.0.0.21:9000 (10.0.0.21)': [111] Connection refused";
+        assert!(errors(refused).contains("`backup_s3_endpoint`"));
+        assert!(!errors("P00  ERROR: [055]: unable to load info file").contains("("));
+    }
 
     const INFO: &str = r#"[{"archive":[{"database":{"id":1,"repo-key":1},"id":"17-1",
       "max":"000000010000000000000007","min":"000000010000000000000003"}],
