@@ -266,6 +266,9 @@ pub struct RestoreArgs {
     /// Go on without asking (the restore replaces the cluster's data).
     #[arg(long)]
     pub yes: bool,
+    /// Check the target against the recovery window and show the steps; change nothing.
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
     #[command(flatten)]

@@ -33,7 +33,7 @@ pub async fn command(args: RestoreArgs, output: OutputFormat) -> Result<Exit, Fa
     } else {
         None
     };
-    let inv = load_inventory(&args.inventory, true)?;
+    let inv = load_inventory(&args.inventory, !args.check)?;
     if inv.backup_host().is_none() {
         return Err(Failure::new(
             Exit::Inventory,
@@ -45,7 +45,7 @@ pub async fn command(args: RestoreArgs, output: OutputFormat) -> Result<Exit, Fa
         ));
     }
     inv.require_secrets().map_err(Failure::error)?;
-    let pki = load_pki(&inv, true)?;
+    let pki = load_pki(&inv, !args.check)?;
     let ui = Ui::new(output);
     let mut ctx = Ctx::new(&inv, pki, &ui);
     let ssh = ssh_options(&args.ssh, &inv);
@@ -55,7 +55,7 @@ pub async fn command(args: RestoreArgs, output: OutputFormat) -> Result<Exit, Fa
     }
     .await;
     ctx.close().await;
-    finish(&inv, &ui, result, true)
+    finish(&inv, &ui, result, !args.check)
 }
 
 async fn run(ctx: &Ctx<'_>, args: &RestoreArgs, target: Option<Target>) -> Result<Exit, Failure> {
@@ -91,7 +91,13 @@ async fn run(ctx: &Ctx<'_>, args: &RestoreArgs, target: Option<Target>) -> Resul
             ops::new_record(t, member, leader)
         }
     };
-    show(ctx, &record, &repo, args.resume);
+    show(ctx, &record, &repo, args.resume, args.check);
+    if args.check {
+        if ctx.ui.json() {
+            println!("{}", json!({"check": true, "restore": record}));
+        }
+        return Ok(Exit::Ok);
+    }
     confirm(ctx, args.yes)?;
     let etcd_up = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await.any_healthy();
     let mut lock = ClusterLock::acquire(ctx, "pgha restore", etcd_up, args.lock.duration()).await?;
@@ -144,18 +150,23 @@ async fn run(ctx: &Ctx<'_>, args: &RestoreArgs, target: Option<Target>) -> Resul
     Ok(Exit::Ok)
 }
 
-fn show(ctx: &Ctx<'_>, r: &Record, repo: &str, resume: bool) {
+fn show(ctx: &Ctx<'_>, r: &Record, repo: &str, resume: bool, check: bool) {
     let ui = &ctx.ui;
     let c = &ctx.inv.cluster;
     ui.line("");
     ui.line(format!(
-        "RESTORE cluster {} to {}{}",
+        "RESTORE cluster {} to {}{}{}",
         c.cluster_name,
         r.target.describe(),
         if resume {
             format!(" (resuming after step {:?})", r.step)
         } else {
             String::new()
+        },
+        if check {
+            " (--check: nothing is changed)"
+        } else {
+            ""
         }
     ));
     let db = ctx.db_hosts().join(", ");
