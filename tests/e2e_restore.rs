@@ -126,6 +126,15 @@ async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repositor
             "pgha {a:?} names the cause ({says}):\n{err}"
         );
     }
+    // --check: the plan for a target inside the window, nothing changed.
+    let now = clock_utc(&lab, &leader);
+    let (code, out, err) = pgha(&[
+        "restore", &inv, "--time", &now, "--check", "--output", "json",
+    ]);
+    assert_eq!(code, 0, "restore --check:\n{out}\n{err}");
+    let plan = json_doc(&out);
+    assert_eq!(plan["check"], true, "{plan}");
+    assert_eq!(plan["restore"]["member"], leader.as_str(), "{plan}");
     assert_eq!(
         start_times(&lab).await,
         started,
