@@ -7,8 +7,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::args::{
-    BackupArgs, DeployArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs, RestoreArgs,
-    StatusArgs, SwitchoverArgs, UpgradeArgs,
+    BackupArgs, DeployArgs, DestroyArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs,
+    RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
 };
 use crate::lab::args::LabArgs;
 use crate::ui::OutputFormat;
@@ -51,6 +51,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// Point-in-time recovery of the whole cluster from its backups, in place or onto new hosts.
     Restore(RestoreArgs),
+    /// Take the cluster down for good: every component stopped and disabled, its etcd state removed.
+    Destroy(DestroyArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
     Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.

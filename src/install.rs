@@ -145,6 +145,18 @@ pub fn enable(role: &DesiredRole) -> String {
     }
 }
 
+/// Keep a role's service from starting at boot (a container is removed instead:
+/// `remove`).
+pub fn disable(role: &DesiredRole) -> String {
+    match &role.container {
+        None => format!(
+            "systemctl disable --quiet {} 2>/dev/null || true",
+            shell_quote(&unit(role))
+        ),
+        Some(_) => "true".into(),
+    }
+}
+
 /// A shell test that succeeds when the service runs.
 pub fn is_active(role: &DesiredRole) -> String {
     match &role.container {

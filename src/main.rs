@@ -6,7 +6,7 @@ use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
 use pgha::commands::{
-    backup, deploy, images, inventory, lock, rebuild, restore, status, switchover, upgrade,
+    backup, deploy, destroy, images, inventory, lock, rebuild, restore, status, switchover, upgrade,
 };
 use pgha::error::{Exit, Failure};
 use pgha::lab;
@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             | Command::Lab(_)
             | Command::Backup(_)
             | Command::Restore(_)
+            | Command::Destroy(_)
     );
     let command = async move {
         match cli.command {
@@ -81,6 +82,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Lock(args) => lock::command(args, output).await,
             Command::Backup(args) => backup::command(args, output).await,
             Command::Restore(args) => restore::command(args, output).await,
+            Command::Destroy(args) => destroy::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
             Command::Images(_) => images::command().await,
             Command::Completions(args) => {

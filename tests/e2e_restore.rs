@@ -11,7 +11,9 @@
 //! new full backup exists (and passes `backup verify`), nothing is left aside.
 //! Then the disaster: every db host replaced by a bare one, `restore --latest`
 //! builds the cluster from the repository alone with every write acknowledged
-//! before the last archived WAL.
+//! before the last archived WAL. Last, `destroy --wipe-data` stops and disables
+//! everything and removes the data (the repository kept aside), and a deploy
+//! builds a new, empty cluster on the same hosts.
 
 mod common;
 
@@ -265,6 +267,63 @@ async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repositor
     assert_eq!(lab.psql(&leader, "SELECT count(*) FROM rs_t"), "100");
     assert_eq!(timelines(&lab).await.len(), 3);
     switch_reaches_repository(&lab, &leader).await;
+    check_etcd(&lab).await;
+
+    // Destroy: refused without --yes; then every component stopped and disabled,
+    // the data removed, the repository kept aside; a deploy builds a new, empty
+    // cluster on the same hosts.
+    let (code, _, err) = pgha(&["destroy", &inv]);
+    assert_eq!(code, 5, "destroy without --yes: {err}");
+    assert!(err.contains("add --yes"), "{err}");
+    let (code, out, err) = pgha(&["destroy", &inv, "--check"]);
+    assert_eq!(code, 0, "destroy --check:\n{out}\n{err}");
+    let system =
+        |lab: &Lab, h: &str| lab.psql(h, "SELECT system_identifier FROM pg_control_system()");
+    let old_system = system(&lab, &leader);
+    let (code, out, err) = pgha(&["destroy", &inv, "--yes", "--wipe-data"]);
+    assert_eq!(code, 0, "destroy --wipe-data:\n{out}\n{err}");
+    let units = [
+        ("db", "patroni etcd prometheus-postgres-exporter pgbackrest"),
+        ("router", "haproxy pgbackrest pgha-backup-full.timer"),
+    ];
+    for h in lab.info.hosts.iter().map(|h| h.name.clone()) {
+        let list = units
+            .iter()
+            .find(|(p, _)| h.starts_with(p))
+            .map(|(_, u)| *u)
+            .unwrap();
+        let (_, active) = lab.sh(&h, &format!("systemctl is-active {list} || true"));
+        assert!(
+            !active.lines().any(|l| l.trim() == "active"),
+            "{h}: {list} stopped: {active}"
+        );
+        let (_, enabled) = lab.sh(
+            &h,
+            &format!("systemctl is-enabled {list} 2>/dev/null || true"),
+        );
+        assert!(
+            !enabled.lines().any(|l| l.trim() == "enabled"),
+            "{h}: {list} disabled: {enabled}"
+        );
+    }
+    for h in lab.db_hosts() {
+        let (code, _) = lab.sh(&h, "test -e /var/lib/postgresql/17/main");
+        assert_ne!(code, 0, "{h}: PostgreSQL's data removed");
+    }
+    let (_, kept) = lab.sh(
+        BACKUP_REPO,
+        "ls -d /var/lib/pgbackrest.destroyed-* | wc -l; test -e /var/lib/pgbackrest && echo present",
+    );
+    assert_eq!(kept.trim(), "1", "the repository kept aside: {kept}");
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy after destroy:\n{out}\n{err}");
+    let leader = healthy_cluster(&lab).await;
+    assert_ne!(system(&lab, &leader), old_system, "a new cluster");
+    assert_eq!(
+        lab.psql(&leader, "SELECT to_regclass('rs_t') IS NULL"),
+        "t",
+        "the new cluster is empty"
+    );
     check_etcd(&lab).await;
     verify_every_backup(&lab);
 }

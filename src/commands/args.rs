@@ -274,3 +274,26 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub lock: LockWaitArg,
 }
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Go on without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// Also remove the data: PostgreSQL's and etcd's data directories (a directory
+    /// repository is kept aside unless --delete-backups).
+    #[arg(long)]
+    pub wipe_data: bool,
+    /// Also delete the backups (the repository's directory, or the stanza in S3).
+    #[arg(long, requires = "wipe_data")]
+    pub delete_backups: bool,
+    /// Show what would be stopped and removed; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
+}

@@ -7,6 +7,7 @@
 pub mod args;
 pub mod backup;
 pub mod deploy;
+pub mod destroy;
 pub mod images;
 pub mod inventory;
 pub mod lock;

@@ -189,6 +189,12 @@ impl LockGuard {
         });
     }
 
+    /// The etcd part was given back (etcd is about to stop): only the host lock
+    /// is checked from now on.
+    pub(super) fn released_etcd(&self) {
+        self.state.lock().unwrap().etcd = None;
+    }
+
     pub(super) fn renewed_etcd(&self, sent: Instant) {
         if let Some(e) = self.state.lock().unwrap().etcd.as_mut() {
             e.renewed = e.renewed.max(sent);

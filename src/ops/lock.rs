@@ -400,6 +400,19 @@ impl ClusterLock {
 
     /// Give the lock back (etcd lease revoked, host lock file removed); steps of
     /// `ctx` no longer check it.
+    /// Give back the etcd part of the lock and keep the host part (a command that
+    /// stops etcd itself): a lease left in a stopped etcd would come back with it
+    /// and refuse the next command until it expires.
+    pub async fn release_etcd(&mut self) {
+        if let Some(e) = self.etcd.take() {
+            self.guard.released_etcd();
+            e.keeper.abort();
+            if let Ok(mut c) = etcd_client(&self.net, &e.endpoints).await {
+                let _ = c.lease_revoke(e.lease).await;
+            }
+        }
+    }
+
     pub async fn release(self, ctx: &Ctx<'_>) {
         ctx.drop_lock();
         self.release_inner().await;
