@@ -11,7 +11,8 @@
 //! new full backup exists (and passes `backup verify`), nothing is left aside.
 //! Then the disaster: every db host replaced by a bare one, `restore --latest`
 //! builds the cluster from the repository alone with every write acknowledged
-//! before the last archived WAL. Last, `destroy --wipe-data` stops and disables
+//! before the last archived WAL. Last, `destroy` with the data kept and a deploy
+//! bring the same cluster back with every row; `destroy --wipe-data` stops and disables
 //! everything and removes the data (the repository kept aside), and a deploy
 //! builds a new, empty cluster on the same hosts.
 
@@ -280,6 +281,19 @@ async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repositor
     let system =
         |lab: &Lab, h: &str| lab.psql(h, "SELECT system_identifier FROM pg_control_system()");
     let old_system = system(&lab, &leader);
+    // Kept data: a deploy brings the same cluster back with every row.
+    let (code, out, err) = pgha(&["destroy", &inv, "--yes"]);
+    assert_eq!(code, 0, "destroy:\n{out}\n{err}");
+    let (_, active) = lab.sh(&leader, "systemctl is-active patroni etcd || true");
+    assert!(
+        !active.lines().any(|l| l.trim() == "active"),
+        "{leader}: patroni and etcd stopped: {active}"
+    );
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy after destroy (data kept):\n{out}\n{err}");
+    let leader = healthy_cluster(&lab).await;
+    assert_eq!(system(&lab, &leader), old_system, "the same cluster");
+    assert_no_loss(&lab, "rs_d", &acked).await;
     let (code, out, err) = pgha(&["destroy", &inv, "--yes", "--wipe-data"]);
     assert_eq!(code, 0, "destroy --wipe-data:\n{out}\n{err}");
     let units = [
