@@ -99,7 +99,13 @@ async fn run(
         // A first deploy held the lock on the hosts only; etcd exists now.
         lock.add_etcd(&conv.ctx.ep.etcd).await?;
     }
-    let leader = conv.patroni(existing.patroni_initialized).await?;
+    // etcd kept its data but was stopped (`pgha destroy` without --wipe-data, a
+    // power cut): whether Patroni's cluster exists is known only now it runs. An
+    // existing one is started on every member at once, and Patroni's own rules
+    // pick who leads; only a new one is bootstrapped on the first db host.
+    let initialized =
+        existing.patroni_initialized || (!existing.etcd_new && conv.patroni_initialized().await);
+    let leader = conv.patroni(initialized).await?;
     // A cluster bootstrapped just now took bootstrap.dcs from the same inventory,
     // but check it: the patch computed before covers only a running cluster.
     let dcs_patch = if existing.patroni_initialized {

@@ -223,14 +223,7 @@ impl<'c, 'a> Converge<'c, 'a> {
         if !etcd_new {
             self.refuse_tls_switch(&with_data)?;
         }
-        let patroni_initialized = !etcd_new
-            && etcd::key_exists(
-                &self.ctx.ep.net,
-                &self.ctx.ep.etcd,
-                &format!("/service/{}/initialize", c.cluster_name),
-            )
-            .await
-            .unwrap_or(false);
+        let patroni_initialized = !etcd_new && self.patroni_initialized().await;
         Ok(Existing {
             etcd_new,
             patroni_initialized,
@@ -245,6 +238,17 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .find_map(|f| f.primary_sql.as_ref())
                 .map(|sql| plan::plan_sql(c, &self.inv.secrets, sql)),
         })
+    }
+
+    /// Patroni's cluster exists in etcd (false when etcd does not answer).
+    pub async fn patroni_initialized(&self) -> bool {
+        etcd::key_exists(
+            &self.ctx.ep.net,
+            &self.ctx.ep.etcd,
+            &format!("/service/{}/initialize", self.inv.cluster.cluster_name),
+        )
+        .await
+        .unwrap_or(false)
     }
 
     /// A running cluster keeps the TLS setting it was built with: etcd members
