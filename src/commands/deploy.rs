@@ -105,6 +105,10 @@ async fn run(
     // pick who leads; only a new one is bootstrapped on the first db host.
     let initialized =
         existing.patroni_initialized || (!existing.etcd_new && conv.patroni_initialized().await);
+    // pgBackRest's servers before Patroni: a member starting as a standby fetches
+    // WAL and timeline history from the repository, and with the repository's
+    // server down each fetch waits out pgBackRest's retries (a minute).
+    conv.pgbackrest_servers().await?;
     let leader = conv.patroni(initialized).await?;
     // A cluster bootstrapped just now took bootstrap.dcs from the same inventory,
     // but check it: the patch computed before covers only a running cluster.
