@@ -10,7 +10,7 @@
 use serde_json::json;
 
 use crate::commands::args::DestroyArgs;
-use crate::commands::{finish, load_inventory, load_pki, ssh_options};
+use crate::commands::{confirm_by_name, finish, load_inventory, load_pki, ssh_options};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::backup::{self, now};
@@ -60,7 +60,12 @@ async fn run(ctx: &Ctx<'_>, args: &DestroyArgs) -> Result<Exit, Failure> {
         }
         return Ok(Exit::Ok);
     }
-    confirm(ctx, args.yes)?;
+    confirm_by_name(
+        &ctx.inv.cluster.cluster_name,
+        args.yes,
+        "takes down",
+        "destroy",
+    )?;
     let etcd_up = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await.any_healthy();
     let mut lock = ClusterLock::acquire(ctx, "pgha destroy", etcd_up, args.lock.duration()).await?;
     let r = destroy(
@@ -178,29 +183,6 @@ fn show(ctx: &Ctx<'_>, steps: &[String], check: bool) {
     ));
     for (i, s) in steps.iter().enumerate() {
         ui.line(format!("  {}. {s}", i + 1));
-    }
-}
-
-/// `--yes`, or the cluster's name typed at a terminal.
-fn confirm(ctx: &Ctx<'_>, yes: bool) -> Result<(), Failure> {
-    use std::io::{BufRead, IsTerminal, Write};
-    if yes {
-        return Ok(());
-    }
-    let name = &ctx.inv.cluster.cluster_name;
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::options(format!(
-            "destroy takes cluster {name} down: add --yes to go on (nothing was changed)"
-        )));
-    }
-    eprint!("Type the cluster's name ({name}) to destroy it: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if answer.trim() == name {
-        Ok(())
-    } else {
-        Err(Failure::error("not confirmed; nothing was changed"))
     }
 }
 

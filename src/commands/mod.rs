@@ -121,6 +121,30 @@ pub fn finish(
     result
 }
 
+/// A command that replaces or removes the cluster goes on with `--yes`, or once
+/// the cluster's name is typed at a terminal; without a terminal `--yes` is
+/// required (exit 5): "restore replaces the data of cluster NAME: add --yes".
+pub fn confirm_by_name(name: &str, yes: bool, what: &str, verb: &str) -> Result<(), Failure> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::options(format!(
+            "{verb} {what} cluster {name}: add --yes to go on (nothing was changed)"
+        )));
+    }
+    eprint!("Type the cluster's name ({name}) to {verb} it: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() == name {
+        Ok(())
+    } else {
+        Err(Failure::error("not confirmed; nothing was changed"))
+    }
+}
+
 /// SSH options: --known-hosts, else the inventory's pgha_known_hosts, else ~/.ssh/known_hosts.
 pub fn ssh_options(args: &args::SshArgs, inv: &Inventory) -> crate::ssh::SshOptions {
     let known = args

@@ -5,13 +5,12 @@
 //! confirmation, the cluster lock; then the steps of `ops::restore`, each recorded
 //! on the repository's host so that `--resume` finishes an interrupted run.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::Instant;
 
 use serde_json::json;
 
 use crate::commands::args::RestoreArgs;
-use crate::commands::{finish, load_inventory, load_pki, ssh_options};
+use crate::commands::{confirm_by_name, finish, load_inventory, load_pki, ssh_options};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::backup::{self, now};
@@ -98,7 +97,12 @@ async fn run(ctx: &Ctx<'_>, args: &RestoreArgs, target: Option<Target>) -> Resul
         }
         return Ok(Exit::Ok);
     }
-    confirm(ctx, args.yes)?;
+    confirm_by_name(
+        &ctx.inv.cluster.cluster_name,
+        args.yes,
+        "replaces the data of",
+        "restore",
+    )?;
     let etcd_up = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await.any_healthy();
     let mut lock = ClusterLock::acquire(ctx, "pgha restore", etcd_up, args.lock.duration()).await?;
     let started = Instant::now();
@@ -193,28 +197,6 @@ fn show(ctx: &Ctx<'_>, r: &Record, repo: &str, resume: bool, check: bool) {
         ui.line(format!("  {}. {s}", i + 1));
     }
     ui.line("Writes after the target are discarded; clients are cut off until the restored leader runs.");
-}
-
-/// `--yes`, or the cluster's name typed at a terminal.
-fn confirm(ctx: &Ctx<'_>, yes: bool) -> Result<(), Failure> {
-    if yes {
-        return Ok(());
-    }
-    let name = &ctx.inv.cluster.cluster_name;
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::options(format!(
-            "restore replaces the data of cluster {name}: add --yes to go on (nothing was changed)"
-        )));
-    }
-    eprint!("Type the cluster's name ({name}) to restore it: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if answer.trim() == name {
-        Ok(())
-    } else {
-        Err(Failure::error("not confirmed; nothing was changed"))
-    }
 }
 
 fn print_report(ctx: &Ctx<'_>, r: &Report) {
