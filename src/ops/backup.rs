@@ -320,6 +320,14 @@ impl Converge<'_, '_> {
             self.ctx.ui.host(&repo.name, l);
         }
         let i = info(s, c).await?;
+        if !i.stanza_exists() && !i.stanza_missing() {
+            return Err(host_failed(format!(
+                "{}: the repository of stanza {} cannot be read: {}",
+                repo.name,
+                c.stanza(),
+                backup_info::errors(&i.status_message)
+            )));
+        }
         if !i.stanza_exists() {
             self.ctx.ensure_locked("create the stanza").await?;
             phase.set(format!("creating stanza {}", c.stanza()));

@@ -54,12 +54,24 @@ impl RepoInfo {
     pub fn stanza_exists(&self) -> bool {
         matches!(self.status_code, 0 | 2)
     }
+    /// The repository has no such stanza yet (1: missing stanza path, 3: missing
+    /// stanza data): `stanza-create` makes it. Any other status is an error to report.
+    pub fn stanza_missing(&self) -> bool {
+        matches!(self.status_code, 1 | 3)
+    }
 }
 
 /// Parse `pgbackrest --stanza=S --output=json info` for `stanza`.
 pub fn parse_info(text: &str, stanza: &str) -> Result<RepoInfo, String> {
-    let v: Json = serde_json::from_str(text.trim())
-        .map_err(|e| format!("pgBackRest's info is not JSON ({e}): {}", first_line(text)))?;
+    // pgBackRest puts an error's message into the JSON as it is, line breaks
+    // included (a wrong cipher pass): outside strings they are plain whitespace.
+    let text: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let v: Json = serde_json::from_str(&text)
+        .map_err(|e| format!("pgBackRest's info is not JSON ({e}): {}", first_line(&text)))?;
     let s = v
         .as_array()
         .and_then(|a| a.iter().find(|s| s["name"] == stanza))
@@ -309,6 +321,15 @@ mod tests {
           "status":{"code":1,"lock":{"backup":{"held":false}},"message":"missing stanza path"}}]"#;
         let m = parse_info(missing, "demo").unwrap();
         assert!(!m.stanza_exists() && m.newest().is_none() && m.running.is_none());
+        assert!(m.stanza_missing());
+        let wrong_pass = "[{\"archive\":[],\"backup\":[],\"cipher\":\"aes-256-cbc\",\"name\":\"demo\",\"status\":{\"code\":99,\"lock\":{\"backup\":{\"held\":false}},\"message\":\"other\n            [CryptoError] unable to flush EVP_CipherFinal_ex\"}}]";
+        let w = parse_info(wrong_pass, "demo").unwrap();
+        assert!(!w.stanza_exists() && !w.stanza_missing());
+        assert!(
+            w.status_message.contains("CryptoError"),
+            "{}",
+            w.status_message
+        );
     }
 
     #[test]

@@ -289,15 +289,19 @@ pub fn recovery_log(c: &Cluster) -> String {
 /// Start the restored PostgreSQL by hand to replay WAL up to the target and
 /// promote: reachable over its socket only, no hot standby (Patroni's rule for a
 /// custom bootstrap), no synchronous standby to wait for, no upstream to stream from.
+/// `pg_ctl -w` returns once recovery has started (postmaster.pid says `standby`),
+/// so that the looks that follow never mistake a server still starting for one
+/// that died.
 pub fn recover_script(c: &Cluster) -> String {
     let data = shell_quote(&c.postgresql_data_dir);
+    // Everything it logs goes to the log below (not Patroni's logging collector).
     let opts = "-c hot_standby=off -c listen_addresses='' -c synchronous_standby_names='' \
-                -c primary_conninfo='' -c primary_slot_name=''";
+                -c primary_conninfo='' -c primary_slot_name='' -c logging_collector=off";
     format!(
         "set -e
 install -d -o postgres -g postgres -m 0755 /var/run/postgresql /var/log/postgresql
 : > {log}; chown postgres: {log}
-runuser -u postgres -- {ctl} -D {data} -l {log} -W -o {opts} start >/dev/null",
+runuser -u postgres -- {ctl} -D {data} -l {log} -w -t 3600 -o {opts} start >/dev/null || {{ tail -n 20 {log} >&2; exit 1; }}",
         ctl = pg_bin(c, "pg_ctl"),
         log = shell_quote(&recovery_log(c)),
         opts = shell_quote(opts)
