@@ -61,6 +61,28 @@ impl RepoInfo {
     }
 }
 
+/// The stanza's status, with each repository's own message when it says more
+/// ("other" alone at the top; the cause, e.g. a CryptoError, under `repo`).
+fn status_message(s: &Json) -> String {
+    let top = s["status"]["message"].as_str().unwrap_or_default().trim();
+    let detail: Vec<String> = s["repo"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|r| r["status"]["code"].as_i64().unwrap_or(0) != 0)
+                .filter_map(|r| r["status"]["message"].as_str())
+                .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|m| m != top)
+                .collect()
+        })
+        .unwrap_or_default();
+    if detail.is_empty() {
+        top.to_string()
+    } else {
+        format!("{top}: {}", detail.join("; "))
+    }
+}
+
 /// Parse `pgbackrest --stanza=S --output=json info` for `stanza`.
 pub fn parse_info(text: &str, stanza: &str) -> Result<RepoInfo, String> {
     // pgBackRest puts an error's message into the JSON as it is, line breaks
@@ -115,7 +137,7 @@ pub fn parse_info(text: &str, stanza: &str) -> Result<RepoInfo, String> {
         .then(|| (num(&lock["size-cplt"]), num(&lock["size"])));
     Ok(RepoInfo {
         status_code: s["status"]["code"].as_i64().unwrap_or(-1),
-        status_message: text_of(&s["status"]["message"]),
+        status_message: status_message(s),
         backups,
         wal_min,
         wal_max,
@@ -322,14 +344,14 @@ mod tests {
         let m = parse_info(missing, "demo").unwrap();
         assert!(!m.stanza_exists() && m.newest().is_none() && m.running.is_none());
         assert!(m.stanza_missing());
-        let wrong_pass = "[{\"archive\":[],\"backup\":[],\"cipher\":\"aes-256-cbc\",\"name\":\"demo\",\"status\":{\"code\":99,\"lock\":{\"backup\":{\"held\":false}},\"message\":\"other\n            [CryptoError] unable to flush EVP_CipherFinal_ex\"}}]";
+        let wrong_pass = "[{\"archive\":[],\"backup\":[],\"cipher\":\"aes-256-cbc\",\"name\":\"demo\",\"repo\":[{\"cipher\":\"aes-256-cbc\",\"key\":1,\"status\":{\"code\":99,\"message\":\"[CryptoError] unable to flush EVP_CipherFinal_ex:\n            [101077092] bad decrypt\"}}],\"status\":{\"code\":99,\"lock\":{\"backup\":{\"held\":false}},\"message\":\"other\"}}]";
         let w = parse_info(wrong_pass, "demo").unwrap();
         assert!(!w.stanza_exists() && !w.stanza_missing());
-        assert!(
-            w.status_message.contains("CryptoError"),
-            "{}",
-            w.status_message
+        assert_eq!(
+            w.status_message,
+            "other: [CryptoError] unable to flush EVP_CipherFinal_ex: [101077092] bad decrypt"
         );
+        assert!(errors(&w.status_message).contains("`backup_cipher_pass` must be the one"));
     }
 
     #[test]
