@@ -200,6 +200,15 @@ pub fn errors(out: &str) -> String {
     } else {
         errs.join("; ")
     };
+    // Decrypted noise quoted in a message stays out of it.
+    let text: String = text
+        .split('\u{FFFD}')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(600)
+        .collect();
     match hint(out) {
         Some(h) => format!("{text} ({h})"),
         None => text,
@@ -208,7 +217,10 @@ pub fn errors(out: &str) -> String {
 
 /// What to do about the causes pgha recognises in pgBackRest's output.
 fn hint(out: &str) -> Option<&'static str> {
-    if out.contains("CryptoError") || out.contains("bad decrypt") {
+    // A wrong pass decrypts an info file into noise: pgBackRest then reports a
+    // CryptoError, or a FormatError on what it takes for the file's text.
+    let noise = out.contains("FormatError") && out.contains("unable to load info file");
+    if out.contains("CryptoError") || out.contains("bad decrypt") || noise {
         Some(
             "the repository does not open with this cipher pass: `backup_cipher_pass` must be the one \
              the repository was created with (in the secrets file, or `backup_cipher_pass_file`)",
@@ -296,6 +308,11 @@ mod tests {
         let e = errors(wrong_pass);
         assert!(e.starts_with("P00  ERROR: [095]"), "{e}");
         assert!(e.contains("`backup_cipher_pass` must be the one"), "{e}");
+        let noise = "other: [FormatError] unable to load info file '/r/backup/demo/backup.info' or \
+            '/r/backup/demo/backup.info.copy': FormatError: key/value found outside of section at line 1: -\u{FFFD}Q\u{FFFD}";
+        let e = errors(noise);
+        assert!(e.contains("`backup_cipher_pass` must be the one"), "{e}");
+        assert!(!e.contains('\u{FFFD}'), "{e}");
         let refused = "P00  ERROR: [049]: HostConnectError: unable to connect to '10.0.0.21:9000 (10.0.0.21)': [111] Connection refused";
         assert!(errors(refused).contains("`backup_s3_endpoint`"));
         assert!(!errors("P00  ERROR: [055]: unable to load info file").contains("("));
