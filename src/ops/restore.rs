@@ -363,6 +363,28 @@ impl Restore<'_, '_> {
             .run_on(m, "start patroni", crate::install::start(role, false))
             .await?;
         let leader = waits::wait_leader(&self.ctx.ep, Some(m), LEADER).await?;
+        // Patroni says leader once it holds the lock; PostgreSQL may still be
+        // leaving recovery, and a backup needs a primary (pgBackRest asks each member).
+        let s = self.ctx.session(m)?;
+        let ask = format!(
+            "{} -Atqc 'SELECT pg_is_in_recovery()' 2>&1 || true",
+            crate::install::psql(self.c())
+        );
+        crate::wait::until(
+            &format!("PostgreSQL on {m} to leave recovery"),
+            LEADER,
+            || async {
+                let out = sh(s, ask.clone(), Duration::from_secs(30))
+                    .await
+                    .map_err(|f| f.message)?;
+                if out.trim() == "f" {
+                    Ok(())
+                } else {
+                    Err(format!("pg_is_in_recovery: {}", out.trim()))
+                }
+            },
+        )
+        .await?;
         phase.done(format!("{leader} leads the restored cluster"));
         Ok(())
     }
