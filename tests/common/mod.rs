@@ -832,10 +832,15 @@ pub fn newest(info: &Value) -> Value {
 /// The WAL file a forced switch on `leader` closed, once its archiver reports it
 /// archived (PostgreSQL acknowledges archiving only when archive-push succeeded).
 pub async fn switch_reaches_repository(lab: &Lab, leader: &str) -> String {
-    let wal = lab.psql(
-        leader,
-        "SELECT pg_walfile_name(pg_switch_wal()) FROM pg_stat_archiver",
-    );
+    // Patroni names a new leader as soon as it holds the lock: PostgreSQL may still
+    // be leaving recovery (no WAL switch there yet).
+    let wal = eventually(&format!("a WAL switch on {leader}"), 60, || async {
+        lab.try_psql(
+            leader,
+            "SELECT pg_walfile_name(pg_switch_wal()) FROM pg_stat_archiver",
+        )
+    })
+    .await;
     eventually(&format!("{wal} archived by {leader}"), 120, || async {
         let last = lab.try_psql(
             leader,
