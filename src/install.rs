@@ -182,6 +182,10 @@ pub fn main_pid(role: &DesiredRole) -> String {
     }
 }
 
+/// The named volume of PostgreSQL's socket directory under the docker method,
+/// shared by the Patroni and pgBackRest containers (roles/patroni.yml).
+pub const PG_SOCKET_VOLUME: &str = "pgha-pgrun";
+
 /// The container running PostgreSQL under the docker method.
 pub const PATRONI_CONTAINER: &str = "pgha-patroni";
 
@@ -195,6 +199,20 @@ pub fn psql(c: &Cluster) -> String {
     match c.install_method {
         InstallMethod::Native => format!("runuser -u postgres -- {args}"),
         InstallMethod::Docker => format!("docker exec -i -u postgres {PATRONI_CONTAINER} {args}"),
+    }
+}
+
+/// The container of pgBackRest's TLS server under the docker method; pgha's own
+/// pgBackRest and PostgreSQL tool runs go through it (it holds the binaries,
+/// pgBackRest's configuration, the data directory and PostgreSQL's socket).
+pub const PGBACKREST_CONTAINER: &str = "pgha-pgbackrest";
+
+/// The start of a command run as `postgres` where pgBackRest lives (arguments
+/// follow): on the host, or in the pgBackRest container. Paths are the same in both.
+pub fn as_postgres(c: &Cluster) -> String {
+    match c.install_method {
+        InstallMethod::Native => "runuser -u postgres --".into(),
+        InstallMethod::Docker => format!("docker exec -i -u postgres {PGBACKREST_CONTAINER}"),
     }
 }
 

@@ -3,6 +3,8 @@
 //! same independent checks as native (etcd, Patroni, SQL through the router, the
 //! exporter, HAProxy), and the components really in containers; a missing image
 //! refused before any change; a re-run that sends nothing and re-creates nothing;
+//! backups with pgBackRest from the image (a full backup under a writer, listed as
+//! pgBackRest lists it; point-in-time recovery of a dropped table);
 //! the Docker daemon restarted under PostgreSQL; a host hard-reset; a rolling
 //! upgrade to a new image with a writer running; a lost host rebuilt. Assertions
 //! read the hosts' Docker, etcd, Patroni and rows, not pgha's report.
@@ -16,6 +18,7 @@ use common::*;
 use pgha::lab;
 
 const LAB: &str = "pgha-e2e-docker";
+const REPO_HOST: &str = BACKUP_REPO;
 
 fn all_hosts(lab: &Lab) -> Vec<String> {
     let mut v = lab.db_hosts();
@@ -26,9 +29,14 @@ fn all_hosts(lab: &Lab) -> Vec<String> {
 /// The containers a host should run.
 fn containers_of(host: &str) -> &'static [&'static str] {
     if host.starts_with("db") {
-        &["pgha-etcd", "pgha-exporter", "pgha-patroni"]
+        &[
+            "pgha-etcd",
+            "pgha-exporter",
+            "pgha-patroni",
+            "pgha-pgbackrest",
+        ]
     } else {
-        &["pgha-haproxy"]
+        &["pgha-haproxy", "pgha-pgbackrest"]
     }
 }
 
@@ -184,11 +192,11 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     for h in lab.db_hosts() {
         let (code, out) = lab.sh(
             &h,
-            "for p in postgresql-17 patroni etcd-server; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; test ! -e /usr/lib/postgresql",
+            "for p in postgresql-17 patroni etcd-server pgbackrest; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; test ! -e /usr/lib/postgresql",
         );
         assert!(
             code == 0 && out.trim().is_empty(),
-            "{h}: no native PostgreSQL, Patroni or etcd ({out})"
+            "{h}: no native PostgreSQL, Patroni, etcd or pgBackRest ({out})"
         );
         // PostgreSQL runs in the Patroni container: its postmaster is a child of
         // the container's Patroni.
@@ -261,6 +269,26 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     );
     assert_eq!(image_tag_times(&lab, &image), tags, "no image loaded again");
 
+    // Backups in the image: the repository on the router, pgBackRest's servers
+    // and every pgBackRest command in containers. A full backup under a writer,
+    // listed as pgBackRest itself lists it; then point-in-time recovery.
+    let (code, out) = lab.sh(
+        REPO_HOST,
+        "test ! -e /usr/bin/pgbackrest && ls /var/lib/pgbackrest",
+    );
+    assert_eq!(
+        code, 0,
+        "the repository on {REPO_HOST}'s disk, no native pgBackRest: {out}"
+    );
+    assert_eq!(
+        newest(&repo_info(&lab))["type"],
+        "full",
+        "deploy took the first full backup"
+    );
+    let writer = writer_going(&lab, "dk", 1000).await;
+    full_backup_listed(&lab, &inv);
+    let leader = point_in_time_marker(&lab, &inv, &leader, writer, "dk").await;
+
     // 4. Restarting the Docker daemon leaves PostgreSQL running (live-restore).
     let before = postmaster_start(&patroni_json(&lab, &leader).await);
     let (code, _) = lab.sh(&leader, "systemctl restart docker");
@@ -270,7 +298,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         60,
         || async {
             match lab.sh(&leader, "docker ps -q | wc -l") {
-                (0, n) if n.trim() == "3" => Ok(()),
+                (0, n) if n.trim() == "4" => Ok(()),
                 (c, n) => Err(format!("exit {c}: {n}")),
             }
         },
@@ -358,7 +386,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         at_check.values().all(|(_, img, _)| *img == want),
         "--check changed nothing"
     );
-    let writer = writer_going(&lab, "dk", 1).await;
+    let writer = writer_going(&lab, "dk", 100_000).await;
     let (code, _, _) = pgha(&["upgrade", &inv]);
     assert_eq!(code, 0, "docker upgrade");
     acked(&writer, 20, Instant::now(), None).await;
@@ -421,5 +449,6 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         0,
         "a deploy after the rebuild changes nothing"
     );
+    verify_every_backup(&lab);
     std::fs::write(&inv, &original).unwrap();
 }

@@ -10,9 +10,6 @@
 //! naming it.
 
 mod common;
-
-use std::time::Instant;
-
 use common::*;
 
 const LAB: &str = "pgha-e2e-s3";
@@ -153,33 +150,7 @@ async fn backups_and_point_in_time_restore_on_s3() {
     full_backup_listed(&lab, &inv);
 
     // Point in time: a table back from the bucket.
-    lab.psql(
-        &leader,
-        "CREATE TABLE s3_t AS SELECT g AS id FROM generate_series(1, 50) g",
-    );
-    acked(&writer, 20, Instant::now(), None).await;
-    let before_t = Instant::now();
-    let t = clock_utc(&lab, &leader);
-    lab.psql(&leader, "DROP TABLE s3_t");
-    acked(&writer, 20, Instant::now(), None).await;
-    let acks = writer.stop().await;
-    let present = acked_before(&acks, before_t);
-    let (code, out, err) = pgha(&["restore", &inv, "--time", &t, "--yes", "--output", "json"]);
-    assert_eq!(code, 0, "restore --time {t}:\n{out}\n{err}");
-    let report = json_doc(&out);
-    let leader = healthy_cluster(&lab).await;
-    assert_eq!(lab.psql(&leader, "SELECT count(*) FROM s3_t"), "50");
-    assert_present(&lab, "s3_w", &present).await;
-    switch_reaches_repository(&lab, &leader).await;
-    let info = repo_info(&lab);
-    assert_eq!(
-        report["restore"]["backup"],
-        newest(&info)["label"],
-        "the restore's new full backup: {report}"
-    );
-    let (code, out, err) = pgha(&["backup", "verify", &inv, "--output", "json"]);
-    assert_eq!(code, 0, "backup verify:\n{out}\n{err}");
-    assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+    point_in_time_marker(&lab, &inv, &leader, writer, "s3_w").await;
 
     // A wrong cipher pass: deploy fails naming it; the right one brings it back.
     let kept = std::fs::read_to_string(&secrets).unwrap();

@@ -5,8 +5,8 @@
 //! tagged by the hash of its recipe. Rebuilt only when the recipe changes.
 //!
 //! The image contract (what pgha expects of an image, yours or this one):
-//! - the binaries `etcd`, `patroni`, `haproxy`, `prometheus-postgres-exporter` on
-//!   PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
+//! - the binaries `etcd`, `patroni`, `haproxy`, `prometheus-postgres-exporter`,
+//!   `pgbackrest` on PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
 //! - users (uid = gid): postgres 470, etcd 471, haproxy 472, prometheus 473;
 //!   the hosts get the same users, so bind-mounted files keep their owners (system
 //!   ids, below 1000: Debian's maintainer scripts accept an existing system user);
@@ -43,6 +43,7 @@ pub const PACKAGES: &[&str] = &[
     "etcd-client",
     "haproxy",
     "prometheus-postgres-exporter",
+    "pgbackrest",
 ];
 
 /// Create a user of the contract unless it exists with that uid (a shell line).

@@ -268,7 +268,11 @@ fn container_spec(
         args.extend(["-v".into(), format!("{f}:{f}:ro")]);
     }
     for v in &def.volumes {
-        args.extend(["-v".into(), r(v)?]);
+        // A volume rendered empty does not apply to this host.
+        let v = r(v)?;
+        if !v.trim().is_empty() {
+            args.extend(["-v".into(), v]);
+        }
     }
     let mut command = Vec::new();
     if let Some(f) = env_file {

@@ -346,8 +346,9 @@ fn shell_fields_quote_hostile_inventory_values() {
             .unwrap()
     };
     let prepare = role("db1", "patroni").container.unwrap().prepare.unwrap();
+    // The first of its commands takes the data directory's parent.
     assert_eq!(
-        sh_args("install", &prepare),
+        sh_args("install", &prepare)[..9],
         [
             "-d",
             "-o",
@@ -616,4 +617,63 @@ fn with_certificates(inv: &Inventory) -> (Vec<HostDesired>, crate::pki::Pki) {
     };
     let d = desired_state_with(inv, &Library::builtin().unwrap(), &inputs).unwrap();
     (d, pki)
+}
+
+/// Under docker, pgBackRest's server runs in a container with what it serves
+/// mounted (a db host: the data directory and the socket volume shared with
+/// Patroni's container; the repository's host: the repository and the restore
+/// test's directory), no package is installed, and the scheduled backups run in it.
+#[test]
+fn docker_pgbackrest_mounts_what_each_host_serves() {
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
+    let role = |h: &str, r: &str| {
+        d.iter()
+            .find(|x| x.host == h)
+            .and_then(|x| x.role(r))
+            .cloned()
+            .unwrap()
+    };
+    let mounts = |h: &str, r: &str| -> Vec<String> {
+        let args = role(h, r).container.unwrap().run_args;
+        args.windows(2)
+            .filter(|w| w[0] == "-v")
+            .map(|w| w[1].clone())
+            .collect()
+    };
+    let db = mounts("db1", "pgbackrest");
+    for m in [
+        "/etc/pgbackrest:/etc/pgbackrest:ro",
+        "/var/spool/pgbackrest:/var/spool/pgbackrest",
+        "/var/lib/postgresql/17:/var/lib/postgresql/17",
+        "pgha-pgrun:/run/postgresql",
+    ] {
+        assert!(db.contains(&m.to_string()), "db1 mounts {m}: {db:?}");
+    }
+    assert!(
+        !db.iter()
+            .any(|m| m.contains("pgbackrest:/var/lib/pgbackrest"))
+    );
+    let repo = mounts("router1", "pgbackrest");
+    assert!(repo.contains(&"/var/lib/pgbackrest:/var/lib/pgbackrest".to_string()));
+    assert!(repo.contains(&"/var/lib/pgha:/var/lib/pgha".to_string()));
+    assert!(!repo.iter().any(|m| m.contains("pgrun")), "{repo:?}");
+    let patroni = mounts("db1", "patroni");
+    assert!(patroni.contains(&"pgha-pgrun:/run/postgresql".to_string()));
+    assert!(patroni.contains(&"/etc/pgbackrest:/etc/pgbackrest:ro".to_string()));
+    assert!(role("db1", "pgbackrest").packages.is_empty());
+    assert!(role("router1", "pgbackrest").packages.is_empty());
+    let unit = file(&d, "router1", "/etc/systemd/system/pgha-backup@.service");
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/bin/docker exec -u postgres pgha-pgbackrest pgbackrest --stanza="
+        ) && !unit.contains("User=postgres"),
+        "{unit}"
+    );
+    let verify = file(&d, "router1", "/usr/local/lib/pgha/backup-verify");
+    assert!(
+        verify.contains("as_pg() { docker exec -i -u postgres pgha-pgbackrest \"$@\"; }"),
+        "{verify}"
+    );
 }

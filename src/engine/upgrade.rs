@@ -18,6 +18,8 @@ pub enum Component {
     Patroni,
     Exporter,
     Haproxy,
+    /// pgBackRest's server (db hosts and the repository's host).
+    Pgbackrest,
 }
 
 impl Component {
@@ -29,6 +31,7 @@ impl Component {
             Component::Patroni => "patroni",
             Component::Exporter => "exporter",
             Component::Haproxy => "haproxy",
+            Component::Pgbackrest => "pgbackrest",
         }
     }
     pub fn from_role(role: &str) -> Option<Component> {
@@ -38,6 +41,7 @@ impl Component {
             "patroni" => Component::Patroni,
             "exporter" => Component::Exporter,
             "haproxy" => Component::Haproxy,
+            "pgbackrest" => Component::Pgbackrest,
             _ => return None,
         })
     }
@@ -51,6 +55,7 @@ impl fmt::Display for Component {
             Component::Patroni => "Patroni",
             Component::Exporter => "postgres_exporter",
             Component::Haproxy => "HAProxy",
+            Component::Pgbackrest => "pgBackRest",
         })
     }
 }
@@ -298,6 +303,9 @@ pub struct UpgradePlan {
     pub exporter_only: Vec<String>,
     /// Routers, one at a time.
     pub routers: Vec<String>,
+    /// Hosts whose pgBackRest server changes (restarted last: PostgreSQL does not
+    /// depend on it, a WAL push that fails meanwhile is retried).
+    pub pgbackrest: Vec<String>,
     pub switchovers: u32,
     /// install_method docker: changes are containers re-created on new images.
     pub containers: bool,
@@ -361,13 +369,16 @@ impl UpgradePlan {
                 ));
             }
         }
+        for h in &self.pgbackrest {
+            s.push(format!("pgBackRest on {h}: {}", what(h, &[Pgbackrest])));
+        }
         s
     }
 }
 
 /// Order the work: etcd followers then the etcd leader; database replicas one at a
 /// time, then the leader after one switchover; Patroni-only members under pause;
-/// exporter-only members; routers one at a time.
+/// exporter-only members; routers one at a time; pgBackRest's servers.
 pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
     let has = |h: &str, c: Component| work.get(h).is_some_and(|w| w.touches(c));
     let mut etcd: Vec<String> = roles
@@ -409,6 +420,11 @@ pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
         .filter(|h| has(h, Component::Haproxy))
         .cloned()
         .collect();
+    let pgbackrest: Vec<String> = work
+        .iter()
+        .filter(|(_, w)| w.touches(Component::Pgbackrest))
+        .map(|(h, _)| h.clone())
+        .collect();
     UpgradePlan {
         work,
         etcd,
@@ -416,6 +432,7 @@ pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
         patroni_only,
         exporter_only,
         routers,
+        pgbackrest,
         switchovers,
         containers: false,
     }
@@ -622,6 +639,26 @@ libpq5:
         assert_eq!(p.patroni_only, ["db1", "db2"]);
         assert_eq!(p.exporter_only, ["db3"]);
         assert!(p.steps().first().unwrap().starts_with("pause"));
+    }
+
+    #[test]
+    fn pgbackrest_servers_restart_last_on_any_host() {
+        use Component::*;
+        let w = BTreeMap::from([
+            work("db1", &[Postgres, Pgbackrest]),
+            work("db2", &[Pgbackrest]),
+            work("router1", &[Haproxy, Pgbackrest]),
+        ]);
+        let p = plan(w, &roles());
+        assert_eq!(p.pgbackrest, ["db1", "db2", "router1"]);
+        assert_eq!(p.db_rolling, ["db1"]);
+        assert!(p.exporter_only.is_empty() && p.patroni_only.is_empty());
+        let steps = p.steps();
+        assert!(
+            steps.last().unwrap().starts_with("pgBackRest on router1"),
+            "{steps:?}"
+        );
+        assert_eq!(container_components("pgbackrest"), [Pgbackrest]);
     }
 
     #[test]

@@ -523,13 +523,6 @@ fn backup(ctx: &mut Ctx, v: &V) {
     if c.s3() {
         s3(ctx, v);
     }
-    if c.install_method == super::model::InstallMethod::Docker {
-        ctx.error_at(
-            &def_path("install_method"),
-            "backups under `install_method: docker` are not available yet: set `backup_enabled: false`, \
-             or use the native method",
-        );
-    }
 }
 
 /// Where a host is listed in the router group (for the db+router message).

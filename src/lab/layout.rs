@@ -222,7 +222,7 @@ pub fn render_inventory(
     let repository = hosts
         .iter()
         .find(|h| h.role == Role::Router)
-        .filter(|_| backup && !docker);
+        .filter(|_| backup);
     if repository.is_none() {
         s.push_str("    backup_enabled: false\n");
     }
@@ -476,7 +476,8 @@ all:
         assert!(!no_router.contains("router"), "{no_router}");
         assert!(no_router.contains("backup_enabled: false"), "{no_router}");
         let docker = render_inventory("demo", &hosts, "root", true, true, true);
-        assert!(docker.contains("backup_enabled: false"), "{docker}");
+        assert!(!docker.contains("backup_enabled"), "{docker}");
+        assert!(docker.contains("    backup:\n"), "{docker}");
     }
 
     const KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIEnRplL8OWQ+uwpUzTnQ6LjzrRygGnr2QcxiHu1f/7Oe";

@@ -28,7 +28,8 @@ const TIMER_KINDS: [&str; 4] = ["full", "diff", "incr", "verify"];
 /// A pgBackRest command line for the cluster's stanza, run as postgres.
 pub fn pgbackrest(c: &Cluster, args: &str) -> String {
     format!(
-        "runuser -u postgres -- pgbackrest --stanza={} {args}",
+        "{} pgbackrest --stanza={} {args}",
+        crate::install::as_postgres(c),
         shell_quote(c.stanza())
     )
 }

@@ -34,12 +34,20 @@ pub fn timers_script() -> String {
         .into()
 }
 
-/// A db host's PostgreSQL data and pgBackRest's queue, removed.
+/// A db host's PostgreSQL data and pgBackRest's queue, removed (under docker also
+/// the socket volume its containers shared).
 pub fn wipe_db_script(c: &Cluster) -> String {
-    format!(
+    let mut s = format!(
         "rm -rf {} /var/spool/pgbackrest/archive",
         shell_quote(&c.postgresql_data_dir)
-    )
+    );
+    if c.install_method == crate::inventory::InstallMethod::Docker {
+        s.push_str(&format!(
+            "\ndocker volume rm {} >/dev/null 2>&1 || true",
+            install::PG_SOCKET_VOLUME
+        ));
+    }
+    s
 }
 
 /// etcd's data, removed (a deploy then bootstraps a new etcd cluster).

@@ -212,8 +212,17 @@ fn ours_mark(c: &Cluster, id: &str) -> String {
     format!("{}.restore-{id}", c.postgresql_data_dir)
 }
 
+/// A PostgreSQL tool run as postgres (on the host, or in the pgBackRest container).
 fn pg_bin(c: &Cluster, tool: &str) -> String {
-    format!("/usr/lib/postgresql/{}/bin/{tool}", c.postgresql_version)
+    format!(
+        "{} /usr/lib/postgresql/{}/bin/{tool}",
+        as_pg(c),
+        c.postgresql_version
+    )
+}
+
+fn as_pg(c: &Cluster) -> String {
+    crate::install::as_postgres(c)
 }
 
 /// Stop whatever PostgreSQL still runs on a stopped member (Patroni stops its own;
@@ -221,8 +230,8 @@ fn pg_bin(c: &Cluster, tool: &str) -> String {
 pub fn stop_postgres_script(c: &Cluster) -> String {
     let data = shell_quote(&c.postgresql_data_dir);
     format!(
-        "if [ -f {data}/postmaster.pid ] && runuser -u postgres -- {ctl} -D {data} status >/dev/null 2>&1; then \
-         runuser -u postgres -- {ctl} -D {data} -m fast -w -t 600 stop >/dev/null; echo stopped; fi",
+        "if [ -f {data}/postmaster.pid ] && {ctl} -D {data} status >/dev/null 2>&1; then \
+         {ctl} -D {data} -m fast -w -t 600 stop >/dev/null; echo stopped; fi",
         ctl = pg_bin(c, "pg_ctl")
     )
 }
@@ -240,10 +249,11 @@ seg=$({controldata} -D {data} | sed -n \"s/^Latest checkpoint's REDO WAL file: *
 test -n \"$seg\"
 for f in $(ls archive_status 2>/dev/null | sed -n 's/\\.ready$//p' | sort) $seg; do
   [ -f \"$f\" ] || continue
-  runuser -u postgres -- pgbackrest --stanza={stanza} --archive-async=n --log-level-console=warn archive-push {data}/pg_wal/$f
+  {as_pg} pgbackrest --stanza={stanza} --archive-async=n --log-level-console=warn archive-push {data}/pg_wal/$f
   echo \"$f\"
 done",
         controldata = pg_bin(c, "pg_controldata"),
+        as_pg = as_pg(c),
         stanza = shell_quote(c.stanza())
     )
 }
@@ -274,16 +284,18 @@ pub fn restore_script(c: &Cluster, id: &str, target: &Target) -> String {
 if [ ! -e {mark} ]; then echo 'the data directory is not this restore'\"'\"'s own: refusing to empty it' >&2; exit 3; fi
 {stop}
 find {data} -mindepth 1 -delete
-runuser -u postgres -- pgbackrest --stanza={stanza} --log-level-console=warn {opts} restore",
+{as_pg} pgbackrest --stanza={stanza} --log-level-console=warn {opts} restore",
+        as_pg = as_pg(c),
         stanza = shell_quote(c.stanza()),
         opts = target.pgbackrest_options(),
         stop = stop_postgres_script(c)
     )
 }
 
-/// The log of the recovery run by hand.
+/// The log of the recovery run by hand (in pgBackRest's log directory: the
+/// pgBackRest container under docker sees it at the same path).
 pub fn recovery_log(c: &Cluster) -> String {
-    format!("/var/log/postgresql/pgha-restore-{}.log", c.stanza())
+    format!("/var/log/pgbackrest/pgha-restore-{}.log", c.stanza())
 }
 
 /// Start the restored PostgreSQL by hand to replay WAL up to the target and
@@ -299,9 +311,9 @@ pub fn recover_script(c: &Cluster) -> String {
                 -c primary_conninfo='' -c primary_slot_name='' -c logging_collector=off";
     format!(
         "set -e
-install -d -o postgres -g postgres -m 0755 /var/run/postgresql /var/log/postgresql
+install -d -o postgres -g postgres -m 0750 /var/log/pgbackrest
 : > {log}; chown postgres: {log}
-runuser -u postgres -- {ctl} -D {data} -l {log} -w -t 3600 -o {opts} start >/dev/null || {{ tail -n 20 {log} >&2; exit 1; }}",
+{ctl} -D {data} -l {log} -w -t 3600 -o {opts} start >/dev/null || {{ tail -n 20 {log} >&2; exit 1; }}",
         ctl = pg_bin(c, "pg_ctl"),
         log = shell_quote(&recovery_log(c)),
         opts = shell_quote(opts)
@@ -314,10 +326,11 @@ pub fn recovery_state_script(c: &Cluster) -> String {
     let data = shell_quote(&c.postgresql_data_dir);
     let log = shell_quote(&recovery_log(c));
     format!(
-        "if ! runuser -u postgres -- {ctl} -D {data} status >/dev/null 2>&1; then echo dead; tail -n 8 {log}; exit 0; fi
-r=$(runuser -u postgres -- psql -X -h /var/run/postgresql -p {port} -d postgres -Atqc 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
+        "if ! {ctl} -D {data} status >/dev/null 2>&1; then echo dead; tail -n 8 {log}; exit 0; fi
+r=$({as_pg} psql -X -h /var/run/postgresql -p {port} -d postgres -Atqc 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
 if [ \"$r\" = f ]; then echo promoted; else echo \"recovering $(tail -n 1 {log})\"; fi",
         ctl = pg_bin(c, "pg_ctl"),
+        as_pg = as_pg(c),
         port = c.postgresql_port
     )
 }
@@ -350,7 +363,7 @@ pub fn parse_recovery(out: &str) -> Recovery {
 pub fn stop_recovered_script(c: &Cluster) -> String {
     let data = shell_quote(&c.postgresql_data_dir);
     format!(
-        "runuser -u postgres -- {ctl} -D {data} -m fast -w -t 600 stop >/dev/null",
+        "{ctl} -D {data} -m fast -w -t 600 stop >/dev/null",
         ctl = pg_bin(c, "pg_ctl")
     )
 }

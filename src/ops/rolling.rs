@@ -112,6 +112,50 @@ impl Stack<'_, '_> {
         for h in &plan.routers {
             self.router(h, &plan.work[h]).await?;
         }
+        for h in &plan.pgbackrest {
+            // Its packages are installed already when an earlier step had the host.
+            let earlier = [&plan.etcd, &plan.db_rolling, &plan.patroni_only]
+                .iter()
+                .chain([&plan.exporter_only, &plan.routers].iter())
+                .any(|l| l.contains(h));
+            self.pgbackrest(h, &plan.work[h], earlier).await?;
+        }
+        Ok(())
+    }
+
+    /// pgBackRest's server on a host: the new package (or image), then a restart;
+    /// done when it runs the new binary.
+    pub async fn pgbackrest(&self, h: &str, w: &HostWork, installed: bool) -> Result<(), Failure> {
+        let phase = self.ctx.ui.phase("pgbackrest");
+        if !installed {
+            self.install(h, w).await?;
+        }
+        phase.set(format!("{h}: restarting pgBackRest's server"));
+        self.restart_service(h, "pgbackrest", "pgBackRest").await?;
+        let role = self.role(h, "pgbackrest")?;
+        let check = format!(
+            "{} && p={}; readlink /proc/$p/exe",
+            install::is_active(role),
+            install::main_pid(role)
+        );
+        until(
+            &format!("pgBackRest's server on {h} to run the new binary"),
+            MEMBER,
+            || async {
+                let exe = self
+                    .ctx
+                    .run_on(h, "pgbackrest binary", check.clone())
+                    .await
+                    .map_err(|f| f.message)?;
+                if exe.trim().is_empty() || exe.contains("(deleted)") {
+                    Err(format!("runs {}", exe.trim()))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        phase.done(format!("{h}: pgBackRest's server restarted"));
         Ok(())
     }
 

@@ -110,6 +110,9 @@ impl<'c, 'a> Stack<'c, 'a> {
             if d.role("haproxy").is_some() {
                 units.push(("haproxy".into(), String::new()));
             }
+            if d.role("pgbackrest").is_some() {
+                units.push(("pgbackrest".into(), String::new()));
+            }
             if d.role("postgres").is_some() {
                 units.push((
                     "postgres".into(),
@@ -150,6 +153,7 @@ impl<'c, 'a> Stack<'c, 'a> {
                         "etcd" => Some(Component::Etcd),
                         "prometheus-postgres-exporter" => Some(Component::Exporter),
                         "haproxy" => Some(Component::Haproxy),
+                        "pgbackrest" => Some(Component::Pgbackrest),
                         "postgres" => Some(Component::Postgres),
                         _ => None,
                     })

@@ -48,6 +48,9 @@ pub struct Lab {
     /// The inventory has TLS on: Patroni and etcd are read over TLS with the
     /// cluster CA and pgha's client certificate, once deploy has made them.
     pub tls: bool,
+    /// `install_method: docker`: PostgreSQL's and pgBackRest's tools run in their
+    /// containers on the hosts.
+    pub docker: bool,
 }
 
 impl Lab {
@@ -72,7 +75,7 @@ impl Lab {
         pgha::docker::stack::ensure()
             .await
             .expect("pgha images build");
-        Self::up_spec(name, "root", 3, true, true, false).await
+        Self::up_spec(name, "root", 3, true, true, true).await
     }
 
     async fn up_spec(
@@ -98,7 +101,7 @@ impl Lab {
         })
         .await
         .expect("lab up");
-        Lab { info, tls }
+        Lab { info, tls, docker }
     }
 
     /// The cluster CA and pgha's client certificate, read from the files deploy
@@ -262,7 +265,8 @@ impl Lab {
         let (code, out, err) = self.sh_err(
             host,
             &format!(
-                "runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -c {}",
+                "{} psql -XAt -v ON_ERROR_STOP=1 -c {}",
+                self.as_postgres("pgha-patroni"),
                 shell_words(sql)
             ),
         );
@@ -270,6 +274,18 @@ impl Lab {
             Ok(out.trim().to_string())
         } else {
             Err(format!("exit {code}: {}", err.trim()))
+        }
+    }
+}
+
+impl Lab {
+    /// The start of a command run as postgres on a host: there, or in the named
+    /// container under docker.
+    pub fn as_postgres(&self, container: &str) -> String {
+        if self.docker {
+            format!("docker exec -u postgres {container}")
+        } else {
+            "runuser -u postgres --".into()
         }
     }
 }
@@ -802,7 +818,8 @@ pub fn repo_info(lab: &Lab) -> Value {
     let (code, out, err) = lab.sh_err(
         BACKUP_REPO,
         &format!(
-            "runuser -u postgres -- pgbackrest --stanza={} --output=json info",
+            "{} pgbackrest --stanza={} --output=json info",
+            lab.as_postgres("pgha-pgbackrest"),
             lab.cluster_name()
         ),
     );
@@ -947,4 +964,94 @@ pub fn full_backup_listed(lab: &Lab, inv: &str) -> String {
     assert!(list["window"]["earliest"].is_string(), "{list}");
     assert!(list["window"]["latest"].is_string(), "{list}");
     taken
+}
+
+/// The point-in-time marker test, with a writer going on `table`: `<table>_t` of 50
+/// rows, the time T, `<table>_t` dropped and more written; `restore --time T --yes`
+/// brings `<table>_t` back with its rows, every write acknowledged before T is
+/// there and none sent after T, every member runs on a new timeline, a WAL switch
+/// reaches the repository, and the restore's new full backup is the newest and
+/// restores (`backup verify`). Returns the new leader.
+pub async fn point_in_time_marker(
+    lab: &Lab,
+    inv: &str,
+    leader: &str,
+    writer: Writer,
+    table: &str,
+) -> String {
+    let marker = format!("{table}_t");
+    let old_timeline = leader_timeline(lab).await;
+    lab.psql(
+        leader,
+        &format!("CREATE TABLE {marker} AS SELECT g AS id FROM generate_series(1, 50) g"),
+    );
+    acked(&writer, 20, Instant::now(), None).await;
+    let before_t = Instant::now();
+    let t = clock_utc(lab, leader);
+    let after_t = Instant::now();
+    lab.psql(leader, &format!("DROP TABLE {marker}"));
+    acked(&writer, 20, after_t, None).await;
+    let acks = writer.stop().await;
+    let present = acked_before(&acks, before_t);
+    let absent: Vec<String> = acks
+        .iter()
+        .filter(|a| a.sent > after_t)
+        .map(|a| a.id.to_string())
+        .collect();
+    assert!(
+        present.len() >= 20 && absent.len() >= 20,
+        "writes on both sides of T"
+    );
+    let (code, out, err) = pgha(&["restore", inv, "--time", &t, "--yes", "--output", "json"]);
+    assert_eq!(code, 0, "restore --time {t}:\n{out}\n{err}");
+    let report = json_doc(&out);
+    let leader = healthy_cluster(lab).await;
+    assert_eq!(
+        lab.psql(&leader, &format!("SELECT count(*) FROM {marker}")),
+        "50",
+        "the dropped table is back with its rows"
+    );
+    assert_present(lab, table, &present).await;
+    assert_eq!(
+        lab.psql(
+            &leader,
+            &format!(
+                "SELECT count(*) FROM {table} WHERE id IN ({})",
+                absent.join(",")
+            )
+        ),
+        "0",
+        "no write sent after T survives"
+    );
+    let new_timeline = leader_timeline(lab).await;
+    let (_, members) = patroni_cluster(lab).await.expect("patroni cluster");
+    assert!(new_timeline > old_timeline, "a new timeline: {members:?}");
+    assert!(
+        members.len() == lab.db_hosts().len()
+            && members.iter().all(|m| m.timeline == Some(new_timeline)
+                && (m.state == "running" || m.state == "streaming")),
+        "every member on timeline {new_timeline}: {members:?}"
+    );
+    switch_reaches_repository(lab, &leader).await;
+    let info = repo_info(lab);
+    assert_eq!(newest(&info)["type"], "full", "{info}");
+    assert_eq!(
+        report["restore"]["backup"],
+        newest(&info)["label"],
+        "the restore's new full backup: {report}"
+    );
+    let (code, out, err) = pgha(&["backup", "verify", inv, "--output", "json"]);
+    assert_eq!(code, 0, "backup verify:\n{out}\n{err}");
+    assert_eq!(json_doc(&out)["result"]["status"], "ok", "{out}");
+    leader
+}
+
+/// The leader's timeline, as Patroni reports it.
+pub async fn leader_timeline(lab: &Lab) -> u64 {
+    let (leader, members) = patroni_cluster(lab).await.expect("patroni cluster");
+    members
+        .iter()
+        .find(|m| m.name == leader)
+        .and_then(|m| m.timeline)
+        .unwrap_or_else(|| panic!("the leader's timeline: {members:?}"))
 }
