@@ -130,6 +130,28 @@ pub fn choose_candidate(
     }
 }
 
+/// Synchronous mode, `to` named: whether it qualifies except that it is not the
+/// synchronous standby (it must become one first). False: it is the synchronous
+/// standby, or the rules refuse it for another reason, which `choose_candidate`
+/// then names. Pure.
+pub fn must_become_sync(view: &ClusterView, to: &str, max_lag: u64) -> Result<bool, String> {
+    if choose_candidate(view, Some(to), false, max_lag).is_err() {
+        return Ok(false);
+    }
+    let Some(m) = view.member(to) else {
+        return Ok(false);
+    };
+    if m.role == "sync_standby" {
+        return Ok(false);
+    }
+    if m.tag("nosync") {
+        return Err(format!(
+            "{to} is tagged nosync: it cannot become the synchronous standby, which is the only member Patroni promotes in synchronous mode"
+        ));
+    }
+    Ok(true)
+}
+
 fn sync_names(view: &ClusterView) -> String {
     let s: Vec<&str> = view
         .members
@@ -217,6 +239,108 @@ async fn checkpoint(ctx: &Ctx<'_>, leader: &str, routers: &[sql::Endpoint]) -> R
 pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<SwitchoverReport, Failure> {
     let sync = ctx.inv.cluster.synchronous_mode;
     let apis = ctx.ep.patroni_apis();
+    // An asynchronous replica named in synchronous mode becomes a synchronous
+    // standby first; the write probe covers that too.
+    let widen = match (&opts.to, sync) {
+        (Some(to), true) => {
+            let view = patroni::cluster_any(&ctx.ep.net, &apis)
+                .await
+                .map_err(Failure::error)?;
+            must_become_sync(&view, to, opts.max_lag).map_err(refused)?
+        }
+        _ => false,
+    };
+    let routers = serving_routers(ctx).await;
+    let probes = super::gap::start_all(&ctx.ep.net, routers.clone());
+    let outcome = if widen {
+        let to = opts.to.as_deref().unwrap_or_default();
+        let r = match every_replica_synchronous(ctx, to).await {
+            Ok(()) => chosen_and_switched(ctx, opts, &routers).await,
+            Err(e) => Err(e),
+        };
+        // The inventory's count again, whatever happened (a run interrupted
+        // before this leaves it to the next deploy, which converges it).
+        if let Err(e) = sync_count(ctx, ctx.inv.cluster.synchronous_node_count).await {
+            ctx.ui.warn(format!(
+                "setting synchronous_node_count back to {}: {} (the next `pgha deploy` does it)",
+                ctx.inv.cluster.synchronous_node_count, e.message
+            ));
+        }
+        r
+    } else {
+        chosen_and_switched(ctx, opts, &routers).await
+    };
+    let gap = gap::stop_all(probes).await;
+    let (leader, candidate, checkpoint_secs, took_secs) = outcome?;
+    super::etcd::keep_apart(ctx).await;
+    Ok(SwitchoverReport {
+        from: leader,
+        to: candidate,
+        checkpoint_secs,
+        took_secs,
+        gap,
+    })
+}
+
+/// The routers serving writes now: the ones that must serve them afterwards.
+async fn serving_routers(ctx: &Ctx<'_>) -> Vec<sql::Endpoint> {
+    let mut routers = Vec::new();
+    for r in ctx.inv.router_hosts() {
+        let ep = ctx.ep.router_port(&r.ip.to_string(), ctx.ep.write_port);
+        if write_port_primary(&ctx.ep.net, &ep).await.is_ok() {
+            routers.push(ep);
+        }
+    }
+    routers
+}
+
+/// Make every replica a synchronous standby (Patroni's `synchronous_node_count`
+/// raised to their number, through its REST API: no SSH), and wait until Patroni
+/// names `to` one of them. More protection meanwhile, never less.
+async fn every_replica_synchronous(ctx: &Ctx<'_>, to: &str) -> Result<(), Failure> {
+    let replicas = ctx.db_hosts().len().saturating_sub(1).max(1);
+    sync_count(ctx, u32::try_from(replicas).unwrap_or(u32::MAX)).await?;
+    let apis = ctx.ep.patroni_apis();
+    until(
+        &format!("{to} to become a synchronous standby"),
+        TAKEOVER,
+        || async {
+            let v = patroni::cluster_any(&ctx.ep.net, &apis).await?;
+            if v.member(to).is_some_and(|m| m.role == "sync_standby") {
+                Ok(())
+            } else {
+                Err(v.summary())
+            }
+        },
+    )
+    .await?;
+    ctx.ui.host(to, "a synchronous standby");
+    Ok(())
+}
+
+/// Set Patroni's `synchronous_node_count` (dynamic configuration) through the
+/// member that leads now, once every member has applied it.
+async fn sync_count(ctx: &Ctx<'_>, n: u32) -> Result<(), Failure> {
+    let leader = waits::wait_leader(&ctx.ep, None, TAKEOVER).await?;
+    super::patroni::patch_config(
+        ctx,
+        &leader,
+        &serde_json::json!({ "synchronous_node_count": n }),
+    )
+    .await?;
+    ctx.ui
+        .host("cluster", format!("synchronous_node_count {n}"));
+    Ok(())
+}
+
+/// Choose (or check) the candidate and switch over to it.
+async fn chosen_and_switched(
+    ctx: &Ctx<'_>,
+    opts: &SwitchoverOpts,
+    routers: &[sql::Endpoint],
+) -> Result<(String, String, Option<f64>, f64), Failure> {
+    let sync = ctx.inv.cluster.synchronous_mode;
+    let apis = ctx.ep.patroni_apis();
     let choose = || async {
         let view = patroni::cluster_any(&ctx.ep.net, &apis).await?;
         choose_candidate(&view, opts.to.as_deref(), sync, opts.max_lag)
@@ -226,27 +350,8 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
     } else {
         until("a member that can take over", opts.candidate_wait, choose).await?
     };
-
-    // Routers serving writes now are the ones that must serve them afterwards.
-    let mut routers = Vec::new();
-    for r in ctx.inv.router_hosts() {
-        let ep = ctx.ep.router_port(&r.ip.to_string(), ctx.ep.write_port);
-        if write_port_primary(&ctx.ep.net, &ep).await.is_ok() {
-            routers.push(ep);
-        }
-    }
-    let probes = super::gap::start_all(&ctx.ep.net, routers.clone());
-    let outcome = switch(ctx, opts, &leader, &mut candidate, &routers).await;
-    let gap = gap::stop_all(probes).await;
-    let (checkpoint_secs, took_secs) = outcome?;
-    super::etcd::keep_apart(ctx).await;
-    Ok(SwitchoverReport {
-        from: leader,
-        to: candidate,
-        checkpoint_secs,
-        took_secs,
-        gap,
-    })
+    let (checkpoint_secs, took_secs) = switch(ctx, opts, &leader, &mut candidate, routers).await?;
+    Ok((leader, candidate, checkpoint_secs, took_secs))
 }
 
 fn refused(reason: String) -> Failure {

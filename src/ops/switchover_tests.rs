@@ -83,3 +83,25 @@ fn unhealthy_clusters_are_refused() {
     assert!(e.contains("db2 is running, not streaming"), "{e}");
     assert!(e.contains("db3 is tagged nofailover"), "{e}");
 }
+
+#[test]
+fn an_asynchronous_replica_named_must_become_synchronous_first() {
+    let v = view(HEALTHY);
+    assert!(must_become_sync(&v, "db3", 0).unwrap());
+    // The synchronous standby itself, the leader, or an unknown member: nothing
+    // to widen (choose_candidate names what is wrong with the last two).
+    assert!(!must_become_sync(&v, "db2", 0).unwrap());
+    assert!(!must_become_sync(&v, "db1", 0).unwrap());
+    assert!(!must_become_sync(&v, "db9", 0).unwrap());
+    let lagging = view(&HEALTHY.replace(
+        r#""role": "replica", "state": "streaming", "timeline": 3, "lag": 0"#,
+        r#""role": "replica", "state": "streaming", "timeline": 3, "lag": 900"#,
+    ));
+    assert!(!must_become_sync(&lagging, "db3", 0).unwrap());
+    let nosync = view(&HEALTHY.replace(
+        r#""role": "replica", "state": "streaming", "timeline": 3, "lag": 0"#,
+        r#""role": "replica", "state": "streaming", "timeline": 3, "lag": 0, "tags": {"nosync": true}"#,
+    ));
+    let e = must_become_sync(&nosync, "db3", 0).unwrap_err();
+    assert!(e.contains("db3 is tagged nosync"), "{e}");
+}
