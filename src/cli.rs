@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::args::{
     BackupArgs, DeployArgs, DestroyArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs,
-    RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
+    RestartArgs, RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
 };
 use crate::lab::args::LabArgs;
 use crate::ui::OutputFormat;
@@ -43,6 +43,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Planned switchover of the leader to a caught-up standby, gap measured.
     Switchover(SwitchoverArgs),
+    /// Restart PostgreSQL on members in the order PostgreSQL requires, gap measured.
+    Restart(RestartArgs),
     /// Rolling upgrade of the stack's packages to the versions the inventory asks for.
     Upgrade(UpgradeArgs),
     /// Make a fresh host (same or new address) a full member again after its VM or disk was lost.

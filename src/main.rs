@@ -6,7 +6,8 @@ use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
 use pgha::commands::{
-    backup, deploy, destroy, images, inventory, lock, rebuild, restore, status, switchover, upgrade,
+    backup, deploy, destroy, images, inventory, lock, rebuild, restart, restore, status,
+    switchover, upgrade,
 };
 use pgha::error::{Exit, Failure};
 use pgha::lab;
@@ -65,6 +66,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         cli.command,
         Command::Deploy(_)
             | Command::Switchover(_)
+            | Command::Restart(_)
             | Command::Rebuild(_)
             | Command::Lab(_)
             | Command::Backup(_)
@@ -77,6 +79,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Deploy(args) => deploy::command(args, output).await,
             Command::Status(args) => status::command(args, output).await,
             Command::Switchover(args) => switchover::command(args, output).await,
+            Command::Restart(args) => restart::command(args, output).await,
             Command::Upgrade(args) => upgrade::command(args, output).await,
             Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,

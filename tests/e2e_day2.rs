@@ -30,6 +30,8 @@ async fn day2_partitions() {
     switchover_picks_the_sync_standby(&lab).await;
     refused_switchovers_change_nothing(&lab).await;
     concurrent_deploys_one_runs(&lab).await;
+    max_connections_raised_then_lowered(&lab).await;
+    restarts_by_hand(&lab).await;
     locks_are_judged_by_lease_and_expiry(&lab).await;
     status_names_a_killed_replica(&lab).await;
     status_is_bounded_with_a_silent_replica(&lab).await;
@@ -537,6 +539,134 @@ async fn concurrent_deploys_one_runs(lab: &Lab) {
     let (code, out, _) = pgha(&["lock", &inv]);
     assert_eq!(code, 0);
     assert!(out.contains("etcd lock: free"), "{out}");
+}
+
+/// Each member's `SHOW name` once it answers `want` with no pending restart.
+async fn every_member_shows(lab: &Lab, name: &str, want: &str) {
+    for h in lab.db_hosts() {
+        let got = lab.psql(&h, &format!("SHOW {name}"));
+        assert_eq!(got, want, "{h}: SHOW {name}");
+        let st = lab
+            .patroni_get(&h, "/patroni")
+            .await
+            .expect("patroni status");
+        assert!(
+            st["pending_restart"] != true,
+            "{h}: still a pending restart: {st}"
+        );
+    }
+}
+
+/// A parameter that standbys must hold at least at the primary's value, raised
+/// (standbys first, the leader after a switchover) then lowered (the leader first,
+/// in place, then the standbys) by deploy, under a writer: every member shows the
+/// new value with no pending restart, no acknowledged row is lost, and the order
+/// is the one PostgreSQL requires (read from the postmasters' start times).
+async fn max_connections_raised_then_lowered(lab: &Lab) {
+    let inv = lab.inventory();
+    let text = std::fs::read_to_string(&inv).unwrap();
+    assert!(text.contains("      work_mem: 6MB\n"), "{text}");
+    let writer = writer_going(lab, "day2", 600_000).await;
+    for (value, lowered) in [("300", false), ("200", true)] {
+        let leader = healthy_cluster(lab).await;
+        let before = start_times(lab).await;
+        std::fs::write(
+            &inv,
+            text.replace(
+                "      work_mem: 6MB\n",
+                &format!("      work_mem: 6MB\n      max_connections: {value}\n"),
+            ),
+        )
+        .unwrap();
+        let since = Instant::now();
+        let (code, out, err) = pgha(&["deploy", &inv]);
+        assert_eq!(code, 0, "deploy max_connections {value}:\n{out}\n{err}");
+        acked(&writer, 20, since, None).await;
+        every_member_shows(lab, "max_connections", value).await;
+        let after = start_times(lab).await;
+        for h in lab.db_hosts() {
+            assert_ne!(
+                before[&h], after[&h],
+                "{h} restarted for max_connections {value}"
+            );
+        }
+        let (now, _) = patroni_cluster(lab).await.unwrap();
+        let first = after
+            .iter()
+            .min_by_key(|(_, t)| t.as_str())
+            .map(|(h, _)| h.clone())
+            .unwrap();
+        if lowered {
+            assert_eq!(
+                now, leader,
+                "lowering keeps the leader (restarted in place)"
+            );
+            assert_eq!(
+                first, leader,
+                "lowering restarts the leader first: {after:?}"
+            );
+        } else {
+            assert_ne!(
+                now, leader,
+                "raising hands the leader over before its restart"
+            );
+            assert_ne!(
+                first, leader,
+                "raising restarts the standbys first: {after:?}"
+            );
+        }
+    }
+    let acks = writer.stop().await;
+    assert_no_loss(lab, "day2", &acks).await;
+    // The inventory's default again (200 is pgha's default): nothing to change.
+    std::fs::write(&inv, &text).unwrap();
+    let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_doc(&out)["changed"], 0, "{out}");
+}
+
+/// `pgha restart`: one named replica (only it restarts), then every member with
+/// `--rolling` under a writer (each postmaster restarted, the leader handed over,
+/// the write gap reported, nothing acknowledged lost); a host not in the inventory
+/// is refused with exit 5.
+async fn restarts_by_hand(lab: &Lab) {
+    let inv = lab.inventory();
+    let leader = healthy_cluster(lab).await;
+    let replica = lab.db_hosts().into_iter().find(|h| *h != leader).unwrap();
+    let (code, _, err) = pgha(&["restart", &inv, "--member", "db9"]);
+    assert_eq!(code, 5, "an unknown member is refused: {err}");
+    let before = start_times(lab).await;
+    let (code, out, err) = pgha(&["restart", &inv, "--member", &replica]);
+    assert_eq!(code, 0, "restart --member {replica}:\n{out}\n{err}");
+    let after = start_times(lab).await;
+    for h in lab.db_hosts() {
+        assert_eq!(
+            before[&h] != after[&h],
+            h == replica,
+            "{h}: {before:?} -> {after:?}"
+        );
+    }
+    healthy_cluster(lab).await;
+    let writer = writer_going(lab, "day2", 700_000).await;
+    let before = start_times(lab).await;
+    let since = Instant::now();
+    let (code, out, err) = pgha(&["restart", &inv, "--rolling", "--output", "json"]);
+    assert_eq!(code, 0, "restart --rolling:\n{out}\n{err}");
+    acked(&writer, 20, since, None).await;
+    let acks = writer.stop().await;
+    assert_no_loss(lab, "day2", &acks).await;
+    let after = start_times(lab).await;
+    for h in lab.db_hosts() {
+        assert_ne!(before[&h], after[&h], "{h} restarted");
+    }
+    let doc = json_doc(&out);
+    let r = &doc["restart"];
+    assert_eq!(r["restarted"].as_array().map(Vec::len), Some(3), "{doc}");
+    assert_eq!(r["restarted"][2], leader.as_str(), "the leader last: {doc}");
+    assert_eq!(r["switchover"]["from"], leader.as_str(), "{doc}");
+    assert!(r["switchover"]["gap"]["measured"] == true, "{doc}");
+    let (now, _) = patroni_cluster(lab).await.unwrap();
+    assert_ne!(now, leader, "the leader was handed over");
 }
 
 /// With a replica killed, status still answers (bounded probes), exits 1 and names it.

@@ -57,6 +57,25 @@ pub struct SwitchoverArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["rolling", "member"])))]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Restart every member, one at a time (the leader after a switchover, or first
+    /// in place when a parameter standbys must match was lowered).
+    #[arg(long)]
+    pub rolling: bool,
+    /// Restart this member (repeatable); a leader is handed over first.
+    #[arg(long, value_name = "HOST")]
+    pub member: Vec<String>,
+    /// Only the members that wait for a restart (Patroni's pending_restart).
+    #[arg(long)]
+    pub pending: bool,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
+}
+
+#[derive(Debug, Args)]
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub inventory: InventoryArg,

@@ -455,6 +455,38 @@ pub fn plan_dcs(desired: &Value, current: &Value) -> Option<Value> {
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
+/// Parameters that size shared memory and that a standby must hold at least at the
+/// primary's value (PostgreSQL stops a standby below them), with PostgreSQL's
+/// defaults.
+pub const STANDBY_AT_LEAST: [(&str, i64); 5] = [
+    ("max_connections", 100),
+    ("max_locks_per_transaction", 64),
+    ("max_prepared_transactions", 0),
+    ("max_wal_senders", 10),
+    ("max_worker_processes", 8),
+];
+
+/// Those of `STANDBY_AT_LEAST` that `new` lowers from `old` (values as Patroni
+/// keeps them: numbers or strings; absent: PostgreSQL's default). Lowering one
+/// means restarting the primary first, then the standbys.
+pub fn lowered_shared_memory(
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+) -> Vec<String> {
+    let int = |v: Option<&Value>, default: i64| match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(default),
+        _ => default,
+    };
+    STANDBY_AT_LEAST
+        .iter()
+        .filter(|(name, default)| {
+            new.contains_key(*name) && int(new.get(*name), *default) < int(old.get(*name), *default)
+        })
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
 /// Names of parameters in a DCS patch (for the report).
 pub fn patched_parameters(patch: &Value) -> BTreeMap<String, Value> {
     patch["postgresql"]["parameters"]
@@ -467,6 +499,30 @@ pub fn patched_parameters(patch: &Value) -> BTreeMap<String, Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn lowering_a_shared_memory_parameter_is_told_apart_from_raising() {
+        let m = |v: Value| -> BTreeMap<String, Value> {
+            v.as_object().unwrap().clone().into_iter().collect()
+        };
+        let old = m(json!({"max_connections": "200", "work_mem": "4MB"}));
+        assert_eq!(
+            lowered_shared_memory(&old, &m(json!({"max_connections": 100}))),
+            ["max_connections"]
+        );
+        assert!(lowered_shared_memory(&old, &m(json!({"max_connections": 300}))).is_empty());
+        // Absent before: PostgreSQL's default (64) is what runs.
+        assert_eq!(
+            lowered_shared_memory(&old, &m(json!({"max_locks_per_transaction": "32"}))),
+            ["max_locks_per_transaction"]
+        );
+        // A parameter the patch removes goes back to its default: 200 -> 100.
+        assert_eq!(
+            lowered_shared_memory(&old, &m(json!({"max_connections": null}))),
+            ["max_connections"]
+        );
+        assert!(lowered_shared_memory(&old, &m(json!({"work_mem": "1MB"}))).is_empty());
+    }
 
     #[test]
     fn dcs_equal_modulo_representation_needs_no_patch() {

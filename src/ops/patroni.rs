@@ -48,13 +48,32 @@ pub async fn restart_member(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Restart the members in `pending` without losing the write port for longer than
-/// a switchover: replicas one at a time (each streaming again before the next), then
-/// the leader after a switchover to a caught-up standby, restarted as a replica.
+/// What a rolling restart did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestartReport {
+    /// Members restarted, in order.
+    pub restarted: Vec<String>,
+    /// The leader handed over before its own restart (raising, or no order needed).
+    pub switchover: Option<SwitchoverReport>,
+    /// The leader restarted in place first (lowering a parameter standbys must
+    /// match): the write gap measured on the routers meanwhile.
+    pub leader_in_place: Option<Option<super::gap::Gap>>,
+}
+
+/// Restart the members in `pending` in the order PostgreSQL requires, without
+/// losing the write port for longer than needed. Normally replicas one at a time
+/// (each streaming again before the next), then the leader after a switchover to
+/// a caught-up standby, restarted as a replica. With `leader_first` (a parameter
+/// that standbys must hold at least at the primary's value is lowered), the
+/// leader restarts in place first, the write gap measured, then the replicas.
+/// `only_pending`: the old leader is restarted after the switchover only if it
+/// still waits for a restart (a deploy's parameter change); otherwise always.
 pub async fn rolling_restart(
     ctx: &Ctx<'_>,
     pending: &[String],
-) -> Result<Vec<SwitchoverReport>, Failure> {
+    leader_first: bool,
+    only_pending: bool,
+) -> Result<RestartReport, Failure> {
     let db = ctx.db_hosts();
     let view = patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
         .await
@@ -63,13 +82,36 @@ pub async fn rolling_restart(
         .leader()
         .map(|l| l.name.clone())
         .ok_or_else(|| Failure::error(format!("no leader: {}", view.summary())))?;
-    let mut switchovers = Vec::new();
-    for h in pending.iter().filter(|h| **h != leader) {
-        restart_member(ctx, h).await?;
+    let mut report = RestartReport::default();
+    if leader_first && pending.contains(&leader) {
+        let routers = super::switchover::serving_routers(ctx).await;
+        let probes = super::gap::start_all(&ctx.ep.net, routers);
+        let r = restart_member(ctx, &leader).await;
+        let gap = super::gap::stop_all(probes).await;
+        r?;
+        if let Some(g) = &gap {
+            ctx.ui.host(
+                &leader,
+                format!("restarted in place first; write gap {}", g.summary()),
+            );
+        }
+        report.restarted.push(leader.clone());
+        report.leader_in_place = Some(gap);
         waits::wait_patroni_healthy(&ctx.ep, &db, MEMBER).await?;
     }
-    if pending.contains(&leader) {
-        let report = switchover(
+    for h in pending.iter().filter(|h| **h != leader) {
+        if leader_first {
+            // Patroni starts a standby with the primary's higher value until the
+            // standby has replayed the change: restart it again until it applies.
+            restart_until_applied(ctx, h, &leader).await?;
+        } else {
+            restart_member(ctx, h).await?;
+        }
+        report.restarted.push(h.clone());
+        waits::wait_patroni_healthy(&ctx.ep, &db, MEMBER).await?;
+    }
+    if pending.contains(&leader) && !report.restarted.contains(&leader) {
+        let r = switchover(
             ctx,
             &SwitchoverOpts {
                 to: None,
@@ -80,20 +122,81 @@ pub async fn rolling_restart(
         .await?;
         ctx.ui.host(
             &leader,
-            format!("switched over to {} before restarting it", report.to),
+            format!("switched over to {} before restarting it", r.to),
         );
-        switchovers.push(report);
+        report.switchover = Some(r);
         let still = patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?
             .member(&leader)
             .is_some_and(|m| m.pending_restart);
-        if still {
+        if still || !only_pending {
             restart_member(ctx, &leader).await?;
             waits::wait_patroni_healthy(&ctx.ep, &db, MEMBER).await?;
+            report.restarted.push(leader.clone());
         }
     }
-    Ok(switchovers)
+    Ok(report)
+}
+
+/// The parameters that standbys must hold at least at the primary's value and that
+/// wait, on the leader, for a restart to a lower value (its restart must come
+/// first): from Patroni's `pending_restart_reason` (old and new value of each).
+pub async fn lowered_on_leader(ctx: &Ctx<'_>) -> Result<Vec<String>, Failure> {
+    let leader = waits::wait_leader(&ctx.ep, None, TAKEOVER).await?;
+    let st = patroni::status(&ctx.ep.net, &ctx.api(&leader))
+        .await
+        .map_err(|e| Failure::error(format!("{leader}: Patroni's status: {e}")))?;
+    Ok(lowered_in_reason(&st["pending_restart_reason"]))
+}
+
+/// `lowered_shared_memory` of a Patroni `pending_restart_reason`
+/// (`{name: {old_value, new_value}}`). Pure.
+pub fn lowered_in_reason(reason: &Value) -> Vec<String> {
+    let Some(m) = reason.as_object() else {
+        return Vec::new();
+    };
+    let side = |k: &str| -> BTreeMap<String, Value> {
+        m.iter()
+            .map(|(name, v)| (name.clone(), v[k].clone()))
+            .collect()
+    };
+    crate::engine::plan::lowered_shared_memory(&side("old_value"), &side("new_value"))
+}
+
+/// Restart a standby until it runs with no pending restart: bounded attempts, each
+/// after it streams from `leader` again (so it has replayed the primary's new
+/// settings).
+async fn restart_until_applied(ctx: &Ctx<'_>, host: &str, leader: &str) -> Result<(), Failure> {
+    const ATTEMPTS: u32 = 3;
+    let api = ctx.api(host);
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        waits::wait_member_streaming(&ctx.ep, host, leader, MEMBER).await?;
+        ctx.ensure_locked(&format!("{host}: restart PostgreSQL"))
+            .await?;
+        patroni::restart(&ctx.ep.net, &api, &ctx.inv.secrets.patroni_api_password)
+            .await
+            .map_err(|e| host_failed(format!("{host}: restart PostgreSQL: {e}")))?;
+        ctx.ui.changed(host, 1);
+        let st = until(&format!("{host} to run again"), MEMBER, || async {
+            let st = patroni::status(&ctx.ep.net, &api).await?;
+            if st["state"] == "running" {
+                Ok(st)
+            } else {
+                Err(format!("state {}", st["state"]))
+            }
+        })
+        .await?;
+        if st["pending_restart"] != true {
+            ctx.ui.host(host, "PostgreSQL restarted");
+            return Ok(());
+        }
+        last = st["pending_restart_reason"].to_string();
+    }
+    Err(host_failed(format!(
+        "{host}: still a pending restart after {ATTEMPTS} restarts (last reason: {last})"
+    )))
 }
 
 /// Converge Patroni's dynamic configuration with one PATCH, then wait until every
@@ -350,4 +453,22 @@ pub async fn set_tags(ctx: &Ctx<'_>, host: &str, tags: &Tags) -> Result<(), Fail
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lowered_value_in_patronis_pending_restart_reason_is_found() {
+        let reason = json!({
+            "max_connections": {"old_value": "200", "new_value": "100"},
+            "max_wal_senders": {"old_value": "10", "new_value": "12"},
+            "shared_buffers": {"old_value": "128MB", "new_value": "64MB"}
+        });
+        assert_eq!(lowered_in_reason(&reason), ["max_connections"]);
+        assert!(lowered_in_reason(&Value::Null).is_empty());
+        let raised = json!({"max_connections": {"old_value": "100", "new_value": "200"}});
+        assert!(lowered_in_reason(&raised).is_empty());
+    }
 }

@@ -335,6 +335,7 @@ impl Converge<'_, '_> {
         if let Some(p) = &patch {
             let phase = self.ctx.ui.phase("config");
             let params = plan::patched_parameters(p);
+
             self.ctx.ui.host(
                 "cluster",
                 format!(
@@ -362,10 +363,19 @@ impl Converge<'_, '_> {
         if pending.is_empty() {
             return Ok(());
         }
+        let lowered = actions::lowered_on_leader(self.ctx).await?;
         let phase = self.ctx.ui.phase("restart");
-        phase.set(format!("rolling restart of {}", pending.join(", ")));
-        actions::rolling_restart(self.ctx, &pending).await?;
-        phase.done(format!("restarted {}", pending.join(", ")));
+        if lowered.is_empty() {
+            phase.set(format!("rolling restart of {}", pending.join(", ")));
+        } else {
+            phase.set(format!(
+                "rolling restart of {}, the leader first ({} lowered: standbys must not run below the primary)",
+                pending.join(", "),
+                lowered.join(", ")
+            ));
+        }
+        let r = actions::rolling_restart(self.ctx, &pending, !lowered.is_empty(), true).await?;
+        phase.done(format!("restarted {}", r.restarted.join(", ")));
         Ok(())
     }
 

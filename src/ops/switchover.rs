@@ -283,7 +283,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
 }
 
 /// The routers serving writes now: the ones that must serve them afterwards.
-async fn serving_routers(ctx: &Ctx<'_>) -> Vec<sql::Endpoint> {
+pub(super) async fn serving_routers(ctx: &Ctx<'_>) -> Vec<sql::Endpoint> {
     let mut routers = Vec::new();
     for r in ctx.inv.router_hosts() {
         let ep = ctx.ep.router_port(&r.ip.to_string(), ctx.ep.write_port);
