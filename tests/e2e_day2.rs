@@ -557,6 +557,7 @@ async fn every_member_shows(lab: &Lab, name: &str, want: &str) {
     }
 }
 
+/// Invalid parameters refused before any change (exit 4, the key and line named).
 /// A parameter that standbys must hold at least at the primary's value, raised
 /// (standbys first, the leader after a switchover) then lowered (the leader first,
 /// in place, then the standbys) by deploy, under a writer: every member shows the
@@ -566,6 +567,38 @@ async fn max_connections_raised_then_lowered(lab: &Lab) {
     let inv = lab.inventory();
     let text = std::fs::read_to_string(&inv).unwrap();
     assert!(text.contains("      work_mem: 6MB\n"), "{text}");
+    // Refused before any change, by PostgreSQL's own parser, naming file, line and key.
+    let before = start_times(lab).await;
+    for (bad, says) in [
+        (
+            "max_connections: abc",
+            "postgresql_parameters.max_connections",
+        ),
+        ("max_connections: 99999999", "outside the valid range"),
+        ("wal_level: bogus", "Available values"),
+        ("no_such_setting: 1", "unrecognized configuration parameter"),
+    ] {
+        std::fs::write(
+            &inv,
+            text.replace(
+                "      work_mem: 6MB\n",
+                &format!("      work_mem: 6MB\n      {bad}\n"),
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = pgha(&["deploy", &inv]);
+        assert_eq!(code, 4, "{bad} is refused:\n{err}");
+        assert!(
+            err.contains(says) && err.contains("inventory.yml:"),
+            "{bad}: {err}"
+        );
+    }
+    assert_eq!(
+        start_times(lab).await,
+        before,
+        "a refusal restarted nothing"
+    );
+    every_member_shows(lab, "max_connections", "200").await;
     let writer = writer_going(lab, "day2", 600_000).await;
     for (value, lowered) in [("300", false), ("200", true)] {
         let leader = healthy_cluster(lab).await;

@@ -90,10 +90,15 @@ async fn run(
     conv.gather_and_plan().await?;
     let existing = conv.existing().await?;
     conv.refuse_unsafe_limit(&existing)?;
+    let params_checked = conv.check_parameters().await?;
     if opts.check {
         return report_check(conv, opts, &existing).await;
     }
     conv.packages(existing.etcd_new).await?;
+    if !params_checked {
+        // A first deploy: PostgreSQL's server is there now, nothing runs yet.
+        conv.check_parameters().await?;
+    }
     conv.etcd(existing.etcd_new).await?;
     if let Some(lock) = lock {
         // A first deploy held the lock on the hosts only; etcd exists now.

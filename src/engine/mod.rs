@@ -8,6 +8,7 @@ pub mod apply;
 pub mod desired;
 pub mod facts;
 pub mod mask;
+pub mod params;
 pub mod plan;
 pub mod preflight;
 pub mod quote;

@@ -273,6 +273,63 @@ impl<'c, 'a> Converge<'c, 'a> {
         }
     }
 
+    /// The inventory's `postgresql_parameters`, parsed by PostgreSQL's own server
+    /// binary on a db host before any change (names, types, ranges, enums); a
+    /// refusal names the file, the line and the key (exit 4). Ok(false): no db host
+    /// has the server yet (a first deploy checks again once packages are in).
+    pub async fn check_parameters(&self) -> Result<bool, Failure> {
+        use crate::engine::params;
+        let c = &self.inv.cluster;
+        if c.postgresql_parameters.is_empty() {
+            return Ok(true);
+        }
+        let script = params::script(c, &c.postgresql_parameters);
+        for h in self.ctx.db_hosts() {
+            let Ok(s) = self.ctx.session(&h) else {
+                continue;
+            };
+            let out = s
+                .exec(
+                    &crate::ssh::Cmd::root(script.clone())
+                        .timeout(std::time::Duration::from_secs(60)),
+                )
+                .await
+                .map_err(|e| host_failed(format!("{h}: checking postgresql_parameters: {e}")))?;
+            let text = format!(
+                "{}{}",
+                out.stdout_str(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            match params::verdict(Some(out.status), &text) {
+                Ok(true) => return Ok(true),
+                Ok(false) => continue,
+                Err((name, words)) => {
+                    let path = self.inv.path.display();
+                    let at = name
+                        .as_deref()
+                        .and_then(|n| {
+                            let text = std::fs::read_to_string(&self.inv.path).ok()?;
+                            params::line_of(&text, n)
+                        })
+                        .map(|l| format!(":{l}"))
+                        .unwrap_or_default();
+                    let key = name
+                        .map(|n| format!("postgresql_parameters.{n}"))
+                        .unwrap_or_else(|| "postgresql_parameters".into());
+                    return Err(Failure::new(
+                        crate::error::Exit::Inventory,
+                        format!(
+                            "{path}{at}: {key}: PostgreSQL {} refuses it ({words}); fix or remove it. \
+                             Nothing was changed",
+                            c.postgresql_version
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(false)
+    }
+
     pub fn refuse_unsafe_limit(&self, e: &Existing) -> Result<(), Failure> {
         if !self.ctx.limited() {
             return Ok(());
