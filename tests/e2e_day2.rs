@@ -32,6 +32,7 @@ async fn day2_partitions() {
     concurrent_deploys_one_runs(&lab).await;
     max_connections_raised_then_lowered(&lab).await;
     restarts_by_hand(&lab).await;
+    patroni_settings_without_restart(&lab).await;
     locks_are_judged_by_lease_and_expiry(&lab).await;
     status_names_a_killed_replica(&lab).await;
     status_is_bounded_with_a_silent_replica(&lab).await;
@@ -700,6 +701,51 @@ async fn restarts_by_hand(lab: &Lab) {
     assert!(r["switchover"]["gap"]["measured"] == true, "{doc}");
     let (now, _) = patroni_cluster(lab).await.unwrap();
     assert_ne!(now, leader, "the leader was handed over");
+}
+
+/// Patroni settings pgha owns (ttl, loop_wait, retry_timeout, the synchronous
+/// standbys' count) changed in the inventory: the next deploy puts them into
+/// Patroni's configuration, every member runs with them, no PostgreSQL restarts;
+/// back to the defaults the same way.
+async fn patroni_settings_without_restart(lab: &Lab) {
+    let inv = lab.inventory();
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let leader = healthy_cluster(lab).await;
+    let before = start_times(lab).await;
+    std::fs::write(
+        &inv,
+        text.replacen(
+            "vars:\n",
+            "vars:\n    patroni_ttl: 24\n    patroni_loop_wait: 3\n    patroni_retry_timeout: 9\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with new Patroni settings:\n{out}\n{err}");
+    let config = lab.patroni_get(&leader, "/config").await.expect("config");
+    assert_eq!(
+        (
+            &config["ttl"],
+            &config["loop_wait"],
+            &config["retry_timeout"]
+        ),
+        (
+            &serde_json::json!(24),
+            &serde_json::json!(3),
+            &serde_json::json!(9)
+        ),
+        "{config}"
+    );
+    assert_eq!(start_times(lab).await, before, "no PostgreSQL restarted");
+    let (now, _) = patroni_cluster(lab).await.unwrap();
+    assert_eq!(now, leader, "the leader stayed");
+    std::fs::write(&inv, &text).unwrap();
+    let (code, _, _) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0);
+    let config = lab.patroni_get(&leader, "/config").await.expect("config");
+    assert_eq!(config["ttl"], 20, "{config}");
+    assert_eq!(start_times(lab).await, before, "no PostgreSQL restarted");
 }
 
 /// With a replica killed, status still answers (bounded probes), exits 1 and names it.
