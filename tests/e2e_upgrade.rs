@@ -203,6 +203,14 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         haproxy_old.clone(),
         haproxy_new.clone(),
     ));
+    // The repository host's PostgreSQL (restore tests), upgraded with pgBackRest's
+    // step.
+    want.push((
+        "router1".into(),
+        "postgresql-17".into(),
+        pg_old.clone(),
+        pg_new.clone(),
+    ));
     want.sort();
     assert_eq!(changes, want, "--check lists exactly the pending changes");
     assert_eq!(doc["switchovers"], 1, "one switchover expected");
@@ -354,6 +362,11 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         );
     }
     assert_eq!(package_version(&lab, "router1", "haproxy"), haproxy_new);
+    assert_eq!(
+        package_version(&lab, "router1", "postgresql-17"),
+        pg_new,
+        "the repository host's PostgreSQL upgraded too"
+    );
     let (_, exe) = haproxy_master(&lab);
     assert!(
         !exe.ends_with("(deleted)"),
