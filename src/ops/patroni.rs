@@ -100,10 +100,24 @@ pub async fn rolling_restart(
         waits::wait_patroni_healthy(&ctx.ep, &db, MEMBER).await?;
     }
     for h in pending.iter().filter(|h| **h != leader) {
-        if leader_first {
+        if leader_first && !pending.contains(&leader) {
+            // The primary still runs the higher value: Patroni starts the standby
+            // with it, and the lower one waits for the leader's restart.
+            if !restart_until_applied(ctx, h, &leader, 1).await? {
+                ctx.ui.warn(format!(
+                    "{h} runs the primary's higher value until the leader {leader} restarts: \
+                     `pgha restart --member {leader}`, then {h} again"
+                ));
+            }
+        } else if leader_first {
             // Patroni starts a standby with the primary's higher value until the
             // standby has replayed the change: restart it again until it applies.
-            restart_until_applied(ctx, h, &leader).await?;
+            if !restart_until_applied(ctx, h, &leader, 3).await? {
+                return Err(host_failed(format!(
+                    "{h}: still a pending restart after 3 restarts (Patroni keeps starting it \
+                     with the primary's value)"
+                )));
+            }
         } else {
             restart_member(ctx, h).await?;
         }
@@ -164,14 +178,17 @@ pub fn lowered_in_reason(reason: &Value) -> Vec<String> {
     crate::engine::plan::lowered_shared_memory(&side("old_value"), &side("new_value"))
 }
 
-/// Restart a standby until it runs with no pending restart: bounded attempts, each
-/// after it streams from `leader` again (so it has replayed the primary's new
-/// settings).
-async fn restart_until_applied(ctx: &Ctx<'_>, host: &str, leader: &str) -> Result<(), Failure> {
-    const ATTEMPTS: u32 = 3;
+/// Restart a standby until it runs with no pending restart, at most `attempts`
+/// times, each after it streams from `leader` again (so it has replayed the
+/// primary's new settings). Whether it applied them.
+async fn restart_until_applied(
+    ctx: &Ctx<'_>,
+    host: &str,
+    leader: &str,
+    attempts: u32,
+) -> Result<bool, Failure> {
     let api = ctx.api(host);
-    let mut last = String::new();
-    for _ in 0..ATTEMPTS {
+    for _ in 0..attempts {
         waits::wait_member_streaming(&ctx.ep, host, leader, MEMBER).await?;
         ctx.ensure_locked(&format!("{host}: restart PostgreSQL"))
             .await?;
@@ -188,15 +205,12 @@ async fn restart_until_applied(ctx: &Ctx<'_>, host: &str, leader: &str) -> Resul
             }
         })
         .await?;
+        ctx.ui.host(host, "PostgreSQL restarted");
         if st["pending_restart"] != true {
-            ctx.ui.host(host, "PostgreSQL restarted");
-            return Ok(());
+            return Ok(true);
         }
-        last = st["pending_restart_reason"].to_string();
     }
-    Err(host_failed(format!(
-        "{host}: still a pending restart after {ATTEMPTS} restarts (last reason: {last})"
-    )))
+    Ok(false)
 }
 
 /// Converge Patroni's dynamic configuration with one PATCH, then wait until every
