@@ -147,6 +147,28 @@ pub fn confirm_by_name(name: &str, yes: bool, what: &str, verb: &str) -> Result<
 }
 
 /// SSH options: --known-hosts, else the inventory's pgha_known_hosts, else ~/.ssh/known_hosts.
+/// Run a command's work (REST and etcd only, no SSH) under the cluster lock,
+/// which is given back either way; a failure is also printed as one JSON document
+/// with `--output json`.
+pub async fn under_lock<T>(
+    ctx: &crate::ops::Ctx<'_>,
+    command: &str,
+    wait: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let lock = crate::ops::lock::ClusterLock::acquire(ctx, command, true, wait).await?;
+    let result = work.await;
+    lock.release(ctx).await;
+    result.inspect_err(|f| {
+        if ctx.ui.json() {
+            println!(
+                "{}",
+                json!({"ok": false, "exit": f.exit as i32, "error": f.message})
+            );
+        }
+    })
+}
+
 pub fn ssh_options(args: &args::SshArgs, inv: &Inventory) -> crate::ssh::SshOptions {
     let known = args
         .known_hosts

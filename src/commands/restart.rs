@@ -7,10 +7,9 @@
 use serde_json::json;
 
 use crate::commands::args::RestartArgs;
-use crate::commands::{load_inventory, load_pki};
+use crate::commands::{load_inventory, load_pki, under_lock};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
-use crate::ops::lock::ClusterLock;
 use crate::ops::patroni::{self as actions, RestartReport};
 use crate::probe::patroni;
 use crate::ui::{OutputFormat, Ui};
@@ -28,21 +27,13 @@ pub async fn command(args: RestartArgs, output: OutputFormat) -> Result<Exit, Fa
     let ui = Ui::new(output);
     let pki = load_pki(&inv, false)?;
     let ctx = Ctx::new(&inv, pki, &ui);
-    let lock = ClusterLock::acquire(&ctx, "pgha restart", true, args.lock.duration()).await?;
-    let result = run(&ctx, &args, &db).await;
-    lock.release(&ctx).await;
-    let report = match result {
-        Ok(r) => r,
-        Err(f) => {
-            if ui.json() {
-                println!(
-                    "{}",
-                    json!({"ok": false, "exit": f.exit as i32, "error": f.message})
-                );
-            }
-            return Err(f);
-        }
-    };
+    let report = under_lock(
+        &ctx,
+        "pgha restart",
+        args.lock.duration(),
+        run(&ctx, &args, &db),
+    )
+    .await?;
     print(&ui, &report);
     Ok(Exit::Ok)
 }
@@ -65,17 +56,7 @@ async fn run(ctx: &Ctx<'_>, args: &RestartArgs, db: &[String]) -> Result<Restart
         phase.done("no member waits for a restart");
         return Ok(RestartReport::default());
     }
-    let lowered = actions::lowered_on_leader(ctx).await?;
-    if lowered.is_empty() {
-        phase.set(format!("restarting {}", members.join(", ")));
-    } else {
-        phase.set(format!(
-            "restarting {}, the leader first ({} lowered: standbys must not run below the primary)",
-            members.join(", "),
-            lowered.join(", ")
-        ));
-    }
-    let report = actions::rolling_restart(ctx, &members, !lowered.is_empty(), false).await?;
+    let report = actions::restart_in_order(ctx, &members, false).await?;
     phase.done(format!("restarted {}", report.restarted.join(", ")));
     Ok(report)
 }

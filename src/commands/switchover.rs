@@ -6,10 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::commands::args::SwitchoverArgs;
-use crate::commands::{load_inventory, load_pki};
+use crate::commands::{load_inventory, load_pki, under_lock};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
-use crate::ops::lock::ClusterLock;
 use crate::ops::switchover::{self as actions, SwitchoverOpts, SwitchoverReport};
 use crate::ui::OutputFormat;
 use crate::ui::Ui;
@@ -36,22 +35,14 @@ pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit,
             .unwrap_or(inv.cluster.patroni_maximum_lag_on_failover),
         candidate_wait: Duration::ZERO,
     };
-    let lock = ClusterLock::acquire(&ctx, "pgha switchover", true, args.lock.duration()).await?;
     let phase = ui.phase("switchover");
-    let result = actions::switchover(&ctx, &opts).await;
-    lock.release(&ctx).await;
-    let report = match result {
-        Ok(r) => r,
-        Err(f) => {
-            if ui.json() {
-                println!(
-                    "{}",
-                    json!({"ok": false, "exit": f.exit as i32, "error": f.message})
-                );
-            }
-            return Err(f);
-        }
-    };
+    let report = under_lock(
+        &ctx,
+        "pgha switchover",
+        args.lock.duration(),
+        actions::switchover(&ctx, &opts),
+    )
+    .await?;
     phase.done(format!("{} -> {}", report.from, report.to));
     print(&ui, &report);
     Ok(Exit::Ok)

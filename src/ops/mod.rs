@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod backup_info;
 pub mod converge;
+pub mod dcs;
 pub mod destroy;
 pub mod endpoints;
 pub mod etcd;

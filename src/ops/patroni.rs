@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::run::{Ctx, host_failed, now_secs};
+use super::run::{Ctx, host_failed};
 use super::switchover::{MEMBER, SwitchoverOpts, SwitchoverReport, TAKEOVER, switchover};
 use super::waits;
 use crate::engine::apply;
@@ -46,6 +46,28 @@ pub async fn restart_member(ctx: &Ctx<'_>, host: &str) -> Result<(), Failure> {
     ctx.ui.host(host, "PostgreSQL restarted");
     ctx.ui.changed(host, 1);
     Ok(())
+}
+
+/// Restart `members` in the order PostgreSQL requires (`rolling_restart`), the
+/// order chosen from what waits on the leader (`lowered_on_leader`) and shown on
+/// the current phase.
+pub async fn restart_in_order(
+    ctx: &Ctx<'_>,
+    members: &[String],
+    only_pending: bool,
+) -> Result<RestartReport, Failure> {
+    let lowered = lowered_on_leader(ctx).await?;
+    let how = if lowered.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", the leader first ({} lowered: standbys must not run below the primary)",
+            lowered.join(", ")
+        )
+    };
+    ctx.ui
+        .host("cluster", format!("restarting {}{how}", members.join(", ")));
+    rolling_restart(ctx, members, !lowered.is_empty(), only_pending).await
 }
 
 /// What a rolling restart did.
@@ -211,46 +233,6 @@ async fn restart_until_applied(
         }
     }
     Ok(false)
-}
-
-/// Converge Patroni's dynamic configuration with one PATCH, then wait until every
-/// member applied it (Patroni applies it, and flags pending restarts, in its loop).
-pub async fn patch_config(ctx: &Ctx<'_>, leader: &str, patch: &Value) -> Result<(), Failure> {
-    ctx.ensure_locked("patroni: PATCH /config").await?;
-    let since = now_secs();
-    patroni::patch_config(
-        &ctx.ep.net,
-        &ctx.api(leader),
-        &ctx.inv.secrets.patroni_api_password,
-        patch,
-    )
-    .await
-    .map_err(Failure::error)?;
-    ctx.ui.changed(leader, 1);
-    wait_members_looped(ctx, since).await
-}
-
-/// Wait until every db member ran an HA loop well after `since`.
-async fn wait_members_looped(ctx: &Ctx<'_>, since: f64) -> Result<(), Failure> {
-    let loop_wait = f64::from(ctx.inv.cluster.patroni_loop_wait);
-    for h in ctx.db_hosts() {
-        let api = ctx.api(&h);
-        until(
-            &format!("{h} to run its HA loop after the configuration change"),
-            Duration::from_secs(60),
-            || async {
-                let st = patroni::status(&ctx.ep.net, &api).await?;
-                let seen = st["dcs_last_seen"].as_f64().unwrap_or(0.0);
-                if seen > since + loop_wait + 1.0 {
-                    Ok(())
-                } else {
-                    Err(format!("dcs_last_seen {seen:.0}, change at {since:.0}"))
-                }
-            },
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// Pause (maintenance mode: Patroni stops managing PostgreSQL, which keeps running)

@@ -348,7 +348,7 @@ impl Converge<'_, '_> {
                 ),
             );
             phase.set("waiting for every member to apply it");
-            actions::patch_config(self.ctx, leader, p).await?;
+            super::dcs::patch_config(self.ctx, leader, p).await?;
             phase.done("applied");
         }
         let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
@@ -363,18 +363,8 @@ impl Converge<'_, '_> {
         if pending.is_empty() {
             return Ok(());
         }
-        let lowered = actions::lowered_on_leader(self.ctx).await?;
         let phase = self.ctx.ui.phase("restart");
-        if lowered.is_empty() {
-            phase.set(format!("rolling restart of {}", pending.join(", ")));
-        } else {
-            phase.set(format!(
-                "rolling restart of {}, the leader first ({} lowered: standbys must not run below the primary)",
-                pending.join(", "),
-                lowered.join(", ")
-            ));
-        }
-        let r = actions::rolling_restart(self.ctx, &pending, !lowered.is_empty(), true).await?;
+        let r = actions::restart_in_order(self.ctx, &pending, true).await?;
         phase.done(format!("restarted {}", r.restarted.join(", ")));
         Ok(())
     }

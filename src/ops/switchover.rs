@@ -322,7 +322,7 @@ async fn every_replica_synchronous(ctx: &Ctx<'_>, to: &str) -> Result<(), Failur
 /// member that leads now, once every member has applied it.
 async fn sync_count(ctx: &Ctx<'_>, n: u32) -> Result<(), Failure> {
     let leader = waits::wait_leader(&ctx.ep, None, TAKEOVER).await?;
-    super::patroni::patch_config(
+    super::dcs::patch_config(
         ctx,
         &leader,
         &serde_json::json!({ "synchronous_node_count": n }),
