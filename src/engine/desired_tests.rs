@@ -25,6 +25,15 @@ fn sample() -> Inventory {
     .unwrap()
 }
 
+/// A host's role as rendered (panics when the host lacks it).
+fn role_of(d: &[HostDesired], host: &str, role: &str) -> DesiredRole {
+    d.iter()
+        .find(|x| x.host == host)
+        .and_then(|x| x.role(role))
+        .cloned()
+        .unwrap_or_else(|| panic!("{host} has no role {role}"))
+}
+
 fn file(d: &[HostDesired], host: &str, path: &str) -> String {
     let h = d.iter().find(|h| h.host == host).unwrap();
     let f = h.files().find(|f| f.path == path).unwrap();
@@ -338,13 +347,7 @@ fn shell_fields_quote_hostile_inventory_values() {
     let image = "img:1 $(touch /tmp/pgha-pwned);id";
     inv.cluster.docker_image = image.into();
     let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
-    let role = |h: &str, r: &str| {
-        d.iter()
-            .find(|x| x.host == h)
-            .and_then(|x| x.role(r))
-            .cloned()
-            .unwrap()
-    };
+    let role = |h: &str, r: &str| role_of(&d, h, r);
     let prepare = role("db1", "patroni").container.unwrap().prepare.unwrap();
     // The first of its commands takes the data directory's parent.
     assert_eq!(
@@ -628,13 +631,7 @@ fn docker_pgbackrest_mounts_what_each_host_serves() {
     let mut inv = sample();
     inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
     let d = desired_state(&inv, &Library::builtin().unwrap()).unwrap();
-    let role = |h: &str, r: &str| {
-        d.iter()
-            .find(|x| x.host == h)
-            .and_then(|x| x.role(r))
-            .cloned()
-            .unwrap()
-    };
+    let role = |h: &str, r: &str| role_of(&d, h, r);
     let mounts = |h: &str, r: &str| -> Vec<String> {
         let args = role(h, r).container.unwrap().run_args;
         args.windows(2)
