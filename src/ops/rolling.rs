@@ -123,6 +123,36 @@ impl Stack<'_, '_> {
         Ok(())
     }
 
+    /// Wait until a role's service on `h` runs and its process's binary is the one
+    /// on disk now (a replaced one reads `... (deleted)`).
+    async fn wait_new_binary(&self, h: &str, role: &str, shown: &str) -> Result<(), Failure> {
+        let role = self.role(h, role)?;
+        let check = format!(
+            "{} && p={}; readlink /proc/$p/exe",
+            install::is_active(role),
+            install::main_pid(role)
+        );
+        until(
+            &format!("{shown} on {h} to run the new binary"),
+            MEMBER,
+            || async {
+                let exe = self
+                    .ctx
+                    .run_on(h, &format!("{shown} binary"), check.clone())
+                    .await
+                    .map_err(|f| f.message)?;
+                let exe = exe.trim();
+                if exe.is_empty() || exe.ends_with("(deleted)") {
+                    Err(format!("runs {exe}"))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// pgBackRest's server on a host: the new package (or image), then a restart;
     /// done when it runs the new binary.
     pub async fn pgbackrest(&self, h: &str, w: &HostWork, installed: bool) -> Result<(), Failure> {
@@ -132,29 +162,8 @@ impl Stack<'_, '_> {
         }
         phase.set(format!("{h}: restarting pgBackRest's server"));
         self.restart_service(h, "pgbackrest", "pgBackRest").await?;
-        let role = self.role(h, "pgbackrest")?;
-        let check = format!(
-            "{} && p={}; readlink /proc/$p/exe",
-            install::is_active(role),
-            install::main_pid(role)
-        );
-        until(
-            &format!("pgBackRest's server on {h} to run the new binary"),
-            MEMBER,
-            || async {
-                let exe = self
-                    .ctx
-                    .run_on(h, "pgbackrest binary", check.clone())
-                    .await
-                    .map_err(|f| f.message)?;
-                if exe.trim().is_empty() || exe.contains("(deleted)") {
-                    Err(format!("runs {}", exe.trim()))
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .await?;
+        self.wait_new_binary(h, "pgbackrest", "pgBackRest's server")
+            .await?;
         phase.done(format!("{h}: pgBackRest's server restarted"));
         Ok(())
     }
@@ -332,24 +341,7 @@ impl Stack<'_, '_> {
                 .run_on(h, "reload haproxy", install::reload(role))
                 .await?;
         }
-        let check = format!("p={}; readlink /proc/$p/exe", install::main_pid(role));
-        until(
-            &format!("HAProxy on {h} to run the new binary"),
-            MEMBER,
-            || async {
-                let exe = self
-                    .ctx
-                    .run_on(h, "haproxy binary", check.clone())
-                    .await
-                    .map_err(|f| f.message)?;
-                if exe.trim().ends_with("(deleted)") {
-                    Err(exe.trim().to_string())
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .await?;
+        self.wait_new_binary(h, "haproxy", "HAProxy").await?;
         let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?;
