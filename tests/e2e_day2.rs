@@ -188,9 +188,24 @@ fn check_reads(lab: &Lab, reads: &[Read], cut: Instant, member: &str, tl: u64, l
 /// A replica cut off and healed comes back streaming by itself, and the read port
 /// avoids it while it does not stream.
 async fn replica_partition_comes_back_streaming(lab: &Lab) {
+    // The failover before this left etcd's leadership wherever it fell. A deploy
+    // puts it back where its loss hurts least (off the Patroni leader and the
+    // synchronous standby): cutting off the etcd leader's host costs an election,
+    // during which Patroni 4.0.7 can demote a healthy leader (patroni#3407).
+    let (code, _, _) = pgha(&["deploy", &lab.inventory()]);
+    assert_eq!(code, 0, "deploy");
     let leader = healthy_cluster(lab).await;
     let tl = timeline_of(lab, &leader).await;
     let (_, members) = patroni_cluster(lab).await.unwrap();
+    let sync = members
+        .iter()
+        .find(|m| m.role == "sync_standby")
+        .map(|m| m.name.clone());
+    let etcd_at = etcd_leader(lab, &leader).await;
+    assert!(
+        etcd_at != leader && Some(&etcd_at) != sync.as_ref(),
+        "deploy keeps etcd's leader ({etcd_at}) off the Patroni leader ({leader}) and the synchronous standby ({sync:?})"
+    );
     // The synchronous standby: the harder case (the leader must pick another).
     let replica = members
         .iter()
@@ -436,17 +451,9 @@ async fn switchover_to_a_named_replica(lab: &Lab) {
     })
     .await;
     // etcd's leadership is kept off the new Patroni leader's host.
-    let mut c = lab.etcd(&target).await;
-    let st = c.status().await.expect("etcd status");
-    let members = c.member_list().await.expect("etcd members");
-    let etcd_leader = members
-        .members()
-        .iter()
-        .find(|m| m.id() == st.leader())
-        .map(|m| m.name().to_string())
-        .expect("etcd leader listed");
     assert_ne!(
-        etcd_leader, target,
+        etcd_leader(lab, &target).await,
+        target,
         "etcd leadership kept apart from the Patroni leader"
     );
     let doc = json_doc(&out);

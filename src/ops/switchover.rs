@@ -243,9 +243,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
     // standby first; the write probe covers that too.
     let widen = match (&opts.to, sync) {
         (Some(to), true) => {
-            let view = patroni::cluster_any(&ctx.ep.net, &apis)
-                .await
-                .map_err(Failure::error)?;
+            let view = fresh_view(ctx, &apis).await.map_err(Failure::error)?;
             must_become_sync(&view, to, opts.max_lag).map_err(refused)?
         }
         _ => false,
@@ -342,7 +340,7 @@ async fn chosen_and_switched(
     let sync = ctx.inv.cluster.synchronous_mode;
     let apis = ctx.ep.patroni_apis();
     let choose = || async {
-        let view = patroni::cluster_any(&ctx.ep.net, &apis).await?;
+        let view = fresh_view(ctx, &apis).await?;
         choose_candidate(&view, opts.to.as_deref(), sync, opts.max_lag)
     };
     let (leader, mut candidate) = if opts.candidate_wait.is_zero() {
@@ -352,6 +350,43 @@ async fn chosen_and_switched(
     };
     let (checkpoint_secs, took_secs) = switch(ctx, opts, &leader, &mut candidate, routers).await?;
     Ok((leader, candidate, checkpoint_secs, took_secs))
+}
+
+/// The cluster view with each replica's lag measured now. Patroni's /cluster lag
+/// compares positions the members wrote to the DCS at different moments (each
+/// once per loop_wait): right after a WAL switch (archive_timeout, a backup) a
+/// replica that is fully caught up shows a whole segment of lag until its next
+/// loop. The members' own /patroni status is read instead, replicas first and the
+/// leader last, so the measured lag can only be larger than the truth, never
+/// smaller. A member that does not answer keeps Patroni's figure.
+async fn fresh_view(ctx: &Ctx<'_>, apis: &[String]) -> Result<ClusterView, String> {
+    let mut view = patroni::cluster_any(&ctx.ep.net, apis).await?;
+    let Some(leader) = view.leader().map(|l| l.name.clone()) else {
+        return Ok(view);
+    };
+    if view.replicas().all(|m| m.lag == Some(0)) {
+        return Ok(view);
+    }
+    let position = |name: String| async move {
+        let api = ctx.ep.api_of(&name)?.to_string();
+        let status = patroni::status(&ctx.ep.net, &api).await.ok()?;
+        patroni::wal_position(&status).map(|p| (name, p))
+    };
+    let replicas: Vec<String> = view.replicas().map(|m| m.name.clone()).collect();
+    let positions: Vec<(String, u64)> =
+        futures_util::future::join_all(replicas.into_iter().map(position))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+    if let Some((_, at)) = position(leader).await {
+        for (name, pos) in positions {
+            if let Some(m) = view.members.iter_mut().find(|m| m.name == name) {
+                m.lag = Some(at.saturating_sub(pos));
+            }
+        }
+    }
+    Ok(view)
 }
 
 fn refused(reason: String) -> Failure {
@@ -380,9 +415,7 @@ async fn switch(
     let api = ctx.api(leader);
     loop {
         // Re-check right before asking: roles and lag move.
-        let view = patroni::cluster_any(&ctx.ep.net, &apis)
-            .await
-            .map_err(Failure::error)?;
+        let view = fresh_view(ctx, &apis).await.map_err(Failure::error)?;
         let to = opts.to.as_deref().or(Some(candidate.as_str()));
         match choose_candidate(&view, to, sync, opts.max_lag) {
             Ok((l, _)) if l != leader => {

@@ -141,6 +141,19 @@ pub async fn status(net: &Net, api: &str) -> Result<Value, String> {
     get_json(net, &format!("{api}/patroni")).await
 }
 
+/// A member's WAL position from its own /patroni status: the leader's current
+/// location; a replica's received or replayed location, whichever is further (what
+/// Patroni itself compares when it checks a candidate).
+pub fn wal_position(status: &Value) -> Option<u64> {
+    let x = status.get("xlog")?;
+    if let Some(l) = x.get("location").and_then(Value::as_u64) {
+        return Some(l);
+    }
+    let received = x.get("received_location").and_then(Value::as_u64);
+    let replayed = x.get("replayed_location").and_then(Value::as_u64);
+    received.max(replayed)
+}
+
 pub async fn config(net: &Net, api: &str) -> Result<Value, String> {
     get_json(net, &format!("{api}/config")).await
 }
@@ -254,6 +267,18 @@ mod tests {
         assert_eq!(v.member("db3").unwrap().lag, None);
         assert!(v.member("db3").unwrap().pending_restart);
         assert_eq!(v.replicas().count(), 2);
+    }
+
+    #[test]
+    fn wal_position_reads_the_leader_and_the_furthest_replica_position() {
+        let leader = serde_json::json!({"role": "primary", "xlog": {"location": 500}});
+        assert_eq!(wal_position(&leader), Some(500));
+        let replica = serde_json::json!({"role": "replica",
+            "xlog": {"received_location": 400, "replayed_location": 300}});
+        assert_eq!(wal_position(&replica), Some(400));
+        let replaying = serde_json::json!({"xlog": {"replayed_location": 300}});
+        assert_eq!(wal_position(&replaying), Some(300));
+        assert_eq!(wal_position(&serde_json::json!({"state": "stopped"})), None);
     }
 
     #[test]

@@ -398,6 +398,19 @@ pub async fn healthy_cluster(lab: &Lab) -> String {
     .await
 }
 
+/// The name of etcd's leader, as the member on `via` reports it.
+pub async fn etcd_leader(lab: &Lab, via: &str) -> String {
+    let mut c = lab.etcd(via).await;
+    let st = c.status().await.expect("etcd status");
+    let members = c.member_list().await.expect("etcd members");
+    members
+        .members()
+        .iter()
+        .find(|m| m.id() == st.leader())
+        .map(|m| m.name().to_string())
+        .expect("etcd leader listed")
+}
+
 pub async fn check_etcd(lab: &Lab) {
     let mut cluster_ids = Vec::new();
     let dbs = lab.db_hosts();
