@@ -36,6 +36,9 @@ pub const USERS: &[(&str, u32, &str)] = &[
 /// Packages of the stack, as the native method installs them.
 pub const PACKAGES: &[&str] = &[
     "postgresql-17",
+    // The packaged extension users ask for most (`vector`); others need an image
+    // of the user's own (docker_image_postgres).
+    "postgresql-17-pgvector",
     "patroni",
     "python3-etcd",
     "python3-psycopg2",

@@ -456,6 +456,7 @@ fn host_context(
         "hostssl": if c.tls { "hostssl" } else { "host" },
         "tags": tags,
         "cluster": c,
+        "extension_packages": crate::inventory::objects::extension_packages(c),
         "secrets": secret_values(inv),
         "backup": backup_context(inv, host, inputs),
         "host": {
@@ -553,15 +554,17 @@ fn render_role(
     if !applies || !holds(env, ctx, role.when.as_ref(), &format!("role {}", role.name))? {
         return Ok(None);
     }
-    // A package rendered empty does not apply to this host.
-    let render_all = |list: &[String]| {
-        list.iter()
-            .map(|p| {
-                env.render_str(p, ctx)
-                    .with_context(|| format!("role {}: package {p:?}", role.name))
-            })
-            .filter(|p| p.as_ref().map_or(true, |p| !p.trim().is_empty()))
-            .collect::<Result<Vec<_>>>()
+    // A package rendered empty does not apply to this host; one rendered to
+    // several words is several packages (a list from the inventory).
+    let render_all = |list: &[String]| -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for p in list {
+            let r = env
+                .render_str(p, ctx)
+                .with_context(|| format!("role {}: package {p:?}", role.name))?;
+            out.extend(r.split_whitespace().map(str::to_string));
+        }
+        Ok(out)
     };
     // Under docker a component comes in its image, not as packages.
     let docker = c.install_method == crate::inventory::InstallMethod::Docker;

@@ -37,6 +37,8 @@ pub struct SqlFactsRequest {
     pub psql: String,
     pub roles: Vec<String>,
     pub databases: Vec<String>,
+    /// Databases whose extensions are read (one psql each, only where asked).
+    pub extension_databases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,6 +85,23 @@ pub struct RoleFact {
     pub verifier: String,
     pub can_login: bool,
     pub pg_monitor: bool,
+    /// The attributes besides LOGIN that are on, as `objects::ATTRIBUTES` words, sorted.
+    pub attributes: Vec<String>,
+    pub connection_limit: i64,
+    /// The roles it is a direct member of, sorted.
+    pub member_of: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseFact {
+    pub owner: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+    /// Sessions connected to it when the facts were read.
+    pub connections: u64,
+    /// Its extensions (read only for the databases asked).
+    pub extensions: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -114,8 +133,7 @@ pub struct HostFacts {
 #[derive(Debug, Clone, Default)]
 pub struct SqlFacts {
     pub roles: BTreeMap<String, RoleFact>,
-    /// Database name -> owner.
-    pub databases: BTreeMap<String, String>,
+    pub databases: BTreeMap<String, DatabaseFact>,
 }
 
 impl HostFacts {
@@ -237,8 +255,16 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
         // answers only where PostgreSQL is not in recovery.
         let q = format!(
             "select 'primary' where not pg_is_in_recovery(); \
-             select 'role', rolname, coalesce(rolpassword, ''), rolcanlogin, pg_has_role(oid, 'pg_monitor', 'member') from pg_authid where not pg_is_in_recovery() and rolname in ({roles}); \
-             select 'database', datname, pg_get_userbyid(datdba) from pg_database where not pg_is_in_recovery() and datname in ({dbs});"
+             select 'role', a.rolname, coalesce(a.rolpassword, ''), a.rolcanlogin, pg_has_role(a.oid, 'pg_monitor', 'member'), \
+               concat_ws(',', case when a.rolbypassrls then 'bypassrls' end, case when a.rolcreatedb then 'createdb' end, \
+                 case when a.rolcreaterole then 'createrole' end, case when not a.rolinherit then 'noinherit' end, \
+                 case when a.rolreplication then 'replication' end, case when a.rolsuper then 'superuser' end), \
+               a.rolconnlimit, \
+               coalesce((select string_agg(distinct g.rolname, ',' order by g.rolname) from pg_auth_members m join pg_roles g on g.oid = m.roleid where m.member = a.oid), '') \
+               from pg_authid a where not pg_is_in_recovery() and a.rolname in ({roles}); \
+             select 'database', d.datname, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, \
+               (select count(*) from pg_stat_activity s where s.datname = d.datname) \
+               from pg_database d where not pg_is_in_recovery() and d.datname in ({dbs});"
         );
         s.push_str(&format!(
             "if {reachable}; then\n  {psql} -A -t -q -F \"$T\" -c {q} 2>/dev/null\nfi\n",
@@ -246,6 +272,16 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             psql = sql.psql,
             q = shell_quote(&q)
         ));
+        if !sql.extension_databases.is_empty() {
+            let q = "select 'ext', current_database(), extname from pg_extension where not pg_is_in_recovery()";
+            s.push_str(&format!(
+                "if {reachable}; then\n  for d in {dbs}; do {psql} -d \"$d\" -A -t -q -F \"$T\" -c {q} 2>/dev/null; done\nfi\n",
+                reachable = sql.reachable,
+                dbs = words(&sql.extension_databases),
+                psql = sql.psql,
+                q = shell_quote(q)
+            ));
+        }
     }
     s.push_str("exit 0\n");
     s
@@ -338,7 +374,22 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                 f.images.insert(reference.to_string(), id.to_string());
             }
             ["primary"] => f.primary_sql = Some(SqlFacts::default()),
-            ["role", name, verifier, login, monitor] => {
+            [
+                "role",
+                name,
+                verifier,
+                login,
+                monitor,
+                attributes,
+                limit,
+                member_of,
+            ] => {
+                let list = |s: &str| -> Vec<String> {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                };
                 if let Some(sql) = f.primary_sql.as_mut() {
                     sql.roles.insert(
                         name.to_string(),
@@ -347,13 +398,38 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                             verifier: verifier.to_string(),
                             can_login: *login == "t",
                             pg_monitor: *monitor == "t",
+                            attributes: list(attributes),
+                            connection_limit: limit.parse().unwrap_or(-1),
+                            member_of: list(member_of),
                         },
                     );
                 }
             }
-            ["database", name, owner] => {
+            [
+                "database",
+                name,
+                owner,
+                encoding,
+                collate,
+                ctype,
+                connections,
+            ] => {
                 if let Some(sql) = f.primary_sql.as_mut() {
-                    sql.databases.insert(name.to_string(), owner.to_string());
+                    let d = sql.databases.entry(name.to_string()).or_default();
+                    d.owner = owner.to_string();
+                    d.encoding = encoding.to_string();
+                    d.collate = collate.to_string();
+                    d.ctype = ctype.to_string();
+                    d.connections = connections.parse().unwrap_or(0);
+                }
+            }
+            ["ext", db, name] => {
+                if let Some(d) = f
+                    .primary_sql
+                    .as_mut()
+                    .and_then(|sql| sql.databases.get_mut(*db))
+                {
+                    d.extensions.insert(name.to_string());
                 }
             }
             _ => {}
@@ -384,8 +460,11 @@ unit\tetcd\tactive\tenabled\n\
 unit\tpatroni\tinactive\tdisabled\n\
 path\t/var/lib/etcd/main/member\n\
 primary\n\
-role\tpgha_monitor\tSCRAM-SHA-256$4096:xx\tt\tt\n\
-database\tapp\tapp\n";
+role\tpgha_monitor\tSCRAM-SHA-256$4096:xx\tt\tt\t\t-1\t\n\
+role\treporting\tSCRAM-SHA-256$4096:yy\tt\tf\tcreatedb,noinherit\t5\tpg_read_all_data,readers\n\
+database\tapp\tapp\tUTF8\tC.UTF-8\tC.UTF-8\t3\n\
+ext\tapp\tplpgsql\n\
+ext\tapp\tvector\n";
 
     #[test]
     fn parses_every_kind_of_line() {
@@ -407,7 +486,15 @@ database\tapp\tapp\n";
         assert!(f.exists("/var/lib/etcd/main/member"));
         let sql = f.primary_sql.unwrap();
         assert!(sql.roles["pgha_monitor"].pg_monitor);
-        assert_eq!(sql.databases["app"], "app");
+        assert_eq!(sql.databases["app"].owner, "app");
+        assert_eq!(sql.databases["app"].connections, 3);
+        assert_eq!(sql.databases["app"].encoding, "UTF8");
+        assert!(sql.databases["app"].extensions.contains("vector"));
+        let r = &sql.roles["reporting"];
+        assert_eq!(r.attributes, ["createdb", "noinherit"]);
+        assert_eq!(r.connection_limit, 5);
+        assert_eq!(r.member_of, ["pg_read_all_data", "readers"]);
+        assert!(sql.roles["pgha_monitor"].member_of.is_empty());
     }
 
     #[test]
@@ -449,6 +536,7 @@ user\tpostgres\t470\n";
                 psql: "psql -X".into(),
                 roles: vec!["o'brien".into()],
                 databases: vec!["app".into()],
+                extension_databases: vec!["app".into()],
             }),
         });
         assert!(s.contains("dpkg-query"));

@@ -14,4 +14,5 @@ pub mod preflight;
 pub mod quote;
 pub mod roles;
 pub mod scram;
+pub mod sqlplan;
 pub mod upgrade;

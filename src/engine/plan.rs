@@ -7,10 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::desired::{DesiredFile, HostDesired};
-use super::facts::{HostFacts, SqlFacts};
+use super::facts::HostFacts;
 use super::roles::{Notify, Stage};
-use super::scram;
-use crate::inventory::{Cluster, Secrets};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,116 +277,6 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
         host: want.host.clone(),
         actions,
     }
-}
-
-/// A change to roles or databases on the primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SqlChange {
-    /// Create or alter a login role so its password matches the inventory.
-    LoginRole {
-        name: String,
-        create: bool,
-    },
-    GrantMonitor {
-        name: String,
-    },
-    CreateDatabase {
-        name: String,
-        owner: String,
-    },
-}
-
-impl fmt::Display for SqlChange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SqlChange::LoginRole { name, create: true } => write!(f, "create role {name}"),
-            SqlChange::LoginRole {
-                name,
-                create: false,
-            } => {
-                write!(f, "set password/login of role {name}")
-            }
-            SqlChange::GrantMonitor { name } => write!(f, "grant pg_monitor to {name}"),
-            SqlChange::CreateDatabase { name, owner } => {
-                write!(f, "create database {name} owned by {owner}")
-            }
-        }
-    }
-}
-
-/// Roles and databases pgha manages after bootstrap (Patroni 4 no longer creates them).
-pub fn plan_sql(c: &Cluster, secrets: &Secrets, have: &SqlFacts) -> Vec<SqlChange> {
-    let mut out = Vec::new();
-    let wanted = [
-        (&c.monitor_user, secrets.monitor_password.expose()),
-        (&c.app_user, secrets.app_password.expose()),
-    ];
-    for (name, password) in wanted {
-        match have.roles.get(name.as_str()) {
-            None => out.push(SqlChange::LoginRole {
-                name: name.clone(),
-                create: true,
-            }),
-            Some(r) if !r.can_login || !scram::matches(&r.verifier, password) => {
-                out.push(SqlChange::LoginRole {
-                    name: name.clone(),
-                    create: false,
-                })
-            }
-            Some(_) => {}
-        }
-    }
-    if !have
-        .roles
-        .get(&c.monitor_user)
-        .is_some_and(|r| r.pg_monitor)
-    {
-        out.push(SqlChange::GrantMonitor {
-            name: c.monitor_user.clone(),
-        });
-    }
-    if !have.databases.contains_key(&c.app_database) {
-        out.push(SqlChange::CreateDatabase {
-            name: c.app_database.clone(),
-            owner: c.app_user.clone(),
-        });
-    }
-    out
-}
-
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// SQL statements for the changes (run with psql on the primary). Passwords are sent
-/// as SCRAM verifiers, never in plain text.
-pub fn sql_statements(c: &Cluster, secrets: &Secrets, changes: &[SqlChange]) -> Vec<String> {
-    changes
-        .iter()
-        .map(|ch| match ch {
-            SqlChange::LoginRole { name, create } => {
-                let pw = if *name == c.monitor_user {
-                    secrets.monitor_password.expose()
-                } else {
-                    secrets.app_password.expose()
-                };
-                let verb = if *create { "CREATE" } else { "ALTER" };
-                format!(
-                    "{verb} ROLE {} WITH LOGIN PASSWORD {};",
-                    ident(name),
-                    literal(&scram::verifier(pw))
-                )
-            }
-            SqlChange::GrantMonitor { name } => format!("GRANT pg_monitor TO {};", ident(name)),
-            SqlChange::CreateDatabase { name, owner } => {
-                format!("CREATE DATABASE {} OWNER {};", ident(name), ident(owner))
-            }
-        })
-        .collect()
 }
 
 /// Canonical text of a PostgreSQL parameter value, so 100 == "100" and on == true.

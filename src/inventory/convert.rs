@@ -13,7 +13,7 @@ use super::vars::{Kind, describe};
 /// A conversion error: where below the key (for list items) and what is wrong.
 pub(crate) type ConvError = (Vec<Seg>, String);
 
-fn err(msg: impl Into<String>) -> Vec<ConvError> {
+pub(super) fn err(msg: impl Into<String>) -> Vec<ConvError> {
     vec![(Vec::new(), msg.into())]
 }
 
@@ -60,6 +60,8 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
         Kind::AptSources => apt_sources(v),
         Kind::AptPins => each_item(v, pin),
         Kind::Params => params(v),
+        Kind::Users => super::objects::users(v),
+        Kind::Databases => super::objects::databases(v),
         Kind::OneOf(words) => one_of(v, words),
         Kind::Calendar => calendar(v),
         Kind::Size => size(v),
@@ -140,7 +142,7 @@ fn port(v: &Yaml) -> Result<Json, Vec<ConvError>> {
 }
 
 /// A whole number within [min, max].
-fn int_in(v: &Yaml, min: u64, max: u64) -> Result<Json, Vec<ConvError>> {
+pub(super) fn int_in(v: &Yaml, min: u64, max: u64) -> Result<Json, Vec<ConvError>> {
     let n = integer(v, false)?;
     if n < min as i128 || n > max as i128 {
         return Err(err(format!(
@@ -151,7 +153,7 @@ fn int_in(v: &Yaml, min: u64, max: u64) -> Result<Json, Vec<ConvError>> {
 }
 
 /// true/false, also yes/no and on/off as Ansible writes them.
-fn boolean(v: &Yaml) -> Result<Json, Vec<ConvError>> {
+pub(super) fn boolean(v: &Yaml) -> Result<Json, Vec<ConvError>> {
     match v {
         Yaml::Bool(b) => Ok(json!(b)),
         Yaml::String(s) => match s.to_ascii_lowercase().as_str() {
@@ -189,7 +191,7 @@ fn cluster_name(v: &Yaml) -> Result<Json, Vec<ConvError>> {
 }
 
 /// A PostgreSQL role or database name pgha creates.
-fn pg_name(v: &Yaml) -> Result<Json, Vec<ConvError>> {
+pub(super) fn pg_name(v: &Yaml) -> Result<Json, Vec<ConvError>> {
     let s = string(v)?;
     let ok = s.len() <= 63
         && s.chars()
@@ -337,7 +339,7 @@ fn secret(v: &Yaml) -> Result<Json, Vec<ConvError>> {
 }
 
 /// A list of networks.
-fn cidrs(v: &Yaml) -> Result<Json, Vec<ConvError>> {
+pub(super) fn cidrs(v: &Yaml) -> Result<Json, Vec<ConvError>> {
     each_item(v, |item| match item {
         Yaml::String(s) => match parse_cidr(s) {
             Some(net) => Ok(json!(net.to_string())),
@@ -524,7 +526,7 @@ fn params(v: &Yaml) -> Result<Json, Vec<ConvError>> {
     }
 }
 
-fn integer(v: &Yaml, allow_digit_string: bool) -> Result<i128, Vec<ConvError>> {
+pub(super) fn integer(v: &Yaml, allow_digit_string: bool) -> Result<i128, Vec<ConvError>> {
     match v {
         Yaml::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -551,7 +553,7 @@ fn integer(v: &Yaml, allow_digit_string: bool) -> Result<i128, Vec<ConvError>> {
     }
 }
 
-fn string(v: &Yaml) -> Result<String, Vec<ConvError>> {
+pub(super) fn string(v: &Yaml) -> Result<String, Vec<ConvError>> {
     match v {
         Yaml::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => Err(err(format!("expected a string, found {}", describe(v)))),
@@ -602,7 +604,7 @@ fn is_registry(s: &str) -> bool {
         && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
-fn each_item(
+pub(super) fn each_item(
     v: &Yaml,
     f: impl Fn(&Yaml) -> Result<Json, Vec<ConvError>>,
 ) -> Result<Json, Vec<ConvError>> {
@@ -624,7 +626,7 @@ fn each_item(
     }
 }
 
-fn list(v: &Yaml) -> Result<Vec<Yaml>, Vec<ConvError>> {
+pub(super) fn list(v: &Yaml) -> Result<Vec<Yaml>, Vec<ConvError>> {
     match v {
         Yaml::Null => Ok(Vec::new()),
         Yaml::Sequence(s) => Ok(s.clone()),

@@ -13,6 +13,7 @@ mod convert;
 mod error;
 pub(crate) mod locate;
 mod model;
+pub mod objects;
 mod parse;
 pub mod print;
 mod resolve;
@@ -79,7 +80,15 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
     }
     let r = resolve::resolve(&mut ctx, &tree, &dir);
     let store = secrets::secrets_path(path);
-    let mut found = secrets::find(&mut ctx, &dir, &r.secret_inline, &r.secret_files, &store);
+    let users = &r.user_password_files;
+    let mut found = secrets::find(
+        &mut ctx,
+        &dir,
+        &r.secret_inline,
+        &r.secret_files,
+        users,
+        &store,
+    );
     if r.cluster.backup_enabled && r.cluster.s3() {
         for name in secrets::PROVIDED {
             if !found.values.contains_key(name) {
@@ -102,7 +111,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         return Err(ctx.into_error());
     }
     for name in std::mem::take(&mut found.missing) {
-        found.values.insert(name, secrets::generate());
+        found.values.insert(name.clone(), secrets::generate());
         found.sources.insert(
             name,
             SecretSource::Pending {
@@ -122,6 +131,10 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         backup_cipher_pass: secret("backup_cipher_pass"),
         backup_s3_key: secret("backup_s3_key"),
         backup_s3_key_secret: secret("backup_s3_key_secret"),
+        users: users
+            .iter()
+            .map(|u| (u.role.clone(), secret(&secrets::user_key(&u.role))))
+            .collect(),
     };
     let mut inv = Inventory {
         path: path.to_path_buf(),
@@ -130,11 +143,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         cluster: r.cluster,
         secrets,
         secrets_path: store,
-        secret_sources: found
-            .sources
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        secret_sources: found.sources.into_iter().collect(),
         known_hosts: r.known_hosts,
         warnings: Vec::new(),
     };

@@ -93,6 +93,52 @@ pub struct AptPin {
     pub priority: i32,
 }
 
+/// A role from `postgresql_users`. Its attributes and memberships are exactly what
+/// the inventory says (pgha alters the role to match); it is dropped only when
+/// marked `state: absent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PgUser {
+    pub name: String,
+    /// LOGIN (the default) with a password; `login: false` makes a group role.
+    pub login: bool,
+    /// Role attributes besides LOGIN that are on, sorted lowercase words out of
+    /// superuser, createdb, createrole, replication, bypassrls, noinherit.
+    pub attributes: Vec<String>,
+    /// The roles it is a member of (granted; memberships not listed are revoked).
+    pub member_of: Vec<String>,
+    /// Networks it may log in from (pg_hba, every database), besides the routers.
+    pub cidrs: Vec<String>,
+    /// Where its password is (else generated into the secrets file).
+    pub password_file: Option<String>,
+    /// CONNECTION LIMIT (-1: none).
+    pub connection_limit: i64,
+    pub absent: bool,
+}
+
+/// An extension of a database: created with `CREATE EXTENSION`, dropped only when
+/// marked `state: absent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PgExtension {
+    pub name: String,
+    pub absent: bool,
+}
+
+/// A database from `postgresql_databases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PgDatabase {
+    pub name: String,
+    /// Its owner (default: the superuser).
+    pub owner: Option<String>,
+    /// Fixed at creation (PostgreSQL cannot change them afterwards); None: the
+    /// cluster's own (template1's).
+    pub encoding: Option<String>,
+    pub locale: Option<String>,
+    pub extensions: Vec<PgExtension>,
+    /// Networks that may connect to it (pg_hba, every role), besides the routers.
+    pub cidrs: Vec<String>,
+    pub absent: bool,
+}
+
 /// Cluster-wide settings with documented defaults (README "Inventory reference").
 #[derive(Debug, Clone, Serialize)]
 pub struct Cluster {
@@ -136,6 +182,9 @@ pub struct Cluster {
     pub monitor_user: String,
     pub app_user: String,
     pub app_database: String,
+    /// The user's own roles and databases (besides pgha's and app_user/app_database).
+    pub postgresql_users: Vec<PgUser>,
+    pub postgresql_databases: Vec<PgDatabase>,
     /// Extra apt source lines (written to /etc/apt/sources.list.d/pgha.list).
     pub apt_sources: Vec<String>,
     pub apt_pins: Vec<AptPin>,
@@ -259,6 +308,8 @@ impl Default for Cluster {
             rewind_user: "rewind_user".into(),
             monitor_user: "pgha_monitor".into(),
             app_user: "app".into(),
+            postgresql_users: Vec::new(),
+            postgresql_databases: Vec::new(),
             app_database: "app".into(),
             apt_sources: Vec::new(),
             apt_pins: Vec::new(),
@@ -322,12 +373,14 @@ pub struct Secrets {
     /// generated; empty unless the repository is S3).
     pub backup_s3_key: Secret,
     pub backup_s3_key_secret: Secret,
+    /// The passwords of `postgresql_users`' login roles, by role name.
+    pub users: BTreeMap<String, Secret>,
 }
 
 impl Secrets {
     /// All secret values, for redaction of diffs and error text.
-    pub fn all(&self) -> [&Secret; 10] {
-        [
+    pub fn all(&self) -> Vec<&Secret> {
+        let mut all = vec![
             &self.superuser_password,
             &self.replication_password,
             &self.rewind_password,
@@ -338,7 +391,9 @@ impl Secrets {
             &self.backup_cipher_pass,
             &self.backup_s3_key,
             &self.backup_s3_key_secret,
-        ]
+        ];
+        all.extend(self.users.values());
+        all
     }
 
     /// Replace every secret value occurring in `text` with `<redacted>`, in each form

@@ -27,6 +27,9 @@ pub(crate) struct Resolved {
     pub secret_inline: BTreeMap<&'static str, (String, Vec<Seg>)>,
     /// Secret name (without `_file`) -> the file's path as written, and where.
     pub secret_files: BTreeMap<&'static str, (String, Vec<Seg>)>,
+    /// Each present login role of `postgresql_users`, with its `password_file`
+    /// (as written, and where) when it has one.
+    pub user_password_files: Vec<super::secrets::UserPassword>,
 }
 
 pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
@@ -63,6 +66,41 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
         !structural_errors,
     );
     let (secret_inline, secret_files) = secret_sources(tree, &cvals);
+    let inline_passwords = cvals
+        .get("postgresql_users")
+        .and_then(|(j, _)| j.as_array().cloned())
+        .unwrap_or_default();
+    let user_password_files = cluster
+        .postgresql_users
+        .iter()
+        .enumerate()
+        // Every inline password too, used or not: it must be redacted wherever
+        // the inventory is printed.
+        .filter(|(i, u)| {
+            (u.login && !u.absent)
+                || inline_passwords
+                    .get(*i)
+                    .is_some_and(|j| j["password"].is_string())
+        })
+        .map(|(i, u)| {
+            let at = |key: &str| {
+                let mut p = def_path("postgresql_users");
+                p.extend([Seg::Index(i), Seg::key(key)]);
+                p
+            };
+            super::secrets::UserPassword {
+                role: u.name.clone(),
+                file: u
+                    .password_file
+                    .as_ref()
+                    .map(|f| (f.clone(), at("password_file"))),
+                inline: inline_passwords
+                    .get(i)
+                    .and_then(|j| j["password"].as_str())
+                    .map(|p| (p.to_string(), at("password"))),
+            }
+        })
+        .collect();
     Resolved {
         hosts,
         groups,
@@ -70,6 +108,7 @@ pub(crate) fn resolve(ctx: &mut Ctx, tree: &Tree, dir: &Path) -> Resolved {
         known_hosts: local("pgha_known_hosts"),
         secret_inline,
         secret_files,
+        user_password_files,
     }
 }
 
@@ -684,6 +723,12 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(monitor_user, str);
     set!(app_user, str);
     set!(app_database, str);
+    if let Some((j @ Json::Array(_), _)) = v.get("postgresql_users") {
+        c.postgresql_users = serde_json::from_value(j.clone()).unwrap_or_default();
+    }
+    if let Some((j @ Json::Array(_), _)) = v.get("postgresql_databases") {
+        c.postgresql_databases = serde_json::from_value(j.clone()).unwrap_or_default();
+    }
     if let Some((Json::Array(a), _)) = v.get("apt_sources") {
         c.apt_sources = a
             .iter()

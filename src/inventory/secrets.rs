@@ -61,10 +61,50 @@ pub fn generate() -> String {
 }
 
 pub(crate) struct Found {
-    pub values: BTreeMap<&'static str, String>,
-    pub sources: BTreeMap<&'static str, SecretSource>,
+    pub values: BTreeMap<String, String>,
+    pub sources: BTreeMap<String, SecretSource>,
     /// Names set nowhere: to be generated.
-    pub missing: Vec<&'static str>,
+    pub missing: Vec<String>,
+}
+
+/// A `postgresql_users` login role and where its password is given, if anywhere.
+pub(crate) struct UserPassword {
+    pub role: String,
+    /// `password_file` as written, and where.
+    pub file: Option<(String, Vec<Seg>)>,
+    /// `password` inline, and where.
+    pub inline: Option<(String, Vec<Seg>)>,
+}
+
+/// The secrets file's key for a `postgresql_users` role's password.
+pub fn user_key(role: &str) -> String {
+    format!("user.{role}")
+}
+
+/// A password from a file: one line, not empty; the error says what to fix.
+fn read_password_file(path: &Path, key: &str) -> Result<String, String> {
+    match fs::read_to_string(path) {
+        Ok(s) => {
+            let v = s.trim();
+            if v.is_empty() {
+                Err(format!(
+                    "`{key}`: {} is empty: write the password into it",
+                    path.display()
+                ))
+            } else if v.chars().any(|c| c.is_control()) {
+                Err(format!(
+                    "`{key}`: {} must hold the password on one line",
+                    path.display()
+                ))
+            } else {
+                Ok(v.to_string())
+            }
+        }
+        Err(e) => Err(format!(
+            "`{key}`: cannot read {} ({e}): fix the path (relative paths start at the inventory's directory)",
+            path.display()
+        )),
+    }
 }
 
 /// Find each secret: inventory (inline or `_file`), else the secrets file.
@@ -73,6 +113,7 @@ pub(crate) fn find(
     dir: &Path,
     inline: &BTreeMap<&'static str, (String, Vec<Seg>)>,
     files: &BTreeMap<&'static str, (String, Vec<Seg>)>,
+    users: &[UserPassword],
     store: &Path,
 ) -> Found {
     let stored = if store.exists() {
@@ -101,53 +142,70 @@ pub(crate) fn find(
                 );
             }
             (Some((v, _)), None) => {
-                found.values.insert(name, v.clone());
-                found.sources.insert(name, SecretSource::Inventory);
+                found.values.insert(name.into(), v.clone());
+                found.sources.insert(name.into(), SecretSource::Inventory);
             }
             (None, Some((p, at))) => {
                 let path = expand_local_path(dir, p);
-                match fs::read_to_string(&path) {
-                    Ok(s) => {
-                        let v = s.trim();
-                        if v.is_empty() {
-                            ctx.error_at(
-                                at,
-                                format!("`{name}_file`: {} is empty: write the password into it", path.display()),
-                            );
-                        } else if v.chars().any(|c| c.is_control()) {
-                            ctx.error_at(
-                                at,
-                                format!(
-                                    "`{name}_file`: {} must hold the password on one line",
-                                    path.display()
-                                ),
-                            );
-                        } else {
-                            found.values.insert(name, v.to_string());
-                            found.sources.insert(name, SecretSource::File { path });
-                        }
+                match read_password_file(&path, &format!("{name}_file")) {
+                    Ok(v) => {
+                        found.values.insert(name.into(), v);
+                        found
+                            .sources
+                            .insert(name.into(), SecretSource::File { path });
                     }
-                    Err(e) => ctx.error_at(
-                        at,
-                        format!(
-                            "`{name}_file`: cannot read {} ({e}): fix the path (relative paths start at the inventory's directory)",
-                            path.display()
-                        ),
-                    ),
+                    Err(e) => ctx.error_at(at, e),
                 }
             }
             (None, None) => match stored.get(name) {
                 Some(v) => {
-                    found.values.insert(name, v.clone());
+                    found.values.insert(name.into(), v.clone());
                     found.sources.insert(
-                        name,
+                        name.into(),
                         SecretSource::SecretsFile {
                             path: store.to_path_buf(),
                         },
                     );
                 }
                 None if PROVIDED.contains(&name) => {}
-                None => found.missing.push(name),
+                None => found.missing.push(name.into()),
+            },
+        }
+    }
+    for UserPassword { role, file, inline } in users {
+        let key = user_key(role);
+        match (file, inline) {
+            (Some(_), Some((_, at))) => ctx.error_at(
+                at,
+                format!(
+                    "role {role}: `password` and `password_file` are both set: keep one of them"
+                ),
+            ),
+            (None, Some((v, _))) => {
+                found.values.insert(key.clone(), v.clone());
+                found.sources.insert(key, SecretSource::Inventory);
+            }
+            (Some((p, at)), None) => {
+                let path = expand_local_path(dir, p);
+                match read_password_file(&path, "password_file") {
+                    Ok(v) => {
+                        found.values.insert(key.clone(), v);
+                        found.sources.insert(key, SecretSource::File { path });
+                    }
+                    Err(e) => ctx.error_at(at, format!("role {role}: {e}")),
+                }
+            }
+            (None, None) => match stored.get(&key) {
+                Some(v) => {
+                    found.values.insert(key.clone(), v.clone());
+                    found.sources.insert(
+                        key,
+                        SecretSource::SecretsFile {
+                            path: store.to_path_buf(),
+                        },
+                    );
+                }
+                None => found.missing.push(key),
             },
         }
     }
@@ -166,11 +224,11 @@ pub(crate) fn store_missing(store: &Path, found: &mut Found) -> Result<(), Strin
             BTreeMap::new()
         };
         // Values that appeared meanwhile win over generating new ones.
-        found.missing.retain(|name| match content.get(*name) {
+        found.missing.retain(|name| match content.get(name) {
             Some(v) => {
-                found.values.insert(name, v.clone());
+                found.values.insert(name.clone(), v.clone());
                 found.sources.insert(
-                    name,
+                    name.clone(),
                     SecretSource::SecretsFile {
                         path: store.to_path_buf(),
                     },
@@ -182,16 +240,19 @@ pub(crate) fn store_missing(store: &Path, found: &mut Found) -> Result<(), Strin
         if found.missing.is_empty() {
             return Ok(());
         }
-        let generated: Vec<(&'static str, String)> =
-            found.missing.iter().map(|n| (*n, generate())).collect();
+        let generated: Vec<(String, String)> = found
+            .missing
+            .iter()
+            .map(|n| (n.clone(), generate()))
+            .collect();
         for (n, v) in &generated {
-            content.insert(n.to_string(), v.clone());
+            content.insert(n.clone(), v.clone());
         }
         let body = render_store(store, &content).map_err(|e| e.to_string())?;
         match write_0600(store, body.as_bytes(), !existed) {
             Ok(true) => {
                 for (n, v) in generated {
-                    found.values.insert(n, v);
+                    found.values.insert(n.clone(), v);
                     found.sources.insert(
                         n,
                         SecretSource::SecretsFile {

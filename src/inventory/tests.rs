@@ -692,3 +692,114 @@ fn backup_rules() {
         "{e}"
     );
 }
+
+#[test]
+fn users_and_databases_are_read_with_their_passwords_in_the_secrets_file() {
+    let d = Dir::new();
+    d.write("etl.pw", "etl-secret\n");
+    let text = BASE.replace(
+        "cluster_name: demo",
+        "cluster_name: demo
+    postgresql_users:
+      - name: reporting
+        attributes: [createdb, CreateRole]
+        member_of: [pg_read_all_data]
+        cidrs: [10.20.0.0/16]
+      - {name: readers, login: false}
+      - {name: etl, password_file: etl.pw}
+      - {name: legacy, flags: \"NOLOGIN,SUPERUSER\", password: inline-pw}
+      - {name: gone, state: absent}
+    postgresql_databases:
+      - name: reports
+        owner: reporting
+        extensions: [pg_trgm, {name: vector}, {name: hstore, state: absent}]
+      - {db: old, lc_collate: C.UTF-8, lc_ctype: C.UTF-8, encoding: utf-8}",
+    );
+    let p = d.write("inv.yml", &text);
+    let inv = load(
+        &p,
+        &LoadOptions {
+            write_secrets: true,
+        },
+    )
+    .unwrap();
+    let c = &inv.cluster;
+    let u = &c.postgresql_users;
+    assert_eq!(u.len(), 5);
+    assert_eq!(u[0].attributes, ["createdb", "createrole"]);
+    assert_eq!(u[0].member_of, ["pg_read_all_data"]);
+    assert_eq!(u[0].cidrs, ["10.20.0.0/16"]);
+    assert!(u[0].login && !u[1].login && u[4].absent);
+    assert!(!u[3].login && u[3].attributes == ["superuser"]);
+    let db = &c.postgresql_databases;
+    assert_eq!(db[0].owner.as_deref(), Some("reporting"));
+    assert_eq!(db[0].extensions.len(), 3);
+    assert!(db[0].extensions[2].absent);
+    assert_eq!(db[1].name, "old");
+    assert_eq!(db[1].locale.as_deref(), Some("C.UTF-8"));
+    assert_eq!(db[1].encoding.as_deref(), Some("UTF8"));
+    // Passwords: generated and stored, from the file, inline; none for a group role.
+    let s = &inv.secrets.users;
+    assert_eq!(s["reporting"].expose().len(), secrets::GENERATED_LEN);
+    assert_eq!(s["etl"].expose(), "etl-secret");
+    assert_eq!(s["legacy"].expose(), "inline-pw");
+    assert!(!s.contains_key("readers") && !s.contains_key("gone"));
+    let store = fs::read_to_string(secrets_path(&p)).unwrap();
+    assert!(store.contains(&format!("user.reporting: {}", s["reporting"].expose())));
+    // The same password on the next load; pgvector's package on the db hosts.
+    let again = load(&p, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        again.secrets.users["reporting"].expose(),
+        s["reporting"].expose()
+    );
+    assert_eq!(objects::extension_packages(c), ["postgresql-17-pgvector"]);
+    for printed in [print::text(&inv), print::json(&inv)] {
+        assert!(!printed.contains("inline-pw"), "{printed}");
+        assert!(!printed.contains("etl-secret"), "{printed}");
+    }
+}
+
+#[test]
+fn users_and_databases_errors_name_the_line_and_key() {
+    let d = Dir::new();
+    let case = |vars: &str| err_text(d.load(&BASE.replace("cluster_name: demo", vars)));
+    let e = case("postgresql_users:\n      - {name: r1, attributes: [flying]}");
+    assert!(
+        e.contains("inv.yml:4") && e.contains("flying") && e.contains("createdb"),
+        "{e}"
+    );
+    let e = case("postgresql_users:\n      - {name: r1}\n      - {name: r1}");
+    assert!(e.contains("inv.yml:5") && e.contains("listed twice"), "{e}");
+    let e = case("postgresql_users:\n      - {name: app}");
+    assert!(e.contains("pgha's own (app_user)"), "{e}");
+    let e = case("postgresql_users:\n      - {name: r1, colour: red}");
+    assert!(e.contains("unknown key `colour`"), "{e}");
+    let e = case(
+        "postgresql_users:\n      - {name: old, state: absent}\n    postgresql_databases:\n      - {name: d1, owner: old}",
+    );
+    assert!(
+        e.contains("inv.yml:6") && e.contains("marked absent"),
+        "{e}"
+    );
+    let e = case("postgresql_databases:\n      - {name: d1, extensions: [pg_stat_statements]}");
+    assert!(e.contains("shared_preload_libraries"), "{e}");
+    // Loaded by shared_preload_libraries: accepted.
+    let ok = d.load(&BASE.replace(
+        "cluster_name: demo",
+        "postgresql_parameters: {shared_preload_libraries: pg_stat_statements}\n    postgresql_databases:\n      - {name: d1, extensions: [pg_stat_statements]}",
+    ));
+    assert!(
+        ok.is_ok(),
+        "{}",
+        ok.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+    let e = case("postgresql_databases:\n      - {name: d1, lc_collate: C, lc_ctype: en_US.UTF-8}");
+    assert!(e.contains("lc_collate and lc_ctype differ"), "{e}");
+    let e = case(
+        "install_method: docker\n    postgresql_databases:\n      - {name: d1, extensions: [postgis]}",
+    );
+    assert!(
+        e.contains("postgresql-17-postgis-3") && e.contains("docker_image_postgres"),
+        "{e}"
+    );
+}

@@ -77,6 +77,7 @@ pub(crate) fn validate(
     synchronous(ctx, &v);
     exposure(ctx, &v);
     roles(ctx, &v);
+    users_and_databases(ctx, &v);
     pg_version(ctx, &v);
     backup(ctx, &v);
 }
@@ -384,6 +385,164 @@ fn roles(ctx: &mut Ctx, v: &V) {
                 &at,
                 format!("`{kb}` and `{ka}` are both `{a}`: each role needs its own name"),
             );
+        }
+    }
+}
+
+/// Extensions PostgreSQL must load at server start (`shared_preload_libraries`)
+/// before they work: named so the inventory asks for the restart itself.
+pub const PRELOADED: [&str; 4] = ["pg_stat_statements", "pg_cron", "pgaudit", "timescaledb"];
+
+/// `postgresql_users` and `postgresql_databases`: one name each, none of pgha's
+/// own, owners and memberships that will exist, preloaded extensions loaded.
+// Long by design: one pass per list, each rule a few lines.
+fn users_and_databases(ctx: &mut Ctx, v: &V) {
+    let V { c, def_path, .. } = *v;
+    let at = |key: &str, i: usize, field: &str| {
+        let mut p = def_path(key);
+        p.push(Seg::Index(i));
+        if !field.is_empty() {
+            p.push(Seg::key(field));
+        }
+        p
+    };
+    let pgha_roles = [
+        ("superuser_name", &c.superuser_name),
+        ("replication_user", &c.replication_user),
+        ("rewind_user", &c.rewind_user),
+        ("monitor_user", &c.monitor_user),
+        ("app_user", &c.app_user),
+    ];
+    let mut seen = BTreeSet::new();
+    for (i, u) in c.postgresql_users.iter().enumerate() {
+        if !seen.insert(u.name.as_str()) {
+            ctx.error_at(
+                &at("postgresql_users", i, "name"),
+                format!("role `{}` is listed twice: keep one entry", u.name),
+            );
+        }
+        if let Some((key, _)) = pgha_roles.iter().find(|(_, n)| **n == u.name) {
+            ctx.error_at(
+                &at("postgresql_users", i, "name"),
+                format!(
+                    "role `{}` is pgha's own ({key}): pgha manages it; give your role another name",
+                    u.name
+                ),
+            );
+        }
+        if u.name.starts_with("pg_") {
+            ctx.error_at(
+                &at("postgresql_users", i, "name"),
+                format!(
+                    "`{}`: role names starting with pg_ are reserved by PostgreSQL",
+                    u.name
+                ),
+            );
+        }
+        for m in &u.member_of {
+            let target = c.postgresql_users.iter().find(|x| x.name == *m);
+            if target.is_some_and(|t| t.absent) && !u.absent {
+                ctx.error_at(
+                    &at("postgresql_users", i, "member_of"),
+                    format!("role `{}` is a member of `{m}`, which is marked absent: remove it from member_of", u.name),
+                );
+            }
+            if *m == u.name {
+                ctx.error_at(
+                    &at("postgresql_users", i, "member_of"),
+                    format!("role `{m}` cannot be a member of itself"),
+                );
+            }
+        }
+        if u.password_file.is_some() && !u.login {
+            ctx.error_at(
+                &at("postgresql_users", i, "password_file"),
+                format!(
+                    "role `{}` has `login: false` (a group role): it takes no password",
+                    u.name
+                ),
+            );
+        }
+    }
+    let preload: Vec<String> = c
+        .postgresql_parameters
+        .get("shared_preload_libraries")
+        .and_then(|x| x.as_str())
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().trim_matches('"').to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for (i, d) in c.postgresql_databases.iter().enumerate() {
+        if !seen.insert(d.name.as_str()) {
+            ctx.error_at(
+                &at("postgresql_databases", i, "name"),
+                format!("database `{}` is listed twice: keep one entry", d.name),
+            );
+        }
+        if [
+            "postgres",
+            "template0",
+            "template1",
+            c.app_database.as_str(),
+        ]
+        .contains(&d.name.as_str())
+        {
+            ctx.error_at(
+                &at("postgresql_databases", i, "name"),
+                format!(
+                    "database `{}` is PostgreSQL's or pgha's own (app_database): give yours another name",
+                    d.name
+                ),
+            );
+        }
+        if let Some(owner) = &d.owner {
+            let listed = c.postgresql_users.iter().find(|u| u.name == *owner);
+            if !d.absent && listed.is_some_and(|u| u.absent) {
+                ctx.error_at(
+                    &at("postgresql_databases", i, "owner"),
+                    format!(
+                        "database `{}` is owned by `{owner}`, which is marked absent: change the owner or drop the database too",
+                        d.name
+                    ),
+                );
+            }
+        }
+        let own_image = !c.docker_image.is_empty() || !c.docker_image_postgres.is_empty();
+        for (j, e) in d.extensions.iter().enumerate() {
+            let package = super::objects::extension_package(&e.name, c.postgresql_version);
+            if c.install_method == super::InstallMethod::Docker
+                && !own_image
+                && let Some(p) = package.filter(|p| !p.ends_with("-pgvector"))
+            {
+                let mut at = at("postgresql_databases", i, "extensions");
+                at.push(Seg::Index(j));
+                ctx.error_at(
+                    &at,
+                    format!(
+                        "extension `{}` needs the package {p}, which pgha's image does not hold (it has \
+                         PostgreSQL's contrib extensions and pgvector): build an image with it and set docker_image_postgres",
+                        e.name
+                    ),
+                );
+            }
+            if !e.absent
+                && !d.absent
+                && PRELOADED.contains(&e.name.as_str())
+                && !preload.contains(&e.name)
+            {
+                let mut p = at("postgresql_databases", i, "extensions");
+                p.push(Seg::Index(j));
+                ctx.error_at(
+                    &p,
+                    format!(
+                        "extension `{}` works only when PostgreSQL loads it at start: add it to                          postgresql_parameters.shared_preload_libraries (a rolling restart on the next deploy)",
+                        e.name
+                    ),
+                );
+            }
         }
     }
 }

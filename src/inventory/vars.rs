@@ -53,6 +53,10 @@ pub(crate) enum Kind {
     AptSources,
     AptPins,
     Params,
+    /// `postgresql_users`: a list of roles.
+    Users,
+    /// `postgresql_databases`: a list of databases.
+    Databases,
     Secret,
     /// One of a fixed set of words.
     OneOf(&'static [&'static str]),
@@ -176,6 +180,8 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("monitor_user", C, Kind::Role),
     k("app_user", C, Kind::Role),
     k("app_database", C, Kind::Role),
+    k("postgresql_users", C, Kind::Users),
+    k("postgresql_databases", C, Kind::Databases),
     k("apt_sources", C, Kind::AptSources),
     k("apt_pins", C, Kind::AptPins),
     k(
@@ -399,8 +405,6 @@ mod tests {
     #[test]
     fn did_you_mean_leaves_other_playbooks_alone() {
         for other in [
-            "postgresql_users",
-            "postgresql_databases",
             "postgresql_packages",
             "ntp_servers",
             "timezone",

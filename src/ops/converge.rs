@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use crate::engine::desired::{self, HostDesired};
 use crate::engine::facts::{FactsRequest, HostFacts, SqlFactsRequest};
-use crate::engine::plan::{self, HostPlan, SqlChange};
+use crate::engine::plan::{self, HostPlan};
 use crate::engine::preflight::{limit_refusals, preflight};
 use crate::engine::roles::Library;
+use crate::engine::sqlplan::{self, SqlChange};
 use crate::error::Failure;
 use crate::install;
 use crate::inventory::{InstallMethod, Inventory};
@@ -119,8 +120,21 @@ impl<'c, 'a> Converge<'c, 'a> {
                 port: c.postgresql_port,
                 reachable: install::postgres_reachable(c),
                 psql: install::psql(c),
-                roles: vec![c.monitor_user.clone(), c.app_user.clone()],
-                databases: vec![c.app_database.clone()],
+                roles: [c.monitor_user.clone(), c.app_user.clone()]
+                    .into_iter()
+                    .chain(c.postgresql_users.iter().flat_map(|u| {
+                        std::iter::once(u.name.clone()).chain(u.member_of.iter().cloned())
+                    }))
+                    .collect(),
+                databases: std::iter::once(c.app_database.clone())
+                    .chain(c.postgresql_databases.iter().map(|d| d.name.clone()))
+                    .collect(),
+                extension_databases: c
+                    .postgresql_databases
+                    .iter()
+                    .filter(|d| !d.absent && !d.extensions.is_empty())
+                    .map(|d| d.name.clone())
+                    .collect(),
             }),
         }
     }
@@ -236,7 +250,32 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .facts
                 .values()
                 .find_map(|f| f.primary_sql.as_ref())
-                .map(|sql| plan::plan_sql(c, &self.inv.secrets, sql)),
+                .map(|sql| self.plan_sql(sql))
+                .transpose()?,
+        })
+    }
+
+    /// The roles/databases changes, or the refusals as an inventory error naming
+    /// each entry's line: nothing is changed.
+    pub fn plan_sql(
+        &self,
+        have: &crate::engine::facts::SqlFacts,
+    ) -> Result<Vec<SqlChange>, Failure> {
+        sqlplan::plan_sql(&self.inv.cluster, &self.inv.secrets, have).map_err(|refusals| {
+            let text = std::fs::read_to_string(&self.inv.path).unwrap_or_default();
+            let lines: Vec<String> = refusals
+                .iter()
+                .map(|r| {
+                    let at = sqlplan::line_of(&text, r.list, &r.name)
+                        .map(|l| format!(":{l}"))
+                        .unwrap_or_default();
+                    format!("{}{at}: {r}", self.inv.path.display())
+                })
+                .collect();
+            Failure::new(
+                crate::error::Exit::Inventory,
+                format!("{}\nNothing was changed", lines.join("\n")),
+            )
         })
     }
 

@@ -376,12 +376,12 @@ impl Converge<'_, '_> {
             Some(f) => f,
             None => self.sql_facts(leader).await?,
         };
-        let changes = plan::plan_sql(c, &self.inv.secrets, &facts);
+        let changes = self.plan_sql(&facts)?;
         if changes.is_empty() {
             return Ok(());
         }
         let phase = self.ctx.ui.phase("roles");
-        let sql = plan::sql_statements(c, &self.inv.secrets, &changes).join("\n");
+        let sql = crate::engine::sqlplan::sql_statements(c, &self.inv.secrets, &changes).join("\n");
         let script = format!("{} -q -v ON_ERROR_STOP=1", install::psql(c));
         self.ctx
             .session(leader)?
