@@ -5,7 +5,8 @@
 //! the router's network is refused, an etcd client certificate of another CA is
 //! refused; a re-run changes nothing; `status` and `switchover` work over TLS; a
 //! forced renewal rolls new certificates with a writer running, no restart and no
-//! acknowledged write lost.
+//! acknowledged write lost; roles, databases and extensions from the inventory,
+//! logged into through the router, put back after a change by hand, dropped.
 
 mod common;
 
@@ -260,7 +261,232 @@ async fn tls_cluster_checks_renewal_and_day2_commands() {
         0,
         "after the renewal a re-run changes nothing"
     );
+    roles_databases_and_extensions(&lab, &inv).await;
     verify_every_backup(&lab);
+}
+
+/// A connection through the router's write port as `user` into `db` (TLS verified).
+async fn login(
+    lab: &Lab,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let ep = pgha::probe::sql::Endpoint {
+        host: lab.router(),
+        port: 5000,
+        user: user.into(),
+        password: password.into(),
+        dbname: db.into(),
+    };
+    pgha::probe::sql::connect_bounded(&lab.net(), &ep, Duration::from_secs(5)).await
+}
+
+/// The first column of each row of `sql` on the primary, as text.
+async fn column(lab: &Lab, db: &str, sql: &str) -> Vec<String> {
+    let c = login(lab, "postgres", &lab.secret("superuser_password"), db)
+        .await
+        .unwrap_or_else(|e| panic!("superuser into {db}: {e}"));
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+/// postgresql_users / postgresql_databases: created with their extension packages
+/// on every db host and logins through the router; a re-run changes nothing; a
+/// role changed by hand is put back; dropping a database with a session is refused
+/// with the count and changes nothing; without the session both are dropped.
+async fn roles_databases_and_extensions(lab: &Lab, inv: &str) {
+    let base = std::fs::read_to_string(inv).unwrap();
+    let with = |extra: &str| base.replacen("vars:\n", &format!("vars:\n{extra}"), 1);
+    let present = "    postgresql_users:
+      - name: reporting
+        member_of: [readers]
+        connection_limit: 7
+        cidrs: [10.99.0.0/16]
+      - {name: readers, login: false}
+    postgresql_databases:
+      - name: reports
+        owner: reporting
+        locale: C.UTF-8
+        encoding: UTF8
+        extensions: [pg_trgm, vector]
+        cidrs: [10.98.0.0/16]
+";
+    std::fs::write(inv, with(present)).unwrap();
+    let (code, out, err) = pgha(&["deploy", inv, "--output", "json"]);
+    assert_eq!(code, 0, "deploy with roles and databases: {out} {err}");
+    let password = lab.secret("user.reporting");
+    assert_eq!(password.len(), 32, "generated into the secrets file");
+    assert!(
+        !out.contains(&password) && !err.contains(&password),
+        "never printed"
+    );
+    let c = login(lab, "reporting", &password, "reports")
+        .await
+        .unwrap_or_else(|e| panic!("reporting logs into reports through the router: {e}"));
+    let row = c
+        .query_one("select current_user::text, current_database()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("reporting".into(), "reports".into())
+    );
+    // The extension works for its owner: pgvector's operator.
+    let d: f64 = c
+        .query_one("select ('[1,2]'::vector <-> '[4,6]'::vector)::float8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(d, 5.0);
+    drop(c);
+    let mut exts = column(
+        lab,
+        "reports",
+        "select extname::text from pg_extension order by 1",
+    )
+    .await;
+    exts.retain(|e| e != "plpgsql");
+    assert_eq!(exts, ["pg_trgm", "vector"]);
+    assert_eq!(
+        column(lab, "postgres", "select rolconnlimit::text || ' ' || rolcanlogin::text from pg_roles where rolname = 'reporting'").await,
+        ["7 true"]
+    );
+    assert_eq!(
+        column(lab, "postgres", "select b.rolname::text from pg_auth_members m join pg_roles a on a.oid = m.member join pg_roles b on b.oid = m.roleid where a.rolname = 'reporting'").await,
+        ["readers"]
+    );
+    assert_eq!(
+        column(
+            lab,
+            "postgres",
+            "select rolcanlogin::text from pg_roles where rolname = 'readers'"
+        )
+        .await,
+        ["false"]
+    );
+    assert_eq!(
+        column(lab, "postgres", "select datcollate || ' ' || pg_encoding_to_char(encoding) from pg_database where datname = 'reports'").await,
+        ["C.UTF-8 UTF8"]
+    );
+    for h in lab.db_hosts() {
+        let (rc, _) = lab.sh(
+            &h,
+            "dpkg-query -W -f='${db:Status-Abbrev}' postgresql-17-pgvector | grep -q '^ii'",
+        );
+        assert_eq!(rc, 0, "{h}: pgvector's package installed");
+        // pg_hba as PostgreSQL reads it (Patroni writes it on the reload): the
+        // role's and the database's networks.
+        eventually(&format!("{h}: the new pg_hba rules"), 30, || async {
+            let (_, rules) = lab.sh(
+                &h,
+                "runuser -u postgres -- psql -X -At -c \"select type, database::text, user_name::text, address from pg_hba_file_rules where address like '10.9%'\"",
+            );
+            if rules.contains("hostssl|{all}|{reporting}|10.99.0.0")
+                && rules.contains("hostssl|{reports}|{all}|10.98.0.0")
+            {
+                Ok(())
+            } else {
+                Err(rules)
+            }
+        })
+        .await;
+    }
+    let (code, out, _) = pgha(&["deploy", inv, "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        json_doc(&out)["changed"],
+        0,
+        "a re-run changes nothing: {out}"
+    );
+    // Changed by hand: put back by the next deploy.
+    column(
+        lab,
+        "postgres",
+        "alter role reporting superuser connection limit 1; revoke readers from reporting",
+    )
+    .await;
+    let (code, _, _) = pgha(&["deploy", inv]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        column(lab, "postgres", "select rolsuper::text || ' ' || rolconnlimit::text || ' ' || pg_has_role('reporting', 'readers', 'member')::text from pg_roles where rolname = 'reporting'").await,
+        ["false 7 true"]
+    );
+    // Marked absent while a session is in the database: refused, nothing changed.
+    let absent = "    postgresql_users:
+      - {name: reporting, state: absent}
+      - {name: readers, state: absent}
+    postgresql_databases:
+      - {name: reports, state: absent}
+";
+    std::fs::write(inv, with(absent)).unwrap();
+    let session = login(lab, "reporting", &password, "reports").await.unwrap();
+    let (code, _, err) = pgha(&["deploy", inv]);
+    assert_eq!(code, 4, "refused: {err}");
+    assert!(
+        err.contains("postgresql_databases `reports`")
+            && err.contains("1 session(s) are connected"),
+        "{err}"
+    );
+    assert_eq!(
+        column(
+            lab,
+            "postgres",
+            "select count(*)::text from pg_database where datname = 'reports'"
+        )
+        .await,
+        ["1"],
+        "the refused deploy dropped nothing"
+    );
+    drop(session);
+    eventually("the session to end", 30, || async {
+        let n = column(
+            lab,
+            "postgres",
+            "select count(*)::text from pg_stat_activity where datname = 'reports'",
+        )
+        .await;
+        if n == ["0"] {
+            Ok(())
+        } else {
+            Err(format!("{n:?}"))
+        }
+    })
+    .await;
+    let (code, _, err) = pgha(&["deploy", inv]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        column(
+            lab,
+            "postgres",
+            "select count(*)::text from pg_database where datname = 'reports'"
+        )
+        .await,
+        ["0"]
+    );
+    assert_eq!(
+        column(
+            lab,
+            "postgres",
+            "select count(*)::text from pg_roles where rolname in ('reporting', 'readers')"
+        )
+        .await,
+        ["0"]
+    );
+    assert!(
+        login(lab, "reporting", &password, "postgres")
+            .await
+            .is_err(),
+        "a dropped role cannot log in"
+    );
+    std::fs::write(inv, &base).unwrap();
 }
 
 /// Each db host's postmaster start time, from Patroni's `/patroni` (retried: the
