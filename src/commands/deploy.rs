@@ -196,10 +196,29 @@ async fn report_check(
     }
     match &e.sql_changes {
         Some(changes) => cluster_lines.extend(changes.iter().map(|c| format!("sql: {c}"))),
-        None if !e.patroni_initialized => cluster_lines.push(format!(
-            "sql: create roles {}, {} and database {}",
-            c.monitor_user, c.app_user, c.app_database
-        )),
+        None if !e.patroni_initialized => {
+            let present = |absent: bool, name: &str| (!absent).then(|| name.to_string());
+            let roles: Vec<String> = [c.monitor_user.clone(), c.app_user.clone()]
+                .into_iter()
+                .chain(
+                    c.postgresql_users
+                        .iter()
+                        .filter_map(|u| present(u.absent, &u.name)),
+                )
+                .collect();
+            let dbs: Vec<String> = std::iter::once(c.app_database.clone())
+                .chain(
+                    c.postgresql_databases
+                        .iter()
+                        .filter_map(|d| present(d.absent, &d.name)),
+                )
+                .collect();
+            cluster_lines.push(format!(
+                "sql: create roles {} and databases {}",
+                roles.join(", "),
+                dbs.join(", ")
+            ))
+        }
         None => {}
     }
     if let Some(repo) = conv.inv.backup_host() {

@@ -17,6 +17,7 @@ pub mod objects;
 mod parse;
 pub mod print;
 mod resolve;
+mod scalar;
 mod secrets;
 mod validate;
 mod vars;

@@ -5,8 +5,8 @@
 use serde_json::{Map, Value as Json, json};
 use yaml_serde::Value as Yaml;
 
-use super::convert::{ConvError, boolean, cidrs, each_item, err, integer, list, pg_name, string};
 use super::locate::Seg;
+use super::scalar::{ConvError, boolean, cidrs, each_item, err, integer, list, pg_name, string};
 use super::vars::describe;
 
 /// Role attributes besides LOGIN, as written in `attributes:`.

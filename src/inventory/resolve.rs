@@ -714,7 +714,7 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     if let Some((Json::Array(a), _)) = v.get("client_cidrs") {
         c.client_cidrs = a
             .iter()
-            .filter_map(|x| x.as_str().and_then(convert::parse_cidr))
+            .filter_map(|x| x.as_str().and_then(super::scalar::parse_cidr))
             .collect();
     }
     set!(superuser_name, str);
