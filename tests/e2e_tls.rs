@@ -435,16 +435,14 @@ async fn roles_databases_and_extensions(lab: &Lab, inv: &str) {
             && err.contains("1 session(s) are connected"),
         "{err}"
     );
-    assert_eq!(
+    let reports = || {
         column(
             lab,
             "postgres",
-            "select count(*)::text from pg_database where datname = 'reports'"
+            "select count(*)::text from pg_database where datname = 'reports'",
         )
-        .await,
-        ["1"],
-        "the refused deploy dropped nothing"
-    );
+    };
+    assert_eq!(reports().await, ["1"], "the refused deploy dropped nothing");
     drop(session);
     eventually("the session to end", 30, || async {
         let n = column(
@@ -462,15 +460,7 @@ async fn roles_databases_and_extensions(lab: &Lab, inv: &str) {
     .await;
     let (code, _, err) = pgha(&["deploy", inv]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        column(
-            lab,
-            "postgres",
-            "select count(*)::text from pg_database where datname = 'reports'"
-        )
-        .await,
-        ["0"]
-    );
+    assert_eq!(reports().await, ["0"], "dropped once no session was left");
     assert_eq!(
         column(
             lab,
