@@ -427,12 +427,18 @@ async fn roles_databases_and_extensions(lab: &Lab, inv: &str) {
       - {name: reports, state: absent}
 ";
     std::fs::write(inv, with(absent)).unwrap();
+    let line = 1 + std::fs::read_to_string(inv)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("{name: reports, state: absent}"))
+        .unwrap();
     let session = login(lab, "reporting", &password, "reports").await.unwrap();
     let (code, _, err) = pgha(&["deploy", inv]);
     assert_eq!(code, 4, "refused: {err}");
     assert!(
-        err.contains("postgresql_databases `reports`")
-            && err.contains("1 session(s) are connected"),
+        err.contains(&format!(
+            "inventory.yml:{line}: postgresql_databases `reports`"
+        )) && err.contains("1 session(s) are connected"),
         "{err}"
     );
     let reports = || {

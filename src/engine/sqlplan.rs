@@ -509,10 +509,20 @@ pub fn line_of(text: &str, list: &str, name: &str) -> Option<usize> {
                 continue;
             }
             let item = t.trim_start_matches('-').trim();
-            let value = item.strip_prefix("name:").unwrap_or(item).trim();
-            if value.trim_matches(['"', '\'']) == name
-                && (item.starts_with("name:") || t.starts_with("- "))
-            {
+            // `name: x`, `db: x` (autobase), `{name: x, ...}` or a bare `- x`.
+            let flow = item.strip_prefix('{').map(|f| f.trim_end_matches('}'));
+            let fields: Vec<&str> = match flow {
+                Some(f) => f.split(',').map(str::trim).collect(),
+                None => vec![item],
+            };
+            let unquote = |v: &str| v.trim().trim_matches(['"', '\'']).to_string();
+            let named = fields.iter().any(|f| {
+                ["name:", "db:"]
+                    .iter()
+                    .any(|k| f.strip_prefix(k).is_some_and(|v| unquote(v) == name))
+            });
+            let bare = flow.is_none() && t.starts_with("- ") && unquote(item) == name;
+            if named || bare {
                 return Some(i + 1);
             }
         }

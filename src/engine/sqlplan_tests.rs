@@ -282,9 +282,11 @@ fn a_group_role_takes_no_password_and_an_extension_is_dropped_in_its_database() 
 
 #[test]
 fn entries_are_found_by_name_in_the_inventory_text() {
-    let text = "all:\n  vars:\n    postgresql_users:\n      - name: a\n      - b\n    postgresql_databases:\n      - name: \"a\"\n        owner: b\n";
+    let text = "all:\n  vars:\n    postgresql_users:\n      - name: a\n      - b\n      - {name: c, state: absent}\n    postgresql_databases:\n      - name: \"a\"\n        owner: b\n      - {db: d}\n";
     assert_eq!(line_of(text, "postgresql_users", "a"), Some(4));
     assert_eq!(line_of(text, "postgresql_users", "b"), Some(5));
-    assert_eq!(line_of(text, "postgresql_databases", "a"), Some(7));
+    assert_eq!(line_of(text, "postgresql_users", "c"), Some(6));
+    assert_eq!(line_of(text, "postgresql_databases", "a"), Some(8));
+    assert_eq!(line_of(text, "postgresql_databases", "d"), Some(10));
     assert_eq!(line_of(text, "postgresql_databases", "zz"), None);
 }
