@@ -362,18 +362,23 @@ fn exposure(ctx: &mut Ctx, v: &V) {
     }
 }
 
-/// Each role its own name (one role cannot have two jobs with two passwords).
-fn roles(ctx: &mut Ctx, v: &V) {
-    let V {
-        c, cvals, def_path, ..
-    } = *v;
-    let roles = [
+/// pgha's own roles, each with the variable that names it.
+fn pgha_roles(c: &Cluster) -> [(&'static str, &String); 5] {
+    [
         ("superuser_name", &c.superuser_name),
         ("replication_user", &c.replication_user),
         ("rewind_user", &c.rewind_user),
         ("monitor_user", &c.monitor_user),
         ("app_user", &c.app_user),
-    ];
+    ]
+}
+
+/// Each role its own name (one role cannot have two jobs with two passwords).
+fn roles(ctx: &mut Ctx, v: &V) {
+    let V {
+        c, cvals, def_path, ..
+    } = *v;
+    let roles = pgha_roles(c);
     for (i, (ka, a)) in roles.iter().enumerate() {
         if let Some((kb, _)) = roles[..i].iter().find(|(_, b)| b == a) {
             let at = if cvals.contains_key(ka) {
@@ -406,13 +411,7 @@ fn users_and_databases(ctx: &mut Ctx, v: &V) {
         }
         p
     };
-    let pgha_roles = [
-        ("superuser_name", &c.superuser_name),
-        ("replication_user", &c.replication_user),
-        ("rewind_user", &c.rewind_user),
-        ("monitor_user", &c.monitor_user),
-        ("app_user", &c.app_user),
-    ];
+    let pgha_roles = pgha_roles(c);
     let mut seen = BTreeSet::new();
     for (i, u) in c.postgresql_users.iter().enumerate() {
         if !seen.insert(u.name.as_str()) {
