@@ -99,6 +99,12 @@ async fn run(
         // A first deploy: PostgreSQL's server is there now, nothing runs yet.
         conv.check_parameters().await?;
     }
+    if !existing.members.is_empty() {
+        // Joining hosts have their packages now; every etcd host's configuration
+        // then follows the new membership without a restart (read_once lines).
+        conv.converge_members(&existing.members).await?;
+        conv.gather_and_plan().await?;
+    }
     conv.etcd(existing.etcd_new).await?;
     if let Some(lock) = lock {
         // A first deploy held the lock on the hosts only; etcd exists now.
@@ -191,6 +197,7 @@ async fn report_check(
             conv.inv.db_hosts()[0].name
         ));
     }
+    cluster_lines.extend(e.members.lines());
     if let Some(p) = &e.dcs_patch {
         cluster_lines.push(format!("patroni: PATCH /config {p}"));
     }

@@ -26,6 +26,8 @@ pub struct DesiredFile {
     pub validate: Option<String>,
     /// Where it holds secrets (masked in diffs); boxed: plans carry many files.
     pub secrets: Box<SecretLines>,
+    /// Prefixes of lines read only on the service's first start (roles' `read_once`).
+    pub read_once: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -635,6 +637,7 @@ fn render_file(
             .transpose()
             .with_context(|| format!("role {role}: validate of {}", f.dest))?,
         secrets: Box::new(f.secrets.clone()),
+        read_once: f.read_once.clone(),
     })
 }
 

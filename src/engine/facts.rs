@@ -24,6 +24,8 @@ pub struct FactsRequest {
     /// User names whose uid to read (the image contract's users).
     pub users: Vec<String>,
     pub paths: Vec<String>,
+    /// Files whose `read_once` lines (prefixes) are taken out for a second sha256.
+    pub read_once: Vec<(String, Vec<String>)>,
     /// PostgreSQL port and role/database names to read when this host runs the primary.
     pub sql: Option<SqlFactsRequest>,
 }
@@ -44,6 +46,8 @@ pub struct SqlFactsRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileFact {
     pub sha256: String,
+    /// sha256 of the lines left once the `read_once` lines are taken out (when asked).
+    pub read_once_sha256: Option<String>,
     pub owner: String,
     pub group: String,
     pub mode: u32,
@@ -192,6 +196,16 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             words(&req.files)
         ));
     }
+    for (path, prefixes) in &req.read_once {
+        let patterns: String = prefixes
+            .iter()
+            .map(|p| format!(" -e {}", shell_quote(&format!("^{p}"))))
+            .collect();
+        s.push_str(&format!(
+            "if [ -f {f} ]; then printf 'readonce\t%s\t%s\n' {f} \"$(grep -v{patterns} {f} | sha256sum | cut -d' ' -f1)\"; fi\n",
+            f = shell_quote(path)
+        ));
+    }
     if !req.units.is_empty() {
         // One systemctl for all units: its blocks come in the order asked.
         let names = req.units.join(" ");
@@ -324,6 +338,12 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                 if status.starts_with("ii") || status.starts_with("hi") =>
             {
                 f.packages.insert(name.to_string(), version.to_string());
+            }
+            ["readonce", path, sha] => {
+                f.files
+                    .entry(path.to_string())
+                    .or_default()
+                    .read_once_sha256 = Some(sha.to_string());
             }
             ["filesum", path, sha] => {
                 f.files.entry(path.to_string()).or_default().sha256 = sha.to_string();
@@ -530,6 +550,7 @@ user\tpostgres\t470\n";
             images: vec!["pgha-stack:abc".into()],
             users: vec!["postgres".into()],
             paths: vec![],
+            read_once: vec![],
             sql: Some(SqlFactsRequest {
                 port: 5432,
                 reachable: "true".into(),

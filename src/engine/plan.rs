@@ -172,6 +172,30 @@ fn file_reason(want: &DesiredFile, have: Option<&super::facts::FileFact>) -> Opt
     }
 }
 
+/// Only lines the service reads on its first start differ (etcd's initial
+/// membership, after a member joined or left): the file is written, the running
+/// service is not restarted.
+fn read_once_only(want: &DesiredFile, have: Option<&super::facts::FileFact>) -> bool {
+    !want.read_once.is_empty()
+        && have.and_then(|h| h.read_once_sha256.as_deref())
+            == Some(without_read_once(&want.content, &want.read_once).as_str())
+}
+
+/// sha256 of `content` without the lines starting with one of `prefixes`, as
+/// `grep -v -e ^P ... | sha256sum` computes it on the host (every kept line ends
+/// with a newline).
+pub fn without_read_once(content: &[u8], prefixes: &[String]) -> String {
+    let text = String::from_utf8_lossy(content);
+    let mut kept = String::new();
+    for line in text.lines() {
+        if !prefixes.iter().any(|p| line.starts_with(p.as_str())) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(kept.as_bytes()))
+}
+
 /// Plan one host: files that differ, missing packages, services not enabled/running,
 /// and the handlers that changed files need.
 // Long by design: the rules in the order their actions run, each a few lines.
@@ -191,7 +215,9 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
             if let Some(reason) = file_reason(file, facts.files.get(&file.path)) {
                 if file.notify == Notify::AptUpdate {
                     apt_files_changed = true;
-                } else if reason != FileReason::Attributes {
+                } else if reason != FileReason::Attributes
+                    && !read_once_only(file, facts.files.get(&file.path))
+                {
                     notify = notify.max(file.notify);
                 }
                 actions.push(Planned {
@@ -453,6 +479,7 @@ mod host_tests {
             notify,
             validate: None,
             secrets: Default::default(),
+            read_once: vec![],
         }
     }
 
@@ -480,6 +507,7 @@ mod host_tests {
                 owner: "root".into(),
                 group: "root".into(),
                 mode: 0o644,
+                read_once_sha256: None,
             },
         );
         f.units.insert(
@@ -526,6 +554,34 @@ mod host_tests {
         let p = plan_host(&want(), &f, 86400);
         assert_eq!(p.notify("etcd"), Notify::Restart);
         assert!(!p.apt_update(), "nothing to install");
+    }
+
+    #[test]
+    fn a_change_in_read_once_lines_only_writes_the_file() {
+        let read_once = vec!["ETCD_INITIAL_CLUSTER=".to_string()];
+        let mut w = want();
+        let f0 = &mut w.roles[0].files[0];
+        f0.content = b"A=1\nETCD_INITIAL_CLUSTER=\"db1=x,db2=y\"\n".to_vec();
+        f0.read_once = read_once.clone();
+        // On the host: another initial membership, the rest the same.
+        let on_host = b"A=1\nETCD_INITIAL_CLUSTER=\"db1=x\"\n";
+        let mut f = converged();
+        let fact = f.files.get_mut("/etc/default/etcd").unwrap();
+        fact.sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(on_host));
+        fact.read_once_sha256 = Some(without_read_once(on_host, &read_once));
+        let p = plan_host(&w, &f, 86400);
+        assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+        assert_eq!(p.notify("etcd"), Notify::None);
+        // Any other line changed too: a restart.
+        let on_host = b"A=2\nETCD_INITIAL_CLUSTER=\"db1=x\"\n";
+        let fact = f.files.get_mut("/etc/default/etcd").unwrap();
+        fact.read_once_sha256 = Some(without_read_once(on_host, &read_once));
+        assert_eq!(plan_host(&w, &f, 86400).notify("etcd"), Notify::Restart);
+        // grep -v | sha256sum on the host: every kept line ends with a newline.
+        assert_eq!(
+            without_read_once(b"A=1\nETCD_INITIAL_CLUSTER=z", &read_once),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"A=1\n"))
+        );
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct FileDef {
     /// Variables the template sees as `vars.NAME` (one template, several files).
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// Prefixes of lines the service reads only on its first start (etcd's initial
+    /// membership): when only such lines differ, the file is written and nothing
+    /// is restarted. Letters, digits, `_` and `=` only (they go into a grep pattern).
+    #[serde(default)]
+    pub read_once: Vec<String>,
 }
 
 /// Which lines of a managed file hold a secret (roles/*.yml `secrets:`). Their
@@ -299,6 +304,18 @@ impl Library {
             }
             for f in &role.files {
                 f.mode_bits()?;
+                if let Some(bad) = f.read_once.iter().find(|p| {
+                    p.is_empty()
+                        || !p
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '=')
+                }) {
+                    bail!(
+                        "role {}: read_once {bad:?} of {}: letters, digits, `_` and `=` only",
+                        role.name,
+                        f.dest
+                    );
+                }
                 if !templates.contains_key(&f.template) {
                     bail!("role {}: template {} not found", role.name, f.template);
                 }

@@ -611,12 +611,27 @@ impl Inventory {
         }
         self.members("backup").into_iter().next()
     }
-    /// The `etcd` group when given, else the db hosts.
+    /// The `etcd` group when given, else the first 3 db hosts (the first 5 once
+    /// there are 5 or more): etcd stays odd, and db hosts beyond it are Patroni
+    /// members only.
     pub fn etcd_hosts(&self) -> Vec<&Host> {
         if self.groups.get("etcd").is_some_and(|g| !g.is_empty()) {
             self.members("etcd")
         } else {
-            self.db_hosts()
+            let mut db = self.db_hosts();
+            db.truncate(default_etcd_size(db.len()));
+            db
         }
+    }
+}
+
+/// How many of `db` db hosts are etcd members when no `etcd` group is given:
+/// 5 from 5 hosts on, 3 from 3 or 4 (an even count adds no fault tolerance), all
+/// of fewer (which validation refuses).
+pub fn default_etcd_size(db: usize) -> usize {
+    match db {
+        0..=3 => db,
+        4 => 3,
+        _ => 5,
     }
 }

@@ -803,3 +803,35 @@ fn users_and_databases_errors_name_the_line_and_key() {
         "{e}"
     );
 }
+
+#[test]
+fn etcd_stays_odd_as_db_hosts_are_added() {
+    let d = Dir::new();
+    let names = |inv: &Inventory| -> Vec<String> {
+        inv.etcd_hosts().iter().map(|h| h.name.clone()).collect()
+    };
+    let four = BASE.replace(
+        "        db3: {ansible_host: 10.0.0.13}\n",
+        "        db3: {ansible_host: 10.0.0.13}\n        db4: {ansible_host: 10.0.0.14}\n",
+    );
+    let inv = d.load(&four).unwrap();
+    assert_eq!(inv.db_hosts().len(), 4);
+    assert_eq!(names(&inv), ["db1", "db2", "db3"]);
+    let six = four.replace(
+        "        db4: {ansible_host: 10.0.0.14}\n",
+        "        db4: {ansible_host: 10.0.0.14}\n        db5: {ansible_host: 10.0.0.15}\n        db6: {ansible_host: 10.0.0.16}\n",
+    );
+    let inv = d.load(&six).unwrap();
+    assert_eq!(names(&inv), ["db1", "db2", "db3", "db4", "db5"]);
+    // An `etcd` group chooses them; an even count is refused.
+    let chosen =
+        format!("{four}    etcd:\n      hosts:\n        db2:\n        db3:\n        db4:\n");
+    let inv = d.load(&chosen).unwrap();
+    assert_eq!(names(&inv), ["db2", "db3", "db4"]);
+    let even = format!("{four}    etcd:\n      hosts:\n        db2:\n        db3:\n");
+    let e = err_text(d.load(&even));
+    assert!(
+        e.contains("odd number of members") && e.contains("db2, db3"),
+        "{e}"
+    );
+}

@@ -36,11 +36,13 @@ impl V<'_> {
     fn members(&self, g: &str) -> Vec<String> {
         self.groups.get(g).cloned().unwrap_or_default()
     }
-    /// The etcd members: the etcd group when given, else the db hosts.
+    /// The etcd members: the etcd group when given, else the first 3 (or 5) db hosts.
     fn etcd(&self) -> Vec<String> {
         let explicit = self.members("etcd");
         if explicit.is_empty() {
-            self.members("db")
+            let mut db = self.members("db");
+            db.truncate(super::model::default_etcd_size(db.len()));
+            db
         } else {
             explicit
         }
@@ -108,19 +110,15 @@ fn etcd_size(ctx: &mut Ctx, v: &V) {
     } = *v;
     let db = v.members("db");
     let explicit_etcd = !v.members("etcd").is_empty();
-    let etcd = if explicit_etcd {
-        v.members("etcd")
-    } else {
-        db.clone()
-    };
-    if check_membership && !db.is_empty() && (etcd.len() < 3 || etcd.len() % 2 == 0) {
+    let etcd = v.etcd();
+    if check_membership && !db.is_empty() && (etcd.len() < 3 || etcd.len().is_multiple_of(2)) {
         let (g, how) = if explicit_etcd {
             ("etcd", "add or remove hosts in the `etcd` group")
         } else {
             (
                 "db",
-                "the etcd members are the db hosts unless an `etcd` group is given: add db hosts, \
-                 or list 3 (or 5) etcd hosts in an `etcd` group",
+                "the etcd members are the first 3 db hosts (5 from 5 db hosts on) unless an \
+                 `etcd` group is given: add db hosts, or list 3 (or 5) etcd hosts in an `etcd` group",
             )
         };
         ctx.error_at(

@@ -15,7 +15,10 @@ use crate::error::Failure;
 use crate::install;
 use crate::inventory::{InstallMethod, Inventory};
 use crate::ops::Ctx;
+use crate::ops::endpoints::scheme;
+use crate::ops::etcd as etcd_ops;
 use crate::ops::images;
+use crate::ops::membership::{self, Changes, Layout, Observed};
 use crate::ops::run::host_failed;
 use crate::probe::{etcd, patroni};
 
@@ -25,6 +28,8 @@ pub struct Existing {
     pub patroni_initialized: bool,
     pub dcs_patch: Option<serde_json::Value>,
     pub sql_changes: Option<Vec<SqlChange>>,
+    /// etcd membership changes the inventory asks of a running etcd.
+    pub members: Changes,
 }
 
 /// Desired state, facts and plans of every host of a run.
@@ -116,6 +121,11 @@ impl<'c, 'a> Converge<'c, 'a> {
             containers,
             images,
             paths,
+            read_once: d
+                .files()
+                .filter(|f| !f.read_once.is_empty())
+                .map(|f| (f.path.clone(), f.read_once.clone()))
+                .collect(),
             sql: is_db.then(|| SqlFactsRequest {
                 port: c.postgresql_port,
                 reachable: install::postgres_reachable(c),
@@ -225,18 +235,33 @@ impl<'c, 'a> Converge<'c, 'a> {
             .iter()
             .partition(|h| self.facts[*h].exists(&etcd_member_dir));
         let etcd_new = with_data.is_empty();
-        if !etcd_new && !missing.is_empty() {
-            let list = |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(host_failed(format!(
-                "etcd members {} have no data directory ({etcd_member_dir}) while {} do: a lost member \
-                 must be replaced in the running etcd cluster: run `pgha rebuild HOST`; nothing was changed",
-                list(&missing),
-                list(&with_data)
-            )));
-        }
         if !etcd_new {
             self.refuse_tls_switch(&with_data)?;
         }
+        let with_data: Vec<String> = with_data.into_iter().cloned().collect();
+        let members = if etcd_new {
+            Changes::default()
+        } else {
+            match self.observe_members().await {
+                Ok(obs) => self.plan_members(&obs, &with_data)?,
+                // etcd stopped everywhere (destroy kept the data, a power cut): the
+                // etcd phase starts it; a host without data cannot be judged then.
+                Err(e) if !missing.is_empty() => {
+                    let list =
+                        |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                    return Err(host_failed(format!(
+                        "etcd hosts {} have no data directory ({etcd_member_dir}) while {} do, and \
+                         etcd does not answer ({e}): pgha cannot tell a new member from a lost one. \
+                         Take the new hosts out of the inventory's etcd members and deploy to bring \
+                         etcd back first (a lost member is replaced with `pgha rebuild HOST`); \
+                         nothing was changed",
+                        list(&missing),
+                        with_data.join(", ")
+                    )));
+                }
+                Err(_) => Changes::default(),
+            }
+        };
         let patroni_initialized = !etcd_new && self.patroni_initialized().await;
         Ok(Existing {
             etcd_new,
@@ -252,6 +277,7 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .find_map(|f| f.primary_sql.as_ref())
                 .map(|sql| self.plan_sql(sql))
                 .transpose()?,
+            members,
         })
     }
 
@@ -373,11 +399,17 @@ impl<'c, 'a> Converge<'c, 'a> {
         if !self.ctx.limited() {
             return Ok(());
         }
-        let reasons = limit_refusals(
+        let mut reasons = limit_refusals(
             e.etcd_new || !e.patroni_initialized,
             e.dcs_patch.is_some(),
             e.sql_changes.as_ref().is_some_and(|s| !s.is_empty()),
         );
+        if !e.members.is_empty() {
+            reasons.push(format!(
+                "etcd's membership changes ({}): every etcd member's configuration follows",
+                e.members.lines().join("; ")
+            ));
+        }
         if reasons.is_empty() {
             Ok(())
         } else {
@@ -403,5 +435,52 @@ impl<'c, 'a> Converge<'c, 'a> {
         self.desired[host]
             .role(role)
             .ok_or_else(|| anyhow::anyhow!("{host} has no {role} role"))
+    }
+}
+
+impl Converge<'_, '_> {
+    /// The etcd and Patroni members the running cluster reports (etcd must answer;
+    /// Patroni's members are read when any member's REST API answers).
+    pub async fn observe_members(&self) -> Result<Observed, String> {
+        let mut c = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd)
+            .await
+            .map_err(|e| e.to_string())?;
+        let etcd = etcd_ops::members(&mut c).await.map_err(|f| f.message)?;
+        let patroni = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
+            .await
+            .map(|v| v.members.into_iter().map(|m| m.name).collect())
+            .unwrap_or_default();
+        Ok(Observed { etcd, patroni })
+    }
+
+    /// Judge the members against the inventory (read-only).
+    pub fn plan_members(&self, obs: &Observed, with_data: &[String]) -> Result<Changes, Failure> {
+        let (all, db, etcd) = (
+            self.ctx.all_hosts(),
+            self.ctx.db_hosts(),
+            self.ctx.etcd_hosts(),
+        );
+        let c = &self.inv.cluster;
+        let peer_url = |h: &str| {
+            let ip = self
+                .inv
+                .host(h)
+                .map(|x| x.ip.to_string())
+                .unwrap_or_default();
+            format!("{}://{ip}:{}", scheme(c.tls), c.etcd_peer_port)
+        };
+        let inventory = self.inv.path.display().to_string();
+        membership::plan(
+            &Layout {
+                all: &all,
+                db: &db,
+                etcd: &etcd,
+                peer_url: &peer_url,
+                with_data,
+            },
+            obs,
+            &inventory,
+        )
+        .map_err(|r| host_failed(format!("{}\nNothing was changed", r.join("\n"))))
     }
 }

@@ -1,7 +1,8 @@
-//! One host's place in the cluster as a rebuild changes it: where its etcd
-//! membership stands, the safe replacement of that member (learner, promotion), the
-//! checks right before its data is wiped and the wipe itself, and a snapshot of
-//! etcd taken before the membership changes. `commands::rebuild` runs these in order.
+//! One host's place in the cluster as a rebuild or a deploy changes it: where its
+//! etcd membership stands, the safe replacement of that member (learner,
+//! promotion), hosts joining and leaving etcd as the inventory says
+//! (`ops::membership` judges which), the checks right before its data is wiped and
+//! the wipe itself, and a snapshot of etcd taken before the membership changes.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +12,7 @@ use serde::Serialize;
 use super::converge::Converge;
 use super::endpoints::scheme;
 use super::etcd::{self as etcd_ops, MemberInfo};
+use super::membership::Changes;
 use super::run::{Ctx, host_failed};
 use super::waits;
 use crate::engine::{apply, desired};
@@ -34,6 +36,9 @@ pub enum EtcdState {
 pub struct Member<'c, 'a> {
     ctx: &'c Ctx<'a>,
     pub name: String,
+    /// Other etcd hosts of the inventory still to join (deploy adds several, one
+    /// at a time): left out of the quorum proofs and the client's endpoints.
+    pending: Vec<String>,
 }
 
 pub fn quorum(voters: usize) -> usize {
@@ -45,7 +50,31 @@ impl<'c, 'a> Member<'c, 'a> {
         Member {
             ctx,
             name: name.to_string(),
+            pending: Vec::new(),
         }
+    }
+
+    pub fn pending(mut self, hosts: Vec<String>) -> Self {
+        self.pending = hosts;
+        self
+    }
+
+    /// The etcd client endpoints of the inventory's etcd hosts but the pending ones.
+    fn etcd_endpoints(&self) -> Vec<String> {
+        let c = &self.ctx.inv.cluster;
+        let skip: Vec<String> = self
+            .pending
+            .iter()
+            .filter_map(|h| self.ctx.inv.host(h))
+            .map(|h| format!("{}://{}:{}", scheme(c.tls), h.ip, c.etcd_client_port))
+            .collect();
+        self.ctx
+            .ep
+            .etcd
+            .iter()
+            .filter(|e| !skip.contains(e))
+            .cloned()
+            .collect()
     }
 
     pub fn address(&self) -> String {
@@ -88,12 +117,9 @@ impl<'c, 'a> Member<'c, 'a> {
             self.address(),
             c.etcd_client_port
         );
-        self.ctx
-            .ep
-            .etcd
-            .iter()
-            .filter(|e| **e != own)
-            .cloned()
+        self.etcd_endpoints()
+            .into_iter()
+            .filter(|e| *e != own)
             .collect()
     }
 
@@ -356,9 +382,12 @@ impl<'c, 'a> Member<'c, 'a> {
                 .ui
                 .host("etcd", format!("{t} promoted to a voting member"));
         }
-        waits::wait_etcd_quorum(&self.ctx.ep, etcd_ops::QUORUM).await?;
+        waits::wait_etcd_quorum_of(&self.ctx.ep, &self.etcd_endpoints(), etcd_ops::QUORUM).await?;
         // The survivors' files name the new address too; no restart needed.
         for h in self.ctx.etcd_hosts() {
+            if self.pending.contains(&h) {
+                continue;
+            }
             let f = conv.desired[&h]
                 .files()
                 .find(|f| f.path == "/etc/default/etcd")
@@ -372,7 +401,8 @@ impl<'c, 'a> Member<'c, 'a> {
                     .map_err(|e| host_failed(format!("{h}: write /etc/default/etcd: {e:#}")))?;
             }
         }
-        let q = waits::wait_etcd_quorum(&self.ctx.ep, etcd_ops::QUORUM).await?;
+        let q = waits::wait_etcd_quorum_of(&self.ctx.ep, &self.etcd_endpoints(), etcd_ops::QUORUM)
+            .await?;
         self.ctx.ui.host(
             "etcd",
             format!(
@@ -384,6 +414,149 @@ impl<'c, 'a> Member<'c, 'a> {
         );
         Ok(())
     }
+}
+
+impl Converge<'_, '_> {
+    /// Make etcd's membership what the inventory says, before the etcd phase:
+    /// learners first (one at a time, each proven healthy before the next), then
+    /// the members that leave. Packages must be in on the joining hosts.
+    pub async fn converge_members(&self, changes: &Changes) -> Result<(), Failure> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let phase = self.ctx.ui.phase("members");
+        let pending: Vec<String> = changes
+            .join
+            .iter()
+            .chain(changes.promote.iter().map(|(h, _)| h))
+            .cloned()
+            .collect();
+        let mut done = Vec::new();
+        for (h, id) in &changes.promote {
+            phase.set(format!("etcd: promoting {h}"));
+            let others = without(&pending, &done, h);
+            Member::new(self.ctx, h)
+                .pending(others)
+                .replace_etcd_member(&EtcdState::Learner { id: *id }, self)
+                .await?;
+            done.push(h.clone());
+        }
+        for h in &changes.join {
+            phase.set(format!("etcd: {h} joins"));
+            self.ctx.ensure_locked(&format!("etcd: {h} joins")).await?;
+            // Not a member: whatever etcd left there (a member removed earlier,
+            // Debian's one-member default) must not start with the new membership.
+            let role = self.role(h, "etcd").map_err(Failure::from)?;
+            self.ctx
+                .run_on(
+                    h,
+                    "clear etcd before it joins",
+                    format!(
+                        "{}\nrm -rf /var/lib/etcd/default {}",
+                        install::stop(role),
+                        shell_quote(&desired::etcd_data_dir(&self.inv.cluster))
+                    ),
+                )
+                .await?;
+            let others = without(&pending, &done, h);
+            Member::new(self.ctx, h)
+                .pending(others)
+                .replace_etcd_member(&EtcdState::Replace { remove: vec![] }, self)
+                .await?;
+            self.ctx.ui.changed(h, 1);
+            done.push(h.clone());
+        }
+        for (h, m) in &changes.leave {
+            phase.set(format!("etcd: {h} leaves"));
+            self.leave_etcd(h, m).await?;
+        }
+        let q = waits::wait_etcd_quorum(&self.ctx.ep, etcd_ops::QUORUM).await?;
+        phase.done(format!(
+            "etcd: {} voters ({}), leader {}",
+            q.members.len(),
+            self.ctx.etcd_hosts().join(", "),
+            q.leader
+        ));
+        Ok(())
+    }
+
+    /// A db host leaves etcd: its member removed (only with quorum kept among the
+    /// inventory's etcd members), then its etcd stopped, disabled and its data
+    /// removed (a removed member can never start on that data again).
+    pub async fn leave_etcd(&self, host: &str, m: &MemberInfo) -> Result<(), Failure> {
+        self.ctx
+            .ensure_locked(&format!("etcd: {host} leaves"))
+            .await?;
+        let mut client = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd).await?;
+        let members = etcd_ops::members(&mut client).await?;
+        let report = etcd::probe(&self.ctx.ep.net, &self.ctx.ep.etcd).await;
+        let healthy: Vec<String> = report
+            .endpoints
+            .iter()
+            .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
+            .collect();
+        let left: Vec<&MemberInfo> = members
+            .iter()
+            .filter(|x| !x.learner && x.id != m.id)
+            .collect();
+        let healthy_left = left.iter().filter(|x| healthy.contains(&x.name)).count();
+        if healthy_left < quorum(left.len()) {
+            return Err(host_failed(format!(
+                "etcd: {host} cannot leave: {} voter(s) would be left, {healthy_left} of them \
+                 healthy, and {} are needed for quorum: bring the other members back first",
+                left.len(),
+                quorum(left.len())
+            )));
+        }
+        if members.iter().any(|x| x.id == m.id) {
+            etcd_ops::remove(&mut client, m).await?;
+        }
+        self.ctx.ui.host(
+            "etcd",
+            format!("removed member {} ({host}): it left etcd", m.id_hex()),
+        );
+        self.stop_etcd_on(host).await?;
+        self.ctx.ui.changed(host, 1);
+        Ok(())
+    }
+
+    /// etcd stopped and disabled on a host that is no longer a member, its data
+    /// directory and configuration removed.
+    pub async fn stop_etcd_on(&self, host: &str) -> Result<(), Failure> {
+        // The host's own desired state has no etcd role any more: any member's
+        // definition names the same unit or container.
+        let role = self
+            .ctx
+            .etcd_hosts()
+            .iter()
+            .find_map(|h| self.desired.get(h).and_then(|d| d.role("etcd")))
+            .ok_or_else(|| Failure::error("no etcd member in the inventory"))?;
+        self.ctx
+            .run_on(
+                host,
+                "stop etcd",
+                format!(
+                    "{}\n{}\nrm -rf /var/lib/etcd/default {} /etc/default/etcd",
+                    install::remove(role),
+                    install::disable(role),
+                    shell_quote(&desired::etcd_data_dir(&self.inv.cluster))
+                ),
+            )
+            .await?;
+        self.ctx
+            .ui
+            .host(host, "etcd stopped and disabled, its data removed");
+        Ok(())
+    }
+}
+
+/// The pending hosts other than `h` and those done.
+fn without(pending: &[String], done: &[String], h: &str) -> Vec<String> {
+    pending
+        .iter()
+        .filter(|p| *p != h && !done.contains(p))
+        .cloned()
+        .collect()
 }
 
 /// Members of another name (a renamed host): their key in etcd and their

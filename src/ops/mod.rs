@@ -20,6 +20,7 @@ pub mod images;
 pub mod lock;
 pub mod marks;
 pub mod member;
+pub mod membership;
 pub mod patroni;
 pub mod phases;
 pub mod restore;

@@ -156,6 +156,10 @@ impl Restore<'_, '_> {
         conv.gather_and_plan().await?;
         let existing = conv.existing().await?;
         conv.packages(existing.etcd_new).await?;
+        if !existing.members.is_empty() {
+            conv.converge_members(&existing.members).await?;
+            conv.gather_and_plan().await?;
+        }
         conv.etcd(existing.etcd_new).await?;
         if existing.etcd_new {
             // Bare hosts: the lock held on the first db host moves into etcd too.

@@ -23,6 +23,24 @@ pub async fn wait_etcd_quorum(
     .await
 }
 
+/// etcd quorum among these endpoints only (members still to join are left out).
+pub async fn wait_etcd_quorum_of(
+    ep: &Endpoints,
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<etcd::Quorum, WaitError> {
+    let n = endpoints.len();
+    until(
+        &format!(
+            "etcd quorum of {} (every endpoint healthy, one leader, one cluster id)",
+            endpoints.join(", ")
+        ),
+        timeout,
+        || async { etcd::probe(&ep.net, endpoints).await.quorum(n) },
+    )
+    .await
+}
+
 /// Leader running and every other db host streaming with lag 0.
 pub async fn wait_patroni_healthy(
     ep: &Endpoints,
