@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::args::{
     BackupArgs, DeployArgs, DestroyArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs,
-    RestartArgs, RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
+    RemoveArgs, RestartArgs, RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
 };
 use crate::lab::args::LabArgs;
 use crate::ui::OutputFormat;
@@ -53,6 +53,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// Point-in-time recovery of the whole cluster from its backups, in place or onto new hosts.
     Restore(RestoreArgs),
+    /// Take a host the inventory no longer lists out of the cluster: etcd, Patroni, routers, pg_hba.
+    Remove(RemoveArgs),
     /// Take the cluster down for good: every component stopped and disabled, its etcd state removed.
     Destroy(DestroyArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.

@@ -6,7 +6,7 @@ use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
 use pgha::commands::{
-    backup, deploy, destroy, images, inventory, lock, rebuild, restart, restore, status,
+    backup, deploy, destroy, images, inventory, lock, rebuild, remove, restart, restore, status,
     switchover, upgrade,
 };
 use pgha::error::{Exit, Failure};
@@ -72,6 +72,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             | Command::Backup(_)
             | Command::Restore(_)
             | Command::Destroy(_)
+            | Command::Remove(_)
     );
     let command = async move {
         match cli.command {
@@ -86,6 +87,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Backup(args) => backup::command(args, output).await,
             Command::Restore(args) => restore::command(args, output).await,
             Command::Destroy(args) => destroy::command(args, output).await,
+            Command::Remove(args) => remove::command(args, output).await,
             Command::Lab(args) => lab::command(args, output).await,
             Command::Images(_) => images::command().await,
             Command::Completions(args) => {

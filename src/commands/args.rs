@@ -113,6 +113,40 @@ pub struct RebuildArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The host to take out, as it was named (db4, router2...); already deleted
+    /// from the inventory.
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// The host's address [default: pgha's record of the hosts it deployed, else
+    /// Patroni's or etcd's member entry].
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
+    /// When the host leads the cluster, hand leadership over first (refused otherwise).
+    #[arg(long)]
+    pub switchover: bool,
+    /// Also remove PostgreSQL's data directory on the host (kept by default).
+    #[arg(long)]
+    pub wipe: bool,
+    /// The host is gone for good (unreachable): take it out of the cluster without
+    /// touching it.
+    #[arg(long)]
+    pub host_gone: bool,
+    /// Go on without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// Show what would be done; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    #[command(flatten)]
+    pub lock: LockWaitArg,
+}
+
+#[derive(Debug, Args)]
 pub struct LockArgs {
     #[command(flatten)]
     pub inventory: InventoryArg,

@@ -14,7 +14,7 @@ use crate::error::{Exit, Failure};
 use crate::inventory::Inventory;
 use crate::ops::converge::{Converge, Existing};
 use crate::ops::lock::ClusterLock;
-use crate::ops::{Ctx, etcd as etcd_ops, verify};
+use crate::ops::{Ctx, etcd as etcd_ops, roster, verify};
 use crate::probe::etcd;
 use crate::ssh::{Cmd, SshOptions, shell_quote};
 use crate::ui::OutputFormat;
@@ -135,6 +135,9 @@ async fn run(
     conv.backups().await?;
     etcd_ops::keep_apart(conv.ctx).await;
     verify::verify(conv.ctx).await?;
+    if !conv.ctx.limited() {
+        roster::write(conv.ctx, &roster::Roster::of(conv.inv)).await?;
+    }
     for (h, d) in &conv.desired {
         let resources = d.files().count() + d.packages().len() + d.services().len();
         conv.ctx.ui.ok(h, resources as u32);

@@ -12,6 +12,7 @@ pub mod images;
 pub mod inventory;
 pub mod lock;
 pub mod rebuild;
+pub mod remove;
 pub mod restart;
 pub mod restore;
 pub mod status;

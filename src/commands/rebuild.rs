@@ -25,7 +25,7 @@ use crate::ops::converge::Converge;
 use crate::ops::gap::{self, Gap};
 use crate::ops::lock::ClusterLock;
 use crate::ops::member::{self, EtcdState, Member};
-use crate::ops::{Ctx, verify};
+use crate::ops::{Ctx, roster, verify};
 use crate::probe::{haproxy, patroni};
 use crate::ssh::shell_quote;
 use crate::ui::OutputFormat;
@@ -426,7 +426,7 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         // other host follows (files that differ, reloads), nothing else changes.
         let mut conv = Converge::load(self.ctx).await?;
         conv.gather_and_plan().await?;
-        let existing = conv.existing().await?;
+        let existing = conv.existing_after_rebuild().await?;
         conv.etcd(false).await?;
         let clone_started = Instant::now();
         let leader = self.step("patroni", conv.patroni(true)).await?;
@@ -446,6 +446,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         }
         crate::ops::etcd::keep_apart(self.ctx).await;
         self.step("verify", verify::verify(self.ctx)).await?;
+        // A renamed host's old name leaves pgha's record of the hosts too.
+        roster::write(self.ctx, &roster::Roster::of(self.inv())).await?;
         let clone_bytes = if a.kind == Kind::Db {
             let out = self
                 .ctx

@@ -324,11 +324,14 @@ fn listen_host(ip: std::net::IpAddr) -> String {
     }
 }
 
-/// Patroni tags every member has unless pgha is working on it.
+/// Patroni tags every member has unless pgha is working on it. `clonefrom`: a new
+/// member without a backup repository to clone from takes its copy from a running
+/// replica (Patroni picks among those tagged, never the leader while one is), so
+/// the primary does not pay for it.
 pub fn default_tags() -> BTreeMap<String, bool> {
     ["nofailover", "noloadbalance", "clonefrom", "nosync"]
         .into_iter()
-        .map(|t| (t.to_string(), false))
+        .map(|t| (t.to_string(), t == "clonefrom"))
         .collect()
 }
 

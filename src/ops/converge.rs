@@ -228,6 +228,16 @@ impl<'c, 'a> Converge<'c, 'a> {
 
     /// Whether etcd and Patroni exist, and the cluster-wide changes visible now.
     pub async fn existing(&self) -> Result<Existing, Failure> {
+        self.existing_judged(true).await
+    }
+
+    /// `existing` for a rebuild, which replaced the etcd member itself and removes
+    /// a renamed host's old Patroni member and record at its end.
+    pub async fn existing_after_rebuild(&self) -> Result<Existing, Failure> {
+        self.existing_judged(false).await
+    }
+
+    async fn existing_judged(&self, judge_members: bool) -> Result<Existing, Failure> {
         let c = &self.inv.cluster;
         let etcd_hosts = self.ctx.etcd_hosts();
         let etcd_member_dir = format!("{}/member", desired::etcd_data_dir(c));
@@ -239,7 +249,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             self.refuse_tls_switch(&with_data)?;
         }
         let with_data: Vec<String> = with_data.into_iter().cloned().collect();
-        let members = if etcd_new {
+        let members = if etcd_new || !judge_members {
             Changes::default()
         } else {
             match self.observe_members().await {
@@ -450,7 +460,14 @@ impl Converge<'_, '_> {
             .await
             .map(|v| v.members.into_iter().map(|m| m.name).collect())
             .unwrap_or_default();
-        Ok(Observed { etcd, patroni })
+        let recorded = crate::ops::roster::read(self.ctx)
+            .await
+            .missing_from(self.inv);
+        Ok(Observed {
+            etcd,
+            patroni,
+            recorded,
+        })
     }
 
     /// Judge the members against the inventory (read-only).

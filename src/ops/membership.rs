@@ -15,6 +15,9 @@ pub struct Observed {
     pub etcd: Vec<MemberInfo>,
     /// Patroni's members (names), when a member's REST API answered.
     pub patroni: Vec<String>,
+    /// Hosts pgha's record says it deployed that the inventory no longer lists
+    /// (name, "db" | "router").
+    pub recorded: Vec<(String, &'static str)>,
 }
 
 /// The inventory's side: host names and how each would be listed in etcd.
@@ -131,6 +134,17 @@ pub fn plan(layout: &Layout, obs: &Observed, inventory: &str) -> Result<Changes,
             refusals.push(remove_hint(name, "a Patroni member"));
         }
     }
+    for (name, kind) in &obs.recorded {
+        let said = format!("{name} is ");
+        if !refusals.iter().any(|r| r.starts_with(&said)) {
+            let what = if *kind == "router" {
+                "a router pgha deployed"
+            } else {
+                "a db host pgha deployed"
+            };
+            refusals.push(remove_hint(name, what));
+        }
+    }
     changes.join = layout
         .etcd
         .iter()
@@ -200,6 +214,7 @@ mod tests {
         let obs = Observed {
             etcd: three(),
             patroni: s(&["db1", "db2", "db3"]),
+            recorded: vec![],
         };
         let c = judge(
             &["db1", "db2", "db3", "router1"],
@@ -217,6 +232,7 @@ mod tests {
         let obs = Observed {
             etcd: three(),
             patroni: s(&["db1", "db2", "db3"]),
+            recorded: vec![],
         };
         let db = ["db1", "db2", "db3", "db4", "db5", "db6"];
         let c = judge(
@@ -239,6 +255,7 @@ mod tests {
         let obs = Observed {
             etcd,
             patroni: vec![],
+            recorded: vec![],
         };
         let db = ["db1", "db2", "db3", "db4", "db5"];
         let c = judge(&db, &db, &db, &["db1", "db2", "db3"], &obs).unwrap();
@@ -254,6 +271,7 @@ mod tests {
         let obs = Observed {
             etcd,
             patroni: s(&["db1", "db2", "db3", "db4"]),
+            recorded: vec![],
         };
         let db = ["db1", "db2", "db3", "db4"];
         let r = judge(&db, &db, &["db1", "db2", "db3"], &db, &obs).unwrap_err();
@@ -263,6 +281,7 @@ mod tests {
         let obs = Observed {
             etcd: obs.etcd[..4].to_vec(),
             patroni: obs.patroni,
+            recorded: vec![],
         };
         let c = judge(&db, &db, &["db1", "db2", "db3"], &db, &obs).unwrap();
         assert_eq!(c.leave.len(), 1);
@@ -274,6 +293,7 @@ mod tests {
         let obs = Observed {
             etcd: three(),
             patroni: s(&["db1", "db2", "db3", "db7"]),
+            recorded: vec![("router2".into(), "router"), ("db7".into(), "db")],
         };
         let db = ["db1", "db2"];
         let r = judge(&db, &db, &db, &db, &obs).unwrap_err();
@@ -291,6 +311,7 @@ mod tests {
         let obs = Observed {
             etcd: three(),
             patroni: vec![],
+            recorded: vec![],
         };
         let db = ["db1", "db2", "db3"];
         let r = judge(&db, &db, &db, &["db1", "db2"], &obs).unwrap_err();

@@ -26,6 +26,7 @@ pub mod phases;
 pub mod restore;
 pub mod restore_plan;
 pub mod rolling;
+pub mod roster;
 pub mod run;
 pub mod stack;
 pub mod switchover;

@@ -407,6 +407,7 @@ impl Restore<'_, '_> {
         conv.backups().await?;
         super::etcd::keep_apart(self.ctx).await;
         super::verify::verify(self.ctx).await?;
+        super::roster::write(self.ctx, &super::roster::Roster::of(self.ctx.inv)).await?;
         let c = self.c().clone();
         let id = self.record.id.clone();
         self.ctx

@@ -239,6 +239,23 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A session to a host outside the inventory (one `pgha remove` takes out),
+    /// under its own name; host keys verified as for every host.
+    pub async fn connect_outside(
+        &mut self,
+        ssh: &SshOptions,
+        target: crate::inventory::SshTarget,
+    ) -> Result<(), Failure> {
+        match ssh::connect_all(&[target], ssh).await.into_iter().next() {
+            Some((h, Ok(s))) => {
+                self.sessions.insert(h, s);
+                Ok(())
+            }
+            Some((_, Err(e))) => Err(e.into()),
+            None => Err(Failure::error("no connection attempt was made")),
+        }
+    }
+
     pub async fn close(&self) {
         for s in self.sessions.values() {
             s.close().await;

@@ -1,0 +1,253 @@
+//! The scale drill on a lab of 5 db hosts: a cluster deployed on 3 grows to 5 by
+//! adding them to the inventory (etcd learners promoted, clones, routers and pg_hba
+//! by reloads, nothing restarted on the members that were there), a host taken
+//! out of the inventory stops deploy until `pgha remove` takes it out (refused as
+//! the leader without --switchover), and back to 3, all under a writer that loses
+//! nothing. After each step etcd's and Patroni's members, pg_hba and the routers'
+//! backends are what the inventory says, and a deploy changes nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use common::*;
+use serde_json::Value;
+
+const DB: [&str; 5] = ["db1", "db2", "db3", "db4", "db5"];
+
+/// The lab's inventory with only these db hosts (same file: the secrets and
+/// certificates beside it stay the cluster's).
+fn write_inventory(lab: &Lab, full: &str, keep: &[&str]) {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for l in full.lines() {
+        let t = l.trim_end();
+        if let Some(name) = t.strip_prefix("        ").and_then(|n| n.strip_suffix(':'))
+            && !name.starts_with(' ')
+        {
+            skip = DB.contains(&name) && !keep.contains(&name);
+        } else if !t.starts_with("          ") {
+            skip = false;
+        }
+        if !skip {
+            out.push(l);
+        }
+    }
+    std::fs::write(lab.inventory(), out.join("\n") + "\n").expect("write inventory");
+}
+
+fn deploy_json(lab: &Lab) -> (i32, Value, String) {
+    let inv = lab.inventory();
+    let (code, stdout, stderr) = pgha(&["deploy", "-i", &inv, "--output", "json"]);
+    let doc = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or(Value::Null);
+    (code, doc, stderr)
+}
+
+fn deploy_changes_nothing(lab: &Lab, after: &str) {
+    let (code, doc, stderr) = deploy_json(lab);
+    assert_eq!(code, 0, "deploy after {after}: {stderr}");
+    assert_eq!(
+        doc["changed"], 0,
+        "deploy after {after} changed something: {doc}"
+    );
+}
+
+/// etcd's voting members as db1's (or `via`'s) member reports them; no learner left.
+async fn etcd_voters(lab: &Lab, via: &str) -> Vec<String> {
+    let mut c = lab.etcd(via).await;
+    let list = c.member_list().await.expect("etcd member list");
+    let learners: Vec<String> = list
+        .members()
+        .iter()
+        .filter(|m| m.is_learner())
+        .map(|m| format!("{:x}", m.id()))
+        .collect();
+    assert!(learners.is_empty(), "learners left in etcd: {learners:?}");
+    let mut names: Vec<String> = list
+        .members()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Patroni's members once the leader runs and every other one streams with lag 0.
+async fn patroni_members(lab: &Lab, want: &[&str]) -> String {
+    eventually(
+        &format!("Patroni members {want:?}: a leader, the others streaming with lag 0"),
+        180,
+        || async {
+            let (leader, members) = patroni_cluster(lab).await?;
+            let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            names.sort();
+            let streaming = members
+                .iter()
+                .filter(|m| m.role != "leader" && m.state == "streaming" && m.lag == Some(0))
+                .count();
+            if names == want && streaming == want.len() - 1 {
+                Ok(leader)
+            } else {
+                Err(format!("{members:?}"))
+            }
+        },
+    )
+    .await
+}
+
+fn hba_addresses(lab: &Lab, on: &str) -> Vec<String> {
+    let mut v: Vec<String> = lab
+        .psql(
+            on,
+            "SELECT DISTINCT address FROM pg_hba_file_rules WHERE address IS NOT NULL",
+        )
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    v
+}
+
+/// etcd, Patroni, pg_hba and the routers' backends are exactly `hosts` (`etcd`
+/// for etcd); returns the leader.
+async fn cluster_is(lab: &Lab, hosts: &[&str], etcd: &[&str]) -> String {
+    assert_eq!(
+        etcd_voters(lab, hosts[0]).await,
+        etcd,
+        "etcd's voting members"
+    );
+    let leader = patroni_members(lab, hosts).await;
+    let hba = hba_addresses(lab, &leader);
+    for h in DB {
+        let listed = hba.contains(&lab.ip(h));
+        assert_eq!(
+            listed,
+            hosts.contains(&h),
+            "{h} ({}) in {leader}'s pg_hba: {hba:?}",
+            lab.ip(h)
+        );
+    }
+    for proxy in ["primary", "replicas"] {
+        let servers: BTreeMap<String, String> = haproxy_servers(lab, proxy).await;
+        let mut names: Vec<&str> = servers.keys().map(|s| s.as_str()).collect();
+        names.sort();
+        assert_eq!(names, hosts, "HAProxy's {proxy} backend");
+    }
+    leader
+}
+
+/// etcd's process and PostgreSQL's postmaster start on each host: unchanged means
+/// not restarted.
+async fn started(lab: &Lab, hosts: &[&str]) -> BTreeMap<String, (String, String)> {
+    let mut m = BTreeMap::new();
+    for h in hosts {
+        let (_, pid) = lab.sh(h, "systemctl show -p MainPID --value etcd");
+        let v = lab
+            .patroni_get(h, "/patroni")
+            .await
+            .expect("patroni status");
+        m.insert(
+            h.to_string(),
+            (pid.trim().to_string(), postmaster_start(&v)),
+        );
+    }
+    m
+}
+
+fn active(lab: &Lab, host: &str, unit: &str) -> String {
+    lab.sh(host, &format!("systemctl is-active {unit}"))
+        .1
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scale_from_3_to_5_and_back_under_a_writer() {
+    let lab = Lab::up_tls("pgha-e2e-scale", "root", 5, true).await;
+    let inv = lab.inventory();
+    let full = std::fs::read_to_string(&inv).expect("lab inventory");
+
+    // 3 db hosts.
+    write_inventory(&lab, &full, &DB[..3]);
+    let (code, _, stderr) = deploy_json(&lab);
+    assert_eq!(code, 0, "first deploy on 3 db hosts: {stderr}");
+    cluster_is(&lab, &DB[..3], &DB[..3]).await;
+    let c = pg(&lab.target(), 5000).await.expect("connect :5000");
+    c.batch_execute("CREATE TABLE scale (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let writer = writer_going(&lab, "scale", 1).await;
+    let before = started(&lab, &DB[..3]).await;
+
+    // 3 -> 5: both join on one deploy; nothing restarts on db1..db3.
+    std::fs::write(&inv, &full).unwrap();
+    let t0 = Instant::now();
+    let (code, doc, stderr) = deploy_json(&lab);
+    assert_eq!(code, 0, "deploy adding db4 and db5: {stderr}");
+    assert!(doc["changed"].as_u64().unwrap_or(0) > 0, "{doc}");
+    cluster_is(&lab, &DB, &DB).await;
+    assert_eq!(
+        started(&lab, &DB[..3]).await,
+        before,
+        "etcd and PostgreSQL of the members already there were not restarted"
+    );
+    acked(&writer, 20, t0, None).await;
+    deploy_changes_nothing(&lab, "the hosts joined");
+
+    // db5 deleted from the inventory: deploy stops, names it and points to remove.
+    write_inventory(&lab, &full, &DB[..4]);
+    let (code, _, stderr) = deploy_json(&lab);
+    assert_eq!(code, 2, "deploy without db5 is refused: {stderr}");
+    assert!(
+        stderr.contains("db5") && stderr.contains(&format!("pgha remove {inv} db5")),
+        "{stderr}"
+    );
+    assert_eq!(etcd_voters(&lab, "db1").await, DB, "nothing was changed");
+
+    // db5 leads: remove refuses until --switchover hands leadership over.
+    let (code, _, stderr) = pgha(&["switchover", "-i", &inv, "--to", "db5"]);
+    assert_eq!(code, 0, "switchover to db5: {stderr}");
+    leads(&lab, "db5").await;
+    let (code, _, stderr) = pgha(&["remove", "db5", "-i", &inv, "--yes"]);
+    assert_ne!(code, 0, "removing the leader without --switchover");
+    assert!(stderr.contains("db5 leads the cluster"), "{stderr}");
+    leads(&lab, "db5").await;
+    let t0 = Instant::now();
+    let (code, stdout, stderr) = pgha(&["remove", "db5", "-i", &inv, "--yes", "--switchover"]);
+    assert_eq!(code, 0, "remove db5: {stdout}\n{stderr}");
+    // 4 db hosts: etcd keeps 3 members (db4 left it too) and stays odd.
+    let leader = cluster_is(&lab, &DB[..4], &DB[..3]).await;
+    assert_ne!(leader, "db5");
+    assert_eq!(active(&lab, "db5", "patroni"), "inactive");
+    assert_eq!(active(&lab, "db5", "etcd"), "inactive");
+    assert_eq!(active(&lab, "db4", "etcd"), "inactive", "db4 left etcd");
+    let (code, _) = lab.sh("db5", "test -f /var/lib/postgresql/17/main/PG_VERSION");
+    assert_eq!(code, 0, "db5's data is kept without --wipe");
+    acked(&writer, 20, t0, None).await;
+    deploy_changes_nothing(&lab, "db5 was removed");
+
+    // 4 -> 3, the data wiped.
+    write_inventory(&lab, &full, &DB[..3]);
+    let t0 = Instant::now();
+    let (code, stdout, stderr) = pgha(&["remove", "db4", "-i", &inv, "--yes", "--wipe"]);
+    assert_eq!(code, 0, "remove db4: {stdout}\n{stderr}");
+    cluster_is(&lab, &DB[..3], &DB[..3]).await;
+    assert_eq!(active(&lab, "db4", "patroni"), "inactive");
+    let (code, _) = lab.sh("db4", "test -e /var/lib/postgresql/17/main");
+    assert_ne!(code, 0, "db4's data directory is removed with --wipe");
+    acked(&writer, 20, t0, None).await;
+    deploy_changes_nothing(&lab, "db4 was removed");
+
+    // A host that is no member is refused; nothing acknowledged was lost.
+    let (code, _, stderr) = pgha(&["remove", "db4", "-i", &inv, "--yes"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not a member"), "{stderr}");
+    let acks = writer.stop().await;
+    assert_no_loss(&lab, "scale", &acks).await;
+}
