@@ -124,3 +124,22 @@ fn a_switchover_to_a_host_outside_the_inventory_is_refused_before_any_contact() 
         "{stderr}"
     );
 }
+
+#[test]
+fn remove_refuses_a_host_the_inventory_still_lists_before_contacting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = example();
+    // The example's hosts are on addresses nothing answers on: a refusal that
+    // contacted them would fail with exit 3 instead.
+    let (code, _, stderr) = pgha(
+        &["remove", "db2", ex.to_str().unwrap(), "--yes"],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("db2 is still a db host of")
+            && stderr.contains("delete it from the inventory first"),
+        "{stderr}"
+    );
+}
