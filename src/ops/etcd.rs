@@ -174,30 +174,73 @@ pub async fn members(c: &mut Client) -> Result<Vec<MemberInfo>, Failure> {
     Ok(infos(r.members()))
 }
 
+/// Remove a member. etcd refuses while the members left have not all been
+/// connected to its leader for 5 s (a member that just joined or restarted): it
+/// is asked again until it agrees.
 pub async fn remove(c: &mut Client, m: &MemberInfo) -> Result<(), Failure> {
-    c.member_remove(m.id).await.map_err(|e| {
+    let outcome = crate::wait::until(
+        &format!(
+            "etcd to accept the removal of member {} ({})",
+            m.id_hex(),
+            m.name
+        ),
+        QUORUM,
+        || {
+            let mut c = c.clone();
+            async move {
+                match c.member_remove(m.id).await {
+                    Ok(_) => Ok(Ok(())),
+                    Err(e)
+                        if e.to_string().contains("unhealthy cluster")
+                            || e.to_string().contains("not enough started members") =>
+                    {
+                        Err(e.to_string())
+                    }
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            }
+        },
+    )
+    .await?;
+    outcome.map_err(|e| {
         Failure::error(format!(
             "etcd: remove member {} ({}): {e}",
             m.id_hex(),
             m.name
         ))
-    })?;
-    Ok(())
+    })
 }
 
 /// Add a learner (a non-voting member: no quorum check, so this works with a
-/// member down) and return its id and the membership after the add.
+/// member down) and return its id and the membership after the add. etcd refuses
+/// any add ("unhealthy cluster") until its leader has been connected to every
+/// voter for 5 s, so right after a promotion it is asked again until it agrees.
 pub async fn add_learner(
     c: &mut Client,
     peer_url: &str,
 ) -> Result<(u64, Vec<MemberInfo>), Failure> {
-    let r = c
-        .member_add(
-            [peer_url],
-            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
-        )
-        .await
-        .map_err(|e| Failure::error(format!("etcd: add learner {peer_url}: {e}")))?;
+    let outcome = crate::wait::until(
+        &format!("etcd to accept {peer_url} as a learner (every voter connected for 5 s)"),
+        QUORUM,
+        || {
+            let mut c = c.clone();
+            async move {
+                match c
+                    .member_add(
+                        [peer_url],
+                        Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+                    )
+                    .await
+                {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(e) if e.to_string().contains("unhealthy cluster") => Err(e.to_string()),
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            }
+        },
+    )
+    .await?;
+    let r = outcome.map_err(|e| Failure::error(format!("etcd: add learner {peer_url}: {e}")))?;
     let id = r
         .member()
         .map(|m| m.id())
