@@ -15,8 +15,9 @@ use common::*;
 use serde_json::Value;
 
 const DB: [&str; 5] = ["db1", "db2", "db3", "db4", "db5"];
+const ALL: [&str; 7] = ["db1", "db2", "db3", "db4", "db5", "router1", "router2"];
 
-/// The lab's inventory with only these db hosts (same file: the secrets and
+/// The lab's inventory with only these hosts (same file: the secrets and
 /// certificates beside it stay the cluster's).
 fn write_inventory(lab: &Lab, full: &str, keep: &[&str]) {
     let mut out = Vec::new();
@@ -26,7 +27,7 @@ fn write_inventory(lab: &Lab, full: &str, keep: &[&str]) {
         if let Some(name) = t.strip_prefix("        ").and_then(|n| n.strip_suffix(':'))
             && !name.starts_with(' ')
         {
-            skip = DB.contains(&name) && !keep.contains(&name);
+            skip = ALL.contains(&name) && !keep.contains(&name);
         } else if !t.starts_with("          ") {
             skip = false;
         }
@@ -115,8 +116,8 @@ fn hba_addresses(lab: &Lab, on: &str) -> Vec<String> {
 }
 
 /// etcd, Patroni, pg_hba and the routers' backends are exactly `hosts` (`etcd`
-/// for etcd); returns the leader.
-async fn cluster_is(lab: &Lab, hosts: &[&str], etcd: &[&str]) -> String {
+/// for etcd, `routers` for the routers in pg_hba); returns the leader.
+async fn cluster_is(lab: &Lab, hosts: &[&str], etcd: &[&str], routers: &[&str]) -> String {
     assert_eq!(
         etcd_voters(lab, hosts[0]).await,
         etcd,
@@ -131,6 +132,14 @@ async fn cluster_is(lab: &Lab, hosts: &[&str], etcd: &[&str]) -> String {
             hosts.contains(&h),
             "{h} ({}) in {leader}'s pg_hba: {hba:?}",
             lab.ip(h)
+        );
+    }
+    for r in ["router1", "router2"] {
+        assert_eq!(
+            hba.contains(&lab.ip(r)),
+            routers.contains(&r),
+            "{r} ({}) in {leader}'s pg_hba: {hba:?}",
+            lab.ip(r)
         );
     }
     for proxy in ["primary", "replicas"] {
@@ -169,15 +178,16 @@ fn active(lab: &Lab, host: &str, unit: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_from_3_to_5_and_back_under_a_writer() {
-    let lab = Lab::up_tls("pgha-e2e-scale", "root", 5, true).await;
+    let lab = Lab::up_hosts("pgha-e2e-scale", 5, 2).await;
     let inv = lab.inventory();
     let full = std::fs::read_to_string(&inv).expect("lab inventory");
 
-    // 3 db hosts.
-    write_inventory(&lab, &full, &DB[..3]);
+    // 3 db hosts, one router.
+    write_inventory(&lab, &full, &["db1", "db2", "db3", "router1"]);
     let (code, _, stderr) = deploy_json(&lab);
     assert_eq!(code, 0, "first deploy on 3 db hosts: {stderr}");
-    cluster_is(&lab, &DB[..3], &DB[..3]).await;
+    cluster_is(&lab, &DB[..3], &DB[..3], &["router1"]).await;
+    assert_eq!(active(&lab, "router2", "haproxy"), "inactive");
     let c = pg(&lab.target(), 5000).await.expect("connect :5000");
     c.batch_execute("CREATE TABLE scale (id int PRIMARY KEY, note text)")
         .await
@@ -185,13 +195,29 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     let writer = writer_going(&lab, "scale", 1).await;
     let before = started(&lab, &DB[..3]).await;
 
-    // 3 -> 5: both join on one deploy; nothing restarts on db1..db3.
+    // 3 -> 5 and a second router: they join on one deploy; nothing restarts on
+    // db1..db3.
     std::fs::write(&inv, &full).unwrap();
     let t0 = Instant::now();
     let (code, doc, stderr) = deploy_json(&lab);
-    assert_eq!(code, 0, "deploy adding db4 and db5: {stderr}");
+    assert_eq!(code, 0, "deploy adding db4, db5 and router2: {stderr}");
     assert!(doc["changed"].as_u64().unwrap_or(0) > 0, "{doc}");
-    cluster_is(&lab, &DB, &DB).await;
+    cluster_is(&lab, &DB, &DB, &["router1", "router2"]).await;
+    let via_router2 = Target::new(
+        lab.net(),
+        &lab.ip("router2"),
+        &lab.secret("superuser_password"),
+    );
+    let c2 = pg(&via_router2, 5000)
+        .await
+        .expect("connect to router2:5000");
+    let primary: bool = c2
+        .query_one("SELECT NOT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(primary, "router2's write port reaches the primary");
+    drop(c2);
     assert_eq!(
         started(&lab, &DB[..3]).await,
         before,
@@ -200,8 +226,25 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     acked(&writer, 20, t0, None).await;
     deploy_changes_nothing(&lab, "the hosts joined");
 
-    // db5 deleted from the inventory: deploy stops, names it and points to remove.
-    write_inventory(&lab, &full, &DB[..4]);
+    // router2 deleted from the inventory: deploy stops and points to remove.
+    write_inventory(&lab, &full, &["db1", "db2", "db3", "db4", "db5", "router1"]);
+    let (code, _, stderr) = deploy_json(&lab);
+    assert_eq!(code, 2, "deploy without router2 is refused: {stderr}");
+    assert!(
+        stderr.contains(&format!("pgha remove {inv} router2")),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = pgha(&["remove", "router2", "-i", &inv, "--yes"]);
+    assert_eq!(code, 0, "remove router2: {stdout}\n{stderr}");
+    assert_eq!(active(&lab, "router2", "haproxy"), "inactive");
+    cluster_is(&lab, &DB, &DB, &["router1"]).await;
+
+    // db5 leads, then is deleted from the inventory: deploy stops, names it and
+    // points to remove.
+    let (code, _, stderr) = pgha(&["switchover", "-i", &inv, "--to", "db5"]);
+    assert_eq!(code, 0, "switchover to db5: {stderr}");
+    leads(&lab, "db5").await;
+    write_inventory(&lab, &full, &["db1", "db2", "db3", "db4", "router1"]);
     let (code, _, stderr) = deploy_json(&lab);
     assert_eq!(code, 2, "deploy without db5 is refused: {stderr}");
     assert!(
@@ -211,9 +254,6 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     assert_eq!(etcd_voters(&lab, "db1").await, DB, "nothing was changed");
 
     // db5 leads: remove refuses until --switchover hands leadership over.
-    let (code, _, stderr) = pgha(&["switchover", "-i", &inv, "--to", "db5"]);
-    assert_eq!(code, 0, "switchover to db5: {stderr}");
-    leads(&lab, "db5").await;
     let (code, _, stderr) = pgha(&["remove", "db5", "-i", &inv, "--yes"]);
     assert_ne!(code, 0, "removing the leader without --switchover");
     assert!(stderr.contains("db5 leads the cluster"), "{stderr}");
@@ -222,7 +262,7 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     let (code, stdout, stderr) = pgha(&["remove", "db5", "-i", &inv, "--yes", "--switchover"]);
     assert_eq!(code, 0, "remove db5: {stdout}\n{stderr}");
     // 4 db hosts: etcd keeps 3 members (db4 left it too) and stays odd.
-    let leader = cluster_is(&lab, &DB[..4], &DB[..3]).await;
+    let leader = cluster_is(&lab, &DB[..4], &DB[..3], &["router1"]).await;
     assert_ne!(leader, "db5");
     assert_eq!(active(&lab, "db5", "patroni"), "inactive");
     assert_eq!(active(&lab, "db5", "etcd"), "inactive");
@@ -233,11 +273,11 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     deploy_changes_nothing(&lab, "db5 was removed");
 
     // 4 -> 3, the data wiped.
-    write_inventory(&lab, &full, &DB[..3]);
+    write_inventory(&lab, &full, &["db1", "db2", "db3", "router1"]);
     let t0 = Instant::now();
     let (code, stdout, stderr) = pgha(&["remove", "db4", "-i", &inv, "--yes", "--wipe"]);
     assert_eq!(code, 0, "remove db4: {stdout}\n{stderr}");
-    cluster_is(&lab, &DB[..3], &DB[..3]).await;
+    cluster_is(&lab, &DB[..3], &DB[..3], &["router1"]).await;
     assert_eq!(active(&lab, "db4", "patroni"), "inactive");
     let (code, _) = lab.sh("db4", "test -e /var/lib/postgresql/17/main");
     assert_ne!(code, 0, "db4's data directory is removed with --wipe");

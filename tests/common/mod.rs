@@ -64,6 +64,11 @@ impl Lab {
         Self::up_spec(name, user, db, tls, false, true).await
     }
 
+    /// A lab of `db` db hosts and `routers` routers, TLS on, backups on.
+    pub async fn up_hosts(name: &str, db: u32, routers: u32) -> Lab {
+        Self::up_sized(name, "root", db, routers, true, false, true).await
+    }
+
     /// A lab deployed without backups (`backup_enabled: false`), TLS on.
     pub async fn up_without_backups(name: &str) -> Lab {
         Self::up_spec(name, "root", 3, true, false, false).await
@@ -86,13 +91,25 @@ impl Lab {
         docker: bool,
         backup: bool,
     ) -> Lab {
+        Self::up_sized(name, user, db, 1, tls, docker, backup).await
+    }
+
+    async fn up_sized(
+        name: &str,
+        user: &str,
+        db: u32,
+        routers: u32,
+        tls: bool,
+        docker: bool,
+        backup: bool,
+    ) -> Lab {
         let _ = lab::down(name).await;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
         let info = lab::up(&LabSpec {
             name: name.into(),
             db,
-            routers: 1,
+            routers,
             dir,
             user: user.into(),
             tls,
