@@ -87,6 +87,12 @@ pub async fn command(args: RemoveArgs, output: OutputFormat) -> Result<Exit, Fai
             return Ok(Exit::Ok);
         }
         confirm(t, args.yes)?;
+        if a.kind == Kind::Db {
+            // Asked by name (a switchover from it), never counted as a member.
+            let c = &inv.cluster;
+            let api = patroni::api(&a.address, c.patroni_rest_port, c.tls);
+            ctx.ep.outside.push((t.clone(), api));
+        }
         if !args.host_gone {
             let like = match a.kind {
                 Kind::Db => inv.db_hosts(),

@@ -18,6 +18,9 @@ pub struct Endpoints {
     /// The routers' stats page (port and password).
     pub stats: StatsAccess,
     pub exporters: Vec<(String, String)>,
+    /// (host name, REST base URL) of a member outside the inventory that a command
+    /// takes out (`pgha remove`): asked by name only, never counted as a member.
+    pub outside: Vec<(String, String)>,
     /// The routers' write and read ports, and the superuser pgha checks them as.
     pub write_port: u16,
     pub read_port: u16,
@@ -66,6 +69,7 @@ impl Endpoints {
                     )
                 })
                 .collect(),
+            outside: Vec::new(),
         }
     }
 
@@ -95,6 +99,7 @@ impl Endpoints {
     pub fn api_of(&self, host: &str) -> Option<&str> {
         self.patroni
             .iter()
+            .chain(&self.outside)
             .find(|(n, _)| n == host)
             .map(|(_, a)| a.as_str())
     }
