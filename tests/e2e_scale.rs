@@ -275,7 +275,16 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     // 4 -> 3, the data wiped.
     write_inventory(&lab, &full, &["db1", "db2", "db3", "router1"]);
     let t0 = Instant::now();
-    let (code, stdout, stderr) = pgha(&["remove", "db4", "-i", &inv, "--yes", "--wipe"]);
+    // It may lead now (the switchover from db5 picks the synchronous standby).
+    let (code, stdout, stderr) = pgha(&[
+        "remove",
+        "db4",
+        "-i",
+        &inv,
+        "--yes",
+        "--wipe",
+        "--switchover",
+    ]);
     assert_eq!(code, 0, "remove db4: {stdout}\n{stderr}");
     cluster_is(&lab, &DB[..3], &DB[..3], &["router1"]).await;
     assert_eq!(active(&lab, "db4", "patroni"), "inactive");
