@@ -201,6 +201,10 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     let t0 = Instant::now();
     let (code, doc, stderr) = deploy_json(&lab);
     assert_eq!(code, 0, "deploy adding db4, db5 and router2: {stderr}");
+    eprintln!(
+        "deploy adding db4, db5 and router2 took {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(doc["changed"].as_u64().unwrap_or(0) > 0, "{doc}");
     cluster_is(&lab, &DB, &DB, &["router1", "router2"]).await;
     let via_router2 = Target::new(
@@ -261,6 +265,7 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     let t0 = Instant::now();
     let (code, stdout, stderr) = pgha(&["remove", "db5", "-i", &inv, "--yes", "--switchover"]);
     assert_eq!(code, 0, "remove db5: {stdout}\n{stderr}");
+    eprintln!("{stdout}");
     // 4 db hosts: etcd keeps 3 members (db4 left it too) and stays odd.
     let leader = cluster_is(&lab, &DB[..4], &DB[..3], &["router1"]).await;
     assert_ne!(leader, "db5");
@@ -286,6 +291,7 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
         "--switchover",
     ]);
     assert_eq!(code, 0, "remove db4: {stdout}\n{stderr}");
+    eprintln!("{stdout}");
     cluster_is(&lab, &DB[..3], &DB[..3], &["router1"]).await;
     assert_eq!(active(&lab, "db4", "patroni"), "inactive");
     let (code, _) = lab.sh("db4", "test -e /var/lib/postgresql/17/main");
