@@ -127,16 +127,35 @@ pub fn finish(
 /// the cluster's name is typed at a terminal; without a terminal `--yes` is
 /// required (exit 5): "restore replaces the data of cluster NAME: add --yes".
 pub fn confirm_by_name(name: &str, yes: bool, what: &str, verb: &str) -> Result<(), Failure> {
+    confirm_typed(
+        name,
+        "the cluster's name",
+        &format!("{verb} it"),
+        yes,
+        &format!("{verb} {what} cluster {name}"),
+    )
+}
+
+/// Go on with `--yes`, or once `name` is typed at a terminal (the prompt says
+/// "Type {what} ({name}) to {to}"); without a terminal `--yes` is required (exit
+/// 5, the message starting with `doing`).
+pub fn confirm_typed(
+    name: &str,
+    what: &str,
+    to: &str,
+    yes: bool,
+    doing: &str,
+) -> Result<(), Failure> {
     use std::io::{BufRead, IsTerminal, Write};
     if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure::options(format!(
-            "{verb} {what} cluster {name}: add --yes to go on (nothing was changed)"
+            "{doing}: add --yes to go on (nothing was changed)"
         )));
     }
-    eprint!("Type the cluster's name ({name}) to {verb} it: ");
+    eprint!("Type {what} ({name}) to {to}: ");
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);

@@ -15,14 +15,14 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::commands::args::RemoveArgs;
-use crate::commands::{finish, load_inventory, load_pki, ssh_options};
+use crate::commands::{confirm_typed, finish, load_inventory, load_pki, ssh_options};
 use crate::error::{Exit, Failure};
 use crate::install;
 use crate::ops::converge::Converge;
 use crate::ops::etcd::{self as etcd_ops, MemberInfo};
 use crate::ops::gap::{self, Gap};
 use crate::ops::lock::ClusterLock;
-use crate::ops::member::{self, quorum};
+use crate::ops::member;
 use crate::ops::roster::{self, Roster};
 use crate::ops::switchover::{self, SwitchoverOpts};
 use crate::ops::{Ctx, verify, waits};
@@ -86,7 +86,13 @@ pub async fn command(args: RemoveArgs, output: OutputFormat) -> Result<Exit, Fai
             }
             return Ok(Exit::Ok);
         }
-        confirm(t, args.yes)?;
+        confirm_typed(
+            t,
+            "the host's name",
+            "remove it from the cluster",
+            args.yes,
+            &format!("removing {t} from the cluster"),
+        )?;
         if a.kind == Kind::Db {
             // Asked by name (a switchover from it), never counted as a member.
             let c = &inv.cluster;
@@ -131,27 +137,6 @@ pub async fn command(args: RemoveArgs, output: OutputFormat) -> Result<Exit, Fai
     .await;
     ctx.close().await;
     finish(&inv, &ui, result, !args.check)
-}
-
-fn confirm(host: &str, yes: bool) -> Result<(), Failure> {
-    use std::io::{BufRead, IsTerminal, Write};
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        return Err(Failure::options(format!(
-            "removing {host} from the cluster: add --yes to go on (nothing was changed)"
-        )));
-    }
-    eprint!("Type the host's name ({host}) to remove it from the cluster: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
-    if answer.trim() == host {
-        Ok(())
-    } else {
-        Err(Failure::error("not confirmed; nothing was changed"))
-    }
 }
 
 /// Read-only: where the host is in the cluster, and the refusals.
@@ -246,25 +231,9 @@ async fn assess(ctx: &Ctx<'_>, args: &RemoveArgs) -> Result<Assessment, Failure>
                     .join(", ")
             )));
         }
-        let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
-        let healthy: Vec<String> = report
-            .endpoints
-            .iter()
-            .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
-            .collect();
-        let left: Vec<&MemberInfo> = members
-            .iter()
-            .filter(|x| !x.learner && x.id != m.id)
-            .collect();
-        let healthy_left = left.iter().filter(|x| healthy.contains(&x.name)).count();
-        if healthy_left < quorum(left.len()) {
-            return Err(refuse(format!(
-                "etcd would be left with {} voter(s), {healthy_left} of them healthy; {} are \
-                 needed for quorum: bring the other members back first",
-                left.len(),
-                quorum(left.len())
-            )));
-        }
+        let healthy = member::healthy_etcd_names(ctx).await;
+        member::keeps_quorum(&members, &[m.id], &healthy)
+            .map_err(|why| refuse(format!("removing its etcd member: {why}")))?;
     }
     let mut a = Assessment {
         kind,

@@ -45,6 +45,41 @@ pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// Whether etcd keeps its quorum once the members `going` are removed, judged on
+/// the voters left and how many of them the inventory's endpoints report healthy
+/// (`healthy`: member names); the reason when it would not.
+pub fn keeps_quorum(
+    members: &[MemberInfo],
+    going: &[u64],
+    healthy: &[String],
+) -> Result<(), String> {
+    let left: Vec<&MemberInfo> = members
+        .iter()
+        .filter(|m| !m.learner && !going.contains(&m.id))
+        .collect();
+    let healthy_left = left.iter().filter(|m| healthy.contains(&m.name)).count();
+    if healthy_left < quorum(left.len()) {
+        Err(format!(
+            "{} voter(s) would be left, {healthy_left} of them healthy, and {} are needed for \
+             quorum: bring the other members back first",
+            left.len(),
+            quorum(left.len())
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Names of the etcd members the inventory's endpoints report healthy.
+pub async fn healthy_etcd_names(ctx: &Ctx<'_>) -> Vec<String> {
+    etcd::probe(&ctx.ep.net, &ctx.ep.etcd)
+        .await
+        .endpoints
+        .iter()
+        .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
+        .collect()
+}
+
 impl<'c, 'a> Member<'c, 'a> {
     pub fn new(ctx: &'c Ctx<'a>, name: &str) -> Self {
         Member {
@@ -193,22 +228,9 @@ impl<'c, 'a> Member<'c, 'a> {
             .filter(|m| ours(m) || (!m.name.is_empty() && !etcd_names.contains(&m.name)))
             .cloned()
             .collect();
-        let voters_left: Vec<&MemberInfo> = members
-            .iter()
-            .filter(|m| !m.learner && !remove.contains(m))
-            .collect();
-        let healthy_left = voters_left
-            .iter()
-            .filter(|m| healthy_names.contains(&m.name))
-            .count();
-        if healthy_left < quorum(voters_left.len()) {
-            return Err(refuse(format!(
-                "removing {t}'s etcd member would leave {} voter(s) of which {healthy_left} are \
-                 healthy; {} are needed for quorum: bring the other members back first",
-                voters_left.len(),
-                quorum(voters_left.len())
-            )));
-        }
+        let going: Vec<u64> = remove.iter().map(|m| m.id).collect();
+        keeps_quorum(&members, &going, &healthy_names)
+            .map_err(|why| refuse(format!("removing {t}'s etcd member: {why}")))?;
         Ok(EtcdState::Replace { remove })
     }
 
@@ -489,25 +511,9 @@ impl Converge<'_, '_> {
             .await?;
         let mut client = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd).await?;
         let members = etcd_ops::members(&mut client).await?;
-        let report = etcd::probe(&self.ctx.ep.net, &self.ctx.ep.etcd).await;
-        let healthy: Vec<String> = report
-            .endpoints
-            .iter()
-            .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
-            .collect();
-        let left: Vec<&MemberInfo> = members
-            .iter()
-            .filter(|x| !x.learner && x.id != m.id)
-            .collect();
-        let healthy_left = left.iter().filter(|x| healthy.contains(&x.name)).count();
-        if healthy_left < quorum(left.len()) {
-            return Err(host_failed(format!(
-                "etcd: {host} cannot leave: {} voter(s) would be left, {healthy_left} of them \
-                 healthy, and {} are needed for quorum: bring the other members back first",
-                left.len(),
-                quorum(left.len())
-            )));
-        }
+        let healthy = healthy_etcd_names(self.ctx).await;
+        keeps_quorum(&members, &[m.id], &healthy)
+            .map_err(|why| host_failed(format!("etcd: {host} cannot leave: {why}")))?;
         if members.iter().any(|x| x.id == m.id) {
             etcd_ops::remove(&mut client, m).await?;
         }
@@ -632,6 +638,34 @@ mod tests {
             out,
             "ETCD_NAME=\"db2\"\nETCD_INITIAL_CLUSTER=\"db1=a,db2=z,db3=c\"\nETCD_INITIAL_CLUSTER_TOKEN=\"t\"\nETCD_INITIAL_CLUSTER_STATE=\"existing\"\n"
         );
+    }
+
+    #[test]
+    fn a_removal_keeps_quorum_only_with_enough_healthy_voters_left() {
+        let m = |id: u64, name: &str, learner: bool| MemberInfo {
+            id,
+            name: name.into(),
+            peer_urls: vec![],
+            learner,
+        };
+        let members = [
+            m(1, "db1", false),
+            m(2, "db2", false),
+            m(3, "db3", false),
+            m(4, "db4", false),
+            m(5, "", true),
+        ];
+        let healthy = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // 4 voters -> 3 left, 2 of them healthy: quorum of 3 is 2.
+        assert!(keeps_quorum(&members, &[4], &healthy(&["db1", "db2"])).is_ok());
+        // 2 left of which 1 healthy: quorum of 2 is 2.
+        let why = keeps_quorum(&members, &[3, 4], &healthy(&["db1"])).unwrap_err();
+        assert!(
+            why.starts_with("2 voter(s) would be left, 1 of them healthy, and 2"),
+            "{why}"
+        );
+        // The learner counts for nothing.
+        assert!(keeps_quorum(&members, &[1, 2], &healthy(&["db3", "db4"])).is_ok());
     }
 
     #[test]

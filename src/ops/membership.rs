@@ -299,10 +299,16 @@ mod tests {
         let r = judge(&db, &db, &db, &db, &obs).unwrap_err();
         assert_eq!(
             r.len(),
-            2,
-            "db3 in etcd and db7 in Patroni (once each): {r:?}"
+            3,
+            "db3 in etcd, db7 in Patroni (once, though recorded too), router2 recorded: {r:?}"
         );
         assert!(r[0].starts_with("db3 is an etcd member"), "{}", r[0]);
+        assert!(
+            r[2].starts_with("router2 is a router pgha deployed"),
+            "{}",
+            r[2]
+        );
+        assert!(r[2].contains("pgha remove inv.yml router2"), "{}", r[2]);
         assert!(r[1].starts_with("db7 is a Patroni member"), "{}", r[1]);
     }
 
