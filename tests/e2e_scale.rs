@@ -124,29 +124,48 @@ async fn cluster_is(lab: &Lab, hosts: &[&str], etcd: &[&str], routers: &[&str]) 
         "etcd's voting members"
     );
     let leader = patroni_members(lab, hosts).await;
-    let hba = hba_addresses(lab, &leader);
-    for h in DB {
-        let listed = hba.contains(&lab.ip(h));
-        assert_eq!(
-            listed,
-            hosts.contains(&h),
-            "{h} ({}) in {leader}'s pg_hba: {hba:?}",
-            lab.ip(h)
-        );
-    }
-    for r in ["router1", "router2"] {
-        assert_eq!(
-            hba.contains(&lab.ip(r)),
-            routers.contains(&r),
-            "{r} ({}) in {leader}'s pg_hba: {hba:?}",
-            lab.ip(r)
-        );
-    }
+    // pg_hba.conf is rewritten by Patroni when it handles the reload (its next
+    // loop), the routers' backends by HAProxy's reload: waited on, not assumed.
+    let expect_hba: Vec<(String, bool)> = ALL
+        .iter()
+        .map(|h| (lab.ip(h), hosts.contains(h) || routers.contains(h)))
+        .collect();
+    eventually(
+        &format!("{leader}'s pg_hba to list exactly {hosts:?} and {routers:?}"),
+        60,
+        || async {
+            let hba = hba_addresses(lab, &leader);
+            let wrong: Vec<String> = expect_hba
+                .iter()
+                .filter(|(ip, want)| hba.contains(ip) != *want)
+                .map(|(ip, want)| {
+                    format!("{ip} {}", if *want { "missing" } else { "still listed" })
+                })
+                .collect();
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{wrong:?} in {hba:?}"))
+            }
+        },
+    )
+    .await;
     for proxy in ["primary", "replicas"] {
-        let servers: BTreeMap<String, String> = haproxy_servers(lab, proxy).await;
-        let mut names: Vec<&str> = servers.keys().map(|s| s.as_str()).collect();
-        names.sort();
-        assert_eq!(names, hosts, "HAProxy's {proxy} backend");
+        eventually(
+            &format!("HAProxy's {proxy} backend to be {hosts:?}"),
+            60,
+            || async {
+                let servers: BTreeMap<String, String> = haproxy_servers(lab, proxy).await;
+                let mut names: Vec<&str> = servers.keys().map(|s| s.as_str()).collect();
+                names.sort();
+                if names == hosts {
+                    Ok(())
+                } else {
+                    Err(format!("{servers:?}"))
+                }
+            },
+        )
+        .await;
     }
     leader
 }
