@@ -276,6 +276,19 @@ async fn scale_from_3_to_5_and_back_under_a_writer() {
     );
     assert_eq!(etcd_voters(&lab, "db1").await, DB, "nothing was changed");
 
+    // The plan names what goes, db4 leaving etcd with it; nothing changes.
+    let (code, stdout, stderr) = pgha(&["remove", "db5", "-i", &inv, "--check", "--switchover"]);
+    assert_eq!(code, 0, "remove --check: {stderr}");
+    assert!(
+        stdout.contains("hand leadership from db5") && stdout.contains("etcd: db4 leaves etcd"),
+        "{stdout}"
+    );
+    assert_eq!(
+        etcd_voters(&lab, "db1").await,
+        DB,
+        "--check changed nothing"
+    );
+    leads(&lab, "db5").await;
     // db5 leads: remove refuses until --switchover hands leadership over.
     let (code, _, stderr) = pgha(&["remove", "db5", "-i", &inv, "--yes"]);
     assert_ne!(code, 0, "removing the leader without --switchover");

@@ -45,6 +45,9 @@ struct Assessment {
     leader: Option<String>,
     patroni_member: bool,
     etcd_member: Option<MemberInfo>,
+    /// db hosts of the inventory etcd lists that the inventory no longer counts as
+    /// etcd members (deploy's rule): they leave etcd too.
+    etcd_leaving: Vec<String>,
     steps: Vec<String>,
 }
 
@@ -235,12 +238,19 @@ async fn assess(ctx: &Ctx<'_>, args: &RemoveArgs) -> Result<Assessment, Failure>
         member::keeps_quorum(&members, &[m.id], &healthy)
             .map_err(|why| refuse(format!("removing its etcd member: {why}")))?;
     }
+    let (db, etcd_hosts) = (ctx.db_hosts(), ctx.etcd_hosts());
+    let etcd_leaving = members
+        .iter()
+        .filter(|m| db.contains(&m.name) && !etcd_hosts.contains(&m.name))
+        .map(|m| m.name.clone())
+        .collect();
     let mut a = Assessment {
         kind,
         address,
         leader,
         patroni_member: patroni_member.is_some(),
         etcd_member,
+        etcd_leaving,
         steps: Vec::new(),
     };
     a.steps = steps(ctx, args, &a);
@@ -290,9 +300,12 @@ fn steps(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Vec<String> {
             }
         ));
     }
-    s.push(
-        "db hosts the inventory no longer counts as etcd members leave etcd (deploy's rule)".into(),
-    );
+    for h in &a.etcd_leaving {
+        s.push(format!(
+            "etcd: {h} leaves etcd (the inventory's etcd members are {}); it stays a Patroni member",
+            ctx.etcd_hosts().join(", ")
+        ));
+    }
     s.push(format!(
         "every other host follows (pg_hba, etcd endpoints, HAProxy backends: reloads); pgha's \
          record of the hosts without {t}"
