@@ -112,14 +112,7 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
         return Ok(());
     }
     let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
-    // As many members as etcd lists: in the middle of `pgha remove` it still has
-    // more than the inventory names, and leadership may move among those it names.
-    let listed = report
-        .endpoints
-        .iter()
-        .find_map(|e| e.health.as_ref().ok().map(|h| h.members.len()))
-        .unwrap_or(ctx.ep.etcd.len());
-    let q = report.quorum(listed).map_err(Failure::error)?;
+    let q = report.quorum(ctx.ep.etcd.len()).map_err(Failure::error)?;
     let healthy: Vec<String> = report
         .endpoints
         .iter()
