@@ -133,6 +133,7 @@ async fn run(
     conv.exporters().await?;
     conv.haproxy().await?;
     conv.backups().await?;
+    conv.monitoring().await?;
     etcd_ops::keep_apart(conv.ctx).await;
     verify::verify(conv.ctx).await?;
     if !conv.ctx.limited() {

@@ -117,10 +117,51 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(b) = &s.backup {
         out.push_str(&backup_line(b));
     }
+    if let Some(a) = &s.alerts {
+        alerts_lines(a, &mut out);
+    }
     if s.verdict.level != Level::Healthy {
         out.push_str(&format!("\n{}\n", s.verdict.line()));
     }
     out
+}
+
+/// Alertmanager's alerts: those firing, then those silenced or inhibited.
+fn alerts_lines(a: &crate::ops::verdict::AlertsState, out: &mut String) {
+    if let Some(e) = &a.error {
+        out.push_str(&format!("\nalerts: not read ({e})\n"));
+        return;
+    }
+    let active: Vec<_> = a.alerts.iter().filter(|x| x.state == "active").collect();
+    let quiet = a.alerts.len() - active.len();
+    let more = if quiet > 0 {
+        format!(", {quiet} silenced or inhibited")
+    } else {
+        String::new()
+    };
+    out.push_str(&format!(
+        "\nalerts ({}): {} firing{more}\n",
+        a.url,
+        active.len()
+    ));
+    if !active.is_empty() {
+        let rows: Vec<Vec<String>> = active
+            .iter()
+            .map(|x| {
+                vec![
+                    x.severity.clone(),
+                    x.name.clone(),
+                    if x.instance.is_empty() {
+                        "-".into()
+                    } else {
+                        x.instance.clone()
+                    },
+                    x.summary.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SEVERITY", "ALERT", "HOST", "SUMMARY"], &rows));
+    }
 }
 
 /// Backups: the newest backup and the archiver.

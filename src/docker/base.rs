@@ -31,6 +31,10 @@ const PREFETCH: &[&str] = &[
     "haproxy",
     "prometheus-postgres-exporter",
     "pgbackrest",
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
+    "prometheus-pgbackrest-exporter",
 ];
 /// Runs in the build container (see the script's header).
 const SETUP: &str = include_str!("base-setup.sh");

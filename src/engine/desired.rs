@@ -181,6 +181,8 @@ pub fn archive_command(c: &Cluster) -> String {
 struct HostRef {
     name: String,
     ip: String,
+    /// `ip` as the host part of `host:port`.
+    listen: String,
 }
 
 fn ctx_value(v: serde_json::Value) -> Value {
@@ -193,6 +195,7 @@ fn refs(hosts: &[&Host]) -> Vec<HostRef> {
         .map(|h| HostRef {
             name: h.name.clone(),
             ip: h.ip.to_string(),
+            listen: listen_host(h.ip),
         })
         .collect()
 }
@@ -428,17 +431,27 @@ fn host_context(
     let (db, etcd, routers) = (inv.db_hosts(), inv.etcd_hosts(), inv.router_hosts());
     // Filled whenever the certificates are loaded: pgBackRest's TLS server uses
     // them also when the cluster's own `tls` is off.
+    let not_after = |pem: &str| crate::pki::cert_info(pem).map(|i| i.not_after).unwrap_or(0);
     let tls = match (&inputs.pki, c.tls) {
-        (Some(p), _) => json!({
-            "ca": p.ca_cert,
-            "cert": p.hosts.get(&host.name).map(|k| k.cert.clone()).unwrap_or_default(),
-            "key": p.hosts.get(&host.name).map(|k| k.key.expose().to_string()).unwrap_or_default(),
-        }),
+        (Some(p), _) => {
+            let cert = p
+                .hosts
+                .get(&host.name)
+                .map(|k| k.cert.clone())
+                .unwrap_or_default();
+            json!({
+                "ca": p.ca_cert,
+                "ca_not_after": not_after(&p.ca_cert),
+                "cert_not_after": not_after(&cert),
+                "cert": cert,
+                "key": p.hosts.get(&host.name).map(|k| k.key.expose().to_string()).unwrap_or_default(),
+            })
+        }
         (None, true) => anyhow::bail!(
             "tls is on but the cluster's certificates are not loaded ({}): `pgha deploy` creates them",
             crate::pki::pki_dir(&inv.path).display()
         ),
-        _ => json!({"ca": "", "cert": "", "key": ""}),
+        _ => json!({"ca": "", "cert": "", "key": "", "ca_not_after": 0, "cert_not_after": 0}),
     };
     let pg_data_parent = std::path::Path::new(&c.postgresql_data_dir)
         .parent()
@@ -477,9 +490,24 @@ fn host_context(
         "etcd_hosts": refs(&etcd),
         "router_hosts": refs(&routers),
         "etcd_client_hosts": etcd_client_hosts,
+        "all_hosts": refs(&inv.hosts.iter().collect::<Vec<_>>()),
+        "monitor": monitor_context(inv, host),
         "etcd_data_dir": etcd_data_dir(c),
         "dcs": dcs_config(c),
     })))
+}
+
+/// What the monitoring templates see: the monitoring host and whether this is it.
+fn monitor_context(inv: &Inventory, host: &Host) -> serde_json::Value {
+    match inv.monitor_host() {
+        Some(m) => json!({
+            "enabled": true,
+            "retention_mib": inv.cluster.monitoring_retention_mib().max(1),
+            "here": m.name == host.name,
+            "host": {"name": m.name, "ip": m.ip.to_string(), "listen": listen_host(m.ip)},
+        }),
+        None => json!({"enabled": false, "here": false, "host": null}),
+    }
 }
 
 /// Where pgBackRest's files put its certificates (root-owned, the key postgres').
@@ -520,7 +548,7 @@ fn backup_context(inv: &Inventory, host: &Host, inputs: &Inputs) -> serde_json::
         "enabled": true,
         "stanza": c.stanza(),
         "tls_dir": BACKUP_TLS_DIR,
-        "host": {"name": repo.name, "ip": repo.ip.to_string()},
+        "host": {"name": repo.name, "ip": repo.ip.to_string(), "listen": listen_host(repo.ip)},
         "members": refs(&inv.db_hosts()),
         "clients": clients,
     })
@@ -554,6 +582,7 @@ fn render_role(
         "all" => true,
         "etcd" => inv.etcd_hosts().iter().any(|h| h.name == host.name),
         "backup" => inv.backup_host().is_some_and(|b| b.name == host.name),
+        "monitor" => inv.monitor_host().is_some_and(|m| m.name == host.name),
         g => host.in_group(g),
     });
     if !applies || !holds(env, ctx, role.when.as_ref(), &format!("role {}", role.name))? {

@@ -122,11 +122,24 @@ fn roles_apply_to_their_groups_only() {
             "pgbackrest",
             "etcd",
             "patroni",
-            "exporter"
+            "exporter",
+            "node_exporter"
         ]
     );
-    // router1 doubles as the backup repository.
-    assert_eq!(names("router1"), ["common", "pgbackrest", "haproxy"]);
+    // router1 doubles as the backup repository, and is the monitoring host (the
+    // first router, without a `monitor` group).
+    assert_eq!(
+        names("router1"),
+        [
+            "common",
+            "pgbackrest",
+            "haproxy",
+            "node_exporter",
+            "pgbackrest_exporter",
+            "alertmanager",
+            "prometheus"
+        ]
+    );
     let d1 = d.iter().find(|x| x.host == "db1").unwrap();
     assert_eq!(d1.role("postgres").unwrap().packages, ["postgresql-17"]);
 }

@@ -158,7 +158,7 @@ pub struct Library {
 }
 
 /// Role names in the order their phases run.
-pub const ROLE_ORDER: [&str; 8] = [
+pub const ROLE_ORDER: [&str; 12] = [
     "common",
     "docker",
     "postgres",
@@ -167,9 +167,13 @@ pub const ROLE_ORDER: [&str; 8] = [
     "patroni",
     "exporter",
     "haproxy",
+    "node_exporter",
+    "pgbackrest_exporter",
+    "alertmanager",
+    "prometheus",
 ];
 
-const BUILTIN_ROLES: [(&str, &str); 8] = [
+const BUILTIN_ROLES: [(&str, &str); 12] = [
     ("common", include_str!("../../roles/common.yml")),
     ("docker", include_str!("../../roles/docker.yml")),
     ("postgres", include_str!("../../roles/postgres.yml")),
@@ -178,9 +182,19 @@ const BUILTIN_ROLES: [(&str, &str); 8] = [
     ("patroni", include_str!("../../roles/patroni.yml")),
     ("exporter", include_str!("../../roles/exporter.yml")),
     ("haproxy", include_str!("../../roles/haproxy.yml")),
+    (
+        "node_exporter",
+        include_str!("../../roles/node_exporter.yml"),
+    ),
+    (
+        "pgbackrest_exporter",
+        include_str!("../../roles/pgbackrest_exporter.yml"),
+    ),
+    ("alertmanager", include_str!("../../roles/alertmanager.yml")),
+    ("prometheus", include_str!("../../roles/prometheus.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 16] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 24] = [
     (
         "pgbackrest.conf.j2",
         include_str!("../../templates/pgbackrest.conf.j2"),
@@ -242,6 +256,38 @@ const BUILTIN_TEMPLATES: [(&str, &str); 16] = [
         "haproxy.cfg.j2",
         include_str!("../../templates/haproxy.cfg.j2"),
     ),
+    (
+        "node-exporter.env.j2",
+        include_str!("../../templates/node-exporter.env.j2"),
+    ),
+    (
+        "pgha-tls.prom.j2",
+        include_str!("../../templates/pgha-tls.prom.j2"),
+    ),
+    (
+        "prometheus.env.j2",
+        include_str!("../../templates/prometheus.env.j2"),
+    ),
+    (
+        "alertmanager.env.j2",
+        include_str!("../../templates/alertmanager.env.j2"),
+    ),
+    (
+        "prometheus.yml.j2",
+        include_str!("../../templates/prometheus.yml.j2"),
+    ),
+    (
+        "alertmanager.yml.j2",
+        include_str!("../../templates/alertmanager.yml.j2"),
+    ),
+    (
+        "pgha.rules.yml.j2",
+        include_str!("../../templates/pgha.rules.yml.j2"),
+    ),
+    (
+        "pgbackrest-exporter.env.j2",
+        include_str!("../../templates/pgbackrest-exporter.env.j2"),
+    ),
 ];
 
 impl Library {
@@ -294,10 +340,10 @@ impl Library {
             }
             if role
                 .groups()
-                .any(|g| !["all", "db", "router", "etcd", "backup"].contains(&g))
+                .any(|g| !["all", "db", "router", "etcd", "backup", "monitor"].contains(&g))
             {
                 bail!(
-                    "role {}: hosts must be among all, db, router, etcd, backup (got {:?})",
+                    "role {}: hosts must be among all, db, router, etcd, backup, monitor (got {:?})",
                     role.name,
                     role.hosts
                 );

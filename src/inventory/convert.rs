@@ -50,6 +50,7 @@ pub(crate) fn convert(kind: Kind, v: &Yaml) -> Result<Json, Vec<ConvError>> {
         Kind::Secret => secret(v),
         Kind::Cidrs => cidrs(v),
         Kind::Registries => registries(v),
+        Kind::Urls => urls(v),
         Kind::AptSources => apt_sources(v),
         Kind::AptPins => each_item(v, pin),
         Kind::Params => params(v),
@@ -292,6 +293,26 @@ fn registries(v: &Yaml) -> Result<Json, Vec<ConvError>> {
         ))),
         other => Err(err(format!(
             "expected a registry host:port string, found {}",
+            describe(other)
+        ))),
+    })
+}
+
+/// A list of webhook URLs: they reach Alertmanager's configuration as YAML strings.
+fn urls(v: &Yaml) -> Result<Json, Vec<ConvError>> {
+    each_item(v, |item| match item {
+        Yaml::String(s)
+            if (s.starts_with("http://") || s.starts_with("https://"))
+                && s.len() > "https://".len()
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(json!(s))
+        }
+        Yaml::String(s) => Err(err(format!(
+            "\"{s}\" is not a URL: write one like http://10.0.0.9:8080/alerts (http:// or https://, no spaces)"
+        ))),
+        other => Err(err(format!(
+            "expected a URL string, found {}",
             describe(other)
         ))),
     })

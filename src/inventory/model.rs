@@ -254,12 +254,41 @@ pub struct Cluster {
     pub backup_max_age_hours: u32,
     /// `status` is degraded when archiving has failed for this long.
     pub backup_archive_fail_minutes: u32,
+    /// Prometheus, Alertmanager (on the `monitor` group's host, default the first
+    /// router) and node_exporter on every host, with pgha's alert rules.
+    pub monitoring_enabled: bool,
+    pub prometheus_port: u16,
+    pub alertmanager_port: u16,
+    pub node_exporter_port: u16,
+    /// etcd's plain-HTTP `/metrics` and `/health` (no client certificate), on the
+    /// member's own address.
+    pub etcd_metrics_port: u16,
+    pub pgbackrest_exporter_port: u16,
+    /// Seconds between scrapes (and rule evaluations).
+    pub monitoring_scrape_interval: u32,
+    /// How long Prometheus keeps samples, in days, and the most disk it may use.
+    pub monitoring_retention_days: u32,
+    pub monitoring_retention_size: String,
+    /// The replica-lag alert's bound, in seconds.
+    pub alert_replica_lag_seconds: u32,
+    /// Alertmanager's receivers: webhooks (JSON, Alertmanager's version 4), and
+    /// email through an SMTP relay.
+    pub alert_webhook_urls: Vec<String>,
+    pub alert_email_to: String,
+    pub alert_email_from: String,
+    pub alert_smtp_smarthost: String,
+    pub alert_smtp_require_tls: bool,
 }
 
 impl Cluster {
     /// The repository is an S3 bucket.
     pub fn s3(&self) -> bool {
         self.backup_repo_type == "s3"
+    }
+
+    /// `monitoring_retention_size` in MiB (Prometheus's `MB` are powers of two).
+    pub fn monitoring_retention_mib(&self) -> u64 {
+        super::convert::size_bytes(&self.monitoring_retention_size).unwrap_or(0) / (1024 * 1024)
     }
 
     /// The pgBackRest stanza: the cluster's name.
@@ -351,6 +380,21 @@ impl Default for Cluster {
             backup_archive_push_queue_max: "4GiB".into(),
             backup_max_age_hours: 26,
             backup_archive_fail_minutes: 5,
+            monitoring_enabled: true,
+            prometheus_port: 9090,
+            alertmanager_port: 9093,
+            node_exporter_port: 9100,
+            etcd_metrics_port: 2381,
+            pgbackrest_exporter_port: 9854,
+            monitoring_scrape_interval: 15,
+            monitoring_retention_days: 15,
+            monitoring_retention_size: "2GiB".into(),
+            alert_replica_lag_seconds: 60,
+            alert_webhook_urls: Vec::new(),
+            alert_email_to: String::new(),
+            alert_email_from: String::new(),
+            alert_smtp_smarthost: String::new(),
+            alert_smtp_require_tls: true,
         }
     }
 }
@@ -610,6 +654,19 @@ impl Inventory {
             return None;
         }
         self.members("backup").into_iter().next()
+    }
+    /// The monitoring host (`monitor` group, default the first router), when
+    /// monitoring is on.
+    pub fn monitor_host(&self) -> Option<&Host> {
+        if !self.cluster.monitoring_enabled {
+            return None;
+        }
+        let m = self.members("monitor");
+        if m.is_empty() {
+            self.router_hosts().into_iter().next()
+        } else {
+            m.into_iter().next()
+        }
     }
     /// The `etcd` group when given, else the first 3 db hosts (the first 5 once
     /// there are 5 or more): etcd stays odd, and db hosts beyond it are Patroni

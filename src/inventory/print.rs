@@ -64,22 +64,27 @@ pub(crate) fn text(inv: &Inventory) -> String {
 
     o.push_str("\ngroups\n");
     let width = inv.groups.keys().map(String::len).max().unwrap_or(0).max(6);
-    for g in ["db", "router", "etcd", "backup"] {
+    for g in ["db", "router", "etcd", "backup", "monitor"] {
         let members: Vec<String> = match g {
             "etcd" => inv.etcd_hosts().iter().map(|h| h.name.clone()).collect(),
+            "monitor" => inv.monitor_host().iter().map(|h| h.name.clone()).collect(),
             _ => inv.groups.get(g).cloned().unwrap_or_default(),
         };
         let note = if g == "etcd" && inv.groups.get("etcd").is_none_or(|m| m.is_empty()) {
             "  (no etcd group: the db hosts)"
         } else if g == "backup" && !inv.cluster.backup_enabled {
             "  (backups off: backup_enabled is false)"
+        } else if g == "monitor" && !inv.cluster.monitoring_enabled {
+            "  (monitoring off: monitoring_enabled is false)"
+        } else if g == "monitor" && inv.groups.get("monitor").is_none_or(|m| m.is_empty()) {
+            "  (no monitor group: the first router)"
         } else {
             ""
         };
         let _ = writeln!(o, "  {g:width$}  {}{note}", members.join(", "));
     }
     for (g, members) in &inv.groups {
-        if ["db", "router", "etcd", "backup"].contains(&g.as_str()) {
+        if crate::inventory::resolve::MANAGED.contains(&g.as_str()) {
             continue;
         }
         let shown = if members.is_empty() {

@@ -16,7 +16,7 @@ use super::vars::{self, Scope};
 use super::{Ctx, expand_local_path};
 
 /// The managed groups: a host in none of them is not touched.
-pub(crate) const MANAGED: [&str; 4] = ["db", "router", "etcd", "backup"];
+pub(crate) const MANAGED: [&str; 5] = ["db", "router", "etcd", "backup", "monitor"];
 
 pub(crate) struct Resolved {
     pub hosts: Vec<Host>,
@@ -167,7 +167,7 @@ fn effective_vars(
             ctx.warn_at(
                 Some(&at),
                 format!(
-                    "host `{}` is in none of the groups db, router, etcd, backup: pgha does not manage it",
+                    "host `{}` is in none of the groups db, router, etcd, backup, monitor: pgha does not manage it",
                     h.name
                 ),
             );
@@ -785,6 +785,26 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(backup_archive_async, bool);
     set!(backup_archive_push_queue_max, str);
     set!(backup_archive_fail_minutes, u32);
+    set!(monitoring_enabled, bool);
+    set!(prometheus_port, u16);
+    set!(alertmanager_port, u16);
+    set!(node_exporter_port, u16);
+    set!(etcd_metrics_port, u16);
+    set!(pgbackrest_exporter_port, u16);
+    set!(monitoring_scrape_interval, u32);
+    set!(monitoring_retention_days, u32);
+    set!(monitoring_retention_size, str);
+    set!(alert_replica_lag_seconds, u32);
+    if let Some((Json::Array(a), _)) = v.get("alert_webhook_urls") {
+        c.alert_webhook_urls = a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
+    }
+    set!(alert_email_to, str);
+    set!(alert_email_from, str);
+    set!(alert_smtp_smarthost, str);
+    set!(alert_smtp_require_tls, bool);
     c.backup_max_age_hours = default_max_age_hours(&c);
     set!(backup_max_age_hours, u32);
     c

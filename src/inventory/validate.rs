@@ -37,6 +37,14 @@ impl V<'_> {
         self.groups.get(g).cloned().unwrap_or_default()
     }
     /// The etcd members: the etcd group when given, else the first 3 (or 5) db hosts.
+    /// The monitoring host: the `monitor` group's, else the first router.
+    fn monitor(&self) -> Option<String> {
+        if !self.c.monitoring_enabled {
+            return None;
+        }
+        let m = self.members("monitor");
+        m.first().or(self.members("router").first()).cloned()
+    }
     fn etcd(&self) -> Vec<String> {
         let explicit = self.members("etcd");
         if explicit.is_empty() {
@@ -82,6 +90,7 @@ pub(crate) fn validate(
     users_and_databases(ctx, &v);
     pg_version(ctx, &v);
     backup(ctx, &v);
+    monitoring(ctx, &v);
 }
 
 /// db and router each have hosts.
@@ -220,6 +229,7 @@ fn ports(ctx: &mut Ctx, v: &V) {
         ..
     } = *v;
     let etcd = v.etcd();
+    let monitor = v.monitor();
     let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
     for h in hosts {
         let mut ports: Vec<(&str, u16)> = Vec::new();
@@ -238,6 +248,21 @@ fn ports(ctx: &mut Ctx, v: &V) {
         }
         if c.backup_enabled && (h.in_group("db") || h.in_group("backup")) {
             ports.push(("backup_port", c.backup_port));
+        }
+        if c.monitoring_enabled {
+            ports.push(("node_exporter_port", c.node_exporter_port));
+            if etcd.contains(&h.name) {
+                ports.push(("etcd_metrics_port", c.etcd_metrics_port));
+            }
+            if monitor.as_deref() == Some(h.name.as_str()) {
+                ports.extend([
+                    ("prometheus_port", c.prometheus_port),
+                    ("alertmanager_port", c.alertmanager_port),
+                ]);
+            }
+            if c.backup_enabled && v.members("backup").first() == Some(&h.name) {
+                ports.push(("pgbackrest_exporter_port", c.pgbackrest_exporter_port));
+            }
         }
         if h.in_group("router") {
             ports.extend([
@@ -708,4 +733,65 @@ fn address_path(tree: &Tree, host: &str) -> Vec<Seg> {
         .find(|d| vars::spec(&d.key).is_some_and(|s| s.canonical == "address"))
         .map(|d| d.path.clone())
         .unwrap_or_else(|| h.seen.first().map(|(_, p)| p.clone()).unwrap_or_default())
+}
+
+/// One monitoring host; receivers complete enough for Alertmanager to use.
+fn monitoring(ctx: &mut Ctx, v: &V) {
+    let V { c, def_path, .. } = *v;
+    if !c.monitoring_enabled {
+        return;
+    }
+    let hosts = v.members("monitor");
+    if hosts.len() > 1 {
+        let at = v.group_path("monitor").unwrap_or_default();
+        ctx.error_at(
+            &at,
+            format!(
+                "group `monitor` has {} hosts ({}): Prometheus and Alertmanager run on one host; keep one",
+                hosts.len(),
+                hosts.join(", ")
+            ),
+        );
+    }
+    if !c.alert_email_to.is_empty() {
+        for key in ["alert_email_from", "alert_smtp_smarthost"] {
+            let set = match key {
+                "alert_email_from" => !c.alert_email_from.is_empty(),
+                _ => !c.alert_smtp_smarthost.is_empty(),
+            };
+            if !set {
+                ctx.error_at(
+                    &def_path("alert_email_to"),
+                    format!(
+                        "`alert_email_to` is set but `{key}` is not: email alerts need the sender \
+                         (alert_email_from) and the SMTP relay as host:port (alert_smtp_smarthost)"
+                    ),
+                );
+            }
+        }
+    }
+    let smarthost = &c.alert_smtp_smarthost;
+    if !smarthost.is_empty()
+        && smarthost
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+    {
+        ctx.error_at(
+            &def_path("alert_smtp_smarthost"),
+            format!("`alert_smtp_smarthost` is {smarthost:?}: write the SMTP relay as host:port, like mail.internal:25"),
+        );
+    }
+    for key in ["alert_email_to", "alert_email_from"] {
+        let val = if key == "alert_email_to" {
+            &c.alert_email_to
+        } else {
+            &c.alert_email_from
+        };
+        if !val.is_empty() && (!val.contains('@') || val.contains(['"', '\\', '\n'])) {
+            ctx.error_at(
+                &def_path(key),
+                format!("`{key}` is {val:?}: write an email address, like dba@example.com"),
+            );
+        }
+    }
 }

@@ -18,6 +18,9 @@ pub struct Endpoints {
     /// The routers' stats page (port and password).
     pub stats: StatsAccess,
     pub exporters: Vec<(String, String)>,
+    /// (host name, base URL) of Prometheus and Alertmanager, when monitoring is on.
+    pub prometheus: Option<(String, String)>,
+    pub alertmanager: Option<(String, String)>,
     /// (host name, REST base URL) of a member outside the inventory that a command
     /// takes out (`pgha remove`): asked by name only, never counted as a member.
     pub outside: Vec<(String, String)>,
@@ -69,6 +72,18 @@ impl Endpoints {
                     )
                 })
                 .collect(),
+            prometheus: inv.monitor_host().map(|h| {
+                (
+                    h.name.clone(),
+                    format!("http://{}:{}", url_host(h.ip), c.prometheus_port),
+                )
+            }),
+            alertmanager: inv.monitor_host().map(|h| {
+                (
+                    h.name.clone(),
+                    format!("http://{}:{}", url_host(h.ip), c.alertmanager_port),
+                )
+            }),
             outside: Vec::new(),
         }
     }
@@ -108,4 +123,12 @@ impl Endpoints {
 /// URL scheme of the cluster's TLS endpoints (etcd, Patroni's REST API).
 pub fn scheme(tls: bool) -> &'static str {
     if tls { "https" } else { "http" }
+}
+
+/// An address as the host part of a URL (IPv6 in brackets).
+fn url_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
 }

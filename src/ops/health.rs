@@ -22,7 +22,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
             None => None,
         }
     };
-    let (view, statuses, etcd_report, routers, exporters, certificates, backup) = tokio::join!(
+    let (view, statuses, etcd_report, routers, exporters, certificates, (backup, alerts)) = tokio::join!(
         patroni::cluster_any(&ctx.ep.net, &apis),
         join_all(
             ctx.ep
@@ -49,7 +49,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
                 Vec::new()
             }
         },
-        backup,
+        async { tokio::join!(backup, super::monitoring::alerts(&ctx.ep)) },
     );
     let ca = ctx.pki.as_ref().and_then(|p| p.ca_info().ok()).map(|i| {
         let now = std::time::SystemTime::now()
@@ -106,7 +106,21 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         certificates,
         ca,
     };
-    let snap = assemble(&c.cluster_name, parts, paused, &bounds);
+    let mut snap = assemble(&c.cluster_name, parts, paused, &bounds);
+    if let (Some(r), Some((_, url))) = (alerts, &ctx.ep.alertmanager) {
+        snap.alerts = Some(match r {
+            Ok(a) => super::verdict::AlertsState {
+                url: url.clone(),
+                alerts: a,
+                error: None,
+            },
+            Err(e) => super::verdict::AlertsState {
+                url: url.clone(),
+                alerts: Vec::new(),
+                error: Some(e),
+            },
+        });
+    }
     match backup {
         Some(b) => {
             let bb = BackupBounds {

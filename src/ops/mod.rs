@@ -21,6 +21,7 @@ pub mod lock;
 pub mod marks;
 pub mod member;
 pub mod membership;
+pub mod monitoring;
 pub mod patroni;
 pub mod phases;
 pub mod restore;

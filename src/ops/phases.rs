@@ -27,6 +27,8 @@ const ETCD_QUORUM: Duration = Duration::from_secs(90);
 const LEADER: Duration = Duration::from_secs(180);
 const REPLICAS: Duration = Duration::from_secs(300);
 const EXPORTERS: Duration = Duration::from_secs(60);
+/// Every target up in Prometheus: started just now, scraped within an interval.
+const MONITORING: Duration = Duration::from_secs(120);
 
 impl Converge<'_, '_> {
     /// Packages (and the files written before them) wherever the plan wants them;
@@ -140,7 +142,12 @@ impl Converge<'_, '_> {
                         apply::run(&s, super::backup::dirs_script(&self.inv.cluster, repo)).await?;
                         n += self.service_role_host("pgbackrest", &h, &s).await?;
                     }
-                    for role in ["haproxy", "exporter"] {
+                    for role in [
+                        "haproxy",
+                        "exporter",
+                        "node_exporter",
+                        "pgbackrest_exporter",
+                    ] {
                         if self.desired[&h].role(role).is_some() {
                             n += self.service_role_host(role, &h, &s).await?;
                         }
@@ -524,6 +531,43 @@ impl Converge<'_, '_> {
                 self.service_role_host("pgbackrest", &h, &s).await
             })
             .await
+    }
+
+    /// node_exporter everywhere, pgBackRest's exporter, Alertmanager and
+    /// Prometheus (those the package step did not already do), then every target
+    /// the inventory implies up in Prometheus.
+    pub async fn monitoring(&self) -> Result<(), Failure> {
+        let Some(m) = self.inv.monitor_host() else {
+            return Ok(());
+        };
+        let phase = self.ctx.ui.phase("monitoring");
+        let with = |role: &str| -> Vec<String> {
+            self.desired
+                .iter()
+                .filter(|(_, d)| d.role(role).is_some())
+                .map(|(h, _)| h.clone())
+                .collect()
+        };
+        for (role, step) in [
+            ("node_exporter", "configure node_exporter"),
+            ("pgbackrest_exporter", "configure pgbackrest exporter"),
+            ("alertmanager", "configure alertmanager"),
+            ("prometheus", "configure prometheus"),
+        ] {
+            self.service_role(role, &with(role), step).await?;
+        }
+        if !self.ctx.acts_on(&m.name) {
+            phase.done("not on this run's hosts (--limit)");
+            return Ok(());
+        }
+        phase.set("waiting for every target up in Prometheus");
+        let expected = super::monitoring::expected_targets(self.inv);
+        let n = super::monitoring::wait_targets(&self.ctx.ep, &expected, MONITORING).await?;
+        phase.done(format!(
+            "{n} targets up in Prometheus, http://{}:{}",
+            m.ip, self.inv.cluster.prometheus_port
+        ));
+        Ok(())
     }
 
     pub async fn haproxy(&self) -> Result<(), Failure> {

@@ -149,6 +149,18 @@ pub struct Snapshot {
     pub ca: Option<CaState>,
     /// Backups and WAL archiving (when backups are on).
     pub backup: Option<BackupState>,
+    /// The alerts Alertmanager holds (when monitoring is on). Shown, not judged:
+    /// the verdict stands on the probes above.
+    pub alerts: Option<AlertsState>,
+}
+
+/// Alertmanager's alerts, or why they could not be read.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AlertsState {
+    /// Alertmanager's page.
+    pub url: String,
+    pub alerts: Vec<crate::probe::prometheus::Alert>,
+    pub error: Option<String>,
 }
 
 /// The backups' health: the newest backup in the repository and the leader's WAL
@@ -292,6 +304,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         certificates,
         ca,
         backup: None,
+        alerts: None,
     };
     s.verdict = verdict(&s, bounds);
     s.healthy = s.verdict.level == Level::Healthy;
