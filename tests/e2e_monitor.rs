@@ -1,0 +1,486 @@
+//! End-to-end: monitoring on its own lab (`pgha-e2e-monitor`: 3 db hosts and a
+//! router that is the backup repository and the monitoring host), observed in
+//! Prometheus's and Alertmanager's own APIs and at a webhook receiver this test
+//! runs on the lab network's gateway (this machine's address on the lab network).
+//!
+//! After deploy every target the inventory implies is up and each component's key
+//! metric answers; exporters listen on their host's address only; the stats page
+//! still wants its password. With a webhook added to the inventory (a reload of
+//! Alertmanager, nothing else) and a re-run changing nothing: PostgreSQL stopped
+//! on a replica, an etcd member stopped and the repository's pgBackRest server
+//! stopped (WAL archiving failing) each reach the webhook as firing, `pgha status`
+//! lists them, and each reaches it as resolved once put back. A hard kill of the
+//! leader reaches it as PatroniNoLeader and PatroniFailover.
+//!
+//! Bounds (with the shipped `for:` values, 15 s scrapes, Alertmanager's 10 s
+//! group_wait and 1 min group_interval): firing within 4 minutes, resolved
+//! within 4 minutes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgha::lab;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const LAB: &str = "pgha-e2e-monitor";
+const ROUTER: &str = "router1";
+const FIRE: u64 = 240;
+const RESOLVE: u64 = 240;
+
+/// What the webhook received: (status, alertname, instance, when).
+type Got = Arc<Mutex<Vec<(String, String, String, Instant)>>>;
+
+struct Hook {
+    url: String,
+    got: Got,
+}
+
+/// A webhook receiver: every POST's alerts recorded, 200 answered.
+async fn webhook(ip: Ipv4Addr) -> Hook {
+    let l = TcpListener::bind((IpAddr::V4(ip), 0)).await.unwrap();
+    let url = format!("http://{}/alerts", l.local_addr().unwrap());
+    let got: Got = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break buf[end + 4..end + 4 + len].to_vec();
+                        }
+                    }
+                };
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+                let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                    return;
+                };
+                let now = Instant::now();
+                let mut g = g.lock().unwrap();
+                for a in v["alerts"].as_array().into_iter().flatten() {
+                    let s = |x: &Value| x.as_str().unwrap_or_default().to_string();
+                    g.push((
+                        s(&a["status"]),
+                        s(&a["labels"]["alertname"]),
+                        s(&a["labels"]["instance"]),
+                        now,
+                    ));
+                }
+            });
+        }
+    });
+    Hook { url, got }
+}
+
+impl Hook {
+    /// Until an alert `name` (on `instance`, when given) arrives with `status`
+    /// after `since`; how long it took.
+    async fn wait(
+        &self,
+        status: &str,
+        name: &str,
+        instance: Option<&str>,
+        since: Instant,
+        secs: u64,
+    ) -> Duration {
+        eventually(
+            &format!("the webhook to receive {name} {status} (instance {instance:?})"),
+            secs,
+            || async {
+                let g = self.got.lock().unwrap();
+                match g.iter().find(|(st, n, i, at)| {
+                    st == status && n == name && instance.is_none_or(|x| x == i) && *at >= since
+                }) {
+                    Some((_, _, _, at)) => Ok(at.duration_since(since)),
+                    None => Err(format!(
+                        "received so far: {:?}",
+                        g.iter()
+                            .map(|(s, n, i, _)| format!("{n}/{i} {s}"))
+                            .collect::<Vec<_>>()
+                    )),
+                }
+            },
+        )
+        .await
+    }
+}
+
+fn prom(lab: &Lab) -> String {
+    format!("http://{}:9090", lab.ip(ROUTER))
+}
+
+/// An instant query's result: labels -> value.
+async fn query(lab: &Lab, q: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+    let url =
+        reqwest::Url::parse_with_params(&format!("{}/api/v1/query", prom(lab)), &[("query", q)])
+            .unwrap();
+    let v = get_json(&lab.net(), url.as_str()).await?;
+    if v["status"] != "success" {
+        return Err(format!("{q}: {v}"));
+    }
+    Ok(v["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let value = r["value"][1]
+                .as_str()
+                .unwrap_or("nan")
+                .parse()
+                .unwrap_or(f64::NAN);
+            (labels, value)
+        })
+        .collect())
+}
+
+/// Until `q` returns `n` series whose values all pass `ok`.
+async fn expect_series(lab: &Lab, q: &str, n: usize, ok: impl Fn(f64) -> bool) {
+    eventually(&format!("{n} series of {q} as expected"), 120, || async {
+        let r = query(lab, q).await?;
+        if r.len() == n && r.iter().all(|(_, v)| ok(*v)) {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await
+}
+
+fn add_vars(lab: &Lab, lines: &str) {
+    let inv = lab.inventory();
+    let text = std::fs::read_to_string(&inv).unwrap();
+    assert!(text.contains("all:\n  vars:\n"), "{text}");
+    std::fs::write(
+        &inv,
+        text.replacen("all:\n  vars:\n", &format!("all:\n  vars:\n{lines}"), 1),
+    )
+    .unwrap();
+}
+
+fn deploy_json(lab: &Lab) -> Value {
+    let inv = lab.inventory();
+    let (code, out, err) = pgha(&["deploy", "-i", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "deploy:\n{out}\n{err}");
+    out.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_fire_for_each_failure_and_resolve() {
+    let lab = Lab::up(LAB, "root").await;
+    let leader = healthy_cluster(&lab).await;
+    let dbs = lab.db_hosts();
+    let hosts: Vec<String> = dbs.iter().cloned().chain([ROUTER.to_string()]).collect();
+
+    // Every target the inventory implies, each up; Patroni's over HTTPS.
+    let mut want: Vec<(String, String)> = Vec::new();
+    for h in &hosts {
+        want.push(("node".into(), h.clone()));
+    }
+    for h in &dbs {
+        for j in ["postgres", "patroni", "etcd"] {
+            want.push((j.into(), h.clone()));
+        }
+    }
+    for j in ["haproxy", "pgbackrest", "prometheus", "alertmanager"] {
+        want.push((j.into(), ROUTER.into()));
+    }
+    want.sort();
+    let targets = format!("{}/api/v1/targets?state=active", prom(&lab));
+    eventually("every target up in Prometheus", 120, || async {
+        let v = get_json(&lab.net(), &targets).await?;
+        let list = v["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut seen: Vec<(String, String)> = list
+            .iter()
+            .map(|t| {
+                (
+                    t["labels"]["job"].as_str().unwrap_or_default().to_string(),
+                    t["labels"]["instance"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        seen.sort();
+        let down: Vec<&Value> = list.iter().filter(|t| t["health"] != "up").collect();
+        let patroni_https = list
+            .iter()
+            .filter(|t| t["labels"]["job"] == "patroni")
+            .all(|t| {
+                t["scrapeUrl"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("https://")
+            });
+        if seen == want && down.is_empty() && patroni_https {
+            Ok(())
+        } else {
+            Err(format!(
+                "seen {seen:?}, not up: {down:?}, patroni over https: {patroni_https}"
+            ))
+        }
+    })
+    .await;
+    // Each component's key metric.
+    expect_series(&lab, "pg_up", 3, |v| v == 1.0).await;
+    let primaries = query(&lab, "patroni_primary == 1").await.unwrap();
+    assert_eq!(primaries.len(), 1, "{primaries:?}");
+    assert_eq!(primaries[0].0["instance"], leader);
+    expect_series(&lab, "etcd_server_has_leader", 3, |v| v == 1.0).await;
+    expect_series(
+        &lab,
+        r#"haproxy_backend_active_servers{proxy="primary"}"#,
+        1,
+        |v| v == 1.0,
+    )
+    .await;
+    expect_series(
+        &lab,
+        r#"haproxy_backend_active_servers{proxy="replicas"}"#,
+        1,
+        |v| v == 2.0,
+    )
+    .await;
+    expect_series(&lab, "node_uname_info", 4, |v| v == 1.0).await;
+    expect_series(&lab, "pgbackrest_exporter_status", 1, |_| true).await;
+    // Every host's certificate and the CA, well in the future (TLS is on).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    expect_series(&lab, "pgha_tls_certificate_not_after_seconds", 8, |v| {
+        v > now + 30.0 * 86400.0
+    })
+    .await;
+    // The rules are loaded and evaluated: the Watchdog fires, and reaches Alertmanager.
+    expect_series(
+        &lab,
+        r#"ALERTS{alertname="Watchdog",alertstate="firing"}"#,
+        1,
+        |v| v == 1.0,
+    )
+    .await;
+    let am = format!("http://{}:9093/api/v2/alerts", lab.ip(ROUTER));
+    eventually("Alertmanager to hold the Watchdog", 120, || async {
+        let v = get_json(&lab.net(), &am).await?;
+        let names: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["labels"]["alertname"].as_str())
+            .collect();
+        if names.contains(&"Watchdog") {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+
+    // Exporters and etcd's metrics on the host's own address, not every interface.
+    let (_, listening) = lab.sh("db1", "ss -Htln");
+    let ip = lab.ip("db1");
+    for port in [9100, 9187, 2381] {
+        assert!(
+            listening.contains(&format!("{ip}:{port} ")),
+            "db1 :{port} not on {ip}:\n{listening}"
+        );
+        assert!(
+            !listening.contains(&format!("0.0.0.0:{port} "))
+                && !listening.contains(&format!("*:{port} ")),
+            "db1 :{port} on every interface:\n{listening}"
+        );
+    }
+    // The stats page still wants its password (only /metrics is open).
+    let r = lab
+        .net()
+        .get(
+            &format!("http://{}:8404/", lab.ip(ROUTER)),
+            Duration::from_secs(5),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "the stats page answered without a password"
+    );
+
+    // A webhook from the inventory: Alertmanager reloaded; nothing else restarted.
+    let gw = lab::layout::gateway(lab.info.subnet);
+    let hook = webhook(gw).await;
+    let before = start_times(&lab).await;
+    add_vars(
+        &lab,
+        &format!(
+            "    alert_webhook_urls: [\"{}\"]\n    backup_archive_fail_minutes: 1\n",
+            hook.url
+        ),
+    );
+    let doc = deploy_json(&lab);
+    assert!(doc["changed"].as_u64().unwrap_or(0) > 0, "{doc}");
+    assert_eq!(
+        start_times(&lab).await,
+        before,
+        "adding a webhook restarted a member"
+    );
+    let (_, cfg) = lab.sh(ROUTER, "cat /etc/prometheus/alertmanager.yml");
+    assert!(cfg.contains(&hook.url), "{cfg}");
+    let doc = deploy_json(&lab);
+    assert_eq!(doc["changed"], 0, "a re-run changed something: {doc}");
+
+    // Three failures at once, on three hosts.
+    let replicas: Vec<String> = dbs.iter().filter(|h| **h != leader).cloned().collect();
+    let (pg_down, etcd_down) = (replicas[0].clone(), replicas[1].clone());
+    let t0 = Instant::now();
+    assert_eq!(lab.sh(&pg_down, "systemctl stop patroni").0, 0);
+    assert_eq!(lab.sh(&etcd_down, "systemctl stop etcd").0, 0);
+    assert_eq!(lab.sh(ROUTER, "systemctl stop pgbackrest").0, 0);
+    lab.psql(
+        &leader,
+        "CREATE TABLE mon_w (id serial PRIMARY KEY, at timestamptz DEFAULT now())",
+    );
+    // WAL to archive: a segment switched every few seconds while we wait.
+    let stop_wal = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wal = {
+        let (stop, lab_leader) = (stop_wal.clone(), leader.clone());
+        let container = lab.info.host(&lab_leader).unwrap().container.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("docker")
+                    .args([
+                        "exec",
+                        &container,
+                        "su",
+                        "postgres",
+                        "-c",
+                        "psql -qAtc 'INSERT INTO mon_w DEFAULT VALUES; SELECT pg_switch_wal()'",
+                    ])
+                    .output();
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        })
+    };
+    let took = hook
+        .wait("firing", "PostgresDown", Some(&pg_down), t0, FIRE)
+        .await;
+    println!("PostgresDown {pg_down} reached the webhook after {took:?}");
+    let took = hook
+        .wait("firing", "EtcdMemberDown", Some(&etcd_down), t0, FIRE)
+        .await;
+    println!("EtcdMemberDown {etcd_down} reached the webhook after {took:?}");
+    let took = hook
+        .wait(
+            "firing",
+            "WalArchivingFailing",
+            Some(&leader),
+            t0,
+            FIRE + 60,
+        )
+        .await;
+    println!("WalArchivingFailing {leader} reached the webhook after {took:?}");
+    // `pgha status` lists them.
+    let (_, out, _) = pgha(&["status", "-i", &lab.inventory(), "--output", "json"]);
+    let st = json_doc(&out);
+    let listed: Vec<String> = st["alerts"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "active")
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["name"].as_str().unwrap_or(""),
+                a["instance"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for want in [
+        format!("PostgresDown/{pg_down}"),
+        format!("EtcdMemberDown/{etcd_down}"),
+        format!("WalArchivingFailing/{leader}"),
+    ] {
+        assert!(
+            listed.contains(&want),
+            "status does not list {want}: {listed:?}"
+        );
+    }
+    let (_, text, _) = pgha(&["status", "-i", &lab.inventory()]);
+    assert!(
+        text.contains("PostgresDown") && text.contains("firing"),
+        "{text}"
+    );
+
+    // Put back: each resolves.
+    let t1 = Instant::now();
+    assert_eq!(lab.sh(&pg_down, "systemctl start patroni").0, 0);
+    assert_eq!(lab.sh(&etcd_down, "systemctl start etcd").0, 0);
+    assert_eq!(lab.sh(ROUTER, "systemctl start pgbackrest").0, 0);
+    for (name, inst) in [
+        ("PostgresDown", &pg_down),
+        ("EtcdMemberDown", &etcd_down),
+        ("WalArchivingFailing", &leader),
+    ] {
+        let took = hook.wait("resolved", name, Some(inst), t1, RESOLVE).await;
+        println!("{name} {inst} resolved at the webhook after {took:?}");
+    }
+    stop_wal.store(true, std::sync::atomic::Ordering::Relaxed);
+    wal.join().unwrap();
+    let leader = healthy_cluster(&lab).await;
+
+    // A hard kill of the leader: no leader, then a failover.
+    let t2 = Instant::now();
+    lab::kill(LAB, &leader).await.expect("lab kill");
+    let took = hook.wait("firing", "PatroniNoLeader", None, t2, FIRE).await;
+    println!("PatroniNoLeader reached the webhook after {took:?}");
+    let took = hook.wait("firing", "PatroniFailover", None, t2, FIRE).await;
+    println!("PatroniFailover reached the webhook after {took:?}");
+    lab::start(LAB, &leader).await.expect("lab start");
+    healthy_cluster(&lab).await;
+}
