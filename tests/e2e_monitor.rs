@@ -209,6 +209,9 @@ fn deploy_json(lab: &Lab) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alerts_fire_for_each_failure_and_resolve() {
     let lab = Lab::up(LAB, "root").await;
+    let (code, out, err) = pgha(&["deploy", "-i", &lab.inventory()]);
+    assert_eq!(code, 0, "deploy:\n{out}\n{err}");
+    println!("{out}");
     let leader = healthy_cluster(&lab).await;
     let dbs = lab.db_hosts();
     let hosts: Vec<String> = dbs.iter().cloned().chain([ROUTER.to_string()]).collect();

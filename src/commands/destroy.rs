@@ -225,15 +225,24 @@ async fn destroy(
         phase.set(format!("Patroni on the leader {l}"));
         stop(vec![l.to_string()], &["patroni"], "stop patroni").await?;
     }
-    phase.set("the exporters and pgBackRest's servers");
+    phase.set("the exporters, pgBackRest's servers and the monitoring");
     let all = ctx.all_hosts();
     stop(
         all,
-        &["exporter", "pgbackrest"],
-        "stop exporters and pgbackrest",
+        &[
+            "exporter",
+            "pgbackrest",
+            "node_exporter",
+            "pgbackrest_exporter",
+            "alertmanager",
+            "prometheus",
+        ],
+        "stop exporters, pgbackrest and monitoring",
     )
     .await?;
-    phase.done("every router, member, exporter and pgBackRest server stopped and disabled");
+    phase.done(
+        "every router, member, exporter, pgBackRest server and monitoring service stopped and disabled",
+    );
 
     let phase = ctx.ui.phase("etcd");
     let removed = clear_etcd(ctx, args.wipe_data).await?;

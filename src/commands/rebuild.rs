@@ -437,6 +437,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         conv.haproxy().await?;
         // A rebuilt repository host starts empty: stanza, timers, a first full backup.
         self.step("backups", conv.backups()).await?;
+        // A rebuilt monitoring host starts with no samples; every target up again.
+        self.step("monitoring", conv.monitoring()).await?;
         if !a.stale_members.is_empty() {
             self.step(
                 "stale members",

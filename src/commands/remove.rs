@@ -385,8 +385,15 @@ async fn remove(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Result<Repo
         // Any member's definitions name the same units and containers.
         let first_db = ctx.db_hosts().first().cloned().unwrap_or_default();
         let roles: Vec<&str> = match a.kind {
-            Kind::Db => vec!["patroni", "exporter", "pgbackrest"],
-            Kind::Router => vec!["haproxy"],
+            Kind::Db => vec!["patroni", "exporter", "pgbackrest", "node_exporter"],
+            // A router may have been the monitoring host (and the repository's).
+            Kind::Router => vec![
+                "haproxy",
+                "node_exporter",
+                "pgbackrest_exporter",
+                "alertmanager",
+                "prometheus",
+            ],
         };
         let pick = |r: &str| {
             let from = if r == "haproxy" {
@@ -394,7 +401,10 @@ async fn remove(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Result<Repo
             } else {
                 first_db.clone()
             };
-            conv.desired.get(&from).and_then(|d| d.role(r))
+            conv.desired
+                .get(&from)
+                .and_then(|d| d.role(r))
+                .or_else(|| conv.desired.values().find_map(|d| d.role(r)))
         };
         if !args.host_gone {
             let mut script = String::new();
@@ -457,6 +467,8 @@ async fn remove(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Result<Repo
         conv.patroni(true).await?;
         conv.haproxy().await?;
         conv.backups().await?;
+        // Prometheus's targets follow the inventory (the host's are gone).
+        conv.monitoring().await?;
         etcd_ops::keep_apart(ctx).await;
         verify::verify(ctx).await?;
         Ok::<_, Failure>(switchover_to)

@@ -7,7 +7,16 @@ use crate::inventory::Cluster;
 use crate::ssh::shell_quote;
 
 /// The roles whose services a destroy stops, in the order it stops them on a host.
-pub const SERVICE_ROLES: [&str; 4] = ["haproxy", "patroni", "exporter", "pgbackrest"];
+pub const SERVICE_ROLES: [&str; 8] = [
+    "haproxy",
+    "patroni",
+    "exporter",
+    "pgbackrest",
+    "node_exporter",
+    "pgbackrest_exporter",
+    "alertmanager",
+    "prometheus",
+];
 
 /// Stop, disable (native) or remove (docker) these roles of a host; nothing when
 /// the host does not have them.

@@ -405,6 +405,7 @@ impl Restore<'_, '_> {
         conv.exporters().await?;
         conv.haproxy().await?;
         conv.backups().await?;
+        conv.monitoring().await?;
         super::etcd::keep_apart(self.ctx).await;
         super::verify::verify(self.ctx).await?;
         super::roster::write(self.ctx, &super::roster::Roster::of(self.ctx.inv)).await?;
