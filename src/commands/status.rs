@@ -418,4 +418,40 @@ mod tests {
         );
         assert!(!render(&snapshot(None)).contains("CA:"));
     }
+
+    #[test]
+    fn firing_alerts_are_listed_and_the_others_counted() {
+        use crate::ops::verdict::AlertsState;
+        use crate::probe::prometheus::Alert;
+        let alert = |name: &str, instance: &str, state: &str| Alert {
+            name: name.into(),
+            severity: "critical".into(),
+            instance: instance.into(),
+            summary: format!("{name} on {instance}"),
+            state: state.into(),
+        };
+        let mut s = snapshot(None);
+        s.alerts = Some(AlertsState {
+            url: "http://10.0.0.21:9093".into(),
+            alerts: vec![
+                alert("PostgresDown", "db3", "active"),
+                alert("TargetDown", "db3", "suppressed"),
+            ],
+            error: None,
+        });
+        let text = render(&s);
+        assert!(
+            text.contains("alerts (http://10.0.0.21:9093): 1 firing, 1 silenced or inhibited\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("critical PostgresDown db3  PostgresDown on db3\n"),
+            "{text}"
+        );
+        assert!(!text.contains("TargetDown on db3"), "{text}");
+        s.alerts.as_mut().unwrap().error = Some("connection refused".into());
+        assert!(render(&s).contains("alerts: not read (connection refused)"));
+        s.alerts = None;
+        assert!(!render(&s).contains("alerts"));
+    }
 }

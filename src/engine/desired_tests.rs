@@ -687,3 +687,90 @@ fn docker_pgbackrest_mounts_what_each_host_serves() {
         "{verify}"
     );
 }
+
+#[test]
+fn monitoring_scrapes_every_component_on_its_hosts_address_and_can_be_turned_off() {
+    let lib = Library::builtin().unwrap();
+    let mut inv = sample();
+    inv.cluster.alert_webhook_urls = vec!["http://10.9.0.99:9099/hook?token=s3cret".into()];
+    let d = desired_state(&inv, &lib).unwrap();
+    let prom: serde_json::Value =
+        yaml_serde::from_str(&file(&d, "router1", "/etc/prometheus/prometheus.yml")).unwrap();
+    let jobs: BTreeMap<String, Vec<String>> = prom["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            let targets = j["static_configs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}@{}",
+                        s["labels"]["instance"].as_str().unwrap(),
+                        s["targets"][0].as_str().unwrap()
+                    )
+                })
+                .collect();
+            (j["job_name"].as_str().unwrap().to_string(), targets)
+        })
+        .collect();
+    assert_eq!(
+        jobs["etcd"],
+        [
+            "db1@10.9.0.11:2381",
+            "db2@10.9.0.12:2381",
+            "db3@10.9.0.13:2381"
+        ]
+    );
+    assert_eq!(jobs["haproxy"], ["router1@10.9.0.21:8404"]);
+    assert_eq!(jobs["pgbackrest"], ["router1@10.9.0.21:9854"]);
+    assert_eq!(jobs["node"].len(), 4);
+    assert_eq!(jobs["patroni"][0], "db1@10.9.0.11:8008");
+    assert_eq!(prom["global"]["external_labels"]["cluster"], "pgha");
+    // Exporters and etcd's metrics on the host's own address.
+    assert!(
+        file(&d, "db2", "/etc/default/prometheus-node-exporter")
+            .contains("--web.listen-address=10.9.0.12:9100")
+    );
+    assert!(
+        file(&d, "db2", "/etc/default/etcd")
+            .contains("ETCD_LISTEN_METRICS_URLS=\"http://10.9.0.12:2381\"\n")
+    );
+    let haproxy = file(&d, "router1", "/etc/haproxy/haproxy.cfg");
+    assert!(haproxy.contains("    http-request use-service prometheus-exporter if { path /metrics }\n    stats enable\n"), "{haproxy}");
+    let am = file(&d, "router1", "/etc/prometheus/alertmanager.yml");
+    assert!(am.contains("      - url: \"http://10.9.0.99:9099/hook?token=s3cret\"\n        send_resolved: true\n"), "{am}");
+    // The webhook's token is masked in diffs.
+    let f = d
+        .iter()
+        .find(|h| h.host == "router1")
+        .unwrap()
+        .files()
+        .find(|f| f.path == "/etc/prometheus/alertmanager.yml")
+        .unwrap();
+    let (_, shown) = crate::engine::mask::mask_pair(&f.secrets, "", &am);
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("      - url: <redacted"), "{shown}");
+    // Retention in Prometheus's MB (powers of two).
+    assert!(
+        file(&d, "router1", "/etc/default/prometheus")
+            .contains("--storage.tsdb.retention.size=2048MB")
+    );
+
+    inv.cluster.monitoring_enabled = false;
+    let d = desired_state(&inv, &lib).unwrap();
+    for h in &d {
+        for r in [
+            "node_exporter",
+            "prometheus",
+            "alertmanager",
+            "pgbackrest_exporter",
+        ] {
+            assert!(h.role(r).is_none(), "{} has {r}", h.host);
+        }
+    }
+    assert!(!file(&d, "db2", "/etc/default/etcd").contains("METRICS"));
+    assert!(!file(&d, "router1", "/etc/haproxy/haproxy.cfg").contains("prometheus-exporter"));
+}
