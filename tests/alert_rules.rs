@@ -126,3 +126,21 @@ fn every_alert_has_a_unit_test() {
         );
     }
 }
+
+#[test]
+fn the_grafana_dashboard_queries_metrics_the_rules_know() {
+    let text =
+        std::fs::read_to_string(root().join("monitoring/grafana/pgha-cluster.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = v["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            assert!(
+                expr.contains("cluster=\"$cluster\""),
+                "{expr}: not scoped to the chosen cluster"
+            );
+        }
+    }
+}

@@ -10,7 +10,9 @@
 //! on a replica, an etcd member stopped and the repository's pgBackRest server
 //! stopped (WAL archiving failing) each reach the webhook as firing, `pgha status`
 //! lists them, and each reaches it as resolved once put back. A hard kill of the
-//! leader reaches it as PatroniNoLeader and PatroniFailover.
+//! leader reaches it as PatroniNoLeader and PatroniFailover. The monitoring host,
+//! lost and rebuilt with `pgha rebuild`, scrapes every target again (its samples
+//! start fresh).
 //!
 //! Bounds (with the shipped `for:` values, 15 s scrapes, Alertmanager's 10 s
 //! group_wait and 1 min group_interval): firing within 4 minutes, resolved
@@ -206,31 +208,10 @@ fn deploy_json(lab: &Lab) -> Value {
         .unwrap_or(Value::Null)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn alerts_fire_for_each_failure_and_resolve() {
-    let lab = Lab::up(LAB, "root").await;
-    let (code, out, err) = pgha(&["deploy", "-i", &lab.inventory()]);
-    assert_eq!(code, 0, "deploy:\n{out}\n{err}");
-    println!("{out}");
-    let leader = healthy_cluster(&lab).await;
-    let dbs = lab.db_hosts();
-    let hosts: Vec<String> = dbs.iter().cloned().chain([ROUTER.to_string()]).collect();
-
-    // Every target the inventory implies, each up; Patroni's over HTTPS.
-    let mut want: Vec<(String, String)> = Vec::new();
-    for h in &hosts {
-        want.push(("node".into(), h.clone()));
-    }
-    for h in &dbs {
-        for j in ["postgres", "patroni", "etcd"] {
-            want.push((j.into(), h.clone()));
-        }
-    }
-    for j in ["haproxy", "pgbackrest", "prometheus", "alertmanager"] {
-        want.push((j.into(), ROUTER.into()));
-    }
-    want.sort();
-    let targets = format!("{}/api/v1/targets?state=active", prom(&lab));
+/// Until Prometheus scrapes exactly `want` (job, instance), each up, Patroni's
+/// over HTTPS.
+async fn all_targets_up(lab: &Lab, want: &[(String, String)]) {
+    let targets = format!("{}/api/v1/targets?state=active", prom(lab));
     eventually("every target up in Prometheus", 120, || async {
         let v = get_json(&lab.net(), &targets).await?;
         let list = v["data"]["activeTargets"]
@@ -260,7 +241,7 @@ async fn alerts_fire_for_each_failure_and_resolve() {
                     .unwrap_or_default()
                     .starts_with("https://")
             });
-        if seen == want && down.is_empty() && patroni_https {
+        if seen == *want && down.is_empty() && patroni_https {
             Ok(())
         } else {
             Err(format!(
@@ -269,6 +250,53 @@ async fn alerts_fire_for_each_failure_and_resolve() {
         }
     })
     .await;
+}
+
+/// Until Alertmanager holds the always-firing Watchdog: rules run and reach it.
+async fn watchdog_at_alertmanager(lab: &Lab) {
+    let am = format!("http://{}:9093/api/v2/alerts", lab.ip(ROUTER));
+    eventually("Alertmanager to hold the Watchdog", 120, || async {
+        let v = get_json(&lab.net(), &am).await?;
+        let names: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["labels"]["alertname"].as_str())
+            .collect();
+        if names.contains(&"Watchdog") {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_fire_for_each_failure_and_resolve() {
+    let lab = Lab::up(LAB, "root").await;
+    let (code, out, err) = pgha(&["deploy", "-i", &lab.inventory()]);
+    assert_eq!(code, 0, "deploy:\n{out}\n{err}");
+    println!("{out}");
+    let leader = healthy_cluster(&lab).await;
+    let dbs = lab.db_hosts();
+    let hosts: Vec<String> = dbs.iter().cloned().chain([ROUTER.to_string()]).collect();
+
+    // Every target the inventory implies, each up; Patroni's over HTTPS.
+    let mut want: Vec<(String, String)> = Vec::new();
+    for h in &hosts {
+        want.push(("node".into(), h.clone()));
+    }
+    for h in &dbs {
+        for j in ["postgres", "patroni", "etcd"] {
+            want.push((j.into(), h.clone()));
+        }
+    }
+    for j in ["haproxy", "pgbackrest", "prometheus", "alertmanager"] {
+        want.push((j.into(), ROUTER.into()));
+    }
+    want.sort();
+    all_targets_up(&lab, &want).await;
     // Each component's key metric.
     expect_series(&lab, "pg_up", 3, |v| v == 1.0).await;
     let primaries = query(&lab, "patroni_primary == 1").await.unwrap();
@@ -308,22 +336,7 @@ async fn alerts_fire_for_each_failure_and_resolve() {
         |v| v == 1.0,
     )
     .await;
-    let am = format!("http://{}:9093/api/v2/alerts", lab.ip(ROUTER));
-    eventually("Alertmanager to hold the Watchdog", 120, || async {
-        let v = get_json(&lab.net(), &am).await?;
-        let names: Vec<&str> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["labels"]["alertname"].as_str())
-            .collect();
-        if names.contains(&"Watchdog") {
-            Ok(())
-        } else {
-            Err(format!("{names:?}"))
-        }
-    })
-    .await;
+    watchdog_at_alertmanager(&lab).await;
 
     // Exporters and etcd's metrics on the host's own address, not every interface.
     let (_, listening) = lab.sh("db1", "ss -Htln");
@@ -486,4 +499,17 @@ async fn alerts_fire_for_each_failure_and_resolve() {
     println!("PatroniFailover reached the webhook after {took:?}");
     lab::start(LAB, &leader).await.expect("lab start");
     healthy_cluster(&lab).await;
+
+    // The monitoring host lost and rebuilt (a new, empty host at its address): it
+    // starts without samples, and every target is up again, the rules running.
+    lab::replace(LAB, ROUTER).await.expect("lab replace");
+    let (code, out, err) = pgha(&["rebuild", ROUTER, &lab.inventory()]);
+    assert_eq!(code, 0, "rebuild {ROUTER}:\n{out}\n{err}");
+    all_targets_up(&lab, &want).await;
+    watchdog_at_alertmanager(&lab).await;
+    let (_, cfg) = lab.sh(ROUTER, "cat /etc/prometheus/alertmanager.yml");
+    assert!(
+        cfg.contains(&hook.url),
+        "the rebuilt host lost the webhook: {cfg}"
+    );
 }

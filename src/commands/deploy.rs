@@ -335,6 +335,15 @@ fn print_connect(conv: &Converge<'_, '_>) {
             crate::probe::haproxy::STATS_USER
         ));
     }
+    if let (Some((_, prom)), Some((_, am))) = (&conv.ctx.ep.prometheus, &conv.ctx.ep.alertmanager) {
+        ui.line(format!(
+            "  alerts: {prom}/alerts (rules), {am} (Alertmanager)"
+        ));
+        ui.line(format!(
+            "  graphs: {}",
+            crate::ops::monitoring::graphs_link(prom)
+        ));
+    }
     ui.line(format!(
         "  password of {}: app_password in {}; of the stats page: haproxy_stats_password",
         c.app_user,

@@ -162,6 +162,9 @@ fn alerts_lines(a: &crate::ops::verdict::AlertsState, out: &mut String) {
             .collect();
         out.push_str(&table(&["SEVERITY", "ALERT", "HOST", "SUMMARY"], &rows));
     }
+    if !a.graphs.is_empty() {
+        out.push_str(&format!("graphs: {}\n", a.graphs));
+    }
 }
 
 /// Backups: the newest backup and the archiver.
@@ -433,6 +436,7 @@ mod tests {
         let mut s = snapshot(None);
         s.alerts = Some(AlertsState {
             url: "http://10.0.0.21:9093".into(),
+            graphs: "http://10.0.0.21:9090/graph?g0.expr=pg_up".into(),
             alerts: vec![
                 alert("PostgresDown", "db3", "active"),
                 alert("TargetDown", "db3", "suppressed"),
@@ -449,6 +453,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("TargetDown on db3"), "{text}");
+        assert!(
+            text.contains("graphs: http://10.0.0.21:9090/graph?g0.expr=pg_up\n"),
+            "{text}"
+        );
         s.alerts.as_mut().unwrap().error = Some("connection refused".into());
         assert!(render(&s).contains("alerts: not read (connection refused)"));
         s.alerts = None;

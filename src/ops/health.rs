@@ -108,14 +108,22 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
     };
     let mut snap = assemble(&c.cluster_name, parts, paused, &bounds);
     if let (Some(r), Some((_, url))) = (alerts, &ctx.ep.alertmanager) {
+        let graphs = ctx
+            .ep
+            .prometheus
+            .as_ref()
+            .map(|(_, p)| super::monitoring::graphs_link(p))
+            .unwrap_or_default();
         snap.alerts = Some(match r {
             Ok(a) => super::verdict::AlertsState {
                 url: url.clone(),
+                graphs: graphs.clone(),
                 alerts: a,
                 error: None,
             },
             Err(e) => super::verdict::AlertsState {
                 url: url.clone(),
+                graphs,
                 alerts: Vec::new(),
                 error: Some(e),
             },

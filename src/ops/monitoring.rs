@@ -42,6 +42,31 @@ pub fn expected_targets(inv: &Inventory) -> BTreeSet<(String, String)> {
     t
 }
 
+/// The cluster's key graphs on Prometheus's own graph page, one link (`base`:
+/// Prometheus's URL): who is up and primary, replication lag, the routers'
+/// backends, etcd's leader, WAL archived, the alerts, over the last hour.
+pub fn graphs_link(base: &str) -> String {
+    const PANELS: [&str; 7] = [
+        "pg_up",
+        "patroni_primary",
+        "pg_replication_lag_seconds",
+        "haproxy_backend_active_servers",
+        "etcd_server_has_leader",
+        "rate(pg_stat_archiver_archived_count[5m])",
+        "ALERTS{alertstate=\"firing\"}",
+    ];
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (i, expr) in PANELS.iter().enumerate() {
+        params.push((format!("g{i}.expr"), expr.to_string()));
+        params.push((format!("g{i}.tab"), "0".into()));
+        params.push((format!("g{i}.range_input"), "1h".into()));
+    }
+    match reqwest::Url::parse_with_params(&format!("{base}/graph"), &params) {
+        Ok(u) => u.to_string(),
+        Err(_) => format!("{base}/graph"),
+    }
+}
+
 /// What is missing or not up among the expected targets, in words (empty: all up).
 pub fn targets_not_up(
     expected: &BTreeSet<(String, String)>,
@@ -124,6 +149,23 @@ mod tests {
                 String::new()
             },
         }
+    }
+
+    #[test]
+    fn the_graphs_link_opens_every_panel() {
+        let l = graphs_link("http://10.0.0.21:9090");
+        assert!(
+            l.starts_with("http://10.0.0.21:9090/graph?g0.expr=pg_up&g0.tab=0&g0.range_input=1h&"),
+            "{l}"
+        );
+        assert!(
+            l.contains("g6.expr=ALERTS%7Balertstate%3D%22firing%22%7D"),
+            "{l}"
+        );
+        assert!(
+            l.contains("g5.expr=rate%28pg_stat_archiver_archived_count%5B5m%5D%29"),
+            "{l}"
+        );
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub struct Snapshot {
 pub struct AlertsState {
     /// Alertmanager's page.
     pub url: String,
+    /// The cluster's key graphs on Prometheus's page.
+    pub graphs: String,
     pub alerts: Vec<crate::probe::prometheus::Alert>,
     pub error: Option<String>,
 }
