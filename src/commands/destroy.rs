@@ -16,10 +16,21 @@ use crate::ops::Ctx;
 use crate::ops::backup::{self, now};
 use crate::ops::converge::Converge;
 use crate::ops::destroy as plan;
+use crate::ops::destroy::MONITORING_ROLES;
 use crate::ops::lock::ClusterLock;
 use crate::probe::{etcd, patroni};
 use crate::ssh::shell_quote;
 use crate::ui::{OutputFormat, Ui};
+
+/// What stops once no member runs: the exporters, pgBackRest's servers, the monitoring.
+const LAST_ROLES: [&str; 6] = [
+    "exporter",
+    "pgbackrest",
+    MONITORING_ROLES[0],
+    MONITORING_ROLES[1],
+    MONITORING_ROLES[2],
+    MONITORING_ROLES[3],
+];
 
 pub async fn command(args: DestroyArgs, output: OutputFormat) -> Result<Exit, Failure> {
     let inv = load_inventory(&args.inventory, false)?;
@@ -229,14 +240,7 @@ async fn destroy(
     let all = ctx.all_hosts();
     stop(
         all,
-        &[
-            "exporter",
-            "pgbackrest",
-            "node_exporter",
-            "pgbackrest_exporter",
-            "alertmanager",
-            "prometheus",
-        ],
+        &LAST_ROLES,
         "stop exporters, pgbackrest and monitoring",
     )
     .await?;

@@ -387,13 +387,11 @@ async fn remove(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Result<Repo
         let roles: Vec<&str> = match a.kind {
             Kind::Db => vec!["patroni", "exporter", "pgbackrest", "node_exporter"],
             // A router may have been the monitoring host (and the repository's).
-            Kind::Router => vec![
-                "haproxy",
-                "node_exporter",
-                "pgbackrest_exporter",
-                "alertmanager",
-                "prometheus",
-            ],
+            Kind::Router => {
+                let mut r = vec!["haproxy"];
+                r.extend(crate::ops::destroy::MONITORING_ROLES);
+                r
+            }
         };
         let pick = |r: &str| {
             let from = if r == "haproxy" {

@@ -12,6 +12,15 @@ pub const SERVICE_ROLES: [&str; 8] = [
     "patroni",
     "exporter",
     "pgbackrest",
+    MONITORING_ROLES[0],
+    MONITORING_ROLES[1],
+    MONITORING_ROLES[2],
+    MONITORING_ROLES[3],
+];
+
+/// The monitoring's roles (any host may have node_exporter; the monitoring host
+/// and the repository's the others).
+pub const MONITORING_ROLES: [&str; 4] = [
     "node_exporter",
     "pgbackrest_exporter",
     "alertmanager",
