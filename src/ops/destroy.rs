@@ -6,18 +6,6 @@ use crate::install;
 use crate::inventory::Cluster;
 use crate::ssh::shell_quote;
 
-/// The roles whose services a destroy stops, in the order it stops them on a host.
-pub const SERVICE_ROLES: [&str; 8] = [
-    "haproxy",
-    "patroni",
-    "exporter",
-    "pgbackrest",
-    MONITORING_ROLES[0],
-    MONITORING_ROLES[1],
-    MONITORING_ROLES[2],
-    MONITORING_ROLES[3],
-];
-
 /// The monitoring's roles (any host may have node_exporter; the monitoring host
 /// and the repository's the others).
 pub const MONITORING_ROLES: [&str; 4] = [
