@@ -389,7 +389,7 @@ async fn remove(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Result<Repo
             // A router may have been the monitoring host (and the repository's).
             Kind::Router => {
                 let mut r = vec!["haproxy"];
-                r.extend(crate::ops::destroy::MONITORING_ROLES);
+                r.extend(crate::ops::monitoring::ROLES);
                 r
             }
         };

@@ -319,8 +319,8 @@ fn container_spec(
     })
 }
 
-/// An address as the host part of `host:port` (IPv6 in brackets).
-fn listen_host(ip: std::net::IpAddr) -> String {
+/// An address as the host part of `host:port` or a URL (IPv6 in brackets).
+pub fn listen_host(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),

@@ -754,12 +754,11 @@ fn monitoring(ctx: &mut Ctx, v: &V) {
         );
     }
     if !c.alert_email_to.is_empty() {
-        for key in ["alert_email_from", "alert_smtp_smarthost"] {
-            let set = match key {
-                "alert_email_from" => !c.alert_email_from.is_empty(),
-                _ => !c.alert_smtp_smarthost.is_empty(),
-            };
-            if !set {
+        for (key, val) in [
+            ("alert_email_from", &c.alert_email_from),
+            ("alert_smtp_smarthost", &c.alert_smtp_smarthost),
+        ] {
+            if val.is_empty() {
                 ctx.error_at(
                     &def_path("alert_email_to"),
                     format!(
@@ -781,12 +780,10 @@ fn monitoring(ctx: &mut Ctx, v: &V) {
             format!("`alert_smtp_smarthost` is {smarthost:?}: write the SMTP relay as host:port, like mail.internal:25"),
         );
     }
-    for key in ["alert_email_to", "alert_email_from"] {
-        let val = if key == "alert_email_to" {
-            &c.alert_email_to
-        } else {
-            &c.alert_email_from
-        };
+    for (key, val) in [
+        ("alert_email_to", &c.alert_email_to),
+        ("alert_email_from", &c.alert_email_from),
+    ] {
         if !val.is_empty() && (!val.contains('@') || val.contains(['"', '\\', '\n'])) {
             ctx.error_at(
                 &def_path(key),

@@ -6,15 +6,6 @@ use crate::install;
 use crate::inventory::Cluster;
 use crate::ssh::shell_quote;
 
-/// The monitoring's roles (any host may have node_exporter; the monitoring host
-/// and the repository's the others).
-pub const MONITORING_ROLES: [&str; 4] = [
-    "node_exporter",
-    "pgbackrest_exporter",
-    "alertmanager",
-    "prometheus",
-];
-
 /// Stop, disable (native) or remove (docker) these roles of a host; nothing when
 /// the host does not have them.
 pub fn stop_script(d: &HostDesired, roles: &[&str]) -> String {

@@ -75,13 +75,21 @@ impl Endpoints {
             prometheus: inv.monitor_host().map(|h| {
                 (
                     h.name.clone(),
-                    format!("http://{}:{}", url_host(h.ip), c.prometheus_port),
+                    format!(
+                        "http://{}:{}",
+                        crate::engine::desired::listen_host(h.ip),
+                        c.prometheus_port
+                    ),
                 )
             }),
             alertmanager: inv.monitor_host().map(|h| {
                 (
                     h.name.clone(),
-                    format!("http://{}:{}", url_host(h.ip), c.alertmanager_port),
+                    format!(
+                        "http://{}:{}",
+                        crate::engine::desired::listen_host(h.ip),
+                        c.alertmanager_port
+                    ),
                 )
             }),
             outside: Vec::new(),
@@ -123,12 +131,4 @@ impl Endpoints {
 /// URL scheme of the cluster's TLS endpoints (etcd, Patroni's REST API).
 pub fn scheme(tls: bool) -> &'static str {
     if tls { "https" } else { "http" }
-}
-
-/// An address as the host part of a URL (IPv6 in brackets).
-fn url_host(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-    }
 }

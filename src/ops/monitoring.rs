@@ -10,6 +10,15 @@ use crate::inventory::{InstallMethod, Inventory};
 use crate::probe::prometheus::{self, Alert};
 use crate::wait::{WaitError, until};
 
+/// The monitoring's roles, in the order a rollout configures them (any host may
+/// have node_exporter; the repository's host and the monitoring host the others).
+pub const ROLES: [&str; 4] = [
+    "node_exporter",
+    "pgbackrest_exporter",
+    "alertmanager",
+    "prometheus",
+];
+
 /// (job, instance) of every target Prometheus scrapes for this inventory.
 pub fn expected_targets(inv: &Inventory) -> BTreeSet<(String, String)> {
     let mut t = BTreeSet::new();

@@ -548,13 +548,9 @@ impl Converge<'_, '_> {
                 .map(|(h, _)| h.clone())
                 .collect()
         };
-        for (role, step) in [
-            ("node_exporter", "configure node_exporter"),
-            ("pgbackrest_exporter", "configure pgbackrest exporter"),
-            ("alertmanager", "configure alertmanager"),
-            ("prometheus", "configure prometheus"),
-        ] {
-            self.service_role(role, &with(role), step).await?;
+        for role in super::monitoring::ROLES {
+            self.service_role(role, &with(role), &format!("configure {role}"))
+                .await?;
         }
         if !self.ctx.acts_on(&m.name) {
             phase.done("not on this run's hosts (--limit)");
