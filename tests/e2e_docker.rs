@@ -1,7 +1,8 @@
 //! End-to-end: install_method docker on its own lab (`pgha-e2e-docker`): pgha's image
 //! built on this machine and pushed to bare hosts that get Debian's docker.io; the
 //! same independent checks as native (etcd, Patroni, SQL through the router, the
-//! exporter, HAProxy), and the components really in containers; a missing image
+//! exporter, HAProxy), and the components really in containers, the monitoring
+//! too (every target up in its Prometheus, each key metric answering); a missing image
 //! refused before any change; a re-run that sends nothing and re-creates nothing;
 //! backups with pgBackRest from the image (a full backup under a writer, listed as
 //! pgBackRest lists it; point-in-time recovery of a dropped table);
@@ -32,11 +33,20 @@ fn containers_of(host: &str) -> &'static [&'static str] {
         &[
             "pgha-etcd",
             "pgha-exporter",
+            "pgha-node-exporter",
             "pgha-patroni",
             "pgha-pgbackrest",
         ]
     } else {
-        &["pgha-haproxy", "pgha-pgbackrest"]
+        // The router is the repository's host and the monitoring host.
+        &[
+            "pgha-alertmanager",
+            "pgha-haproxy",
+            "pgha-node-exporter",
+            "pgha-pgbackrest",
+            "pgha-pgbackrest-exporter",
+            "pgha-prometheus",
+        ]
     }
 }
 
@@ -192,7 +202,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     for h in lab.db_hosts() {
         let (code, out) = lab.sh(
             &h,
-            "for p in postgresql-17 patroni etcd-server pgbackrest; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; test ! -e /usr/lib/postgresql",
+            "for p in postgresql-17 patroni etcd-server pgbackrest prometheus-node-exporter; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; test ! -e /usr/lib/postgresql",
         );
         assert!(
             code == 0 && out.trim().is_empty(),
@@ -252,6 +262,21 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     })
     .await;
     assert_eq!(servers.0.len(), 3);
+    // The monitoring in containers too: no package on the monitoring host, every
+    // target up in Prometheus, each component's key metric answering.
+    let (code, out) = lab.sh(
+        "router1",
+        "for p in prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pgbackrest-exporter; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; true",
+    );
+    assert!(
+        code == 0 && out.trim().is_empty(),
+        "router1: native monitoring packages: {out}"
+    );
+    let mon = Monitor { host: "router1" };
+    let targets = mon.targets(&lab.db_hosts(), &all_hosts(&lab), true);
+    mon.all_targets_up(&lab, &targets).await;
+    mon.key_metrics(&lab, &leader, all_hosts(&lab).len(), true)
+        .await;
 
     // 3. A re-run changes nothing: no image sent, no container re-created.
     let tags = image_tag_times(&lab, &image);
@@ -298,7 +323,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         60,
         || async {
             match lab.sh(&leader, "docker ps -q | wc -l") {
-                (0, n) if n.trim() == "4" => Ok(()),
+                (0, n) if n.trim() == "5" => Ok(()),
                 (c, n) => Err(format!("exit {c}: {n}")),
             }
         },
@@ -410,6 +435,8 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         );
         assert!(st["pending_restart"] != true, "{h}: {members:?}");
     }
+    // The monitoring's containers were re-created too, and scrape everything.
+    mon.all_targets_up(&lab, &targets).await;
     let (code, out, _) = pgha(&["upgrade", &inv, "--output", "json"]);
     assert_eq!(code, 0);
     assert_eq!(
@@ -434,6 +461,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     assert_eq!(code, 0, "rebuild of {lost}");
     check_etcd(&lab).await;
     healthy_cluster(&lab).await;
+    mon.all_targets_up(&lab, &targets).await;
     let rebuilt = containers(&lab);
     assert!(
         rebuilt

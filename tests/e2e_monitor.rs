@@ -20,7 +20,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,56 +136,6 @@ impl Hook {
     }
 }
 
-fn prom(lab: &Lab) -> String {
-    format!("http://{}:9090", lab.ip(ROUTER))
-}
-
-/// An instant query's result: labels -> value.
-async fn query(lab: &Lab, q: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
-    let url =
-        reqwest::Url::parse_with_params(&format!("{}/api/v1/query", prom(lab)), &[("query", q)])
-            .unwrap();
-    let v = get_json(&lab.net(), url.as_str()).await?;
-    if v["status"] != "success" {
-        return Err(format!("{q}: {v}"));
-    }
-    Ok(v["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            let labels = r["metric"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let value = r["value"][1]
-                .as_str()
-                .unwrap_or("nan")
-                .parse()
-                .unwrap_or(f64::NAN);
-            (labels, value)
-        })
-        .collect())
-}
-
-/// Until `q` returns `n` series whose values all pass `ok`.
-async fn expect_series(lab: &Lab, q: &str, n: usize, ok: impl Fn(f64) -> bool) {
-    eventually(&format!("{n} series of {q} as expected"), 120, || async {
-        let r = query(lab, q).await?;
-        if r.len() == n && r.iter().all(|(_, v)| ok(*v)) {
-            Ok(())
-        } else {
-            Err(format!("{r:?}"))
-        }
-    })
-    .await
-}
-
 fn add_vars(lab: &Lab, lines: &str) {
     let inv = lab.inventory();
     let text = std::fs::read_to_string(&inv).unwrap();
@@ -208,70 +157,6 @@ fn deploy_json(lab: &Lab) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Until Prometheus scrapes exactly `want` (job, instance), each up, Patroni's
-/// over HTTPS.
-async fn all_targets_up(lab: &Lab, want: &[(String, String)]) {
-    let targets = format!("{}/api/v1/targets?state=active", prom(lab));
-    eventually("every target up in Prometheus", 120, || async {
-        let v = get_json(&lab.net(), &targets).await?;
-        let list = v["data"]["activeTargets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut seen: Vec<(String, String)> = list
-            .iter()
-            .map(|t| {
-                (
-                    t["labels"]["job"].as_str().unwrap_or_default().to_string(),
-                    t["labels"]["instance"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-            .collect();
-        seen.sort();
-        let down: Vec<&Value> = list.iter().filter(|t| t["health"] != "up").collect();
-        let patroni_https = list
-            .iter()
-            .filter(|t| t["labels"]["job"] == "patroni")
-            .all(|t| {
-                t["scrapeUrl"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("https://")
-            });
-        if seen == *want && down.is_empty() && patroni_https {
-            Ok(())
-        } else {
-            Err(format!(
-                "seen {seen:?}, not up: {down:?}, patroni over https: {patroni_https}"
-            ))
-        }
-    })
-    .await;
-}
-
-/// Until Alertmanager holds the always-firing Watchdog: rules run and reach it.
-async fn watchdog_at_alertmanager(lab: &Lab) {
-    let am = format!("http://{}:9093/api/v2/alerts", lab.ip(ROUTER));
-    eventually("Alertmanager to hold the Watchdog", 120, || async {
-        let v = get_json(&lab.net(), &am).await?;
-        let names: Vec<&str> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["labels"]["alertname"].as_str())
-            .collect();
-        if names.contains(&"Watchdog") {
-            Ok(())
-        } else {
-            Err(format!("{names:?}"))
-        }
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alerts_fire_for_each_failure_and_resolve() {
     let lab = Lab::up(LAB, "root").await;
@@ -282,61 +167,12 @@ async fn alerts_fire_for_each_failure_and_resolve() {
     let dbs = lab.db_hosts();
     let hosts: Vec<String> = dbs.iter().cloned().chain([ROUTER.to_string()]).collect();
 
-    // Every target the inventory implies, each up; Patroni's over HTTPS.
-    let mut want: Vec<(String, String)> = Vec::new();
-    for h in &hosts {
-        want.push(("node".into(), h.clone()));
-    }
-    for h in &dbs {
-        for j in ["postgres", "patroni", "etcd"] {
-            want.push((j.into(), h.clone()));
-        }
-    }
-    for j in ["haproxy", "pgbackrest", "prometheus", "alertmanager"] {
-        want.push((j.into(), ROUTER.into()));
-    }
-    want.sort();
-    all_targets_up(&lab, &want).await;
-    // Each component's key metric.
-    expect_series(&lab, "pg_up", 3, |v| v == 1.0).await;
-    let primaries = query(&lab, "patroni_primary == 1").await.unwrap();
-    assert_eq!(primaries.len(), 1, "{primaries:?}");
-    assert_eq!(primaries[0].0["instance"], leader);
-    expect_series(&lab, "etcd_server_has_leader", 3, |v| v == 1.0).await;
-    expect_series(
-        &lab,
-        r#"haproxy_backend_active_servers{proxy="primary"}"#,
-        1,
-        |v| v == 1.0,
-    )
-    .await;
-    expect_series(
-        &lab,
-        r#"haproxy_backend_active_servers{proxy="replicas"}"#,
-        1,
-        |v| v == 2.0,
-    )
-    .await;
-    expect_series(&lab, "node_uname_info", 4, |v| v == 1.0).await;
-    expect_series(&lab, "pgbackrest_exporter_status", 1, |_| true).await;
-    // Every host's certificate and the CA, well in the future (TLS is on).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    expect_series(&lab, "pgha_tls_certificate_not_after_seconds", 8, |v| {
-        v > now + 30.0 * 86400.0
-    })
-    .await;
-    // The rules are loaded and evaluated: the Watchdog fires, and reaches Alertmanager.
-    expect_series(
-        &lab,
-        r#"ALERTS{alertname="Watchdog",alertstate="firing"}"#,
-        1,
-        |v| v == 1.0,
-    )
-    .await;
-    watchdog_at_alertmanager(&lab).await;
+    // Every target the inventory implies, each up (Patroni's over HTTPS), and
+    // each component's key metric.
+    let mon = Monitor { host: ROUTER };
+    let want = mon.targets(&dbs, &hosts, true);
+    mon.all_targets_up(&lab, &want).await;
+    mon.key_metrics(&lab, &leader, hosts.len(), true).await;
 
     // Exporters and etcd's metrics on the host's own address, not every interface.
     let (_, listening) = lab.sh("db1", "ss -Htln");
@@ -505,8 +341,8 @@ async fn alerts_fire_for_each_failure_and_resolve() {
     lab::replace(LAB, ROUTER).await.expect("lab replace");
     let (code, out, err) = pgha(&["rebuild", ROUTER, &lab.inventory()]);
     assert_eq!(code, 0, "rebuild {ROUTER}:\n{out}\n{err}");
-    all_targets_up(&lab, &want).await;
-    watchdog_at_alertmanager(&lab).await;
+    mon.all_targets_up(&lab, &want).await;
+    mon.watchdog_at_alertmanager(&lab).await;
     let (_, cfg) = lab.sh(ROUTER, "cat /etc/prometheus/alertmanager.yml");
     assert!(
         cfg.contains(&hook.url),

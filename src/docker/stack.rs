@@ -6,7 +6,9 @@
 //!
 //! The image contract (what pgha expects of an image, yours or this one):
 //! - the binaries `etcd`, `patroni`, `haproxy`, `prometheus-postgres-exporter`,
-//!   `pgbackrest` on PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
+//!   `pgbackrest`, and for the monitoring `prometheus`, `promtool`,
+//!   `prometheus-alertmanager`, `amtool`, `prometheus-node-exporter`,
+//!   `prometheus-pgbackrest-exporter` on PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
 //! - users (uid = gid): postgres 470, etcd 471, haproxy 472, prometheus 473;
 //!   the hosts get the same users, so bind-mounted files keep their owners (system
 //!   ids, below 1000: Debian's maintainer scripts accept an existing system user);
@@ -47,6 +49,12 @@ pub const PACKAGES: &[&str] = &[
     "haproxy",
     "prometheus-postgres-exporter",
     "pgbackrest",
+    // The monitoring (roles node_exporter, pgbackrest_exporter, alertmanager,
+    // prometheus), in the same image unless docker_image_monitoring names another.
+    "prometheus",
+    "prometheus-alertmanager",
+    "prometheus-node-exporter",
+    "prometheus-pgbackrest-exporter",
 ];
 
 /// Create a user of the contract unless it exists with that uid (a shell line).
@@ -177,7 +185,10 @@ async fn build(base: &str, name: &str, tag: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The image of a component (etcd, postgres, haproxy, exporter) under the docker
+/// The components with an image of their own (`docker_image_<component>`).
+pub const COMPONENTS: [&str; 5] = ["etcd", "postgres", "haproxy", "exporter", "monitoring"];
+
+/// The image of a component (etcd, postgres, haproxy, exporter, monitoring) under the docker
 /// method: its own `docker_image_<component>`, else `docker_image`, else pgha's
 /// stack image built here.
 pub fn image(c: &Cluster, component: &str) -> String {
@@ -186,6 +197,7 @@ pub fn image(c: &Cluster, component: &str) -> String {
         "postgres" => &c.docker_image_postgres,
         "haproxy" => &c.docker_image_haproxy,
         "exporter" => &c.docker_image_exporter,
+        "monitoring" => &c.docker_image_monitoring,
         _ => &c.docker_image,
     };
     if !own.is_empty() {
@@ -199,8 +211,9 @@ pub fn image(c: &Cluster, component: &str) -> String {
 
 /// Every distinct image the cluster's containers use.
 pub fn images(c: &Cluster) -> Vec<String> {
-    let mut v: Vec<String> = ["etcd", "postgres", "haproxy", "exporter"]
+    let mut v: Vec<String> = COMPONENTS
         .iter()
+        .filter(|k| **k != "monitoring" || c.monitoring_enabled)
         .map(|k| image(c, k))
         .collect();
     v.sort();

@@ -457,7 +457,7 @@ fn host_context(
         .parent()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/var/lib/postgresql".into());
-    let images: BTreeMap<&str, String> = ["etcd", "postgres", "haproxy", "exporter"]
+    let images: BTreeMap<&str, String> = crate::docker::stack::COMPONENTS
         .into_iter()
         .map(|k| (k, crate::docker::stack::image(c, k)))
         .collect();

@@ -774,3 +774,79 @@ fn monitoring_scrapes_every_component_on_its_hosts_address_and_can_be_turned_off
     assert!(!file(&d, "db2", "/etc/default/etcd").contains("METRICS"));
     assert!(!file(&d, "router1", "/etc/haproxy/haproxy.cfg").contains("prometheus-exporter"));
 }
+
+/// Under docker the monitoring runs in containers of the monitoring image, with
+/// no package installed: the same arguments from the same files, node_exporter
+/// reading the host under /host, each file checked in that image.
+#[test]
+fn docker_monitoring_runs_in_containers_of_its_image() {
+    let lib = Library::builtin().unwrap();
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    inv.cluster.docker_image_monitoring = "mon:1".into();
+    let d = desired_state(&inv, &lib).unwrap();
+    let role = |h: &str, r: &str| role_of(&d, h, r);
+    for (h, r, name) in [
+        ("db1", "node_exporter", "pgha-node-exporter"),
+        ("router1", "node_exporter", "pgha-node-exporter"),
+        ("router1", "prometheus", "pgha-prometheus"),
+        ("router1", "alertmanager", "pgha-alertmanager"),
+        ("router1", "pgbackrest_exporter", "pgha-pgbackrest-exporter"),
+    ] {
+        let c = role(h, r).container.unwrap_or_else(|| panic!("{h} {r}"));
+        assert_eq!(c.name, name);
+        assert_eq!(c.image, "mon:1", "{h} {r}");
+        assert!(role(h, r).packages.is_empty(), "{h} {r}: no package");
+    }
+    let node = role("db1", "node_exporter").container.unwrap();
+    assert!(node.run_args.contains(&"/:/host:ro,rslave".to_string()));
+    let env = file(&d, "db1", "/etc/default/prometheus-node-exporter");
+    assert!(
+        env.contains("--path.rootfs=/host ")
+            && env.contains(
+                "--collector.textfile.directory=/host/var/lib/prometheus/node-exporter\""
+            ),
+        "{env}"
+    );
+    let prom = role("router1", "prometheus").container.unwrap();
+    assert_eq!(prom.reload_signal.as_deref(), Some("HUP"));
+    assert!(prom.run_args.ends_with(&[
+        "sh".to_string(),
+        "-c".into(),
+        "exec prometheus $ARGS".into()
+    ]));
+    assert!(
+        !file(&d, "router1", "/etc/default/prometheus").contains("--web.console"),
+        "no console templates in the host's /etc/prometheus"
+    );
+    let validate = d
+        .iter()
+        .find(|h| h.host == "router1")
+        .unwrap()
+        .files()
+        .filter(|f| f.path.starts_with("/etc/prometheus/"))
+        .map(|f| f.validate.clone().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(validate.len(), 3, "{validate:?}");
+    for v in &validate {
+        assert!(
+            v.starts_with("docker run --rm --network none -v %s:"),
+            "{v}"
+        );
+        assert!(v.contains(" mon:1 "), "{v}");
+    }
+    // The exporter reads the repository in place, read-only.
+    let pb = role("router1", "pgbackrest_exporter").container.unwrap();
+    assert!(
+        pb.run_args
+            .contains(&"/var/lib/pgbackrest:/var/lib/pgbackrest:ro".to_string()),
+        "{:?}",
+        pb.run_args
+    );
+    let prom_yml = file(&d, "router1", "/etc/prometheus/prometheus.yml");
+    assert!(prom_yml.contains("job_name: pgbackrest"), "{prom_yml}");
+    // The image goes to every host that runs one of them.
+    assert!(crate::docker::stack::images(&inv.cluster).contains(&"mon:1".to_string()));
+    inv.cluster.monitoring_enabled = false;
+    assert!(!crate::docker::stack::images(&inv.cluster).contains(&"mon:1".to_string()));
+}

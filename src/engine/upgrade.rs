@@ -20,20 +20,13 @@ pub enum Component {
     Haproxy,
     /// pgBackRest's server (db hosts and the repository's host).
     Pgbackrest,
+    /// Prometheus, Alertmanager, the node and pgBackRest exporters: nothing in the
+    /// cluster depends on them, so they go last, in any order.
+    Monitoring,
 }
 
 impl Component {
-    /// The role whose packages belong to this component.
-    pub fn role(self) -> &'static str {
-        match self {
-            Component::Etcd => "etcd",
-            Component::Postgres => "postgres",
-            Component::Patroni => "patroni",
-            Component::Exporter => "exporter",
-            Component::Haproxy => "haproxy",
-            Component::Pgbackrest => "pgbackrest",
-        }
-    }
+    /// The component of a role's packages and service.
     pub fn from_role(role: &str) -> Option<Component> {
         Some(match role {
             "etcd" => Component::Etcd,
@@ -42,6 +35,9 @@ impl Component {
             "exporter" => Component::Exporter,
             "haproxy" => Component::Haproxy,
             "pgbackrest" => Component::Pgbackrest,
+            "node_exporter" | "pgbackrest_exporter" | "alertmanager" | "prometheus" => {
+                Component::Monitoring
+            }
             _ => return None,
         })
     }
@@ -56,6 +52,7 @@ impl fmt::Display for Component {
             Component::Exporter => "postgres_exporter",
             Component::Haproxy => "HAProxy",
             Component::Pgbackrest => "pgBackRest",
+            Component::Monitoring => "monitoring",
         })
     }
 }
@@ -306,6 +303,8 @@ pub struct UpgradePlan {
     /// Hosts whose pgBackRest server changes (restarted last: PostgreSQL does not
     /// depend on it, a WAL push that fails meanwhile is retried).
     pub pgbackrest: Vec<String>,
+    /// Hosts whose monitoring services change (after everything else).
+    pub monitoring: Vec<String>,
     pub switchovers: u32,
     /// install_method docker: changes are containers re-created on new images.
     pub containers: bool,
@@ -372,13 +371,17 @@ impl UpgradePlan {
         for h in &self.pgbackrest {
             s.push(format!("pgBackRest on {h}: {}", what(h, &[Pgbackrest])));
         }
+        for h in &self.monitoring {
+            s.push(format!("monitoring on {h}: {}", what(h, &[Monitoring])));
+        }
         s
     }
 }
 
 /// Order the work: etcd followers then the etcd leader; database replicas one at a
 /// time, then the leader after one switchover; Patroni-only members under pause;
-/// exporter-only members; routers one at a time; pgBackRest's servers.
+/// exporter-only members; routers one at a time; pgBackRest's servers; the
+/// monitoring.
 pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
     let has = |h: &str, c: Component| work.get(h).is_some_and(|w| w.touches(c));
     let mut etcd: Vec<String> = roles
@@ -420,11 +423,14 @@ pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
         .filter(|h| has(h, Component::Haproxy))
         .cloned()
         .collect();
-    let pgbackrest: Vec<String> = work
-        .iter()
-        .filter(|(_, w)| w.touches(Component::Pgbackrest))
-        .map(|(h, _)| h.clone())
-        .collect();
+    let on = |c: Component| -> Vec<String> {
+        work.iter()
+            .filter(|(_, w)| w.touches(c))
+            .map(|(h, _)| h.clone())
+            .collect()
+    };
+    let pgbackrest = on(Component::Pgbackrest);
+    let monitoring = on(Component::Monitoring);
     UpgradePlan {
         work,
         etcd,
@@ -433,6 +439,7 @@ pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
         exporter_only,
         routers,
         pgbackrest,
+        monitoring,
         switchovers,
         containers: false,
     }
@@ -659,6 +666,59 @@ libpq5:
             "{steps:?}"
         );
         assert_eq!(container_components("pgbackrest"), [Pgbackrest]);
+    }
+
+    /// The monitoring's roles are one component, upgraded after everything else on
+    /// any host; its containers are compared like the others (no panic on a
+    /// container of no earlier component).
+    #[test]
+    fn the_monitoring_goes_last_and_its_containers_are_recreated() {
+        use Component::*;
+        for r in [
+            "node_exporter",
+            "pgbackrest_exporter",
+            "alertmanager",
+            "prometheus",
+        ] {
+            assert_eq!(container_components(r), [Monitoring], "{r}");
+        }
+        let w = BTreeMap::from([
+            work("db1", &[Monitoring]),
+            work("router1", &[Haproxy, Pgbackrest, Monitoring]),
+        ]);
+        let p = plan(w, &roles());
+        assert_eq!(p.monitoring, ["db1", "router1"]);
+        assert_eq!(p.routers, ["router1"]);
+        assert!(p.db_rolling.is_empty() && p.switchovers == 0);
+        let steps = p.steps();
+        assert!(
+            steps[steps.len() - 2].starts_with("monitoring on db1"),
+            "{steps:?}"
+        );
+        assert!(
+            steps.last().unwrap().starts_with("monitoring on router1"),
+            "{steps:?}"
+        );
+
+        let wanted = vec![WantedContainer {
+            name: "pgha-prometheus".into(),
+            components: container_components("prometheus"),
+            spec: "new".into(),
+            image: "pgha-stack:b".into(),
+            image_id: "sha256:bbbb".into(),
+        }];
+        let have = BTreeMap::from([(
+            "pgha-prometheus".to_string(),
+            crate::engine::facts::ContainerFact {
+                running: true,
+                spec: "old".into(),
+                image_id: "sha256:aaaa".into(),
+                started_at: String::new(),
+            },
+        )]);
+        let w = container_work("router1", &wanted, &have);
+        assert_eq!(w.packages[0].component, Monitoring);
+        assert!(w.touches(Monitoring));
     }
 
     #[test]

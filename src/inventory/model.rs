@@ -199,6 +199,8 @@ pub struct Cluster {
     pub docker_image_postgres: String,
     pub docker_image_haproxy: String,
     pub docker_image_exporter: String,
+    /// Prometheus, Alertmanager and the node and pgBackRest exporters.
+    pub docker_image_monitoring: String,
     /// `push`: copied from this machine's Docker; `registry`: hosts pull them.
     pub docker_image_source: String,
     /// Docker's storage driver on the hosts (empty: Docker's default; the lab: vfs).
@@ -349,6 +351,7 @@ impl Default for Cluster {
             docker_image_postgres: String::new(),
             docker_image_haproxy: String::new(),
             docker_image_exporter: String::new(),
+            docker_image_monitoring: String::new(),
             docker_image_source: "push".into(),
             docker_storage_driver: String::new(),
             docker_insecure_registries: Vec::new(),

@@ -752,6 +752,7 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(docker_image_postgres, str);
     set!(docker_image_haproxy, str);
     set!(docker_image_exporter, str);
+    set!(docker_image_monitoring, str);
     set!(docker_image_source, str);
     set!(docker_storage_driver, str);
     if let Some((Json::Array(a), _)) = v.get("docker_insecure_registries") {

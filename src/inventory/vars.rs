@@ -200,6 +200,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("docker_image_postgres", C, Kind::Image),
     k("docker_image_haproxy", C, Kind::Image),
     k("docker_image_exporter", C, Kind::Image),
+    k("docker_image_monitoring", C, Kind::Image),
     k("docker_image_source", C, Kind::ImageSource),
     k("docker_storage_driver", C, Kind::Text),
     k("docker_insecure_registries", C, Kind::Registries),

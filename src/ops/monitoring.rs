@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::Endpoints;
-use crate::inventory::{InstallMethod, Inventory};
+use crate::inventory::Inventory;
 use crate::probe::prometheus::{self, Alert};
 use crate::wait::{WaitError, until};
 
@@ -43,9 +43,7 @@ pub fn expected_targets(inv: &Inventory) -> BTreeSet<(String, String)> {
     for h in inv.router_hosts() {
         add("haproxy", &h.name);
     }
-    if let Some(b) = inv.backup_host()
-        && inv.cluster.install_method == InstallMethod::Native
-    {
+    if let Some(b) = inv.backup_host() {
         add("pgbackrest", &b.name);
     }
     t

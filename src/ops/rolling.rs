@@ -1,8 +1,8 @@
 //! The rolling steps of an upgrade, one member at a time with the cluster serving:
 //! etcd members (the leader last, after handing off its leadership), database
 //! members drained, upgraded, restarted and streaming again (the leader after a
-//! switchover), Patroni alone under pause, exporters, routers; the health gates
-//! before any of it.
+//! switchover), Patroni alone under pause, exporters, routers, pgBackRest's
+//! servers, the monitoring; the health gates before any of it.
 
 use std::time::Duration;
 
@@ -112,13 +112,50 @@ impl Stack<'_, '_> {
         for h in &plan.routers {
             self.router(h, &plan.work[h]).await?;
         }
+        // A host's packages are installed already when an earlier step had it.
+        let earlier = |h: &String, monitoring: bool| {
+            [
+                &plan.etcd,
+                &plan.db_rolling,
+                &plan.patroni_only,
+                &plan.exporter_only,
+                &plan.routers,
+            ]
+            .iter()
+            .any(|l| l.contains(h))
+                || (monitoring && plan.pgbackrest.contains(h))
+        };
         for h in &plan.pgbackrest {
-            // Its packages are installed already when an earlier step had the host.
-            let earlier = [&plan.etcd, &plan.db_rolling, &plan.patroni_only]
-                .iter()
-                .chain([&plan.exporter_only, &plan.routers].iter())
-                .any(|l| l.contains(h));
-            self.pgbackrest(h, &plan.work[h], earlier).await?;
+            self.pgbackrest(h, &plan.work[h], earlier(h, false)).await?;
+        }
+        if !plan.monitoring.is_empty() {
+            let phase = self.ctx.ui.phase("monitoring");
+            for h in &plan.monitoring {
+                phase.set(format!("{h}: restarting the monitoring"));
+                self.monitoring(h, &plan.work[h], earlier(h, true)).await?;
+            }
+            phase.set("waiting for every target up in Prometheus");
+            let expected = super::monitoring::expected_targets(self.ctx.inv);
+            super::monitoring::wait_targets(&self.ctx.ep, &expected, MEMBER).await?;
+            phase.done(format!(
+                "upgraded on {}; every target up",
+                plan.monitoring.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The monitoring's services on a host: the new packages (or image), then each
+    /// restarted (its container re-created) and running the new binary.
+    async fn monitoring(&self, h: &str, w: &HostWork, installed: bool) -> Result<(), Failure> {
+        if !installed {
+            self.install(h, w).await?;
+        }
+        for role in super::monitoring::ROLES {
+            let Ok(r) = self.role(h, role) else { continue };
+            let shown = r.services[0].clone();
+            self.restart_service(h, role, &shown).await?;
+            self.wait_new_binary(h, role, &shown).await?;
         }
         Ok(())
     }

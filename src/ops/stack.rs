@@ -56,18 +56,19 @@ impl<'c, 'a> Stack<'c, 'a> {
             .ok_or_else(|| Failure::error(format!("{host} has no {role} role")))
     }
 
-    /// Packages each role owns on a host (and installed companions), by component.
+    /// Packages each role owns on a host (and installed companions), by component
+    /// (the monitoring's roles are one component; the first role's first package
+    /// stays first).
     pub fn role_packages(&self, host: &str) -> BTreeMap<Component, Vec<String>> {
-        self.desired[host]
-            .roles
-            .iter()
-            .filter_map(|r| {
-                let c = Component::from_role(&r.name)?;
-                let mut p = r.packages.clone();
-                p.extend(r.upgrade_with.clone());
-                Some((c, p))
-            })
-            .collect()
+        let mut out: BTreeMap<Component, Vec<String>> = BTreeMap::new();
+        for r in &self.desired[host].roles {
+            if let Some(c) = Component::from_role(&r.name) {
+                let p = out.entry(c).or_default();
+                p.extend(r.packages.iter().cloned());
+                p.extend(r.upgrade_with.iter().cloned());
+            }
+        }
+        out
     }
 
     /// The content of /etc/apt/preferences.d/pgha the inventory asks for.
@@ -95,33 +96,13 @@ impl<'c, 'a> Stack<'c, 'a> {
             ));
             return Ok((plan, BTreeMap::new()));
         }
-        let c = &self.ctx.inv.cluster;
         let mut futs = Vec::new();
         for h in self.ctx.all_hosts() {
             let pkgs: Vec<String> = self.role_packages(&h).into_values().flatten().collect();
-            let d = &self.desired[&h];
-            let mut units: Vec<(String, String)> = Vec::new();
-            if d.role("etcd").is_some() {
-                units.push(("etcd".into(), String::new()));
-            }
-            if d.role("exporter").is_some() {
-                units.push(("prometheus-postgres-exporter".into(), String::new()));
-            }
-            if d.role("haproxy").is_some() {
-                units.push(("haproxy".into(), String::new()));
-            }
-            if d.role("pgbackrest").is_some() {
-                units.push(("pgbackrest".into(), String::new()));
-            }
-            if d.role("postgres").is_some() {
-                units.push((
-                    "postgres".into(),
-                    format!("{}/postmaster.pid", c.postgresql_data_dir),
-                ));
-            }
+            let units = self.units(&h);
             let unit_refs: Vec<(&str, &str)> = units
                 .iter()
-                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .map(|(a, b, _)| (a.as_str(), b.as_str()))
                 .collect();
             let script = upgrade::facts_script(&pkgs, &self.preferences(&h), &unit_refs);
             let session = self.ctx.session(&h)?.clone();
@@ -147,16 +128,11 @@ impl<'c, 'a> Stack<'c, 'a> {
             let policy = upgrade::parse_policy(&text);
             let replaced = upgrade::replaced(&text);
             let running = Running {
-                replaced_binary: replaced
-                    .iter()
-                    .filter_map(|u| match u.as_str() {
-                        "etcd" => Some(Component::Etcd),
-                        "prometheus-postgres-exporter" => Some(Component::Exporter),
-                        "haproxy" => Some(Component::Haproxy),
-                        "pgbackrest" => Some(Component::Pgbackrest),
-                        "postgres" => Some(Component::Postgres),
-                        _ => None,
-                    })
+                replaced_binary: self
+                    .units(&h)
+                    .into_iter()
+                    .filter(|(u, _, _)| replaced.contains(u))
+                    .map(|(_, _, c)| c)
                     .collect(),
                 postgres: status
                     .as_ref()
@@ -178,6 +154,29 @@ impl<'c, 'a> Stack<'c, 'a> {
             plan.work.values().filter(|w| !w.is_empty()).count()
         ));
         Ok((plan, policies))
+    }
+
+    /// The processes whose binary the plan checks on a host: (unit, pid file or
+    /// empty for the unit's main PID, component). PostgreSQL by its pid file
+    /// (Patroni runs it); Patroni by the version its API reports.
+    fn units(&self, host: &str) -> Vec<(String, String, Component)> {
+        let c = &self.ctx.inv.cluster;
+        self.desired[host]
+            .roles
+            .iter()
+            .filter_map(|r| {
+                let comp = Component::from_role(&r.name)?;
+                match comp {
+                    Component::Patroni => None,
+                    Component::Postgres => Some((
+                        "postgres".to_string(),
+                        format!("{}/postmaster.pid", c.postgresql_data_dir),
+                        comp,
+                    )),
+                    _ => Some((r.services.first()?.clone(), String::new(), comp)),
+                }
+            })
+            .collect()
     }
 
     /// Who leads Patroni and etcd now.

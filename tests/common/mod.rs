@@ -1085,3 +1085,217 @@ pub async fn leader_timeline(lab: &Lab) -> u64 {
         .and_then(|m| m.timeline)
         .unwrap_or_else(|| panic!("the leader's timeline: {members:?}"))
 }
+
+/// Prometheus and Alertmanager on a lab's monitoring host, read through their own
+/// APIs.
+pub struct Monitor<'a> {
+    pub host: &'a str,
+}
+
+impl Monitor<'_> {
+    pub fn prometheus(&self, lab: &Lab) -> String {
+        format!("http://{}:9090", lab.ip(self.host))
+    }
+
+    /// An instant query's result: labels -> value.
+    pub async fn query(
+        &self,
+        lab: &Lab,
+        q: &str,
+    ) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.prometheus(lab)),
+            &[("query", q)],
+        )
+        .unwrap();
+        let v = get_json(&lab.net(), url.as_str()).await?;
+        if v["status"] != "success" {
+            return Err(format!("{q}: {v}"));
+        }
+        Ok(v["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let labels = r["metric"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = r["value"][1]
+                    .as_str()
+                    .unwrap_or("nan")
+                    .parse()
+                    .unwrap_or(f64::NAN);
+                (labels, value)
+            })
+            .collect())
+    }
+
+    /// Until `q` returns `n` series whose values all pass `ok`.
+    pub async fn expect_series(&self, lab: &Lab, q: &str, n: usize, ok: impl Fn(f64) -> bool) {
+        eventually(&format!("{n} series of {q} as expected"), 120, || async {
+            let r = self.query(lab, q).await?;
+            if r.len() == n && r.iter().all(|(_, v)| ok(*v)) {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        })
+        .await
+    }
+
+    /// The (job, instance) targets of a cluster: `dbs` run PostgreSQL, Patroni and
+    /// etcd; every one of `hosts` a node exporter; the monitoring host is the
+    /// router (HAProxy) and, with `backup`, the repository.
+    pub fn targets(&self, dbs: &[String], hosts: &[String], backup: bool) -> Vec<(String, String)> {
+        let mut want: Vec<(String, String)> = Vec::new();
+        for h in hosts {
+            want.push(("node".into(), h.clone()));
+        }
+        for h in dbs {
+            for j in ["postgres", "patroni", "etcd"] {
+                want.push((j.into(), h.clone()));
+            }
+        }
+        let mut jobs = vec!["haproxy", "prometheus", "alertmanager"];
+        if backup {
+            jobs.push("pgbackrest");
+        }
+        for j in jobs {
+            want.push((j.into(), self.host.to_string()));
+        }
+        want.sort();
+        want
+    }
+
+    /// Until Prometheus scrapes exactly `want` (job, instance), each up, Patroni's
+    /// over HTTPS.
+    pub async fn all_targets_up(&self, lab: &Lab, want: &[(String, String)]) {
+        let targets = format!("{}/api/v1/targets?state=active", self.prometheus(lab));
+        eventually("every target up in Prometheus", 120, || async {
+            let v = get_json(&lab.net(), &targets).await?;
+            let list = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut seen: Vec<(String, String)> = list
+                .iter()
+                .map(|t| {
+                    (
+                        t["labels"]["job"].as_str().unwrap_or_default().to_string(),
+                        t["labels"]["instance"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                })
+                .collect();
+            seen.sort();
+            let down: Vec<&Value> = list.iter().filter(|t| t["health"] != "up").collect();
+            let patroni_https = list
+                .iter()
+                .filter(|t| t["labels"]["job"] == "patroni")
+                .all(|t| {
+                    t["scrapeUrl"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("https://")
+                });
+            if seen == *want && down.is_empty() && patroni_https {
+                Ok(())
+            } else {
+                Err(format!(
+                    "seen {seen:?}, not up: {down:?}, patroni over https: {patroni_https}"
+                ))
+            }
+        })
+        .await;
+    }
+
+    /// Each component's key metric answers, for a cluster of three db hosts and
+    /// `hosts` hosts in all with TLS on: PostgreSQL up on each, one Patroni primary
+    /// and it is `leader`, etcd led everywhere, HAProxy with one writer and two
+    /// readers, each host's node metrics and certificate dates, pgBackRest's
+    /// exporter (with `backup`); the rules run (the Watchdog fires) and reach
+    /// Alertmanager.
+    pub async fn key_metrics(&self, lab: &Lab, leader: &str, hosts: usize, backup: bool) {
+        self.expect_series(lab, "pg_up", 3, |v| v == 1.0).await;
+        let primaries = eventually("one Patroni primary in Prometheus", 120, || async {
+            let p = self.query(lab, "patroni_primary == 1").await?;
+            if p.len() == 1 && p[0].0.get("instance").map(String::as_str) == Some(leader) {
+                Ok(p)
+            } else {
+                Err(format!("{p:?}"))
+            }
+        })
+        .await;
+        assert_eq!(primaries[0].0["instance"], leader);
+        self.expect_series(lab, "etcd_server_has_leader", 3, |v| v == 1.0)
+            .await;
+        self.expect_series(
+            lab,
+            r#"haproxy_backend_active_servers{proxy="primary"}"#,
+            1,
+            |v| v == 1.0,
+        )
+        .await;
+        self.expect_series(
+            lab,
+            r#"haproxy_backend_active_servers{proxy="replicas"}"#,
+            1,
+            |v| v == 2.0,
+        )
+        .await;
+        self.expect_series(lab, "node_uname_info", hosts, |v| v == 1.0)
+            .await;
+        if backup {
+            self.expect_series(lab, "pgbackrest_exporter_status", 1, |_| true)
+                .await;
+        }
+        // Every host's certificate and the CA, well in the future (TLS is on).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        self.expect_series(
+            lab,
+            "pgha_tls_certificate_not_after_seconds",
+            2 * hosts,
+            |v| v > now + 30.0 * 86400.0,
+        )
+        .await;
+        self.expect_series(
+            lab,
+            r#"ALERTS{alertname="Watchdog",alertstate="firing"}"#,
+            1,
+            |v| v == 1.0,
+        )
+        .await;
+        self.watchdog_at_alertmanager(lab).await;
+    }
+
+    /// Until Alertmanager holds the always-firing Watchdog: rules run and reach it.
+    pub async fn watchdog_at_alertmanager(&self, lab: &Lab) {
+        let am = format!("http://{}:9093/api/v2/alerts", lab.ip(self.host));
+        eventually("Alertmanager to hold the Watchdog", 120, || async {
+            let v = get_json(&lab.net(), &am).await?;
+            let names: Vec<&str> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["labels"]["alertname"].as_str())
+                .collect();
+            if names.contains(&"Watchdog") {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        })
+        .await;
+    }
+}
