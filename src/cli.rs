@@ -7,8 +7,8 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::args::{
-    BackupArgs, DeployArgs, DestroyArgs, ImagesArgs, InventoryArgs, LockArgs, RebuildArgs,
-    RemoveArgs, RestartArgs, RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
+    BackupArgs, DeployArgs, DestroyArgs, ImagesArgs, InventoryArgs, LockArgs, PoolArgs,
+    RebuildArgs, RemoveArgs, RestartArgs, RestoreArgs, StatusArgs, SwitchoverArgs, UpgradeArgs,
 };
 use crate::lab::args::LabArgs;
 use crate::ui::OutputFormat;
@@ -57,6 +57,8 @@ pub enum Command {
     Remove(RemoveArgs),
     /// Take the cluster down for good: every component stopped and disabled, its etcd state removed.
     Destroy(DestroyArgs),
+    /// The connection poolers (PgBouncer on the routers): show, pause, resume, reconnect.
+    Pool(PoolArgs),
     /// Show the cluster lock (who runs a command that changes the cluster); --break removes it.
     Lock(LockArgs),
     /// Local bare Debian 13 hosts in Docker, with fault injection.

@@ -6,8 +6,8 @@ use clap::CommandFactory;
 
 use pgha::cli::{Cli, Command};
 use pgha::commands::{
-    backup, deploy, destroy, images, inventory, lock, rebuild, remove, restart, restore, status,
-    switchover, upgrade,
+    backup, deploy, destroy, images, inventory, lock, pool, rebuild, remove, restart, restore,
+    status, switchover, upgrade,
 };
 use pgha::error::{Exit, Failure};
 use pgha::lab;
@@ -84,6 +84,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             Command::Upgrade(args) => upgrade::command(args, output).await,
             Command::Rebuild(args) => rebuild::command(args, output).await,
             Command::Lock(args) => lock::command(args, output).await,
+            Command::Pool(args) => pool::command(args, output).await,
             Command::Backup(args) => backup::command(args, output).await,
             Command::Restore(args) => restore::command(args, output).await,
             Command::Destroy(args) => destroy::command(args, output).await,

@@ -159,6 +159,42 @@ pub struct LockArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    pub command: PoolCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Each pooler's pools: clients active and waiting, server connections.
+    Show(PoolShowArgs),
+    /// Hold new work on every pooler once transactions in flight end (server
+    /// connections closed); clients wait until `resume`.
+    Pause(PoolPauseArgs),
+    /// Let the paused poolers' clients go on.
+    Resume(PoolShowArgs),
+    /// Replace every server connection once it is released (after a failover, or
+    /// to spread them again).
+    Reconnect(PoolShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolShowArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolPauseArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArg,
+    /// Give up (and resume) when transactions are still running after SECS
+    /// [default: the inventory's pgbouncer_pause_timeout].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
 pub struct ImagesArgs {
     #[command(subcommand)]
     pub command: ImagesCommand,

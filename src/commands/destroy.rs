@@ -222,8 +222,13 @@ async fn destroy(
             .await?;
     }
     let phase = ctx.ui.phase("stop");
-    phase.set("HAProxy on the routers");
-    stop(ctx.router_hosts(), &["haproxy"], "stop haproxy").await?;
+    phase.set("PgBouncer and HAProxy on the routers");
+    stop(
+        ctx.router_hosts(),
+        &["pgbouncer", "haproxy"],
+        "stop pgbouncer and haproxy",
+    )
+    .await?;
     let db = ctx.db_hosts();
     let replicas: Vec<String> = db
         .iter()

@@ -11,6 +11,7 @@ pub mod destroy;
 pub mod images;
 pub mod inventory;
 pub mod lock;
+pub mod pool;
 pub mod rebuild;
 pub mod remove;
 pub mod restart;

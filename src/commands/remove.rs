@@ -388,13 +388,13 @@ async fn remove(ctx: &Ctx<'_>, args: &RemoveArgs, a: &Assessment) -> Result<Repo
             Kind::Db => vec!["patroni", "exporter", "pgbackrest", "node_exporter"],
             // A router may have been the monitoring host (and the repository's).
             Kind::Router => {
-                let mut r = vec!["haproxy"];
+                let mut r = vec!["pgbouncer", "haproxy"];
                 r.extend(crate::ops::monitoring::ROLES);
                 r
             }
         };
         let pick = |r: &str| {
-            let from = if r == "haproxy" {
+            let from = if r == "haproxy" || r == "pgbouncer" {
                 ctx.router_hosts().first().cloned().unwrap_or_default()
             } else {
                 first_db.clone()

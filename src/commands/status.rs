@@ -120,6 +120,18 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(a) = &s.alerts {
         alerts_lines(a, &mut out);
     }
+    if !s.poolers.is_empty() {
+        out.push('\n');
+        for p in &s.poolers {
+            match &p.error {
+                None => out.push_str(&format!(
+                    "pooler {}: {} client(s), {} waiting (longest {}s), {} server connection(s)\n",
+                    p.router, p.clients, p.waiting, p.maxwait, p.servers
+                )),
+                Some(e) => out.push_str(&format!("pooler {}: not answering ({e})\n", p.router)),
+            }
+        }
+    }
     if s.verdict.level != Level::Healthy {
         out.push_str(&format!("\n{}\n", s.verdict.line()));
     }

@@ -68,6 +68,11 @@ fn print(ui: &Ui, r: &SwitchoverReport) {
             ui.line("  write gap: not measured (no router served writes before the switchover)")
         }
     }
+    if let Some(p) = r.pooler_pause_secs {
+        ui.line(format!(
+            "  pooled write port: clients paused {p:.2}s (waited, no error)"
+        ));
+    }
     if ui.json() {
         println!("{}", json!({"ok": true, "switchover": r}));
     }

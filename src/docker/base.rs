@@ -35,6 +35,7 @@ const PREFETCH: &[&str] = &[
     "prometheus-alertmanager",
     "prometheus-node-exporter",
     "prometheus-pgbackrest-exporter",
+    "pgbouncer",
 ];
 /// Runs in the build container (see the script's header).
 const SETUP: &str = include_str!("base-setup.sh");

@@ -218,6 +218,7 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
     );
     env.add_filter("envquote", quote::envquote);
     env.add_filter("haproxy_quote", quote::haproxy_quote);
+    env.add_filter("pgbouncer_quote", quote::pgbouncer_quote);
     for (name, text) in &lib.templates {
         env.add_template_owned(name.clone(), text.clone())
             .expect("template syntax is checked by tests");
@@ -411,6 +412,10 @@ fn secret_values(inv: &Inventory) -> BTreeMap<&'static str, &str> {
         ("app_password", s.app_password.expose()),
         ("patroni_api_password", s.patroni_api_password.expose()),
         ("haproxy_stats_password", s.haproxy_stats_password.expose()),
+        (
+            "pgbouncer_auth_password",
+            s.pgbouncer_auth_password.expose(),
+        ),
         ("backup_cipher_pass", s.backup_cipher_pass.expose()),
         ("backup_s3_key", s.backup_s3_key.expose()),
         ("backup_s3_key_secret", s.backup_s3_key_secret.expose()),

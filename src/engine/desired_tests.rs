@@ -850,3 +850,64 @@ fn docker_monitoring_runs_in_containers_of_its_image() {
     inv.cluster.monitoring_enabled = false;
     assert!(!crate::docker::stack::images(&inv.cluster).contains(&"mon:1".to_string()));
 }
+
+/// With pooling on, every router runs PgBouncer on its own address in front of
+/// its HAProxy write port, passwords looked up in PostgreSQL (only the auth
+/// user's in auth_file, quoted PgBouncer's way, masked in diffs), TLS both ways
+/// with TLS on; off, no router has it.
+#[test]
+fn pgbouncer_on_the_routers_in_front_of_the_write_port() {
+    let lib = Library::builtin().unwrap();
+    let mut inv = sample();
+    inv.cluster.pgbouncer_enabled = true;
+    inv.secrets.pgbouncer_auth_password = crate::inventory::Secret::new("p\"w\\x");
+    let d = desired_state(&inv, &lib).unwrap();
+    assert!(role_of(&d, "router1", "pgbouncer").packages == ["pgbouncer"]);
+    assert!(
+        d.iter()
+            .find(|h| h.host == "db1")
+            .unwrap()
+            .role("pgbouncer")
+            .is_none()
+    );
+    let ini = file(&d, "router1", "/etc/pgbouncer/pgbouncer.ini");
+    for line in [
+        "* = host=127.0.0.1 port=5000\n",
+        "listen_addr = 10.9.0.21\n",
+        "listen_port = 6432\n",
+        "auth_type = scram-sha-256\n",
+        "auth_user = pgha_pgbouncer\n",
+        "auth_query = SELECT usename, passwd FROM pgha.pgbouncer_lookup($1)\n",
+        "pool_mode = transaction\n",
+        "max_prepared_statements = 200\n",
+    ] {
+        assert!(ini.contains(line), "{line}:\n{ini}");
+    }
+    assert!(!ini.contains("tls"), "TLS off in the sample:\n{ini}");
+    let users = file(&d, "router1", "/etc/pgbouncer/userlist.txt");
+    assert_eq!(users, "\"pgha_pgbouncer\" \"p\"\"w\\x\"\n");
+    let f = d
+        .iter()
+        .find(|h| h.host == "router1")
+        .unwrap()
+        .files()
+        .find(|f| f.path == "/etc/pgbouncer/userlist.txt")
+        .unwrap();
+    assert_eq!(f.mode, 0o640);
+    let (_, shown) = crate::engine::mask::mask_pair(&f.secrets, "", &users);
+    assert!(!shown.contains("p\"\"w"), "{shown}");
+
+    inv.cluster.tls = true;
+    let (d, _) = with_certificates(&inv);
+    let ini = file(&d, "router1", "/etc/pgbouncer/pgbouncer.ini");
+    for line in [
+        "client_tls_sslmode = require\n",
+        "server_tls_sslmode = verify-ca\n",
+        "server_tls_ca_file = /etc/pgbouncer/tls/ca.crt\n",
+    ] {
+        assert!(ini.contains(line), "{line}:\n{ini}");
+    }
+    inv.cluster.pgbouncer_enabled = false;
+    let d = desired_state(&inv, &lib).unwrap_or_else(|_| with_certificates(&inv).0);
+    assert!(d.iter().all(|h| h.role("pgbouncer").is_none()));
+}

@@ -138,6 +138,9 @@ pub struct HostFacts {
 pub struct SqlFacts {
     pub roles: BTreeMap<String, RoleFact>,
     pub databases: BTreeMap<String, DatabaseFact>,
+    /// The comment on PgBouncer's password lookup function (its version), when
+    /// the function exists.
+    pub pooler_lookup: Option<String>,
 }
 
 impl HostFacts {
@@ -278,7 +281,9 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
                from pg_authid a where not pg_is_in_recovery() and a.rolname in ({roles}); \
              select 'database', d.datname, pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, \
                (select count(*) from pg_stat_activity s where s.datname = d.datname) \
-               from pg_database d where not pg_is_in_recovery() and d.datname in ({dbs});"
+               from pg_database d where not pg_is_in_recovery() and d.datname in ({dbs}); \
+             select 'poolerfn', coalesce(obj_description(p.oid, 'pg_proc'), '') from pg_proc p join pg_namespace n on n.oid = p.pronamespace \
+               where not pg_is_in_recovery() and n.nspname = 'pgha' and p.proname = 'pgbouncer_lookup';"
         );
         s.push_str(&format!(
             "if {reachable}; then\n  {psql} -A -t -q -F \"$T\" -c {q} 2>/dev/null\nfi\n",
@@ -394,6 +399,11 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                 f.images.insert(reference.to_string(), id.to_string());
             }
             ["primary"] => f.primary_sql = Some(SqlFacts::default()),
+            ["poolerfn", comment] => {
+                if let Some(sql) = f.primary_sql.as_mut() {
+                    sql.pooler_lookup = Some(comment.to_string());
+                }
+            }
             [
                 "role",
                 name,

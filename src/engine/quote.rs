@@ -84,9 +84,35 @@ pub fn haproxy_quote(v: String) -> Result<String, Error> {
     Ok(format!("'{}'", v.replace('\'', r"'\''")))
 }
 
+/// Quote a name or password for PgBouncer's auth_file (`"name" "password"`):
+/// double quotes, a `"` inside doubled (PgBouncer's only escape; a backslash is
+/// literal). Control characters are refused: a newline would end the entry.
+pub fn pgbouncer_quote(v: String) -> Result<String, Error> {
+    if v.chars().any(char::is_control) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "a value with a control character (newline, tab...) cannot go into PgBouncer's auth_file",
+        ));
+    }
+    Ok(format!("\"{}\"", v.replace('"', "\"\"")))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn pgbouncer_quote_doubles_quotes_only() {
+        assert_eq!(
+            pgbouncer_quote("pgha_pgbouncer".into()).unwrap(),
+            "\"pgha_pgbouncer\""
+        );
+        assert_eq!(
+            pgbouncer_quote(HOSTILE[0].into()).unwrap(),
+            r#""a""b\c'd$e`f<g>h&i j""#
+        );
+        assert!(pgbouncer_quote("a\nb".into()).is_err());
+    }
     use std::collections::BTreeMap;
 
     /// Passwords that break naive quoting: every character sh, systemd, YAML, JSON,

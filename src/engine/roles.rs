@@ -158,7 +158,7 @@ pub struct Library {
 }
 
 /// Role names in the order their phases run.
-pub const ROLE_ORDER: [&str; 12] = [
+pub const ROLE_ORDER: [&str; 13] = [
     "common",
     "docker",
     "postgres",
@@ -167,13 +167,14 @@ pub const ROLE_ORDER: [&str; 12] = [
     "patroni",
     "exporter",
     "haproxy",
+    "pgbouncer",
     "node_exporter",
     "pgbackrest_exporter",
     "alertmanager",
     "prometheus",
 ];
 
-const BUILTIN_ROLES: [(&str, &str); 12] = [
+const BUILTIN_ROLES: [(&str, &str); 13] = [
     ("common", include_str!("../../roles/common.yml")),
     ("docker", include_str!("../../roles/docker.yml")),
     ("postgres", include_str!("../../roles/postgres.yml")),
@@ -182,6 +183,7 @@ const BUILTIN_ROLES: [(&str, &str); 12] = [
     ("patroni", include_str!("../../roles/patroni.yml")),
     ("exporter", include_str!("../../roles/exporter.yml")),
     ("haproxy", include_str!("../../roles/haproxy.yml")),
+    ("pgbouncer", include_str!("../../roles/pgbouncer.yml")),
     (
         "node_exporter",
         include_str!("../../roles/node_exporter.yml"),
@@ -194,7 +196,7 @@ const BUILTIN_ROLES: [(&str, &str); 12] = [
     ("prometheus", include_str!("../../roles/prometheus.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 24] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 27] = [
     (
         "pgbackrest.conf.j2",
         include_str!("../../templates/pgbackrest.conf.j2"),
@@ -255,6 +257,18 @@ const BUILTIN_TEMPLATES: [(&str, &str); 24] = [
     (
         "haproxy.cfg.j2",
         include_str!("../../templates/haproxy.cfg.j2"),
+    ),
+    (
+        "pgbouncer.ini.j2",
+        include_str!("../../templates/pgbouncer.ini.j2"),
+    ),
+    (
+        "pgbouncer-userlist.txt.j2",
+        include_str!("../../templates/pgbouncer-userlist.txt.j2"),
+    ),
+    (
+        "pgbouncer-limits.conf.j2",
+        include_str!("../../templates/pgbouncer-limits.conf.j2"),
     ),
     (
         "node-exporter.env.j2",

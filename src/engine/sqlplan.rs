@@ -21,6 +21,11 @@ pub enum SqlChange {
     GrantMonitor {
         name: String,
     },
+    /// PgBouncer's password lookup (auth_query) for its auth user: created or
+    /// replaced when missing or of another version.
+    PoolerLookup {
+        user: String,
+    },
     /// A `postgresql_users` role, created with everything the inventory says.
     CreateRole {
         name: String,
@@ -73,6 +78,9 @@ impl fmt::Display for SqlChange {
                 create: false,
             } => write!(f, "set password/login of role {name}"),
             SqlChange::GrantMonitor { name } => write!(f, "grant pg_monitor to {name}"),
+            SqlChange::PoolerLookup { user } => {
+                write!(f, "create PgBouncer's password lookup for {user}")
+            }
             SqlChange::CreateRole { name } => write!(f, "create role {name}"),
             SqlChange::AlterRole { name, what } => {
                 write!(f, "alter role {name} ({})", what.join(", "))
@@ -153,10 +161,16 @@ pub fn plan_sql(
 ) -> Result<Vec<SqlChange>, Vec<Refusal>> {
     let mut out = Vec::new();
     let mut refusals = Vec::new();
-    let wanted = [
+    let mut wanted = vec![
         (&c.monitor_user, secrets.monitor_password.expose()),
         (&c.app_user, secrets.app_password.expose()),
     ];
+    if c.pgbouncer_enabled {
+        wanted.push((
+            &c.pgbouncer_auth_user,
+            secrets.pgbouncer_auth_password.expose(),
+        ));
+    }
     for (name, password) in wanted {
         match have.roles.get(name.as_str()) {
             None => out.push(SqlChange::LoginRole {
@@ -179,6 +193,11 @@ pub fn plan_sql(
     {
         out.push(SqlChange::GrantMonitor {
             name: c.monitor_user.clone(),
+        });
+    }
+    if c.pgbouncer_enabled && have.pooler_lookup.as_deref() != Some(POOLER_LOOKUP_VERSION) {
+        out.push(SqlChange::PoolerLookup {
+            user: c.pgbouncer_auth_user.clone(),
         });
     }
     let present: Vec<&PgUser> = c.postgresql_users.iter().filter(|u| !u.absent).collect();
@@ -353,6 +372,36 @@ pub fn plan_sql(
     }
 }
 
+/// The version of PgBouncer's password lookup, kept as the function's comment:
+/// a new definition gets a new version, and every deploy replaces an older one.
+pub const POOLER_LOOKUP_VERSION: &str = "pgha pgbouncer lookup v1";
+
+/// PgBouncer's `auth_query` function, in `postgres` (its `auth_dbname`): the
+/// SCRAM verifier of a role that may log in and whose password has not expired
+/// (CVE-2025-2291), never a superuser's (they connect directly); owned by the
+/// superuser and run with its rights (SECURITY DEFINER) with a fixed search_path,
+/// executable by PgBouncer's auth user alone.
+fn pooler_lookup_sql(user: &str) -> String {
+    let u = ident(user);
+    format!(
+        "BEGIN;\n\
+         CREATE SCHEMA IF NOT EXISTS pgha;\n\
+         REVOKE ALL ON SCHEMA pgha FROM PUBLIC;\n\
+         GRANT USAGE ON SCHEMA pgha TO {u};\n\
+         CREATE OR REPLACE FUNCTION pgha.pgbouncer_lookup(p_user text, OUT usename text, OUT passwd text)\n\
+         RETURNS record LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgha$\n\
+         SELECT a.rolname::text, a.rolpassword::text FROM pg_catalog.pg_authid a\n\
+         WHERE a.rolname = p_user AND a.rolcanlogin AND NOT a.rolsuper\n\
+         AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > pg_catalog.now())\n\
+         $pgha$;\n\
+         REVOKE ALL ON FUNCTION pgha.pgbouncer_lookup(text) FROM PUBLIC;\n\
+         GRANT EXECUTE ON FUNCTION pgha.pgbouncer_lookup(text) TO {u};\n\
+         COMMENT ON FUNCTION pgha.pgbouncer_lookup(text) IS {};\n\
+         COMMIT;",
+        literal(POOLER_LOOKUP_VERSION)
+    )
+}
+
 fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -419,6 +468,8 @@ pub fn sql_statements(c: &Cluster, secrets: &Secrets, changes: &[SqlChange]) -> 
             SqlChange::LoginRole { name, create } => {
                 let pw = if *name == c.monitor_user {
                     secrets.monitor_password.expose()
+                } else if *name == c.pgbouncer_auth_user {
+                    secrets.pgbouncer_auth_password.expose()
                 } else {
                     secrets.app_password.expose()
                 };
@@ -430,6 +481,7 @@ pub fn sql_statements(c: &Cluster, secrets: &Secrets, changes: &[SqlChange]) -> 
                 )
             }
             SqlChange::GrantMonitor { name } => format!("GRANT pg_monitor TO {};", ident(name)),
+            SqlChange::PoolerLookup { user } => pooler_lookup_sql(user),
             SqlChange::CreateRole { name } | SqlChange::AlterRole { name, .. } => {
                 let verb = if matches!(ch, SqlChange::CreateRole { .. }) {
                     "CREATE"

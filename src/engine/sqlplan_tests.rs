@@ -12,6 +12,7 @@ fn secrets() -> Secrets {
         app_password: s("app"),
         patroni_api_password: s("api"),
         haproxy_stats_password: s("st"),
+        pgbouncer_auth_password: s("pb"),
         backup_cipher_pass: s("ci"),
         backup_s3_key: s(""),
         backup_s3_key_secret: s(""),
@@ -289,4 +290,61 @@ fn entries_are_found_by_name_in_the_inventory_text() {
     assert_eq!(line_of(text, "postgresql_databases", "a"), Some(8));
     assert_eq!(line_of(text, "postgresql_databases", "d"), Some(10));
     assert_eq!(line_of(text, "postgresql_databases", "zz"), None);
+}
+
+/// With pooling on: PgBouncer's auth user and its lookup function are created,
+/// then nothing is asked while both are as they should be; a lookup of an older
+/// version is replaced. The function never returns a superuser's or an expired
+/// password, runs with a fixed search_path, and only the auth user may call it.
+#[test]
+fn pooling_creates_the_auth_user_and_its_lookup_once() {
+    let mut c = cluster();
+    c.pgbouncer_enabled = true;
+    c.pgbouncer_auth_user = "pgha_pgbouncer".into();
+    let mut have = converged();
+    let changes = plan_sql(&c, &secrets(), &have).unwrap();
+    assert_eq!(
+        changes,
+        vec![
+            SqlChange::LoginRole {
+                name: "pgha_pgbouncer".into(),
+                create: true
+            },
+            SqlChange::PoolerLookup {
+                user: "pgha_pgbouncer".into()
+            },
+        ]
+    );
+    let sql = sql_statements(&c, &secrets(), &changes).join("\n");
+    assert!(sql.contains("CREATE ROLE \"pgha_pgbouncer\" WITH LOGIN PASSWORD 'SCRAM-SHA-256$"));
+    assert!(
+        !sql.contains("'pb'"),
+        "the password goes as a verifier: {sql}"
+    );
+    for must in [
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp",
+        "AND NOT a.rolsuper",
+        "a.rolvaliduntil IS NULL OR a.rolvaliduntil > pg_catalog.now()",
+        "REVOKE ALL ON FUNCTION pgha.pgbouncer_lookup(text) FROM PUBLIC;",
+        "GRANT EXECUTE ON FUNCTION pgha.pgbouncer_lookup(text) TO \"pgha_pgbouncer\";",
+        "REVOKE ALL ON SCHEMA pgha FROM PUBLIC;",
+    ] {
+        assert!(sql.contains(must), "{must}:\n{sql}");
+    }
+    have.roles
+        .insert("pgha_pgbouncer".into(), role("pgha_pgbouncer", "pb"));
+    have.pooler_lookup = Some(crate::engine::sqlplan::POOLER_LOOKUP_VERSION.into());
+    assert_eq!(plan_sql(&c, &secrets(), &have), Ok(vec![]));
+    have.pooler_lookup = Some("pgha pgbouncer lookup v0".into());
+    assert_eq!(
+        plan_sql(&c, &secrets(), &have),
+        Ok(vec![SqlChange::PoolerLookup {
+            user: "pgha_pgbouncer".into()
+        }])
+    );
+    // Pooling off: nothing about it is asked.
+    c.pgbouncer_enabled = false;
+    have.pooler_lookup = None;
+    have.roles.remove("pgha_pgbouncer");
+    assert_eq!(plan_sql(&c, &secrets(), &have), Ok(vec![]));
 }

@@ -129,6 +129,7 @@ pub fn load_str(path: &Path, text: &str, opts: &LoadOptions) -> Result<Inventory
         app_password: secret("app_password"),
         patroni_api_password: secret("patroni_api_password"),
         haproxy_stats_password: secret("haproxy_stats_password"),
+        pgbouncer_auth_password: secret("pgbouncer_auth_password"),
         backup_cipher_pass: secret("backup_cipher_pass"),
         backup_s3_key: secret("backup_s3_key"),
         backup_s3_key_secret: secret("backup_s3_key_secret"),

@@ -280,6 +280,21 @@ pub struct Cluster {
     pub alert_email_from: String,
     pub alert_smtp_smarthost: String,
     pub alert_smtp_require_tls: bool,
+    /// PgBouncer on every router in front of HAProxy's write port (README
+    /// "Connection pooling").
+    pub pgbouncer_enabled: bool,
+    /// The pooled write port on each router's address.
+    pub pgbouncer_port: u16,
+    pub pgbouncer_pool_mode: String,
+    pub pgbouncer_max_client_conn: u32,
+    pub pgbouncer_default_pool_size: u32,
+    pub pgbouncer_max_prepared_statements: u32,
+    /// Seconds a planned operation waits for the poolers' PAUSE (transactions in
+    /// flight to finish) before it resumes them and gives up.
+    pub pgbouncer_pause_timeout: u32,
+    /// The role PgBouncer looks passwords up with (auth_query) and pgha administers
+    /// it as.
+    pub pgbouncer_auth_user: String,
 }
 
 impl Cluster {
@@ -398,6 +413,14 @@ impl Default for Cluster {
             alert_email_from: String::new(),
             alert_smtp_smarthost: String::new(),
             alert_smtp_require_tls: true,
+            pgbouncer_enabled: false,
+            pgbouncer_port: 6432,
+            pgbouncer_pool_mode: "transaction".into(),
+            pgbouncer_max_client_conn: 5000,
+            pgbouncer_default_pool_size: 20,
+            pgbouncer_max_prepared_statements: 200,
+            pgbouncer_pause_timeout: 10,
+            pgbouncer_auth_user: "pgha_pgbouncer".into(),
         }
     }
 }
@@ -413,6 +436,8 @@ pub struct Secrets {
     pub patroni_api_password: Secret,
     /// Basic auth for HAProxy's stats page (user `pgha`), which pgha's probes read.
     pub haproxy_stats_password: Secret,
+    /// The password of `pgbouncer_auth_user`.
+    pub pgbouncer_auth_password: Secret,
     /// The backup repository's encryption pass (pgBackRest `repo1-cipher-pass`):
     /// without it the backups cannot be read. Keep a copy away from the cluster.
     pub backup_cipher_pass: Secret,
@@ -435,6 +460,7 @@ impl Secrets {
             &self.app_password,
             &self.patroni_api_password,
             &self.haproxy_stats_password,
+            &self.pgbouncer_auth_password,
             &self.backup_cipher_pass,
             &self.backup_s3_key,
             &self.backup_s3_key_secret,

@@ -806,6 +806,14 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(alert_email_from, str);
     set!(alert_smtp_smarthost, str);
     set!(alert_smtp_require_tls, bool);
+    set!(pgbouncer_enabled, bool);
+    set!(pgbouncer_port, u16);
+    set!(pgbouncer_pool_mode, str);
+    set!(pgbouncer_max_client_conn, u32);
+    set!(pgbouncer_default_pool_size, u32);
+    set!(pgbouncer_max_prepared_statements, u32);
+    set!(pgbouncer_pause_timeout, u32);
+    set!(pgbouncer_auth_user, str);
     c.backup_max_age_hours = default_max_age_hours(&c);
     set!(backup_max_age_hours, u32);
     c

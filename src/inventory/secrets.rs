@@ -15,7 +15,7 @@ use super::model::SecretSource;
 use super::{Ctx, expand_local_path};
 
 /// The passwords pgha manages, in the order of `Secrets`.
-pub const SECRET_NAMES: [&str; 10] = [
+pub const SECRET_NAMES: [&str; 11] = [
     "superuser_password",
     "replication_password",
     "rewind_password",
@@ -23,6 +23,7 @@ pub const SECRET_NAMES: [&str; 10] = [
     "app_password",
     "patroni_api_password",
     "haproxy_stats_password",
+    "pgbouncer_auth_password",
     "backup_cipher_pass",
     "backup_s3_key",
     "backup_s3_key_secret",

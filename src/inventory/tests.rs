@@ -353,7 +353,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         a.secrets.app_password.expose(),
         c.secrets.app_password.expose()
     );
-    // All eight generated ones differ from each other; the S3 keys (the user's
+    // All nine generated ones differ from each other; the S3 keys (the user's
     // own) are never generated.
     let mut values: Vec<_> = a
         .secrets
@@ -364,7 +364,7 @@ fn secrets_generated_once_with_mode_0600_and_reused() {
         .collect();
     values.sort();
     values.dedup();
-    assert_eq!(values.len(), 8);
+    assert_eq!(values.len(), 9);
     assert!(a.secrets.backup_s3_key.expose().is_empty());
     // Nothing else was created (no temp files): the inventory and the secrets file.
     // Loading an inventory reads and makes no certificates (a run does, later).

@@ -91,6 +91,7 @@ pub(crate) fn validate(
     pg_version(ctx, &v);
     backup(ctx, &v);
     monitoring(ctx, &v);
+    pooling(ctx, &v);
 }
 
 /// db and router each have hosts.
@@ -270,6 +271,9 @@ fn ports(ctx: &mut Ctx, v: &V) {
                 ("haproxy_read_port", c.haproxy_read_port),
                 ("haproxy_stats_port", c.haproxy_stats_port),
             ]);
+            if c.pgbouncer_enabled {
+                ports.push(("pgbouncer_port", c.pgbouncer_port));
+            }
         }
         for (i, (ka, pa)) in ports.iter().enumerate() {
             for (kb, pb) in &ports[..i] {
@@ -386,13 +390,14 @@ fn exposure(ctx: &mut Ctx, v: &V) {
 }
 
 /// pgha's own roles, each with the variable that names it.
-fn pgha_roles(c: &Cluster) -> [(&'static str, &String); 5] {
+fn pgha_roles(c: &Cluster) -> [(&'static str, &String); 6] {
     [
         ("superuser_name", &c.superuser_name),
         ("replication_user", &c.replication_user),
         ("rewind_user", &c.rewind_user),
         ("monitor_user", &c.monitor_user),
         ("app_user", &c.app_user),
+        ("pgbouncer_auth_user", &c.pgbouncer_auth_user),
     ]
 }
 
@@ -788,6 +793,49 @@ fn monitoring(ctx: &mut Ctx, v: &V) {
             ctx.error_at(
                 &def_path(key),
                 format!("`{key}` is {val:?}: write an email address, like dba@example.com"),
+            );
+        }
+    }
+}
+
+/// PgBouncer closes a server connection idle this long (`server_idle_timeout`).
+pub const PGBOUNCER_SERVER_IDLE_SECS: u64 = 600;
+
+/// Milliseconds of an HAProxy time (`30m`, `4s`, `500`: milliseconds), as the
+/// inventory's values are already checked.
+fn haproxy_millis(s: &str) -> u64 {
+    let digits = s.chars().take_while(|c| c.is_ascii_digit()).count();
+    let n: u64 = s[..digits].parse().unwrap_or(0);
+    match &s[digits..] {
+        "us" => n / 1000,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => n,
+    }
+}
+
+/// The poolers' server connections pass through HAProxy's write port: HAProxy
+/// must not cut one PgBouncer still keeps for reuse.
+fn pooling(ctx: &mut Ctx, v: &V) {
+    let V { c, def_path, .. } = *v;
+    if !c.pgbouncer_enabled {
+        return;
+    }
+    for (key, val) in [
+        ("haproxy_timeout_client", &c.haproxy_timeout_client),
+        ("haproxy_timeout_server", &c.haproxy_timeout_server),
+    ] {
+        if haproxy_millis(val) <= PGBOUNCER_SERVER_IDLE_SECS * 1000 {
+            ctx.error_at(
+                &def_path(key),
+                format!(
+                    "`{key}` is {val}: with pgbouncer_enabled, HAProxy would cut PgBouncer's idle \
+                     server connections (PgBouncer keeps them {PGBOUNCER_SERVER_IDLE_SECS} s); \
+                     make it longer than {}m, like 30m",
+                    PGBOUNCER_SERVER_IDLE_SECS / 60
+                ),
             );
         }
     }

@@ -12,13 +12,15 @@ use crate::probe::{Net, sql};
 use crate::wait::{WaitError, until};
 use tokio::task::JoinHandle;
 
-/// Where the clients connect: a host (the router), as the superuser, and how (the
-/// cluster's TLS material when it has TLS).
+/// Where the clients connect: a host (the router), as whom (the superuser unless
+/// `as_user`), and how (the cluster's TLS material when it has TLS).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub net: Net,
     pub host: String,
     pub password: String,
+    pub user: String,
+    pub dbname: String,
 }
 
 impl Target {
@@ -27,24 +29,37 @@ impl Target {
             net,
             host: host.to_string(),
             password: password.to_string(),
+            user: "postgres".into(),
+            dbname: "postgres".into(),
         }
     }
 
-    fn superuser(&self, port: u16) -> sql::Endpoint {
+    /// The same host as another role, into another database.
+    pub fn as_user(&self, user: &str, password: &str, dbname: &str) -> Target {
+        Target {
+            user: user.into(),
+            password: password.into(),
+            dbname: dbname.into(),
+            ..self.clone()
+        }
+    }
+
+    pub fn endpoint(&self, port: u16) -> sql::Endpoint {
         sql::Endpoint {
             host: self.host.clone(),
             port,
-            user: "postgres".into(),
+            user: self.user.clone(),
             password: self.password.clone(),
-            dbname: "postgres".into(),
+            dbname: self.dbname.clone(),
         }
     }
 }
 
-/// A superuser connection with the whole handshake bounded (HAProxy accepts at once,
-/// and a session bound for a dead server could otherwise hang).
+/// A connection (the superuser's unless `as_user`) with the whole handshake
+/// bounded (HAProxy accepts at once, and a session bound for a dead server could
+/// otherwise hang).
 pub async fn pg(t: &Target, port: u16) -> Result<tokio_postgres::Client, String> {
-    sql::connect_bounded(&t.net, &t.superuser(port), Duration::from_secs(5)).await
+    sql::connect_bounded(&t.net, &t.endpoint(port), Duration::from_secs(5)).await
 }
 
 /// An acknowledged insert: its id, the server that acknowledged it, and when.
@@ -60,22 +75,32 @@ pub struct Ack {
 
 /// A client inserting rows through the router's write port until stopped. Every
 /// insert is bounded (no answer within 3 s is no acknowledgement) and reports the
-/// server that acknowledged it.
+/// server that acknowledged it; every failure (a connection refused or lost, an
+/// insert failed or unanswered) is recorded.
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<Ack>>>,
+    errors: Arc<Mutex<Vec<(Instant, String)>>>,
     task: JoinHandle<()>,
 }
 
 impl Writer {
     /// `table` must exist with columns (id int primary key, note text).
     pub fn start(t: &Target, table: &str, first_id: i32) -> Writer {
+        Self::start_on(t, 5000, table, first_id)
+    }
+
+    /// The same through another port (a pooler's).
+    pub fn start_on(t: &Target, port: u16, table: &str, first_id: i32) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let (t, table) = (t.clone(), table.to_string());
         let stop2 = stop.clone();
         let acked = Arc::new(Mutex::new(Vec::new()));
         let acked2 = acked.clone();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let errors2 = errors.clone();
         let task = tokio::spawn(async move {
+            let failed = |e: String| errors2.lock().unwrap().push((Instant::now(), e));
             let mut i = first_id;
             let mut client = None;
             let sql = format!(
@@ -83,7 +108,13 @@ impl Writer {
             );
             while !stop2.load(Ordering::SeqCst) {
                 if client.is_none() {
-                    client = pg(&t, 5000).await.ok();
+                    client = match pg(&t, port).await {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            failed(format!("connect: {e}"));
+                            None
+                        }
+                    };
                 }
                 if let Some(c) = &client {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
@@ -96,7 +127,14 @@ impl Writer {
                             sent,
                             at: Instant::now(),
                         }),
-                        _ => client = None,
+                        Ok(Err(e)) => {
+                            failed(format!("insert {i}: {}", sql::pg_error(&e)));
+                            client = None;
+                        }
+                        Err(_) => {
+                            failed(format!("insert {i}: no answer within 3 s"));
+                            client = None;
+                        }
                     }
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -107,7 +145,17 @@ impl Writer {
                 }
             }
         });
-        Writer { stop, acked, task }
+        Writer {
+            stop,
+            acked,
+            errors,
+            task,
+        }
+    }
+
+    /// The failures so far: when, and what.
+    pub fn errors(&self) -> Vec<(Instant, String)> {
+        self.errors.lock().unwrap().clone()
     }
 
     /// The acknowledgements so far.
@@ -258,7 +306,7 @@ impl Connector {
                 let t = t.clone();
                 attempts.push(tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let ep = t.superuser(5000);
+                    let ep = t.endpoint(5000);
                     let attempt = async {
                         // Unbounded here: the test bounds how long each may take.
                         let c =

@@ -130,12 +130,16 @@ impl<'c, 'a> Converge<'c, 'a> {
                 port: c.postgresql_port,
                 reachable: install::postgres_reachable(c),
                 psql: install::psql(c),
-                roles: [c.monitor_user.clone(), c.app_user.clone()]
-                    .into_iter()
-                    .chain(c.postgresql_users.iter().flat_map(|u| {
-                        std::iter::once(u.name.clone()).chain(u.member_of.iter().cloned())
-                    }))
-                    .collect(),
+                roles: [
+                    c.monitor_user.clone(),
+                    c.app_user.clone(),
+                    c.pgbouncer_auth_user.clone(),
+                ]
+                .into_iter()
+                .chain(c.postgresql_users.iter().flat_map(|u| {
+                    std::iter::once(u.name.clone()).chain(u.member_of.iter().cloned())
+                }))
+                .collect(),
                 databases: std::iter::once(c.app_database.clone())
                     .chain(c.postgresql_databases.iter().map(|d| d.name.clone()))
                     .collect(),

@@ -21,6 +21,8 @@ pub struct Endpoints {
     /// (host name, base URL) of Prometheus and Alertmanager, when monitoring is on.
     pub prometheus: Option<(String, String)>,
     pub alertmanager: Option<(String, String)>,
+    /// (router name, admin console) of every PgBouncer, when pooling is on.
+    pub poolers: Vec<(String, sql::Endpoint)>,
     /// (host name, REST base URL) of a member outside the inventory that a command
     /// takes out (`pgha remove`): asked by name only, never counted as a member.
     pub outside: Vec<(String, String)>,
@@ -92,6 +94,25 @@ impl Endpoints {
                     ),
                 )
             }),
+            poolers: if c.pgbouncer_enabled {
+                inv.router_hosts()
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.clone(),
+                            sql::Endpoint {
+                                host: h.ip.to_string(),
+                                port: c.pgbouncer_port,
+                                user: c.pgbouncer_auth_user.clone(),
+                                password: inv.secrets.pgbouncer_auth_password.expose().to_string(),
+                                dbname: "pgbouncer".into(),
+                            },
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
             outside: Vec::new(),
         }
     }

@@ -22,7 +22,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
             None => None,
         }
     };
-    let (view, statuses, etcd_report, routers, exporters, certificates, (backup, alerts)) = tokio::join!(
+    let (view, statuses, etcd_report, routers, exporters, certificates, (backup, alerts, poolers)) = tokio::join!(
         patroni::cluster_any(&ctx.ep.net, &apis),
         join_all(
             ctx.ep
@@ -49,7 +49,13 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
                 Vec::new()
             }
         },
-        async { tokio::join!(backup, super::monitoring::alerts(&ctx.ep)) },
+        async {
+            tokio::join!(
+                backup,
+                super::monitoring::alerts(&ctx.ep),
+                super::pool::show(&ctx.ep)
+            )
+        },
     );
     let ca = ctx.pki.as_ref().and_then(|p| p.ca_info().ok()).map(|i| {
         let now = std::time::SystemTime::now()
@@ -107,6 +113,30 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         ca,
     };
     let mut snap = assemble(&c.cluster_name, parts, paused, &bounds);
+    snap.poolers = poolers
+        .into_iter()
+        .map(|(router, r)| match r {
+            Ok(pools) => {
+                let (clients, waiting, servers) = crate::probe::pgbouncer::totals(&pools);
+                super::verdict::PoolerState {
+                    router,
+                    clients,
+                    waiting,
+                    servers,
+                    maxwait: pools.iter().map(|p| p.maxwait).max().unwrap_or(0),
+                    error: None,
+                }
+            }
+            Err(e) => super::verdict::PoolerState {
+                router,
+                clients: 0,
+                waiting: 0,
+                servers: 0,
+                maxwait: 0,
+                error: Some(e),
+            },
+        })
+        .collect();
     if let (Some(r), Some((_, url))) = (alerts, &ctx.ep.alertmanager) {
         let graphs = ctx
             .ep

@@ -24,6 +24,7 @@ pub mod membership;
 pub mod monitoring;
 pub mod patroni;
 pub mod phases;
+pub mod pool;
 pub mod restore;
 pub mod restore_plan;
 pub mod rolling;

@@ -144,6 +144,7 @@ impl Converge<'_, '_> {
                     }
                     for role in [
                         "haproxy",
+                        "pgbouncer",
                         "exporter",
                         "node_exporter",
                         "pgbackrest_exporter",

@@ -48,6 +48,9 @@ pub struct SwitchoverReport {
     pub took_secs: f64,
     /// The write-port probe's measurement (None: no router was serving writes).
     pub gap: Option<Gap>,
+    /// Seconds the poolers were paused (clients of the pooled port waited, none
+    /// failed); None without pooling.
+    pub pooler_pause_secs: Option<f64>,
 }
 
 /// Choose the member to promote from a view of the cluster. Pure: the rules Patroni
@@ -269,7 +272,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
         chosen_and_switched(ctx, opts, &routers).await
     };
     let gap = gap::stop_all(probes).await;
-    let (leader, candidate, checkpoint_secs, took_secs) = outcome?;
+    let (leader, candidate, (checkpoint_secs, took_secs, pooler_pause_secs)) = outcome?;
     super::etcd::keep_apart(ctx).await;
     Ok(SwitchoverReport {
         from: leader,
@@ -277,6 +280,7 @@ pub async fn switchover(ctx: &Ctx<'_>, opts: &SwitchoverOpts) -> Result<Switchov
         checkpoint_secs,
         took_secs,
         gap,
+        pooler_pause_secs,
     })
 }
 
@@ -336,7 +340,7 @@ async fn chosen_and_switched(
     ctx: &Ctx<'_>,
     opts: &SwitchoverOpts,
     routers: &[sql::Endpoint],
-) -> Result<(String, String, Option<f64>, f64), Failure> {
+) -> Result<(String, String, Switched), Failure> {
     let sync = ctx.inv.cluster.synchronous_mode;
     let apis = ctx.ep.patroni_apis();
     let choose = || async {
@@ -348,9 +352,17 @@ async fn chosen_and_switched(
     } else {
         until("a member that can take over", opts.candidate_wait, choose).await?
     };
-    let (checkpoint_secs, took_secs) = switch(ctx, opts, &leader, &mut candidate, routers).await?;
-    Ok((leader, candidate, checkpoint_secs, took_secs))
+    let switched = switch(ctx, opts, &leader, &mut candidate, routers).await?;
+    Ok((leader, candidate, switched))
 }
+
+/// The CHECKPOINT's seconds, the request's to done, the poolers' pause.
+type Switched = (Option<f64>, f64, Option<f64>);
+
+/// Longest the poolers stay paused waiting for the write ports to reach the new
+/// leader: then they are resumed anyway (their clients may see errors until the
+/// routers follow), and the run says so.
+const POOLER_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// The cluster view with each replica's lag measured now. Patroni's /cluster lag
 /// compares positions the members wrote to the DCS at different moments (each
@@ -399,7 +411,7 @@ async fn switch(
     leader: &str,
     candidate: &mut String,
     routers: &[sql::Endpoint],
-) -> Result<(Option<f64>, f64), Failure> {
+) -> Result<Switched, Failure> {
     let sync = ctx.inv.cluster.synchronous_mode;
     let apis = ctx.ep.patroni_apis();
     let checkpoint_secs = match checkpoint(ctx, leader, routers).await {
@@ -439,6 +451,26 @@ async fn switch(
         }
         ctx.ensure_locked(&format!("switchover {leader} -> {candidate}"))
             .await?;
+        // Pooled clients wait instead of failing: their transactions finish, the
+        // poolers close every server connection and hold new work. (In session
+        // mode a client keeps its server connection: there is nothing to pause.)
+        let (paused, unreachable) = if ctx.inv.cluster.pgbouncer_pool_mode == "session" {
+            (super::pool::Paused::none(), Vec::new())
+        } else {
+            super::pool::pause(
+                &ctx.ep,
+                Duration::from_secs(ctx.inv.cluster.pgbouncer_pause_timeout.into()),
+            )
+            .await?
+        };
+        for u in unreachable {
+            ctx.ui.warn(format!(
+                "pooler not paused (its clients will see the switchover): {u}"
+            ));
+        }
+        if !paused.is_empty() {
+            ctx.ui.host(leader, "poolers paused");
+        }
         ctx.ui
             .host(leader, format!("switchover {leader} -> {candidate}"));
         let asked = Instant::now();
@@ -453,6 +485,7 @@ async fn switch(
         {
             SwitchoverAnswer::Done => crate::testpoint::pause("switchover:requested").await,
             SwitchoverAnswer::Refused(why) => {
+                resume(ctx, leader, paused, false).await;
                 // Nothing happened: with a free choice, try a fresh one until the deadline.
                 if opts.to.is_some() || Instant::now() >= deadline {
                     return Err(refused(format!("Patroni refused: {why}")));
@@ -470,20 +503,61 @@ async fn switch(
             }
         }
         ctx.ui.changed(leader, 1);
-        taken_over(ctx, leader, candidate, routers).await?;
-        return Ok((checkpoint_secs, asked.elapsed().as_secs_f64()));
+        // The poolers resume once the write ports reach the new leader, or after
+        // POOLER_PAUSE_MAX, or on any error: never left paused.
+        let pause_secs = if paused.is_empty() {
+            writes_reach(ctx, leader, candidate, routers).await?;
+            None
+        } else {
+            let reach = writes_reach(ctx, leader, candidate, routers);
+            match tokio::time::timeout(POOLER_PAUSE_MAX, reach).await {
+                Ok(r) => {
+                    let secs = resume(ctx, leader, paused, false).await;
+                    r?;
+                    Some(secs)
+                }
+                Err(_) => {
+                    let secs = resume(ctx, leader, paused, true).await;
+                    writes_reach(ctx, leader, candidate, routers).await?;
+                    Some(secs)
+                }
+            }
+        };
+        settled(ctx, leader, candidate).await?;
+        return Ok((checkpoint_secs, asked.elapsed().as_secs_f64(), pause_secs));
     }
 }
 
-/// After the request: the candidate leads, every router's write port reaches it,
-/// the old leader streams from it, and (synchronous mode) a standby protects it.
-async fn taken_over(
+/// Resume the poolers a switchover paused; the seconds they were paused.
+/// `timed_out`: the write ports did not reach the new leader within the bound.
+async fn resume(ctx: &Ctx<'_>, leader: &str, paused: super::pool::Paused, timed_out: bool) -> f64 {
+    if paused.is_empty() {
+        return 0.0;
+    }
+    let (secs, failed) = paused.resume(&ctx.ep).await;
+    if timed_out {
+        ctx.ui.warn(format!(
+            "the routers' write ports did not reach the new leader within {}s: poolers resumed anyway \
+             (their clients may see errors until the routers follow)",
+            POOLER_PAUSE_MAX.as_secs()
+        ));
+    }
+    for f in failed {
+        ctx.ui
+            .warn(format!("RESUME failed on {f}: run `pgha pool resume`"));
+    }
+    ctx.ui
+        .host(leader, format!("poolers resumed after {secs:.2}s paused"));
+    secs
+}
+
+/// After the request: the candidate leads and every router's write port reaches it.
+async fn writes_reach(
     ctx: &Ctx<'_>,
     leader: &str,
     candidate: &str,
     routers: &[sql::Endpoint],
 ) -> Result<(), Failure> {
-    let sync = ctx.inv.cluster.synchronous_mode;
     waits::wait_leader(&ctx.ep, Some(candidate), TAKEOVER)
         .await
         .map_err(|e| {
@@ -514,6 +588,13 @@ async fn taken_over(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Then the old leader streams from the new one, and (synchronous mode) a standby
+/// protects it.
+async fn settled(ctx: &Ctx<'_>, leader: &str, candidate: &str) -> Result<(), Failure> {
+    let sync = ctx.inv.cluster.synchronous_mode;
     waits::wait_member_streaming(&ctx.ep, leader, candidate, MEMBER).await?;
     if sync {
         // Done means protected again: a synchronous standby is named.

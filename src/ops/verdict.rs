@@ -152,6 +152,20 @@ pub struct Snapshot {
     /// The alerts Alertmanager holds (when monitoring is on). Shown, not judged:
     /// the verdict stands on the probes above.
     pub alerts: Option<AlertsState>,
+    /// Each pooler's clients and server connections (when pooling is on).
+    pub poolers: Vec<PoolerState>,
+}
+
+/// One pooler (PgBouncer on a router), from its admin console.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PoolerState {
+    pub router: String,
+    pub clients: u64,
+    pub waiting: u64,
+    pub servers: u64,
+    /// Seconds the longest-waiting client has waited.
+    pub maxwait: u64,
+    pub error: Option<String>,
 }
 
 /// Alertmanager's alerts, or why they could not be read.
@@ -307,6 +321,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         ca,
         backup: None,
         alerts: None,
+        poolers: Vec::new(),
     };
     s.verdict = verdict(&s, bounds);
     s.healthy = s.verdict.level == Level::Healthy;

@@ -9,6 +9,7 @@ pub mod exporter;
 pub mod haproxy;
 pub mod net;
 pub mod patroni;
+pub mod pgbouncer;
 pub mod prometheus;
 pub mod sql;
 pub mod tls;

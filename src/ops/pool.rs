@@ -1,0 +1,142 @@
+//! The poolers (PgBouncer on the routers) as commands act on them: their pools,
+//! PAUSE with a bound (transactions in flight finish, then every server
+//! connection is closed and new work waits), RESUME, RECONNECT. A planned
+//! operation pauses them right before the primary changes and resumes them as
+//! soon as every router's write port reaches the new one (`Paused`).
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use super::Endpoints;
+use crate::error::Failure;
+use crate::probe::pgbouncer::{self, Pool};
+use crate::probe::sql::Endpoint;
+
+/// Bound of one console command that does not wait for clients.
+const CONSOLE: Duration = Duration::from_secs(5);
+
+/// Each pooler's pools (or why it did not answer).
+pub async fn show(ep: &Endpoints) -> Vec<(String, Result<Vec<Pool>, String>)> {
+    join_all(ep.poolers.iter().map(|(name, e)| async move {
+        let r = async {
+            let c = pgbouncer::console(&ep.net, e, CONSOLE).await?;
+            pgbouncer::pools(&c).await
+        }
+        .await;
+        (name.clone(), r)
+    }))
+    .await
+}
+
+/// Run one console command on a pooler, bounded.
+async fn command(ep: &Endpoints, e: &Endpoint, cmd: &str, bound: Duration) -> Result<(), String> {
+    let c = pgbouncer::console(&ep.net, e, CONSOLE).await?;
+    match tokio::time::timeout(bound, c.simple_query(cmd)).await {
+        Err(_) => Err(format!(
+            "{cmd} did not complete within {}s",
+            bound.as_secs()
+        )),
+        Ok(Err(e)) => {
+            let msg = crate::probe::sql::pg_error(&e);
+            // Asking again what is already so is not a failure.
+            if (cmd == "RESUME" && msg.contains("not paused"))
+                || (cmd == "PAUSE" && msg.contains("already"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{cmd}: {msg}"))
+            }
+        }
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// A console command on every pooler at once: (router, outcome).
+pub async fn on_all(
+    ep: &Endpoints,
+    cmd: &str,
+    bound: Duration,
+) -> Vec<(String, Result<(), String>)> {
+    join_all(
+        ep.poolers
+            .iter()
+            .map(|(name, e)| async move { (name.clone(), command(ep, e, cmd, bound).await) }),
+    )
+    .await
+}
+
+/// Poolers paused by a planned operation; `resume` must follow, whatever happens.
+#[must_use = "paused poolers must be resumed"]
+pub struct Paused {
+    routers: Vec<String>,
+    since: Instant,
+}
+
+impl Paused {
+    /// Nothing paused (pooling off).
+    pub fn none() -> Paused {
+        Paused {
+            routers: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routers.is_empty()
+    }
+
+    /// RESUME every paused pooler; how long they were paused. A pooler that does
+    /// not take it is named (its clients wait until query_wait_timeout).
+    pub async fn resume(self, ep: &Endpoints) -> (f64, Vec<String>) {
+        if self.routers.is_empty() {
+            return (0.0, Vec::new());
+        }
+        let took = self.since.elapsed().as_secs_f64();
+        let failed = on_all(ep, "RESUME", CONSOLE)
+            .await
+            .into_iter()
+            .filter(|(r, _)| self.routers.contains(r))
+            .filter_map(|(r, o)| o.err().map(|e| format!("{r}: {e}")))
+            .collect();
+        (took, failed)
+    }
+}
+
+/// PAUSE every pooler within `bound` (transactions in flight finish first). When
+/// one does not pause in time, every pooler is resumed and the operation must
+/// not go on: its error says which pooler waited on what. A pooler that does not
+/// answer at all is skipped with a warning line (its clients cannot reach it
+/// either).
+pub async fn pause(ep: &Endpoints, bound: Duration) -> Result<(Paused, Vec<String>), Failure> {
+    if ep.poolers.is_empty() {
+        return Ok((Paused::none(), Vec::new()));
+    }
+    let outcomes = on_all(ep, "PAUSE", bound).await;
+    let mut paused = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut slow = Vec::new();
+    for (r, o) in outcomes {
+        match o {
+            Ok(()) => paused.push(r),
+            Err(e) if e.contains("did not complete") => slow.push(format!("{r}: {e}")),
+            Err(e) => unreachable.push(format!("{r}: {e}")),
+        }
+    }
+    if !slow.is_empty() {
+        let _ = on_all(ep, "RESUME", CONSOLE).await;
+        return Err(Failure::error(format!(
+            "the poolers did not pause within {}s (a transaction still running through them): {}; \
+             they were resumed and nothing was changed; end the long transaction or raise pgbouncer_pause_timeout",
+            bound.as_secs(),
+            slow.join("; ")
+        )));
+    }
+    Ok((
+        Paused {
+            routers: paused,
+            since: Instant::now(),
+        },
+        unreachable,
+    ))
+}
