@@ -328,6 +328,12 @@ fn print_connect(conv: &Converge<'_, '_>) {
             "  reads:  psql \"host={} port={} user={} dbname={}{tls}\"",
             r.ip, c.haproxy_read_port, c.app_user, c.app_database
         ));
+        if c.pgbouncer_enabled {
+            ui.line(format!(
+                "  pooled: psql \"host={} port={} user={} dbname={}{tls}\" (writes, {} pooling)",
+                r.ip, c.pgbouncer_port, c.app_user, c.app_database, c.pgbouncer_pool_mode
+            ));
+        }
         ui.line(format!(
             "  stats:  http://{}:{}/ (user {})",
             r.ip,

@@ -107,8 +107,25 @@ pub async fn rolling_restart(
     let mut report = RestartReport::default();
     if leader_first && pending.contains(&leader) {
         let routers = super::switchover::serving_routers(ctx).await;
-        let probes = super::gap::start_all(&ctx.ep.net, routers);
-        let r = restart_member(ctx, &leader).await;
+        let probes = super::gap::start_all(&ctx.ep.net, routers.clone());
+        // Pooled clients wait through the restart: resumed once every write port
+        // reaches the leader again (bounded, and on any error).
+        let paused = super::pool::pause_planned(ctx).await?;
+        let r = async {
+            restart_member(ctx, &leader).await?;
+            if paused.is_empty() {
+                return Ok(true);
+            }
+            let back = super::switchover::writes_reach(ctx, &leader, &leader, &routers);
+            Ok::<_, Failure>(
+                tokio::time::timeout(super::switchover::POOLER_PAUSE_MAX, back)
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+            )
+        }
+        .await;
+        let on_time = *r.as_ref().unwrap_or(&false);
+        super::switchover::resume(ctx, &leader, paused, !on_time).await;
         let gap = super::gap::stop_all(probes).await;
         r?;
         if let Some(g) = &gap {

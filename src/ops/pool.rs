@@ -140,3 +140,67 @@ pub async fn pause(ep: &Endpoints, bound: Duration) -> Result<(Paused, Vec<Strin
         unreachable,
     ))
 }
+
+/// The poolers paused before a planned change of the primary (a switchover, a
+/// restart of the leader in place), bounded by pgbouncer_pause_timeout, poolers
+/// that do not answer named in a warning. Nothing to pause in session mode (a
+/// client keeps its server connection) or without pooling.
+pub async fn pause_planned(ctx: &super::Ctx<'_>) -> Result<Paused, Failure> {
+    let c = &ctx.inv.cluster;
+    if !c.pgbouncer_enabled || c.pgbouncer_pool_mode == "session" {
+        return Ok(Paused::none());
+    }
+    let (paused, unreachable) = pause(
+        &ctx.ep,
+        Duration::from_secs(c.pgbouncer_pause_timeout.into()),
+    )
+    .await?;
+    for u in unreachable {
+        ctx.ui.warn(format!(
+            "pooler not paused (its clients will see the change): {u}"
+        ));
+    }
+    Ok(paused)
+}
+
+/// Until every pooler lets the application role in (its password looked up in
+/// PostgreSQL) and reaches the primary: the proof `deploy` ends with. The role's
+/// name and the primary's address, per router.
+pub async fn wait_app_through_poolers(
+    ctx: &super::Ctx<'_>,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>, crate::wait::WaitError> {
+    let c = &ctx.inv.cluster;
+    let mut out = Vec::new();
+    for r in ctx.inv.router_hosts() {
+        let e = Endpoint {
+            host: r.ip.to_string(),
+            port: c.pgbouncer_port,
+            user: c.app_user.clone(),
+            password: ctx.inv.secrets.app_password.expose().to_string(),
+            dbname: c.app_database.clone(),
+        };
+        let primary = crate::wait::until(
+            &format!(
+                "{} to reach the primary through {}'s pooler",
+                c.app_user, r.name
+            ),
+            timeout,
+            || async {
+                let client = crate::probe::sql::connect_bounded(&ctx.ep.net, &e, CONSOLE).await?;
+                let row = client
+                    .query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[])
+                    .await
+                    .map_err(|x| crate::probe::sql::pg_error(&x))?;
+                if row.get::<_, bool>(0) {
+                    Err("reached a server in recovery".to_string())
+                } else {
+                    Ok(row.get::<_, String>(1))
+                }
+            },
+        )
+        .await?;
+        out.push((r.name.clone(), primary));
+    }
+    Ok(out)
+}

@@ -362,7 +362,7 @@ type Switched = (Option<f64>, f64, Option<f64>);
 /// Longest the poolers stay paused waiting for the write ports to reach the new
 /// leader: then they are resumed anyway (their clients may see errors until the
 /// routers follow), and the run says so.
-const POOLER_PAUSE_MAX: Duration = Duration::from_secs(30);
+pub(super) const POOLER_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// The cluster view with each replica's lag measured now. Patroni's /cluster lag
 /// compares positions the members wrote to the DCS at different moments (each
@@ -452,22 +452,8 @@ async fn switch(
         ctx.ensure_locked(&format!("switchover {leader} -> {candidate}"))
             .await?;
         // Pooled clients wait instead of failing: their transactions finish, the
-        // poolers close every server connection and hold new work. (In session
-        // mode a client keeps its server connection: there is nothing to pause.)
-        let (paused, unreachable) = if ctx.inv.cluster.pgbouncer_pool_mode == "session" {
-            (super::pool::Paused::none(), Vec::new())
-        } else {
-            super::pool::pause(
-                &ctx.ep,
-                Duration::from_secs(ctx.inv.cluster.pgbouncer_pause_timeout.into()),
-            )
-            .await?
-        };
-        for u in unreachable {
-            ctx.ui.warn(format!(
-                "pooler not paused (its clients will see the switchover): {u}"
-            ));
-        }
+        // poolers close every server connection and hold new work.
+        let paused = super::pool::pause_planned(ctx).await?;
         if !paused.is_empty() {
             ctx.ui.host(leader, "poolers paused");
         }
@@ -530,7 +516,12 @@ async fn switch(
 
 /// Resume the poolers a switchover paused; the seconds they were paused.
 /// `timed_out`: the write ports did not reach the new leader within the bound.
-async fn resume(ctx: &Ctx<'_>, leader: &str, paused: super::pool::Paused, timed_out: bool) -> f64 {
+pub(super) async fn resume(
+    ctx: &Ctx<'_>,
+    leader: &str,
+    paused: super::pool::Paused,
+    timed_out: bool,
+) -> f64 {
     if paused.is_empty() {
         return 0.0;
     }
@@ -552,7 +543,7 @@ async fn resume(ctx: &Ctx<'_>, leader: &str, paused: super::pool::Paused, timed_
 }
 
 /// After the request: the candidate leads and every router's write port reaches it.
-async fn writes_reach(
+pub(super) async fn writes_reach(
     ctx: &Ctx<'_>,
     leader: &str,
     candidate: &str,

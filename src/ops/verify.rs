@@ -67,6 +67,20 @@ pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
             ),
         );
     }
+    if ctx.inv.cluster.pgbouncer_enabled {
+        let reached = super::pool::wait_app_through_poolers(ctx, VERIFY)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        for (router, primary) in reached {
+            ctx.ui.host(
+                "pooler",
+                format!(
+                    "{} logged in through {router}:{} and reached the primary {primary}",
+                    ctx.inv.cluster.app_user, ctx.inv.cluster.pgbouncer_port
+                ),
+            );
+        }
+    }
     if let Some(line) = super::backup::verify_repository(ctx).await? {
         ctx.ui.host("backup", line);
     }
