@@ -211,6 +211,50 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     assert!(acked.len() > 40, "the writer wrote: {}", acked.len());
     assert_no_loss(&lab, "pooled", &acked).await;
 
+    // A parameter that needs a restart, raised (replicas, then a switchover) and
+    // lowered (the leader restarted in place first), under a pooled writer: no
+    // error either time.
+    for (n, first_id) in [(120, 200_000), (100, 300_000)] {
+        let text = std::fs::read_to_string(&inv).unwrap();
+        let before = text.clone();
+        let text = text.replace(
+            "      max_connections: 100\n",
+            &format!("      max_connections: {n}\n"),
+        );
+        let text = text.replace(
+            "      max_connections: 120\n",
+            &format!("      max_connections: {n}\n"),
+        );
+        assert_ne!(text, before, "max_connections set to {n}");
+        std::fs::write(&inv, text).unwrap();
+        let t = Instant::now();
+        let writer = Writer::start_on(&user, POOL_PORT, "pooled", first_id);
+        writer
+            .wait_acked(20, t, None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (code, out, err) = pgha(&["deploy", &inv]);
+        assert_eq!(code, 0, "deploy max_connections {n}:\n{out}\n{err}");
+        writer
+            .wait_acked(20, Instant::now(), None, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            writer.errors().is_empty(),
+            "the pooled writer saw errors across max_connections {n}: {:?}",
+            writer.errors()
+        );
+        let acked = writer.stop().await;
+        assert_no_loss(&lab, "pooled", &acked).await;
+        for h in lab.db_hosts() {
+            let (_, v) = lab.sh(
+                &h,
+                "runuser -u postgres -- psql -XAtc 'show max_connections'",
+            );
+            assert_eq!(v.trim(), n.to_string(), "{h} runs max_connections {n}");
+        }
+    }
+
     // pause holds a query of a client already logged in; resume lets it finish.
     let c = pg(&user, POOL_PORT)
         .await
