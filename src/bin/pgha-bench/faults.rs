@@ -217,6 +217,75 @@ impl Bench {
         });
     }
 
+    /// Switchovers with pooling on (a deploy turns it on first): a writer through
+    /// the pooled port and one through the direct write port, side by side. The
+    /// pooled one must see no error; its longest wait is compared with the direct
+    /// one's write gap.
+    pub(crate) async fn pooled_switchover(&mut self, info: &LabInfo, inv: &str, target: &Target) {
+        let text = std::fs::read_to_string(inv).expect("lab inventory");
+        if !text.contains("pgbouncer_enabled: true") {
+            std::fs::write(
+                inv,
+                text.replacen(
+                    "all:\n  vars:\n",
+                    "all:\n  vars:\n    pgbouncer_enabled: true\n",
+                    1,
+                ),
+            )
+            .expect("lab inventory");
+            let (code, _, _, _) = self.pgha(&["deploy", inv]);
+            assert_eq!(code, 0, "deploy with pooling");
+        }
+        let app = target.as_user("app", &secret(info, "app_password"), "app");
+        create_table(&app, "bench_pool").await;
+        let (mut pooled_waits, mut direct_gaps, mut pauses) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut errors, mut lost_total) = (0, 0);
+        for i in 0..self.args.runs {
+            wait_healthy(info).await;
+            let first = (i as i32 + 1) * 1_000_000;
+            let pooled = Writer::start_on(&app, 6432, "bench_pool", first);
+            let direct = Writer::start(target, "bench_sw", first + 500_000);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let t = Instant::now();
+            let (code, out, _, _) = self.pgha(&["switchover", inv, "--output", "json"]);
+            assert_eq!(code, 0, "switchover with pooling");
+            let end = Instant::now();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            errors += pooled.errors().len();
+            let p = pooled.stop().await;
+            let d = direct.stop().await;
+            pooled_waits.push(longest_gap(&p, t, end));
+            direct_gaps.push(longest_gap(&d, t, end));
+            if let Some(s) = last_json(&out)["switchover"]["pooler_pause_secs"].as_f64() {
+                pauses.push(s);
+            }
+            lost_total += lost(&app, "bench_pool", &p).await + lost(target, "bench_sw", &d).await;
+        }
+        let (mp, md) = (median(&pooled_waits), median(&direct_gaps));
+        let worst = pooled_waits
+            .iter()
+            .cloned()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        self.push(Figure {
+            name: "pooled switchover: longest wait of a pooled client (errors: 0 wanted)".into(),
+            unit: "s".into(),
+            pgha: mp,
+            baseline: md,
+            baseline_name: Some("write gap of a direct client".into()),
+            ratio: mp.zip(md).map(|(p, d)| p / d),
+            goal: Some("0 client errors, longest pause <= 2 s".into()),
+            met: worst.map(|w| w <= 2.0 && errors == 0 && lost_total == 0),
+            runs: pooled_waits,
+            failed: None,
+            detail: json!({
+                "pooled_client_errors": errors,
+                "rows_lost": lost_total,
+                "direct_gaps": direct_gaps,
+                "pause_pgha_reported": pauses,
+            }),
+        });
+    }
+
     /// Busy loops on every db host for 60 s: the leader must not change.
     pub(crate) async fn load(&mut self, info: &LabInfo) {
         let before = wait_healthy(info).await;

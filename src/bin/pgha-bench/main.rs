@@ -42,8 +42,8 @@ struct Args {
     /// Skip the Ansible baseline (it installs ansible-core from PyPI).
     #[arg(long)]
     no_ansible: bool,
-    /// Only these figure groups (cold, noop, failover, switchover, load, scale,
-    /// upgrade, rebuild, backup); default all.
+    /// Only these figure groups (cold, noop, failover, switchover, pool, load,
+    /// scale, upgrade, rebuild, backup); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// An inventory variable for every lab, `KEY: VALUE` (repeatable): measure a
@@ -312,7 +312,7 @@ async fn main() {
     if b.wants("cold") {
         b.cold().await;
     }
-    let main_groups = ["noop", "failover", "switchover", "load", "rebuild"];
+    let main_groups = ["noop", "failover", "switchover", "pool", "load", "rebuild"];
     if main_groups.iter().any(|g| b.wants(g)) {
         let info = b.lab("pgha-b-main", 3).await;
         let inv = info.inventory_path.display().to_string();
@@ -331,6 +331,10 @@ async fn main() {
         }
         if b.wants("switchover") {
             b.switchover(&info, &inv, &target).await;
+        }
+        // Turns pooling on for the figures after it.
+        if b.wants("pool") {
+            b.pooled_switchover(&info, &inv, &target).await;
         }
         if b.wants("load") {
             b.load(&info).await;
