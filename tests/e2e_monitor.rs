@@ -136,17 +136,6 @@ impl Hook {
     }
 }
 
-fn add_vars(lab: &Lab, lines: &str) {
-    let inv = lab.inventory();
-    let text = std::fs::read_to_string(&inv).unwrap();
-    assert!(text.contains("all:\n  vars:\n"), "{text}");
-    std::fs::write(
-        &inv,
-        text.replacen("all:\n  vars:\n", &format!("all:\n  vars:\n{lines}"), 1),
-    )
-    .unwrap();
-}
-
 fn deploy_json(lab: &Lab) -> Value {
     let inv = lab.inventory();
     let (code, out, err) = pgha(&["deploy", "-i", &inv, "--output", "json"]);
@@ -208,13 +197,10 @@ async fn alerts_fire_for_each_failure_and_resolve() {
     let gw = lab::layout::gateway(lab.info.subnet);
     let hook = webhook(gw).await;
     let before = start_times(&lab).await;
-    add_vars(
-        &lab,
-        &format!(
-            "    alert_webhook_urls: [\"{}\"]\n    backup_archive_fail_minutes: 1\n",
-            hook.url
-        ),
-    );
+    lab.add_vars(&format!(
+        "    alert_webhook_urls: [\"{}\"]\n    backup_archive_fail_minutes: 1\n",
+        hook.url
+    ));
     let doc = deploy_json(&lab);
     assert!(doc["changed"].as_u64().unwrap_or(0) > 0, "{doc}");
     assert_eq!(

@@ -24,17 +24,6 @@ const LAB: &str = "pgha-e2e-pool";
 const POOL_PORT: u16 = 6432;
 const CLIENTS: usize = 1000;
 
-fn add_vars(lab: &Lab, lines: &str) {
-    let inv = lab.inventory();
-    let text = std::fs::read_to_string(&inv).unwrap();
-    assert!(text.contains("all:\n  vars:\n"), "{text}");
-    std::fs::write(
-        &inv,
-        text.replacen("all:\n  vars:\n", &format!("all:\n  vars:\n{lines}"), 1),
-    )
-    .unwrap();
-}
-
 /// The pooled port as `user` (into `postgres`, where the test's table is).
 fn pooled(lab: &Lab, user: &str, password: &str) -> Target {
     lab.target().as_user(user, password, "postgres")
@@ -57,8 +46,7 @@ async fn server_connections(lab: &Lab) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     let lab = Lab::up_without_backups(LAB).await;
-    add_vars(
-        &lab,
+    lab.add_vars(
         "    pgbouncer_enabled: true\n    monitoring_enabled: false\n    postgresql_parameters:\n      max_connections: 100\n    postgresql_users:\n      - name: pooluser\n",
     );
     let inv = lab.inventory();

@@ -190,6 +190,19 @@ impl Lab {
         self.info.inventory_path.display().to_string()
     }
 
+    /// Put `lines` (indented as cluster variables) at the top of the inventory's
+    /// `all: vars:`.
+    pub fn add_vars(&self, lines: &str) {
+        let inv = self.inventory();
+        let text = std::fs::read_to_string(&inv).unwrap();
+        assert!(text.contains("all:\n  vars:\n"), "{text}");
+        std::fs::write(
+            &inv,
+            text.replacen("all:\n  vars:\n", &format!("all:\n  vars:\n{lines}"), 1),
+        )
+        .unwrap();
+    }
+
     pub fn ip(&self, host: &str) -> String {
         self.info
             .hosts
