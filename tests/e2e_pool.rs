@@ -47,7 +47,7 @@ async fn server_connections(lab: &Lab) -> i64 {
 async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     let lab = Lab::up_without_backups(LAB).await;
     lab.add_vars(
-        "    pgbouncer_enabled: true\n    monitoring_enabled: false\n    postgresql_parameters:\n      max_connections: 100\n    postgresql_users:\n      - name: pooluser\n",
+        "    pgbouncer_enabled: true\n    postgresql_parameters:\n      max_connections: 100\n    postgresql_users:\n      - name: pooluser\n",
     );
     let inv = lab.inventory();
     let (code, out, err) = pgha(&["deploy", &inv]);
@@ -67,6 +67,16 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
         !listening.contains(&format!("0.0.0.0:{POOL_PORT} ")),
         "{listening}"
     );
+    // Scraped: every target up, PgBouncer's exporter among them.
+    let mon = Monitor { host: "router1" };
+    let mut hosts = lab.db_hosts();
+    hosts.push("router1".into());
+    let mut want = mon.targets(&lab.db_hosts(), &hosts, false);
+    want.push(("pgbouncer".into(), "router1".into()));
+    want.sort();
+    mon.all_targets_up(&lab, &want).await;
+    mon.expect_series(&lab, "pgbouncer_up", 1, |v| v == 1.0)
+        .await;
 
     // A role from the inventory logs in through the pooler; the wrong password, no
     // TLS and the superuser do not.

@@ -219,6 +219,7 @@ pub fn template_env(lib: &Library) -> Environment<'static> {
     env.add_filter("envquote", quote::envquote);
     env.add_filter("haproxy_quote", quote::haproxy_quote);
     env.add_filter("pgbouncer_quote", quote::pgbouncer_quote);
+    env.add_filter("uri_component", quote::uri_component);
     for (name, text) in &lib.templates {
         env.add_template_owned(name.clone(), text.clone())
             .expect("template syntax is checked by tests");

@@ -897,8 +897,30 @@ fn pgbouncer_on_the_routers_in_front_of_the_write_port() {
     let (_, shown) = crate::engine::mask::mask_pair(&f.secrets, "", &users);
     assert!(!shown.contains("p\"\"w"), "{shown}");
 
+    // Scraped through its exporter, which reads the console as the auth user.
+    let prom = file(&d, "router1", "/etc/prometheus/prometheus.yml");
+    assert!(
+        prom.contains(
+            "  - job_name: pgbouncer\n    static_configs:\n      - targets: [\"10.9.0.21:9127\"]\n"
+        ),
+        "{prom}"
+    );
+    let exporter = file(&d, "router1", "/etc/default/prometheus-pgbouncer-exporter");
+    assert!(
+        exporter.contains(
+            "PGBOUNCER_EXPORTER_CONNECTION_STRING=\"postgres://pgha_pgbouncer:p%22w%5Cx@10.9.0.21:6432/pgbouncer?sslmode=disable\"\n"
+        ),
+        "{exporter}"
+    );
+    assert!(exporter.contains("ARGS=\"--web.listen-address=10.9.0.21:9127\"\n"));
+
     inv.cluster.tls = true;
     let (d, _) = with_certificates(&inv);
+    let exporter = file(&d, "router1", "/etc/default/prometheus-pgbouncer-exporter");
+    assert!(
+        exporter.contains("/pgbouncer?sslmode=verify-full&sslrootcert=/etc/pgbouncer/tls/ca.crt\""),
+        "{exporter}"
+    );
     let ini = file(&d, "router1", "/etc/pgbouncer/pgbouncer.ini");
     for line in [
         "client_tls_sslmode = require\n",

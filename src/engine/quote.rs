@@ -97,9 +97,29 @@ pub fn pgbouncer_quote(v: String) -> Result<String, Error> {
     Ok(format!("\"{}\"", v.replace('"', "\"\"")))
 }
 
+/// Percent-encode a value for one component of a URL (a user or a password in a
+/// connection URI): everything but RFC 3986's unreserved characters.
+pub fn uri_component(v: String) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn uri_component_leaves_only_unreserved_characters() {
+        assert_eq!(uri_component("pgha_pgbouncer".into()), "pgha_pgbouncer");
+        assert_eq!(uri_component("a b@c:d/e%f".into()), "a%20b%40c%3Ad%2Fe%25f");
+        assert_eq!(uri_component("ä".into()), "%C3%A4");
+    }
 
     #[test]
     fn pgbouncer_quote_doubles_quotes_only() {

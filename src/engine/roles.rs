@@ -158,7 +158,7 @@ pub struct Library {
 }
 
 /// Role names in the order their phases run.
-pub const ROLE_ORDER: [&str; 13] = [
+pub const ROLE_ORDER: [&str; 14] = [
     "common",
     "docker",
     "postgres",
@@ -170,11 +170,12 @@ pub const ROLE_ORDER: [&str; 13] = [
     "pgbouncer",
     "node_exporter",
     "pgbackrest_exporter",
+    "pgbouncer_exporter",
     "alertmanager",
     "prometheus",
 ];
 
-const BUILTIN_ROLES: [(&str, &str); 13] = [
+const BUILTIN_ROLES: [(&str, &str); 14] = [
     ("common", include_str!("../../roles/common.yml")),
     ("docker", include_str!("../../roles/docker.yml")),
     ("postgres", include_str!("../../roles/postgres.yml")),
@@ -192,11 +193,15 @@ const BUILTIN_ROLES: [(&str, &str); 13] = [
         "pgbackrest_exporter",
         include_str!("../../roles/pgbackrest_exporter.yml"),
     ),
+    (
+        "pgbouncer_exporter",
+        include_str!("../../roles/pgbouncer_exporter.yml"),
+    ),
     ("alertmanager", include_str!("../../roles/alertmanager.yml")),
     ("prometheus", include_str!("../../roles/prometheus.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 27] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 28] = [
     (
         "pgbackrest.conf.j2",
         include_str!("../../templates/pgbackrest.conf.j2"),
@@ -269,6 +274,10 @@ const BUILTIN_TEMPLATES: [(&str, &str); 27] = [
     (
         "pgbouncer-limits.conf.j2",
         include_str!("../../templates/pgbouncer-limits.conf.j2"),
+    ),
+    (
+        "pgbouncer-exporter.env.j2",
+        include_str!("../../templates/pgbouncer-exporter.env.j2"),
     ),
     (
         "node-exporter.env.j2",

@@ -35,9 +35,11 @@ impl Component {
             "exporter" => Component::Exporter,
             "haproxy" => Component::Haproxy,
             "pgbackrest" => Component::Pgbackrest,
-            "node_exporter" | "pgbackrest_exporter" | "alertmanager" | "prometheus" => {
-                Component::Monitoring
-            }
+            "node_exporter"
+            | "pgbackrest_exporter"
+            | "pgbouncer_exporter"
+            | "alertmanager"
+            | "prometheus" => Component::Monitoring,
             _ => return None,
         })
     }

@@ -295,6 +295,8 @@ pub struct Cluster {
     /// The role PgBouncer looks passwords up with (auth_query) and pgha administers
     /// it as.
     pub pgbouncer_auth_user: String,
+    /// PgBouncer's exporter on each router (with monitoring).
+    pub pgbouncer_exporter_port: u16,
 }
 
 impl Cluster {
@@ -421,6 +423,7 @@ impl Default for Cluster {
             pgbouncer_max_prepared_statements: 200,
             pgbouncer_pause_timeout: 10,
             pgbouncer_auth_user: "pgha_pgbouncer".into(),
+            pgbouncer_exporter_port: 9127,
         }
     }
 }

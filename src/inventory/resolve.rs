@@ -814,6 +814,7 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(pgbouncer_max_prepared_statements, u32);
     set!(pgbouncer_pause_timeout, u32);
     set!(pgbouncer_auth_user, str);
+    set!(pgbouncer_exporter_port, u16);
     c.backup_max_age_hours = default_max_age_hours(&c);
     set!(backup_max_age_hours, u32);
     c

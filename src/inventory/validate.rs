@@ -273,6 +273,9 @@ fn ports(ctx: &mut Ctx, v: &V) {
             ]);
             if c.pgbouncer_enabled {
                 ports.push(("pgbouncer_port", c.pgbouncer_port));
+                if c.monitoring_enabled {
+                    ports.push(("pgbouncer_exporter_port", c.pgbouncer_exporter_port));
+                }
             }
         }
         for (i, (ka, pa)) in ports.iter().enumerate() {

@@ -315,6 +315,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     ),
     k("pgbouncer_pause_timeout", C, Kind::Int { min: 1, max: 300 }),
     k("pgbouncer_auth_user", C, Kind::Role),
+    k("pgbouncer_exporter_port", C, Kind::Port),
     k("superuser_password", S, Kind::Secret),
     k("replication_password", S, Kind::Secret),
     k("rewind_password", S, Kind::Secret),

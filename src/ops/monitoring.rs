@@ -12,9 +12,10 @@ use crate::wait::{WaitError, until};
 
 /// The monitoring's roles, in the order a rollout configures them (any host may
 /// have node_exporter; the repository's host and the monitoring host the others).
-pub const ROLES: [&str; 4] = [
+pub const ROLES: [&str; 5] = [
     "node_exporter",
     "pgbackrest_exporter",
+    "pgbouncer_exporter",
     "alertmanager",
     "prometheus",
 ];
@@ -42,6 +43,9 @@ pub fn expected_targets(inv: &Inventory) -> BTreeSet<(String, String)> {
     }
     for h in inv.router_hosts() {
         add("haproxy", &h.name);
+        if inv.cluster.pgbouncer_enabled {
+            add("pgbouncer", &h.name);
+        }
     }
     if let Some(b) = inv.backup_host() {
         add("pgbackrest", &b.name);
