@@ -176,7 +176,7 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
 
     // A writer through the pooled port across a switchover: no error at all.
     let t = Instant::now();
-    let writer = Writer::start_on(&user, POOL_PORT, "pooled", 1);
+    let writer = Writer::start_pooled(&user, POOL_PORT, "pooled", 1);
     writer
         .wait_acked(20, t, None, Duration::from_secs(60))
         .await
@@ -226,7 +226,7 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
         assert_ne!(text, before, "max_connections set to {n}");
         std::fs::write(&inv, text).unwrap();
         let t = Instant::now();
-        let writer = Writer::start_on(&user, POOL_PORT, "pooled", first_id);
+        let writer = Writer::start_pooled(&user, POOL_PORT, "pooled", first_id);
         writer
             .wait_acked(20, t, None, Duration::from_secs(60))
             .await
@@ -293,7 +293,7 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     // same writer writes again by itself; nothing acknowledged is lost.
     let leader = healthy_cluster(&lab).await;
     let t = Instant::now();
-    let writer = Writer::start_on(&user, POOL_PORT, "pooled", 100_000);
+    let writer = Writer::start_pooled(&user, POOL_PORT, "pooled", 100_000);
     writer
         .wait_acked(20, t, None, Duration::from_secs(60))
         .await

@@ -243,7 +243,7 @@ impl Bench {
         for i in 0..self.args.runs {
             wait_healthy(info).await;
             let first = (i as i32 + 1) * 1_000_000;
-            let pooled = Writer::start_on(&app, 6432, "bench_pool", first);
+            let pooled = Writer::start_pooled(&app, 6432, "bench_pool", first);
             let direct = Writer::start(target, "bench_sw", first + 500_000);
             tokio::time::sleep(Duration::from_secs(2)).await;
             let t = Instant::now();
