@@ -74,9 +74,9 @@ pub struct Ack {
 }
 
 /// A client inserting rows through the router's write port until stopped. Every
-/// insert is bounded (no answer within 3 s, 40 s through a pooler, is no acknowledgement) and reports the
-/// server that acknowledged it; every failure (a connection refused or lost, an
-/// insert failed or unanswered) is recorded.
+/// insert is bounded (no answer within 3 s, 40 s through a pooler, is no
+/// acknowledgement) and reports the server that acknowledged it; every failure (a
+/// connection refused or lost, an insert failed or unanswered) is recorded.
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<Ack>>>,
