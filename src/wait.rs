@@ -15,14 +15,51 @@ pub struct WaitError {
 }
 
 /// Poll `check` until it returns Ok or `timeout` passes. `check` returns Err(state)
-/// while the condition does not hold; that state is reported on timeout.
-pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, WaitError>
+/// while the condition does not hold; that state is reported on timeout. Polls
+/// every 200 ms at first, then less often (up to every second).
+pub async fn until<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T, WaitError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    poll(
+        what,
+        timeout,
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+        check,
+    )
+    .await
+}
+
+/// `until` polling every `every`, without backing off: for a wait that clients
+/// sit through (paused poolers), where each poll's lateness is theirs.
+pub async fn until_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    check: F,
+) -> Result<T, WaitError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    poll(what, timeout, every, every, check).await
+}
+
+async fn poll<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    first: Duration,
+    most: Duration,
+    mut check: F,
+) -> Result<T, WaitError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
     let start = Instant::now();
-    let mut interval = Duration::from_millis(200);
+    let mut interval = first;
     loop {
         let last = match check().await {
             Ok(v) => return Ok(v),
@@ -38,7 +75,7 @@ where
         }
         tracing::debug!("waiting for {what}: {last}");
         tokio::time::sleep(interval.min(timeout - elapsed)).await;
-        interval = (interval * 3 / 2).min(Duration::from_secs(1));
+        interval = (interval * 3 / 2).min(most);
     }
 }
 

@@ -15,7 +15,7 @@ use super::waits;
 use crate::error::Failure;
 use crate::probe::patroni::{self, ClusterView, SwitchoverAnswer};
 use crate::probe::{Net, sql};
-use crate::wait::until;
+use crate::wait::{until, until_every};
 
 /// Bound for a member to come back after a restart, or to stream after one.
 pub const MEMBER: Duration = Duration::from_secs(300);
@@ -543,31 +543,46 @@ pub(super) async fn resume(
 }
 
 /// After the request: the candidate leads and every router's write port reaches it.
+/// Polled every 100 ms: pooled clients wait on this.
 pub(super) async fn writes_reach(
     ctx: &Ctx<'_>,
     leader: &str,
     candidate: &str,
     routers: &[sql::Endpoint],
 ) -> Result<(), Failure> {
-    waits::wait_leader(&ctx.ep, Some(candidate), TAKEOVER)
-        .await
-        .map_err(|e| {
-            Failure::error(format!(
-                "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
-            ))
-        })?;
+    const EVERY: Duration = Duration::from_millis(100);
+    let apis = ctx.ep.patroni_apis();
+    until_every(
+        &format!("{candidate} to become the Patroni leader"),
+        TAKEOVER,
+        EVERY,
+        || async {
+            let view = patroni::cluster_any(&ctx.ep.net, &apis).await?;
+            match view.leader() {
+                Some(l) if l.name == candidate => Ok(()),
+                _ => Err(view.summary()),
+            }
+        },
+    )
+    .await
+    .map_err(|e| {
+        Failure::error(format!(
+            "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
+        ))
+    })?;
     let candidate_ip = ctx
         .inv
         .host(candidate)
         .map(|h| h.ip.to_string())
         .unwrap_or_default();
     for ep in routers {
-        until(
+        until_every(
             &format!(
                 "{}:{} to reach the new leader {candidate}",
                 ep.host, ep.port
             ),
             TAKEOVER,
+            EVERY,
             || async {
                 let addr = write_port_primary(&ctx.ep.net, ep).await?;
                 if addr == candidate_ip {
