@@ -288,6 +288,21 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
         .unwrap()
         .expect("the held query succeeds");
     assert!(done >= resumed);
+    // A pooler left paused is shown by status, and a deploy puts it back in
+    // service.
+    let (code, _, _) = pgha(&["pool", "pause", &inv]);
+    assert_eq!(code, 0);
+    let (_, out, _) = pgha(&["status", &inv]);
+    assert!(out.contains("pooler router1: PAUSED"), "{out}");
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with a paused pooler:\n{out}\n{err}");
+    let (_, out, _) = pgha(&["pool", "show", &inv, "--output", "json"]);
+    assert_eq!(json_doc(&out)["poolers"][0]["paused"], false, "{out}");
+    let c = pg(&user, POOL_PORT)
+        .await
+        .expect("connect after the deploy");
+    c.query_one("SELECT 1", &[]).await.expect("served again");
+    drop(c);
 
     // A hard kill of the leader: errors for the failover window only, then the
     // same writer writes again by itself; nothing acknowledged is lost.

@@ -106,9 +106,9 @@ async fn show(ctx: &Ctx<'_>, ui: &Ui) -> Result<Exit, Failure> {
         let doc: Vec<_> = all
             .iter()
             .map(|(r, p)| match p {
-                Ok(pools) => {
-                    let (clients, waiting, servers) = pgbouncer::totals(pools);
-                    json!({"router": r, "clients": clients, "waiting": waiting, "servers": servers, "pools": pools})
+                Ok(v) => {
+                    let (clients, waiting, servers) = pgbouncer::totals(&v.pools);
+                    json!({"router": r, "paused": v.paused, "clients": clients, "waiting": waiting, "servers": servers, "pools": v.pools})
                 }
                 Err(e) => json!({"router": r, "error": e}),
             })
@@ -117,12 +117,13 @@ async fn show(ctx: &Ctx<'_>, ui: &Ui) -> Result<Exit, Failure> {
     } else {
         for (r, p) in &all {
             match p {
-                Ok(pools) => {
-                    let (clients, waiting, servers) = pgbouncer::totals(pools);
+                Ok(v) => {
+                    let (clients, waiting, servers) = pgbouncer::totals(&v.pools);
+                    let paused = if v.paused { "PAUSED, " } else { "" };
                     ui.line(format!(
-                        "{r}: {clients} client(s), {waiting} waiting, {servers} server connection(s)"
+                        "{r}: {paused}{clients} client(s), {waiting} waiting, {servers} server connection(s)"
                     ));
-                    for p in pools {
+                    for p in &v.pools {
                         ui.line(format!(
                             "  {}/{} ({}): clients {} active {} waiting (oldest {}s), servers {} active {} idle {} used",
                             p.database,

@@ -125,8 +125,17 @@ pub fn render(s: &Snapshot) -> String {
         for p in &s.poolers {
             match &p.error {
                 None => out.push_str(&format!(
-                    "pooler {}: {} client(s), {} waiting (longest {}s), {} server connection(s)\n",
-                    p.router, p.clients, p.waiting, p.maxwait, p.servers
+                    "pooler {}: {}{} client(s), {} waiting (longest {}s), {} server connection(s)\n",
+                    p.router,
+                    if p.paused {
+                        "PAUSED (clients wait: `pgha pool resume`), "
+                    } else {
+                        ""
+                    },
+                    p.clients,
+                    p.waiting,
+                    p.maxwait,
+                    p.servers
                 )),
                 Some(e) => out.push_str(&format!("pooler {}: not answering ({e})\n", p.router)),
             }

@@ -116,14 +116,15 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
     snap.poolers = poolers
         .into_iter()
         .map(|(router, r)| match r {
-            Ok(pools) => {
-                let (clients, waiting, servers) = crate::probe::pgbouncer::totals(&pools);
+            Ok(v) => {
+                let (clients, waiting, servers) = crate::probe::pgbouncer::totals(&v.pools);
                 super::verdict::PoolerState {
                     router,
                     clients,
                     waiting,
                     servers,
-                    maxwait: pools.iter().map(|p| p.maxwait).max().unwrap_or(0),
+                    maxwait: v.pools.iter().map(|p| p.maxwait).max().unwrap_or(0),
+                    paused: v.paused,
                     error: None,
                 }
             }
@@ -133,6 +134,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
                 waiting: 0,
                 servers: 0,
                 maxwait: 0,
+                paused: false,
                 error: Some(e),
             },
         })

@@ -16,17 +16,48 @@ use crate::probe::sql::Endpoint;
 /// Bound of one console command that does not wait for clients.
 const CONSOLE: Duration = Duration::from_secs(5);
 
-/// Each pooler's pools (or why it did not answer).
-pub async fn show(ep: &Endpoints) -> Vec<(String, Result<Vec<Pool>, String>)> {
+/// One pooler as `show` reads it.
+#[derive(Debug, Clone)]
+pub struct PoolerView {
+    pub pools: Vec<Pool>,
+    pub paused: bool,
+}
+
+/// Each pooler's pools and whether it is paused (or why it did not answer).
+pub async fn show(ep: &Endpoints) -> Vec<(String, Result<PoolerView, String>)> {
     join_all(ep.poolers.iter().map(|(name, e)| async move {
         let r = async {
             let c = pgbouncer::console(&ep.net, e, CONSOLE).await?;
-            pgbouncer::pools(&c).await
+            Ok(PoolerView {
+                pools: pgbouncer::pools(&c).await?,
+                paused: pgbouncer::paused(&c).await?,
+            })
         }
         .await;
         (name.clone(), r)
     }))
     .await
+}
+
+/// Resume every pooler left paused (a planned operation interrupted before its
+/// RESUME, or a `pgha pool pause`): the routers it resumed.
+pub async fn resume_left_paused(ep: &Endpoints) -> Result<Vec<String>, String> {
+    let mut resumed = Vec::new();
+    for (name, view) in show(ep).await {
+        if view.map_err(|e| format!("{name}: {e}"))?.paused {
+            let e = ep
+                .poolers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, e)| e)
+                .expect("a pooler of the endpoints");
+            command(ep, e, "RESUME", CONSOLE)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            resumed.push(name);
+        }
+    }
+    Ok(resumed)
 }
 
 /// Run one console command on a pooler, bounded.

@@ -165,6 +165,8 @@ pub struct PoolerState {
     pub servers: u64,
     /// Seconds the longest-waiting client has waited.
     pub maxwait: u64,
+    /// Paused: its clients wait until `pgha pool resume` (or the next deploy).
+    pub paused: bool,
     pub error: Option<String>,
 }
 

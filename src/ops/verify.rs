@@ -68,6 +68,15 @@ pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
         );
     }
     if ctx.inv.cluster.pgbouncer_enabled {
+        // A pooler left paused (a run interrupted between PAUSE and RESUME, or
+        // `pgha pool pause`) holds every client: a deploy puts it back in service.
+        let resumed = super::pool::resume_left_paused(&ctx.ep)
+            .await
+            .map_err(|e| fail(format!("reading the poolers' state: {e}")))?;
+        for r in resumed {
+            ctx.ui
+                .warn(format!("the pooler on {r} was paused: resumed"));
+        }
         let reached = super::pool::wait_app_through_poolers(ctx, VERIFY)
             .await
             .map_err(|e| fail(e.to_string()))?;

@@ -82,6 +82,18 @@ pub fn parse_pools(rows: &[BTreeMap<String, String>]) -> Vec<Pool> {
         .collect()
 }
 
+/// Whether the pooler is paused (`SHOW STATE`: active, paused, suspended).
+pub async fn paused(c: &Client) -> Result<bool, String> {
+    Ok(parse_paused(&rows(c, "SHOW STATE").await?))
+}
+
+pub fn parse_paused(rows: &[BTreeMap<String, String>]) -> bool {
+    rows.iter().any(|r| {
+        r.get("key").map(String::as_str) == Some("paused")
+            && r.get("value").map(String::as_str) == Some("yes")
+    })
+}
+
 /// The pooler's totals: (clients, waiting clients, server connections).
 pub fn totals(pools: &[Pool]) -> (u64, u64, u64) {
     pools.iter().fold((0, 0, 0), |(c, w, s), p| {
@@ -101,6 +113,22 @@ mod tests {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_paused_state_is_read() {
+        let state = |p: &str| {
+            vec![
+                row(&[
+                    ("key", "active"),
+                    ("value", if p == "yes" { "no" } else { "yes" }),
+                ]),
+                row(&[("key", "paused"), ("value", p)]),
+                row(&[("key", "suspended"), ("value", "no")]),
+            ]
+        };
+        assert!(parse_paused(&state("yes")));
+        assert!(!parse_paused(&state("no")));
     }
 
     #[test]
