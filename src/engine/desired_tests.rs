@@ -34,10 +34,13 @@ fn role_of(d: &[HostDesired], host: &str, role: &str) -> DesiredRole {
         .unwrap_or_else(|| panic!("{host} has no role {role}"))
 }
 
-fn file(d: &[HostDesired], host: &str, path: &str) -> String {
+fn desired_file<'a>(d: &'a [HostDesired], host: &str, path: &str) -> &'a DesiredFile {
     let h = d.iter().find(|h| h.host == host).unwrap();
-    let f = h.files().find(|f| f.path == path).unwrap();
-    String::from_utf8(f.content.clone()).unwrap()
+    h.files().find(|f| f.path == path).unwrap()
+}
+
+fn file(d: &[HostDesired], host: &str, path: &str) -> String {
+    String::from_utf8(desired_file(d, host, path).content.clone()).unwrap()
 }
 
 #[test]
@@ -743,13 +746,7 @@ fn monitoring_scrapes_every_component_on_its_hosts_address_and_can_be_turned_off
     let am = file(&d, "router1", "/etc/prometheus/alertmanager.yml");
     assert!(am.contains("      - url: \"http://10.9.0.99:9099/hook?token=s3cret\"\n        send_resolved: true\n"), "{am}");
     // The webhook's token is masked in diffs.
-    let f = d
-        .iter()
-        .find(|h| h.host == "router1")
-        .unwrap()
-        .files()
-        .find(|f| f.path == "/etc/prometheus/alertmanager.yml")
-        .unwrap();
+    let f = desired_file(&d, "router1", "/etc/prometheus/alertmanager.yml");
     let (_, shown) = crate::engine::mask::mask_pair(&f.secrets, "", &am);
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(shown.contains("      - url: <redacted"), "{shown}");
@@ -886,13 +883,7 @@ fn pgbouncer_on_the_routers_in_front_of_the_write_port() {
     assert!(!ini.contains("tls"), "TLS off in the sample:\n{ini}");
     let users = file(&d, "router1", "/etc/pgbouncer/userlist.txt");
     assert_eq!(users, "\"pgha_pgbouncer\" \"p\"\"w\\x\"\n");
-    let f = d
-        .iter()
-        .find(|h| h.host == "router1")
-        .unwrap()
-        .files()
-        .find(|f| f.path == "/etc/pgbouncer/userlist.txt")
-        .unwrap();
+    let f = desired_file(&d, "router1", "/etc/pgbouncer/userlist.txt");
     assert_eq!(f.mode, 0o640);
     let (_, shown) = crate::engine::mask::mask_pair(&f.secrets, "", &users);
     assert!(!shown.contains("p\"\"w"), "{shown}");
