@@ -111,21 +111,32 @@ pub async fn rolling_restart(
         // Pooled clients wait through the restart: resumed once every write port
         // reaches the leader again (bounded, and on any error).
         let paused = super::pool::pause_planned(ctx).await?;
+        // Ok(true): the write ports did not reach it within the pause's bound.
         let r = async {
             restart_member(ctx, &leader).await?;
             if paused.is_empty() {
-                return Ok(true);
+                return Ok(false);
             }
             let back = super::switchover::writes_reach(ctx, &leader, &leader, &routers);
-            Ok::<_, Failure>(
-                tokio::time::timeout(super::switchover::POOLER_PAUSE_MAX, back)
-                    .await
-                    .is_ok_and(|r| r.is_ok()),
-            )
+            match tokio::time::timeout(super::switchover::POOLER_PAUSE_MAX, back).await {
+                Ok(r) => r.map(|()| false),
+                Err(_) => Ok(true),
+            }
         }
         .await;
-        let on_time = *r.as_ref().unwrap_or(&false);
-        super::switchover::resume(ctx, &leader, paused, !on_time).await;
+        let late = matches!(r, Ok(true));
+        super::switchover::resume(
+            ctx,
+            &leader,
+            paused,
+            late.then_some("the leader restarted in place"),
+        )
+        .await;
+        let r = match r {
+            // Resumed on the bound: still wait (bounded) for the write ports.
+            Ok(true) => super::switchover::writes_reach(ctx, &leader, &leader, &routers).await,
+            other => other.map(|_| ()),
+        };
         let gap = super::gap::stop_all(probes).await;
         r?;
         if let Some(g) = &gap {

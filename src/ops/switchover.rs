@@ -471,7 +471,7 @@ async fn switch(
         {
             SwitchoverAnswer::Done => crate::testpoint::pause("switchover:requested").await,
             SwitchoverAnswer::Refused(why) => {
-                resume(ctx, leader, paused, false).await;
+                resume(ctx, leader, paused, None).await;
                 // Nothing happened: with a free choice, try a fresh one until the deadline.
                 if opts.to.is_some() || Instant::now() >= deadline {
                     return Err(refused(format!("Patroni refused: {why}")));
@@ -498,12 +498,12 @@ async fn switch(
             let reach = writes_reach(ctx, leader, candidate, routers);
             match tokio::time::timeout(POOLER_PAUSE_MAX, reach).await {
                 Ok(r) => {
-                    let secs = resume(ctx, leader, paused, false).await;
+                    let secs = resume(ctx, leader, paused, None).await;
                     r?;
                     Some(secs)
                 }
                 Err(_) => {
-                    let secs = resume(ctx, leader, paused, true).await;
+                    let secs = resume(ctx, leader, paused, Some("the new leader")).await;
                     writes_reach(ctx, leader, candidate, routers).await?;
                     Some(secs)
                 }
@@ -515,20 +515,20 @@ async fn switch(
 }
 
 /// Resume the poolers a switchover paused; the seconds they were paused.
-/// `timed_out`: the write ports did not reach the new leader within the bound.
+/// `late`: what the write ports did not reach within the bound (said in a warning).
 pub(super) async fn resume(
     ctx: &Ctx<'_>,
     leader: &str,
     paused: super::pool::Paused,
-    timed_out: bool,
+    late: Option<&str>,
 ) -> f64 {
     if paused.is_empty() {
         return 0.0;
     }
     let (secs, failed) = paused.resume(&ctx.ep).await;
-    if timed_out {
+    if let Some(what) = late {
         ctx.ui.warn(format!(
-            "the routers' write ports did not reach the new leader within {}s: poolers resumed anyway \
+            "the routers' write ports did not reach {what} within {}s: poolers resumed anyway \
              (their clients may see errors until the routers follow)",
             POOLER_PAUSE_MAX.as_secs()
         ));
@@ -566,9 +566,13 @@ pub(super) async fn writes_reach(
     )
     .await
     .map_err(|e| {
-        Failure::error(format!(
-            "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
-        ))
+        Failure::error(if leader == candidate {
+            format!("{leader} was restarted in place, but {e}")
+        } else {
+            format!(
+                "switchover {leader} -> {candidate} was requested once and not repeated, but {e}"
+            )
+        })
     })?;
     let candidate_ip = ctx
         .inv
