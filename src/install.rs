@@ -157,6 +157,18 @@ pub fn disable(role: &DesiredRole) -> String {
     }
 }
 
+/// Stop a service for good (its role turned off): the unit stopped and disabled,
+/// or its container removed (its restart policy would bring it back).
+pub fn retire(service: &str, container: Option<&str>) -> String {
+    match container {
+        None => format!(
+            "systemctl disable --now --quiet {}",
+            shell_quote(&format!("{service}.service"))
+        ),
+        Some(c) => format!("docker rm -f {} >/dev/null", shell_quote(c)),
+    }
+}
+
 /// A shell test that succeeds when the service runs.
 pub fn is_active(role: &DesiredRole) -> String {
     match &role.container {

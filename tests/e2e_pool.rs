@@ -212,18 +212,13 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     // A parameter that needs a restart, raised (replicas, then a switchover) and
     // lowered (the leader restarted in place first), under a pooled writer: no
     // error either time.
-    for (n, first_id) in [(120, 200_000), (100, 300_000)] {
-        let text = std::fs::read_to_string(&inv).unwrap();
-        let before = text.clone();
-        let text = text.replace(
-            "      max_connections: 100\n",
+    for (was, n, first_id) in [(100, 120, 200_000), (120, 100, 300_000)] {
+        let before = std::fs::read_to_string(&inv).unwrap();
+        let text = before.replace(
+            &format!("      max_connections: {was}\n"),
             &format!("      max_connections: {n}\n"),
         );
-        let text = text.replace(
-            "      max_connections: 120\n",
-            &format!("      max_connections: {n}\n"),
-        );
-        assert_ne!(text, before, "max_connections set to {n}");
+        assert_ne!(text, before, "max_connections set from {was} to {n}");
         std::fs::write(&inv, text).unwrap();
         let t = Instant::now();
         let writer = Writer::start_pooled(&user, POOL_PORT, "pooled", first_id);
@@ -346,4 +341,36 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     // status shows the pooler.
     let (_, out, _) = pgha(&["status", &inv]);
     assert!(out.contains("pooler router1: "), "{out}");
+
+    // Pooling turned off: deploy stops and disables PgBouncer and its exporter on
+    // the router (nothing listens on the pooled port any more), and the next
+    // deploy has nothing left to do.
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let off = text.replace(
+        "    pgbouncer_enabled: true\n",
+        "    pgbouncer_enabled: false\n",
+    );
+    assert_ne!(off, text);
+    std::fs::write(&inv, off).unwrap();
+    let (code, out, err) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "deploy with pooling off:\n{out}\n{err}");
+    for unit in ["pgbouncer", "prometheus-pgbouncer-exporter"] {
+        let (_, state) = lab.sh(
+            "router1",
+            &format!("systemctl is-active {unit}; systemctl is-enabled {unit}"),
+        );
+        assert_eq!(
+            state.split_whitespace().collect::<Vec<_>>(),
+            ["inactive", "disabled"],
+            "{unit} stopped and disabled: {state}"
+        );
+    }
+    let (_, listening) = lab.sh("router1", "ss -Htln");
+    assert!(
+        !listening.contains(&format!(":{POOL_PORT} ")),
+        "nothing listens on the pooled port: {listening}"
+    );
+    let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json_doc(&out)["changed"], 0, "nothing left to do: {out}");
 }

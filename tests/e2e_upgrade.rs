@@ -1,8 +1,11 @@
 //! End-to-end: `pgha upgrade` on its own lab (`pgha-e2e-upgrade`). A cluster
 //! deployed with PostgreSQL and HAProxy pinned to older builds, then upgraded to
 //! Debian's current ones with the pins lifted while a writer inserts through :5000;
-//! the first run is killed after its first replica and run again. Assertions read
-//! the hosts and the running servers, not pgha's report.
+//! the first run is killed after its first replica and run again. A second writer
+//! goes through PgBouncer on the router: it must see no error at all (the poolers
+//! are paused around the switchover, and the next run resumes the ones a killed
+//! run left paused). Assertions read the hosts and the running servers, not
+//! pgha's report.
 //!
 //! The older builds are the hosts' current candidates repackaged as `<version>~e2e`
 //! (`pgha::lab::rehearsal`): a real package upgrade whatever the mirror holds today.
@@ -124,6 +127,7 @@ async fn revoke_lock(lab: &Lab) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     let lab = Lab::up(LAB, "root").await;
+    lab.add_vars("    pgbouncer_enabled: true\n    postgresql_users:\n      - name: pooluser\n");
     let inv = lab.inventory();
     let mut pg_new = String::new();
     for h in lab.db_hosts() {
@@ -260,6 +264,20 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         .await
         .unwrap();
     let writer = writer_going(&lab, "upg", 1).await;
+    c.batch_execute(
+        "CREATE TABLE upg_pooled (id int PRIMARY KEY, note text); GRANT ALL ON upg_pooled TO pooluser",
+    )
+    .await
+    .unwrap();
+    let pooluser = lab
+        .target()
+        .as_user("pooluser", &lab.secret("user.pooluser"), "postgres");
+    let t0 = Instant::now();
+    let pooled = pgha::lab::clients::Writer::start_pooled(&pooluser, 6432, "upg_pooled", 1);
+    pooled
+        .wait_acked(20, t0, None, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let work_key = format!("/pgha/{}/work", lab.cluster_name());
     let upgrade = ["upgrade", inv.as_str(), "--lock-wait", "90"];
 
@@ -337,6 +355,16 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
     assert_eq!(code, 0, "the last upgrade finishes");
     acked(&writer, 20, Instant::now(), None).await;
     let acked = writer.stop().await;
+    pooled
+        .wait_acked(20, Instant::now(), None, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        pooled.errors().is_empty(),
+        "the pooled writer saw errors across the upgrade and its interruptions: {:?}",
+        pooled.errors()
+    );
+    let pooled_acked = pooled.stop().await;
     assert!(json_doc(&out)["ok"] == true, "{out}");
     assert!(
         recorded(&lab, &work_key).await.is_empty(),
@@ -379,6 +407,12 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         acked.len()
     );
     assert_no_loss(&lab, "upg", &acked).await;
+    assert!(
+        pooled_acked.len() > 50,
+        "the pooled writer wrote throughout ({})",
+        pooled_acked.len()
+    );
+    assert_no_loss(&lab, "upg_pooled", &pooled_acked).await;
     let servers = haproxy_servers(&lab, "primary").await;
     assert_eq!(
         servers

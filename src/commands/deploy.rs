@@ -134,6 +134,7 @@ async fn run(
     conv.haproxy().await?;
     conv.backups().await?;
     conv.monitoring().await?;
+    conv.retire().await?;
     etcd_ops::keep_apart(conv.ctx).await;
     verify::verify(conv.ctx).await?;
     if !conv.ctx.limited() {

@@ -169,7 +169,8 @@ pub fn confirm_typed(
 
 /// SSH options: --known-hosts, else the inventory's pgha_known_hosts, else ~/.ssh/known_hosts.
 /// Run a command's work (REST and etcd only, no SSH) under the cluster lock,
-/// which is given back either way; a failure is also printed as one JSON document
+/// which is given back either way (poolers a killed run left paused are resumed
+/// first: these commands move the primary); a failure is also printed as one JSON document
 /// with `--output json`.
 pub async fn under_lock<T>(
     ctx: &crate::ops::Ctx<'_>,
@@ -178,6 +179,7 @@ pub async fn under_lock<T>(
     work: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
     let lock = crate::ops::lock::ClusterLock::acquire(ctx, command, true, wait).await?;
+    crate::ops::pool::resume_interrupted(ctx).await;
     let result = work.await;
     lock.release(ctx).await;
     result.inspect_err(|f| {

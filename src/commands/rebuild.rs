@@ -143,6 +143,8 @@ impl<'c, 'a> Rebuild<'c, 'a> {
         }
         crate::testpoint::pause("rebuild:assessed").await;
         let lock = ClusterLock::acquire(self.ctx, "pgha rebuild", true, self.lock_wait).await?;
+        // A killed run's PAUSE would hold pooled clients through this one.
+        crate::ops::pool::resume_interrupted(self.ctx).await;
         // Judged again under the lock: the cluster may have moved since the first
         // assessment (a switchover onto the target, a member lost).
         let a = match self.assess().await {

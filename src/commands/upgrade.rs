@@ -123,6 +123,8 @@ impl<'c, 'a> Upgrade<'c, 'a> {
             )));
         }
         let lock = ClusterLock::acquire(self.ctx, "pgha upgrade", true, self.lock_wait).await?;
+        // A killed run's PAUSE would hold pooled clients through this one.
+        crate::ops::pool::resume_interrupted(self.ctx).await;
         let result = self.apply(plan).await;
         lock.release(self.ctx).await;
         let report = result?;

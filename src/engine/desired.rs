@@ -75,6 +75,20 @@ pub struct HostDesired {
     pub host: String,
     /// Roles that apply to this host, in rollout order.
     pub roles: Vec<DesiredRole>,
+    /// Services of roles turned off in the inventory (`retire: true` roles whose
+    /// `when` is false here): stopped and disabled where they still run.
+    pub retired: Vec<Retired>,
+}
+
+/// A service that must not run on a host any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub role: String,
+    pub service: String,
+    /// The file whose pgha header shows pgha set the service up.
+    pub marker: String,
+    /// install_method docker: the container it runs in (pgha's by its name).
+    pub container: Option<String>,
 }
 
 impl HostDesired {
@@ -389,14 +403,34 @@ fn render(
         }
         let ctx = host_context(inv, host, &tags, inputs)?;
         let mut roles = Vec::new();
+        let mut retired = Vec::new();
         for role in &lib.roles {
             if let Some(r) = render_role(&env, &ctx, inv, host, role, inputs)? {
                 roles.push(r);
+            } else if let Some(marker) = role
+                .retire
+                .as_ref()
+                .filter(|_| role_applies(inv, host, role))
+            {
+                let docker = inv.cluster.install_method == crate::inventory::InstallMethod::Docker;
+                retired.extend(role.services.iter().map(|s| {
+                    Retired {
+                        role: role.name.clone(),
+                        service: s.clone(),
+                        marker: marker.clone(),
+                        container: role
+                            .container
+                            .as_ref()
+                            .filter(|_| docker)
+                            .map(|c| c.name.clone()),
+                    }
+                }));
             }
         }
         out.push(HostDesired {
             host: host.name.clone(),
             roles,
+            retired,
         });
     }
     Ok(out)
@@ -574,6 +608,21 @@ fn holds(
     Ok(expr.eval(ctx)?.is_true())
 }
 
+/// Whether a host is in one of a role's groups.
+fn role_applies(
+    inv: &Inventory,
+    host: &crate::inventory::Host,
+    role: &crate::engine::roles::RoleDef,
+) -> bool {
+    role.groups().any(|g| match g {
+        "all" => true,
+        "etcd" => inv.etcd_hosts().iter().any(|h| h.name == host.name),
+        "backup" => inv.backup_host().is_some_and(|b| b.name == host.name),
+        "monitor" => inv.monitor_host().is_some_and(|m| m.name == host.name),
+        g => host.in_group(g),
+    })
+}
+
 /// One role on one host, or None when it does not apply there.
 fn render_role(
     env: &Environment<'static>,
@@ -584,14 +633,9 @@ fn render_role(
     inputs: &Inputs,
 ) -> Result<Option<DesiredRole>> {
     let c = &inv.cluster;
-    let applies = role.groups().any(|g| match g {
-        "all" => true,
-        "etcd" => inv.etcd_hosts().iter().any(|h| h.name == host.name),
-        "backup" => inv.backup_host().is_some_and(|b| b.name == host.name),
-        "monitor" => inv.monitor_host().is_some_and(|m| m.name == host.name),
-        g => host.in_group(g),
-    });
-    if !applies || !holds(env, ctx, role.when.as_ref(), &format!("role {}", role.name))? {
+    if !role_applies(inv, host, role)
+        || !holds(env, ctx, role.when.as_ref(), &format!("role {}", role.name))?
+    {
         return Ok(None);
     }
     // A package rendered empty does not apply to this host; one rendered to

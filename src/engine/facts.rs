@@ -24,6 +24,8 @@ pub struct FactsRequest {
     /// User names whose uid to read (the image contract's users).
     pub users: Vec<String>,
     pub paths: Vec<String>,
+    /// Files asked whether they start with pgha's header ("Managed by pgha").
+    pub marked: Vec<String>,
     /// Files whose `read_once` lines (prefixes) are taken out for a second sha256.
     pub read_once: Vec<(String, Vec<String>)>,
     /// PostgreSQL port and role/database names to read when this host runs the primary.
@@ -128,6 +130,8 @@ pub struct HostFacts {
     /// Listening TCP port -> process name.
     pub listening: BTreeMap<u16, String>,
     pub existing_paths: BTreeSet<String>,
+    /// Those of the asked files that start with pgha's header.
+    pub marked_paths: BTreeSet<String>,
     /// Age in seconds of apt's newest package list; None when there are none.
     pub apt_lists_age: Option<u64>,
     /// Some when this host runs the PostgreSQL primary (not in recovery).
@@ -255,6 +259,12 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             words(&req.paths)
         ));
     }
+    if !req.marked.is_empty() {
+        s.push_str(&format!(
+            "for p in {}; do head -c 512 \"$p\" 2>/dev/null | grep -q 'Managed by pgha' && printf 'marked\\t%s\\n' \"$p\"; done\n",
+            words(&req.marked)
+        ));
+    }
     if let Some(sql) = &req.sql {
         let roles = sql
             .roles
@@ -370,6 +380,9 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
             }
             ["path", p] => {
                 f.existing_paths.insert(p.to_string());
+            }
+            ["marked", p] => {
+                f.marked_paths.insert(p.to_string());
             }
             ["container", service, running, spec, image, started] => {
                 let running = *running == "true";
@@ -489,6 +502,7 @@ filestat\t/etc/default/etcd\troot\troot\t644\n\
 unit\tetcd\tactive\tenabled\n\
 unit\tpatroni\tinactive\tdisabled\n\
 path\t/var/lib/etcd/main/member\n\
+marked\t/etc/pgbouncer/pgbouncer.ini\n\
 primary\n\
 role\tpgha_monitor\tSCRAM-SHA-256$4096:xx\tt\tt\t\t-1\t\n\
 role\treporting\tSCRAM-SHA-256$4096:yy\tt\tf\tcreatedb,noinherit\t5\tpg_read_all_data,readers\n\
@@ -514,6 +528,7 @@ ext\tapp\tvector\n";
         assert!(!f.unit("patroni").is_active());
         assert_eq!(f.unit("nope").enabled, "not-found");
         assert!(f.exists("/var/lib/etcd/main/member"));
+        assert!(f.marked_paths.contains("/etc/pgbouncer/pgbouncer.ini"));
         let sql = f.primary_sql.unwrap();
         assert!(sql.roles["pgha_monitor"].pg_monitor);
         assert_eq!(sql.databases["app"].owner, "app");
@@ -551,6 +566,32 @@ user\tpostgres\t470\n";
     }
 
     #[test]
+    fn marked_files_are_those_with_pgha_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, theirs) = (dir.path().join("ours.ini"), dir.path().join("theirs.ini"));
+        std::fs::write(&ours, "; Managed by pgha: PgBouncer on router1\n").unwrap();
+        std::fs::write(&theirs, "[databases]\n").unwrap();
+        let paths: Vec<String> = [&ours, &theirs, &dir.path().join("absent")]
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let s = script(&FactsRequest {
+            marked: paths.clone(),
+            ..Default::default()
+        });
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&s)
+            .output()
+            .unwrap();
+        let f = parse("local", &String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(
+            f.marked_paths.into_iter().collect::<Vec<_>>(),
+            vec![paths[0].clone()]
+        );
+    }
+
+    #[test]
     fn script_quotes_names_and_reads_roles_only_on_a_primary() {
         let s = script(&FactsRequest {
             packages: vec!["postgresql-17".into()],
@@ -560,6 +601,7 @@ user\tpostgres\t470\n";
             images: vec!["pgha-stack:abc".into()],
             users: vec!["postgres".into()],
             paths: vec![],
+            marked: vec![],
             read_once: vec![],
             sql: Some(SqlFactsRequest {
                 port: 5432,

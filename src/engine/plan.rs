@@ -47,6 +47,12 @@ pub enum Action {
         service: String,
         notify: Notify,
     },
+    /// A service of a role turned off in the inventory, still running or enabled:
+    /// stopped and disabled (its container removed under docker).
+    Retire {
+        service: String,
+        container: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +77,9 @@ impl fmt::Display for Planned {
             Action::Image { reference } => format!("image {reference}"),
             Action::Enable { service } => format!("enable {service}"),
             Action::Start { service } => format!("start {service}"),
+            Action::Retire { service, .. } => {
+                format!("stop and disable {service} (turned off in the inventory)")
+            }
             Action::Notify { service, notify } => match notify {
                 Notify::Reload => format!("reload {service}"),
                 Notify::Restart => format!("restart {service}"),
@@ -154,6 +163,16 @@ impl HostPlan {
     }
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
+    }
+    /// Services to stop and disable: (service, container under docker).
+    pub fn retired(&self) -> Vec<(String, Option<String>)> {
+        self.actions
+            .iter()
+            .filter_map(|p| match &p.action {
+                Action::Retire { service, container } => Some((service.clone(), container.clone())),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -263,6 +282,22 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
                     },
                 });
             }
+        }
+    }
+    // A role turned off: its service stopped where it still runs or would start
+    // at boot (unless a role that stays uses the same service).
+    let kept = want.services();
+    for r in want.retired.iter().filter(|r| !kept.contains(&r.service)) {
+        let unit = facts.unit(&r.service);
+        let pghas = r.container.is_some() || facts.marked_paths.contains(&r.marker);
+        if pghas && (unit.is_active() || unit.is_enabled()) {
+            actions.push(Planned {
+                role: r.role.clone(),
+                action: Action::Retire {
+                    service: r.service.clone(),
+                    container: r.container.clone(),
+                },
+            });
         }
     }
     let mut images: Vec<(&str, &str)> = want
@@ -494,6 +529,7 @@ mod host_tests {
                 services: vec!["etcd".into()],
                 container: None,
             }],
+            retired: vec![],
         }
     }
 
@@ -519,6 +555,46 @@ mod host_tests {
         );
         f.apt_lists_age = Some(10);
         f
+    }
+
+    #[test]
+    fn a_role_turned_off_is_stopped_where_it_runs_and_then_left_alone() {
+        let mut want = want();
+        let retired = |service: &str| super::super::desired::Retired {
+            role: "pgbouncer".into(),
+            service: service.into(),
+            marker: "/etc/pgbouncer/pgbouncer.ini".into(),
+            container: None,
+        };
+        // etcd stays wanted by a role: never retired, even if listed.
+        want.retired = vec![retired("pgbouncer"), retired("etcd")];
+        let mut facts = converged();
+        facts.units.insert(
+            "pgbouncer".into(),
+            UnitFact {
+                active: "active".into(),
+                enabled: "enabled".into(),
+            },
+        );
+        // Someone else's PgBouncer (no pgha header on its configuration): not ours.
+        assert!(plan_host(&want, &facts, 3600).is_empty());
+        facts
+            .marked_paths
+            .insert("/etc/pgbouncer/pgbouncer.ini".into());
+        let p = plan_host(&want, &facts, 3600);
+        assert_eq!(p.retired(), vec![("pgbouncer".to_string(), None)]);
+        assert_eq!(
+            p.actions[0].to_string().trim_end(),
+            "pgbouncer stop and disable pgbouncer (turned off in the inventory)"
+        );
+        // Stopped but still enabled (it would start at boot): retired again.
+        facts.units.get_mut("pgbouncer").unwrap().active = "inactive".into();
+        assert_eq!(plan_host(&want, &facts, 3600).retired().len(), 1);
+        // Stopped and disabled, or never installed: nothing to do.
+        facts.units.get_mut("pgbouncer").unwrap().enabled = "disabled".into();
+        assert!(plan_host(&want, &facts, 3600).is_empty());
+        facts.units.remove("pgbouncer");
+        assert!(plan_host(&want, &facts, 3600).is_empty());
     }
 
     #[test]

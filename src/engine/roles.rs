@@ -104,6 +104,13 @@ pub struct RoleDef {
     /// Only when this expression is true (e.g. the docker role).
     #[serde(default)]
     pub when: Option<String>,
+    /// When `when` turns false on a host of the role's groups, deploy stops and
+    /// disables the role's services there (a feature turned off in the inventory;
+    /// packages and files stay), where this file of the role starts with pgha's
+    /// header (a service someone else runs is not pgha's to stop). None: never
+    /// (the docker role must not stop Docker because the install method changed).
+    #[serde(default)]
+    pub retire: Option<String>,
     /// How the role's service runs under the docker install method.
     #[serde(default)]
     pub container: Option<ContainerDef>,

@@ -100,12 +100,21 @@ impl<'c, 'a> Converge<'c, 'a> {
         // A service in a container is read from Docker, the others from systemd.
         let containers = d.containers();
         let images = d.images();
-        let units = d
+        let mut units: Vec<String> = d
             .roles
             .iter()
             .filter(|r| r.container.is_none())
             .flat_map(|r| r.services.clone())
             .collect();
+        let mut containers = containers;
+        let mut marked = Vec::new();
+        for r in &d.retired {
+            match &r.container {
+                Some(c) => containers.push((r.service.clone(), c.clone())),
+                None => units.push(r.service.clone()),
+            }
+            marked.push(r.marker.clone());
+        }
         FactsRequest {
             packages: d.packages(),
             files: d.files().map(|f| f.path.clone()).collect(),
@@ -121,6 +130,7 @@ impl<'c, 'a> Converge<'c, 'a> {
             containers,
             images,
             paths,
+            marked,
             read_once: d
                 .files()
                 .filter(|f| !f.read_once.is_empty())

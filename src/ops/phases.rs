@@ -567,6 +567,36 @@ impl Converge<'_, '_> {
         Ok(())
     }
 
+    /// Services of roles turned off in the inventory (pooling, monitoring), still
+    /// running or enabled: stopped and disabled, their containers removed.
+    pub async fn retire(&self) -> Result<(), Failure> {
+        let hosts: Vec<String> = self
+            .plans
+            .iter()
+            .filter(|(_, p)| !p.retired().is_empty())
+            .map(|(h, _)| h.clone())
+            .collect();
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let phase = self.ctx.ui.phase("retire");
+        self.ctx
+            .each(&hosts, "stop services turned off", |h, s| async move {
+                let retired = self.plans[&h].retired();
+                for (service, container) in &retired {
+                    apply::run(&s, install::retire(service, container.as_deref())).await?;
+                    self.ctx.ui.host(
+                        &h,
+                        format!("{service} stopped and disabled (turned off in the inventory)"),
+                    );
+                }
+                Ok(retired.len() as u32)
+            })
+            .await?;
+        phase.done(format!("{} host(s)", hosts.len()));
+        Ok(())
+    }
+
     pub async fn haproxy(&self) -> Result<(), Failure> {
         let routers = self.ctx.router_hosts();
         let phase = self.ctx.ui.phase("haproxy");

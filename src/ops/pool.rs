@@ -45,19 +45,48 @@ pub async fn resume_left_paused(ep: &Endpoints) -> Result<Vec<String>, String> {
     let mut resumed = Vec::new();
     for (name, view) in show(ep).await {
         if view.map_err(|e| format!("{name}: {e}"))?.paused {
-            let e = ep
-                .poolers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, e)| e)
-                .expect("a pooler of the endpoints");
-            command(ep, e, "RESUME", CONSOLE)
+            command(ep, pooler(ep, &name), "RESUME", CONSOLE)
                 .await
                 .map_err(|e| format!("{name}: {e}"))?;
             resumed.push(name);
         }
     }
     Ok(resumed)
+}
+
+/// Before a command that may move the primary: resume the poolers a killed run
+/// left paused (its clients would wait until query_wait_timeout and fail), each
+/// named in a warning. Poolers that do not answer are left to the command's own
+/// checks (on a first deploy they are not there yet).
+pub async fn resume_interrupted(ctx: &super::Ctx<'_>) {
+    if !ctx.inv.cluster.pgbouncer_enabled {
+        return;
+    }
+    for (name, view) in show(&ctx.ep).await {
+        match view {
+            Ok(v) if v.paused => {
+                let e = pooler(&ctx.ep, &name);
+                match command(&ctx.ep, e, "RESUME", CONSOLE).await {
+                    Ok(()) => ctx.ui.warn(format!(
+                        "the pooler on {name} was left paused (an interrupted run, or `pgha pool pause`): resumed"
+                    )),
+                    Err(e) => ctx.ui.warn(format!(
+                        "the pooler on {name} is paused and did not take RESUME ({e}): run `pgha pool resume`"
+                    )),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("pooler {name} not read: {e}"),
+        }
+    }
+}
+
+fn pooler<'e>(ep: &'e Endpoints, name: &str) -> &'e Endpoint {
+    ep.poolers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, e)| e)
+        .expect("a pooler of the endpoints")
 }
 
 /// Run one console command on a pooler, bounded.

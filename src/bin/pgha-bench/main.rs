@@ -21,6 +21,7 @@ mod backups;
 mod cluster;
 mod deploys;
 mod faults;
+mod pooling;
 
 use cluster::*;
 
@@ -335,6 +336,7 @@ async fn main() {
         // Turns pooling on for the figures after it.
         if b.wants("pool") {
             b.pooled_switchover(&info, &inv, &target).await;
+            b.pooled_throughput(&info, &target).await;
         }
         if b.wants("load") {
             b.load(&info).await;
