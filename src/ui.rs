@@ -38,6 +38,11 @@ struct Inner {
     bars: Option<MultiProgress>,
     start: Instant,
     recap: Mutex<BTreeMap<String, HostRecap>>,
+    /// One cluster of several run at once: its name before each line, no
+    /// spinners (they would garble each other), its JSON documents kept for the
+    /// summary document instead of printed.
+    cluster: Option<String>,
+    documents: Mutex<Vec<serde_json::Value>>,
 }
 
 /// A running phase: a spinner on a terminal, a start line otherwise.
@@ -58,8 +63,39 @@ impl Ui {
                 bars: tty.then(MultiProgress::new),
                 start: Instant::now(),
                 recap: Mutex::new(BTreeMap::new()),
+                cluster: None,
+                documents: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// The UI of one cluster among several run at once (`pgha deploy a.yml b.yml`).
+    pub fn for_cluster(output: OutputFormat, cluster: &str) -> Ui {
+        Ui {
+            inner: Arc::new(Inner {
+                json: output == OutputFormat::Json,
+                bars: None,
+                start: Instant::now(),
+                recap: Mutex::new(BTreeMap::new()),
+                cluster: Some(cluster.to_string()),
+                documents: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// A command's JSON document: printed on stdout, or kept when this UI is one
+    /// cluster's among several (the summary carries it).
+    pub fn document(&self, doc: serde_json::Value) {
+        if self.inner.cluster.is_some() {
+            self.inner.documents.lock().unwrap().push(doc);
+        } else {
+            println!("{doc}");
+        }
+    }
+
+    /// The documents kept (see `document`), the last one last.
+    pub fn documents(&self) -> Vec<serde_json::Value> {
+        self.inner.documents.lock().unwrap().clone()
     }
 
     pub fn json(&self) -> bool {
@@ -68,7 +104,14 @@ impl Ui {
 
     /// A line for people (stderr in json mode, so stdout stays one document).
     pub fn line(&self, msg: impl AsRef<str>) {
-        let msg = msg.as_ref();
+        let prefixed;
+        let msg = match &self.inner.cluster {
+            Some(c) => {
+                prefixed = format!("[{c}] {}", msg.as_ref());
+                prefixed.as_str()
+            }
+            None => msg.as_ref(),
+        };
         match &self.inner.bars {
             Some(mp) => {
                 let _ = mp.println(msg);

@@ -33,6 +33,13 @@ pub struct InventoryArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub inventory: InventoryArg,
+    /// More inventories: one line per cluster, and the worst exit code.
+    #[arg(value_name = "MORE", value_hint = clap::ValueHint::FilePath)]
+    pub more: Vec<PathBuf>,
+    /// With several inventories: at most this many hosts probed at once
+    /// [default: 8 per CPU of this machine].
+    #[arg(long, value_name = "N")]
+    pub forks: Option<usize>,
     /// Redraw every SECS seconds (default 2) until interrupted.
     #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<u64>,
@@ -242,6 +249,18 @@ pub struct SshArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     pub inventory: InventoryArg,
+
+    /// More inventories: their clusters are deployed at the same time, each with
+    /// its own lock, secrets and recap; a failure in one stops no other. Ends
+    /// with one line per cluster and the worst exit code.
+    #[arg(value_name = "MORE", value_hint = clap::ValueHint::FilePath)]
+    pub more: Vec<PathBuf>,
+
+    /// With several inventories: at most this many hosts worked on at once (a
+    /// cluster takes a slot per host while it runs) [default: 8 per CPU of this
+    /// machine].
+    #[arg(long, value_name = "N")]
+    pub forks: Option<usize>,
 
     /// Show what would change; change nothing.
     #[arg(long)]

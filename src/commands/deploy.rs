@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::commands::args::DeployArgs;
 use crate::commands::ssh_options;
-use crate::commands::{finish, load_inventory, load_pki};
+use crate::commands::{finish, fleet, load_inventory, load_pki};
 use crate::engine::desired::DesiredFile;
 use crate::engine::mask;
 use crate::engine::plan::{Action, FileReason};
@@ -30,6 +30,9 @@ pub struct DeployOptions {
 }
 
 pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    if !args.more.is_empty() {
+        return several(args, output).await;
+    }
     let inv = load_inventory(&args.inventory, !args.check)?;
     // --check writes nothing: without certificates yet, the plan says they are missing.
     let pki = if args.check {
@@ -45,6 +48,46 @@ pub async fn command(args: DeployArgs, output: OutputFormat) -> Result<Exit, Fai
     };
     let ssh = ssh_options(&args.ssh, &inv);
     deploy(&inv, pki, &opts, ssh, &Ui::new(output)).await
+}
+
+/// `pgha deploy a.yml b.yml ...`: every cluster at once (bounded by --forks),
+/// then a line each.
+async fn several(args: DeployArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    if !args.limit.is_empty() {
+        return Err(Failure::options(
+            "--limit names hosts of one cluster: give it one inventory",
+        ));
+    }
+    let paths = fleet::paths(&args.inventory, &args.more)?;
+    let invs = fleet::load_all(&paths, !args.check)?;
+    let opts = DeployOptions {
+        check: args.check,
+        diff: args.diff,
+        limit: Vec::new(),
+        lock_wait: args.lock.duration(),
+    };
+    let forks = args.forks.unwrap_or_else(fleet::default_forks);
+    let (opts, args) = (&opts, &args);
+    let outcomes = fleet::run_each(&invs, forks, output, |inv, ui| async move {
+        let r = async {
+            let pki = if opts.check {
+                load_pki(inv, false).unwrap_or(None)
+            } else {
+                load_pki(inv, true)?
+            };
+            deploy(inv, pki, opts, ssh_options(&args.ssh, inv), &ui).await
+        }
+        .await;
+        let summary = if opts.check {
+            "checked (its plan above)".to_string()
+        } else {
+            format!("changed={}", ui.total_changed())
+        };
+        (r, summary)
+    })
+    .await;
+    fleet::print_summary("deploy", &outcomes, output);
+    Ok(fleet::worst(&outcomes))
 }
 
 /// Deploy the cluster the inventory describes (also what `pgha lab up` runs).
@@ -258,9 +301,8 @@ async fn report_check(
     }
     ui.line(format!("{total} change(s) planned"));
     if ui.json() {
-        println!(
-            "{}",
-            json!({"check": true, "changes": total, "hosts": doc, "cluster": cluster_lines})
+        ui.document(
+            json!({"check": true, "changes": total, "hosts": doc, "cluster": cluster_lines}),
         );
     }
     Ok(Exit::Ok)
@@ -357,15 +399,12 @@ fn print_connect(conv: &Converge<'_, '_>) {
         conv.inv.secrets_path.display()
     ));
     if ui.json() {
-        println!(
-            "{}",
-            json!({
-                "ok": true,
-                "changed": changed,
-                "elapsed_secs": ui.elapsed().as_secs_f64(),
-                "recap": ui.recap(),
-                "routers": conv.inv.router_hosts().iter().map(|r| r.ip.to_string()).collect::<Vec<_>>(),
-            })
-        );
+        ui.document(json!({
+            "ok": true,
+            "changed": changed,
+            "elapsed_secs": ui.elapsed().as_secs_f64(),
+            "recap": ui.recap(),
+            "routers": conv.inv.router_hosts().iter().map(|r| r.ip.to_string()).collect::<Vec<_>>(),
+        }));
     }
 }

@@ -8,6 +8,7 @@ pub mod args;
 pub mod backup;
 pub mod deploy;
 pub mod destroy;
+pub mod fleet;
 pub mod images;
 pub mod inventory;
 pub mod lock;
@@ -116,9 +117,8 @@ pub fn finish(
     if let Err(f) = &result
         && ui.json()
     {
-        println!(
-            "{}",
-            json!({"ok": false, "exit": f.exit as i32, "error": f.message, "recap": ui.recap()})
+        ui.document(
+            json!({"ok": false, "exit": f.exit as i32, "error": f.message, "recap": ui.recap()}),
         );
     }
     result
@@ -184,10 +184,8 @@ pub async fn under_lock<T>(
     lock.release(ctx).await;
     result.inspect_err(|f| {
         if ctx.ui.json() {
-            println!(
-                "{}",
-                json!({"ok": false, "exit": f.exit as i32, "error": f.message})
-            );
+            ctx.ui
+                .document(json!({"ok": false, "exit": f.exit as i32, "error": f.message}));
         }
     })
 }

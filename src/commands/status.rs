@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use crate::commands::args::StatusArgs;
-use crate::commands::{load_inventory, load_pki, ssh_options};
+use crate::commands::{fleet, load_inventory, load_pki, ssh_options};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::health::{self, Level, Snapshot};
@@ -14,6 +14,9 @@ use crate::ui::OutputFormat;
 use crate::ui::Ui;
 
 pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    if !args.more.is_empty() {
+        return several(args, output).await;
+    }
     let inv = load_inventory(&args.inventory, false)?;
     let ui = Ui::new(output);
     let pki = load_pki(&inv, false)?;
@@ -45,6 +48,49 @@ pub async fn command(args: StatusArgs, output: OutputFormat) -> Result<Exit, Fai
             _ = tokio::signal::ctrl_c() => return Ok(exit(&s)),
         }
     }
+}
+
+/// `pgha status a.yml b.yml ...`: every cluster's verdict on one line (its full
+/// view in the JSON document), the worst exit code.
+async fn several(args: StatusArgs, output: OutputFormat) -> Result<Exit, Failure> {
+    if args.watch.is_some() {
+        return Err(Failure::options("--watch takes one inventory"));
+    }
+    let paths = fleet::paths(&args.inventory, &args.more)?;
+    let invs = fleet::load_all(&paths, false)?;
+    let forks = args.forks.unwrap_or_else(fleet::default_forks);
+    let args = &args;
+    let outcomes = fleet::run_each(&invs, forks, output, |inv, ui| async move {
+        let r = async {
+            let mut ctx = Ctx::new(inv, load_pki(inv, false)?, &ui);
+            if let Some(repo) = inv.backup_host()
+                && let Err(e) = ctx
+                    .connect_quietly(&ssh_options(&args.ssh, inv), &repo.name)
+                    .await
+            {
+                ui.warn(format!("backups not read: {e}"));
+            }
+            let s = health::snapshot(&ctx).await;
+            ctx.close().await;
+            if ui.json() {
+                ui.document(serde_json::to_value(&s).expect("snapshot serializes"));
+            }
+            let leader = s
+                .leader
+                .as_ref()
+                .map(|l| format!(", leader {l}"))
+                .unwrap_or_default();
+            Ok::<_, Failure>((exit(&s), format!("{}{leader}", s.verdict.line())))
+        }
+        .await;
+        match r {
+            Ok((e, line)) => (Ok(e), line),
+            Err(f) => (Err(f), String::new()),
+        }
+    })
+    .await;
+    fleet::print_summary("status", &outcomes, output);
+    Ok(fleet::worst(&outcomes))
 }
 
 fn exit(s: &Snapshot) -> Exit {

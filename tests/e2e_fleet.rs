@@ -1,0 +1,222 @@
+//! End-to-end: several clusters from one controller, on its own lab
+//! (`pgha-e2e-fleet`: 9 db hosts and 3 routers, three clusters of 3 + 1).
+//! `pgha deploy a b c` deploys them at once; one cluster with a host down fails
+//! alone (its hosts untouched) while the others are deployed; `pgha status a b c`
+//! gives a line per cluster and the worst exit code; with the host back, the same
+//! command deploys the third and leaves the first two as they are. Assertions
+//! read each cluster's Patroni on its own hosts and the hosts' packages.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use pgha::lab;
+use serde_json::Value;
+
+const LAB: &str = "pgha-e2e-fleet";
+const CLUSTERS: [(&str, [&str; 3], &str); 3] = [
+    ("alpha", ["db1", "db2", "db3"], "router1"),
+    ("beta", ["db4", "db5", "db6"], "router2"),
+    ("gamma", ["db7", "db8", "db9"], "router3"),
+];
+
+/// One cluster's inventory in its own directory (its secrets and certificates
+/// beside it), the lab's key and known hosts.
+fn inventory(lab: &Lab, cluster: &str, dbs: &[&str], router: &str) -> String {
+    let dir = lab.info.dir.display();
+    let mut s = format!(
+        "all:\n  vars:\n    cluster_name: {cluster}\n    pgha_known_hosts: {dir}/known_hosts\n    \
+         ansible_user: root\n    ansible_ssh_private_key_file: {dir}/id_ed25519\n    \
+         backup_enabled: false\n    monitoring_enabled: false\n  children:\n    db:\n      hosts:\n"
+    );
+    for h in dbs {
+        s.push_str(&format!(
+            "        {h}:\n          ansible_host: {}\n",
+            lab.ip(h)
+        ));
+    }
+    s.push_str(&format!(
+        "    router:\n      hosts:\n        {router}:\n          ansible_host: {}\n",
+        lab.ip(router)
+    ));
+    let path = lab.info.dir.join(cluster).join("inventory.yml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, s).unwrap();
+    path.display().to_string()
+}
+
+fn last_doc(stdout: &str) -> Value {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Patroni's own view from a host of the cluster: (members, leader), once a
+/// leader and every other member streaming.
+async fn patroni_members(lab: &Lab, via: &str) -> (BTreeSet<String>, String) {
+    eventually(
+        &format!("a healthy cluster seen from {via}"),
+        120,
+        || async {
+            let (code, out) = lab.sh(via, "curl -sk https://127.0.0.1:8008/cluster");
+            if code != 0 {
+                return Err(format!("curl exited {code}"));
+            }
+            let v: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+            let members = v["members"].as_array().cloned().unwrap_or_default();
+            let names = members
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(str::to_string))
+                .collect();
+            let leaders: Vec<String> = members
+                .iter()
+                .filter(|m| m["role"] == "leader")
+                .filter_map(|m| m["name"].as_str().map(str::to_string))
+                .collect();
+            let streaming = members.iter().filter(|m| m["state"] == "streaming").count();
+            if leaders.len() == 1 && streaming + 1 == members.len() {
+                Ok((names, leaders[0].clone()))
+            } else {
+                Err(out)
+            }
+        },
+    )
+    .await
+}
+
+fn has_postgres(lab: &Lab, host: &str) -> bool {
+    lab.sh(
+        host,
+        "dpkg-query -W -f='${Status}' postgresql-17 2>/dev/null",
+    )
+    .1
+    .contains("install ok installed")
+}
+
+fn cluster_doc<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["clusters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["cluster"] == name))
+        .unwrap_or_else(|| panic!("{name} in the summary: {doc}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_clusters_at_once_one_failing_alone() {
+    let lab = Lab::up_hosts(LAB, 9, 3).await;
+    let invs: Vec<String> = CLUSTERS
+        .iter()
+        .map(|(c, dbs, r)| inventory(&lab, c, dbs, r))
+        .collect();
+
+    // Two inventories sharing hosts: refused before any contact.
+    let copy = lab.info.dir.join("delta.yml");
+    std::fs::write(
+        &copy,
+        std::fs::read_to_string(&invs[0])
+            .unwrap()
+            .replace("cluster_name: alpha", "cluster_name: delta"),
+    )
+    .unwrap();
+    let (code, _, err) = pgha(&["deploy", &invs[0], &copy.display().to_string()]);
+    assert_eq!(code, 4, "shared hosts are an inventory error: {err}");
+    assert!(
+        err.contains("is also host db1 of") && err.contains("nothing was done"),
+        "{err}"
+    );
+    assert!(!has_postgres(&lab, "db1"), "the refusal touched no host");
+
+    // gamma has a host down: it fails alone, the others are deployed.
+    lab::kill(LAB, "db9").await.expect("lab kill");
+    let mut args = vec!["deploy"];
+    args.extend(invs.iter().map(String::as_str));
+    args.extend(["--output", "json"]);
+    let (code, out, err) = pgha(&args);
+    let doc = last_doc(&out);
+    assert_eq!(
+        code, 3,
+        "the worst exit code (gamma unreachable): {doc}\n{err}"
+    );
+    assert_eq!(doc["exit"], 3, "{doc}");
+    for ok in ["alpha", "beta"] {
+        let c = cluster_doc(&doc, ok);
+        assert_eq!(c["ok"], true, "{ok} deployed: {c}");
+        assert!(c["result"]["changed"].as_u64().unwrap_or(0) > 0, "{c}");
+        assert!(
+            err.contains(&format!("[{ok}] ")),
+            "its lines carry its name"
+        );
+    }
+    let gamma = cluster_doc(&doc, "gamma");
+    assert_eq!(gamma["ok"], false, "{gamma}");
+    assert!(
+        gamma["error"].as_str().unwrap_or_default().contains("db9"),
+        "names the host: {gamma}"
+    );
+    for (cluster, dbs, _) in &CLUSTERS[..2] {
+        let (members, leader) = patroni_members(&lab, dbs[0]).await;
+        assert_eq!(
+            members,
+            dbs.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
+            "{cluster} is its own hosts only"
+        );
+        assert!(dbs.contains(&leader.as_str()), "{cluster}: {leader}");
+    }
+    for h in ["db7", "db8"] {
+        assert!(!has_postgres(&lab, h), "gamma's {h} untouched");
+    }
+
+    // Status of all: a line each, the worst exit code.
+    let mut args = vec!["status"];
+    args.extend(invs.iter().map(String::as_str));
+    let (code, out, _) = pgha(&args);
+    assert_eq!(code, 1, "gamma is down: {out}");
+    let line = |c: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{c} ")))
+            .unwrap_or_else(|| panic!("a line for {c}: {out}"))
+            .to_string()
+    };
+    assert!(line("alpha").contains("ok      healthy"), "{out}");
+    assert!(line("beta").contains("ok      healthy"), "{out}");
+    assert!(line("gamma").contains("exit 1  down"), "{out}");
+
+    // db9 back: the same command deploys gamma, with at most 8 hosts at once,
+    // and changes nothing on alpha and beta.
+    lab::start(LAB, "db9").await.expect("lab start");
+    let mut args = vec!["deploy", "--forks", "8"];
+    args.extend(invs.iter().map(String::as_str));
+    args.extend(["--output", "json"]);
+    let (code, out, err) = pgha(&args);
+    let doc = last_doc(&out);
+    assert_eq!(code, 0, "{doc}\n{err}");
+    for ok in ["alpha", "beta"] {
+        assert_eq!(
+            cluster_doc(&doc, ok)["result"]["changed"],
+            0,
+            "{ok} left as it was: {doc}"
+        );
+    }
+    assert_eq!(cluster_doc(&doc, "gamma")["ok"], true, "{doc}");
+    let (members, _) = patroni_members(&lab, "db7").await;
+    assert_eq!(
+        members,
+        ["db7", "db8", "db9"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+    );
+    let mut args = vec!["status"];
+    args.extend(invs.iter().map(String::as_str));
+    args.extend(["--output", "json"]);
+    let (code, out, _) = pgha(&args);
+    let doc = last_doc(&out);
+    assert_eq!(code, 0, "{doc}");
+    for (c, _, _) in CLUSTERS {
+        let d = cluster_doc(&doc, c);
+        assert_eq!(d["result"]["healthy"], true, "{c}: {d}");
+        assert_eq!(d["result"]["cluster"], c, "{d}");
+    }
+}
