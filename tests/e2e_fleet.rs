@@ -15,34 +15,23 @@ use pgha::lab;
 use serde_json::Value;
 
 const LAB: &str = "pgha-e2e-fleet";
-const CLUSTERS: [(&str, [&str; 3], &str); 3] = [
-    ("alpha", ["db1", "db2", "db3"], "router1"),
-    ("beta", ["db4", "db5", "db6"], "router2"),
-    ("gamma", ["db7", "db8", "db9"], "router3"),
+/// Each cluster and its db hosts (router1..3 in order).
+const CLUSTERS: [(&str, [&str; 3]); 3] = [
+    ("alpha", ["db1", "db2", "db3"]),
+    ("beta", ["db4", "db5", "db6"]),
+    ("gamma", ["db7", "db8", "db9"]),
 ];
 
 /// One cluster's inventory in its own directory (its secrets and certificates
-/// beside it), the lab's key and known hosts.
-fn inventory(lab: &Lab, cluster: &str, dbs: &[&str], router: &str) -> String {
-    let dir = lab.info.dir.display();
-    let mut s = format!(
-        "all:\n  vars:\n    cluster_name: {cluster}\n    pgha_known_hosts: {dir}/known_hosts\n    \
-         ansible_user: root\n    ansible_ssh_private_key_file: {dir}/id_ed25519\n    \
-         backup_enabled: false\n    monitoring_enabled: false\n  children:\n    db:\n      hosts:\n"
-    );
-    for h in dbs {
-        s.push_str(&format!(
-            "        {h}:\n          ansible_host: {}\n",
-            lab.ip(h)
-        ));
-    }
-    s.push_str(&format!(
-        "    router:\n      hosts:\n        {router}:\n          ansible_host: {}\n",
-        lab.ip(router)
-    ));
+/// beside it).
+fn inventory(lab: &Lab, index: usize, cluster: &str) -> String {
+    let text = pgha::lab::layout::fleet_inventory(cluster, index, &lab.info.dir, |h| {
+        lab.info.host(h).map(|x| x.address)
+    })
+    .unwrap();
     let path = lab.info.dir.join(cluster).join("inventory.yml");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, s).unwrap();
+    std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
 
@@ -108,7 +97,8 @@ async fn three_clusters_at_once_one_failing_alone() {
     let lab = Lab::up_hosts(LAB, 9, 3).await;
     let invs: Vec<String> = CLUSTERS
         .iter()
-        .map(|(c, dbs, r)| inventory(&lab, c, dbs, r))
+        .enumerate()
+        .map(|(i, (c, _))| inventory(&lab, i, c))
         .collect();
 
     // Two inventories sharing hosts: refused before any contact.
@@ -123,7 +113,9 @@ async fn three_clusters_at_once_one_failing_alone() {
     let (code, _, err) = pgha(&["deploy", &invs[0], &copy.display().to_string()]);
     assert_eq!(code, 4, "shared hosts are an inventory error: {err}");
     assert!(
-        err.contains("is also host db1 of") && err.contains("nothing was done"),
+        err.contains("lists host(s) of")
+            && err.contains("db1 (")
+            && err.contains("nothing was done"),
         "{err}"
     );
     assert!(!has_postgres(&lab, "db1"), "the refusal touched no host");
@@ -155,7 +147,7 @@ async fn three_clusters_at_once_one_failing_alone() {
         gamma["error"].as_str().unwrap_or_default().contains("db9"),
         "names the host: {gamma}"
     );
-    for (cluster, dbs, _) in &CLUSTERS[..2] {
+    for (cluster, dbs) in &CLUSTERS[..2] {
         let (members, leader) = patroni_members(&lab, dbs[0]).await;
         assert_eq!(
             members,
@@ -214,7 +206,7 @@ async fn three_clusters_at_once_one_failing_alone() {
     let (code, out, _) = pgha(&args);
     let doc = last_doc(&out);
     assert_eq!(code, 0, "{doc}");
-    for (c, _, _) in CLUSTERS {
+    for (c, _) in CLUSTERS {
         let d = cluster_doc(&doc, c);
         assert_eq!(d["result"]["healthy"], true, "{c}: {d}");
         assert_eq!(d["result"]["cluster"], c, "{d}");

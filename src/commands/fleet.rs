@@ -79,11 +79,13 @@ impl Shape {
     }
 }
 
-/// Clusters that would step on each other. Pure, unit-tested.
+/// Clusters that would step on each other (one line per pair of files). Pure,
+/// unit-tested.
 pub fn conflicts(shapes: &[Shape]) -> Vec<String> {
     let mut out = Vec::new();
     let mut names: BTreeMap<&str, &str> = BTreeMap::new();
     let mut addrs: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    let mut shared: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for s in shapes {
         if let Some(other) = names.insert(&s.cluster, &s.file) {
             out.push(format!(
@@ -92,18 +94,28 @@ pub fn conflicts(shapes: &[Shape]) -> Vec<String> {
             ));
         }
         for (name, ip) in &s.hosts {
-            if let Some((ofile, oname)) = addrs.get(ip.as_str()).copied()
-                && ofile != s.file
-            {
-                out.push(format!(
-                    "{}: host {name} ({ip}) is also host {oname} of {ofile}; clusters cannot share \
-                     a host (each runs its own etcd, PostgreSQL and HAProxy on the same ports)",
-                    s.file
-                ));
-            } else {
-                addrs.insert(ip, (&s.file, name));
+            match addrs.get(ip.as_str()).copied() {
+                Some((ofile, oname)) if ofile != s.file => {
+                    let same = if oname == name {
+                        format!("{name} ({ip})")
+                    } else {
+                        format!("{name} ({ip}, {oname} there)")
+                    };
+                    shared.entry((&s.file, ofile)).or_default().push(same);
+                }
+                Some(_) => {}
+                None => {
+                    addrs.insert(ip, (&s.file, name));
+                }
             }
         }
+    }
+    for ((file, ofile), hosts) in shared {
+        out.push(format!(
+            "{file} lists host(s) of {ofile}: {}; clusters cannot share a host (each runs its \
+             own etcd, PostgreSQL and HAProxy on the same ports)",
+            hosts.join(", ")
+        ));
     }
     out
 }
@@ -270,9 +282,25 @@ mod tests {
         let c = conflicts(&[a, b, shared]);
         assert_eq!(c.len(), 1);
         assert!(
-            c[0].starts_with("d.yml: host pg1 (10.0.0.2) is also host db2 of a.yml"),
+            c[0].starts_with("d.yml lists host(s) of a.yml: pg1 (10.0.0.2, db2 there); clusters"),
             "{c:?}"
         );
+        // One line for all the hosts two files share.
+        let copy = shape(
+            "e.yml",
+            "epsilon",
+            &[("db1", "10.0.0.1"), ("db2", "10.0.0.2")],
+        );
+        let c = conflicts(&[
+            shape(
+                "a.yml",
+                "alpha",
+                &[("db1", "10.0.0.1"), ("db2", "10.0.0.2")],
+            ),
+            copy,
+        ]);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].contains(": db1 (10.0.0.1), db2 (10.0.0.2);"), "{c:?}");
     }
 
     fn outcome(cluster: &str, exit: Exit, error: Option<&str>) -> Outcome {

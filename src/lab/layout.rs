@@ -249,6 +249,36 @@ pub fn render_inventory(
     s
 }
 
+/// Several clusters on one lab (`pgha deploy a.yml b.yml ...`): cluster `index`
+/// of `names` takes db hosts `3*index+1..=3*index+3` and router `index+1`, the
+/// lab's key and known hosts (absolute: each inventory sits in its own
+/// directory, with its own secrets and certificates), no backups and no
+/// monitoring (the lab's one repository and monitor belong to its first router).
+pub fn fleet_inventory(
+    cluster: &str,
+    index: usize,
+    lab_dir: &std::path::Path,
+    address: impl Fn(&str) -> Option<IpAddr>,
+) -> Result<String, String> {
+    let dir = lab_dir.display();
+    let mut s = format!(
+        "# pgha lab fleet: cluster {cluster} of the lab in {dir}.\nall:\n  vars:\n    cluster_name: {cluster}\n    \
+         pgha_known_hosts: {dir}/{KNOWN_HOSTS_FILE}\n    ansible_user: root\n    \
+         ansible_ssh_private_key_file: {dir}/{KEY_FILE}\n    backup_enabled: false\n    \
+         monitoring_enabled: false\n  children:\n    db:\n      hosts:\n"
+    );
+    let host = |name: String| -> Result<String, String> {
+        let ip = address(&name).ok_or_else(|| format!("the lab has no host {name}"))?;
+        Ok(format!("        {name}:\n          ansible_host: {ip}\n"))
+    };
+    for n in 1..=3 {
+        s.push_str(&host(format!("db{}", 3 * index + n))?);
+    }
+    s.push_str("    router:\n      hosts:\n");
+    s.push_str(&host(format!("router{}", index + 1))?);
+    Ok(s)
+}
+
 /// A known_hosts entry for `ip` from a host's `ssh_host_ed25519_key.pub` line
 /// (the comment is dropped; the key is checked to parse).
 pub fn host_key_entry(ip: IpAddr, pub_line: &str) -> Result<String, String> {
@@ -368,6 +398,32 @@ pub fn run_args(lab: &str, host: &Planned, image: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fleet_inventories_split_the_lab_into_clusters_of_three_and_one() {
+        let addr = |n: &str| -> Option<IpAddr> {
+            let (role, i) = parse_host(n)?;
+            Some(IpAddr::V4(address_of(
+                "172.28.9.0/24".parse().unwrap(),
+                role,
+                i,
+            )))
+        };
+        let dir = std::path::Path::new("/tmp/lab");
+        let beta = fleet_inventory("beta", 1, dir, addr).unwrap();
+        let yaml: serde_json::Value = yaml_serde::from_str(&beta).unwrap();
+        assert!(
+            beta.contains("        db4:\n          ansible_host: 172.28.9.14\n"),
+            "{beta}"
+        );
+        assert!(
+            beta.contains("        db6:\n") && !beta.contains("db3:") && !beta.contains("db7:")
+        );
+        assert!(beta.contains("        router2:\n          ansible_host: 172.28.9.102\n"));
+        assert!(beta.contains("ansible_ssh_private_key_file: /tmp/lab/id_ed25519"));
+        assert_eq!(yaml["all"]["vars"]["cluster_name"], "beta");
+        assert!(fleet_inventory("zeta", 40, dir, |_| None).is_err());
+    }
+
     use super::*;
 
     #[test]

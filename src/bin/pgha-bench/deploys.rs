@@ -124,6 +124,75 @@ impl Bench {
         });
     }
 
+    /// Three clusters of 3 db hosts and a router on one lab, from one controller:
+    /// deployed cold at once, then the no-op re-run of all three against one alone.
+    pub(crate) async fn fleet(&mut self) {
+        let name = "pgha-b-fleet";
+        let info = self.lab_sized(name, 9, 3).await;
+        let invs: Vec<String> = ["alpha", "beta", "gamma"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let text = pgha::lab::layout::fleet_inventory(c, i, &info.dir, |h| {
+                    info.host(h).map(|x| x.address)
+                })
+                .expect("fleet inventory");
+                let path = info.dir.join(c).join("inventory.yml");
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, text).unwrap();
+                path.display().to_string()
+            })
+            .collect();
+        let all: Vec<&str> = invs.iter().map(String::as_str).collect();
+        fn deploy<'a>(invs: &[&'a str]) -> Vec<&'a str> {
+            let mut a = vec!["deploy"];
+            a.extend(invs);
+            a.extend(["--output", "json"]);
+            a
+        }
+        say("fleet: three clusters deployed cold at once");
+        let (code, out, _, cold) = self.pgha(&deploy(&all));
+        assert_eq!(code, 0, "fleet deploy: {out}");
+        let (mut one, mut three) = (Vec::new(), Vec::new());
+        for _ in 0..self.args.runs {
+            let (code, out, _, secs) = self.pgha(&deploy(&all[..1]));
+            assert_eq!(code, 0, "no-op deploy of one cluster");
+            assert_eq!(
+                last_json(&out)["changed"],
+                0,
+                "a no-op run changed something"
+            );
+            one.push(secs);
+            let (code, out, _, secs) = self.pgha(&deploy(&all));
+            assert_eq!(code, 0, "no-op deploy of three clusters");
+            let doc = last_json(&out);
+            let changed: u64 = doc["clusters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["result"]["changed"].as_u64().unwrap_or(u64::MAX))
+                .sum();
+            assert_eq!(changed, 0, "a no-op run changed something: {doc}");
+            three.push(secs);
+        }
+        let (m3, m1) = (median(&three), median(&one));
+        let ratio = m3.zip(m1).map(|(t, o)| t / o);
+        self.push(Figure {
+            name: "no-op re-run of 3 clusters at once (12 hosts)".into(),
+            unit: "s".into(),
+            pgha: m3,
+            baseline: m1,
+            baseline_name: Some("no-op of 1 cluster (4 hosts)".into()),
+            ratio,
+            goal: Some("<= 1.3x one cluster".into()),
+            met: ratio.map(|r| r <= 1.3),
+            runs: three,
+            failed: None,
+            detail: json!({"one_cluster_runs": one, "cold_three_clusters_at_once_secs": cold}),
+        });
+        let _ = lab::down(name).await;
+    }
+
     pub(crate) async fn scale(&mut self) {
         let three: Vec<f64> = self
             .figures

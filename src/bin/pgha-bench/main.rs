@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     no_ansible: bool,
     /// Only these figure groups (cold, noop, failover, switchover, pool, load,
-    /// scale, upgrade, rebuild, backup); default all.
+    /// scale, fleet, upgrade, rebuild, backup); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// An inventory variable for every lab, `KEY: VALUE` (repeatable): measure a
@@ -192,13 +192,17 @@ impl Bench {
     }
 
     async fn lab(&self, name: &str, db: u32) -> LabInfo {
+        self.lab_sized(name, db, 1).await
+    }
+
+    async fn lab_sized(&self, name: &str, db: u32, routers: u32) -> LabInfo {
         let _ = lab::down(name).await;
         let dir = self.tmp.join(name);
         let _ = std::fs::remove_dir_all(&dir);
         let info = lab::up(&LabSpec {
             name: name.into(),
             db,
-            routers: 1,
+            routers,
             dir,
             user: "root".into(),
             tls: true,
@@ -348,6 +352,9 @@ async fn main() {
     }
     if b.wants("scale") {
         b.scale().await;
+    }
+    if b.wants("fleet") {
+        b.fleet().await;
     }
     if b.wants("upgrade") {
         b.upgrade().await;
