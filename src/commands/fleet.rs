@@ -231,13 +231,9 @@ pub fn summary_text(verb: &str, outcomes: &[Outcome]) -> String {
     );
     for o in outcomes {
         let what = match &o.error {
-            None if o.exit == Exit::Ok => format!("ok      {}", o.summary),
-            None => format!("exit {}  {}", o.exit as i32, o.summary),
-            Some(e) => format!(
-                "FAILED  exit {}: {}",
-                o.exit as i32,
-                e.lines().next().unwrap_or_default()
-            ),
+            None if o.exit == Exit::Ok => format!("ok      {}", one_line(&o.summary)),
+            None => format!("exit {}  {}", o.exit as i32, one_line(&o.summary)),
+            Some(e) => format!("FAILED  exit {}: {}", o.exit as i32, one_line(e)),
         };
         out.push_str(&format!(
             "  {:<width$} {what} ({:.1}s, {})\n",
@@ -245,6 +241,17 @@ pub fn summary_text(verb: &str, outcomes: &[Outcome]) -> String {
         ));
     }
     out
+}
+
+/// A message on one line of bounded length (an error's own lines joined: the
+/// host it names is often on its second).
+fn one_line(s: &str) -> String {
+    const MAX: usize = 200;
+    let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &joined[..i]),
+        None => joined,
+    }
 }
 
 #[cfg(test)]
@@ -319,7 +326,11 @@ mod tests {
     fn the_summary_names_each_cluster_and_the_worst_exit_wins() {
         let all = [
             outcome("alpha", Exit::Ok, None),
-            outcome("beta", Exit::Unreachable, Some("db9: cannot connect\nmore")),
+            outcome(
+                "beta",
+                Exit::Unreachable,
+                Some("cannot reach every host:\n  db9: timed out"),
+            ),
             outcome("gamma", Exit::HostFailed, Some("db1: apt failed")),
         ];
         assert_eq!(worst(&all), Exit::Unreachable);
@@ -331,9 +342,10 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("  beta    FAILED  exit 3: db9: cannot connect (1.5s"),
+            t.contains("  beta    FAILED  exit 3: cannot reach every host: db9: timed out (1.5s"),
             "{t}"
         );
-        assert!(!t.contains("more"), "first line of an error only: {t}");
+        let long = one_line(&"word ".repeat(100));
+        assert_eq!(long.len(), 203, "{long}");
     }
 }
