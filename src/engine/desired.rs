@@ -75,8 +75,8 @@ pub struct HostDesired {
     pub host: String,
     /// Roles that apply to this host, in rollout order.
     pub roles: Vec<DesiredRole>,
-    /// Services of roles turned off in the inventory (`retire: true` roles whose
-    /// `when` is false here): stopped and disabled where they still run.
+    /// Services of roles turned off in the inventory (roles with `retire:` whose
+    /// `when` is false here): stopped and disabled where pgha set them up.
     pub retired: Vec<Retired>,
 }
 
