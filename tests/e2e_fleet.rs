@@ -35,14 +35,6 @@ fn inventory(lab: &Lab, index: usize, cluster: &str) -> String {
     path.display().to_string()
 }
 
-fn last_doc(stdout: &str) -> Value {
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// Patroni's own view from a host of the cluster: (members, leader), once a
 /// leader and every other member streaming.
 async fn patroni_members(lab: &Lab, via: &str) -> (BTreeSet<String>, String) {
@@ -126,7 +118,7 @@ async fn three_clusters_at_once_one_failing_alone() {
     args.extend(invs.iter().map(String::as_str));
     args.extend(["--output", "json"]);
     let (code, out, err) = pgha(&args);
-    let doc = last_doc(&out);
+    let doc = json_doc(&out);
     assert_eq!(
         code, 3,
         "the worst exit code (gamma unreachable): {doc}\n{err}"
@@ -182,7 +174,7 @@ async fn three_clusters_at_once_one_failing_alone() {
     args.extend(invs.iter().map(String::as_str));
     args.extend(["--output", "json"]);
     let (code, out, err) = pgha(&args);
-    let doc = last_doc(&out);
+    let doc = json_doc(&out);
     assert_eq!(code, 0, "{doc}\n{err}");
     for ok in ["alpha", "beta"] {
         assert_eq!(
@@ -204,7 +196,7 @@ async fn three_clusters_at_once_one_failing_alone() {
     args.extend(invs.iter().map(String::as_str));
     args.extend(["--output", "json"]);
     let (code, out, _) = pgha(&args);
-    let doc = last_doc(&out);
+    let doc = json_doc(&out);
     assert_eq!(code, 0, "{doc}");
     for (c, _) in CLUSTERS {
         let d = cluster_doc(&doc, c);
