@@ -454,6 +454,7 @@ mod tests {
             exporters: vec![],
             certificates: vec![],
             ca,
+            poolers: vec![],
         };
         let bounds = Bounds {
             max_lag: 0,

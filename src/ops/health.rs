@@ -104,16 +104,7 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
         })
         .collect();
     let paused = view.as_ref().is_ok_and(|v| v.pause);
-    let parts = Parts {
-        members,
-        etcd,
-        routers,
-        exporters,
-        certificates,
-        ca,
-    };
-    let mut snap = assemble(&c.cluster_name, parts, paused, &bounds);
-    snap.poolers = poolers
+    let poolers = poolers
         .into_iter()
         .map(|(router, r)| match r {
             Ok(v) => {
@@ -139,6 +130,16 @@ pub async fn snapshot(ctx: &Ctx<'_>) -> Snapshot {
             },
         })
         .collect();
+    let parts = Parts {
+        members,
+        etcd,
+        routers,
+        exporters,
+        certificates,
+        ca,
+        poolers,
+    };
+    let mut snap = assemble(&c.cluster_name, parts, paused, &bounds);
     if let (Some(r), Some((_, url))) = (alerts, &ctx.ep.alertmanager) {
         let graphs = ctx
             .ep

@@ -287,6 +287,7 @@ pub struct Parts {
     pub exporters: Vec<ExporterState>,
     pub certificates: Vec<CertState>,
     pub ca: Option<CaState>,
+    pub poolers: Vec<PoolerState>,
 }
 
 pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> Snapshot {
@@ -297,6 +298,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         exporters,
         certificates,
         ca,
+        poolers,
     } = parts;
     let healthy_etcd = etcd.iter().filter(|e| e.healthy).count();
     let etcd_quorum = healthy_etcd > etcd.len() / 2;
@@ -323,7 +325,7 @@ pub fn assemble(cluster: &str, parts: Parts, paused: bool, bounds: &Bounds) -> S
         ca,
         backup: None,
         alerts: None,
-        poolers: Vec::new(),
+        poolers,
     };
     s.verdict = verdict(&s, bounds);
     s.healthy = s.verdict.level == Level::Healthy;
@@ -543,6 +545,7 @@ pub fn verdict(s: &Snapshot, bounds: &Bounds) -> Verdict {
     cluster_faults(s, leader, bounds, &mut j);
     member_faults(s, leader, bounds, &mut j);
     router_and_exporter_faults(s, &mut j);
+    pooler_faults(s, &mut j);
     certificate_faults(s, bounds, &mut j);
     let Judgement {
         mut down,
@@ -681,6 +684,22 @@ fn router_and_exporter_faults(s: &Snapshot, j: &mut Judgement) {
                 e.name,
                 err.as_deref().unwrap_or("no answer")
             )),
+        }
+    }
+}
+
+/// A pooler that does not answer, or is paused, holds its clients: degraded.
+fn pooler_faults(s: &Snapshot, j: &mut Judgement) {
+    for p in &s.poolers {
+        match &p.error {
+            Some(e) => j
+                .degraded
+                .push(format!("pooler on {} not answering ({e})", p.router)),
+            None if p.paused => j.degraded.push(format!(
+                "pooler on {} paused: its {} client(s) wait (`pgha pool resume`)",
+                p.router, p.clients
+            )),
+            None => {}
         }
     }
 }

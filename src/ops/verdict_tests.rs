@@ -81,6 +81,7 @@ fn snap(members: Vec<MemberState>, b: haproxy::Backends) -> Snapshot {
             }],
             certificates: vec![],
             ca: None,
+            poolers: vec![],
         },
         false,
         &BOUNDS,
@@ -272,4 +273,33 @@ fn backups_are_judged_by_age_and_archiving() {
         ..ok
     };
     assert!(backup_faults(&unreadable, &bounds)[0].contains("not readable"));
+}
+
+#[test]
+fn a_paused_or_silent_pooler_is_degraded() {
+    let mut s = snap(healthy_members(), good_backends());
+    let pooler = |paused: bool, error: Option<&str>| PoolerState {
+        router: "router1".into(),
+        clients: 7,
+        waiting: 7,
+        servers: 0,
+        maxwait: 3,
+        paused,
+        error: error.map(str::to_string),
+    };
+    s.poolers = vec![pooler(false, None)];
+    assert_eq!(verdict(&s, &BOUNDS).level, Level::Healthy);
+    s.poolers = vec![pooler(true, None)];
+    let v = verdict(&s, &BOUNDS);
+    assert_eq!(v.level, Level::Degraded);
+    assert_eq!(
+        v.reasons,
+        ["pooler on router1 paused: its 7 client(s) wait (`pgha pool resume`)"]
+    );
+    s.poolers = vec![pooler(false, Some("connection refused"))];
+    let v = verdict(&s, &BOUNDS);
+    assert_eq!(
+        v.reasons,
+        ["pooler on router1 not answering (connection refused)"]
+    );
 }
