@@ -290,7 +290,7 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     let (code, out, _) = pgha(&["status", &inv]);
     assert!(out.contains("pooler router1: PAUSED"), "{out}");
     assert_eq!(code, 1, "a paused pooler degrades the cluster: {out}");
-    assert!(out.contains("degraded: pooler on router1 paused"), "{out}");
+    assert!(out.contains("pooler on router1 paused: its"), "{out}");
     let (code, out, err) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy with a paused pooler:\n{out}\n{err}");
     let (_, out, _) = pgha(&["pool", "show", &inv, "--output", "json"]);
