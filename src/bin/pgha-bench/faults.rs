@@ -93,6 +93,76 @@ impl Bench {
         });
     }
 
+    /// PostgreSQL crashing on the leader (`kill -9` of its postmaster; the host,
+    /// Patroni and etcd live on): the longest gap between a writer's
+    /// acknowledgements, whether Patroni restarted it in place (the default:
+    /// the leader key is still held) or another member took over, rows lost.
+    pub(crate) async fn postmaster_crash(&mut self, info: &LabInfo, target: &Target) {
+        let mut outages = Vec::new();
+        let (mut in_place, mut lost_total) = (0, 0);
+        let mut leaders = Vec::new();
+        for i in 0..self.args.runs {
+            let (leader, _) = self.as_pgha_leaves_it(info).await;
+            say(format!(
+                "postmaster crash {}/{}: {leader}",
+                i + 1,
+                self.args.runs
+            ));
+            let writer = Writer::start(target, "bench_crash", (i as i32 + 1) * 1_000_000);
+            let warm = Instant::now();
+            writer
+                .wait_acked(20, warm, None, Duration::from_secs(60))
+                .await
+                .expect("the writer writes before the crash");
+            let container = info
+                .host(&leader)
+                .expect("the leader's host")
+                .container
+                .clone();
+            let t = Instant::now();
+            let (code, _, err, _) = run(Command::new("docker").args([
+                "exec",
+                &container,
+                "sh",
+                "-c",
+                "kill -9 $(head -1 /var/lib/postgresql/*/main/postmaster.pid)",
+            ]));
+            assert_eq!(code, 0, "kill -9 of the postmaster on {leader}: {err}");
+            let killed = Instant::now();
+            writer
+                .wait_acked(20, killed, None, Duration::from_secs(120))
+                .await
+                .expect("writes come back after the crash");
+            let end = Instant::now();
+            let acked = writer.stop().await;
+            outages.push(longest_gap(&acked, t, end));
+            let after = wait_healthy(info).await;
+            in_place += usize::from(after == leader);
+            leaders.push(format!("{leader} -> {after}"));
+            lost_total += lost(target, "bench_crash", &acked).await;
+        }
+        let m = median(&outages);
+        let worst = outages.iter().cloned().fold(0.0, f64::max);
+        self.push(Figure {
+            name: "PostgreSQL crash on the leader (kill -9 of the postmaster): longest write gap"
+                .into(),
+            unit: "s".into(),
+            pgha: m,
+            baseline: None,
+            baseline_name: None,
+            ratio: None,
+            goal: Some("writes back within 10 s, 0 rows lost".into()),
+            met: m.map(|_| worst <= 10.0 && lost_total == 0),
+            runs: outages,
+            failed: None,
+            detail: json!({
+                "rows_lost": lost_total,
+                "restarted_in_place": in_place,
+                "leaders": leaders,
+            }),
+        });
+    }
+
     pub(crate) async fn partition(&mut self, info: &LabInfo, target: &Target) {
         let mut outages = Vec::new();
         let mut rejoin = Vec::new();

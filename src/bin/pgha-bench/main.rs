@@ -43,8 +43,8 @@ struct Args {
     /// Skip the Ansible baseline (it installs ansible-core from PyPI).
     #[arg(long)]
     no_ansible: bool,
-    /// Only these figure groups (cold, noop, failover, switchover, pool, load,
-    /// scale, fleet, upgrade, rebuild, backup); default all.
+    /// Only these figure groups (cold, noop, failover, crash, switchover, pool,
+    /// load, scale, fleet, upgrade, rebuild, backup); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// An inventory variable for every lab, `KEY: VALUE` (repeatable): measure a
@@ -317,14 +317,22 @@ async fn main() {
     if b.wants("cold") {
         b.cold().await;
     }
-    let main_groups = ["noop", "failover", "switchover", "pool", "load", "rebuild"];
+    let main_groups = [
+        "noop",
+        "failover",
+        "crash",
+        "switchover",
+        "pool",
+        "load",
+        "rebuild",
+    ];
     if main_groups.iter().any(|g| b.wants(g)) {
         let info = b.lab("pgha-b-main", 3).await;
         let inv = info.inventory_path.display().to_string();
         let (code, _, _, _) = b.pgha(&["deploy", &inv]);
         assert_eq!(code, 0, "deploy pgha-b-main");
         let target = target(&info);
-        for t in ["bench_kill", "bench_part", "bench_sw"] {
+        for t in ["bench_kill", "bench_part", "bench_sw", "bench_crash"] {
             create_table(&target, t).await;
         }
         if b.wants("noop") {
@@ -333,6 +341,9 @@ async fn main() {
         if b.wants("failover") {
             b.hard_kill(&info, &target).await;
             b.partition(&info, &target).await;
+        }
+        if b.wants("crash") {
+            b.postmaster_crash(&info, &target).await;
         }
         if b.wants("switchover") {
             b.switchover(&info, &inv, &target).await;
