@@ -13,8 +13,11 @@ use crate::error::Failure;
 use crate::probe::Net;
 use crate::probe::etcd::connect_any;
 
-/// Seconds an etcd lock outlives a holder that stopped renewing it.
-pub const ETCD_TTL: i64 = 10;
+/// Seconds an etcd lock outlives a holder that stopped renewing it. As long as
+/// the host lock's expiry: an etcd starved for seconds on a loaded host (keep-alives
+/// unanswered for over 10 s were seen on the 2-CPU lab) must not take the lock from
+/// a live run, and a dead holder's host lock keeps it 30 s anyway.
+pub const ETCD_TTL: i64 = 30;
 /// Seconds a host lock outlives a holder that stopped refreshing it.
 pub const HOST_TTL: u64 = 30;
 
