@@ -95,7 +95,10 @@ impl Bench {
             ),
         ]));
         assert_eq!(code, 0, "pgbench -i: {err}");
-        let c = pg(target, 5000).await.expect("connect :5000");
+        // In `app`, where pgbench made its tables (the target's own database is
+        // `postgres`).
+        let su = target.as_user("postgres", &secret(info, "superuser_password"), "app");
+        let c = pg(&su, 5000).await.expect("connect :5000");
         c.batch_execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
             .await
             .expect("grant");
