@@ -15,7 +15,7 @@ const LAB: &str = "pgha-e2e-day2";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn day2_partitions() {
-    let lab = Lab::up(LAB, "root").await;
+    let lab = Lab::up_unmonitored(LAB).await;
     // The inventory as a plain argument, as users type it.
     let (code, _, _) = pgha(&["deploy", &lab.inventory()]);
     assert_eq!(code, 0, "deploy");

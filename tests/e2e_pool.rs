@@ -45,7 +45,7 @@ async fn server_connections(lab: &Lab) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
-    let lab = Lab::up_without_backups(LAB).await;
+    let lab = Lab::up_without_backups(LAB, true).await;
     lab.add_vars(
         "    pgbouncer_enabled: true\n    postgresql_parameters:\n      max_connections: 100\n    postgresql_users:\n      - name: pooluser\n",
     );

@@ -100,7 +100,7 @@ async fn repository_outage(lab: &Lab, leader: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn point_in_time_restore_resumed_then_the_whole_cluster_from_the_repository() {
-    let lab = Lab::up(LAB, "root").await;
+    let lab = Lab::up_unmonitored(LAB).await;
     let inv = lab.inventory();
     let (code, out, err) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy:\n{out}\n{err}");

@@ -126,7 +126,7 @@ async fn revoke_lock(lab: &Lab) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
-    let lab = Lab::up(LAB, "root").await;
+    let lab = Lab::up_unmonitored(LAB).await;
     lab.add_vars("    pgbouncer_enabled: true\n    postgresql_users:\n      - name: pooluser\n");
     let inv = lab.inventory();
     let mut pg_new = String::new();

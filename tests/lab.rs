@@ -134,6 +134,7 @@ async fn lab_hosts_over_ssh_with_fault_injection() {
         tls: false,
         docker: false,
         backup: true,
+        monitoring: true,
     };
     let t = Instant::now();
     let info = lab::up(&spec).await.expect("lab up");

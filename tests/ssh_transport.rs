@@ -100,6 +100,7 @@ fn setup() -> Fixture {
         tls: false,
         docker: false,
         backup: true,
+        monitoring: true,
     };
     let info = lab_call(move || Box::pin(async move { lab::up(&spec).await }))
         .unwrap_or_else(|e| panic!("lab up {NAME}: {e}"));

@@ -86,6 +86,10 @@ pub struct LabUpArgs {
     /// by default the first router doubles as it).
     #[arg(long)]
     pub no_backup: bool,
+    /// Write `monitoring_enabled: false` into the lab inventory (no Prometheus,
+    /// Alertmanager or node_exporter; by default the first router is the monitor).
+    #[arg(long)]
+    pub no_monitoring: bool,
     /// Install method written into the lab inventory: native or docker.
     #[arg(long, default_value = "native", value_parser = ["native", "docker"])]
     pub method: String,

@@ -134,6 +134,7 @@ async fn cmd_up(a: LabUpArgs, output: OutputFormat) -> Result<Exit, Failure> {
         tls: !a.no_tls,
         docker: a.method == "docker",
         backup: !a.no_backup,
+        monitoring: !a.no_monitoring,
     };
     if spec.docker {
         // The images the hosts will run, built here (cached) before the hosts start.

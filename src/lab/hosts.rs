@@ -37,6 +37,9 @@ pub struct LabSpec {
     /// Backups on, the first router doubling as the repository (off: the
     /// inventory says `backup_enabled: false`).
     pub backup: bool,
+    /// Monitoring on (the default): Prometheus and Alertmanager on the first router,
+    /// node_exporter everywhere; off writes `monitoring_enabled: false`.
+    pub monitoring: bool,
 }
 
 /// A lab that is up.
@@ -154,6 +157,7 @@ pub async fn up(spec: &LabSpec) -> Result<LabInfo, Failure> {
             spec.tls,
             spec.docker,
             spec.backup,
+            spec.monitoring,
         )
         .as_bytes(),
         0o644,
@@ -175,7 +179,7 @@ pub async fn down(name: &str) -> Result<(), Failure> {
     layout::validate_name(name).map_err(Failure::options)?;
     let ids = lab_container_ids(name).await?;
     if !ids.is_empty() {
-        // -v: with each host's Docker storage volume.
+        // -v: with each host's volumes (its disk).
         let mut args = vec!["rm", "-f", "-v"];
         args.extend(ids.iter().map(String::as_str));
         docker::run(&args).await?;

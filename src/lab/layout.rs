@@ -198,6 +198,7 @@ pub fn render_inventory(
     tls: bool,
     docker: bool,
     backup: bool,
+    monitoring: bool,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -225,6 +226,9 @@ pub fn render_inventory(
         .filter(|_| backup);
     if repository.is_none() {
         s.push_str("    backup_enabled: false\n");
+    }
+    if !monitoring {
+        s.push_str("    monitoring_enabled: false\n");
     }
     s.push_str("  children:\n");
     for role in [Role::Db, Role::Router] {
@@ -385,6 +389,14 @@ pub fn run_args(lab: &str, host: &Planned, image: &str) -> Vec<String> {
         // image's layers between containers instead of copying them (vfs).
         "-v",
         "/var/lib/docker",
+        // Where installing packages and running the cluster write (programs, dpkg's
+        // database, PostgreSQL's and etcd's data) also on volumes: each starts as a
+        // copy of the image's directory, and writes then skip the fuse overlay,
+        // which costs more CPU than the writing itself.
+        "-v",
+        "/usr",
+        "-v",
+        "/var/lib",
         "--cgroupns=host",
         "--stop-signal",
         "SIGRTMIN+3",
@@ -485,7 +497,7 @@ mod tests {
     fn inventory_for_root_and_deploy() {
         let subnet: Ipv4Net = "172.28.7.0/24".parse().unwrap();
         let hosts = plan_hosts("demo", subnet, 2, 1);
-        let inv = render_inventory("demo", &hosts, "root", true, false, true);
+        let inv = render_inventory("demo", &hosts, "root", true, false, true, true);
         assert_eq!(
             inv,
             "# pgha lab demo: written by `pgha lab up`, which rewrites it when the lab changes.\n\
@@ -517,7 +529,7 @@ all:
             v["all"]["children"]["router"]["hosts"]["router1"]["ansible_host"].as_str(),
             Some("172.28.7.101")
         );
-        let dep = render_inventory("demo", &hosts, "deploy", true, false, true);
+        let dep = render_inventory("demo", &hosts, "deploy", true, false, true, true);
         let v: yaml_serde::Value = yaml_serde::from_str(&dep).unwrap();
         assert_eq!(v["all"]["vars"]["ansible_user"].as_str(), Some("deploy"));
         assert_eq!(v["all"]["vars"]["ansible_become"].as_bool(), Some(true));
@@ -528,12 +540,20 @@ all:
             true,
             false,
             true,
+            true,
         );
         assert!(!no_router.contains("router"), "{no_router}");
         assert!(no_router.contains("backup_enabled: false"), "{no_router}");
-        let docker = render_inventory("demo", &hosts, "root", true, true, true);
+        let docker = render_inventory("demo", &hosts, "root", true, true, true, true);
         assert!(!docker.contains("backup_enabled"), "{docker}");
         assert!(docker.contains("    backup:\n"), "{docker}");
+        assert!(!inv.contains("monitoring_enabled"), "{inv}");
+        let unmonitored = render_inventory("demo", &hosts, "root", true, false, true, false);
+        let v: yaml_serde::Value = yaml_serde::from_str(&unmonitored).unwrap();
+        assert_eq!(
+            v["all"]["vars"]["monitoring_enabled"].as_bool(),
+            Some(false)
+        );
     }
 
     const KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIEnRplL8OWQ+uwpUzTnQ6LjzrRygGnr2QcxiHu1f/7Oe";
@@ -593,7 +613,7 @@ all:
             "run -d --name demo-db1 --hostname db1 --network demo --ip 172.28.7.11 \
 --network-alias db1 --label pgha.lab=demo --label pgha.lab.host=db1 \
 --label pgha.lab.address=172.28.7.11 --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add SYS_PTRACE --security-opt seccomp=unconfined \
---tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v /var/lib/docker --cgroupns=host --stop-signal SIGRTMIN+3 pgha-lab:0123456789ab /sbin/init"
+--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:rw -v /var/lib/docker -v /usr -v /var/lib --cgroupns=host --stop-signal SIGRTMIN+3 pgha-lab:0123456789ab /sbin/init"
         );
         assert!(!args.contains("--privileged"));
     }
@@ -607,7 +627,7 @@ all:
             "172.28.5.201"
         );
         let hosts = plan_hosts("lab", subnet, 3, 1);
-        let inv = render_inventory("lab", &hosts, "root", true, false, true);
+        let inv = render_inventory("lab", &hosts, "root", true, false, true, true);
         let moved = set_host_address(&inv, "db2", "172.28.5.201".parse().unwrap()).unwrap();
         assert!(
             moved.contains("db2:\n          ansible_host: 172.28.5.201\n"),

@@ -43,6 +43,28 @@ pub fn json_doc(stdout: &str) -> Value {
         .unwrap_or_else(|| panic!("no JSON document in pgha's output:\n{stdout}"))
 }
 
+/// What a lab's inventory turns on.
+#[derive(Clone, Copy)]
+struct Parts {
+    tls: bool,
+    docker: bool,
+    backup: bool,
+    monitoring: bool,
+}
+
+impl Parts {
+    const DEFAULT: Parts = Parts {
+        tls: true,
+        docker: false,
+        backup: true,
+        monitoring: true,
+    };
+    const UNMONITORED: Parts = Parts {
+        monitoring: false,
+        ..Parts::DEFAULT
+    };
+}
+
 pub struct Lab {
     pub info: LabInfo,
     /// The inventory has TLS on: Patroni and etcd are read over TLS with the
@@ -54,55 +76,59 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A lab of 3 db hosts and a router whose inventory has TLS on (the default).
+    /// A lab of 3 db hosts and a router with the inventory's defaults: TLS,
+    /// backups and monitoring on.
     pub async fn up(name: &str, user: &str) -> Lab {
-        Self::up_tls(name, user, 3, true).await
+        Self::up_sized(name, user, 3, 1, Parts::DEFAULT).await
     }
 
-    /// A lab whose inventory has TLS on or off.
+    /// As `up`, monitoring off: for scenarios that do not look at it (a deploy
+    /// without Prometheus, Alertmanager and node_exporter takes about half the
+    /// CPU, which the suite's two lanes share).
+    pub async fn up_unmonitored(name: &str) -> Lab {
+        Self::up_sized(name, "root", 3, 1, Parts::UNMONITORED).await
+    }
+
+    /// A lab whose inventory has TLS on or off, monitoring off.
     pub async fn up_tls(name: &str, user: &str, db: u32, tls: bool) -> Lab {
-        Self::up_spec(name, user, db, tls, false, true).await
+        let parts = Parts {
+            tls,
+            ..Parts::UNMONITORED
+        };
+        Self::up_sized(name, user, db, 1, parts).await
     }
 
-    /// A lab of `db` db hosts and `routers` routers, TLS on, backups on.
+    /// A lab of `db` db hosts and `routers` routers, TLS on, backups on,
+    /// monitoring off.
     pub async fn up_hosts(name: &str, db: u32, routers: u32) -> Lab {
-        Self::up_sized(name, "root", db, routers, true, false, true).await
+        Self::up_sized(name, "root", db, routers, Parts::UNMONITORED).await
     }
 
-    /// A lab deployed without backups (`backup_enabled: false`), TLS on.
-    pub async fn up_without_backups(name: &str) -> Lab {
-        Self::up_spec(name, "root", 3, true, false, false).await
+    /// A lab deployed without backups (`backup_enabled: false`), TLS on,
+    /// monitoring on or off.
+    pub async fn up_without_backups(name: &str, monitoring: bool) -> Lab {
+        let parts = Parts {
+            backup: false,
+            monitoring,
+            ..Parts::DEFAULT
+        };
+        Self::up_sized(name, "root", 3, 1, parts).await
     }
 
-    /// A lab for install_method docker (TLS on, the default), pgha's image built
-    /// first.
+    /// A lab for install_method docker (TLS and monitoring on, the defaults),
+    /// pgha's image built first.
     pub async fn up_docker(name: &str) -> Lab {
         pgha::docker::stack::ensure()
             .await
             .expect("pgha images build");
-        Self::up_spec(name, "root", 3, true, true, true).await
+        let parts = Parts {
+            docker: true,
+            ..Parts::DEFAULT
+        };
+        Self::up_sized(name, "root", 3, 1, parts).await
     }
 
-    async fn up_spec(
-        name: &str,
-        user: &str,
-        db: u32,
-        tls: bool,
-        docker: bool,
-        backup: bool,
-    ) -> Lab {
-        Self::up_sized(name, user, db, 1, tls, docker, backup).await
-    }
-
-    async fn up_sized(
-        name: &str,
-        user: &str,
-        db: u32,
-        routers: u32,
-        tls: bool,
-        docker: bool,
-        backup: bool,
-    ) -> Lab {
+    async fn up_sized(name: &str, user: &str, db: u32, routers: u32, parts: Parts) -> Lab {
         let _ = lab::down(name).await;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -112,13 +138,18 @@ impl Lab {
             routers,
             dir,
             user: user.into(),
-            tls,
-            docker,
-            backup,
+            tls: parts.tls,
+            docker: parts.docker,
+            backup: parts.backup,
+            monitoring: parts.monitoring,
         })
         .await
         .expect("lab up");
-        Lab { info, tls, docker }
+        Lab {
+            info,
+            tls: parts.tls,
+            docker: parts.docker,
+        }
     }
 
     /// The cluster CA and pgha's client certificate, read from the files deploy
@@ -960,7 +991,7 @@ pub fn verify_every_backup(lab: &Lab) {
 /// A lab deployed without backups (a later deploy turns them on): the lab, its
 /// inventory and the leader.
 pub async fn deployed_without_backups(name: &str) -> (Lab, String, String) {
-    let lab = Lab::up_without_backups(name).await;
+    let lab = Lab::up_without_backups(name, false).await;
     let inv = lab.inventory();
     let (code, out, err) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy without backups:\n{out}\n{err}");

@@ -208,6 +208,7 @@ impl Bench {
             tls: true,
             docker: false,
             backup: true,
+            monitoring: true,
         })
         .await
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"));
