@@ -4,8 +4,9 @@
 //! the first run is killed after its first replica and run again. A second writer
 //! goes through PgBouncer on the router: it must see no error at all (the poolers
 //! are paused around the switchover, and the next run resumes the ones a killed
-//! run left paused). Assertions read the hosts and the running servers, not
-//! pgha's report.
+//! run left paused). Last, a PgBouncer left running a replaced binary is
+//! restarted by the upgrade (nothing else is) and takes clients again.
+//! Assertions read the hosts and the running servers, not pgha's report.
 //!
 //! The older builds are the hosts' current candidates repackaged as `<version>~e2e`
 //! (`pgha::lab::rehearsal`): a real package upgrade whatever the mirror holds today.
@@ -47,9 +48,14 @@ fn postmaster_exes(lab: &Lab) -> Vec<(String, String)> {
 
 /// HAProxy's running master: its pid and whether it runs a binary replaced on disk.
 fn haproxy_master(lab: &Lab) -> (String, String) {
+    main_process(lab, "haproxy")
+}
+
+/// A unit's main process on router1: its PID and binary.
+fn main_process(lab: &Lab, unit: &str) -> (String, String) {
     let (_, pid) = lab.sh(
         "router1",
-        "systemctl show -p MainPID --value haproxy.service",
+        &format!("systemctl show -p MainPID --value {unit}.service"),
     );
     let (_, exe) = lab.sh("router1", &format!("readlink /proc/{}/exe", pid.trim()));
     (pid.trim().to_string(), exe.trim().to_string())
@@ -440,5 +446,56 @@ async fn upgrade_minor_versions_with_a_writer_and_an_interruption() {
         0,
         "deploy after upgrade changes nothing"
     );
+
+    // 6. PgBouncer running a binary replaced under it (its package reinstalled with
+    // service restarts held back, as an apt run that did not restart it leaves it):
+    // the upgrade restarts it, and clients log in through it again.
+    let (pid, _) = main_process(&lab, "pgbouncer");
+    let (code, out) = lab.sh(
+        "router1",
+        "printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold --reinstall pgbouncer; \
+         rc=$?; rm -f /usr/sbin/policy-rc.d; exit $rc",
+    );
+    assert_eq!(code, 0, "reinstall pgbouncer: {out}");
+    assert_eq!(
+        main_process(&lab, "pgbouncer"),
+        (pid.clone(), "/usr/sbin/pgbouncer (deleted)".to_string()),
+        "PgBouncer kept running on the replaced binary"
+    );
+    let (code, out, _) = pgha(&["upgrade", &inv, "--check", "--output", "json"]);
+    assert_eq!(code, 0, "upgrade --check: {out}");
+    let steps = json_doc(&out)["steps"].clone();
+    assert_eq!(
+        steps.as_array().map(Vec::len),
+        Some(1),
+        "one step, the router's: {steps}"
+    );
+    assert!(
+        steps[0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("router router1 (PgBouncer restarted"),
+        "{steps}"
+    );
+    let before = start_times(&lab).await;
+    let (haproxy_pid, _) = haproxy_master(&lab);
+    let (code, out, err) = pgha(&["upgrade", &inv]);
+    assert_eq!(code, 0, "upgrade restarting PgBouncer:\n{out}\n{err}");
+    let (new_pid, exe) = main_process(&lab, "pgbouncer");
+    assert_ne!(new_pid, pid, "PgBouncer restarted");
+    assert_eq!(
+        exe, "/usr/sbin/pgbouncer",
+        "PgBouncer runs the binary on disk"
+    );
+    assert_eq!(start_times(&lab).await, before, "no PostgreSQL restarted");
+    assert_eq!(haproxy_master(&lab).0, haproxy_pid, "HAProxy not restarted");
+    let t = Instant::now();
+    let again = pgha::lab::clients::Writer::start_pooled(&pooluser, 6432, "upg_pooled", 1_000_000);
+    again
+        .wait_acked(10, t, None, std::time::Duration::from_secs(60))
+        .await
+        .expect("writes through the restarted PgBouncer");
+    assert_no_loss(&lab, "upg_pooled", &again.stop().await).await;
     verify_every_backup(&lab);
 }

@@ -37,15 +37,20 @@ pub fn install_script_with(packages: &[String], update: bool, options: &str) -> 
         .map(|p| shell_quote(p))
         .collect::<Vec<_>>()
         .join(" ");
-    let update = if update {
-        "apt-get -q -o DPkg::Lock::Timeout=300 update\n"
-    } else {
-        ""
-    };
-    let apt = format!(
-        "export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1\n\
-         {update}apt-get install -y -q --no-install-recommends {options}-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}\n"
+    let refresh = "apt-get -q -o DPkg::Lock::Timeout=300 update";
+    let install = format!(
+        "apt-get install -y -q --no-install-recommends {options}-o DPkg::Lock::Timeout=300 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {pkgs}"
     );
+    // Lists kept because they were fresh may still name a version the mirror has
+    // dropped since (a security update): then once more after an update.
+    let steps = if update {
+        format!("{refresh}\n{install}\n")
+    } else {
+        format!(
+            "{install} || {{ echo 'pgha: apt-get install failed with the package lists as they were: updating them and trying again' >&2; {refresh} && {install}; }}\n"
+        )
+    };
+    let apt = format!("export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1\n{steps}");
     no_service_starts(POLICY_DIR, &apt)
 }
 
@@ -232,7 +237,17 @@ mod tests {
         assert!(s.contains("--force-confold"));
         assert!(s.contains("update\n"));
         assert!(s.trim_end().ends_with("etcd-server patroni"));
-        assert!(!install_script(&["x".into()], false).contains(" update"));
+        let kept = install_script(&["x".into()], false);
+        let first = kept.find("apt-get install").unwrap();
+        let retry = kept.find("|| {").unwrap();
+        assert!(
+            first < retry && kept[..retry].matches(" update").count() == 0,
+            "installs first, updates only when that fails: {kept}"
+        );
+        assert!(
+            kept[retry..].contains("update && apt-get install"),
+            "{kept}"
+        );
     }
 
     /// The guard script run by a real `sh` in a temp dir standing in for /usr/sbin.

@@ -233,7 +233,7 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
         for file in &role.files {
             if let Some(reason) = file_reason(file, facts.files.get(&file.path)) {
                 if file.notify == Notify::AptUpdate {
-                    apt_files_changed = true;
+                    apt_files_changed |= apt_lists_may_change(file, facts.files.get(&file.path));
                 } else if reason != FileReason::Attributes
                     && !read_once_only(file, facts.files.get(&file.path))
                 {
@@ -322,6 +322,7 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
             });
         }
     }
+    // Fresh lists are used as they are unless an apt file changed what they hold.
     let lists_stale = facts
         .apt_lists_age
         .is_none_or(|age| age > apt_cache_valid_time);
@@ -442,6 +443,18 @@ pub fn patched_parameters(patch: &Value) -> BTreeMap<String, Value> {
         .as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default()
+}
+
+/// Whether writing an apt file (sources, pins) can change what `apt-get update`
+/// would fetch: an existing file rewritten may drop or add sources; a new one only
+/// when it holds more than comments (pgha's header alone, with no sources or pins
+/// in the inventory, changes nothing, and fresh lists are then used as they are).
+fn apt_lists_may_change(file: &DesiredFile, fact: Option<&super::facts::FileFact>) -> bool {
+    fact.is_some()
+        || String::from_utf8_lossy(&file.content)
+            .lines()
+            .map(str::trim)
+            .any(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 #[cfg(test)]
@@ -667,6 +680,53 @@ mod host_tests {
         let p = plan_host(&want(), &f, 86400);
         assert_eq!(p.actions.len(), 1);
         assert_eq!(p.notify("etcd"), Notify::None);
+    }
+
+    /// pgha's apt files written for the first time with nothing but its header
+    /// (no sources, no pins) leave fresh lists alone; with a source, or over a file
+    /// that was there, they do not.
+    #[test]
+    fn new_apt_files_that_add_nothing_keep_fresh_lists() {
+        let apt = |content: &str| DesiredFile {
+            path: "/etc/apt/sources.list.d/pgha.list".into(),
+            content: content.as_bytes().to_vec(),
+            notify: Notify::AptUpdate,
+            ..want().roles[0].files[0].clone()
+        };
+        let header =
+            "# Managed by pgha (inventory: apt_sources). Changes here are overwritten.\n\n";
+        let mut w = want();
+        w.roles[0].files.push(apt(header));
+        let mut f = converged();
+        f.packages.clear();
+        let p = plan_host(&w, &f, 86400);
+        assert!(!p.apt_update(), "{:?}", p.actions);
+        assert!(
+            p.actions.iter().any(|a| a
+                .to_string()
+                .contains("write /etc/apt/sources.list.d/pgha.list")),
+            "the file is still written: {:?}",
+            p.actions
+        );
+        w.roles[0].files[1] = apt(&format!(
+            "{header}deb http://example.org/debian trixie main\n"
+        ));
+        assert!(plan_host(&w, &f, 86400).apt_update(), "a new source");
+        w.roles[0].files[1] = apt(header);
+        f.files.insert(
+            "/etc/apt/sources.list.d/pgha.list".into(),
+            FileFact {
+                sha256: "someone else's".into(),
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o644,
+                read_once_sha256: None,
+            },
+        );
+        assert!(
+            plan_host(&w, &f, 86400).apt_update(),
+            "an existing file rewritten"
+        );
     }
 
     #[test]

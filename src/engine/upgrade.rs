@@ -18,6 +18,9 @@ pub enum Component {
     Patroni,
     Exporter,
     Haproxy,
+    /// PgBouncer on the routers (pooling on): restarted by its unit's safe
+    /// shutdown, so its clients reconnect once.
+    Pgbouncer,
     /// pgBackRest's server (db hosts and the repository's host).
     Pgbackrest,
     /// Prometheus, Alertmanager, the node and pgBackRest exporters: nothing in the
@@ -34,6 +37,7 @@ impl Component {
             "patroni" => Component::Patroni,
             "exporter" => Component::Exporter,
             "haproxy" => Component::Haproxy,
+            "pgbouncer" => Component::Pgbouncer,
             "pgbackrest" => Component::Pgbackrest,
             "node_exporter"
             | "pgbackrest_exporter"
@@ -53,6 +57,7 @@ impl fmt::Display for Component {
             Component::Patroni => "Patroni",
             Component::Exporter => "postgres_exporter",
             Component::Haproxy => "HAProxy",
+            Component::Pgbouncer => "PgBouncer",
             Component::Pgbackrest => "pgBackRest",
             Component::Monitoring => "monitoring",
         })
@@ -300,7 +305,7 @@ pub struct UpgradePlan {
     pub patroni_only: Vec<String>,
     /// Members where only the exporter changes.
     pub exporter_only: Vec<String>,
-    /// Routers, one at a time.
+    /// Routers whose HAProxy or PgBouncer changes, one at a time.
     pub routers: Vec<String>,
     /// Hosts whose pgBackRest server changes (restarted last: PostgreSQL does not
     /// depend on it, a WAL push that fails meanwhile is retried).
@@ -358,17 +363,23 @@ impl UpgradePlan {
             s.push(format!("exporter on {h}: {}", what(h, &[Exporter])));
         }
         for h in &self.routers {
-            if self.containers {
-                s.push(format!(
-                    "router {h} (container re-created: its sessions end): {}",
-                    what(h, &[Haproxy])
-                ));
-            } else {
-                s.push(format!(
-                    "router {h} (reload keeps sessions): {}",
-                    what(h, &[Haproxy])
-                ));
+            let w = &self.work[h];
+            let mut how = Vec::new();
+            if w.touches(Haproxy) {
+                how.push(if self.containers {
+                    "HAProxy's container re-created: its sessions end"
+                } else {
+                    "HAProxy reloaded: sessions kept"
+                });
             }
+            if w.touches(Pgbouncer) {
+                how.push("PgBouncer restarted: transactions finish, its clients reconnect");
+            }
+            s.push(format!(
+                "router {h} ({}): {}",
+                how.join("; "),
+                what(h, &[Haproxy, Pgbouncer])
+            ));
         }
         for h in &self.pgbackrest {
             s.push(format!("pgBackRest on {h}: {}", what(h, &[Pgbackrest])));
@@ -422,7 +433,7 @@ pub fn plan(work: BTreeMap<String, HostWork>, roles: &Roles) -> UpgradePlan {
     let routers: Vec<String> = roles
         .routers
         .iter()
-        .filter(|h| has(h, Component::Haproxy))
+        .filter(|h| has(h, Component::Haproxy) || has(h, Component::Pgbouncer))
         .cloned()
         .collect();
     let on = |c: Component| -> Vec<String> {
@@ -632,6 +643,41 @@ libpq5:
             .position(|s| s.starts_with("db member db2"))
             .unwrap();
         assert_eq!(sw + 1, last, "{steps:?}");
+    }
+
+    /// PgBouncer's package moves with the routers' step, one router at a time,
+    /// also on a router whose HAProxy has nothing to do; the step says its clients
+    /// reconnect and only where it is restarted.
+    #[test]
+    fn pgbouncer_changes_are_a_router_step_that_says_its_clients_reconnect() {
+        use Component::*;
+        assert_eq!(Component::from_role("pgbouncer"), Some(Pgbouncer));
+        let two = Roles {
+            routers: vec!["router1".into(), "router2".into()],
+            ..roles()
+        };
+        let w = BTreeMap::from([work("router1", &[Pgbouncer]), work("router2", &[Haproxy])]);
+        let p = plan(w, &two);
+        assert_eq!(p.routers, ["router1", "router2"]);
+        assert!(p.db_rolling.is_empty() && p.switchovers == 0);
+        let steps = p.steps();
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(
+            steps[0].starts_with("router router1 (PgBouncer restarted: transactions finish, its clients reconnect): x 1 -> 2"),
+            "{steps:?}"
+        );
+        assert!(
+            steps[1].starts_with("router router2 (HAProxy reloaded: sessions kept): x 1 -> 2"),
+            "{steps:?}"
+        );
+        let policy = "pgbouncer:\n  Installed: 1.24.1-1\n  Candidate: 1.24.1-1+deb13u2\n";
+        let pkgs = BTreeMap::from([
+            (Haproxy, vec!["haproxy".to_string()]),
+            (Pgbouncer, vec!["pgbouncer".to_string()]),
+        ]);
+        let w = host_work("router1", &pkgs, &parse_policy(policy), &Running::default());
+        assert_eq!(w.specs(), ["pgbouncer=1.24.1-1+deb13u2"]);
+        assert_eq!(w.restart, BTreeSet::from([Pgbouncer]));
     }
 
     #[test]

@@ -91,15 +91,18 @@ fn both(o: &Output) -> String {
 /// How long a command waits for pgBackRest's stanza lock held by another command.
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 
-/// pgBackRest's "unable to acquire lock" (error 050).
-fn lock_busy(out: &str) -> bool {
-    out.contains("ERROR: [050]")
+/// pgBackRest's "unable to acquire lock" (error 050), or "unable to find primary
+/// cluster" (056): what a moment later may not say.
+fn worth_retrying(out: &str) -> bool {
+    out.contains("ERROR: [050]") || out.contains("ERROR: [056]")
 }
 
 /// A pgBackRest command that takes the stanza's archive lock, run again while
 /// another holds it: on a new cluster the leader's archive-push keeps reaching the
 /// repository (and failing until the stanza exists) and holds that lock for a
-/// moment each time.
+/// moment each time. Also run again while no database host answers as the primary
+/// (seen on a cluster bootstrapped a moment before, under load): a primary that
+/// stays unreachable fails when the wait ends, with what each host answered.
 async fn past_locks(
     s: &Session,
     c: &Cluster,
@@ -107,12 +110,12 @@ async fn past_locks(
     timeout: Duration,
 ) -> Result<Output, Failure> {
     let what = format!(
-        "`pgbackrest {args}` on {} to get the stanza's lock",
+        "`pgbackrest {args}` on {} to get the stanza's lock and find the primary",
         s.host()
     );
     crate::wait::until(&what, LOCK_WAIT, || async {
         match sh(s, pgbackrest(c, args), timeout).await {
-            Ok(out) if !out.success() && lock_busy(&both(&out)) => {
+            Ok(out) if !out.success() && worth_retrying(&both(&out)) => {
                 Err(backup_info::errors(&both(&out)))
             }
             other => Ok(other),
@@ -123,11 +126,16 @@ async fn past_locks(
 
 #[cfg(test)]
 #[test]
-fn only_pgbackrests_lock_error_is_waited_out() {
-    assert!(lock_busy(
+fn only_a_held_lock_or_no_primary_yet_is_waited_out() {
+    assert!(worth_retrying(
         "P00  ERROR: [050]: unable to acquire lock on file '/tmp/pgbackrest/x-archive-1.lock'"
     ));
-    assert!(!lock_busy("P00  ERROR: [055]: unable to load info file"));
+    assert!(!worth_retrying(
+        "P00  ERROR: [055]: unable to load info file"
+    ));
+    assert!(worth_retrying(
+        "P00  ERROR: [056]: unable to find primary cluster - cannot proceed"
+    ));
 }
 
 /// The repository's host, or why there is none.

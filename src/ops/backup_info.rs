@@ -195,10 +195,13 @@ pub fn errors(out: &str) -> String {
         .map(str::trim)
         .filter(|l| l.contains("ERROR: [") || l.starts_with("ERROR"))
         .collect();
+    // Warnings say why an error happened (error 056 "unable to find primary
+    // cluster" is preceded by what each database host answered): after the error.
+    let warns = out.lines().map(str::trim).filter(|l| l.contains("WARN: "));
     let text = if errs.is_empty() {
         last_lines(out)
     } else {
-        errs.join("; ")
+        errs.into_iter().chain(warns).collect::<Vec<_>>().join("; ")
     };
     // Decrypted noise quoted in a message stays out of it.
     let text: String = text
@@ -384,6 +387,14 @@ mod tests {
         assert_eq!(
             errors("INFO: x\nERROR: [082]: WAL segment was not archived\n"),
             "ERROR: [082]: WAL segment was not archived"
+        );
+        assert_eq!(
+            errors(
+                "P00   WARN: unable to check pg1: [DbConnectError] connection refused\n\
+                 P00  ERROR: [056]: unable to find primary cluster - cannot proceed\n"
+            ),
+            "P00  ERROR: [056]: unable to find primary cluster - cannot proceed; \
+             P00   WARN: unable to check pg1: [DbConnectError] connection refused"
         );
     }
 

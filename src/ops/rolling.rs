@@ -359,26 +359,30 @@ impl Stack<'_, '_> {
         Ok(())
     }
 
-    /// A router: the new package, then a reload (the master process re-executes the
-    /// new binary; established sessions stay with the old workers until they end).
+    /// A router: the new packages, then HAProxy reloaded (the master process
+    /// re-executes the new binary; established sessions stay with the old workers
+    /// until they end) and PgBouncer restarted (its unit stops it with SIGINT, a
+    /// safe shutdown: transactions in flight finish, its clients reconnect).
     pub async fn router(&self, h: &str, w: &HostWork) -> Result<(), Failure> {
-        let phase = self.ctx.ui.phase("haproxy");
+        let phase = self.ctx.ui.phase("router");
         self.install(h, w).await?;
-        let role = self.role(h, "haproxy")?;
-        if self.docker {
-            // A new image is a new container: its sessions end (a second router
-            // keeps serving meanwhile).
-            phase.set(format!("{h}: re-creating the HAProxy container"));
-            self.ctx
-                .run_on(h, "re-create haproxy", install::restart(role, false))
-                .await?;
-        } else {
-            phase.set(format!("{h}: reload"));
-            self.ctx
-                .run_on(h, "reload haproxy", install::reload(role))
-                .await?;
+        if w.touches(Component::Haproxy) {
+            let role = self.role(h, "haproxy")?;
+            if self.docker {
+                // A new image is a new container: its sessions end (a second router
+                // keeps serving meanwhile).
+                phase.set(format!("{h}: re-creating the HAProxy container"));
+                self.ctx
+                    .run_on(h, "re-create haproxy", install::restart(role, false))
+                    .await?;
+            } else {
+                phase.set(format!("{h}: reload HAProxy"));
+                self.ctx
+                    .run_on(h, "reload haproxy", install::reload(role))
+                    .await?;
+            }
+            self.wait_new_binary(h, "haproxy", "HAProxy").await?;
         }
-        self.wait_new_binary(h, "haproxy", "HAProxy").await?;
         let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?;
@@ -390,6 +394,13 @@ impl Stack<'_, '_> {
             .filter(|x| *x != leader)
             .collect();
         waits::wait_haproxy(&self.ctx.ep, &leader, &replicas, MEMBER).await?;
+        if w.touches(Component::Pgbouncer) {
+            phase.set(format!("{h}: restarting PgBouncer"));
+            self.restart_service(h, "pgbouncer", "PgBouncer").await?;
+            self.wait_new_binary(h, "pgbouncer", "PgBouncer").await?;
+            // Done when the application logs in through every pooler again.
+            super::pool::wait_app_through_poolers(self.ctx, MEMBER).await?;
+        }
         phase.done(format!("{h} upgraded; backends match Patroni"));
         Ok(())
     }
