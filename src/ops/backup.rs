@@ -88,8 +88,8 @@ fn both(o: &Output) -> String {
     format!("{}\n{}", o.stdout_str(), o.stderr_str())
 }
 
-/// How long a command waits for pgBackRest's stanza lock held by another command.
-const LOCK_WAIT: Duration = Duration::from_secs(120);
+/// How long a command waits out a stanza lock held by another command, or no primary yet.
+const TRANSIENT_WAIT: Duration = Duration::from_secs(120);
 
 /// pgBackRest's "unable to acquire lock" (error 050), or "unable to find primary
 /// cluster" (056): what a moment later may not say.
@@ -103,7 +103,7 @@ fn worth_retrying(out: &str) -> bool {
 /// moment each time. Also run again while no database host answers as the primary
 /// (seen on a cluster bootstrapped a moment before, under load): a primary that
 /// stays unreachable fails when the wait ends, with what each host answered.
-async fn past_locks(
+async fn past_transient_errors(
     s: &Session,
     c: &Cluster,
     args: &str,
@@ -113,7 +113,7 @@ async fn past_locks(
         "`pgbackrest {args}` on {} to get the stanza's lock and find the primary",
         s.host()
     );
-    crate::wait::until(&what, LOCK_WAIT, || async {
+    crate::wait::until(&what, TRANSIENT_WAIT, || async {
         match sh(s, pgbackrest(c, args), timeout).await {
             Ok(out) if !out.success() && worth_retrying(&both(&out)) => {
                 Err(backup_info::errors(&both(&out)))
@@ -340,7 +340,8 @@ impl Converge<'_, '_> {
         if !i.stanza_exists() {
             self.ctx.ensure_locked("create the stanza").await?;
             phase.set(format!("creating stanza {}", c.stanza()));
-            let out = past_locks(s, c, "--log-level-console=warn stanza-create", STANZA).await?;
+            let out = past_transient_errors(s, c, "--log-level-console=warn stanza-create", STANZA)
+                .await?;
             if !out.success() {
                 return Err(host_failed(format!(
                     "{}: `pgbackrest stanza-create` failed: {}",
