@@ -104,14 +104,16 @@ pub async fn deploy(
     let mut ctx = Ctx::new(inv, pki, ui).with_limit(&opts.limit)?;
     let result = async {
         ctx.connect(&ssh, &ctx.all_hosts()).await?;
+        let etcd_up = !opts.check && etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await.any_healthy();
         let mut lock = if opts.check {
             None
         } else {
-            let etcd_up = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await.any_healthy();
             Some(ClusterLock::acquire(&ctx, "pgha deploy", etcd_up, opts.lock_wait).await?)
         };
         let r = match Converge::load(&ctx).await {
-            Ok(mut conv) => run(&mut conv, opts, lock.as_mut()).await,
+            // A cluster that exists may well need nothing: verify's checks then
+            // start at once, beside the facts and phases (`verify::ahead`).
+            Ok(mut conv) => run(&mut conv, opts, lock.as_mut(), etcd_up).await,
             Err(f) => Err(f),
         };
         if let Some(l) = lock {
@@ -124,18 +126,63 @@ pub async fn deploy(
     finish(inv, ui, result, !opts.check)
 }
 
-/// The deploy, top to bottom.
+/// The deploy, top to bottom; with `ahead`, verify's checks run beside it and
+/// stand for the final verification when the run changed nothing.
 async fn run(
     conv: &mut Converge<'_, '_>,
     opts: &DeployOptions,
     lock: Option<&mut ClusterLock>,
+    ahead: bool,
 ) -> Result<Exit, Failure> {
+    let ctx = conv.ctx;
+    let (done, early) = if ahead {
+        let unchanged = || ctx.ui.total_changed() == 0;
+        verify::ahead(verify::check(ctx), unchanged, phases(conv, opts, lock)).await
+    } else {
+        (phases(conv, opts, lock).await, None)
+    };
+    let etcd_moved = match done? {
+        Phases::Checked(exit) => return Ok(exit),
+        Phases::Done { etcd_moved } => etcd_moved,
+    };
+    match early {
+        // The etcd leader moved after the checks read it: their line is stale.
+        Some(report) if !etcd_moved => verify::print_ahead(ctx, report),
+        _ => verify::verify(ctx).await?,
+    }
+    if !ctx.limited() {
+        roster::write(ctx, &roster::Roster::of(conv.inv)).await?;
+    }
+    for (h, d) in &conv.desired {
+        let resources = d.files().count() + d.packages().len() + d.services().len();
+        ctx.ui.ok(h, resources as u32);
+    }
+    print_connect(conv);
+    Ok(Exit::Ok)
+}
+
+enum Phases {
+    /// `--check`: the plan is reported, nothing was done.
+    Checked(Exit),
+    Done {
+        etcd_moved: bool,
+    },
+}
+
+/// Every phase before the verification.
+async fn phases(
+    conv: &mut Converge<'_, '_>,
+    opts: &DeployOptions,
+    lock: Option<&mut ClusterLock>,
+) -> Result<Phases, Failure> {
     conv.gather_and_plan().await?;
     let existing = conv.existing().await?;
     conv.refuse_unsafe_limit(&existing)?;
     let params_checked = conv.check_parameters().await?;
     if opts.check {
-        return report_check(conv, opts, &existing).await;
+        return report_check(conv, opts, &existing)
+            .await
+            .map(Phases::Checked);
     }
     conv.packages(existing.etcd_new).await?;
     if !params_checked {
@@ -178,17 +225,8 @@ async fn run(
     conv.backups().await?;
     conv.monitoring().await?;
     conv.retire().await?;
-    etcd_ops::keep_apart(conv.ctx).await;
-    verify::verify(conv.ctx).await?;
-    if !conv.ctx.limited() {
-        roster::write(conv.ctx, &roster::Roster::of(conv.inv)).await?;
-    }
-    for (h, d) in &conv.desired {
-        let resources = d.files().count() + d.packages().len() + d.services().len();
-        conv.ctx.ui.ok(h, resources as u32);
-    }
-    print_connect(conv);
-    Ok(Exit::Ok)
+    let etcd_moved = etcd_ops::keep_apart(conv.ctx).await;
+    Ok(Phases::Done { etcd_moved })
 }
 
 async fn report_check(

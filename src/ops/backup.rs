@@ -60,7 +60,30 @@ fn timers_script(c: &Cluster) -> String {
         "incr" => !c.backup_schedule_incr.is_empty(),
         _ => !c.backup_schedule_verify.is_empty(),
     };
-    let mut s = String::from("set -e\nsystemctl daemon-reload\n");
+    // systemd reads new or changed unit files on a reload only; a reload costs a
+    // re-run a fifth of a second, so it happens when a wanted unit asks for one.
+    let units: Vec<String> = TIMER_KINDS
+        .iter()
+        .filter(|k| wanted(k))
+        .flat_map(|k| match *k {
+            "verify" => [
+                "pgha-backup-verify.timer".to_string(),
+                "pgha-backup-verify.service".to_string(),
+            ],
+            k => [
+                format!("pgha-backup-{k}.timer"),
+                format!("pgha-backup@{k}.service"),
+            ],
+        })
+        .collect();
+    let mut s = String::from("set -e\n");
+    if !units.is_empty() {
+        s.push_str(&format!(
+            "if systemctl show -p LoadState -p NeedDaemonReload --value {} | grep -qxE 'yes|not-found'; \
+             then systemctl daemon-reload; fi\n",
+            units.join(" ")
+        ));
+    }
     for k in TIMER_KINDS {
         let t = format!("pgha-backup-{k}.timer");
         if wanted(k) {
@@ -327,6 +350,7 @@ impl Converge<'_, '_> {
             .map_err(|e| host_failed(format!("{}: timers: {e:#}", repo.name)))?;
         for l in changed.lines().filter(|l| !l.trim().is_empty()) {
             self.ctx.ui.host(&repo.name, l);
+            self.ctx.ui.changed(&repo.name, 1);
         }
         let i = info(s, c).await?;
         if !i.stanza_exists() && !i.stanza_missing() {
@@ -352,6 +376,7 @@ impl Converge<'_, '_> {
             self.ctx
                 .ui
                 .host(&repo.name, format!("stanza {} created", c.stanza()));
+            self.ctx.ui.changed(&repo.name, 1);
         }
         if i.newest().is_none() {
             self.ctx.ensure_locked("take the first full backup").await?;
@@ -360,6 +385,7 @@ impl Converge<'_, '_> {
             self.ctx
                 .ui
                 .host(&repo.name, format!("first full backup {} taken", b.label));
+            self.ctx.ui.changed(&repo.name, 1);
             return Ok(());
         }
         phase.done(format!("repository on {}", repo.name));
@@ -395,5 +421,12 @@ mod tests {
         assert!(s.contains("systemctl enable --now --quiet pgha-backup-full.timer"));
         assert!(s.contains("systemctl enable --now --quiet pgha-backup-verify.timer"));
         assert!(s.contains("rm -f /etc/systemd/system/pgha-backup-incr.timer"));
+        // A reload only when a wanted unit is new or changed on disk.
+        assert!(s.contains(
+            "--value pgha-backup-full.timer pgha-backup@full.service pgha-backup-diff.timer \
+             pgha-backup@diff.service pgha-backup-verify.timer pgha-backup-verify.service | \
+             grep -qxE 'yes|not-found'; then systemctl daemon-reload; fi"
+        ));
+        assert!(!s.contains("pgha-backup@incr.service"));
     }
 }

@@ -263,17 +263,20 @@ impl<'c, 'a> Converge<'c, 'a> {
             self.refuse_tls_switch(&with_data)?;
         }
         let with_data: Vec<String> = with_data.into_iter().cloned().collect();
-        let members = if etcd_new || !judge_members {
-            Changes::default()
-        } else {
+        // etcd's members beside Patroni's state: independent reads, each a TLS
+        // connection or two, on the path of every re-run.
+        let members = async {
+            if etcd_new || !judge_members {
+                return Ok(Changes::default());
+            }
             match self.observe_members().await {
-                Ok(obs) => self.plan_members(&obs, &with_data)?,
+                Ok(obs) => self.plan_members(&obs, &with_data),
                 // etcd stopped everywhere (destroy kept the data, a power cut): the
                 // etcd phase starts it; a host without data cannot be judged then.
                 Err(e) if !missing.is_empty() => {
                     let list =
                         |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-                    return Err(host_failed(format!(
+                    Err(host_failed(format!(
                         "etcd hosts {} have no data directory ({etcd_member_dir}) while {} do, and \
                          etcd does not answer ({e}): pgha cannot tell a new member from a lost one. \
                          Take the new hosts out of the inventory's etcd members and deploy to bring \
@@ -281,20 +284,26 @@ impl<'c, 'a> Converge<'c, 'a> {
                          nothing was changed",
                         list(&missing),
                         with_data.join(", ")
-                    )));
+                    )))
                 }
-                Err(_) => Changes::default(),
+                Err(_) => Ok(Changes::default()),
             }
         };
-        let patroni_initialized = !etcd_new && self.patroni_initialized().await;
-        Ok(Existing {
-            etcd_new,
-            patroni_initialized,
-            dcs_patch: if patroni_initialized {
+        let patroni = async {
+            let initialized = !etcd_new && self.patroni_initialized().await;
+            let patch = if initialized {
                 self.dcs_patch().await
             } else {
                 None
-            },
+            };
+            (initialized, patch)
+        };
+        let (members, (patroni_initialized, dcs_patch)) = tokio::join!(members, patroni);
+        let members = members?;
+        Ok(Existing {
+            etcd_new,
+            patroni_initialized,
+            dcs_patch,
             sql_changes: self
                 .facts
                 .values()
@@ -466,17 +475,22 @@ impl Converge<'_, '_> {
     /// The etcd and Patroni members the running cluster reports (etcd must answer;
     /// Patroni's members are read when any member's REST API answers).
     pub async fn observe_members(&self) -> Result<Observed, String> {
-        let mut c = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd)
-            .await
-            .map_err(|e| e.to_string())?;
-        let etcd = etcd_ops::members(&mut c).await.map_err(|f| f.message)?;
-        let patroni = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
-            .await
-            .map(|v| v.members.into_iter().map(|m| m.name).collect())
-            .unwrap_or_default();
-        let recorded = crate::ops::roster::read(self.ctx)
-            .await
-            .missing_from(self.inv);
+        let etcd = async {
+            let mut c = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd)
+                .await
+                .map_err(|e| e.to_string())?;
+            etcd_ops::members(&mut c).await.map_err(|f| f.message)
+        };
+        let patroni = async {
+            patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
+                .await
+                .map(|v| v.members.into_iter().map(|m| m.name).collect())
+                .unwrap_or_default()
+        };
+        let recorded = crate::ops::roster::read(self.ctx);
+        let (etcd, patroni, recorded) = tokio::join!(etcd, patroni, recorded);
+        let etcd = etcd?;
+        let recorded = recorded.missing_from(self.inv);
         Ok(Observed {
             etcd,
             patroni,

@@ -92,24 +92,29 @@ pub fn apart_from(
 /// key and demote a healthy leader (patroni#3407, fixed in 4.0.9): so the etcd
 /// leader goes where its loss hurts least, the asynchronous replica. Best effort
 /// (a warning when it cannot): nothing is wrong with the cluster either way.
-pub async fn keep_apart(ctx: &Ctx<'_>) {
-    if let Err(e) = try_keep_apart(ctx).await {
-        ctx.ui.warn(format!(
-            "could not move etcd leadership off the Patroni leader's host: {}",
-            e.message
-        ));
+/// Whether the leadership may have moved (it did, or a move failed midway).
+pub async fn keep_apart(ctx: &Ctx<'_>) -> bool {
+    match try_keep_apart(ctx).await {
+        Ok(moved) => moved,
+        Err(e) => {
+            ctx.ui.warn(format!(
+                "could not move etcd leadership off the Patroni leader's host: {}",
+                e.message
+            ));
+            true
+        }
     }
 }
 
-async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
+async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
     let view = crate::probe::patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
         .await
         .map_err(Failure::error)?;
     let Some(patroni_leader) = view.leader().map(|l| l.name.clone()) else {
-        return Ok(());
+        return Ok(false);
     };
     if !ctx.etcd_hosts().contains(&patroni_leader) {
-        return Ok(());
+        return Ok(false);
     }
     let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
     let q = report.quorum(ctx.ep.etcd.len()).map_err(Failure::error)?;
@@ -125,7 +130,7 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
         .map(|m| m.name.clone())
         .collect();
     let Some(to) = apart_from(&q.leader, &patroni_leader, &sync, &healthy) else {
-        return Ok(());
+        return Ok(false);
     };
     move_leader(ctx, &q.leader, &to).await?;
     ctx.ui.host(
@@ -135,7 +140,7 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<(), Failure> {
             q.leader
         ),
     );
-    Ok(())
+    Ok(true)
 }
 
 /// One etcd member as the cluster lists it.

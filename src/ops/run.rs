@@ -325,6 +325,7 @@ impl<'a> Ctx<'a> {
                     .exec(&Cmd::root(script).timeout(Duration::from_secs(60)))
                     .await;
                 let window = (t0, now_secs());
+                tracing::debug!(host = %host, "facts in {:.3}s", window.1 - window.0);
                 let res = match out {
                     Ok(o) => o
                         .ok()

@@ -1,6 +1,7 @@
 //! The checks that end every command that changes the cluster (deploy, upgrade,
 //! rebuild): each reads live state, and the run fails if any does not hold.
 
+use std::future::Future;
 use std::time::Duration;
 
 use super::run::Ctx;
@@ -15,30 +16,96 @@ pub const VERIFY: Duration = Duration::from_secs(120);
 /// row written through the write port read back from a replica through the read port;
 /// with pooling, the application through every pooler; with backups, a WAL switch
 /// archived in the repository.
-///
-/// Checks that do not depend on each other run at once (etcd beside Patroni; the
-/// repository beside the routers, once Patroni is healthy): a re-run that changes
-/// nothing spends most of its time here. Their lines are printed in the same order
-/// whatever finishes first, and the first failure in that order is the one reported.
 pub async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let phase = ctx.ui.phase("verify");
+    let report = check(ctx).await?;
+    report.print(ctx, phase, "cluster verified");
+    Ok(())
+}
+
+/// What `check` saw: a line per check, in a fixed order.
+pub struct Report {
+    lines: Vec<(&'static str, String)>,
+    took: Duration,
+}
+
+impl Report {
+    fn print(self, ctx: &Ctx<'_>, phase: crate::ui::Phase, summary: &str) {
+        for (who, line) in self.lines {
+            ctx.ui.host(who, line);
+        }
+        phase.done(summary);
+    }
+}
+
+/// Every check of `verify`, its lines kept to print. Checks that do not depend on
+/// each other run at once (etcd beside Patroni; the repository beside the routers,
+/// once Patroni is healthy): a re-run that changes nothing spends most of its time
+/// here. The first failure in the lines' order is the one reported.
+pub async fn check(ctx: &Ctx<'_>) -> Result<Report, Failure> {
+    let start = std::time::Instant::now();
+    let mut lines = Vec::new();
     let (etcd, patroni) = tokio::join!(etcd_line(ctx), patroni_line(ctx));
-    let etcd = etcd?;
-    ctx.ui.host("etcd", etcd);
+    lines.push(("etcd", etcd?));
     let (leader, line) = patroni?;
-    ctx.ui.host("patroni", line);
+    lines.push(("patroni", line));
     let (routes, backup) = tokio::join!(
         routes_lines(ctx, &leader),
         super::backup::verify_repository(ctx)
     );
-    for (who, line) in routes? {
-        ctx.ui.host(who, line);
-    }
+    lines.extend(routes?);
     if let Some(line) = backup? {
-        ctx.ui.host("backup", line);
+        lines.push(("backup", line));
     }
-    phase.done("cluster verified");
-    Ok(())
+    Ok(Report {
+        lines,
+        took: start.elapsed(),
+    })
+}
+
+/// Runs `work` (a command's phases) with `checks` (`check`, started now) beside
+/// it, and returns `work`'s result with the checks' report when they passed and
+/// `work` changed nothing (`unchanged` says so, asked when `work` ends): a re-run
+/// that changes nothing then waits for neither in turn. The checks stop as soon as
+/// `unchanged` says no: a run that changes something verifies afresh, after its
+/// changes. Checks that fail ahead prove nothing either way (the run may have
+/// mended what they saw): the caller verifies afresh then too.
+pub async fn ahead<T, R, E>(
+    checks: impl Future<Output = Result<R, E>>,
+    unchanged: impl Fn() -> bool,
+    work: impl Future<Output = T>,
+) -> (T, Option<R>) {
+    tokio::pin!(checks, work);
+    let mut report: Option<Result<R, E>> = None;
+    let mut checking = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            r = &mut checks, if checking && report.is_none() => report = Some(r),
+            _ = tick.tick(), if checking => checking = unchanged(),
+        }
+    };
+    if !unchanged() {
+        return (out, None);
+    }
+    let report = match report {
+        Some(r) => r,
+        None if checking => checks.await,
+        None => return (out, None),
+    };
+    (out, report.ok())
+}
+
+/// Prints a report `ahead` returned, as `verify` would have.
+pub fn print_ahead(ctx: &Ctx<'_>, report: Report) {
+    let phase = ctx.ui.phase("verify");
+    let took = report.took.as_secs_f32();
+    report.print(
+        ctx,
+        phase,
+        &format!("cluster verified (checked beside the run's phases in {took:.1}s)"),
+    );
 }
 
 fn fail(e: impl std::fmt::Display) -> Failure {
@@ -128,4 +195,52 @@ async fn routes_lines(ctx: &Ctx<'_>, leader: &str) -> Result<Vec<(&'static str, 
         }
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    async fn after<T>(ms: u64, v: T) -> T {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_that_passed_stand_for_a_run_that_changed_nothing() {
+        let (out, r) = ahead(after(50, Ok::<_, ()>("seen")), || true, after(500, 7)).await;
+        assert_eq!((out, r), (7, Some("seen")));
+        // Slower checks than the run are waited for.
+        let (_, r) = ahead(after(900, Ok::<_, ()>("late")), || true, after(10, ())).await;
+        assert_eq!(r, Some("late"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_or_a_failure_leaves_the_verification_to_the_caller() {
+        let changed = Cell::new(false);
+        let work = async {
+            after(200, ()).await;
+            changed.set(true);
+            after(200, ()).await;
+        };
+        // Checks that would never end stop being waited for once the run changes something.
+        let (_, r) = ahead(
+            std::future::pending::<Result<(), ()>>(),
+            || !changed.get(),
+            work,
+        )
+        .await;
+        assert_eq!(r, None);
+        // A change made after the checks passed voids them too.
+        changed.set(false);
+        let work = async {
+            after(300, ()).await;
+            changed.set(true);
+        };
+        let (_, r) = ahead(after(10, Ok::<_, ()>(())), || !changed.get(), work).await;
+        assert_eq!(r, None);
+        let (_, r) = ahead(after(10, Err::<(), _>("no leader")), || true, after(50, ())).await;
+        assert_eq!(r, None);
+    }
 }
