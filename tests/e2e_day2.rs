@@ -59,6 +59,15 @@ async fn leader_cut_from_its_peers_loses_nothing(lab: &Lab) {
     let reader = Reader::start(&lab.target());
 
     let survivors: Vec<String> = lab.db_hosts().into_iter().filter(|h| *h != old).collect();
+    // etcd led by the synchronous standby, the one member Patroni may promote: the
+    // new primary's own callback must then move etcd's leadership off its host.
+    let (_, members) = patroni_cluster(lab).await.unwrap();
+    let sync = members
+        .iter()
+        .find(|m| m.role == "sync_standby")
+        .map(|m| m.name.clone())
+        .expect("a synchronous standby");
+    lead_etcd_on(lab, &sync).await;
     lab::partition_from(LAB, &old, &survivors)
         .await
         .expect("lab partition --from");
@@ -79,6 +88,16 @@ async fn leader_cut_from_its_peers_loses_nothing(lab: &Lab) {
     .await;
     let new_tl = timeline_of(lab, &new).await;
     assert!(new_tl > old_tl, "the promotion started a new timeline");
+    assert_eq!(new, sync, "the synchronous standby was promoted");
+    // No pgha runs from here to the heal: Patroni's on_role_change callback
+    // (pgha-role-change) moves etcd's leadership off the new primary's host.
+    eventually(&format!("etcd led off {new}'s host"), 60, || async {
+        match etcd_leader(lab, &new).await {
+            l if l != new => Ok(()),
+            l => Err(format!("etcd leader {l}")),
+        }
+    })
+    .await;
 
     // Stay cut off until the new leader takes writes and the isolated old leader,
     // asked on its own host, has stopped acting as a primary (Patroni demotes it

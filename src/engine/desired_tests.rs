@@ -924,3 +924,54 @@ fn pgbouncer_on_the_routers_in_front_of_the_write_port() {
     let d = desired_state(&inv, &lib).unwrap_or_else(|_| with_certificates(&inv).0);
     assert!(d.iter().all(|h| h.role("pgbouncer").is_none()));
 }
+
+#[test]
+fn role_change_callback_names_this_host_and_its_etcd_and_is_python() {
+    let lib = Library::builtin().unwrap();
+    for tls in [false, true] {
+        let mut inv = sample();
+        inv.cluster.tls = tls;
+        let d = desired_state(&inv, &lib).unwrap();
+        let f = desired_file(&d, "db2", "/etc/patroni/pgha-role-change");
+        assert_eq!(f.mode, 0o755);
+        let s = file(&d, "db2", "/etc/patroni/pgha-role-change");
+        assert!(s.starts_with("#!/usr/bin/python3\n"), "{s}");
+        assert!(s.contains("ME = \"db2\"\n"), "{s}");
+        assert!(
+            s.contains(r#"ETCD = ["10.9.0.11:2379","10.9.0.12:2379","10.9.0.13:2379"]"#),
+            "{s}"
+        );
+        let scheme = if tls { "https" } else { "http" };
+        assert!(
+            s.contains(&format!("PATRONI = \"{scheme}://10.9.0.12:8008/cluster\"")),
+            "{s}"
+        );
+        assert_eq!(s.contains("load_cert_chain("), tls, "{s}");
+        // Patroni runs it for these two events only.
+        let cfg = file(&d, "db2", "/etc/patroni/config.yml");
+        let doc: serde_json::Value = yaml_serde::from_str(&cfg).unwrap();
+        assert_eq!(
+            doc["postgresql"]["callbacks"]["on_role_change"],
+            "/etc/patroni/pgha-role-change"
+        );
+        assert_eq!(
+            doc["postgresql"]["callbacks"]["on_start"],
+            "/etc/patroni/pgha-role-change"
+        );
+        // Valid Python where a python3 is at hand (the hosts always have one).
+        if let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", "import ast,sys; ast.parse(sys.stdin.read())"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(s.as_bytes())
+                .unwrap();
+            assert!(child.wait().unwrap().success(), "not valid Python:\n{s}");
+        }
+    }
+}

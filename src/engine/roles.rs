@@ -208,7 +208,11 @@ const BUILTIN_ROLES: [(&str, &str); 14] = [
     ("prometheus", include_str!("../../roles/prometheus.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 28] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 29] = [
+    (
+        "patroni-role-change.py.j2",
+        include_str!("../../templates/patroni-role-change.py.j2"),
+    ),
     (
         "pgbackrest.conf.j2",
         include_str!("../../templates/pgbackrest.conf.j2"),

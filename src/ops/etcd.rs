@@ -132,7 +132,14 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
     let Some(to) = apart_from(&q.leader, &patroni_leader, &sync, &healthy) else {
         return Ok(false);
     };
-    move_leader(ctx, &q.leader, &to).await?;
+    if let Err(e) = move_leader(ctx, &q.leader, &to).await {
+        // The new primary's callback (pgha-role-change) may have moved it first.
+        let now = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
+        match now.quorum(ctx.ep.etcd.len()) {
+            Ok(n) if n.leader != patroni_leader => return Ok(true),
+            _ => return Err(e),
+        }
+    }
     ctx.ui.host(
         "etcd",
         format!(

@@ -104,7 +104,7 @@ pub fn print_ahead(ctx: &Ctx<'_>, report: Report) {
     report.print(
         ctx,
         phase,
-        &format!("cluster verified (checked beside the run's phases in {took:.1}s)"),
+        &format!("cluster verified, checked beside the run's phases in {took:.1}s"),
     );
 }
 

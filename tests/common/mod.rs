@@ -472,6 +472,28 @@ pub async fn etcd_leader(lab: &Lab, via: &str) -> String {
         .expect("etcd leader listed")
 }
 
+/// Hand etcd's leadership to `host` (as an operator's etcdctl would, past pgha)
+/// and wait until its member says it leads.
+pub async fn lead_etcd_on(lab: &Lab, host: &str) {
+    let leader = etcd_leader(lab, host).await;
+    if leader != host {
+        let st = lab.etcd(host).await.status().await.expect("etcd status");
+        let to = st.header().expect("status header").member_id();
+        lab.etcd(&leader)
+            .await
+            .move_leader(to)
+            .await
+            .expect("etcd move-leader");
+    }
+    eventually(&format!("etcd led by {host}"), 30, || async {
+        match etcd_leader(lab, host).await {
+            l if l == host => Ok(()),
+            l => Err(format!("etcd leader {l}")),
+        }
+    })
+    .await;
+}
+
 pub async fn check_etcd(lab: &Lab) {
     let mut cluster_ids = Vec::new();
     let dbs = lab.db_hosts();

@@ -87,3 +87,54 @@ pub(crate) async fn create_table(target: &Target, table: &str) {
     .await
     .expect("create table");
 }
+
+/// Hand etcd's leadership to `host` (the bench's own doing, past the lock: it sets
+/// up the case pgha avoids) and wait until every member agrees.
+pub(crate) async fn lead_etcd_on(info: &LabInfo, host: &str) {
+    let net = net(info);
+    let eps: Vec<String> = info
+        .hosts
+        .iter()
+        .filter(|h| h.name.starts_with("db"))
+        .map(|h| format!("https://{}:2379", h.address))
+        .collect();
+    let report = pgha::probe::etcd::probe(&net, &eps).await;
+    let q = report.quorum(eps.len()).expect("etcd quorum");
+    if q.leader == host {
+        return;
+    }
+    let find = |name: &str| {
+        report.endpoints.iter().find_map(|e| {
+            e.health
+                .as_ref()
+                .ok()
+                .filter(|h| h.name().as_deref() == Some(name))
+                .map(|h| (e.endpoint.clone(), h.member_id))
+        })
+    };
+    let (from_ep, _) = find(&q.leader).expect("etcd leader answers");
+    let (_, to_id) = find(host).expect("etcd member answers");
+    let opts = net.etcd_options(&from_ep, Duration::from_secs(10));
+    etcd_client::Client::connect([from_ep.as_str()], Some(opts))
+        .await
+        .expect("connect to etcd's leader")
+        .move_leader(to_id)
+        .await
+        .expect("etcd move-leader");
+    pgha::wait::until(
+        &format!("etcd led by {host}"),
+        Duration::from_secs(30),
+        || async {
+            let q = pgha::probe::etcd::probe(&net, &eps)
+                .await
+                .quorum(eps.len())?;
+            if q.leader == host {
+                Ok(())
+            } else {
+                Err(format!("etcd leader {}", q.leader))
+            }
+        },
+    )
+    .await
+    .expect("etcd leadership moved");
+}

@@ -51,6 +51,13 @@ struct Args {
     /// variant of the defaults, e.g. `--var 'patroni_loop_wait: 5'`.
     #[arg(long = "var")]
     vars: Vec<String>,
+    /// Hard kills of the leader (etcd's leadership elsewhere, as pgha keeps it).
+    #[arg(long, default_value_t = 10)]
+    kills: usize,
+    /// Further hard kills of a leader whose host leads etcd too (etcd's
+    /// leadership moved there first), reported apart.
+    #[arg(long, default_value_t = 3)]
+    etcd_leader_kills: usize,
     /// Size of the backup group's data set, in GB (generated with pgbench).
     #[arg(long, default_value_t = 1.0)]
     backup_gb: f64,
