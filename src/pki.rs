@@ -42,6 +42,10 @@ pub struct CertInfo {
     pub names: BTreeSet<String>,
     pub issuer: String,
     pub subject: String,
+    /// Whether it names its issuer's key (Authority Key Identifier): strict
+    /// verifiers (Python 3.13's default context, OpenSSL's X509_STRICT) refuse a
+    /// certificate without it.
+    pub authority_key_id: bool,
 }
 
 /// The cluster's CA and every host's certificate.
@@ -120,6 +124,13 @@ pub fn cert_info(pem: &str) -> Result<CertInfo> {
         names,
         issuer: cert.issuer().to_string(),
         subject: cert.subject().to_string(),
+        authority_key_id: cert.extensions().iter().any(|e| {
+            matches!(
+                e.parsed_extension(),
+                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a)
+                    if a.key_identifier.is_some()
+            )
+        }),
     })
 }
 
@@ -241,6 +252,7 @@ fn issue(
     let t = now();
     p.not_before = offset(t.saturating_sub(3600));
     p.not_after = offset(t + days * DAY);
+    p.use_authority_key_identifier_extension = true;
     let cert = p.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -292,6 +304,12 @@ pub fn stored_reason(
     };
     if let Some(why) = reissue_reason(&info, want, ca_subject, now, renew_before_days) {
         return Some(why);
+    }
+    if !info.authority_key_id {
+        return Some(
+            "names no Authority Key Identifier (strict TLS clients such as Python 3.13's refuse it)"
+                .into(),
+        );
     }
     match signed_by(cert_pem, ca_pem) {
         Ok(Some(true)) => None,
@@ -586,6 +604,29 @@ mod tests {
         assert!(key.contains("PRIVATE KEY"));
         let info = cert_info(&cert).unwrap();
         assert_eq!(info.names, names);
+        // Its Authority Key Identifier is the CA's Subject Key Identifier.
+        let key_ids = |pem: &str| {
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            let c = p.parse_x509().unwrap();
+            let mut ids = (None, None);
+            for e in c.extensions() {
+                match e.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => {
+                        ids.0 = Some(k.0.to_vec())
+                    }
+                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        ids.1 = a.key_identifier.as_ref().map(|k| k.0.to_vec())
+                    }
+                    _ => {}
+                }
+            }
+            ids
+        };
+        assert!(info.authority_key_id);
+        let (ca_ski, _) = key_ids(&ca);
+        let (_, aki) = key_ids(&cert);
+        assert!(ca_ski.is_some(), "the CA names its key");
+        assert_eq!(aki, ca_ski, "the certificate names the CA's key");
         let ca_dn = {
             let (_, p) = x509_parser::pem::parse_x509_pem(ca.as_bytes()).unwrap();
             p.parse_x509().unwrap().subject().to_string()
@@ -608,6 +649,23 @@ mod tests {
                 .unwrap()
                 .contains("another CA")
         );
+    }
+
+    #[test]
+    fn a_certificate_without_an_authority_key_identifier_is_reissued() {
+        let (ca, ca_key) = new_ca("t").unwrap();
+        let names: BTreeSet<String> = ["db1".to_string()].into();
+        // Issued as pgha did before: everything else in order.
+        let issuer = Issuer::from_ca_cert_pem(&ca, KeyPair::from_pem(&ca_key).unwrap()).unwrap();
+        let mut p = CertificateParams::new(vec!["db1".to_string()]).unwrap();
+        p.not_after = offset(now() + 365 * DAY);
+        let old = p
+            .signed_by(&KeyPair::generate().unwrap(), &issuer)
+            .unwrap()
+            .pem();
+        assert!(!cert_info(&old).unwrap().authority_key_id);
+        let why = stored_reason(&old, &ca, &subject(&ca), &names, now(), 30).unwrap();
+        assert!(why.contains("Authority Key Identifier"), "{why}");
     }
 
     fn subject(pem: &str) -> String {

@@ -928,17 +928,37 @@ fn pgbouncer_on_the_routers_in_front_of_the_write_port() {
 #[test]
 fn role_change_callback_names_this_host_and_its_etcd_and_is_python() {
     let lib = Library::builtin().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prod.yml");
+    std::fs::write(
+        &path,
+        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n",
+    )
+    .unwrap();
+    let with_tls = crate::inventory::load(
+        &path,
+        &crate::inventory::LoadOptions {
+            write_secrets: true,
+        },
+    )
+    .unwrap();
+    let inputs = Inputs {
+        pki: Some(crate::pki::load(&with_tls, true).expect("certificates created")),
+        ..Default::default()
+    };
     for tls in [false, true] {
-        let mut inv = sample();
-        inv.cluster.tls = tls;
-        let d = desired_state(&inv, &lib).unwrap();
+        let d = if tls {
+            desired_state_with(&with_tls, &lib, &inputs).unwrap()
+        } else {
+            desired_state(&sample(), &lib).unwrap()
+        };
         let f = desired_file(&d, "db2", "/etc/patroni/pgha-role-change");
         assert_eq!(f.mode, 0o755);
         let s = file(&d, "db2", "/etc/patroni/pgha-role-change");
         assert!(s.starts_with("#!/usr/bin/python3\n"), "{s}");
         assert!(s.contains("ME = \"db2\"\n"), "{s}");
         assert!(
-            s.contains(r#"ETCD = ["10.9.0.11:2379","10.9.0.12:2379","10.9.0.13:2379"]"#),
+            s.contains(r#"ETCD = ["10.9.0.11:2379", "10.9.0.12:2379", "10.9.0.13:2379"]"#),
             "{s}"
         );
         let scheme = if tls { "https" } else { "http" };
@@ -965,12 +985,7 @@ fn role_change_callback_names_this_host_and_its_etcd_and_is_python() {
             .spawn()
         {
             use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(s.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
             assert!(child.wait().unwrap().success(), "not valid Python:\n{s}");
         }
     }

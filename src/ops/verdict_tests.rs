@@ -188,6 +188,7 @@ fn ca_info(not_after: u64) -> crate::pki::CertInfo {
         names: Default::default(),
         issuer: "CN=pgha CA prod, O=pgha".into(),
         subject: "CN=pgha CA prod, O=pgha".into(),
+        authority_key_id: false,
     }
 }
 

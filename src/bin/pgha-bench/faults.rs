@@ -42,7 +42,10 @@ impl Bench {
         let goal = |m: f64, worst: f64, lost: usize, hung: usize| {
             m <= 22.0 && worst <= 24.0 && lost == 0 && hung == 0
         };
-        for (etcd_too, kills) in [(false, self.args.kills), (true, self.args.etcd_leader_kills)] {
+        for (etcd_too, kills) in [
+            (false, self.args.kills),
+            (true, self.args.etcd_leader_kills),
+        ] {
             if kills == 0 {
                 continue;
             }
@@ -58,7 +61,11 @@ impl Bench {
                 say(format!(
                     "hard kill {}/{kills}{}: {leader} (etcd leader {etcd_leader})",
                     i + 1,
-                    if etcd_too { " of a host leading etcd too" } else { "" }
+                    if etcd_too {
+                        " of a host leading etcd too"
+                    } else {
+                        ""
+                    }
                 ));
                 let seed = (i as i32 + 1) * 1_000_000 + if etcd_too { 500_000 } else { 0 };
                 let writer = Writer::start(target, "bench_kill", seed);
@@ -87,9 +94,10 @@ impl Bench {
                 wait_healthy(info).await;
             }
             let m = median(&outages);
-            let worst = outages.iter().copied().fold(None, |w: Option<f64>, x| {
-                Some(w.map_or(x, |w| w.max(x)))
-            });
+            let worst = outages
+                .iter()
+                .copied()
+                .fold(None, |w: Option<f64>, x| Some(w.map_or(x, |w| w.max(x))));
             self.push(Figure {
                 name: if etcd_too {
                     "hard kill of a leader whose host leads etcd too: write outage on :5000"
