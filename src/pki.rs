@@ -589,6 +589,19 @@ pub fn until_expiry(pem: &str) -> Option<Duration> {
     Some(Duration::from_secs(info.not_after.saturating_sub(now())))
 }
 
+/// `<dir>/prod.yml`: three db hosts and a router (also the backup repository's
+/// host), TLS on by default; for tests that need the certificates created.
+#[cfg(test)]
+pub(crate) fn test_inventory(dir: &Path) -> PathBuf {
+    let path = dir.join("prod.yml");
+    std::fs::write(
+        &path,
+        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n",
+    )
+    .unwrap();
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,12 +713,7 @@ mod tests {
     #[test]
     fn load_reissues_every_certificate_after_the_ca_is_replaced_under_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("prod.yml");
-        std::fs::write(
-            &path,
-            "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n",
-        )
-        .unwrap();
+        let path = test_inventory(dir.path());
         let write = crate::inventory::LoadOptions {
             write_secrets: true,
         };

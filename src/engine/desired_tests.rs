@@ -192,12 +192,7 @@ fn rendering_is_deterministic() {
 #[test]
 fn tls_configures_every_component_with_the_cluster_certificates() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("prod.yml");
-    std::fs::write(
-        &path,
-        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n",
-    )
-    .unwrap();
+    let path = crate::pki::test_inventory(dir.path());
     let inv = crate::inventory::load(
         &path,
         &crate::inventory::LoadOptions {
@@ -929,12 +924,7 @@ fn pgbouncer_on_the_routers_in_front_of_the_write_port() {
 fn role_change_callback_names_this_host_and_its_etcd_and_is_python() {
     let lib = Library::builtin().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("prod.yml");
-    std::fs::write(
-        &path,
-        "all:\n  children:\n    db:\n      hosts:\n        db1: {ansible_host: 10.9.0.11}\n        db2: {ansible_host: 10.9.0.12}\n        db3: {ansible_host: 10.9.0.13}\n    router:\n      hosts:\n        router1: {ansible_host: 10.9.0.21}\n    backup:\n      hosts:\n        router1:\n",
-    )
-    .unwrap();
+    let path = crate::pki::test_inventory(dir.path());
     let with_tls = crate::inventory::load(
         &path,
         &crate::inventory::LoadOptions {

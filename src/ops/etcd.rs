@@ -23,19 +23,12 @@ pub async fn leader(ctx: &Ctx<'_>) -> Result<String, Failure> {
 /// leader costs no election while Patroni talks to etcd. Asked of the leader itself.
 pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Failure> {
     let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
-    let find = |name: &str| {
-        report.endpoints.iter().find_map(|e| {
-            e.health
-                .as_ref()
-                .ok()
-                .filter(|h| h.name().as_deref() == Some(name))
-                .map(|h| (e.endpoint.clone(), h.member_id))
-        })
-    };
-    let (from_ep, _) =
-        find(from).ok_or_else(|| Failure::error(format!("etcd member {from} does not answer")))?;
-    let (_, to_id) =
-        find(to).ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
+    let (from_ep, _) = report
+        .member(from)
+        .ok_or_else(|| Failure::error(format!("etcd member {from} does not answer")))?;
+    let (_, to_id) = report
+        .member(to)
+        .ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
     ctx.ensure_locked(&format!("etcd: move leadership {from} -> {to}"))
         .await?;
     let opts = ctx.ep.net.etcd_options(&from_ep, Duration::from_secs(10));

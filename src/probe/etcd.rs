@@ -113,6 +113,17 @@ pub async fn probe_within(
 
 impl EtcdReport {
     /// Whether any endpoint answered with a working quorum behind it.
+    /// The endpoint and member id of the member named `name`, when it answered.
+    pub fn member(&self, name: &str) -> Option<(String, u64)> {
+        self.endpoints.iter().find_map(|e| {
+            e.health
+                .as_ref()
+                .ok()
+                .filter(|h| h.name().as_deref() == Some(name))
+                .map(|h| (e.endpoint.clone(), h.member_id))
+        })
+    }
+
     pub fn any_healthy(&self) -> bool {
         self.endpoints.iter().any(|e| e.health.is_ok())
     }

@@ -103,17 +103,8 @@ pub(crate) async fn lead_etcd_on(info: &LabInfo, host: &str) {
     if q.leader == host {
         return;
     }
-    let find = |name: &str| {
-        report.endpoints.iter().find_map(|e| {
-            e.health
-                .as_ref()
-                .ok()
-                .filter(|h| h.name().as_deref() == Some(name))
-                .map(|h| (e.endpoint.clone(), h.member_id))
-        })
-    };
-    let (from_ep, _) = find(&q.leader).expect("etcd leader answers");
-    let (_, to_id) = find(host).expect("etcd member answers");
+    let (from_ep, _) = report.member(&q.leader).expect("etcd leader answers");
+    let (_, to_id) = report.member(host).expect("etcd member answers");
     let opts = net.etcd_options(&from_ep, Duration::from_secs(10));
     etcd_client::Client::connect([from_ep.as_str()], Some(opts))
         .await
