@@ -102,43 +102,65 @@ impl Bench {
         c.batch_execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO app")
             .await
             .expect("grant");
-        let max_conn: i64 = c
-            .query_one("SELECT current_setting('max_connections')::int8", &[])
-            .await
-            .expect("max_connections")
-            .get(0);
         // Directly, 200 clients exceed max_connections: the direct side runs as
-        // many as it lets in beside pgha's own and the replicas' connections.
-        let direct_clients = 200.min(max_conn - 20);
+        // many as it lets in beside the connections already there (pgha's, the
+        // exporters', the poolers' idle server connections), counted right before
+        // each direct run.
+        let free_slots = || async {
+            let row = c
+                .query_one(
+                    "SELECT current_setting('max_connections')::int8 \
+                       - current_setting('superuser_reserved_connections')::int8 \
+                       - current_setting('reserved_connections')::int8 \
+                       - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
+                       current_setting('max_connections')::int8",
+                    &[],
+                )
+                .await
+                .expect("free connection slots");
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        };
         let cases = [
-            (
-                "connection per transaction (-C -c 50)",
-                "-C -c 50 -j 2 -T 15".to_string(),
-                "-C -c 50 -j 2 -T 15".to_string(),
-                "50 clients".to_string(),
-            ),
-            (
-                "200 clients (-c 200)",
-                "-c 200 -j 2 -T 15".to_string(),
-                format!("-c {direct_clients} -j 2 -T 15"),
-                format!("{direct_clients} clients (max_connections {max_conn})"),
-            ),
+            // (what, a connection per transaction, clients directly: None = 200 or
+            // as many as fit)
+            ("connection per transaction (-C -c 50)", true, Some(50)),
+            ("200 clients (-c 200)", false, None),
         ];
-        for (name, pooled_args, direct_args, direct_name) in cases {
-            let (mut pooled, mut direct) = (Vec::new(), Vec::new());
+        for (name, per_transaction, fixed) in cases {
+            let args = |clients: i64| {
+                let c = if per_transaction { "-C " } else { "" };
+                format!("{c}-c {clients} -j 2 -T 15")
+            };
+            let pooled_args = args(fixed.unwrap_or(200));
+            let (mut pooled, mut direct, mut direct_clients) = (Vec::new(), Vec::new(), Vec::new());
             let mut failed = None;
+            let mut max_conn = 0;
             for _ in 0..self.args.runs {
                 say(format!("pgbench {name}: pooled, then direct"));
-                for (port, args, into) in [
-                    (6432, &pooled_args, &mut pooled),
-                    (5000, &direct_args, &mut direct),
-                ] {
-                    match self.pgbench(&replica, &router, port, &password, args) {
-                        Ok(r) => into.push(r),
-                        Err(e) => failed = Some(e),
+                match self.pgbench(&replica, &router, 6432, &password, &pooled_args) {
+                    Ok(r) => pooled.push(r),
+                    Err(e) => failed = Some(e),
+                }
+                let clients = match fixed {
+                    Some(n) => n,
+                    None => {
+                        let (free, max) = free_slots().await;
+                        max_conn = max;
+                        200.min(free - 5)
                     }
+                };
+                direct_clients.push(clients);
+                match self.pgbench(&replica, &router, 5000, &password, &args(clients)) {
+                    Ok(r) => direct.push(r),
+                    Err(e) => failed = Some(e),
                 }
             }
+            let fewest = direct_clients.iter().copied().min().unwrap_or(0);
+            let direct_name = if fixed.is_some() {
+                format!("{fewest} clients")
+            } else {
+                format!("{fewest} clients (what max_connections {max_conn} left free)")
+            };
             let tps = |v: &[PgbenchResult]| median(&v.iter().map(|r| r.tps).collect::<Vec<_>>());
             let lat =
                 |v: &[PgbenchResult]| median(&v.iter().map(|r| r.latency_ms).collect::<Vec<_>>());
@@ -161,7 +183,7 @@ impl Bench {
                     "direct_failed": direct.iter().map(|r| r.failed).sum::<u64>(),
                     "direct_tps_runs": direct.iter().map(|r| r.tps).collect::<Vec<_>>(),
                     "pooled_args": pooled_args,
-                    "direct_args": direct_args,
+                    "direct_clients": direct_clients,
                 }),
             });
         }
