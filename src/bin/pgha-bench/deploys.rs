@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::cluster::*;
 use super::faults::{longest_gap, lost};
-use super::{Bench, Figure, last_json, median, phases, run, say};
+use super::{Bench, Figure, cpu_counters, last_json, median, phases, run, say};
 use pgha::lab::clients::{Target, Writer, pg};
 use pgha::lab::{self, LabInfo, rehearsal};
 
@@ -154,9 +154,22 @@ impl Bench {
         let (code, out, _, cold) = self.pgha(&deploy(&all));
         assert_eq!(code, 0, "fleet deploy: {out}");
         let (mut one, mut two, mut three) = (Vec::new(), Vec::new(), Vec::new());
+        // Per run and cluster count: the share of the machine's CPUs busy while it
+        // ran, and pgha's own CPU seconds (the lab's hosts share the 2 CPUs).
+        let mut cpu: BTreeMap<usize, Vec<(f64, f64)>> = BTreeMap::new();
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let mut timed = |b: &Self, invs: &[&str]| {
+            let before = cpu_counters();
+            let r = b.pgha(&deploy(invs));
+            let after = cpu_counters();
+            cpu.entry(invs.len())
+                .or_default()
+                .push(((after.0 - before.0) / (r.3 * ncpu), after.1 - before.1));
+            r
+        };
         // Interleaved, so drift on the shared machine hits all three alike.
         for _ in 0..self.args.runs {
-            let (code, out, _, secs) = self.pgha(&deploy(&all[..1]));
+            let (code, out, _, secs) = timed(self, &all[..1]);
             assert_eq!(code, 0, "no-op deploy of one cluster");
             assert_eq!(
                 last_json(&out)["changed"],
@@ -165,7 +178,7 @@ impl Bench {
             );
             one.push(secs);
             for (n, times) in [(2, &mut two), (3, &mut three)] {
-                let (code, out, _, secs) = self.pgha(&deploy(&all[..n]));
+                let (code, out, _, secs) = timed(self, &all[..n]);
                 assert_eq!(code, 0, "no-op deploy of {n} clusters");
                 let doc = last_json(&out);
                 let changed: u64 = doc["clusters"]
@@ -191,7 +204,7 @@ impl Bench {
             met: ratio2.map(|r| r <= 1.1),
             runs: two,
             failed: None,
-            detail: json!({"one_cluster_runs": one}),
+            detail: json!({"one_cluster_runs": one, "cpu": cpu_detail(&cpu)}),
         });
         let ratio = m3.zip(m1).map(|(t, o)| t / o);
         self.push(Figure {
@@ -205,7 +218,11 @@ impl Bench {
             met: ratio.map(|r| r <= 1.3),
             runs: three,
             failed: None,
-            detail: json!({"one_cluster_runs": one, "cold_three_clusters_at_once_secs": cold}),
+            detail: json!({
+                "one_cluster_runs": one,
+                "cold_three_clusters_at_once_secs": cold,
+                "cpu": cpu_detail(&cpu),
+            }),
         });
         let _ = lab::down(name).await;
     }
@@ -401,4 +418,21 @@ pub(crate) fn reported_gap(gap: &Value) -> Result<f64, String> {
     gap["longest_secs"]
         .as_f64()
         .ok_or_else(|| format!("no longest_secs in pgha's gap {gap}"))
+}
+
+/// Per cluster count: the machine's CPU busy share and pgha's CPU seconds, each
+/// per run.
+fn cpu_detail(cpu: &BTreeMap<usize, Vec<(f64, f64)>>) -> Value {
+    cpu.iter()
+        .map(|(n, v)| {
+            (
+                format!("{n}_clusters"),
+                json!({
+                    "machine_busy_share": v.iter().map(|x| (x.0 * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                    "pgha_cpu_secs": v.iter().map(|x| (x.1 * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
