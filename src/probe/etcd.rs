@@ -112,7 +112,6 @@ pub async fn probe_within(
 }
 
 impl EtcdReport {
-    /// Whether any endpoint answered with a working quorum behind it.
     /// The endpoint and member id of the member named `name`, when it answered.
     pub fn member(&self, name: &str) -> Option<(String, u64)> {
         self.endpoints.iter().find_map(|e| {
@@ -124,6 +123,7 @@ impl EtcdReport {
         })
     }
 
+    /// Whether any endpoint answered with a working quorum behind it.
     pub fn any_healthy(&self) -> bool {
         self.endpoints.iter().any(|e| e.health.is_ok())
     }
