@@ -92,7 +92,7 @@ async fn leader_cut_from_its_peers_loses_nothing(lab: &Lab) {
     // No pgha runs from here to the heal: Patroni's on_role_change callback
     // (pgha-role-change) moves etcd's leadership off the new primary's host.
     eventually(&format!("etcd led off {new}'s host"), 60, || async {
-        match etcd_leader(lab, &new).await {
+        match try_etcd_leader(lab, &new).await? {
             l if l != new => Ok(()),
             l => Err(format!("etcd leader {l}")),
         }

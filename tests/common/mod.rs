@@ -461,15 +461,31 @@ pub async fn healthy_cluster(lab: &Lab) -> String {
 
 /// The name of etcd's leader, as the member on `via` reports it.
 pub async fn etcd_leader(lab: &Lab, via: &str) -> String {
+    try_etcd_leader(lab, via)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `etcd_leader`, for waits: during a hand-over a member may name no leader
+/// for a moment.
+pub async fn try_etcd_leader(lab: &Lab, via: &str) -> Result<String, String> {
     let mut c = lab.etcd(via).await;
-    let st = c.status().await.expect("etcd status");
-    let members = c.member_list().await.expect("etcd members");
+    let st = c.status().await.map_err(|e| format!("etcd status: {e}"))?;
+    let members = c
+        .member_list()
+        .await
+        .map_err(|e| format!("etcd members: {e}"))?;
     members
         .members()
         .iter()
         .find(|m| m.id() == st.leader())
         .map(|m| m.name().to_string())
-        .expect("etcd leader listed")
+        .ok_or_else(|| {
+            format!(
+                "{via} names no etcd leader listed (leader id {:x})",
+                st.leader()
+            )
+        })
 }
 
 /// Hand etcd's leadership to `host` (as an operator's etcdctl would, past pgha)
@@ -486,7 +502,7 @@ pub async fn lead_etcd_on(lab: &Lab, host: &str) {
             .expect("etcd move-leader");
     }
     eventually(&format!("etcd led by {host}"), 30, || async {
-        match etcd_leader(lab, host).await {
+        match try_etcd_leader(lab, host).await? {
             l if l == host => Ok(()),
             l => Err(format!("etcd leader {l}")),
         }
