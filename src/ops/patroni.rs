@@ -117,14 +117,16 @@ pub async fn rolling_restart(
             if paused.is_empty() {
                 return Ok(false);
             }
-            let back = super::switchover::writes_reach(ctx, &leader, &leader, &routers);
-            match tokio::time::timeout(super::switchover::POOLER_PAUSE_MAX, back).await {
-                Ok(r) => r.map(|()| false),
-                Err(_) => Ok(true),
-            }
+            let back = super::switchover::routers_reach(ctx, &leader, &routers);
+            Ok(
+                tokio::time::timeout(super::switchover::POOLER_PAUSE_MAX, back)
+                    .await
+                    .is_err(),
+            )
         }
         .await;
         let late = matches!(r, Ok(true));
+        let was_paused = !paused.is_empty();
         super::switchover::resume(
             ctx,
             &leader,
@@ -132,9 +134,11 @@ pub async fn rolling_restart(
             late.then_some("the leader restarted in place"),
         )
         .await;
+        // Resumed (on the write ports, the bound or an error): the whole proof.
         let r = match r {
-            // Resumed on the bound: still wait (bounded) for the write ports.
-            Ok(true) => super::switchover::writes_reach(ctx, &leader, &leader, &routers).await,
+            Ok(_) if was_paused => {
+                super::switchover::writes_reach(ctx, &leader, &leader, &routers).await
+            }
             other => other.map(|_| ()),
         };
         let gap = super::gap::stop_all(probes).await;

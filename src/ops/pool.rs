@@ -12,6 +12,7 @@ use super::Endpoints;
 use crate::error::Failure;
 use crate::probe::pgbouncer::{self, Pool};
 use crate::probe::sql::Endpoint;
+use tokio_postgres::Client;
 
 /// Bound of one console command that does not wait for clients.
 const CONSOLE: Duration = Duration::from_secs(5);
@@ -92,6 +93,11 @@ fn pooler<'e>(ep: &'e Endpoints, name: &str) -> &'e Endpoint {
 /// Run one console command on a pooler, bounded.
 async fn command(ep: &Endpoints, e: &Endpoint, cmd: &str, bound: Duration) -> Result<(), String> {
     let c = pgbouncer::console(&ep.net, e, CONSOLE).await?;
+    command_on(&c, cmd, bound).await
+}
+
+/// Run one console command on an open console connection, bounded.
+async fn command_on(c: &Client, cmd: &str, bound: Duration) -> Result<(), String> {
     match tokio::time::timeout(bound, c.simple_query(cmd)).await {
         Err(_) => Err(format!(
             "{cmd} did not complete within {}s",
@@ -127,9 +133,11 @@ pub async fn on_all(
 }
 
 /// Poolers paused by a planned operation; `resume` must follow, whatever happens.
+/// Each keeps the console connection that paused it, so RESUME costs one round
+/// trip instead of a new TLS connection while clients wait.
 #[must_use = "paused poolers must be resumed"]
 pub struct Paused {
-    routers: Vec<String>,
+    consoles: Vec<(String, Client)>,
     since: Instant,
 }
 
@@ -137,28 +145,37 @@ impl Paused {
     /// Nothing paused (pooling off).
     pub fn none() -> Paused {
         Paused {
-            routers: Vec::new(),
+            consoles: Vec::new(),
             since: Instant::now(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routers.is_empty()
+        self.consoles.is_empty()
     }
 
-    /// RESUME every paused pooler; how long they were paused. A pooler that does
-    /// not take it is named (its clients wait until query_wait_timeout).
+    /// RESUME every paused pooler; how long they were paused. A console
+    /// connection that broke meanwhile is opened again; a pooler that does not
+    /// take it is named (its clients wait until query_wait_timeout).
     pub async fn resume(self, ep: &Endpoints) -> (f64, Vec<String>) {
-        if self.routers.is_empty() {
+        if self.consoles.is_empty() {
             return (0.0, Vec::new());
         }
         let took = self.since.elapsed().as_secs_f64();
-        let failed = on_all(ep, "RESUME", CONSOLE)
-            .await
-            .into_iter()
-            .filter(|(r, _)| self.routers.contains(r))
-            .filter_map(|(r, o)| o.err().map(|e| format!("{r}: {e}")))
-            .collect();
+        let failed = join_all(self.consoles.iter().map(|(name, c)| async move {
+            let r = match command_on(c, "RESUME", CONSOLE).await {
+                Err(e) if c.is_closed() || e.contains("did not complete") => {
+                    tracing::debug!("RESUME on {name} over the pausing connection: {e}");
+                    command(ep, pooler(ep, name), "RESUME", CONSOLE).await
+                }
+                r => r,
+            };
+            r.err().map(|e| format!("{name}: {e}"))
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
         (took, failed)
     }
 }
@@ -172,13 +189,21 @@ pub async fn pause(ep: &Endpoints, bound: Duration) -> Result<(Paused, Vec<Strin
     if ep.poolers.is_empty() {
         return Ok((Paused::none(), Vec::new()));
     }
-    let outcomes = on_all(ep, "PAUSE", bound).await;
-    let mut paused = Vec::new();
+    let outcomes = join_all(ep.poolers.iter().map(|(name, e)| async move {
+        let r = async {
+            let c = pgbouncer::console(&ep.net, e, CONSOLE).await?;
+            command_on(&c, "PAUSE", bound).await.map(|()| c)
+        }
+        .await;
+        (name.clone(), r)
+    }))
+    .await;
+    let mut consoles = Vec::new();
     let mut unreachable = Vec::new();
     let mut slow = Vec::new();
     for (r, o) in outcomes {
         match o {
-            Ok(()) => paused.push(r),
+            Ok(c) => consoles.push((r, c)),
             Err(e) if e.contains("did not complete") => slow.push(format!("{r}: {e}")),
             Err(e) => unreachable.push(format!("{r}: {e}")),
         }
@@ -194,7 +219,7 @@ pub async fn pause(ep: &Endpoints, bound: Duration) -> Result<(Paused, Vec<Strin
     }
     Ok((
         Paused {
-            routers: paused,
+            consoles,
             since: Instant::now(),
         },
         unreachable,

@@ -460,18 +460,40 @@ async fn switch(
         ctx.ui
             .host(leader, format!("switchover {leader} -> {candidate}"));
         let asked = Instant::now();
-        match patroni::switchover(
+        let candidate_now = candidate.clone();
+        let request = patroni::switchover(
             &ctx.ep.net,
             &api,
             &ctx.inv.secrets.patroni_api_password,
             leader,
-            candidate,
-        )
-        .await
-        {
+            &candidate_now,
+        );
+        // Patroni answers on a whole second after the request (it polls its DCS
+        // once a second), up to a second after the candidate took over: pooled
+        // clients must not wait on that. While paused, the write ports are watched
+        // from the request on and the poolers resume as soon as they reach the
+        // candidate; never later than POOLER_PAUSE_MAX, and never left paused.
+        let reach = routers_reach(ctx, &candidate_now, routers);
+        tokio::pin!(request, reach);
+        let mut paused = Some(paused).filter(|p| !p.is_empty());
+        let mut pause_secs = None;
+        let answer = if paused.is_some() {
+            tokio::select! {
+                a = &mut request => a,
+                () = &mut reach => {
+                    pause_secs = Some(resume(ctx, leader, paused.take().expect("paused"), None).await);
+                    request.await
+                }
+            }
+        } else {
+            request.await
+        };
+        match answer {
             SwitchoverAnswer::Done => crate::testpoint::pause("switchover:requested").await,
             SwitchoverAnswer::Refused(why) => {
-                resume(ctx, leader, paused, None).await;
+                if let Some(p) = paused.take() {
+                    resume(ctx, leader, p, None).await;
+                }
                 // Nothing happened: with a free choice, try a fresh one until the deadline.
                 if opts.to.is_some() || Instant::now() >= deadline {
                     return Err(refused(format!("Patroni refused: {why}")));
@@ -489,26 +511,13 @@ async fn switch(
             }
         }
         ctx.ui.changed(leader, 1);
-        // The poolers resume once the write ports reach the new leader, or after
-        // POOLER_PAUSE_MAX, or on any error: never left paused.
-        let pause_secs = if paused.is_empty() {
-            writes_reach(ctx, leader, candidate, routers).await?;
-            None
-        } else {
-            let reach = writes_reach(ctx, leader, candidate, routers);
-            match tokio::time::timeout(POOLER_PAUSE_MAX, reach).await {
-                Ok(r) => {
-                    let secs = resume(ctx, leader, paused, None).await;
-                    r?;
-                    Some(secs)
-                }
-                Err(_) => {
-                    let secs = resume(ctx, leader, paused, Some("the new leader")).await;
-                    writes_reach(ctx, leader, candidate, routers).await?;
-                    Some(secs)
-                }
-            }
-        };
+        if let Some(p) = paused.take() {
+            let bound = POOLER_PAUSE_MAX.saturating_sub(asked.elapsed());
+            let late = tokio::time::timeout(bound, &mut reach).await.is_err();
+            pause_secs = Some(resume(ctx, leader, p, late.then_some("the new leader")).await);
+        }
+        // The whole proof, Patroni's view included (after RESUME when paused).
+        writes_reach(ctx, leader, candidate, routers).await?;
         settled(ctx, leader, candidate).await?;
         return Ok((checkpoint_secs, asked.elapsed().as_secs_f64(), pause_secs));
     }
@@ -542,8 +551,34 @@ pub(super) async fn resume(
     secs
 }
 
+/// While the poolers are paused: every router's write port reaches `candidate`
+/// out of recovery, which is all a pooled client needs. The routers are probed
+/// at once and often (a failed probe is one refused connection), without waiting
+/// for Patroni's view first: `writes_reach` proves the rest after RESUME. Gives
+/// up only on the caller's bound.
+pub(super) async fn routers_reach(ctx: &Ctx<'_>, candidate: &str, routers: &[sql::Endpoint]) {
+    const EVERY: Duration = Duration::from_millis(20);
+    let candidate_ip = ctx
+        .inv
+        .host(candidate)
+        .map(|h| h.ip.to_string())
+        .unwrap_or_default();
+    let candidate_ip = &candidate_ip;
+    futures_util::future::join_all(routers.iter().map(|ep| async move {
+        loop {
+            match write_port_primary(&ctx.ep.net, ep).await {
+                Ok(addr) if &addr == candidate_ip => return,
+                Ok(addr) => tracing::debug!("{}:{} still reaches {addr}", ep.host, ep.port),
+                Err(e) => tracing::debug!("{}:{}: {e}", ep.host, ep.port),
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    }))
+    .await;
+}
+
 /// After the request: the candidate leads and every router's write port reaches it.
-/// Polled every 100 ms: pooled clients wait on this.
+/// Polled every 100 ms.
 pub(super) async fn writes_reach(
     ctx: &Ctx<'_>,
     leader: &str,

@@ -43,7 +43,8 @@ struct Args {
     /// Skip the Ansible baseline (it installs ansible-core from PyPI).
     #[arg(long)]
     no_ansible: bool,
-    /// Only these figure groups (cold, noop, failover, crash, switchover, pool,
+    /// Only these figure groups (cold, noop, failover, crash, switchover, pool
+    /// (pool-switchover: its switchover figure alone),
     /// load, scale, fleet, upgrade, rebuild, backup); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -362,6 +363,7 @@ async fn main() {
         "crash",
         "switchover",
         "pool",
+        "pool-switchover",
         "load",
         "rebuild",
     ];
@@ -388,8 +390,10 @@ async fn main() {
             b.switchover(&info, &inv, &target).await;
         }
         // Turns pooling on for the figures after it.
-        if b.wants("pool") {
+        if b.wants("pool") || b.wants("pool-switchover") {
             b.pooled_switchover(&info, &inv, &target).await;
+        }
+        if b.wants("pool") {
             b.pooled_throughput(&info, &target).await;
         }
         if b.wants("load") {
