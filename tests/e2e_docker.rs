@@ -45,6 +45,8 @@ fn containers_of(host: &str) -> &'static [&'static str] {
             "pgha-node-exporter",
             "pgha-pgbackrest",
             "pgha-pgbackrest-exporter",
+            "pgha-pgbouncer",
+            "pgha-pgbouncer-exporter",
             "pgha-prometheus",
         ]
     }
@@ -166,7 +168,13 @@ async fn patroni_json(lab: &Lab, host: &str) -> serde_json::Value {
 async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     let lab = Lab::up_docker(LAB).await;
     let inv = lab.inventory();
-    let original = std::fs::read_to_string(&inv).unwrap();
+    // Pooling on: PgBouncer and its exporter run in containers too.
+    let original = std::fs::read_to_string(&inv).unwrap().replacen(
+        "vars:\n",
+        "vars:\n    pgbouncer_enabled: true\n",
+        1,
+    );
+    std::fs::write(&inv, &original).unwrap();
     assert!(original.contains("install_method: docker"), "{original}");
     let image = pgha::docker::stack::default_image();
 
@@ -266,17 +274,54 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     // target up in Prometheus, each component's key metric answering.
     let (code, out) = lab.sh(
         "router1",
-        "for p in prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pgbackrest-exporter; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; true",
+        "for p in prometheus prometheus-alertmanager prometheus-node-exporter prometheus-pgbackrest-exporter pgbouncer prometheus-pgbouncer-exporter; do dpkg -s $p >/dev/null 2>&1 && echo $p; done; true",
     );
     assert!(
         code == 0 && out.trim().is_empty(),
-        "router1: native monitoring packages: {out}"
+        "router1: native monitoring or PgBouncer packages: {out}"
     );
     let mon = Monitor { host: "router1" };
-    let targets = mon.targets(&lab.db_hosts(), &all_hosts(&lab), true);
+    let mut targets = mon.targets(&lab.db_hosts(), &all_hosts(&lab), true);
+    targets.push(("pgbouncer".into(), "router1".into()));
+    targets.sort();
     mon.all_targets_up(&lab, &targets).await;
     mon.key_metrics(&lab, &leader, all_hosts(&lab).len(), true)
         .await;
+    mon.expect_series(&lab, "pgbouncer_up", 1, |v| v == 1.0)
+        .await;
+    // The application through the containerized pooler reaches the primary, and
+    // PgBouncer runs as postgres (it refuses root) with the unit's file limit.
+    let app = lab
+        .target()
+        .as_user("app", &lab.secret("app_password"), "app");
+    let leader_ip = lab.ip(&leader).to_string();
+    eventually(
+        "the app to reach the primary through pgha-pgbouncer",
+        60,
+        || async {
+            let c = pg(&app, 6432).await?;
+            let row = c
+                .query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            match (row.get::<_, bool>(0), row.get::<_, String>(1)) {
+                (false, ip) if ip == leader_ip => Ok(()),
+                other => Err(format!("reached {other:?}")),
+            }
+        },
+    )
+    .await;
+    let (code, out) = lab.sh(
+        "router1",
+        "docker top pgha-pgbouncer -o user,args; docker exec pgha-pgbouncer sh -c 'grep \"open files\" /proc/1/limits'",
+    );
+    assert!(
+        code == 0
+            && out.lines().any(|l| l.starts_with("postgres")
+                && l.contains("pgbouncer /etc/pgbouncer/pgbouncer.ini"))
+            && out.contains("65536"),
+        "router1: {out}"
+    );
 
     // 3. A re-run changes nothing: no image sent, no container re-created.
     let tags = image_tag_times(&lab, &image);

@@ -5,10 +5,11 @@
 //! tagged by the hash of its recipe. Rebuilt only when the recipe changes.
 //!
 //! The image contract (what pgha expects of an image, yours or this one):
-//! - the binaries `etcd`, `patroni`, `haproxy`, `prometheus-postgres-exporter`,
-//!   `pgbackrest`, and for the monitoring `prometheus`, `promtool`,
-//!   `prometheus-alertmanager`, `amtool`, `prometheus-node-exporter`,
-//!   `prometheus-pgbackrest-exporter` on PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
+//! - the binaries `etcd`, `patroni`, `haproxy`, `pgbouncer`,
+//!   `prometheus-postgres-exporter`, `pgbackrest`, and for the monitoring
+//!   `prometheus`, `promtool`, `prometheus-alertmanager`, `amtool`,
+//!   `prometheus-node-exporter`, `prometheus-pgbackrest-exporter`,
+//!   `prometheus-pgbouncer-exporter` on PATH, PostgreSQL under `/usr/lib/postgresql/<version>/bin`, `psql`;
 //! - users (uid = gid): postgres 470, etcd 471, haproxy 472, prometheus 473;
 //!   the hosts get the same users, so bind-mounted files keep their owners (system
 //!   ids, below 1000: Debian's maintainer scripts accept an existing system user);
@@ -47,6 +48,7 @@ pub const PACKAGES: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "haproxy",
+    "pgbouncer",
     "prometheus-postgres-exporter",
     "pgbackrest",
     // The monitoring (roles node_exporter, pgbackrest_exporter, alertmanager,
@@ -55,6 +57,7 @@ pub const PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "prometheus-node-exporter",
     "prometheus-pgbackrest-exporter",
+    "prometheus-pgbouncer-exporter",
 ];
 
 /// Create a user of the contract unless it exists with that uid (a shell line).
@@ -186,9 +189,16 @@ async fn build(base: &str, name: &str, tag: &str) -> Result<(), Failure> {
 }
 
 /// The components with an image of their own (`docker_image_<component>`).
-pub const COMPONENTS: [&str; 5] = ["etcd", "postgres", "haproxy", "exporter", "monitoring"];
+pub const COMPONENTS: [&str; 6] = [
+    "etcd",
+    "postgres",
+    "haproxy",
+    "pgbouncer",
+    "exporter",
+    "monitoring",
+];
 
-/// The image of a component (etcd, postgres, haproxy, exporter, monitoring) under the docker
+/// The image of a component (etcd, postgres, haproxy, pgbouncer, exporter, monitoring) under the docker
 /// method: its own `docker_image_<component>`, else `docker_image`, else pgha's
 /// stack image built here.
 pub fn image(c: &Cluster, component: &str) -> String {
@@ -196,6 +206,7 @@ pub fn image(c: &Cluster, component: &str) -> String {
         "etcd" => &c.docker_image_etcd,
         "postgres" => &c.docker_image_postgres,
         "haproxy" => &c.docker_image_haproxy,
+        "pgbouncer" => &c.docker_image_pgbouncer,
         "exporter" => &c.docker_image_exporter,
         "monitoring" => &c.docker_image_monitoring,
         _ => &c.docker_image,
@@ -214,6 +225,7 @@ pub fn images(c: &Cluster) -> Vec<String> {
     let mut v: Vec<String> = COMPONENTS
         .iter()
         .filter(|k| **k != "monitoring" || c.monitoring_enabled)
+        .filter(|k| **k != "pgbouncer" || c.pgbouncer_enabled)
         .map(|k| image(c, k))
         .collect();
     v.sort();

@@ -278,6 +278,12 @@ fn container_spec(
         "--stop-timeout".into(),
         def.stop_timeout.to_string(),
     ];
+    if let Some(sig) = &def.stop_signal {
+        args.extend(["--stop-signal".into(), sig.clone()]);
+    }
+    if let Some(n) = def.nofile {
+        args.extend(["--ulimit".into(), format!("nofile={n}:{n}")]);
+    }
     if let Some(u) = &def.user {
         args.extend(["--user".into(), r(u)?]);
     }

@@ -843,6 +843,68 @@ fn docker_monitoring_runs_in_containers_of_its_image() {
     assert!(!crate::docker::stack::images(&inv.cluster).contains(&"mon:1".to_string()));
 }
 
+/// Under docker PgBouncer and its exporter run in containers, with no package:
+/// PgBouncer as postgres with its configuration read-only, stopped by its safe
+/// shutdown (SIGINT) and given the native unit's open-file limit; the exporter in
+/// the monitoring image (the CA it verifies PgBouncer with mounted only with TLS
+/// on). Each image goes
+/// to the hosts only when pooling is on.
+#[test]
+fn docker_pgbouncer_runs_in_a_container_stopped_safely() {
+    let lib = Library::builtin().unwrap();
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    inv.cluster.pgbouncer_enabled = true;
+    inv.cluster.monitoring_enabled = true;
+    inv.cluster.docker_image_pgbouncer = "pb:1".into();
+    inv.cluster.docker_image_monitoring = "mon:1".into();
+    let d = desired_state(&inv, &lib).unwrap();
+    let pb = role_of(&d, "router1", "pgbouncer");
+    assert!(pb.packages.is_empty(), "no package: {:?}", pb.packages);
+    let c = pb.container.unwrap();
+    assert_eq!(c.name, "pgha-pgbouncer");
+    assert_eq!(c.image, "pb:1");
+    assert_eq!(c.reload_signal.as_deref(), Some("HUP"));
+    let args = c.run_args.join(" ");
+    for want in [
+        "--stop-signal SIGINT",
+        "--ulimit nofile=65536:65536",
+        "--user postgres",
+        "-v /etc/pgbouncer:/etc/pgbouncer:ro",
+        "pb:1 pgbouncer /etc/pgbouncer/pgbouncer.ini",
+    ] {
+        assert!(args.contains(want), "{want}: {args}");
+    }
+    assert!(
+        !d.iter()
+            .find(|h| h.host == "router1")
+            .unwrap()
+            .files()
+            .any(|f| f
+                .path
+                .starts_with("/etc/systemd/system/pgbouncer.service.d/")),
+        "no systemd drop-in for a unit that does not run"
+    );
+    let ex = role_of(&d, "router1", "pgbouncer_exporter")
+        .container
+        .unwrap();
+    assert_eq!(
+        (ex.name.as_str(), ex.image.as_str()),
+        ("pgha-pgbouncer-exporter", "mon:1")
+    );
+    // TLS off here: no CA to mount, and no empty volume argument either.
+    assert!(
+        !ex.run_args
+            .iter()
+            .any(|a| a.contains("/etc/pgbouncer/tls") || a.is_empty()),
+        "{:?}",
+        ex.run_args
+    );
+    assert!(crate::docker::stack::images(&inv.cluster).contains(&"pb:1".to_string()));
+    inv.cluster.pgbouncer_enabled = false;
+    assert!(!crate::docker::stack::images(&inv.cluster).contains(&"pb:1".to_string()));
+}
+
 /// With pooling on, every router runs PgBouncer on its own address in front of
 /// its HAProxy write port, passwords looked up in PostgreSQL (only the auth
 /// user's in auth_file, quoted PgBouncer's way, masked in diffs), TLS both ways

@@ -198,6 +198,7 @@ pub struct Cluster {
     pub docker_image_etcd: String,
     pub docker_image_postgres: String,
     pub docker_image_haproxy: String,
+    pub docker_image_pgbouncer: String,
     pub docker_image_exporter: String,
     /// Prometheus, Alertmanager and the node and pgBackRest exporters.
     pub docker_image_monitoring: String,
@@ -367,6 +368,7 @@ impl Default for Cluster {
             docker_image_etcd: String::new(),
             docker_image_postgres: String::new(),
             docker_image_haproxy: String::new(),
+            docker_image_pgbouncer: String::new(),
             docker_image_exporter: String::new(),
             docker_image_monitoring: String::new(),
             docker_image_source: "push".into(),

@@ -751,6 +751,7 @@ fn build_cluster(v: &ClusterVals) -> Cluster {
     set!(docker_image_etcd, str);
     set!(docker_image_postgres, str);
     set!(docker_image_haproxy, str);
+    set!(docker_image_pgbouncer, str);
     set!(docker_image_exporter, str);
     set!(docker_image_monitoring, str);
     set!(docker_image_source, str);

@@ -199,6 +199,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     k("docker_image_etcd", C, Kind::Image),
     k("docker_image_postgres", C, Kind::Image),
     k("docker_image_haproxy", C, Kind::Image),
+    k("docker_image_pgbouncer", C, Kind::Image),
     k("docker_image_exporter", C, Kind::Image),
     k("docker_image_monitoring", C, Kind::Image),
     k("docker_image_source", C, Kind::ImageSource),
