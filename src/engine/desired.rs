@@ -281,9 +281,6 @@ fn container_spec(
     if let Some(sig) = &def.stop_signal {
         args.extend(["--stop-signal".into(), sig.clone()]);
     }
-    if let Some(n) = def.nofile {
-        args.extend(["--ulimit".into(), format!("nofile={n}:{n}")]);
-    }
     if let Some(u) = &def.user {
         args.extend(["--user".into(), r(u)?]);
     }

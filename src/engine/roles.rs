@@ -136,9 +136,7 @@ pub struct ContainerDef {
     /// The signal that stops it cleanly (Docker's default: SIGTERM).
     #[serde(default)]
     pub stop_signal: Option<String>,
-    /// Its open-file limit (soft and hard), where Docker's default is too low.
-    #[serde(default)]
-    pub nofile: Option<u32>,
+
     /// The signal that makes the component re-read its configuration (none: restart).
     #[serde(default)]
     pub reload_signal: Option<String>,
