@@ -314,7 +314,7 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
     .await;
     let (code, out) = lab.sh(
         "router1",
-        "docker top pgha-pgbouncer -o user,args; docker exec pgha-pgbouncer sh -c 'grep \"open files\" /proc/1/limits'",
+        "docker top pgha-pgbouncer -o pid,user,args && docker exec pgha-pgbouncer sh -c 'grep \"open files\" /proc/1/limits'",
     );
     let limits: Vec<u64> = out
         .lines()
@@ -327,8 +327,10 @@ async fn docker_cluster_deploy_restart_reset_upgrade_rebuild() {
         .unwrap_or_default();
     assert!(
         code == 0
-            && out.lines().any(|l| l.starts_with("postgres")
-                && l.contains("pgbouncer /etc/pgbouncer/pgbouncer.ini"))
+            && out.lines().any(
+                |l| matches!(l.split_whitespace().nth(1), Some("postgres" | "470"))
+                    && l.contains("pgbouncer /etc/pgbouncer/pgbouncer.ini")
+            )
             && limits.len() == 2
             && limits[0] == limits[1].min(65536),
         "router1: {out}"
