@@ -381,7 +381,22 @@ impl Converge<'_, '_> {
         if i.newest().is_none() {
             self.ctx.ensure_locked("take the first full backup").await?;
             drop(phase);
-            let b = take(self.ctx, s, "full", false).await?;
+            let b = match take(self.ctx, s, "full", false).await {
+                // On a cluster bootstrapped moments ago, WAL archiving may lag:
+                // pushes refused before the stanza existed (or cut by pgBackRest's
+                // server starting) leave PostgreSQL's archiver retrying on its own
+                // schedule, and the backup gives up waiting for its last segment
+                // after archive-timeout (CI saw it once under load). By then the
+                // backlog is moving: one more attempt, said in a warning.
+                Err(f) if backup_info::archive_lagged(&f.message) => {
+                    self.ctx.ui.warn(format!(
+                        "the first full backup waited too long for WAL archiving ({}); taking it once more",
+                        f.message
+                    ));
+                    take(self.ctx, s, "full", false).await?
+                }
+                r => r?,
+            };
             self.ctx
                 .ui
                 .host(&repo.name, format!("first full backup {} taken", b.label));

@@ -187,6 +187,12 @@ pub fn parse_verified(out: &str) -> Result<Verified, String> {
         .map_err(|e| format!("the restore test's result does not parse ({e}): {line}"))
 }
 
+/// A backup that failed only because the WAL it needs was not archived in time
+/// (pgBackRest's error 082, after archive-timeout).
+pub fn archive_lagged(message: &str) -> bool {
+    message.contains("ERROR: [082]")
+}
+
 /// pgBackRest's error lines (`ERROR: [code]: ...`) of an output, else its last
 /// lines; with what to do when pgha recognises the cause.
 pub fn errors(out: &str) -> String {
@@ -388,6 +394,12 @@ mod tests {
             errors("INFO: x\nERROR: [082]: WAL segment was not archived\n"),
             "ERROR: [082]: WAL segment was not archived"
         );
+        assert!(archive_lagged(
+            "full backup on router1 failed: 2026-12-04 11:45:57.772 P00  ERROR: [082]: WAL segment 000000010000000000000005 was not archived before the 60000ms timeout"
+        ));
+        assert!(!archive_lagged(
+            "full backup on router1 failed: P00  ERROR: [056]: unable to find primary cluster"
+        ));
         assert_eq!(
             errors(
                 "P00   WARN: unable to check pg1: [DbConnectError] connection refused\n\
