@@ -136,7 +136,6 @@ pub struct ContainerDef {
     /// The signal that stops it cleanly (Docker's default: SIGTERM).
     #[serde(default)]
     pub stop_signal: Option<String>,
-
     /// The signal that makes the component re-read its configuration (none: restart).
     #[serde(default)]
     pub reload_signal: Option<String>,

@@ -111,29 +111,27 @@ pub async fn rolling_restart(
         // Pooled clients wait through the restart: resumed once every write port
         // reaches the leader again (bounded, and on any error).
         let paused = super::pool::pause_planned(ctx).await?;
-        // Ok(true): the write ports did not reach it within the pause's bound.
+        // Ok(Some(last)): the write ports did not reach it within the pause's
+        // bound; what they answered last.
         let r = async {
             restart_member(ctx, &leader).await?;
             if paused.is_empty() {
-                return Ok(false);
+                return Ok(None);
             }
-            let back = super::switchover::routers_reach(ctx, &leader, &routers);
+            let until = std::time::Instant::now() + super::switchover::POOLER_PAUSE_MAX;
             Ok(
-                tokio::time::timeout(super::switchover::POOLER_PAUSE_MAX, back)
+                super::switchover::routers_reach(ctx, &leader, &routers, until)
                     .await
-                    .is_err(),
+                    .err(),
             )
         }
         .await;
-        let late = matches!(r, Ok(true));
+        let late = match &r {
+            Ok(Some(last)) => Some(format!("the leader restarted in place ({last})")),
+            _ => None,
+        };
         let was_paused = !paused.is_empty();
-        super::switchover::resume(
-            ctx,
-            &leader,
-            paused,
-            late.then_some("the leader restarted in place"),
-        )
-        .await;
+        super::switchover::resume(ctx, &leader, paused, late.as_deref()).await;
         // Resumed (on the write ports, the bound or an error): the whole proof.
         let r = match r {
             Ok(_) if was_paused => {

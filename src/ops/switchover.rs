@@ -473,15 +473,17 @@ async fn switch(
         // clients must not wait on that. While paused, the write ports are watched
         // from the request on and the poolers resume as soon as they reach the
         // candidate; never later than POOLER_PAUSE_MAX, and never left paused.
-        let reach = routers_reach(ctx, &candidate_now, routers);
+        let reach = routers_reach(ctx, &candidate_now, routers, asked + POOLER_PAUSE_MAX);
         tokio::pin!(request, reach);
         let mut paused = Some(paused).filter(|p| !p.is_empty());
         let mut pause_secs = None;
+        let late = |r: Result<(), String>| r.err().map(|last| format!("the new leader ({last})"));
         let answer = if paused.is_some() {
             tokio::select! {
                 a = &mut request => a,
-                () = &mut reach => {
-                    pause_secs = Some(resume(ctx, leader, paused.take().expect("paused"), None).await);
+                r = &mut reach => {
+                    let p = paused.take().expect("paused");
+                    pause_secs = Some(resume(ctx, leader, p, late(r).as_deref()).await);
                     request.await
                 }
             }
@@ -512,9 +514,8 @@ async fn switch(
         }
         ctx.ui.changed(leader, 1);
         if let Some(p) = paused.take() {
-            let bound = POOLER_PAUSE_MAX.saturating_sub(asked.elapsed());
-            let late = tokio::time::timeout(bound, &mut reach).await.is_err();
-            pause_secs = Some(resume(ctx, leader, p, late.then_some("the new leader")).await);
+            let r = (&mut reach).await;
+            pause_secs = Some(resume(ctx, leader, p, late(r).as_deref()).await);
         }
         // The whole proof, Patroni's view included (after RESUME when paused).
         writes_reach(ctx, leader, candidate, routers).await?;
@@ -555,8 +556,13 @@ pub(super) async fn resume(
 /// out of recovery, which is all a pooled client needs. The routers are probed
 /// at once and often (a failed probe is one refused connection), without waiting
 /// for Patroni's view first: `writes_reach` proves the rest after RESUME. Gives
-/// up only on the caller's bound.
-pub(super) async fn routers_reach(ctx: &Ctx<'_>, candidate: &str, routers: &[sql::Endpoint]) {
+/// up at `until` with what each router that had not reached it last answered.
+pub(super) async fn routers_reach(
+    ctx: &Ctx<'_>,
+    candidate: &str,
+    routers: &[sql::Endpoint],
+    until: Instant,
+) -> Result<(), String> {
     const EVERY: Duration = Duration::from_millis(20);
     let candidate_ip = ctx
         .inv
@@ -564,17 +570,29 @@ pub(super) async fn routers_reach(ctx: &Ctx<'_>, candidate: &str, routers: &[sql
         .map(|h| h.ip.to_string())
         .unwrap_or_default();
     let candidate_ip = &candidate_ip;
-    futures_util::future::join_all(routers.iter().map(|ep| async move {
+    let last: Vec<String> = futures_util::future::join_all(routers.iter().map(|ep| async move {
         loop {
-            match write_port_primary(&ctx.ep.net, ep).await {
-                Ok(addr) if &addr == candidate_ip => return,
-                Ok(addr) => tracing::debug!("{}:{} still reaches {addr}", ep.host, ep.port),
-                Err(e) => tracing::debug!("{}:{}: {e}", ep.host, ep.port),
+            let last = match write_port_primary(&ctx.ep.net, ep).await {
+                Ok(addr) if &addr == candidate_ip => return None,
+                Ok(addr) => format!("{}:{} reached {addr}", ep.host, ep.port),
+                Err(e) => e,
+            };
+            tracing::debug!("waiting for the write ports to reach {candidate}: {last}");
+            if Instant::now() >= until {
+                return Some(last);
             }
             tokio::time::sleep(EVERY).await;
         }
     }))
-    .await;
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    if last.is_empty() {
+        Ok(())
+    } else {
+        Err(last.join("; "))
+    }
 }
 
 /// After the request: the candidate leads and every router's write port reaches it.
