@@ -12,7 +12,7 @@ use crate::engine::mask;
 use crate::engine::plan::{Action, FileReason};
 use crate::error::{Exit, Failure};
 use crate::inventory::Inventory;
-use crate::ops::converge::{Converge, Existing};
+use crate::ops::converge::{self, Converge, Existing};
 use crate::ops::lock::ClusterLock;
 use crate::ops::{Ctx, etcd as etcd_ops, roster, verify};
 use crate::probe::etcd;
@@ -137,9 +137,15 @@ async fn run(
     let ctx = conv.ctx;
     let (done, early) = if ahead {
         let unchanged = || ctx.ui.total_changed() == 0;
-        verify::ahead(verify::check(ctx), unchanged, phases(conv, opts, lock)).await
+        // Boxed: the phases' and checks' futures nest past the compiler's layout depth.
+        verify::ahead(
+            Box::pin(verify::check_ahead(ctx)),
+            unchanged,
+            Box::pin(phases(conv, opts, lock, true)),
+        )
+        .await
     } else {
-        (phases(conv, opts, lock).await, None)
+        (phases(conv, opts, lock, false).await, None)
     };
     let etcd_moved = match done? {
         Phases::Checked(exit) => return Ok(exit),
@@ -169,16 +175,34 @@ enum Phases {
     },
 }
 
-/// Every phase before the verification.
+/// Every phase before the verification. `etcd_up`: etcd answered before the
+/// lock, so what exists of the cluster is read beside the facts.
 async fn phases(
     conv: &mut Converge<'_, '_>,
     opts: &DeployOptions,
     lock: Option<&mut ClusterLock>,
+    etcd_up: bool,
 ) -> Result<Phases, Failure> {
-    conv.gather_and_plan().await?;
-    let existing = conv.existing().await?;
+    let ctx = conv.ctx;
+    let reads = async {
+        if etcd_up {
+            Some(converge::read_existing(ctx).await)
+        } else {
+            None
+        }
+    };
+    let (planned, reads, params_checked) = tokio::join!(
+        conv.gather_and_plan(),
+        reads,
+        converge::check_parameters(ctx)
+    );
+    planned?;
+    let existing = conv.existing_from(reads).await?;
     conv.refuse_unsafe_limit(&existing)?;
-    let params_checked = conv.check_parameters().await?;
+    let params_checked = params_checked?;
+    if etcd_up && !opts.check && conv.idle(&existing) {
+        return idle(conv).await;
+    }
     if opts.check {
         return report_check(conv, opts, &existing)
             .await
@@ -226,6 +250,25 @@ async fn phases(
     conv.monitoring().await?;
     conv.retire().await?;
     let etcd_moved = etcd_ops::keep_apart(conv.ctx).await;
+    Ok(Phases::Done { etcd_moved })
+}
+
+/// A re-run with nothing to change: the phases that read (pending restarts,
+/// exporters, the repository, Prometheus's targets, etcd's leader) at once.
+/// etcd's quorum and Patroni's health are left to verify, which checks them
+/// beside the run; anything these phases change makes it verify afresh.
+async fn idle(conv: &Converge<'_, '_>) -> Result<Phases, Failure> {
+    let (restarts, exporters, backups, monitoring, etcd_moved) = tokio::join!(
+        conv.restart_pending(),
+        conv.exporters(),
+        conv.backups(),
+        conv.monitoring(),
+        etcd_ops::keep_apart(conv.ctx)
+    );
+    restarts?;
+    exporters?;
+    backups?;
+    monitoring?;
     Ok(Phases::Done { etcd_moved })
 }
 

@@ -67,6 +67,152 @@ pub async fn desired_state(ctx: &Ctx<'_>) -> Result<BTreeMap<String, HostDesired
         .collect())
 }
 
+/// See `Converge::idle`.
+fn nothing_to_change(e: &Existing, plans: &BTreeMap<String, HostPlan>) -> bool {
+    !e.etcd_new
+        && e.patroni_initialized
+        && e.dcs_patch.is_none()
+        && e.members.is_empty()
+        && e.sql_changes.as_ref().is_some_and(|c| c.is_empty())
+        && plans.values().all(|p| p.actions.is_empty())
+}
+
+/// What `existing` reads from a cluster that runs. None of it depends on the
+/// facts, so a re-run reads it beside them (`read_existing`).
+pub struct Reads {
+    members: Result<Observed, String>,
+    initialized: bool,
+    /// Patroni's dynamic configuration as the first member that answers has it.
+    config: Option<serde_json::Value>,
+}
+
+impl Default for Reads {
+    /// A new cluster: nothing to read.
+    fn default() -> Self {
+        Reads {
+            members: Err("no etcd member has data yet".into()),
+            initialized: false,
+            config: None,
+        }
+    }
+}
+
+/// etcd's and Patroni's members, whether Patroni's cluster exists, and its
+/// dynamic configuration, read at once.
+pub async fn read_existing(ctx: &Ctx<'_>) -> Reads {
+    let (members, initialized, config) = tokio::join!(
+        observe_members(ctx),
+        patroni_initialized(ctx),
+        patroni_config(ctx)
+    );
+    Reads {
+        members,
+        initialized,
+        config,
+    }
+}
+
+async fn patroni_initialized(ctx: &Ctx<'_>) -> bool {
+    etcd::key_exists(
+        &ctx.ep.net,
+        &ctx.ep.etcd,
+        &format!("/service/{}/initialize", ctx.inv.cluster.cluster_name),
+    )
+    .await
+    .unwrap_or(false)
+}
+
+async fn patroni_config(ctx: &Ctx<'_>) -> Option<serde_json::Value> {
+    for api in ctx.ep.patroni_apis() {
+        if let Ok(have) = patroni::config(&ctx.ep.net, &api).await {
+            return Some(have);
+        }
+    }
+    None
+}
+
+/// The etcd and Patroni members the running cluster reports (etcd must answer;
+/// Patroni's members are read when any member's REST API answers).
+async fn observe_members(ctx: &Ctx<'_>) -> Result<Observed, String> {
+    let etcd = async {
+        let mut c = etcd::client(&ctx.ep.net, &ctx.ep.etcd)
+            .await
+            .map_err(|e| e.to_string())?;
+        etcd_ops::members(&mut c).await.map_err(|f| f.message)
+    };
+    let patroni = async {
+        patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
+            .await
+            .map(|v| v.members.into_iter().map(|m| m.name).collect())
+            .unwrap_or_default()
+    };
+    let recorded = crate::ops::roster::read(ctx);
+    let (etcd, patroni, recorded) = tokio::join!(etcd, patroni, recorded);
+    let etcd = etcd?;
+    let recorded = recorded.missing_from(ctx.inv);
+    Ok(Observed {
+        etcd,
+        patroni,
+        recorded,
+    })
+}
+
+/// The inventory's `postgresql_parameters`, parsed by PostgreSQL's own server
+/// binary on a db host before any change (names, types, ranges, enums); a
+/// refusal names the file, the line and the key (exit 4). Ok(false): no db host
+/// has the server yet (a first deploy checks again once packages are in).
+pub async fn check_parameters(ctx: &Ctx<'_>) -> Result<bool, Failure> {
+    use crate::engine::params;
+    let c = &ctx.inv.cluster;
+    if c.postgresql_parameters.is_empty() {
+        return Ok(true);
+    }
+    let script = params::script(c, &c.postgresql_parameters);
+    for h in ctx.db_hosts() {
+        let Ok(s) = ctx.session(&h) else {
+            continue;
+        };
+        let out = s
+            .exec(
+                &crate::ssh::Cmd::root(script.clone()).timeout(std::time::Duration::from_secs(60)),
+            )
+            .await
+            .map_err(|e| host_failed(format!("{h}: checking postgresql_parameters: {e}")))?;
+        let text = format!(
+            "{}{}",
+            out.stdout_str(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        match params::verdict(Some(out.status), &text) {
+            Ok(true) => return Ok(true),
+            Ok(false) => continue,
+            Err((name, words)) => {
+                let path = ctx.inv.path.display();
+                let at = name
+                    .as_deref()
+                    .and_then(|n| {
+                        let text = std::fs::read_to_string(&ctx.inv.path).ok()?;
+                        params::line_of(&text, n)
+                    })
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default();
+                let key = name
+                    .map(|n| format!("postgresql_parameters.{n}"))
+                    .unwrap_or_else(|| "postgresql_parameters".into());
+                return Err(Failure::new(
+                    crate::error::Exit::Inventory,
+                    format!(
+                        "{path}{at}: {key}: PostgreSQL {} refuses it ({words}); fix or remove it. \
+                         Nothing was changed",
+                        c.postgresql_version
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(false)
+}
+
 impl<'c, 'a> Converge<'c, 'a> {
     /// Desired state of every host. Under the docker method the images must be at
     /// hand first (push: in this machine's Docker): a missing one fails here, before
@@ -242,16 +388,25 @@ impl<'c, 'a> Converge<'c, 'a> {
 
     /// Whether etcd and Patroni exist, and the cluster-wide changes visible now.
     pub async fn existing(&self) -> Result<Existing, Failure> {
-        self.existing_judged(true).await
+        self.existing_judged(true, None).await
+    }
+
+    /// `existing`, from what `read_existing` read beside the facts.
+    pub async fn existing_from(&self, reads: Option<Reads>) -> Result<Existing, Failure> {
+        self.existing_judged(true, reads).await
     }
 
     /// `existing` for a rebuild, which replaced the etcd member itself and removes
     /// a renamed host's old Patroni member and record at its end.
     pub async fn existing_after_rebuild(&self) -> Result<Existing, Failure> {
-        self.existing_judged(false).await
+        self.existing_judged(false, None).await
     }
 
-    async fn existing_judged(&self, judge_members: bool) -> Result<Existing, Failure> {
+    async fn existing_judged(
+        &self,
+        judge_members: bool,
+        reads: Option<Reads>,
+    ) -> Result<Existing, Failure> {
         let c = &self.inv.cluster;
         let etcd_hosts = self.ctx.etcd_hosts();
         let etcd_member_dir = format!("{}/member", desired::etcd_data_dir(c));
@@ -263,20 +418,22 @@ impl<'c, 'a> Converge<'c, 'a> {
             self.refuse_tls_switch(&with_data)?;
         }
         let with_data: Vec<String> = with_data.into_iter().cloned().collect();
-        // etcd's members beside Patroni's state: independent reads, each a TLS
-        // connection or two, on the path of every re-run.
-        let members = async {
-            if etcd_new || !judge_members {
-                return Ok(Changes::default());
-            }
-            match self.observe_members().await {
-                Ok(obs) => self.plan_members(&obs, &with_data),
+        let reads = match reads {
+            Some(r) => r,
+            None if etcd_new => Reads::default(),
+            None => read_existing(self.ctx).await,
+        };
+        let members = if etcd_new || !judge_members {
+            Changes::default()
+        } else {
+            match reads.members {
+                Ok(obs) => self.plan_members(&obs, &with_data)?,
                 // etcd stopped everywhere (destroy kept the data, a power cut): the
                 // etcd phase starts it; a host without data cannot be judged then.
                 Err(e) if !missing.is_empty() => {
                     let list =
                         |v: &[&String]| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-                    Err(host_failed(format!(
+                    return Err(host_failed(format!(
                         "etcd hosts {} have no data directory ({etcd_member_dir}) while {} do, and \
                          etcd does not answer ({e}): pgha cannot tell a new member from a lost one. \
                          Take the new hosts out of the inventory's etcd members and deploy to bring \
@@ -284,22 +441,19 @@ impl<'c, 'a> Converge<'c, 'a> {
                          nothing was changed",
                         list(&missing),
                         with_data.join(", ")
-                    )))
+                    )));
                 }
-                Err(_) => Ok(Changes::default()),
+                Err(_) => Changes::default(),
             }
         };
-        let patroni = async {
-            let initialized = !etcd_new && self.patroni_initialized().await;
-            let patch = if initialized {
-                self.dcs_patch().await
-            } else {
-                None
-            };
-            (initialized, patch)
+        let patroni_initialized = !etcd_new && reads.initialized;
+        let dcs_patch = if patroni_initialized {
+            reads
+                .config
+                .and_then(|have| plan::plan_dcs(&desired::dcs_config(c), &have))
+        } else {
+            None
         };
-        let (members, (patroni_initialized, dcs_patch)) = tokio::join!(members, patroni);
-        let members = members?;
         Ok(Existing {
             etcd_new,
             patroni_initialized,
@@ -312,6 +466,14 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .transpose()?,
             members,
         })
+    }
+
+    /// Nothing for this run to change: etcd and Patroni's cluster exist with the
+    /// inventory's members, configuration, roles and databases, and every host's
+    /// plan is empty. What may still change (a pending restart, the backup timers)
+    /// is read by the phases themselves.
+    pub fn idle(&self, e: &Existing) -> bool {
+        nothing_to_change(e, &self.plans)
     }
 
     /// The roles/databases changes, or the refusals as an inventory error naming
@@ -340,13 +502,7 @@ impl<'c, 'a> Converge<'c, 'a> {
 
     /// Patroni's cluster exists in etcd (false when etcd does not answer).
     pub async fn patroni_initialized(&self) -> bool {
-        etcd::key_exists(
-            &self.ctx.ep.net,
-            &self.ctx.ep.etcd,
-            &format!("/service/{}/initialize", self.inv.cluster.cluster_name),
-        )
-        .await
-        .unwrap_or(false)
+        patroni_initialized(self.ctx).await
     }
 
     /// A running cluster keeps the TLS setting it was built with: etcd members
@@ -376,56 +532,7 @@ impl<'c, 'a> Converge<'c, 'a> {
     /// refusal names the file, the line and the key (exit 4). Ok(false): no db host
     /// has the server yet (a first deploy checks again once packages are in).
     pub async fn check_parameters(&self) -> Result<bool, Failure> {
-        use crate::engine::params;
-        let c = &self.inv.cluster;
-        if c.postgresql_parameters.is_empty() {
-            return Ok(true);
-        }
-        let script = params::script(c, &c.postgresql_parameters);
-        for h in self.ctx.db_hosts() {
-            let Ok(s) = self.ctx.session(&h) else {
-                continue;
-            };
-            let out = s
-                .exec(
-                    &crate::ssh::Cmd::root(script.clone())
-                        .timeout(std::time::Duration::from_secs(60)),
-                )
-                .await
-                .map_err(|e| host_failed(format!("{h}: checking postgresql_parameters: {e}")))?;
-            let text = format!(
-                "{}{}",
-                out.stdout_str(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            match params::verdict(Some(out.status), &text) {
-                Ok(true) => return Ok(true),
-                Ok(false) => continue,
-                Err((name, words)) => {
-                    let path = self.inv.path.display();
-                    let at = name
-                        .as_deref()
-                        .and_then(|n| {
-                            let text = std::fs::read_to_string(&self.inv.path).ok()?;
-                            params::line_of(&text, n)
-                        })
-                        .map(|l| format!(":{l}"))
-                        .unwrap_or_default();
-                    let key = name
-                        .map(|n| format!("postgresql_parameters.{n}"))
-                        .unwrap_or_else(|| "postgresql_parameters".into());
-                    return Err(Failure::new(
-                        crate::error::Exit::Inventory,
-                        format!(
-                            "{path}{at}: {key}: PostgreSQL {} refuses it ({words}); fix or remove it. \
-                             Nothing was changed",
-                            c.postgresql_version
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(false)
+        check_parameters(self.ctx).await
     }
 
     pub fn refuse_unsafe_limit(&self, e: &Existing) -> Result<(), Failure> {
@@ -454,13 +561,8 @@ impl<'c, 'a> Converge<'c, 'a> {
     }
 
     pub async fn dcs_patch(&self) -> Option<serde_json::Value> {
-        let want = desired::dcs_config(&self.inv.cluster);
-        for api in self.ctx.ep.patroni_apis() {
-            if let Ok(have) = patroni::config(&self.ctx.ep.net, &api).await {
-                return plan::plan_dcs(&want, &have);
-            }
-        }
-        None
+        let have = patroni_config(self.ctx).await?;
+        plan::plan_dcs(&desired::dcs_config(&self.inv.cluster), &have)
     }
 
     /// A role of a host's desired state.
@@ -475,27 +577,7 @@ impl Converge<'_, '_> {
     /// The etcd and Patroni members the running cluster reports (etcd must answer;
     /// Patroni's members are read when any member's REST API answers).
     pub async fn observe_members(&self) -> Result<Observed, String> {
-        let etcd = async {
-            let mut c = etcd::client(&self.ctx.ep.net, &self.ctx.ep.etcd)
-                .await
-                .map_err(|e| e.to_string())?;
-            etcd_ops::members(&mut c).await.map_err(|f| f.message)
-        };
-        let patroni = async {
-            patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
-                .await
-                .map(|v| v.members.into_iter().map(|m| m.name).collect())
-                .unwrap_or_default()
-        };
-        let recorded = crate::ops::roster::read(self.ctx);
-        let (etcd, patroni, recorded) = tokio::join!(etcd, patroni, recorded);
-        let etcd = etcd?;
-        let recorded = recorded.missing_from(self.inv);
-        Ok(Observed {
-            etcd,
-            patroni,
-            recorded,
-        })
+        observe_members(self.ctx).await
     }
 
     /// Judge the members against the inventory (read-only).
@@ -527,5 +609,76 @@ impl Converge<'_, '_> {
             &inventory,
         )
         .map_err(|r| host_failed(format!("{}\nNothing was changed", r.join("\n"))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::plan::{Action, Planned};
+
+    fn settled() -> Existing {
+        Existing {
+            etcd_new: false,
+            patroni_initialized: true,
+            dcs_patch: None,
+            sql_changes: Some(Vec::new()),
+            members: Changes::default(),
+        }
+    }
+
+    fn plans(actions: Vec<Planned>) -> BTreeMap<String, HostPlan> {
+        [
+            (
+                "db1".to_string(),
+                HostPlan {
+                    host: "db1".into(),
+                    actions,
+                },
+            ),
+            (
+                "router1".to_string(),
+                HostPlan {
+                    host: "router1".into(),
+                    actions: Vec::new(),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn idle_only_when_nothing_anywhere_would_change() {
+        assert!(nothing_to_change(&settled(), &plans(Vec::new())));
+        let restart = Planned {
+            role: "patroni".into(),
+            action: Action::AptUpdate,
+        };
+        assert!(!nothing_to_change(&settled(), &plans(vec![restart])));
+        let new_etcd = Existing {
+            etcd_new: true,
+            ..settled()
+        };
+        assert!(!nothing_to_change(&new_etcd, &plans(Vec::new())));
+        let bootstrap = Existing {
+            patroni_initialized: false,
+            ..settled()
+        };
+        assert!(!nothing_to_change(&bootstrap, &plans(Vec::new())));
+        let patch = Existing {
+            dcs_patch: Some(serde_json::json!({"ttl": 30})),
+            ..settled()
+        };
+        assert!(!nothing_to_change(&patch, &plans(Vec::new())));
+        // No primary's SQL facts: roles cannot be judged, so the phases run.
+        let unknown_sql = Existing {
+            sql_changes: None,
+            ..settled()
+        };
+        assert!(!nothing_to_change(&unknown_sql, &plans(Vec::new())));
+        let mut joining = settled();
+        joining.members.join.push("db4".into());
+        assert!(!nothing_to_change(&joining, &plans(Vec::new())));
     }
 }

@@ -359,6 +359,12 @@ impl Converge<'_, '_> {
             super::dcs::patch_config(self.ctx, leader, p).await?;
             phase.done("applied");
         }
+        self.restart_pending().await
+    }
+
+    /// Members whose PostgreSQL waits for a restart (a parameter that needs one),
+    /// restarted in order.
+    pub async fn restart_pending(&self) -> Result<(), Failure> {
         let view = patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
             .await
             .map_err(Failure::error)?;

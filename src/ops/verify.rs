@@ -43,16 +43,40 @@ impl Report {
 /// once Patroni is healthy): a re-run that changes nothing spends most of its time
 /// here. The first failure in the lines' order is the one reported.
 pub async fn check(ctx: &Ctx<'_>) -> Result<Report, Failure> {
+    checks(ctx, false).await
+}
+
+/// `check` for `ahead`: the repository's check (pgBackRest's, the longest) starts
+/// at once too, beside etcd and Patroni. After a change it waits for Patroni to be
+/// healthy, as it would fail while a member restarts; ahead, a failure only means
+/// verifying afresh.
+pub async fn check_ahead(ctx: &Ctx<'_>) -> Result<Report, Failure> {
+    checks(ctx, true).await
+}
+
+async fn checks(ctx: &Ctx<'_>, eager: bool) -> Result<Report, Failure> {
     let start = std::time::Instant::now();
-    let mut lines = Vec::new();
-    let (etcd, patroni) = tokio::join!(etcd_line(ctx), patroni_line(ctx));
-    lines.push(("etcd", etcd?));
-    let (leader, line) = patroni?;
-    lines.push(("patroni", line));
-    let (routes, backup) = tokio::join!(
-        routes_lines(ctx, &leader),
-        super::backup::verify_repository(ctx)
-    );
+    let cluster = async {
+        let (etcd, patroni) = tokio::join!(etcd_line(ctx), patroni_line(ctx));
+        let (leader, line) = patroni?;
+        Ok::<_, Failure>((leader, vec![("etcd", etcd?), ("patroni", line)]))
+    };
+    let (mut lines, routes, backup) = if eager {
+        let routes = async {
+            let (leader, lines) = cluster.await?;
+            Ok::<_, Failure>((lines, routes_lines(ctx, &leader).await))
+        };
+        let (r, backup) = tokio::join!(routes, super::backup::verify_repository(ctx));
+        let (lines, routes) = r?;
+        (lines, routes, backup)
+    } else {
+        let (leader, lines) = cluster.await?;
+        let (routes, backup) = tokio::join!(
+            routes_lines(ctx, &leader),
+            super::backup::verify_repository(ctx)
+        );
+        (lines, routes, backup)
+    };
     lines.extend(routes?);
     if let Some(line) = backup? {
         lines.push(("backup", line));
