@@ -58,8 +58,9 @@ async fn checks(ctx: &Ctx<'_>, eager: bool) -> Result<Report, Failure> {
     let start = std::time::Instant::now();
     let cluster = async {
         let (etcd, patroni) = tokio::join!(etcd_line(ctx), patroni_line(ctx));
+        let etcd = etcd?;
         let (leader, line) = patroni?;
-        Ok::<_, Failure>((leader, vec![("etcd", etcd?), ("patroni", line)]))
+        Ok::<_, Failure>((leader, vec![("etcd", etcd), ("patroni", line)]))
     };
     let (mut lines, routes, backup) = if eager {
         let routes = async {
