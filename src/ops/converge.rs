@@ -656,29 +656,42 @@ mod tests {
             action: Action::AptUpdate,
         };
         assert!(!nothing_to_change(&settled(), &plans(vec![restart])));
-        let new_etcd = Existing {
-            etcd_new: true,
-            ..settled()
-        };
-        assert!(!nothing_to_change(&new_etcd, &plans(Vec::new())));
-        let bootstrap = Existing {
-            patroni_initialized: false,
-            ..settled()
-        };
-        assert!(!nothing_to_change(&bootstrap, &plans(Vec::new())));
-        let patch = Existing {
-            dcs_patch: Some(serde_json::json!({"ttl": 30})),
-            ..settled()
-        };
-        assert!(!nothing_to_change(&patch, &plans(Vec::new())));
-        // No primary's SQL facts: roles cannot be judged, so the phases run.
-        let unknown_sql = Existing {
-            sql_changes: None,
-            ..settled()
-        };
-        assert!(!nothing_to_change(&unknown_sql, &plans(Vec::new())));
         let mut joining = settled();
         joining.members.join.push("db4".into());
-        assert!(!nothing_to_change(&joining, &plans(Vec::new())));
+        let busy = [
+            (
+                "etcd is new",
+                Existing {
+                    etcd_new: true,
+                    ..settled()
+                },
+            ),
+            (
+                "Patroni bootstraps",
+                Existing {
+                    patroni_initialized: false,
+                    ..settled()
+                },
+            ),
+            (
+                "the configuration changes",
+                Existing {
+                    dcs_patch: Some(serde_json::json!({"ttl": 30})),
+                    ..settled()
+                },
+            ),
+            // No primary's SQL facts: roles cannot be judged, so the phases run.
+            (
+                "roles unknown",
+                Existing {
+                    sql_changes: None,
+                    ..settled()
+                },
+            ),
+            ("a member joins", joining),
+        ];
+        for (why, e) in busy {
+            assert!(!nothing_to_change(&e, &plans(Vec::new())), "{why}");
+        }
     }
 }
