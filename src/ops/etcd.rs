@@ -109,13 +109,12 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
     if !ctx.etcd_hosts().contains(&patroni_leader) {
         return Ok(false);
     }
-    let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
-    let q = report.quorum(ctx.ep.etcd.len()).map_err(Failure::error)?;
-    let healthy: Vec<String> = report
-        .endpoints
-        .iter()
-        .filter_map(|e| e.health.as_ref().ok().and_then(|h| h.name()))
-        .collect();
+    // A wait, not one probe: a member that has just come back (a healed
+    // partition, a restart) can miss one probe's timeout while the quorum is fine,
+    // and deploy's short path reaches here without the etcd phase's own wait.
+    let q = waits::wait_etcd_quorum(&ctx.ep, QUORUM).await?;
+    // Quorum means every endpoint answered: each member is healthy.
+    let healthy = q.members.clone();
     let sync: Vec<String> = view
         .members
         .iter()
