@@ -112,6 +112,17 @@ pub async fn read_existing(ctx: &Ctx<'_>) -> Reads {
     }
 }
 
+/// `read_existing` without the members, for a caller that does not judge them
+/// (a rebuild replaced the etcd member itself).
+async fn read_state(ctx: &Ctx<'_>) -> Reads {
+    let (initialized, config) = tokio::join!(patroni_initialized(ctx), patroni_config(ctx));
+    Reads {
+        members: Err("not read: the caller does not judge members".into()),
+        initialized,
+        config,
+    }
+}
+
 async fn patroni_initialized(ctx: &Ctx<'_>) -> bool {
     etcd::key_exists(
         &ctx.ep.net,
@@ -421,6 +432,7 @@ impl<'c, 'a> Converge<'c, 'a> {
         let reads = match reads {
             Some(r) => r,
             None if etcd_new => Reads::default(),
+            None if !judge_members => read_state(self.ctx).await,
             None => read_existing(self.ctx).await,
         };
         let members = if etcd_new || !judge_members {
