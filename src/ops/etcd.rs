@@ -12,6 +12,8 @@ use crate::probe::etcd;
 
 /// Bound for quorum with every member healthy after a member restart.
 pub const QUORUM: Duration = Duration::from_secs(90);
+/// Bound of the wait for every member before etcd's leadership is placed.
+const PLACEMENT: Duration = Duration::from_secs(30);
 
 /// The etcd leader's member name, from a healthy endpoint.
 pub async fn leader(ctx: &Ctx<'_>) -> Result<String, Failure> {
@@ -111,8 +113,10 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
     }
     // A wait, not one probe: a member that has just come back (a healed
     // partition, a restart) can miss one probe's timeout while the quorum is fine,
-    // and deploy's short path reaches here without the etcd phase's own wait.
-    let q = waits::wait_etcd_quorum(&ctx.ep, QUORUM).await?;
+    // and deploy's short path reaches here without the etcd phase's own wait. A
+    // shorter deadline than QUORUM's: this placement is best effort, and a member
+    // really down should cost a command a warning, not a minute and a half.
+    let q = waits::wait_etcd_quorum(&ctx.ep, PLACEMENT).await?;
     // Quorum means every endpoint answered: each member is healthy.
     let healthy = q.members.clone();
     let sync: Vec<String> = view
