@@ -101,14 +101,21 @@ pub async fn keep_apart(ctx: &Ctx<'_>) -> bool {
     }
 }
 
-async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
+/// Patroni's view and its leader, when that leader's host also runs etcd.
+async fn patroni_leader_on_etcd(
+    ctx: &Ctx<'_>,
+) -> Result<Option<(crate::probe::patroni::ClusterView, String)>, Failure> {
     let view = crate::probe::patroni::cluster_any(&ctx.ep.net, &ctx.ep.patroni_apis())
         .await
         .map_err(Failure::error)?;
-    let Some(patroni_leader) = view.leader().map(|l| l.name.clone()) else {
-        return Ok(false);
-    };
-    if !ctx.etcd_hosts().contains(&patroni_leader) {
+    Ok(match view.leader().map(|l| l.name.clone()) {
+        Some(leader) if ctx.etcd_hosts().contains(&leader) => Some((view, leader)),
+        _ => None,
+    })
+}
+
+async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
+    if patroni_leader_on_etcd(ctx).await?.is_none() {
         return Ok(false);
     }
     // A wait, not one probe: a member that has just come back (a healed
@@ -117,6 +124,11 @@ async fn try_keep_apart(ctx: &Ctx<'_>) -> Result<bool, Failure> {
     // shorter deadline than QUORUM's: this placement is best effort, and a member
     // really down should cost a command a warning, not a minute and a half.
     let q = waits::wait_etcd_quorum(&ctx.ep, PLACEMENT).await?;
+    // Patroni's view read after the wait: a failover during a long wait would
+    // otherwise send etcd's leadership to the new Patroni leader's host.
+    let Some((view, patroni_leader)) = patroni_leader_on_etcd(ctx).await? else {
+        return Ok(false);
+    };
     // Quorum means every endpoint answered: each member is healthy.
     let healthy = q.members.clone();
     let sync: Vec<String> = view
