@@ -235,6 +235,12 @@ impl Bench {
     }
 
     async fn lab_sized(&self, name: &str, db: u32, routers: u32) -> LabInfo {
+        self.lab_with(name, db, routers, true).await
+    }
+
+    /// A lab with pgha's defaults (`all`: TLS, backups, monitoring), or with only
+    /// the parts the hand-made floor sets up.
+    async fn lab_with(&self, name: &str, db: u32, routers: u32, all: bool) -> LabInfo {
         let _ = lab::down(name).await;
         let dir = self.tmp.join(name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -244,10 +250,10 @@ impl Bench {
             routers,
             dir,
             user: "root".into(),
-            tls: true,
+            tls: all,
             docker: false,
-            backup: true,
-            monitoring: true,
+            backup: all,
+            monitoring: all,
         })
         .await
         .unwrap_or_else(|e| panic!("lab up {name}: {e}"));
