@@ -1,6 +1,6 @@
 //! pgha-bench: every figure of pgha's benchmark measured on lab hosts in one
-//! session, beside the baselines in ../shared/bench (the hand-made floor of a cold
-//! deploy and an Ansible playbook), printed as a table and written as JSON. Run it
+//! session, beside its baselines (the hand-made floor of a cold deploy, bench/floor-n.sh,
+//! and the Ansible playbook in ../shared/bench), printed as a table and written as JSON. Run it
 //! through `scripts/bench`, which builds everything in release mode first.
 //!
 //! Each figure is the median of `--runs` runs. Cold deploys of pgha and the floor are
@@ -34,7 +34,8 @@ struct Args {
     /// The pgha binary to measure (release build).
     #[arg(long, default_value = "target/release/pgha")]
     pgha: PathBuf,
-    /// Directory of the baselines (floor.sh, ansible/run.sh).
+    /// Directory of the shared baselines (ansible/run.sh; the cold deploy's floor is
+    /// this repository's bench/floor-n.sh).
     #[arg(long, default_value = "../shared/bench")]
     baselines: PathBuf,
     /// Where the JSON result goes.
