@@ -24,6 +24,11 @@ pub struct FactsRequest {
     /// User names whose uid to read (the image contract's users).
     pub users: Vec<String>,
     pub paths: Vec<String>,
+    /// Directories whose owner, group and mode to read.
+    pub dirs: Vec<String>,
+    /// Whole unit names (timers, template instances) read beside `units`, with
+    /// whether systemd needs a reload to see their files.
+    pub systemd_units: Vec<String>,
     /// Files asked whether they start with pgha's header ("Managed by pgha").
     pub marked: Vec<String>,
     /// Files whose `read_once` lines (prefixes) are taken out for a second sha256.
@@ -70,6 +75,17 @@ impl UnitFact {
     pub fn is_enabled(&self) -> bool {
         self.enabled == "enabled"
     }
+}
+
+/// A unit asked by its whole name (`FactsRequest::systemd_units`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdUnitFact {
+    /// loaded, not-found, masked...
+    pub load: String,
+    pub active: String,
+    pub enabled: String,
+    /// Its file changed since systemd last read it (`NeedDaemonReload`).
+    pub needs_reload: bool,
 }
 
 /// A component's container (install_method docker).
@@ -130,6 +146,9 @@ pub struct HostFacts {
     /// Listening TCP port -> process name.
     pub listening: BTreeMap<u16, String>,
     pub existing_paths: BTreeSet<String>,
+    /// Those of the asked directories that exist: owner, group and mode (no sha256).
+    pub dirs: BTreeMap<String, FileFact>,
+    pub systemd_units: BTreeMap<String, SystemdUnitFact>,
     /// Those of the asked files that start with pgha's header.
     pub marked_paths: BTreeSet<String>,
     /// Age in seconds of apt's newest package list; None when there are none.
@@ -213,23 +232,32 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             f = shell_quote(path)
         ));
     }
-    if !req.units.is_empty() {
-        // One systemctl for all units: its blocks come in the order asked.
-        let names = req.units.join(" ");
-        let services = req
+    if !req.units.is_empty() || !req.systemd_units.is_empty() {
+        // One systemctl for all units, services first: its blocks come in the order
+        // asked.
+        let names = req
+            .units
+            .iter()
+            .chain(&req.systemd_units)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let asked = req
             .units
             .iter()
             .map(|u| shell_quote(&format!("{u}.service")))
+            .chain(req.systemd_units.iter().map(|u| shell_quote(u)))
             .collect::<Vec<_>>()
             .join(" ");
         s.push_str(&format!(
-            "systemctl show -p LoadState -p ActiveState -p UnitFileState -- {services} 2>/dev/null | \
-             awk -F= -v OFS=\"$T\" -v names={names} '\n\
-             function emit() {{ if (seen) {{ i++; print \"unit\", n[i], act, (load == \"not-found\" ? \"not-found\" : ufs) }}; seen = 0; load = \"\"; act = \"\"; ufs = \"\" }}\n\
+            "systemctl show -p LoadState -p ActiveState -p UnitFileState -p NeedDaemonReload -- {asked} 2>/dev/null | \
+             awk -F= -v OFS=\"$T\" -v names={names} -v services={services} '\n\
+             function emit() {{ if (seen) {{ i++; if (i <= services) print \"unit\", n[i], act, (load == \"not-found\" ? \"not-found\" : ufs); else print \"sdunit\", n[i], load, act, ufs, reload }}; seen = 0; load = \"\"; act = \"\"; ufs = \"\"; reload = \"\" }}\n\
              BEGIN {{ split(names, n, \" \") }}\n\
-             {{ if ($0 == \"\") emit(); else {{ seen = 1; if ($1 == \"LoadState\") load = $2; else if ($1 == \"ActiveState\") act = $2; else if ($1 == \"UnitFileState\") ufs = $2 }} }}\n\
+             {{ if ($0 == \"\") emit(); else {{ seen = 1; if ($1 == \"LoadState\") load = $2; else if ($1 == \"ActiveState\") act = $2; else if ($1 == \"UnitFileState\") ufs = $2; else if ($1 == \"NeedDaemonReload\") reload = $2 }} }}\n\
              END {{ emit() }}'\n",
             names = shell_quote(&names),
+            services = req.units.len(),
         ));
     }
     for (service, name) in &req.containers {
@@ -257,6 +285,13 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
         s.push_str(&format!(
             "for p in {}; do [ -e \"$p\" ] && printf 'path\\t%s\\n' \"$p\"; done\n",
             words(&req.paths)
+        ));
+    }
+    if !req.dirs.is_empty() {
+        s.push_str(&format!(
+            "(set --; for d in {}; do [ -d \"$d\" ] && set -- \"$@\" \"$d\"; done\n\
+             [ $# -gt 0 ] && stat -c \"dirstat$T%n$T%U$T%G$T%a\" -- \"$@\")\n",
+            words(&req.dirs)
         ));
     }
     if !req.marked.is_empty() {
@@ -375,6 +410,28 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                     UnitFact {
                         active: active.to_string(),
                         enabled: enabled.to_string(),
+                    },
+                );
+            }
+            ["dirstat", path, owner, group, mode] => {
+                f.dirs.insert(
+                    path.to_string(),
+                    FileFact {
+                        owner: owner.to_string(),
+                        group: group.to_string(),
+                        mode: u32::from_str_radix(mode, 8).unwrap_or(0),
+                        ..Default::default()
+                    },
+                );
+            }
+            ["sdunit", name, load, active, enabled, reload] => {
+                f.systemd_units.insert(
+                    name.to_string(),
+                    SystemdUnitFact {
+                        load: load.to_string(),
+                        active: active.to_string(),
+                        enabled: enabled.to_string(),
+                        needs_reload: *reload != "no",
                     },
                 );
             }
@@ -592,6 +649,65 @@ user\tpostgres\t470\n";
     }
 
     #[test]
+    fn directories_read_with_owner_and_mode_only_where_they_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("spool");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let asked: Vec<String> = [&sub, &file, &dir.path().join("absent")]
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let s = script(&FactsRequest {
+            dirs: asked.clone(),
+            ..Default::default()
+        });
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&s)
+            .output()
+            .unwrap();
+        let f = parse("local", &String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(f.dirs.keys().collect::<Vec<_>>(), vec![&asked[0]]);
+        assert_eq!(f.dirs[&asked[0]].mode, 0o750);
+        assert!(!f.dirs[&asked[0]].owner.is_empty());
+    }
+
+    #[test]
+    fn whole_unit_names_follow_the_services_in_one_systemctl() {
+        let s = script(&FactsRequest {
+            units: vec!["patroni".into()],
+            systemd_units: vec!["pgha-backup-full.timer".into()],
+            ..Default::default()
+        });
+        assert_eq!(s.matches("systemctl show").count(), 1, "{s}");
+        assert!(
+            s.contains("-- patroni.service pgha-backup-full.timer "),
+            "{s}"
+        );
+        assert!(s.contains("NeedDaemonReload"), "{s}");
+        let f = parse(
+            "db1",
+            "os\tdebian\t13\ttrixie\n\
+             unit\tpatroni\tactive\tenabled\n\
+             sdunit\tpgha-backup-full.timer\tloaded\tactive\tenabled\tno\n\
+             sdunit\tpgha-backup@full.service\tloaded\tinactive\t\tyes\n",
+        )
+        .unwrap();
+        assert!(f.unit("patroni").is_active());
+        let t = &f.systemd_units["pgha-backup-full.timer"];
+        assert_eq!(
+            (t.load.as_str(), t.active.as_str(), t.enabled.as_str()),
+            ("loaded", "active", "enabled")
+        );
+        assert!(!t.needs_reload);
+        assert!(f.systemd_units["pgha-backup@full.service"].needs_reload);
+    }
+
+    #[test]
     fn script_quotes_names_and_reads_roles_only_on_a_primary() {
         let s = script(&FactsRequest {
             packages: vec!["postgresql-17".into()],
@@ -601,6 +717,8 @@ user\tpostgres\t470\n";
             images: vec!["pgha-stack:abc".into()],
             users: vec!["postgres".into()],
             paths: vec![],
+            dirs: vec![],
+            systemd_units: vec![],
             marked: vec![],
             read_once: vec![],
             sql: Some(SqlFactsRequest {

@@ -254,6 +254,18 @@ impl<'c, 'a> Converge<'c, 'a> {
             paths.push(format!("{}/PG_VERSION", c.postgresql_data_dir));
             paths.push(format!("/etc/postgresql/{}/main", c.postgresql_version));
         }
+        // pgBackRest's directories and, on the repository's host, the backup timers:
+        // a re-run that finds them as the backup phase leaves them sends no command.
+        let (mut dirs, mut systemd_units) = (Vec::new(), Vec::new());
+        if d.role("pgbackrest").is_some() {
+            let repository = self.inv.backup_host().is_some_and(|b| b.name == host);
+            dirs = super::backup::dirs(c, repository);
+            if repository {
+                let (units, unscheduled) = super::backup::timer_facts(c);
+                systemd_units = units;
+                paths.extend(unscheduled);
+            }
+        }
         // A service in a container is read from Docker, the others from systemd.
         let containers = d.containers();
         let images = d.images();
@@ -287,6 +299,8 @@ impl<'c, 'a> Converge<'c, 'a> {
             containers,
             images,
             paths,
+            dirs,
+            systemd_units,
             marked,
             read_once: d
                 .files()

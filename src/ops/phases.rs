@@ -534,8 +534,25 @@ impl Converge<'_, '_> {
         self.ctx
             .each(&hosts, "configure pgbackrest", |h, s| async move {
                 let repo = self.inv.backup_host().is_some_and(|b| b.name == h);
-                apply::run(&s, super::backup::dirs_script(&self.inv.cluster, repo)).await?;
-                self.service_role_host("pgbackrest", &h, &s).await
+                let c = &self.inv.cluster;
+                // Read as they are at the run's start: settled then and nothing
+                // planned on the host since (no package), they still are.
+                let was = self
+                    .facts
+                    .get(&h)
+                    .is_some_and(|f| super::backup::dirs_settled(c, repo, f));
+                let mut n = 0;
+                if !(was && self.plans.get(&h).is_some_and(|p| p.is_empty())) {
+                    apply::run(&s, super::backup::dirs_script(c, repo)).await?;
+                    if !was {
+                        self.ctx.ui.host(
+                            &h,
+                            "pgBackRest's directories set (owner postgres, mode 0750)",
+                        );
+                        n = 1;
+                    }
+                }
+                Ok(n + self.service_role_host("pgbackrest", &h, &s).await?)
             })
             .await
     }
