@@ -540,7 +540,8 @@ mod tests {
             vec!["/etc/systemd/system/pgha-backup-incr.timer"]
         );
         assert!(timers_settled(&c, &settled_facts(&c)));
-        let cases: [(&str, fn(&mut HostFacts)); 5] = [
+        type Spoil = fn(&mut HostFacts);
+        let cases: [(&str, Spoil); 5] = [
             ("a timer disabled", |f| {
                 f.systemd_units
                     .get_mut("pgha-backup-diff.timer")
