@@ -56,7 +56,11 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         "full",
         "the first full backup: {info}"
     );
-    // A re-run changes nothing (the stanza and the first backup are not redone).
+    // A re-run takes no backup (the stanza and the first backup are not redone),
+    // and mends what was undone by hand since: it reads the timers and pgBackRest's
+    // directories with its facts, and sends them a command only when they differ.
+    lab.sh(REPO, "systemctl disable --now pgha-backup-diff.timer");
+    lab.sh(&leader, "chmod 0700 /var/spool/pgbackrest");
     let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
@@ -64,6 +68,21 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         labels(&info),
         "a re-run took a backup"
     );
+    let (_, timer) = lab.sh(
+        REPO,
+        "systemctl is-enabled pgha-backup-diff.timer; systemctl is-active pgha-backup-diff.timer",
+    );
+    assert_eq!(
+        timer.split_whitespace().collect::<Vec<_>>(),
+        ["enabled", "active"],
+        "the re-run enabled the timer again"
+    );
+    let (_, dir) = lab.sh(&leader, "stat -c '%U:%G %a' /var/spool/pgbackrest");
+    assert_eq!(dir.trim(), "postgres:postgres 750", "the spool's owner and mode");
+    let recap = &json_doc(&out)["recap"];
+    for host in [REPO, leader.as_str()] {
+        assert_eq!(recap[host]["changed"], 1, "{host} mended: {recap}");
+    }
 
     // A full backup under the writer; list and pgBackRest agree.
     let taken = full_backup_listed(&lab, &inv);
