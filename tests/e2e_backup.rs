@@ -78,7 +78,11 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         "the re-run enabled the timer again"
     );
     let (_, dir) = lab.sh(&leader, "stat -c '%U:%G %a' /var/spool/pgbackrest");
-    assert_eq!(dir.trim(), "postgres:postgres 750", "the spool's owner and mode");
+    assert_eq!(
+        dir.trim(),
+        "postgres:postgres 750",
+        "the spool's owner and mode"
+    );
     let recap = &json_doc(&out)["recap"];
     for host in [REPO, leader.as_str()] {
         assert_eq!(recap[host]["changed"], 1, "{host} mended: {recap}");

@@ -622,6 +622,16 @@ user\tpostgres\t470\n";
         assert!(e.to_string().starts_with("db2:"));
     }
 
+    /// The facts script for `req` run on this machine, parsed.
+    fn read_here(req: &FactsRequest) -> HostFacts {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script(req))
+            .output()
+            .unwrap();
+        parse("local", &String::from_utf8_lossy(&out.stdout)).unwrap()
+    }
+
     #[test]
     fn marked_files_are_those_with_pgha_header() {
         let dir = tempfile::tempdir().unwrap();
@@ -632,16 +642,10 @@ user\tpostgres\t470\n";
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        let s = script(&FactsRequest {
+        let f = read_here(&FactsRequest {
             marked: paths.clone(),
             ..Default::default()
         });
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&s)
-            .output()
-            .unwrap();
-        let f = parse("local", &String::from_utf8_lossy(&out.stdout)).unwrap();
         assert_eq!(
             f.marked_paths.into_iter().collect::<Vec<_>>(),
             vec![paths[0].clone()]
@@ -661,16 +665,10 @@ user\tpostgres\t470\n";
             .iter()
             .map(|p| p.display().to_string())
             .collect();
-        let s = script(&FactsRequest {
+        let f = read_here(&FactsRequest {
             dirs: asked.clone(),
             ..Default::default()
         });
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&s)
-            .output()
-            .unwrap();
-        let f = parse("local", &String::from_utf8_lossy(&out.stdout)).unwrap();
         assert_eq!(f.dirs.keys().collect::<Vec<_>>(), vec![&asked[0]]);
         assert_eq!(f.dirs[&asked[0]].mode, 0o750);
         assert!(!f.dirs[&asked[0]].owner.is_empty());
