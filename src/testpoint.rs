@@ -5,7 +5,8 @@
 //! A test runs pgha with `PGHA_PAUSE_AT=name[,name...]` and `PGHA_PAUSE_DIR=DIR`.
 //! When the run reaches a named point it prints `pgha: paused at NAME` on stderr
 //! and waits until the file `DIR/NAME` exists, removes it, and goes on. Each time
-//! a point is reached it pauses again.
+//! a point is reached it pauses again. `fail_once` makes a named step fail the
+//! first time it is reached (`PGHA_FAIL_ONCE=name`).
 //!
 //! Layer 0: imports nothing of pgha.
 
@@ -36,4 +37,29 @@ async fn hook(name: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     eprintln!("pgha: going on from {name}");
+}
+
+/// Whether a test asked this point to fail, the first time this process reaches
+/// it (debug builds only): `PGHA_FAIL_ONCE=name[,name...]`. For a retry that must
+/// be seen to happen.
+pub fn fail_once(name: &str) -> bool {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::Mutex;
+        static FAILED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let asked =
+            std::env::var("PGHA_FAIL_ONCE").is_ok_and(|at| at.split(',').any(|p| p.trim() == name));
+        let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
+        if !asked || failed.iter().any(|f| f == name) {
+            return false;
+        }
+        failed.push(name.to_string());
+        eprintln!("pgha: failing at {name} once (PGHA_FAIL_ONCE)");
+        true
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = name;
+        false
+    }
 }

@@ -259,9 +259,9 @@ impl<'c, 'a> Converge<'c, 'a> {
         let (mut dirs, mut systemd_units) = (Vec::new(), Vec::new());
         if d.role("pgbackrest").is_some() {
             let repository = self.inv.backup_host().is_some_and(|b| b.name == host);
-            dirs = super::backup::dirs(c, repository);
+            dirs = super::backup_units::dirs(c, repository);
             if repository {
-                let (units, unscheduled) = super::backup::timer_facts(c);
+                let (units, unscheduled) = super::backup_units::timer_facts(c);
                 systemd_units = units;
                 paths.extend(unscheduled);
             }

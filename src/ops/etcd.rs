@@ -23,23 +23,36 @@ pub async fn leader(ctx: &Ctx<'_>) -> Result<String, Failure> {
 
 /// Hand etcd leadership to `to` (by member name) so that restarting the current
 /// leader costs no election while Patroni talks to etcd. Asked of the leader itself.
+/// Raft gives a transfer up after one election timeout when the transferee does not
+/// catch up in time (seen on a loaded lab right after `to` restarted), and etcd then
+/// answers nothing until the client's deadline: asked again, of whoever leads then,
+/// up to `MOVE_ATTEMPTS` times.
 pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Failure> {
-    let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
-    let (from_ep, _) = report
-        .member(from)
-        .ok_or_else(|| Failure::error(format!("etcd member {from} does not answer")))?;
-    let (_, to_id) = report
-        .member(to)
-        .ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
-    ctx.ensure_locked(&format!("etcd: move leadership {from} -> {to}"))
-        .await?;
-    let opts = ctx.ep.net.etcd_options(&from_ep, Duration::from_secs(10));
-    let mut c = Client::connect([from_ep.as_str()], Some(opts))
-        .await
-        .map_err(|e| Failure::error(format!("etcd {from}: {e}")))?;
-    c.move_leader(to_id)
-        .await
-        .map_err(|e| Failure::error(format!("etcd: move leadership {from} -> {to}: {e}")))?;
+    let mut leader = from.to_string();
+    let mut last = String::new();
+    for attempt in 1..=MOVE_ATTEMPTS {
+        if attempt > 1 {
+            // The earlier attempt's transfer may have completed after all.
+            let q = waits::wait_etcd_quorum(&ctx.ep, QUORUM).await?;
+            if q.leader == to {
+                break;
+            }
+            leader = q.leader;
+        }
+        match ask_move(ctx, &leader, to).await {
+            Ok(()) => {
+                last.clear();
+                break;
+            }
+            Err(e) => {
+                tracing::debug!("etcd: move leadership, attempt {attempt}: {}", e.message);
+                last = e.message;
+            }
+        }
+    }
+    if !last.is_empty() {
+        return Err(Failure::error(format!("{last} ({MOVE_ATTEMPTS} attempts)")));
+    }
     crate::wait::until(&format!("etcd member {to} to lead"), QUORUM, || async {
         let q = etcd::probe(&ctx.ep.net, &ctx.ep.etcd)
             .await
@@ -51,6 +64,37 @@ pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Fail
         }
     })
     .await?;
+    Ok(())
+}
+
+/// Attempts of a leadership move; each waits `MOVE_ANSWER` at most (a transfer
+/// takes well under a second, and raft gives it up after the 1 s election timeout).
+const MOVE_ATTEMPTS: u32 = 3;
+const MOVE_ANSWER: Duration = Duration::from_secs(5);
+
+/// One MoveLeader request, sent to the leader `from`.
+async fn ask_move(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Failure> {
+    let report = etcd::probe(&ctx.ep.net, &ctx.ep.etcd).await;
+    let (from_ep, _) = report
+        .member(from)
+        .ok_or_else(|| Failure::error(format!("etcd member {from} does not answer")))?;
+    let (_, to_id) = report
+        .member(to)
+        .ok_or_else(|| Failure::error(format!("etcd member {to} does not answer")))?;
+    ctx.ensure_locked(&format!("etcd: move leadership {from} -> {to}"))
+        .await?;
+    if crate::testpoint::fail_once("etcd:move-leader") {
+        return Err(Failure::error(format!(
+            "etcd: move leadership {from} -> {to}: failed at the test's request"
+        )));
+    }
+    let opts = ctx.ep.net.etcd_options(&from_ep, MOVE_ANSWER);
+    let mut c = Client::connect([from_ep.as_str()], Some(opts))
+        .await
+        .map_err(|e| Failure::error(format!("etcd {from}: {e}")))?;
+    c.move_leader(to_id)
+        .await
+        .map_err(|e| Failure::error(format!("etcd: move leadership {from} -> {to}: {e}")))?;
     Ok(())
 }
 

@@ -139,7 +139,11 @@ impl Converge<'_, '_> {
                     // pgBackRest's server before Patroni starts archiving to it.
                     if self.desired[&h].role("pgbackrest").is_some() {
                         let repo = self.inv.backup_host().is_some_and(|b| b.name == h);
-                        apply::run(&s, super::backup::dirs_script(&self.inv.cluster, repo)).await?;
+                        apply::run(
+                            &s,
+                            super::backup_units::dirs_script(&self.inv.cluster, repo),
+                        )
+                        .await?;
                         n += self.service_role_host("pgbackrest", &h, &s).await?;
                     }
                     for role in [
@@ -540,10 +544,10 @@ impl Converge<'_, '_> {
                 let was = self
                     .facts
                     .get(&h)
-                    .is_some_and(|f| super::backup::dirs_settled(c, repo, f));
+                    .is_some_and(|f| super::backup_units::dirs_settled(c, repo, f));
                 let mut n = 0;
                 if !(was && self.plans.get(&h).is_some_and(|p| p.is_empty())) {
-                    apply::run(&s, super::backup::dirs_script(c, repo)).await?;
+                    apply::run(&s, super::backup_units::dirs_script(c, repo)).await?;
                     if !was {
                         self.ctx.ui.host(
                             &h,
