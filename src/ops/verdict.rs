@@ -346,6 +346,21 @@ pub fn members(
     view: Option<&patroni::ClusterView>,
     statuses: &[Result<Value, String>],
 ) -> Vec<MemberState> {
+    // Lag from the members' own answers, read at once, where both positions are
+    // known: the cluster view compares positions each member publishes once per
+    // loop_wait, so right after a WAL switch (a backup, pgBackRest's check) it
+    // shows a whole segment that no replica lacks.
+    let leader_position = statuses
+        .iter()
+        .filter_map(|s| s.as_ref().ok())
+        .find(|st| matches!(st["role"].as_str(), Some("primary" | "master")))
+        .and_then(patroni::wal_position);
+    let live_lag = |st: &Value| {
+        let replica = !matches!(st["role"].as_str(), Some("primary" | "master"));
+        leader_position
+            .zip(patroni::wal_position(st).filter(|_| replica))
+            .map(|(l, r)| l.saturating_sub(r))
+    };
     names
         .iter()
         .zip(addresses)
@@ -375,7 +390,7 @@ pub fn members(
                             .or_else(|| st["state"].as_str().map(str::to_string))
                             .unwrap_or_else(|| "unknown".into()),
                         timeline: in_view.and_then(|m| m.timeline).or(st["timeline"].as_u64()),
-                        lag_bytes: in_view.and_then(|m| m.lag),
+                        lag_bytes: live_lag(st).or_else(|| in_view.and_then(|m| m.lag)),
                         replication_state: st["replication_state"].as_str().map(str::to_string),
                         server_version: server_version(&st["server_version"]),
                         patroni_version: st["patroni"]["version"].as_str().map(str::to_string),

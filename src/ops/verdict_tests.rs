@@ -304,3 +304,36 @@ fn a_paused_or_silent_pooler_is_degraded() {
         ["pooler on router1 not answering (connection refused)"]
     );
 }
+
+#[test]
+fn lag_is_read_from_the_members_own_positions_when_known() {
+    // Right after a WAL switch: the cluster view (positions published once per
+    // loop_wait) shows a whole segment of lag that the replicas' own answers,
+    // read at once, do not.
+    let view: patroni::ClusterView = serde_json::from_value(serde_json::json!({"members": [
+        {"name": "db1", "role": "leader", "state": "running", "timeline": 1},
+        {"name": "db2", "role": "sync_standby", "state": "streaming", "timeline": 1, "lag": 16_823_776},
+        {"name": "db3", "role": "replica", "state": "streaming", "timeline": 1, "lag": 16_823_776}
+    ]}))
+    .unwrap();
+    let names = ["db1", "db2", "db3"].map(String::from);
+    let addresses = ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(String::from);
+    let statuses = vec![
+        Ok(serde_json::json!({"role": "primary", "xlog": {"location": 117_440_672}})),
+        Ok(serde_json::json!({"role": "replica",
+            "xlog": {"received_location": 117_440_672, "replayed_location": 117_440_512}})),
+        // No position in its answer: the cluster view's lag stands.
+        Ok(serde_json::json!({"role": "replica"})),
+    ];
+    let m = members(&names, &addresses, Some(&view), &statuses);
+    assert_eq!(m[0].lag_bytes, None, "the leader has no lag");
+    assert_eq!(m[1].lag_bytes, Some(0));
+    assert_eq!(m[2].lag_bytes, Some(16_823_776));
+    let behind = vec![
+        statuses[0].clone(),
+        Ok(serde_json::json!({"role": "replica", "xlog": {"received_location": 100_000_000}})),
+        statuses[2].clone(),
+    ];
+    let m = members(&names, &addresses, Some(&view), &behind);
+    assert_eq!(m[1].lag_bytes, Some(17_440_672), "a replica really behind");
+}
