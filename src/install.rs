@@ -257,6 +257,8 @@ mod tests {
             files: vec![],
             services: vec!["etcd".into()],
             container: None,
+            dirs: vec![],
+            timers: vec![],
         }
     }
 

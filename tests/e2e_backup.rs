@@ -57,10 +57,25 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         "the first full backup: {info}"
     );
     // A re-run takes no backup (the stanza and the first backup are not redone),
-    // and mends what was undone by hand since: it reads the timers and pgBackRest's
-    // directories with its facts, and sends them a command only when they differ.
+    // and mends what was undone by hand since: the timers and pgBackRest's
+    // directories are planned from its facts, like files and services.
     lab.sh(REPO, "systemctl disable --now pgha-backup-diff.timer");
     lab.sh(&leader, "chmod 0700 /var/spool/pgbackrest");
+    // --check plans exactly those two, and changes nothing.
+    let (code, out, _) = pgha(&["deploy", &inv, "--check", "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let plan = json_doc(&out);
+    assert_eq!(plan["changes"], 2, "{plan}");
+    assert_eq!(
+        plan["hosts"][REPO][0],
+        "pgbackrest enable and start pgha-backup-diff.timer (disabled)"
+    );
+    assert_eq!(
+        plan["hosts"][leader.as_str()][0],
+        "pgbackrest directory /var/spool/pgbackrest postgres:postgres 0750 (owner/mode changed)"
+    );
+    let (_, still) = lab.sh(REPO, "systemctl is-enabled pgha-backup-diff.timer");
+    assert_eq!(still.trim(), "disabled", "--check changed nothing");
     let (code, out, _) = pgha(&["deploy", &inv, "--output", "json"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(

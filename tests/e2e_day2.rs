@@ -367,7 +367,10 @@ async fn etcd_move_asked_again(lab: &Lab) {
         "the deploy moved etcd's leadership at its second request: {out}"
     );
     let etcd_at = etcd_leader(lab, &leader).await;
-    assert_ne!(etcd_at, leader, "etcd's leader moved off the Patroni leader's host");
+    assert_ne!(
+        etcd_at, leader,
+        "etcd's leader moved off the Patroni leader's host"
+    );
 }
 
 /// `pgha status` names the leader and replicas Patroni names, and exits 0.

@@ -1,11 +1,12 @@
 //! Apply: the remote operations a plan asks for. Each function is one SSH round trip
 //! (files are one each), so an empty plan costs nothing here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::desired::DesiredFile;
+use super::desired::{DesiredDir, DesiredFile, DesiredTimer};
 use crate::ssh::{Cmd, Session, Upload, shell_quote};
 
 pub async fn write_files(s: &Session, files: &[&DesiredFile]) -> Result<()> {
@@ -193,9 +194,121 @@ pub async fn systemctl(s: &Session, verb: &str, service: &str) -> Result<()> {
     Ok(())
 }
 
+/// Create the directories, or set their owner, group and mode: one `install -d`
+/// per distinct owner, group and mode.
+pub fn dirs_script(dirs: &[&DesiredDir]) -> String {
+    let mut by: BTreeMap<(&str, &str, u32), Vec<String>> = BTreeMap::new();
+    for d in dirs {
+        by.entry((&d.owner, &d.group, d.mode))
+            .or_default()
+            .push(shell_quote(&d.path));
+    }
+    by.iter()
+        .map(|((o, g, m), paths)| {
+            format!(
+                "install -d -o {} -g {} -m {m:04o} {}",
+                shell_quote(o),
+                shell_quote(g),
+                paths.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// Reload systemd when a scheduled timer's units ask for it, enable and start the
+/// timers of `start` not enabled or running, stop and remove those of `remove`;
+/// prints one line per timer changed. `scheduled`: every timer the role schedules
+/// on the host (the reload is asked of all their units, checked on the host: the
+/// files may have been written a moment ago).
+pub fn timers_script(scheduled: &[&DesiredTimer], start: &[&str], remove: &[&str]) -> String {
+    let mut s = String::from("set -e\n");
+    let units: Vec<String> = scheduled
+        .iter()
+        .flat_map(|t| [shell_quote(&t.timer), shell_quote(&t.service)])
+        .collect();
+    if !start.is_empty() && !units.is_empty() {
+        // systemd reads new or changed unit files on a reload only; a reload costs a
+        // fifth of a second, so it happens when a unit asks for one.
+        s.push_str(&format!(
+            "if systemctl show -p LoadState -p NeedDaemonReload --value {} | grep -qxE 'yes|not-found'; \
+             then systemctl daemon-reload; fi\n",
+            units.join(" ")
+        ));
+    }
+    for t in start {
+        let q = shell_quote(t);
+        s.push_str(&format!(
+            "if ! systemctl is-enabled --quiet {q} || ! systemctl is-active --quiet {q}; then \
+             systemctl enable --now --quiet {q}; echo \"enabled {t}\"; fi\n"
+        ));
+    }
+    for t in remove {
+        let q = shell_quote(t);
+        let file = shell_quote(&format!("/etc/systemd/system/{t}"));
+        s.push_str(&format!(
+            "if [ -f {file} ]; then systemctl disable --now --quiet {q} || true; \
+             rm -f {file}; systemctl daemon-reload; echo \"removed {t}\"; fi\n"
+        ));
+    }
+    s
+}
+
+/// Directories, one SSH round trip for all.
+pub async fn dirs(s: &Session, dirs: &[&DesiredDir]) -> Result<()> {
+    if !dirs.is_empty() {
+        run(s, dirs_script(dirs)).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directories_grouped_by_owner_and_mode() {
+        let d = |path: &str, owner: &str, mode| DesiredDir {
+            path: path.into(),
+            owner: owner.into(),
+            group: owner.into(),
+            mode,
+        };
+        let (a, b, c) = (
+            d("/var/log/pgbackrest", "postgres", 0o750),
+            d("/srv/my repo", "postgres", 0o750),
+            d("/etc/x", "root", 0o755),
+        );
+        assert_eq!(
+            dirs_script(&[&a, &b, &c]),
+            "install -d -o postgres -g postgres -m 0750 /var/log/pgbackrest '/srv/my repo' \
+             && install -d -o root -g root -m 0755 /etc/x"
+        );
+    }
+
+    #[test]
+    fn timers_started_and_removed_as_asked() {
+        let full = DesiredTimer {
+            timer: "pgha-backup-full.timer".into(),
+            service: "pgha-backup@full.service".into(),
+            scheduled: true,
+        };
+        let s = timers_script(
+            &[&full],
+            &["pgha-backup-full.timer"],
+            &["pgha-backup-diff.timer"],
+        );
+        assert!(
+            s.contains("--value pgha-backup-full.timer pgha-backup@full.service | grep"),
+            "{s}"
+        );
+        assert!(s.contains("systemctl enable --now --quiet pgha-backup-full.timer"));
+        assert!(s.contains("rm -f /etc/systemd/system/pgha-backup-diff.timer"));
+        assert!(!s.contains("enable --now --quiet pgha-backup-diff"));
+        // Only a removal: no reload check of the scheduled units.
+        let s = timers_script(&[&full], &[], &["pgha-backup-diff.timer"]);
+        assert!(!s.contains("NeedDaemonReload"), "{s}");
+    }
 
     #[test]
     fn exact_pins_become_versioned_installs() {

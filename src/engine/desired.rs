@@ -40,6 +40,33 @@ pub struct DesiredRole {
     pub services: Vec<String>,
     /// install_method docker: the container the service runs in.
     pub container: Option<ContainerSpec>,
+    pub dirs: Vec<DesiredDir>,
+    pub timers: Vec<DesiredTimer>,
+}
+
+/// A directory a host should have, with this owner, group and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredDir {
+    pub path: String,
+    pub owner: String,
+    pub group: String,
+    pub mode: u32,
+}
+
+/// A role's systemd timer on a host: scheduled (enabled and running) or not (its
+/// unit file removed where found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTimer {
+    pub timer: String,
+    pub service: String,
+    pub scheduled: bool,
+}
+
+impl DesiredTimer {
+    /// Where pgha writes the timer's unit.
+    pub fn unit_file(&self) -> String {
+        format!("/etc/systemd/system/{}", self.timer)
+    }
 }
 
 /// A component's container, rendered (install_method docker).
@@ -103,6 +130,12 @@ impl HostDesired {
     }
     pub fn services(&self) -> Vec<String> {
         self.roles.iter().flat_map(|r| r.services.clone()).collect()
+    }
+    pub fn dirs(&self) -> impl Iterator<Item = &DesiredDir> {
+        self.roles.iter().flat_map(|r| r.dirs.iter())
+    }
+    pub fn timers(&self) -> impl Iterator<Item = &DesiredTimer> {
+        self.roles.iter().flat_map(|r| r.timers.iter())
     }
     /// install_method docker: (service, container name) of each role in a container.
     pub fn containers(&self) -> Vec<(String, String)> {
@@ -675,6 +708,30 @@ fn render_role(
             files.push(render_file(env, ctx, &role.name, f, &host.name)?);
         }
     }
+    let mut dirs = Vec::new();
+    for d in &role.directories {
+        let what = format!("role {}: directory {}", role.name, d.path);
+        if holds(env, ctx, d.when.as_ref(), &what)? {
+            let path = env.render_str(&d.path, ctx).with_context(|| what.clone())?;
+            if !path.trim().is_empty() {
+                dirs.push(DesiredDir {
+                    path: path.trim().to_string(),
+                    owner: d.owner.clone(),
+                    group: d.group.clone(),
+                    mode: d.mode_bits()?,
+                });
+            }
+        }
+    }
+    let mut timers = Vec::new();
+    for t in &role.timers {
+        let what = format!("role {}: timer {}", role.name, t.timer);
+        timers.push(DesiredTimer {
+            timer: t.timer.clone(),
+            service: t.service.clone(),
+            scheduled: holds(env, ctx, t.when.as_ref(), &what)?,
+        });
+    }
     Ok(Some(DesiredRole {
         name: role.name.clone(),
         packages,
@@ -682,6 +739,8 @@ fn render_role(
         files,
         services: role.services.clone(),
         container,
+        dirs,
+        timers,
     }))
 }
 

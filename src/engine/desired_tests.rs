@@ -1050,3 +1050,66 @@ fn role_change_callback_names_this_host_and_its_etcd_and_is_python() {
         }
     }
 }
+
+#[test]
+fn pgbackrest_directories_and_timers_follow_the_host_and_the_schedules() {
+    let mut inv = sample();
+    inv.cluster.backup_schedule_incr = String::new();
+    let lib = Library::builtin().unwrap();
+    let d = desired_state(&inv, &lib).unwrap();
+    let paths = |host: &str| -> Vec<String> {
+        role_of(&d, host, "pgbackrest")
+            .dirs
+            .iter()
+            .map(|d| format!("{} {}:{} {:o}", d.path, d.owner, d.group, d.mode))
+            .collect()
+    };
+    assert_eq!(
+        paths("db1"),
+        [
+            "/var/log/pgbackrest postgres:postgres 750",
+            "/var/spool/pgbackrest postgres:postgres 750"
+        ]
+    );
+    assert_eq!(
+        paths("router1")[2],
+        format!("{} postgres:postgres 750", inv.cluster.backup_repo_path),
+        "the repository's directory on its host only"
+    );
+    let timers = |host: &str| -> Vec<(String, String, bool)> {
+        role_of(&d, host, "pgbackrest")
+            .timers
+            .iter()
+            .map(|t| (t.timer.clone(), t.service.clone(), t.scheduled))
+            .collect()
+    };
+    let t = timers("router1");
+    assert_eq!(t.len(), 4);
+    assert_eq!(
+        t[0],
+        (
+            "pgha-backup-full.timer".into(),
+            "pgha-backup@full.service".into(),
+            true
+        )
+    );
+    assert!(
+        t.iter()
+            .any(|(timer, _, on)| timer == "pgha-backup-incr.timer" && !on),
+        "an empty schedule unschedules its timer: {t:?}"
+    );
+    assert!(
+        t.iter()
+            .any(|(timer, service, on)| timer == "pgha-backup-verify.timer"
+                && service == "pgha-backup-verify.service"
+                && *on)
+    );
+    assert!(
+        timers("db1").iter().all(|(_, _, on)| !on),
+        "no timer runs on a db host"
+    );
+    // An S3 repository has no directory on the repository's host.
+    inv.cluster.backup_repo_type = "s3".into();
+    let d = desired_state(&inv, &lib).unwrap();
+    assert_eq!(role_of(&d, "router1", "pgbackrest").dirs.len(), 2);
+}

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::desired::{DesiredFile, HostDesired};
+use super::desired::{DesiredDir, DesiredFile, HostDesired};
 use super::facts::HostFacts;
 use super::roles::{Notify, Stage};
 
@@ -53,6 +53,32 @@ pub enum Action {
         service: String,
         container: Option<String>,
     },
+    /// A directory missing (`New`) or with another owner, group or mode
+    /// (`Attributes`).
+    Directory {
+        dir: DesiredDir,
+        reason: FileReason,
+    },
+    /// A scheduled timer systemd must (re-)read, or not enabled and running.
+    Timer {
+        timer: String,
+        reason: TimerReason,
+    },
+    /// A timer no longer scheduled whose unit file is still there: stopped,
+    /// disabled, its file removed.
+    Unschedule {
+        timer: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerReason {
+    /// systemd does not know the timer or the unit it starts (no file yet).
+    NotLoaded,
+    /// Their unit files changed (in this run, or since systemd last read them).
+    UnitChanged,
+    Disabled,
+    Stopped,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +105,27 @@ impl fmt::Display for Planned {
             Action::Start { service } => format!("start {service}"),
             Action::Retire { service, .. } => {
                 format!("stop and disable {service} (turned off in the inventory)")
+            }
+            Action::Directory { dir, reason } => {
+                let why = match reason {
+                    FileReason::New => "new",
+                    _ => "owner/mode changed",
+                };
+                format!(
+                    "directory {} {}:{} {:04o} ({why})",
+                    dir.path, dir.owner, dir.group, dir.mode
+                )
+            }
+            Action::Timer { timer, reason } => match reason {
+                TimerReason::NotLoaded => format!("enable and start {timer} (new)"),
+                TimerReason::UnitChanged => {
+                    format!("reload systemd for {timer} (unit files changed)")
+                }
+                TimerReason::Disabled => format!("enable and start {timer} (disabled)"),
+                TimerReason::Stopped => format!("start {timer} (stopped)"),
+            },
+            Action::Unschedule { timer } => {
+                format!("stop and remove {timer} (no longer scheduled)")
             }
             Action::Notify { service, notify } => match notify {
                 Notify::Reload => format!("reload {service}"),
@@ -164,6 +211,28 @@ impl HostPlan {
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
+    /// The role's directories to create or mend.
+    pub fn dirs<'a>(&'a self, role: &'a str) -> Vec<&'a DesiredDir> {
+        self.for_role(role)
+            .filter_map(|a| match a {
+                Action::Directory { dir, .. } => Some(dir),
+                _ => None,
+            })
+            .collect()
+    }
+    /// The role's timers to (re-)enable and start, and those to remove.
+    pub fn timers<'a>(&'a self, role: &'a str) -> (Vec<&'a str>, Vec<&'a str>) {
+        let mut start = Vec::new();
+        let mut remove = Vec::new();
+        for a in self.for_role(role) {
+            match a {
+                Action::Timer { timer, .. } => start.push(timer.as_str()),
+                Action::Unschedule { timer } => remove.push(timer.as_str()),
+                _ => {}
+            }
+        }
+        (start, remove)
+    }
     /// Services to stop and disable: (service, container under docker).
     pub fn retired(&self) -> Vec<(String, Option<String>)> {
         self.actions
@@ -215,6 +284,44 @@ pub fn without_read_once(content: &[u8], prefixes: &[String]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(kept.as_bytes()))
 }
 
+/// The file pgha writes a unit to: a template's instance (`name@kind.service`) is
+/// read from the template (`name@.service`). Pure.
+fn unit_file(unit: &str) -> String {
+    let file = match (unit.split_once('@'), unit.rsplit_once('.')) {
+        (Some((name, _)), Some((_, kind))) => format!("{name}@.{kind}"),
+        _ => unit.to_string(),
+    };
+    format!("/etc/systemd/system/{file}")
+}
+
+/// Why a scheduled timer needs a command, from its and its service's facts (a unit
+/// not read counts as unknown to systemd); None when it is enabled and running and
+/// systemd has read both units' files.
+fn timer_reason(
+    facts: &HostFacts,
+    timer: &str,
+    service: &str,
+    units_written: bool,
+) -> Option<TimerReason> {
+    let (Some(t), Some(s)) = (
+        facts.systemd_units.get(timer),
+        facts.systemd_units.get(service),
+    ) else {
+        return Some(TimerReason::NotLoaded);
+    };
+    if t.load != "loaded" || s.load != "loaded" {
+        Some(TimerReason::NotLoaded)
+    } else if units_written || t.needs_reload || s.needs_reload {
+        Some(TimerReason::UnitChanged)
+    } else if t.enabled != "enabled" {
+        Some(TimerReason::Disabled)
+    } else if t.active != "active" {
+        Some(TimerReason::Stopped)
+    } else {
+        None
+    }
+}
+
 /// Plan one host: files that differ, missing packages, services not enabled/running,
 /// and the handlers that changed files need.
 // Long by design: the rules in the order their actions run, each a few lines.
@@ -223,6 +330,24 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
     let mut apt_files_changed = false;
     let mut missing_all = Vec::new();
     for role in &want.roles {
+        for dir in &role.dirs {
+            let reason = match facts.dirs.get(&dir.path) {
+                None => Some(FileReason::New),
+                Some(h) if (&h.owner, &h.group, h.mode) != (&dir.owner, &dir.group, dir.mode) => {
+                    Some(FileReason::Attributes)
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                actions.push(Planned {
+                    role: role.name.clone(),
+                    action: Action::Directory {
+                        dir: dir.clone(),
+                        reason,
+                    },
+                });
+            }
+        }
         let missing: Vec<String> = role
             .packages
             .iter()
@@ -280,6 +405,33 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
                         service: service.clone(),
                         notify,
                     },
+                });
+            }
+        }
+    }
+    for role in &want.roles {
+        for t in &role.timers {
+            // A unit file of this timer written now: systemd reads it on a reload only.
+            let files = [unit_file(&t.timer), unit_file(&t.service)];
+            let units_written = actions.iter().any(|p| {
+                matches!(&p.action, Action::WriteFile { file, .. } if files.contains(&file.path))
+            });
+            let action = if t.scheduled {
+                timer_reason(facts, &t.timer, &t.service, units_written).map(|reason| {
+                    Action::Timer {
+                        timer: t.timer.clone(),
+                        reason,
+                    }
+                })
+            } else {
+                facts.exists(&t.unit_file()).then(|| Action::Unschedule {
+                    timer: t.timer.clone(),
+                })
+            };
+            if let Some(action) = action {
+                actions.push(Planned {
+                    role: role.name.clone(),
+                    action,
                 });
             }
         }
@@ -541,6 +693,8 @@ mod host_tests {
                 files: vec![file("/etc/default/etcd", "A=1\n", Notify::Restart)],
                 services: vec!["etcd".into()],
                 container: None,
+                dirs: vec![],
+                timers: vec![],
             }],
             retired: vec![],
         }
@@ -736,5 +890,165 @@ mod host_tests {
         assert!(!plan_host(&want(), &f, 86400).apt_update());
         f.apt_lists_age = Some(90000);
         assert!(plan_host(&want(), &f, 86400).apt_update());
+    }
+
+    /// etcd's role given a directory and two timers, one scheduled; and the facts
+    /// as applying them leaves the host.
+    fn with_units() -> (HostDesired, HostFacts) {
+        use super::super::desired::DesiredTimer;
+        use super::super::facts::SystemdUnitFact;
+        let mut want = want();
+        let r = &mut want.roles[0];
+        r.dirs = vec![DesiredDir {
+            path: "/var/spool/pgbackrest".into(),
+            owner: "postgres".into(),
+            group: "postgres".into(),
+            mode: 0o750,
+        }];
+        let timer = |kind: &str, scheduled| DesiredTimer {
+            timer: format!("pgha-backup-{kind}.timer"),
+            service: format!("pgha-backup@{kind}.service"),
+            scheduled,
+        };
+        r.timers = vec![timer("full", true), timer("incr", false)];
+        let mut f = converged();
+        f.dirs.insert(
+            "/var/spool/pgbackrest".into(),
+            FileFact {
+                owner: "postgres".into(),
+                group: "postgres".into(),
+                mode: 0o750,
+                ..Default::default()
+            },
+        );
+        let unit = |active: &str, enabled: &str| SystemdUnitFact {
+            load: "loaded".into(),
+            active: active.into(),
+            enabled: enabled.into(),
+            needs_reload: false,
+        };
+        f.systemd_units
+            .insert("pgha-backup-full.timer".into(), unit("active", "enabled"));
+        f.systemd_units.insert(
+            "pgha-backup@full.service".into(),
+            unit("inactive", "static"),
+        );
+        (want, f)
+    }
+
+    #[test]
+    fn directories_are_planned_when_missing_or_off() {
+        let (want, mut f) = with_units();
+        assert!(plan_host(&want, &f, 86400).is_empty());
+        f.dirs.get_mut("/var/spool/pgbackrest").unwrap().mode = 0o700;
+        let p = plan_host(&want, &f, 86400);
+        assert_eq!(p.dirs("etcd").len(), 1);
+        assert_eq!(
+            p.actions[0].to_string(),
+            "etcd      directory /var/spool/pgbackrest postgres:postgres 0750 (owner/mode changed)"
+        );
+        f.dirs.get_mut("/var/spool/pgbackrest").unwrap().mode = 0o750;
+        f.dirs.get_mut("/var/spool/pgbackrest").unwrap().group = "root".into();
+        assert_eq!(plan_host(&want, &f, 86400).dirs("etcd").len(), 1);
+        f.dirs.clear();
+        assert!(matches!(
+            plan_host(&want, &f, 86400).actions[0].action,
+            Action::Directory {
+                reason: FileReason::New,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn timers_are_planned_for_each_kind_of_drift() {
+        let (want, settled) = with_units();
+        let reason = |f: &HostFacts| -> Vec<String> {
+            plan_host(&want, f, 86400)
+                .actions
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        };
+        type Spoil = fn(&mut HostFacts);
+        let cases: [(Spoil, &str); 6] = [
+            (
+                |f| {
+                    f.systemd_units
+                        .get_mut("pgha-backup-full.timer")
+                        .unwrap()
+                        .enabled = "disabled".into()
+                },
+                "enable and start pgha-backup-full.timer (disabled)",
+            ),
+            (
+                |f| {
+                    f.systemd_units
+                        .get_mut("pgha-backup-full.timer")
+                        .unwrap()
+                        .active = "inactive".into()
+                },
+                "start pgha-backup-full.timer (stopped)",
+            ),
+            (
+                |f| {
+                    f.systemd_units
+                        .get_mut("pgha-backup@full.service")
+                        .unwrap()
+                        .needs_reload = true
+                },
+                "reload systemd for pgha-backup-full.timer (unit files changed)",
+            ),
+            (
+                |f| {
+                    f.systemd_units
+                        .get_mut("pgha-backup@full.service")
+                        .unwrap()
+                        .load = "not-found".into()
+                },
+                "enable and start pgha-backup-full.timer (new)",
+            ),
+            (
+                |f| {
+                    f.systemd_units.remove("pgha-backup-full.timer");
+                },
+                "enable and start pgha-backup-full.timer (new)",
+            ),
+            (
+                |f| {
+                    f.existing_paths
+                        .insert("/etc/systemd/system/pgha-backup-incr.timer".into());
+                },
+                "stop and remove pgha-backup-incr.timer (no longer scheduled)",
+            ),
+        ];
+        for (spoil, want_line) in cases {
+            let mut f = settled.clone();
+            spoil(&mut f);
+            assert_eq!(reason(&f), [format!("etcd      {want_line}")]);
+        }
+        // A unit file of the role written this run: systemd must read it again.
+        let (mut want, mut f) = with_units();
+        want.roles[0].files.push(file(
+            "/etc/systemd/system/pgha-backup@.service",
+            "[Unit]\n",
+            Notify::None,
+        ));
+        f.files.remove("/etc/systemd/system/pgha-backup@.service");
+        let p = plan_host(&want, &f, 86400);
+        assert_eq!(p.timers("etcd"), (vec!["pgha-backup-full.timer"], vec![]));
+        // Another timer's file: nothing for this one.
+        let (mut want, f) = with_units();
+        want.roles[0].files.push(file(
+            "/etc/systemd/system/pgha-backup-diff.timer",
+            "[Timer]\n",
+            Notify::None,
+        ));
+        let p = plan_host(&want, &f, 86400);
+        assert_eq!(p.timers("etcd"), (vec![], vec![]));
+        assert_eq!(
+            unit_file("pgha-backup-verify.service"),
+            "/etc/systemd/system/pgha-backup-verify.service"
+        );
     }
 }

@@ -114,6 +114,40 @@ pub struct RoleDef {
     /// How the role's service runs under the docker install method.
     #[serde(default)]
     pub container: Option<ContainerDef>,
+    /// Directories the role needs, created before its files are written.
+    #[serde(default)]
+    pub directories: Vec<DirDef>,
+    /// systemd timers the role schedules.
+    #[serde(default)]
+    pub timers: Vec<TimerDef>,
+}
+
+/// A directory a role needs: created where missing, its owner, group and mode set
+/// where they differ. `path` is rendered like the templates; rendered empty, the
+/// directory does not apply.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirDef {
+    pub path: String,
+    pub owner: String,
+    pub group: String,
+    pub mode: String,
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+/// A systemd timer a role schedules (its unit files are among the role's files):
+/// enabled and started where `when` holds; where it does not and the timer's unit
+/// file (`/etc/systemd/system/<timer>`) is there, stopped and the file removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerDef {
+    /// The timer's whole unit name.
+    pub timer: String,
+    /// The unit it starts (read with the timer: systemd must know both).
+    pub service: String,
+    #[serde(default)]
+    pub when: Option<String>,
 }
 
 /// A component's container (install_method docker). Strings are rendered like the
@@ -153,10 +187,21 @@ impl RoleDef {
     }
 }
 
+/// An octal mode as the roles write it ("0640").
+fn octal(what: &str, mode: &str) -> Result<u32> {
+    u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+        .with_context(|| format!("{what}: mode {mode:?} is not octal"))
+}
+
 impl FileDef {
     pub fn mode_bits(&self) -> Result<u32> {
-        u32::from_str_radix(self.mode.trim_start_matches("0o"), 8)
-            .with_context(|| format!("file {}: mode {:?} is not octal", self.dest, self.mode))
+        octal(&format!("file {}", self.dest), &self.mode)
+    }
+}
+
+impl DirDef {
+    pub fn mode_bits(&self) -> Result<u32> {
+        octal(&format!("directory {}", self.path), &self.mode)
     }
 }
 
@@ -383,6 +428,22 @@ impl Library {
                     "role {}: hosts must be among all, db, router, etcd, backup, monitor (got {:?})",
                     role.name,
                     role.hosts
+                );
+            }
+            for d in &role.directories {
+                d.mode_bits()?;
+            }
+            if let Some(t) = role.timers.iter().find(|t| {
+                !t.timer.ends_with(".timer")
+                    || t.timer.contains('/')
+                    || !t.service.ends_with(".service")
+            }) {
+                bail!(
+                    "role {}: timer {:?} starting {:?}: a timer is a unit name ending in .timer, \
+                     starting one ending in .service",
+                    role.name,
+                    t.timer,
+                    t.service
                 );
             }
             for f in &role.files {

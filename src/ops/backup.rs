@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use super::backup_info::{self, BackupSet, RepoInfo, Verified, human_age, human_bytes};
-use super::backup_units::{timers_script, timers_settled};
 use super::converge::Converge;
 use super::run::{Ctx, host_failed};
 use crate::engine::apply;
+use crate::engine::desired::DesiredTimer;
 use crate::error::{Exit, Failure};
 use crate::inventory::Cluster;
 use crate::ssh::{Cmd, Output, Session, shell_quote};
@@ -278,18 +278,21 @@ impl Converge<'_, '_> {
         let phase = self.ctx.ui.phase("backups");
         let s = self.ctx.session(&repo.name)?;
         self.ctx.ensure_locked("schedule backups").await?;
-        // The facts were read at the run's start: nothing planned on the host since
-        // (no unit file written), what they show still holds.
-        let settled = self.plans.get(&repo.name).is_some_and(|p| p.is_empty())
-            && self
-                .facts
-                .get(&repo.name)
-                .is_some_and(|f| timers_settled(c, f));
+        // The timers the plan holds (a unit file written this run plans a reload).
+        let (start, remove) = self
+            .plans
+            .get(&repo.name)
+            .map(|p| p.timers("pgbackrest"))
+            .unwrap_or_default();
+        let scheduled: Vec<&DesiredTimer> = self.desired[&repo.name]
+            .timers()
+            .filter(|t| t.scheduled)
+            .collect();
         let timers = async {
-            if settled {
+            if start.is_empty() && remove.is_empty() {
                 return Ok(String::new());
             }
-            apply::run(s, timers_script(c))
+            apply::run(s, apply::timers_script(&scheduled, &start, &remove))
                 .await
                 .map_err(|e| host_failed(format!("{}: timers: {e:#}", repo.name)))
         };

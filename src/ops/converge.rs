@@ -254,16 +254,15 @@ impl<'c, 'a> Converge<'c, 'a> {
             paths.push(format!("{}/PG_VERSION", c.postgresql_data_dir));
             paths.push(format!("/etc/postgresql/{}/main", c.postgresql_version));
         }
-        // pgBackRest's directories and, on the repository's host, the backup timers:
-        // a re-run that finds them as the backup phase leaves them sends no command.
-        let (mut dirs, mut systemd_units) = (Vec::new(), Vec::new());
-        if d.role("pgbackrest").is_some() {
-            let repository = self.inv.backup_host().is_some_and(|b| b.name == host);
-            dirs = super::backup_units::dirs(c, repository);
-            if repository {
-                let (units, unscheduled) = super::backup_units::timer_facts(c);
-                systemd_units = units;
-                paths.extend(unscheduled);
+        // The roles' directories, their scheduled timers with the units they start,
+        // and whether the unit files of timers no longer scheduled are there.
+        let dirs: Vec<String> = d.dirs().map(|d| d.path.clone()).collect();
+        let mut systemd_units = Vec::new();
+        for t in d.timers() {
+            if t.scheduled {
+                systemd_units.extend([t.timer.clone(), t.service.clone()]);
+            } else {
+                paths.push(t.unit_file());
             }
         }
         // A service in a container is read from Docker, the others from systemd.

@@ -8,7 +8,6 @@
 
 pub mod backup;
 pub mod backup_info;
-pub mod backup_units;
 pub mod converge;
 pub mod dcs;
 pub mod destroy;

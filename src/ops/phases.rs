@@ -138,12 +138,6 @@ impl Converge<'_, '_> {
                     }
                     // pgBackRest's server before Patroni starts archiving to it.
                     if self.desired[&h].role("pgbackrest").is_some() {
-                        let repo = self.inv.backup_host().is_some_and(|b| b.name == h);
-                        apply::run(
-                            &s,
-                            super::backup_units::dirs_script(&self.inv.cluster, repo),
-                        )
-                        .await?;
                         n += self.service_role_host("pgbackrest", &h, &s).await?;
                     }
                     for role in [
@@ -458,9 +452,20 @@ impl Converge<'_, '_> {
     async fn service_role_host(&self, role: &str, h: &str, s: &Session) -> anyhow::Result<u32> {
         let service = self.service_of(role, h);
         let p = &self.plans[h];
+        let dirs = p.dirs(role);
+        apply::dirs(s, &dirs).await?;
+        for d in &dirs {
+            self.ctx.ui.host(
+                h,
+                format!(
+                    "directory {} set ({}:{} {:04o})",
+                    d.path, d.owner, d.group, d.mode
+                ),
+            );
+        }
         let files = p.files(role, Stage::Configure);
         apply::write_files(s, &files).await?;
-        let mut n = files.len() as u32;
+        let mut n = (dirs.len() + files.len()) as u32;
         let r = self.role(h, role)?;
         if p.wants(role, |a| matches!(a, Action::Enable { .. })) {
             apply::run(s, install::enable(r)).await?;
@@ -537,26 +542,7 @@ impl Converge<'_, '_> {
             .collect();
         self.ctx
             .each(&hosts, "configure pgbackrest", |h, s| async move {
-                let repo = self.inv.backup_host().is_some_and(|b| b.name == h);
-                let c = &self.inv.cluster;
-                // Read as they are at the run's start: settled then and nothing
-                // planned on the host since (no package), they still are.
-                let was = self
-                    .facts
-                    .get(&h)
-                    .is_some_and(|f| super::backup_units::dirs_settled(c, repo, f));
-                let mut n = 0;
-                if !(was && self.plans.get(&h).is_some_and(|p| p.is_empty())) {
-                    apply::run(&s, super::backup_units::dirs_script(c, repo)).await?;
-                    if !was {
-                        self.ctx.ui.host(
-                            &h,
-                            "pgBackRest's directories set (owner postgres, mode 0750)",
-                        );
-                        n = 1;
-                    }
-                }
-                Ok(n + self.service_role_host("pgbackrest", &h, &s).await?)
+                self.service_role_host("pgbackrest", &h, &s).await
             })
             .await
     }
