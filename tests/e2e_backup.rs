@@ -48,6 +48,16 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         lab.psql(&leader, "SHOW archive_command"),
         format!("pgbackrest --stanza={} archive-push %p", lab.cluster_name())
     );
+    // Pushes refused before the stanza existed are not counted as failures: the
+    // archiver's counters start again once it does (reset after the server started).
+    assert_eq!(
+        lab.psql(
+            &leader,
+            "SELECT stats_reset > pg_postmaster_start_time() FROM pg_stat_archiver"
+        ),
+        "t",
+        "the archiver's counters were reset when the stanza was created"
+    );
     let info = repo_info(&lab);
     assert_eq!(info["status"]["code"], 0, "{info}");
     assert_eq!(info["cipher"], "aes-256-cbc", "encrypted by default");

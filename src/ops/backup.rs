@@ -327,6 +327,7 @@ impl Converge<'_, '_> {
                 .ui
                 .host(&repo.name, format!("stanza {} created", c.stanza()));
             self.ctx.ui.changed(&repo.name, 1);
+            self.archiver_counted_from_now().await;
         }
         if i.newest().is_none() {
             self.ctx.ensure_locked("take the first full backup").await?;
@@ -355,6 +356,51 @@ impl Converge<'_, '_> {
         }
         phase.done(format!("repository on {}", repo.name));
         Ok(())
+    }
+}
+
+impl Converge<'_, '_> {
+    /// The leader's archiver refused every push before the stanza existed (it
+    /// retries them): its counters start again once it does, so that `status` does
+    /// not call a new cluster's expected refusals earlier failures. Best effort.
+    async fn archiver_counted_from_now(&self) {
+        let c = &self.inv.cluster;
+        let leader =
+            match crate::probe::patroni::cluster_any(&self.ctx.ep.net, &self.ctx.ep.patroni_apis())
+                .await
+            {
+                Ok(view) => view.leader().map(|l| l.name.clone()),
+                Err(_) => None,
+            };
+        let Some(leader) = leader.filter(|l| self.ctx.has_session(l)) else {
+            return;
+        };
+        let script = format!(
+            "{} -qAt -c \"SELECT failed_count FROM pg_stat_archiver\" \
+             -c \"SELECT pg_stat_reset_shared('archiver')\"",
+            crate::install::psql(c)
+        );
+        match self
+            .ctx
+            .run_on(&leader, "reset the archiver's counters", script)
+            .await
+        {
+            Ok(out) => {
+                let refused = out.lines().next().unwrap_or("0").trim().to_string();
+                if refused != "0" {
+                    self.ctx.ui.host(
+                        &leader,
+                        format!(
+                            "archiver's counters reset: {refused} push(es) refused before the stanza existed"
+                        ),
+                    );
+                }
+            }
+            Err(e) => self.ctx.ui.warn(format!(
+                "the archiver's counters were not reset ({}): `status` counts the pushes refused before the stanza existed",
+                e.message
+            )),
+        }
     }
 }
 
