@@ -36,6 +36,7 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
     let with = text.replace("    backup_enabled: false\n", "")
         + &format!("    backup:\n      hosts:\n        {REPO}:\n");
     std::fs::write(&inv, with).unwrap();
+    let enabled_at = lab.psql(&leader, "SELECT now()");
     let (code, out, err) = pgha(&["deploy", &inv]);
     assert_eq!(code, 0, "deploy enabling backups:\n{out}\n{err}");
     assert_eq!(
@@ -49,11 +50,11 @@ async fn backups_enabled_taken_listed_verified_and_following_the_leader() {
         format!("pgbackrest --stanza={} archive-push %p", lab.cluster_name())
     );
     // Pushes refused before the stanza existed are not counted as failures: the
-    // archiver's counters start again once it does (reset after the server started).
+    // archiver's counters start again once it does (reset by this deploy).
     assert_eq!(
         lab.psql(
             &leader,
-            "SELECT stats_reset > pg_postmaster_start_time() FROM pg_stat_archiver"
+            &format!("SELECT stats_reset > '{enabled_at}' FROM pg_stat_archiver"),
         ),
         "t",
         "the archiver's counters were reset when the stanza was created"

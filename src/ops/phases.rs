@@ -14,7 +14,7 @@ use super::{patroni as actions, waits};
 use crate::engine::apply;
 use crate::engine::desired;
 use crate::engine::facts::{self, SqlFacts};
-use crate::engine::plan::{self, Action};
+use crate::engine::plan::{self, Action, FileReason};
 use crate::engine::roles::{Notify, Stage};
 use crate::error::Failure;
 use crate::install;
@@ -454,14 +454,22 @@ impl Converge<'_, '_> {
         let p = &self.plans[h];
         let dirs = p.dirs(role);
         apply::dirs(s, &dirs).await?;
-        for d in &dirs {
-            self.ctx.ui.host(
-                h,
-                format!(
-                    "directory {} set ({}:{} {:04o})",
-                    d.path, d.owner, d.group, d.mode
-                ),
-            );
+        // A directory changed by hand is worth a line; a new one is counted only,
+        // like a file.
+        for a in p.for_role(role) {
+            if let Action::Directory {
+                dir: d,
+                reason: FileReason::Attributes,
+            } = a
+            {
+                self.ctx.ui.host(
+                    h,
+                    format!(
+                        "directory {} mended ({}:{} {:04o})",
+                        d.path, d.owner, d.group, d.mode
+                    ),
+                );
+            }
         }
         let files = p.files(role, Stage::Configure);
         apply::write_files(s, &files).await?;

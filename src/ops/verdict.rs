@@ -668,8 +668,10 @@ fn member_faults(s: &Snapshot, leader: Option<&MemberState>, bounds: &Bounds, j:
         if m.pending_restart {
             j.notes.push(format!("{} has a pending restart", m.name));
         }
+        // Tags pgha sets on every member (clonefrom) are no news.
+        let defaults = crate::engine::desired::default_tags();
         for (t, v) in &m.tags {
-            if v == &Value::Bool(true) {
+            if v == &Value::Bool(true) && defaults.get(t) != Some(&true) {
                 j.notes.push(format!("{} tagged {t}", m.name));
             }
         }

@@ -337,3 +337,22 @@ fn lag_is_read_from_the_members_own_positions_when_known() {
     let m = members(&names, &addresses, Some(&view), &behind);
     assert_eq!(m[1].lag_bytes, Some(17_440_672), "a replica really behind");
 }
+
+#[test]
+fn tags_pgha_sets_everywhere_are_no_news() {
+    let mut m = healthy_members();
+    for x in &mut m {
+        x.tags.insert("clonefrom".into(), Value::Bool(true));
+    }
+    m[2].tags.insert("nofailover".into(), Value::Bool(true));
+    m[1].tags.insert("nosync".into(), Value::Bool(false));
+    let s = snap(m, good_backends());
+    assert_eq!(s.verdict.line(), "healthy");
+    let tagged: Vec<&String> = s
+        .verdict
+        .notes
+        .iter()
+        .filter(|n| n.contains("tagged"))
+        .collect();
+    assert_eq!(tagged, ["db3 tagged nofailover"]);
+}
