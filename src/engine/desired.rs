@@ -713,9 +713,13 @@ fn render_role(
         let what = format!("role {}: directory {}", role.name, d.path);
         if holds(env, ctx, d.when.as_ref(), &what)? {
             let path = env.render_str(&d.path, ctx).with_context(|| what.clone())?;
-            if !path.trim().is_empty() {
+            let path = path.trim();
+            if !path.is_empty() && !path.starts_with('/') {
+                anyhow::bail!("{what}: {path:?} is not an absolute path");
+            }
+            if !path.is_empty() {
                 dirs.push(DesiredDir {
-                    path: path.trim().to_string(),
+                    path: path.to_string(),
                     owner: d.owner.clone(),
                     group: d.group.clone(),
                     mode: d.mode_bits()?,

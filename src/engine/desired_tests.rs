@@ -1113,3 +1113,16 @@ fn pgbackrest_directories_and_timers_follow_the_host_and_the_schedules() {
     let d = desired_state(&inv, &lib).unwrap();
     assert_eq!(role_of(&d, "router1", "pgbackrest").dirs.len(), 2);
 }
+
+#[test]
+fn a_role_directory_must_render_to_an_absolute_path() {
+    let mut inv = sample();
+    inv.cluster.backup_repo_path = "relative/repo".into();
+    let lib = Library::builtin().unwrap();
+    let err = desired_state(&inv, &lib).unwrap_err().to_string();
+    assert!(
+        err.contains("role pgbackrest: directory {{ cluster.backup_repo_path }}")
+            && err.contains("\"relative/repo\" is not an absolute path"),
+        "{err}"
+    );
+}
