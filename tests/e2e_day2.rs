@@ -371,6 +371,23 @@ async fn etcd_move_asked_again(lab: &Lab) {
         etcd_at, leader,
         "etcd's leader moved off the Patroni leader's host"
     );
+    // The transfer happens but its answer is lost: the next attempt finds the
+    // leadership where it was asked to go, and the move counts as done.
+    lead_etcd_on(lab, &leader).await;
+    let (code, out, _) = pgha_env(
+        &["deploy", &lab.inventory()],
+        &[("PGHA_FAIL_ONCE", "etcd:move-leader-answer")],
+    );
+    assert_eq!(code, 0, "deploy: {out}");
+    assert!(
+        out.contains("leadership moved") && !out.contains("attempts)"),
+        "a move whose answer was lost is reported done, not failed: {out}"
+    );
+    let etcd_at = etcd_leader(lab, &leader).await;
+    assert_ne!(
+        etcd_at, leader,
+        "etcd's leader moved off the Patroni leader's host"
+    );
 }
 
 /// `pgha status` names the leader and replicas Patroni names, and exits 0.

@@ -29,28 +29,30 @@ pub async fn leader(ctx: &Ctx<'_>) -> Result<String, Failure> {
 /// up to `MOVE_ATTEMPTS` times.
 pub async fn move_leader(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Failure> {
     let mut leader = from.to_string();
-    let mut last = String::new();
+    // The last attempt's error; None once the leadership moved or is moving.
+    let mut failed: Option<String> = None;
     for attempt in 1..=MOVE_ATTEMPTS {
         if attempt > 1 {
             // The earlier attempt's transfer may have completed after all.
             let q = waits::wait_etcd_quorum(&ctx.ep, QUORUM).await?;
             if q.leader == to {
+                failed = None;
                 break;
             }
             leader = q.leader;
         }
         match ask_move(ctx, &leader, to).await {
             Ok(()) => {
-                last.clear();
+                failed = None;
                 break;
             }
             Err(e) => {
                 tracing::debug!("etcd: move leadership, attempt {attempt}: {}", e.message);
-                last = e.message;
+                failed = Some(e.message);
             }
         }
     }
-    if !last.is_empty() {
+    if let Some(last) = failed {
         return Err(Failure::error(format!("{last} ({MOVE_ATTEMPTS} attempts)")));
     }
     crate::wait::until(&format!("etcd member {to} to lead"), QUORUM, || async {
@@ -95,6 +97,13 @@ async fn ask_move(ctx: &Ctx<'_>, from: &str, to: &str) -> Result<(), Failure> {
     c.move_leader(to_id)
         .await
         .map_err(|e| Failure::error(format!("etcd: move leadership {from} -> {to}: {e}")))?;
+    // As if the answer were lost after the transfer happened: the next attempt must
+    // find the leadership moved and call it done.
+    if crate::testpoint::fail_once("etcd:move-leader-answer") {
+        return Err(Failure::error(format!(
+            "etcd: move leadership {from} -> {to}: answer dropped at the test's request"
+        )));
+    }
     Ok(())
 }
 

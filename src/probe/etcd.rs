@@ -68,9 +68,19 @@ async fn probe_one(net: &Net, endpoint: &str) -> Result<EndpointHealth, String> 
         .await
         .map_err(|e| format!("member list: {e}"))?;
     // A linearizable read needs the leader and a quorum: the real health check.
-    c.get("pgha-health", None)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    if let Err(e) = c.get("pgha-health", None).await {
+        let names: Vec<(String, u64)> = members
+            .members()
+            .iter()
+            .map(|m| (m.name().to_string(), m.id()))
+            .collect();
+        return Err(read_failed(
+            status.leader(),
+            status.raft_term(),
+            &names,
+            &e.to_string(),
+        ));
+    }
     Ok(EndpointHealth {
         cluster_id: header.cluster_id(),
         member_id: header.member_id(),
@@ -86,6 +96,25 @@ async fn probe_one(net: &Net, endpoint: &str) -> Result<EndpointHealth, String> 
         raft_index: status.raft_index(),
         raft_term: status.raft_term(),
     })
+}
+
+/// Why a member that answers status cannot serve a read: with no leader it is in an
+/// election or cut off; naming one, it cannot hear it (after a partition that dropped
+/// packets heals, etcd's peer streams can stay silent for a minute or two).
+fn read_failed(leader: u64, term: u64, members: &[(String, u64)], error: &str) -> String {
+    if leader == 0 {
+        return format!(
+            "answers but knows no leader (raft term {term}), so a read failed: {error}"
+        );
+    }
+    let name = members
+        .iter()
+        .find(|(_, id)| *id == leader)
+        .map_or_else(|| format!("{leader:x}"), |(n, _)| n.clone());
+    format!(
+        "answers and names {name} its leader (raft term {term}) but does not hear it: a read \
+         failed: {error}"
+    )
 }
 
 /// Probe every endpoint (`http://ip:2379`) in parallel.
@@ -292,5 +321,20 @@ mod tests {
         let e = EtcdReport { endpoints: eps }.quorum(3).unwrap_err();
         assert!(e.starts_with("2 of 3 endpoints healthy"), "{e}");
         assert!(e.contains("10.0.0.3:2379: connect: refused"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_read_says_whether_the_member_hears_a_leader() {
+        let members = [("db1".to_string(), 0x1), ("db2".to_string(), 0xab)];
+        let e = read_failed(0xab, 9, &members, "Timeout expired");
+        assert!(
+            e.contains("names db2 its leader (raft term 9) but does not hear it"),
+            "{e}"
+        );
+        assert!(e.ends_with("Timeout expired"), "{e}");
+        let e = read_failed(0, 9, &members, "Timeout expired");
+        assert!(e.contains("knows no leader (raft term 9)"), "{e}");
+        let e = read_failed(0xcd, 9, &members, "x");
+        assert!(e.contains("names cd its leader"), "{e}");
     }
 }
