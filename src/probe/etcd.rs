@@ -59,7 +59,14 @@ async fn connect(net: &Net, endpoint: &str) -> Result<Client, String> {
         .map_err(|e| format!("connect: {e}"))
 }
 
-async fn probe_one(net: &Net, endpoint: &str) -> Result<EndpointHealth, String> {
+/// One endpoint, within `deadline`: the read (the health check) gets the time left,
+/// so a member that answers status but cannot serve a read is told apart from one
+/// that does not answer at all.
+async fn probe_one(
+    net: &Net,
+    endpoint: &str,
+    deadline: tokio::time::Instant,
+) -> Result<EndpointHealth, String> {
     let mut c = connect(net, endpoint).await?;
     let status = c.status().await.map_err(|e| format!("status: {e}"))?;
     let header = status.header().ok_or("status: no header")?;
@@ -68,18 +75,18 @@ async fn probe_one(net: &Net, endpoint: &str) -> Result<EndpointHealth, String> 
         .await
         .map_err(|e| format!("member list: {e}"))?;
     // A linearizable read needs the leader and a quorum: the real health check.
-    if let Err(e) = c.get("pgha-health", None).await {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let read = match tokio::time::timeout(left, c.get("pgha-health", None)).await {
+        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:.1}s", left.as_secs_f32())),
+    };
+    if let Err(e) = read {
         let names: Vec<(String, u64)> = members
             .members()
             .iter()
             .map(|m| (m.name().to_string(), m.id()))
             .collect();
-        return Err(read_failed(
-            status.leader(),
-            status.raft_term(),
-            &names,
-            &e.to_string(),
-        ));
+        return Err(read_failed(status.leader(), status.raft_term(), &names, &e));
     }
     Ok(EndpointHealth {
         cluster_id: header.cluster_id(),
@@ -128,12 +135,15 @@ pub async fn probe_within(
     endpoints: &[String],
     bound: std::time::Duration,
 ) -> EtcdReport {
+    // The read is cut a little before the bound, so what the member did answer is
+    // still reported.
+    let deadline = tokio::time::Instant::now() + bound.mul_f32(0.9);
     let results = join_all(endpoints.iter().map(|e| async move {
         EndpointReport {
             endpoint: e.clone(),
-            health: tokio::time::timeout(bound, probe_one(net, e))
+            health: tokio::time::timeout(bound, probe_one(net, e, deadline))
                 .await
-                .unwrap_or_else(|_| Err("timed out".into())),
+                .unwrap_or_else(|_| Err(format!("no answer within {:.0}s", bound.as_secs_f32()))),
         }
     }))
     .await;
