@@ -108,6 +108,21 @@ async fn leader_cut_from_its_peers_loses_nothing(lab: &Lab) {
         not_a_primary(lab, &old)
     })
     .await;
+    // The controller still reaches the cut host: `status` says why its etcd member
+    // is unhealthy (it answers, but hears no leader), not just that a read timed out.
+    let (_, out, _) = pgha(&["status", &lab.inventory(), "--output", "json"]);
+    let doc = json_doc(&out);
+    let member = doc["etcd"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == old.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    let why = member["error"].as_str().unwrap_or_default();
+    assert!(
+        member["healthy"] == false
+            && (why.contains("knows no leader") || why.contains("does not hear")),
+        "status on the cut-off {old}'s etcd member: {member}"
+    );
     lab::heal(LAB, &old).await.expect("lab heal");
     let healed = Instant::now();
 
