@@ -438,17 +438,21 @@ pub fn etcd_members(names: &[String], report: &etcd::EtcdReport) -> Vec<EtcdMemb
                 raft_index: Some(h.raft_index),
                 error: (!h.errors.is_empty()).then(|| h.errors.join("; ")),
             },
-            Err(err) => EtcdMemberState {
-                name: name.clone(),
-                endpoint: e.endpoint.clone(),
-                healthy: false,
-                id: None,
-                leader: false,
-                version: None,
-                db_size_bytes: None,
-                raft_index: None,
-                error: Some(err.clone()),
-            },
+            // A member that answered but could not serve a read: what it said.
+            Err(err) => {
+                let said = e.answered.as_ref();
+                EtcdMemberState {
+                    name: name.clone(),
+                    endpoint: e.endpoint.clone(),
+                    healthy: false,
+                    id: said.map(|h| format!("{:x}", h.member_id)),
+                    leader: false,
+                    version: said.map(|h| h.version.clone()),
+                    db_size_bytes: said.map(|h| h.db_size),
+                    raft_index: said.map(|h| h.raft_index),
+                    error: Some(err.clone()),
+                }
+            }
         })
         .collect()
 }

@@ -356,3 +356,40 @@ fn tags_pgha_sets_everywhere_are_no_news() {
         .collect();
     assert_eq!(tagged, ["db3 tagged nofailover"]);
 }
+
+#[test]
+fn an_etcd_member_that_answered_but_failed_its_read_keeps_what_it_said() {
+    use crate::probe::etcd::{EndpointHealth, EndpointReport, EtcdReport};
+    let said = EndpointHealth {
+        cluster_id: 7,
+        member_id: 0xab,
+        leader: 0,
+        version: "3.5.16".into(),
+        members: vec!["db1=ab".into()],
+        errors: vec![],
+        db_size: 4096,
+        raft_index: 41,
+        raft_term: 3,
+    };
+    let report = EtcdReport {
+        endpoints: vec![
+            EndpointReport {
+                endpoint: "https://10.0.0.1:2379".into(),
+                health: Err("answers but knows no leader (raft term 3), so a read failed".into()),
+                answered: Some(said),
+            },
+            EndpointReport {
+                endpoint: "https://10.0.0.2:2379".into(),
+                health: Err("no answer within 3s".into()),
+                answered: None,
+            },
+        ],
+    };
+    let m = etcd_members(&["db1".into(), "db2".into()], &report);
+    assert!(!m[0].healthy && !m[0].leader);
+    assert_eq!(m[0].id.as_deref(), Some("ab"));
+    assert_eq!(m[0].raft_index, Some(41));
+    assert_eq!(m[0].version.as_deref(), Some("3.5.16"));
+    assert!(m[0].error.as_deref().unwrap().contains("knows no leader"));
+    assert_eq!((m[1].id.as_deref(), m[1].raft_index), (None, None));
+}

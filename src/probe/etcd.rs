@@ -36,6 +36,8 @@ impl EndpointHealth {
 pub struct EndpointReport {
     pub endpoint: String,
     pub health: Result<EndpointHealth, String>,
+    /// What a member whose read failed did answer (its id, version, raft index).
+    pub answered: Option<EndpointHealth>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,29 +68,20 @@ async fn probe_one(
     net: &Net,
     endpoint: &str,
     deadline: tokio::time::Instant,
-) -> Result<EndpointHealth, String> {
-    let mut c = connect(net, endpoint).await?;
-    let status = c.status().await.map_err(|e| format!("status: {e}"))?;
-    let header = status.header().ok_or("status: no header")?;
+) -> Result<EndpointHealth, (String, Option<EndpointHealth>)> {
+    let mut c = connect(net, endpoint).await.map_err(|e| (e, None))?;
+    let status = c
+        .status()
+        .await
+        .map_err(|e| (format!("status: {e}"), None))?;
+    let header = status
+        .header()
+        .ok_or_else(|| ("status: no header".to_string(), None))?;
     let members = c
         .member_list()
         .await
-        .map_err(|e| format!("member list: {e}"))?;
-    // A linearizable read needs the leader and a quorum: the real health check.
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let read = match tokio::time::timeout(left, c.get("pgha-health", None)).await {
-        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {:.1}s", left.as_secs_f32())),
-    };
-    if let Err(e) = read {
-        let names: Vec<(String, u64)> = members
-            .members()
-            .iter()
-            .map(|m| (m.name().to_string(), m.id()))
-            .collect();
-        return Err(read_failed(status.leader(), status.raft_term(), &names, &e));
-    }
-    Ok(EndpointHealth {
+        .map_err(|e| (format!("member list: {e}"), None))?;
+    let health = EndpointHealth {
         cluster_id: header.cluster_id(),
         member_id: header.member_id(),
         leader: status.leader(),
@@ -102,7 +95,25 @@ async fn probe_one(
         db_size: status.db_size(),
         raft_index: status.raft_index(),
         raft_term: status.raft_term(),
-    })
+    };
+    // A linearizable read needs the leader and a quorum: the real health check.
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let read = match tokio::time::timeout(left, c.get("pgha-health", None)).await {
+        Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:.1}s", left.as_secs_f32())),
+    };
+    match read {
+        Ok(()) => Ok(health),
+        Err(e) => {
+            let names: Vec<(String, u64)> = members
+                .members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.id()))
+                .collect();
+            let why = read_failed(health.leader, health.raft_term, &names, &e);
+            Err((why, Some(health)))
+        }
+    }
 }
 
 /// Why a member that answers status cannot serve a read: with no leader it is in an
@@ -139,11 +150,19 @@ pub async fn probe_within(
     // still reported.
     let deadline = tokio::time::Instant::now() + bound.mul_f32(0.9);
     let results = join_all(endpoints.iter().map(|e| async move {
+        let probed = tokio::time::timeout(bound, probe_one(net, e, deadline)).await;
+        let (health, answered) = match probed {
+            Ok(Ok(h)) => (Ok(h), None),
+            Ok(Err((why, answered))) => (Err(why), answered),
+            Err(_) => (
+                Err(format!("no answer within {:.0}s", bound.as_secs_f32())),
+                None,
+            ),
+        };
         EndpointReport {
             endpoint: e.clone(),
-            health: tokio::time::timeout(bound, probe_one(net, e, deadline))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {:.0}s", bound.as_secs_f32()))),
+            health,
+            answered,
         }
     }))
     .await;
@@ -299,6 +318,7 @@ mod tests {
                 raft_index: 100,
                 raft_term: 2,
             }),
+            answered: None,
         }
     }
 
@@ -327,6 +347,7 @@ mod tests {
         eps.push(EndpointReport {
             endpoint: "http://10.0.0.3:2379".into(),
             health: Err("connect: refused".into()),
+            answered: None,
         });
         let e = EtcdReport { endpoints: eps }.quorum(3).unwrap_err();
         assert!(e.starts_with("2 of 3 endpoints healthy"), "{e}");
