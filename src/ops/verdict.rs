@@ -648,6 +648,8 @@ fn cluster_faults(s: &Snapshot, leader: Option<&MemberState>, bounds: &Bounds, j
 /// within the lag bound; pending restarts and tags as notes.
 fn member_faults(s: &Snapshot, leader: Option<&MemberState>, bounds: &Bounds, j: &mut Judgement) {
     let tl = leader.and_then(|l| l.timeline);
+    // Tags pgha sets on every member (clonefrom) are no news.
+    let defaults = crate::engine::desired::default_tags();
     for m in s.members.iter().filter(|m| Some(*m) != leader) {
         if !m.reachable {
             j.degraded.push(format!("{} unreachable", m.name));
@@ -672,8 +674,6 @@ fn member_faults(s: &Snapshot, leader: Option<&MemberState>, bounds: &Bounds, j:
         if m.pending_restart {
             j.notes.push(format!("{} has a pending restart", m.name));
         }
-        // Tags pgha sets on every member (clonefrom) are no news.
-        let defaults = crate::engine::desired::default_tags();
         for (t, v) in &m.tags {
             if v == &Value::Bool(true) && defaults.get(t) != Some(&true) {
                 j.notes.push(format!("{} tagged {t}", m.name));
