@@ -24,7 +24,12 @@ pub struct EndpointHealth {
 impl EndpointHealth {
     /// This endpoint's own member name (from its member list).
     pub fn name(&self) -> Option<String> {
-        let suffix = format!("={:x}", self.member_id);
+        self.member_name(self.member_id)
+    }
+
+    /// The name of the member with this id, as this endpoint lists it.
+    pub fn member_name(&self, id: u64) -> Option<String> {
+        let suffix = format!("={id:x}");
         self.members
             .iter()
             .find(|m| m.ends_with(&suffix))
@@ -104,31 +109,23 @@ async fn probe_one(
     };
     match read {
         Ok(()) => Ok(health),
-        Err(e) => {
-            let names: Vec<(String, u64)> = members
-                .members()
-                .iter()
-                .map(|m| (m.name().to_string(), m.id()))
-                .collect();
-            let why = read_failed(health.leader, health.raft_term, &names, &e);
-            Err((why, Some(health)))
-        }
+        Err(e) => Err((read_failed(&health, &e), Some(health))),
     }
 }
 
 /// Why a member that answers status cannot serve a read: with no leader it is in an
 /// election or cut off; naming one, it cannot hear it (after a partition that dropped
 /// packets heals, etcd's peer streams can stay silent for a minute or two).
-fn read_failed(leader: u64, term: u64, members: &[(String, u64)], error: &str) -> String {
-    if leader == 0 {
+fn read_failed(h: &EndpointHealth, error: &str) -> String {
+    let term = h.raft_term;
+    if h.leader == 0 {
         return format!(
             "answers but knows no leader (raft term {term}), so a read failed: {error}"
         );
     }
-    let name = members
-        .iter()
-        .find(|(_, id)| *id == leader)
-        .map_or_else(|| format!("{leader:x}"), |(n, _)| n.clone());
+    let name = h
+        .member_name(h.leader)
+        .unwrap_or_else(|| format!("{:x}", h.leader));
     format!(
         "answers and names {name} its leader (raft term {term}) but does not hear it: a read \
          failed: {error}"
@@ -237,10 +234,7 @@ impl EtcdReport {
         }
         let first = healthy[0];
         let leader_name = first
-            .members
-            .iter()
-            .find(|m| m.ends_with(&format!("={:x}", first.leader)))
-            .map(|m| m.split('=').next().unwrap_or("").to_string())
+            .member_name(first.leader)
             .unwrap_or_else(|| format!("{:x}", first.leader));
         Ok(Quorum {
             cluster_id: format!("{:x}", first.cluster_id),
@@ -356,16 +350,20 @@ mod tests {
 
     #[test]
     fn a_failed_read_says_whether_the_member_hears_a_leader() {
-        let members = [("db1".to_string(), 0x1), ("db2".to_string(), 0xab)];
-        let e = read_failed(0xab, 9, &members, "Timeout expired");
+        let said = |leader| EndpointHealth {
+            leader,
+            raft_term: 9,
+            ..ok(7, 1, 1, 3).health.unwrap()
+        };
+        let e = read_failed(&said(2), "Timeout expired");
         assert!(
             e.contains("names db2 its leader (raft term 9) but does not hear it"),
             "{e}"
         );
         assert!(e.ends_with("Timeout expired"), "{e}");
-        let e = read_failed(0, 9, &members, "Timeout expired");
+        let e = read_failed(&said(0), "Timeout expired");
         assert!(e.contains("knows no leader (raft term 9)"), "{e}");
-        let e = read_failed(0xcd, 9, &members, "x");
+        let e = read_failed(&said(0xcd), "x");
         assert!(e.contains("names cd its leader"), "{e}");
     }
 }
