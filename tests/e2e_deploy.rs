@@ -121,6 +121,71 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     assert_eq!(start_times(&lab).await, before, "no PostgreSQL restarted");
     assert_eq!(healthy_cluster(&lab).await, leader, "leader unchanged");
 
+    // 2b. A member whose Patroni runs without pgha's environment (as one deployed
+    // by an older pgha): the deploy restarts that Patroni under pause, and
+    // PostgreSQL keeps running.
+    let replica = lab
+        .db_hosts()
+        .into_iter()
+        .find(|h| *h != leader)
+        .expect("a replica")
+        .to_string();
+    let patroni_env = |h: &str| {
+        lab.sh(
+            h,
+            "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value patroni)/environ | grep '^PYTHONPATH=' || true",
+        )
+        .1
+        .trim()
+        .to_string()
+    };
+    for h in lab.db_hosts() {
+        assert_eq!(
+            patroni_env(&h),
+            "PYTHONPATH=/etc/patroni/python",
+            "Patroni on {h} started with pgha's environment"
+        );
+    }
+    let (code, out) = lab.sh(
+        &replica,
+        "rm -f /etc/patroni_env.conf /etc/patroni/python/sitecustomize.py && systemctl restart patroni",
+    );
+    assert_eq!(code, 0, "{out}");
+    healthy_cluster(&lab).await;
+    assert_eq!(
+        patroni_env(&replica),
+        "",
+        "{replica}'s Patroni runs without it"
+    );
+    let before = start_times(&lab).await;
+    let (code, doc) = deploy_json(&inv, &[]);
+    assert_eq!(code, 0, "deploy restoring Patroni's environment: {doc}");
+    assert!(doc["changed"].as_u64().unwrap() > 0, "{doc}");
+    assert_eq!(
+        patroni_env(&replica),
+        "PYTHONPATH=/etc/patroni/python",
+        "{replica}'s Patroni was restarted with it"
+    );
+    assert_eq!(
+        start_times(&lab).await,
+        before,
+        "no PostgreSQL restarted (Patroni restarted under pause)"
+    );
+    assert_eq!(healthy_cluster(&lab).await, leader, "leader unchanged");
+    let status = lab.patroni_status(&leader).await.expect("leader's status");
+    assert_ne!(status["pause"], true, "the cluster was resumed: {status}");
+    // What the module does, in Patroni's Python as Patroni's user.
+    let (code, out) = lab.sh(
+        &replica,
+        "runuser -u postgres -- env PYTHONPATH=/etc/patroni/python python3 -c \
+         'import http.server; print(http.server.BaseHTTPRequestHandler.disable_nagle_algorithm)'",
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (0, "True"),
+        "Patroni's REST API turns TCP_NODELAY on"
+    );
+
     // 3. Config change: work_mem (reload) and max_connections (restart: rolled).
     let text = std::fs::read_to_string(&inv).unwrap();
     let changed = text.replacen(

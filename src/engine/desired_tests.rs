@@ -1126,3 +1126,49 @@ fn a_role_directory_must_render_to_an_absolute_path() {
         "{err}"
     );
 }
+
+#[test]
+fn patroni_starts_with_nodelay_on_its_rest_api_under_both_methods() {
+    let lib = Library::builtin().unwrap();
+    let module = "/etc/patroni/python/sitecustomize.py";
+    // Native: Debian's unit reads the environment file; a change to either file
+    // restarts Patroni (under pause, ops::phases).
+    let d = desired_state(&sample(), &lib).unwrap();
+    let env = desired_file(&d, "db1", "/etc/patroni_env.conf");
+    assert_eq!(env.notify, Notify::Restart);
+    assert!(
+        String::from_utf8(env.content.clone())
+            .unwrap()
+            .lines()
+            .any(|l| l == "PYTHONPATH=/etc/patroni/python"),
+        "PYTHONPATH names the module's directory"
+    );
+    let m = desired_file(&d, "db1", module);
+    assert_eq!((m.notify, m.mode), (Notify::Restart, 0o644));
+    let text = file(&d, "db1", module);
+    assert!(
+        text.contains("http.server.BaseHTTPRequestHandler.disable_nagle_algorithm = True"),
+        "{text}"
+    );
+    // Docker: the same module in the mounted /etc/patroni, PYTHONPATH set by the
+    // container's command; no restart on a change (it would stop PostgreSQL).
+    let mut inv = sample();
+    inv.cluster.install_method = crate::inventory::InstallMethod::Docker;
+    let d = desired_state(&inv, &lib).unwrap();
+    let h = d.iter().find(|h| h.host == "db1").unwrap();
+    assert!(h.files().all(|f| f.path != "/etc/patroni_env.conf"));
+    let same: Vec<_> = h.files().filter(|f| f.path == module).collect();
+    assert_eq!(same.len(), 1, "one module file under docker");
+    assert_eq!(same[0].notify, Notify::None);
+    let c = role_of(&d, "db1", "patroni").container.unwrap();
+    let command = c.run_args.last().unwrap();
+    assert!(
+        command.contains("export PYTHONPATH=/etc/patroni/python; exec patroni"),
+        "{command}"
+    );
+    assert!(
+        c.run_args
+            .join(" ")
+            .contains("-v /etc/patroni:/etc/patroni:ro")
+    );
+}

@@ -129,6 +129,10 @@ impl fmt::Display for Planned {
             }
             Action::Notify { service, notify } => match notify {
                 Notify::Reload => format!("reload {service}"),
+                // Patroni restarts under pause (ops::phases): PostgreSQL keeps running.
+                Notify::Restart if service == "patroni" => {
+                    "restart patroni under pause (PostgreSQL keeps running)".to_string()
+                }
                 Notify::Restart => format!("restart {service}"),
                 Notify::AptUpdate | Notify::None => String::new(),
             },

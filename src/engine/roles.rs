@@ -256,10 +256,18 @@ const BUILTIN_ROLES: [(&str, &str); 14] = [
     ("prometheus", include_str!("../../roles/prometheus.yml")),
 ];
 
-const BUILTIN_TEMPLATES: [(&str, &str); 29] = [
+const BUILTIN_TEMPLATES: [(&str, &str); 31] = [
     (
         "patroni-role-change.py.j2",
         include_str!("../../templates/patroni-role-change.py.j2"),
+    ),
+    (
+        "patroni-sitecustomize.py.j2",
+        include_str!("../../templates/patroni-sitecustomize.py.j2"),
+    ),
+    (
+        "patroni-env.conf.j2",
+        include_str!("../../templates/patroni-env.conf.j2"),
     ),
     (
         "pgbackrest.conf.j2",

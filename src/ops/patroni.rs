@@ -325,6 +325,67 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Work on Patroni itself, member by member in `hosts`, with PostgreSQL left
+/// running: the cluster is paused first (a paused Patroni neither stops PostgreSQL
+/// when it exits nor restarts it when it starts, and no member fails over
+/// meanwhile), resumed once `each` is done on every member, then every member is
+/// healthy again. A failure leaves the cluster paused, recorded as pgha's: resuming
+/// while a primary's Patroni is not back could fail over away from a PostgreSQL
+/// that still takes writes.
+pub async fn under_pause<F, Fut>(
+    ctx: &Ctx<'_>,
+    hosts: &[String],
+    mut each: F,
+) -> Result<(), Failure>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    set_pause(ctx, true).await?;
+    for h in hosts {
+        each(h.clone()).await?;
+    }
+    set_pause(ctx, false).await?;
+    waits::wait_patroni_healthy(&ctx.ep, &ctx.db_hosts(), MEMBER).await?;
+    Ok(())
+}
+
+/// Restart Patroni on a member of a paused cluster (`under_pause`), then wait until
+/// it answers again with PostgreSQL running. Says whether PostgreSQL kept running
+/// (its postmaster's start time unchanged), which a paused restart promises.
+pub async fn restart_paused(ctx: &Ctx<'_>, h: &str, script: String) -> Result<(), Failure> {
+    let api = ctx.api(h);
+    let started = |st: &Value| st["postmaster_start_time"].as_str().map(str::to_string);
+    let before = patroni::status(&ctx.ep.net, &api)
+        .await
+        .ok()
+        .and_then(|st| started(&st));
+    ctx.run_on(h, "restart Patroni", script).await?;
+    let after = until(
+        &format!("Patroni on {h} to answer again with PostgreSQL running"),
+        MEMBER,
+        || async {
+            let st = patroni::status(&ctx.ep.net, &api).await?;
+            if st["state"] == "running" {
+                Ok(started(&st))
+            } else {
+                Err(format!("PostgreSQL {}", st["state"]))
+            }
+        },
+    )
+    .await?;
+    ctx.ui.changed(h, 1);
+    ctx.ui.host(
+        h,
+        if before.is_some() && before == after {
+            "Patroni restarted (PostgreSQL kept running)"
+        } else {
+            "Patroni restarted (PostgreSQL was restarted too)"
+        },
+    );
+    Ok(())
+}
+
 /// Tags of a member pgha works on: out of read traffic, failover candidacy and
 /// synchronous replication.
 pub fn work_tags() -> Tags {

@@ -251,8 +251,10 @@ impl Converge<'_, '_> {
 
     /// Patroni's files on every db host and its service enabled (reloaded where a
     /// file changed and it runs), nothing started: `patroni` starts it in cluster
-    /// order; `restore` starts it only once the data is restored.
-    pub async fn configure_patroni(&self) -> Result<(), Failure> {
+    /// order; `restore` starts it only once the data is restored. Returns the hosts
+    /// whose running Patroni must restart to read a changed file (its environment):
+    /// `patroni` restarts them under pause.
+    pub async fn configure_patroni(&self) -> Result<Vec<String>, Failure> {
         let c = &self.inv.cluster;
         let db = self.ctx.db_hosts();
         let parent = Path::new(&c.postgresql_data_dir)
@@ -279,6 +281,8 @@ impl Converge<'_, '_> {
                         apply::run(&s, install::enable(role)).await?;
                         n += 1;
                     }
+                    // A restart is left to `patroni`, under pause (native only:
+                    // no container's file asks for one).
                     if p.notify("patroni") == Notify::Reload {
                         apply::run(&s, install::reload(role)).await?;
                         self.ctx
@@ -289,7 +293,21 @@ impl Converge<'_, '_> {
                     Ok(n)
                 }
             })
-            .await
+            .await?;
+        Ok(db
+            .into_iter()
+            .filter(|h| self.plans[h].notify("patroni") == Notify::Restart)
+            .collect())
+    }
+
+    /// Patroni restarted where it must read a changed file, member by member under
+    /// the cluster's pause: PostgreSQL keeps running, no switchover.
+    async fn restart_patroni_paused(&self, hosts: &[String]) -> Result<(), Failure> {
+        actions::under_pause(self.ctx, hosts, |h| async move {
+            let restart = install::restart(self.role(&h, "patroni")?, false);
+            actions::restart_paused(self.ctx, &h, restart).await
+        })
+        .await
     }
 
     /// Patroni configured everywhere, then started in cluster order; returns the leader.
@@ -297,7 +315,7 @@ impl Converge<'_, '_> {
         let db = self.ctx.db_hosts();
         let phase = self.ctx.ui.phase("patroni");
         // Config files everywhere first; services are started below in cluster order.
-        self.configure_patroni().await?;
+        let restart = self.configure_patroni().await?;
         let start = |hosts: Vec<String>| async move {
             self.ctx
                 .each(&hosts, "start patroni", |h, s| async move {
@@ -323,6 +341,14 @@ impl Converge<'_, '_> {
         } else if !stopped.is_empty() {
             phase.set(format!("starting {}", stopped.join(", ")));
             start(stopped).await?;
+        }
+        // Every member runs by now: each one reports the pause before work starts.
+        if !restart.is_empty() {
+            phase.set(format!(
+                "restarting Patroni on {} under pause",
+                restart.join(", ")
+            ));
+            self.restart_patroni_paused(&restart).await?;
         }
         phase.set("waiting for every replica to stream with lag 0");
         let view = waits::wait_patroni_healthy(&self.ctx.ep, &db, REPLICAS).await?;

@@ -323,14 +323,15 @@ impl Stack<'_, '_> {
     /// restart Patroni member by member on the new version, resume.
     pub async fn patroni_under_pause(&self, plan: &UpgradePlan) -> Result<(), Failure> {
         let phase = self.ctx.ui.phase("patroni");
-        actions::set_pause(self.ctx, true).await?;
-        for h in &plan.patroni_only {
-            phase.set(format!("{h}: Patroni (PostgreSQL keeps running)"));
-            let w = &plan.work[h];
-            self.install(h, w).await?;
-            self.restart_service(h, "patroni", "Patroni").await?;
+        let shown = &phase;
+        actions::under_pause(self.ctx, &plan.patroni_only, |h| async move {
+            shown.set(format!("{h}: Patroni (PostgreSQL keeps running)"));
+            let w = &plan.work[&h];
+            self.install(&h, w).await?;
+            let restart = install::restart(self.role(&h, "patroni")?, false);
+            actions::restart_paused(self.ctx, &h, restart).await?;
             let want = self.target_upstream(w, Component::Patroni);
-            let api = self.ctx.api(h);
+            let api = self.ctx.api(&h);
             until(
                 &format!("Patroni on {h} to answer on its new version"),
                 MEMBER,
@@ -346,12 +347,12 @@ impl Stack<'_, '_> {
             )
             .await?;
             if w.touches(Component::Exporter) {
-                self.restart_service(h, "exporter", "postgres_exporter")
+                self.restart_service(&h, "exporter", "postgres_exporter")
                     .await?;
             }
-        }
-        actions::set_pause(self.ctx, false).await?;
-        waits::wait_patroni_healthy(&self.ctx.ep, &self.ctx.db_hosts(), MEMBER).await?;
+            Ok(())
+        })
+        .await?;
         phase.done(format!(
             "Patroni upgraded on {}",
             plan.patroni_only.join(", ")
