@@ -259,6 +259,7 @@ mod tests {
             container: None,
             dirs: vec![],
             timers: vec![],
+            started_with: vec![],
         }
     }
 

@@ -121,15 +121,10 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
     assert_eq!(start_times(&lab).await, before, "no PostgreSQL restarted");
     assert_eq!(healthy_cluster(&lab).await, leader, "leader unchanged");
 
-    // 2b. A member whose Patroni runs without pgha's environment (as one deployed
-    // by an older pgha): the deploy restarts that Patroni under pause, and
-    // PostgreSQL keeps running.
-    let replica = lab
-        .db_hosts()
-        .into_iter()
-        .find(|h| *h != leader)
-        .expect("a replica")
-        .to_string();
+    // 2b. Replicas whose Patroni runs without pgha's environment (as deployed by an
+    // older pgha, or by a run stopped before the restart): the deploy restarts
+    // them under pause, PostgreSQL keeps running. The first deploy is stopped
+    // after one restart, the cluster paused; the next one finishes and resumes.
     let patroni_env = |h: &str| {
         lab.sh(
             h,
@@ -139,44 +134,81 @@ async fn deploy_rerun_reconfigure_and_survive_leader_loss() {
         .trim()
         .to_string()
     };
+    const ENV: &str = "PYTHONPATH=/etc/patroni/python";
     for h in lab.db_hosts() {
-        assert_eq!(
-            patroni_env(&h),
-            "PYTHONPATH=/etc/patroni/python",
-            "Patroni on {h} started with pgha's environment"
-        );
+        assert_eq!(patroni_env(&h), ENV, "Patroni on {h} started with it");
     }
-    let (code, out) = lab.sh(
-        &replica,
-        "rm -f /etc/patroni_env.conf /etc/patroni/python/sitecustomize.py && systemctl restart patroni",
-    );
-    assert_eq!(code, 0, "{out}");
+    let replicas: Vec<String> = lab
+        .db_hosts()
+        .into_iter()
+        .filter(|h| *h != leader)
+        .collect();
+    for (i, r) in replicas.iter().enumerate() {
+        // One without the files, one with them (only its process lacks it).
+        let script = if i == 0 {
+            "rm -f /etc/patroni_env.conf /etc/patroni/python/sitecustomize.py && systemctl restart patroni"
+        } else {
+            "mv /etc/patroni_env.conf /root/env && systemctl restart patroni && mv /root/env /etc/patroni_env.conf"
+        };
+        let (code, out) = lab.sh(r, script);
+        assert_eq!(code, 0, "{out}");
+    }
     healthy_cluster(&lab).await;
-    assert_eq!(
-        patroni_env(&replica),
-        "",
-        "{replica}'s Patroni runs without it"
-    );
+    for r in &replicas {
+        assert_eq!(patroni_env(r), "", "{r}'s Patroni runs without it");
+    }
     let before = start_times(&lab).await;
-    let (code, doc) = deploy_json(&inv, &[]);
-    assert_eq!(code, 0, "deploy restoring Patroni's environment: {doc}");
-    assert!(doc["changed"].as_u64().unwrap() > 0, "{doc}");
-    assert_eq!(
-        patroni_env(&replica),
-        "PYTHONPATH=/etc/patroni/python",
-        "{replica}'s Patroni was restarted with it"
+    let (code, out, _) = pgha_env(
+        &["deploy", &inv],
+        &[("PGHA_FAIL_ONCE", "patroni:under-pause")],
     );
+    assert_ne!(code, 0, "the deploy stopped midway: {out}");
+    let leader_status = || async { lab.patroni_status(&leader).await.expect("leader's status") };
+    assert_eq!(leader_status().await["pause"], true, "left paused: {out}");
+    let restarted = replicas.iter().filter(|r| patroni_env(r) == ENV).count();
+    assert_eq!(restarted, 1, "one replica restarted before the stop: {out}");
+    let (code, doc) = deploy_json(&inv, &[]);
+    assert_eq!(code, 0, "the next deploy finishes: {doc}");
+    assert!(doc["changed"].as_u64().unwrap() > 0, "{doc}");
+    for r in &replicas {
+        assert_eq!(patroni_env(r), ENV, "{r}'s Patroni was restarted with it");
+    }
     assert_eq!(
         start_times(&lab).await,
         before,
         "no PostgreSQL restarted (Patroni restarted under pause)"
     );
     assert_eq!(healthy_cluster(&lab).await, leader, "leader unchanged");
-    let status = lab.patroni_status(&leader).await.expect("leader's status");
-    assert_ne!(status["pause"], true, "the cluster was resumed: {status}");
+    assert_ne!(
+        leader_status().await["pause"],
+        true,
+        "the pause the stopped run left is gone"
+    );
+    // Stopped right after its only restart: no Patroni is left to restart, only
+    // the pause, which the next deploy finds in pgha's record and lifts.
+    let (code, out) = lab.sh(
+        &replicas[0],
+        "mv /etc/patroni_env.conf /root/env && systemctl restart patroni && mv /root/env /etc/patroni_env.conf",
+    );
+    assert_eq!(code, 0, "{out}");
+    healthy_cluster(&lab).await;
+    let before = start_times(&lab).await;
+    let (code, out, _) = pgha_env(
+        &["deploy", &inv],
+        &[("PGHA_FAIL_ONCE", "patroni:under-pause")],
+    );
+    assert_ne!(code, 0, "the deploy stopped after its restart: {out}");
+    assert_eq!(leader_status().await["pause"], true, "left paused: {out}");
+    assert_eq!(patroni_env(&replicas[0]), ENV, "{out}");
+    let (code, out, _) = pgha(&["deploy", &inv]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("paused by an interrupted pgha run"), "{out}");
+    assert_ne!(leader_status().await["pause"], true, "resumed: {out}");
+    assert_eq!(start_times(&lab).await, before, "no PostgreSQL restarted");
+    let replica = &replicas[0];
     // What the module does, in Patroni's Python as Patroni's user.
     let (code, out) = lab.sh(
-        &replica,
+        replica,
         "runuser -u postgres -- env PYTHONPATH=/etc/patroni/python python3 -c \
          'import http.server; print(http.server.BaseHTTPRequestHandler.disable_nagle_algorithm)'",
     );

@@ -42,6 +42,9 @@ pub struct DesiredRole {
     pub container: Option<ContainerSpec>,
     pub dirs: Vec<DesiredDir>,
     pub timers: Vec<DesiredTimer>,
+    /// `NAME=value` settings its native service's process must have (empty under
+    /// docker: a container is compared by its spec).
+    pub started_with: Vec<String>,
 }
 
 /// A directory a host should have, with this owner, group and mode.
@@ -742,6 +745,11 @@ fn render_role(
         upgrade_with,
         files,
         services: role.services.clone(),
+        started_with: if container.is_none() {
+            role.started_with.clone()
+        } else {
+            Vec::new()
+        },
         container,
         dirs,
         timers,

@@ -35,6 +35,9 @@ pub struct FactsRequest {
     pub read_once: Vec<(String, Vec<String>)>,
     /// PostgreSQL port and role/database names to read when this host runs the primary.
     pub sql: Option<SqlFactsRequest>,
+    /// (service, variable names): which of these the service's running main
+    /// process was started with (`NAME=value`), read from /proc.
+    pub process_env: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +158,9 @@ pub struct HostFacts {
     pub apt_lists_age: Option<u64>,
     /// Some when this host runs the PostgreSQL primary (not in recovery).
     pub primary_sql: Option<SqlFacts>,
+    /// Asked services whose main process runs: the `NAME=value` settings among the
+    /// asked names it was started with.
+    pub process_env: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -300,6 +306,19 @@ ss -ltnpH 2>/dev/null | awk '{print "listen\t" $4 "\t" $6}'
             words(&req.marked)
         ));
     }
+    for (service, names) in &req.process_env {
+        let pattern: String = names
+            .iter()
+            .map(|n| format!(" -e {}", shell_quote(&format!("^{n}="))))
+            .collect();
+        // `procenv<TAB>service` alone: it runs, with none of them.
+        s.push_str(&format!(
+            "p=$(systemctl show -p MainPID --value {unit} 2>/dev/null); if [ -n \"$p\" ] && [ \"$p\" != 0 ] && [ -r /proc/$p/environ ]; then \
+             printf 'procenv\\t%s\\n' {svc}; tr '\\0' '\\n' < /proc/$p/environ | grep{pattern} | sed \"s/^/procenv$T\"{svc}\"$T/\"; fi\n",
+            unit = shell_quote(&format!("{service}.service")),
+            svc = shell_quote(service),
+        ));
+    }
     if let Some(sql) = &req.sql {
         let roles = sql
             .roles
@@ -403,6 +422,21 @@ pub fn parse(host: &str, out: &str) -> Result<HostFacts> {
                 e.owner = owner.to_string();
                 e.group = group.to_string();
                 e.mode = u32::from_str_radix(mode, 8).unwrap_or(0);
+            }
+            ["procenv", service] => {
+                f.process_env.entry(service.to_string()).or_default();
+            }
+            ["procenv", service, setting, rest @ ..] => {
+                // A value may hold tabs: the line's rest is the setting.
+                let mut v = setting.to_string();
+                for r in rest {
+                    v.push('\t');
+                    v.push_str(r);
+                }
+                f.process_env
+                    .entry(service.to_string())
+                    .or_default()
+                    .insert(v);
             }
             ["unit", name, active, enabled] => {
                 f.units.insert(
@@ -600,6 +634,31 @@ ext\tapp\tvector\n";
     }
 
     #[test]
+    fn a_process_environment_is_read_only_where_asked_and_running() {
+        let out = "os\tdebian\t13\ttrixie\n\
+procenv\tpatroni\n\
+procenv\tpatroni\tPYTHONPATH=/etc/patroni/python\n\
+procenv\tetcd\n";
+        let f = parse("db1", out).unwrap();
+        assert_eq!(
+            f.process_env["patroni"],
+            BTreeSet::from(["PYTHONPATH=/etc/patroni/python".to_string()])
+        );
+        assert!(f.process_env["etcd"].is_empty(), "runs, without any");
+        assert!(!f.process_env.contains_key("haproxy"), "not read");
+        let s = script(&FactsRequest {
+            process_env: vec![("patroni".into(), vec!["PYTHONPATH".into()])],
+            ..Default::default()
+        });
+        assert!(
+            s.contains("systemctl show -p MainPID --value patroni.service"),
+            "{s}"
+        );
+        assert!(s.contains("grep -e '^PYTHONPATH='"), "{s}");
+        assert!(!script(&FactsRequest::default()).contains("procenv"));
+    }
+
+    #[test]
     fn a_container_reads_as_its_unit_and_images_by_reference() {
         let out = "os\tdebian\t13\ttrixie\n\
 container\tetcd\ttrue\tabc123\tsha256:1\t2026-12-01T10:00:00Z\n\
@@ -719,6 +778,7 @@ user\tpostgres\t470\n";
             systemd_units: vec![],
             marked: vec![],
             read_once: vec![],
+            process_env: vec![],
             sql: Some(SqlFactsRequest {
                 port: 5432,
                 reachable: "true".into(),

@@ -377,6 +377,15 @@ pub fn plan_host(want: &HostDesired, facts: &HostFacts, apt_cache_valid_time: u6
                 });
             }
         }
+        // A running service started without a setting it must have (a run stopped
+        // between writing the file it comes from and the restart): restart it.
+        for service in &role.services {
+            if let Some(running) = facts.process_env.get(service)
+                && role.started_with.iter().any(|w| !running.contains(w))
+            {
+                notify = notify.max(Notify::Restart);
+            }
+        }
         if !missing.is_empty() {
             missing_all.extend(missing.iter().cloned());
             actions.push(Planned {
@@ -699,6 +708,7 @@ mod host_tests {
                 container: None,
                 dirs: vec![],
                 timers: vec![],
+                started_with: vec![],
             }],
             retired: vec![],
         }
@@ -801,6 +811,31 @@ mod host_tests {
         let p = plan_host(&want(), &f, 86400);
         assert_eq!(p.notify("etcd"), Notify::Restart);
         assert!(!p.apt_update(), "nothing to install");
+    }
+
+    #[test]
+    fn a_service_started_without_a_setting_it_must_have_restarts() {
+        let mut w = want();
+        w.roles[0].started_with = vec!["PYTHONPATH=/etc/x".into()];
+        let mut f = converged();
+        // Not read (not running, or not asked): nothing to say.
+        assert_eq!(plan_host(&w, &f, 86400).notify("etcd"), Notify::None);
+        let running = |env: &[&str]| env.iter().map(|s| s.to_string()).collect();
+        f.process_env
+            .insert("etcd".into(), running(&["PYTHONPATH=/etc/x"]));
+        assert_eq!(plan_host(&w, &f, 86400).notify("etcd"), Notify::None);
+        for env in [&[][..], &["PYTHONPATH=/elsewhere"][..]] {
+            f.process_env.insert("etcd".into(), running(env));
+            let p = plan_host(&w, &f, 86400);
+            assert_eq!(p.notify("etcd"), Notify::Restart, "started with {env:?}");
+            assert!(
+                p.actions
+                    .iter()
+                    .all(|a| !matches!(a.action, Action::WriteFile { .. })),
+                "the files are as they should be: {:?}",
+                p.actions
+            );
+        }
     }
 
     #[test]

@@ -120,6 +120,12 @@ pub struct RoleDef {
     /// systemd timers the role schedules.
     #[serde(default)]
     pub timers: Vec<TimerDef>,
+    /// `NAME=value` settings the running service must have been started with
+    /// (read from its main process, native services only): one missing restarts
+    /// the service, as a changed file does that it reads only at start. Catches a
+    /// run interrupted between writing such a file and the restart.
+    #[serde(default)]
+    pub started_with: Vec<String>,
 }
 
 /// A directory a role needs: created where missing, its owner, group and mode set

@@ -306,6 +306,19 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .filter(|f| !f.read_once.is_empty())
                 .map(|f| (f.path.clone(), f.read_once.clone()))
                 .collect(),
+            process_env: d
+                .roles
+                .iter()
+                .filter(|r| !r.started_with.is_empty())
+                .flat_map(|r| {
+                    let names: Vec<String> = r
+                        .started_with
+                        .iter()
+                        .map(|w| w.split('=').next().unwrap_or_default().to_string())
+                        .collect();
+                    r.services.iter().map(move |s| (s.clone(), names.clone()))
+                })
+                .collect(),
             sql: is_db.then(|| SqlFactsRequest {
                 port: c.postgresql_port,
                 reachable: install::postgres_reachable(c),

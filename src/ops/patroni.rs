@@ -325,6 +325,12 @@ pub async fn set_pause(ctx: &Ctx<'_>, pause: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether pgha's record says it paused the cluster (a run that stopped before it
+/// resumed it); an operator's own pause is not in it.
+pub async fn paused_by_pgha(ctx: &Ctx<'_>) -> Result<bool, Failure> {
+    Ok(super::marks::read(ctx).await?.paused)
+}
+
 /// Work on Patroni itself, member by member in `hosts`, with PostgreSQL left
 /// running: the cluster is paused first (a paused Patroni neither stops PostgreSQL
 /// when it exits nor restarts it when it starts, and no member fails over
@@ -344,6 +350,11 @@ where
     set_pause(ctx, true).await?;
     for h in hosts {
         each(h.clone()).await?;
+        if crate::testpoint::fail_once("patroni:under-pause") {
+            return Err(Failure::error(format!(
+                "stopped after {h} (PGHA_FAIL_ONCE=patroni:under-pause); the cluster stays paused"
+            )));
+        }
     }
     set_pause(ctx, false).await?;
     waits::wait_patroni_healthy(&ctx.ep, &ctx.db_hosts(), MEMBER).await?;

@@ -329,6 +329,7 @@ impl Converge<'_, '_> {
             .filter(|h| self.plans[*h].starts("patroni"))
             .cloned()
             .collect();
+        let starting = !stopped.is_empty();
         if !initialized {
             let first = db[0].clone();
             phase.set(format!("bootstrapping on {first}"));
@@ -338,12 +339,20 @@ impl Converge<'_, '_> {
             let rest: Vec<String> = stopped.into_iter().filter(|h| *h != first).collect();
             phase.set(format!("starting replicas {}", rest.join(", ")));
             start(rest).await?;
-        } else if !stopped.is_empty() {
+        } else if starting {
             phase.set(format!("starting {}", stopped.join(", ")));
             start(stopped).await?;
         }
-        // Every member runs by now: each one reports the pause before work starts.
-        if !restart.is_empty() {
+        if !restart.is_empty() && starting {
+            // A paused Patroni may leave a member it is creating (a rebuild's clone)
+            // unstarted: the restart waits for a run that starts none. It reads
+            // what its process was started with, so the next deploy does it.
+            self.ctx.ui.warn(format!(
+                "Patroni on {} must restart to read its environment; a member starts in \
+                 this run, so the next `pgha deploy` restarts it (under pause)",
+                restart.join(", ")
+            ));
+        } else if !restart.is_empty() {
             phase.set(format!(
                 "restarting Patroni on {} under pause",
                 restart.join(", ")
@@ -351,7 +360,16 @@ impl Converge<'_, '_> {
             self.restart_patroni_paused(&restart).await?;
         }
         phase.set("waiting for every replica to stream with lag 0");
-        let view = waits::wait_patroni_healthy(&self.ctx.ep, &db, REPLICAS).await?;
+        let mut view = waits::wait_patroni_healthy(&self.ctx.ep, &db, REPLICAS).await?;
+        if view.pause && actions::paused_by_pgha(self.ctx).await? {
+            // A run stopped while it had the cluster paused (its record says so):
+            // every member runs and streams, so failover comes back.
+            self.ctx
+                .ui
+                .host("cluster", "paused by an interrupted pgha run");
+            actions::set_pause(self.ctx, false).await?;
+            view = waits::wait_patroni_healthy(&self.ctx.ep, &db, REPLICAS).await?;
+        }
         let leader = view.leader().map(|l| l.name.clone()).unwrap_or_default();
         phase.done(view.summary());
         Ok(leader)
