@@ -330,6 +330,10 @@ async fn report_check(
     if let Some(p) = &e.dcs_patch {
         cluster_lines.push(format!("patroni: PATCH /config {p}"));
     }
+    if e.left_paused {
+        cluster_lines
+            .push("patroni: resume the cluster (paused by an interrupted pgha run)".to_string());
+    }
     match &e.sql_changes {
         Some(changes) => cluster_lines.extend(changes.iter().map(|c| format!("sql: {c}"))),
         None if !e.patroni_initialized => {

@@ -30,6 +30,9 @@ pub struct Existing {
     pub sql_changes: Option<Vec<SqlChange>>,
     /// etcd membership changes the inventory asks of a running etcd.
     pub members: Changes,
+    /// Patroni is paused and pgha's record says pgha paused it: a run stopped
+    /// before it resumed it (the `patroni` phase finishes that run's work).
+    pub left_paused: bool,
 }
 
 /// Desired state, facts and plans of every host of a run.
@@ -74,6 +77,7 @@ fn nothing_to_change(e: &Existing, plans: &BTreeMap<String, HostPlan>) -> bool {
         && e.dcs_patch.is_none()
         && e.members.is_empty()
         && e.sql_changes.as_ref().is_some_and(|c| c.is_empty())
+        && !e.left_paused
         && plans.values().all(|p| p.actions.is_empty())
 }
 
@@ -485,6 +489,13 @@ impl<'c, 'a> Converge<'c, 'a> {
             }
         };
         let patroni_initialized = !etcd_new && reads.initialized;
+        // pgha's record is read only when Patroni says it is paused.
+        let left_paused = patroni_initialized
+            && reads
+                .config
+                .as_ref()
+                .is_some_and(|have| have["pause"] == true)
+            && super::patroni::paused_by_pgha(self.ctx).await?;
         let dcs_patch = if patroni_initialized {
             reads
                 .config
@@ -503,6 +514,7 @@ impl<'c, 'a> Converge<'c, 'a> {
                 .map(|sql| self.plan_sql(sql))
                 .transpose()?,
             members,
+            left_paused,
         })
     }
 
@@ -662,6 +674,7 @@ mod tests {
             dcs_patch: None,
             sql_changes: Some(Vec::new()),
             members: Changes::default(),
+            left_paused: false,
         }
     }
 
@@ -727,6 +740,13 @@ mod tests {
                 },
             ),
             ("a member joins", joining),
+            (
+                "a stopped run left the cluster paused",
+                Existing {
+                    left_paused: true,
+                    ..settled()
+                },
+            ),
         ];
         for (why, e) in busy {
             assert!(!nothing_to_change(&e, &plans(Vec::new())), "{why}");
