@@ -296,7 +296,7 @@ impl Converge<'_, '_> {
             .await?;
         Ok(db
             .into_iter()
-            .filter(|h| self.plans[h].notify("patroni") == Notify::Restart)
+            .filter(|h| self.ctx.acts_on(h) && self.plans[h].notify("patroni") == Notify::Restart)
             .collect())
     }
 
