@@ -388,10 +388,11 @@ pub async fn restart_paused(ctx: &Ctx<'_>, h: &str, script: String) -> Result<()
     ctx.ui.changed(h, 1);
     ctx.ui.host(
         h,
-        if before.is_some() && before == after {
-            "Patroni restarted (PostgreSQL kept running)"
-        } else {
-            "Patroni restarted (PostgreSQL was restarted too)"
+        match (before, after) {
+            (Some(b), Some(a)) if a == b => "Patroni restarted (PostgreSQL kept running)",
+            (Some(_), Some(_)) => "Patroni restarted (PostgreSQL was restarted too)",
+            // Its start time was not read before or after: nothing to say.
+            _ => "Patroni restarted",
         },
     );
     Ok(())
