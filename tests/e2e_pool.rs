@@ -181,6 +181,7 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
         .wait_acked(20, t, None, Duration::from_secs(60))
         .await
         .unwrap();
+    let (_, router_clock) = lab.sh("router1", "date +%s.%N");
     let (code, out, err) = pgha(&["switchover", &inv, "--output", "json"]);
     assert_eq!(code, 0, "switchover:\n{out}\n{err}");
     let report = json_doc(&out);
@@ -190,6 +191,33 @@ async fn pooled_clients_wait_through_a_switchover_and_survive_a_failover() {
     println!("pooled clients paused {pause:.2}s across the switchover");
     let new_leader = report["switchover"]["to"].as_str().unwrap().to_string();
     assert_ne!(new_leader, leader);
+    // pgha pointed the write port at the new leader through HAProxy's runtime API
+    // (as root over SSH) as soon as Patroni named it primary; HAProxy records why a
+    // server came UP.
+    let (_, haproxy_log) = lab.sh(
+        "router1",
+        &format!(
+            "journalctl -u haproxy --no-pager -o cat --since @{}",
+            router_clock.trim()
+        ),
+    );
+    assert!(
+        haproxy_log.contains(&format!(
+            "Server primary/{new_leader} is UP, changed from CLI"
+        )),
+        "HAProxy's write port was not pointed at {new_leader} by pgha:\n{haproxy_log}"
+    );
+    // No request of pgha's was dropped half-way under Patroni's REST API (it
+    // logs a traceback for each, e.g. when several members are asked at once and
+    // the first answer is taken).
+    for h in lab.db_hosts() {
+        let (_, log) = lab.sh(&h, "journalctl -u patroni --no-pager -o cat");
+        assert!(
+            !log.contains("Exception happened during processing of request"),
+            "Patroni on {h} logged a request cut off under it:\n{}",
+            lab.journal(&h, "patroni", 80)
+        );
+    }
     let since = Instant::now();
     writer
         .wait_acked(

@@ -44,8 +44,8 @@ async fn served(lab: &Lab) -> Result<BTreeSet<String>, String> {
     let mut out = BTreeSet::new();
     let tls = lab_tls(lab);
     for h in lab.db_hosts() {
-        for port in [8008, 2379] {
-            let pem = pgha::probe::tls::served_certificate(&tls, &lab.ip(&h), port)
+        for (port, path) in [(8008, "/liveness"), (2379, "/version")] {
+            let pem = pgha::probe::tls::served_certificate(&tls, &lab.ip(&h), port, path)
                 .await
                 .map_err(|e| format!("{h}:{port}: {e}"))?;
             out.insert(pem);

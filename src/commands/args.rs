@@ -61,6 +61,12 @@ pub struct SwitchoverArgs {
     pub max_lag: Option<u64>,
     #[command(flatten)]
     pub lock: LockWaitArg,
+    /// SSH to the routers: with it, pgha points HAProxy's write port at the new
+    /// leader the moment Patroni names it primary (its runtime API; root, or a
+    /// login user in the haproxy group), instead of waiting for HAProxy's next
+    /// check. Without it, the switchover works the same, HAProxy's checks decide.
+    #[command(flatten)]
+    pub ssh: SshArgs,
 }
 
 #[derive(Debug, Args)]

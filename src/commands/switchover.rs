@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::commands::args::SwitchoverArgs;
-use crate::commands::{load_inventory, load_pki, under_lock};
+use crate::commands::{load_inventory, load_pki, ssh_options, under_lock};
 use crate::error::{Exit, Failure};
 use crate::ops::Ctx;
 use crate::ops::switchover::{self as actions, SwitchoverOpts, SwitchoverReport};
@@ -27,7 +27,19 @@ pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit,
     inv.require_secrets().map_err(Failure::error)?;
     let ui = Ui::new(output);
     let pki = load_pki(&inv, false)?;
-    let ctx = Ctx::new(&inv, pki, &ui);
+    let mut ctx = Ctx::new(&inv, pki, &ui);
+    // Only to point the routers' write ports at the new leader sooner: a router
+    // that cannot be reached is left to HAProxy's own checks.
+    let routers = ctx.router_hosts();
+    for (host, why) in ctx
+        .connect_quietly_all(&ssh_options(&args.ssh, &inv), &routers)
+        .await
+    {
+        ui.warn(format!(
+            "{host}: no SSH session ({why}); HAProxy's own checks will point its write \
+             port at the new leader (up to haproxy_check_downinter later)"
+        ));
+    }
     let opts = SwitchoverOpts {
         to: args.to.clone(),
         max_lag: args
@@ -42,7 +54,9 @@ pub async fn command(args: SwitchoverArgs, output: OutputFormat) -> Result<Exit,
         args.lock.duration(),
         actions::switchover(&ctx, &opts),
     )
-    .await?;
+    .await;
+    ctx.close().await;
+    let report = report?;
     phase.done(format!("{} -> {}", report.from, report.to));
     print(&ui, &report);
     Ok(Exit::Ok)

@@ -278,15 +278,22 @@ async fn certificates(ctx: &Ctx<'_>) -> Vec<CertState> {
             "patroni",
             h.ip.to_string(),
             c.patroni_rest_port,
+            "/liveness",
         ));
     }
     for h in ctx.inv.etcd_hosts() {
-        targets.push((h.name.clone(), "etcd", h.ip.to_string(), c.etcd_client_port));
+        targets.push((
+            h.name.clone(),
+            "etcd",
+            h.ip.to_string(),
+            c.etcd_client_port,
+            "/version",
+        ));
     }
     join_all(
         targets
             .into_iter()
-            .map(|(host, service, ip, port)| async move {
+            .map(|(host, service, ip, port, path)| async move {
                 let Some(tls) = ctx.ep.net.tls() else {
                     return CertState {
                         host,
@@ -296,7 +303,7 @@ async fn certificates(ctx: &Ctx<'_>) -> Vec<CertState> {
                         error: Some("no TLS material loaded".into()),
                     };
                 };
-                let info = crate::probe::tls::served_certificate(tls, &ip, port)
+                let info = crate::probe::tls::served_certificate(tls, &ip, port, path)
                     .await
                     .and_then(|pem| {
                         crate::pki::cert_info(&pem)

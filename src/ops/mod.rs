@@ -13,6 +13,7 @@ pub mod dcs;
 pub mod destroy;
 pub mod endpoints;
 pub mod etcd;
+pub mod follow;
 pub mod gap;
 pub mod guard;
 pub mod health;

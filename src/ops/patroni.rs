@@ -119,11 +119,9 @@ pub async fn rolling_restart(
                 return Ok(None);
             }
             let until = std::time::Instant::now() + super::switchover::POOLER_PAUSE_MAX;
-            Ok(
-                super::switchover::routers_reach(ctx, &leader, &routers, until)
-                    .await
-                    .err(),
-            )
+            Ok(super::follow::routers_reach(ctx, &leader, &routers, until)
+                .await
+                .err())
         }
         .await;
         let late = match &r {

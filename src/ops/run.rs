@@ -224,19 +224,42 @@ impl<'a> Ctx<'a> {
     /// One host's session, opened without progress lines or recap entries: a
     /// reading command's side channel (status's view of the backup repository).
     pub async fn connect_quietly(&mut self, ssh: &SshOptions, host: &str) -> Result<(), String> {
-        let target = self
-            .inv
-            .host(host)
-            .map(|h| h.ssh.clone())
-            .ok_or_else(|| format!("{host} is not in the inventory"))?;
-        match ssh::connect_all(&[target], ssh).await.into_iter().next() {
-            Some((h, Ok(s))) => {
-                self.sessions.insert(h, s);
-                Ok(())
-            }
-            Some((_, Err(e))) => Err(Failure::from(e).message),
-            None => Err(format!("{host}: no connection attempt was made")),
+        match self
+            .connect_quietly_all(ssh, &[host.to_string()])
+            .await
+            .into_iter()
+            .next()
+        {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
         }
+    }
+
+    /// Sessions to `hosts`, opened at once without progress lines or recap
+    /// entries: each host that could not be reached, with why (the caller does
+    /// without it).
+    pub async fn connect_quietly_all(
+        &mut self,
+        ssh: &SshOptions,
+        hosts: &[String],
+    ) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        let mut targets = Vec::new();
+        for host in hosts {
+            match self.inv.host(host) {
+                Some(h) => targets.push(h.ssh.clone()),
+                None => failed.push((host.clone(), format!("{host} is not in the inventory"))),
+            }
+        }
+        for (h, r) in ssh::connect_all(&targets, ssh).await {
+            match r {
+                Ok(s) => {
+                    self.sessions.insert(h, s);
+                }
+                Err(e) => failed.push((h, Failure::from(e).message)),
+            }
+        }
+        failed
     }
 
     /// A session to a host outside the inventory (one `pgha remove` takes out),

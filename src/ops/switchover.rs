@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::follow::{routers_reach, write_port_primary};
 use super::gap::{self, Gap};
 use super::run::Ctx;
 use super::waits;
 use crate::error::Failure;
 use crate::probe::patroni::{self, ClusterView, SwitchoverAnswer};
-use crate::probe::{Net, sql};
+use crate::probe::sql;
 use crate::wait::{until, until_every};
 
 /// Bound for a member to come back after a restart, or to stream after one.
@@ -169,24 +170,6 @@ fn sync_names(view: &ClusterView) -> String {
     }
 }
 
-/// Which server a router's write port reaches: Some(address) when a primary answers.
-async fn write_port_primary(net: &Net, ep: &sql::Endpoint) -> Result<String, String> {
-    let c = sql::connect_bounded(net, ep, Duration::from_secs(2)).await?;
-    let row = c
-        .query_one("SELECT pg_is_in_recovery(), host(inet_server_addr())", &[])
-        .await
-        .map_err(|e| sql::pg_error(&e))?;
-    let (recovery, addr): (bool, String) = (row.get(0), row.get(1));
-    if recovery {
-        Err(format!(
-            "{}:{} reached a replica ({addr})",
-            ep.host, ep.port
-        ))
-    } else {
-        Ok(addr)
-    }
-}
-
 /// CHECKPOINT on the leader so its shutdown checkpoint, which the switchover waits
 /// for, is short. Over SSH when connected to it, else through a router's write port
 /// (checked to reach that leader). Returns the seconds it took.
@@ -289,7 +272,10 @@ pub(super) async fn serving_routers(ctx: &Ctx<'_>) -> Vec<sql::Endpoint> {
     let mut routers = Vec::new();
     for r in ctx.inv.router_hosts() {
         let ep = ctx.ep.router_port(&r.ip.to_string(), ctx.ep.write_port);
-        if write_port_primary(&ctx.ep.net, &ep).await.is_ok() {
+        if write_port_primary(ctx.ep.net.clone(), ep.clone())
+            .await
+            .is_ok()
+        {
             routers.push(ep);
         }
     }
@@ -469,26 +455,26 @@ async fn switch(
             &candidate_now,
         );
         // Patroni answers on a whole second after the request (it polls its DCS
-        // once a second), up to a second after the candidate took over: pooled
-        // clients must not wait on that. While paused, the write ports are watched
-        // from the request on and the poolers resume as soon as they reach the
-        // candidate; never later than POOLER_PAUSE_MAX, and never left paused.
+        // once a second), up to a second after the candidate took over: clients
+        // must not wait on that. The write ports are watched from the request on
+        // (and, where pgha can, HAProxy is told of the new leader at once); the
+        // poolers resume as soon as they reach the candidate, never later than
+        // POOLER_PAUSE_MAX, and are never left paused.
         let reach = routers_reach(ctx, &candidate_now, routers, asked + POOLER_PAUSE_MAX);
         tokio::pin!(request, reach);
         let mut paused = Some(paused).filter(|p| !p.is_empty());
         let mut pause_secs = None;
+        let mut reached = false;
         let late = |r: Result<(), String>| r.err().map(|last| format!("the new leader ({last})"));
-        let answer = if paused.is_some() {
-            tokio::select! {
-                a = &mut request => a,
-                r = &mut reach => {
-                    let p = paused.take().expect("paused");
+        let answer = tokio::select! {
+            a = &mut request => a,
+            r = &mut reach => {
+                reached = true;
+                if let Some(p) = paused.take() {
                     pause_secs = Some(resume(ctx, leader, p, late(r).as_deref()).await);
-                    request.await
                 }
+                request.await
             }
-        } else {
-            request.await
         };
         match answer {
             SwitchoverAnswer::Done => crate::testpoint::pause("switchover:requested").await,
@@ -513,9 +499,11 @@ async fn switch(
             }
         }
         ctx.ui.changed(leader, 1);
-        if let Some(p) = paused.take() {
+        if !reached {
             let r = (&mut reach).await;
-            pause_secs = Some(resume(ctx, leader, p, late(r).as_deref()).await);
+            if let Some(p) = paused.take() {
+                pause_secs = Some(resume(ctx, leader, p, late(r).as_deref()).await);
+            }
         }
         // The whole proof, Patroni's view included (after RESUME when paused).
         writes_reach(ctx, leader, candidate, routers).await?;
@@ -550,49 +538,6 @@ pub(super) async fn resume(
     ctx.ui
         .host(leader, format!("poolers resumed after {secs:.2}s paused"));
     secs
-}
-
-/// While the poolers are paused: every router's write port reaches `candidate`
-/// out of recovery, which is all a pooled client needs. The routers are probed
-/// at once and often (a failed probe is one refused connection), without waiting
-/// for Patroni's view first: `writes_reach` proves the rest after RESUME. Gives
-/// up at `until` with what each router that had not reached it last answered.
-pub(super) async fn routers_reach(
-    ctx: &Ctx<'_>,
-    candidate: &str,
-    routers: &[sql::Endpoint],
-    until: Instant,
-) -> Result<(), String> {
-    const EVERY: Duration = Duration::from_millis(20);
-    let candidate_ip = ctx
-        .inv
-        .host(candidate)
-        .map(|h| h.ip.to_string())
-        .unwrap_or_default();
-    let candidate_ip = &candidate_ip;
-    let last: Vec<String> = futures_util::future::join_all(routers.iter().map(|ep| async move {
-        loop {
-            let last = match write_port_primary(&ctx.ep.net, ep).await {
-                Ok(addr) if &addr == candidate_ip => return None,
-                Ok(addr) => format!("{}:{} reached {addr}", ep.host, ep.port),
-                Err(e) => e,
-            };
-            tracing::debug!("waiting for the write ports to reach {candidate}: {last}");
-            if Instant::now() >= until {
-                return Some(last);
-            }
-            tokio::time::sleep(EVERY).await;
-        }
-    }))
-    .await
-    .into_iter()
-    .flatten()
-    .collect();
-    if last.is_empty() {
-        Ok(())
-    } else {
-        Err(last.join("; "))
-    }
 }
 
 /// After the request: the candidate leads and every router's write port reaches it.
@@ -641,7 +586,7 @@ pub(super) async fn writes_reach(
             TAKEOVER,
             EVERY,
             || async {
-                let addr = write_port_primary(&ctx.ep.net, ep).await?;
+                let addr = write_port_primary(ctx.ep.net.clone(), ep.clone()).await?;
                 if addr == candidate_ip {
                     Ok(())
                 } else {

@@ -109,9 +109,104 @@ pub async fn backends(net: &Net, router_ip: &str, stats: &StatsAccess) -> Result
     parse_csv(&text)
 }
 
+/// HAProxy's runtime API socket on a router (`stats socket` in haproxy.cfg): root
+/// and the haproxy group may use it.
+pub const ADMIN_SOCKET: &str = "/run/haproxy/admin.sock";
+
+/// The write port's proxy in haproxy.cfg.
+pub const WRITE_PROXY: &str = "primary";
+
+/// Runtime API request: mark `server` of `proxy` UP now (its health set to the
+/// top, so one check still in flight that fails leaves it UP), then list the
+/// proxy's servers as HAProxy sees them after that.
+pub fn force_up_request(proxy: &str, server: &str) -> String {
+    format!("set server {proxy}/{server} health up; show servers state {proxy}\n")
+}
+
+/// From `show servers state` output: each server of `proxy` with its operational
+/// state (0 stopped, 1 starting, 2 running, 3 stopping).
+pub fn parse_servers_state(text: &str, proxy: &str) -> Result<Vec<(String, u8)>, String> {
+    let mut header: Option<Vec<&str>> = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            header = Some(h.split_whitespace().collect());
+            continue;
+        }
+        let Some(h) = &header else { continue };
+        let col = |name: &str| h.iter().position(|c| *c == name);
+        let (Some(be), Some(srv), Some(op)) =
+            (col("be_name"), col("srv_name"), col("srv_op_state"))
+        else {
+            return Err(format!("unexpected header: {}", h.join(" ")));
+        };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < h.len() || f[be] != proxy {
+            continue;
+        }
+        let state = f[op]
+            .parse::<u8>()
+            .map_err(|_| format!("srv_op_state {:?} of {}", f[op], f[srv]))?;
+        out.push((f[srv].to_string(), state));
+    }
+    if header.is_none() {
+        let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        return Err(format!("no server list in HAProxy's answer ({first:?})"));
+    }
+    Ok(out)
+}
+
+/// Whether `server` alone is running in the list: the write port then reaches
+/// nothing else.
+pub fn serves_alone(servers: &[(String, u8)], server: &str) -> Result<(), String> {
+    const RUNNING: u8 = 2;
+    const STOPPED: u8 = 0;
+    let show = || {
+        servers
+            .iter()
+            .map(|(n, s)| format!("{n} {s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !servers.iter().any(|(n, s)| n == server && *s == RUNNING) {
+        return Err(format!("{server} is not running there ({})", show()));
+    }
+    if servers.iter().any(|(n, s)| n != server && *s != STOPPED) {
+        return Err(format!("another server is not stopped ({})", show()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const STATE: &str = "\n1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+3 primary 1 db1 172.28.7.11 0 0 1 1 17 15 3 0 6 0 0 0 - 5432 - 0 8008 - - 8008\n\
+3 primary 2 db2 172.28.7.12 2 0 1 1 33 13 2 2 6 0 0 0 - 5432 - 0 8008 - - 8008\n\
+3 primary 3 db3 172.28.7.13 0 0 1 1 33 13 2 0 6 0 0 0 - 5432 - 0 8008 - - 8008\n\n";
+
+    #[test]
+    fn reads_servers_state_and_who_serves_alone() {
+        let s = parse_servers_state(STATE, "primary").unwrap();
+        assert_eq!(s, [("db1".into(), 0), ("db2".into(), 2), ("db3".into(), 0)]);
+        assert!(serves_alone(&s, "db2").is_ok());
+        let e = serves_alone(&s, "db1").unwrap_err();
+        assert!(e.contains("db1 is not running"), "{e}");
+        let mut two = s.clone();
+        two[0].1 = 2;
+        let e = serves_alone(&two, "db2").unwrap_err();
+        assert!(e.contains("another server") && e.contains("db1 2"), "{e}");
+        // Another proxy's servers are not counted.
+        assert!(parse_servers_state(STATE, "replicas").unwrap().is_empty());
+        // A refusal (no header) is an error naming what HAProxy said.
+        let e = parse_servers_state("Permission denied\n", "primary").unwrap_err();
+        assert!(e.contains("Permission denied"), "{e}");
+        assert_eq!(
+            force_up_request("primary", "db2"),
+            "set server primary/db2 health up; show servers state primary\n"
+        );
+    }
 
     #[test]
     fn parses_servers_and_skips_frontends() {

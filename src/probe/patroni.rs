@@ -127,12 +127,30 @@ pub async fn cluster(net: &Net, api: &str) -> Result<ClusterView, String> {
 
 /// The cluster view from the first member that answers, all asked at once (a
 /// member that silently drops packets costs one probe timeout, not one each).
+/// The other requests run to their end in the background: one dropped half-way
+/// would close its connection under Patroni, which logs a 30-line traceback
+/// ("Exception happened during processing of request") for each.
 pub async fn cluster_any(net: &Net, apis: &[String]) -> Result<ClusterView, String> {
     if apis.is_empty() {
         return Err("no members".into());
     }
-    let asks = apis.iter().map(|a| Box::pin(cluster(net, a)));
-    futures_util::future::select_ok(asks).await.map(|(v, _)| v)
+    let (tx, mut rx) = tokio::sync::mpsc::channel(apis.len());
+    for api in apis {
+        let (net, api, tx) = (net.clone(), api.clone(), tx.clone());
+        tokio::spawn(async move {
+            // The receiver is gone once one answered: nothing to tell.
+            let _ = tx.send(cluster(&net, &api).await).await;
+        });
+    }
+    drop(tx);
+    let mut last = String::new();
+    while let Some(r) = rx.recv().await {
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// GET /patroni: this member's own status (state, role, pending_restart, postmaster_start_time).

@@ -90,9 +90,18 @@ impl Tls {
     }
 }
 
-/// The certificate a TLS server presents at `host:port` (verified against the
+/// The certificate an HTTPS server presents at `host:port` (verified against the
 /// cluster CA), as PEM: what is really in use, for `status` to show its expiry.
-pub async fn served_certificate(tls: &Tls, host: &str, port: u16) -> Result<String, String> {
+/// A whole request for `path` is made and its answer read on that connection: a
+/// connection closed right after the handshake makes Patroni's REST API log a
+/// traceback (its TLS 1.3 session tickets meet a closed socket).
+pub async fn served_certificate(
+    tls: &Tls,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls.client_config()));
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host}: {e}"))?;
@@ -100,7 +109,7 @@ pub async fn served_certificate(tls: &Tls, host: &str, port: u16) -> Result<Stri
         let tcp = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| format!("{host}:{port}: {e}"))?;
-        let stream = connector
+        let mut stream = connector
             .connect(name, tcp)
             .await
             .map_err(|e| format!("{host}:{port}: TLS: {e}"))?;
@@ -109,7 +118,16 @@ pub async fn served_certificate(tls: &Tls, host: &str, port: u16) -> Result<Stri
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or_else(|| format!("{host}:{port}: no certificate"))?;
-        Ok::<_, String>(der_to_pem(der.as_ref()))
+        let pem = der_to_pem(der.as_ref());
+        // The answer itself does not matter, only that the exchange completes.
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_ok() {
+            let mut answer = Vec::new();
+            let _ = (&mut stream).take(1 << 16).read_to_end(&mut answer).await;
+            let _ = stream.shutdown().await;
+        }
+        Ok::<_, String>(pem)
     };
     tokio::time::timeout(super::PROBE_TIMEOUT, fut)
         .await

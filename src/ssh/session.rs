@@ -415,6 +415,62 @@ impl Session {
         Ok(out)
     }
 
+    /// One request to a Unix socket on the host, through sshd's streamlocal
+    /// forwarding (no process started; sshd opens the socket as the login user, so
+    /// the socket's permissions apply to that user): `request` written, then
+    /// everything the socket answers until it closes, within `timeout`.
+    pub async fn unix_socket(
+        &self,
+        path: &str,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, SshError> {
+        let t = &self.inner.target;
+        let _permit = self
+            .inner
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| self.lost("session closed"))?;
+        let run = async {
+            let channel = self
+                .inner
+                .handle
+                .channel_open_direct_streamlocal(path)
+                .await
+                .map_err(|e| SshError::Protocol {
+                    host: t.host.clone(),
+                    reason: format!(
+                        "sshd did not connect to {path} as {}: {}",
+                        t.user,
+                        russh_reason(&e)
+                    ),
+                })?;
+            let (mut rx, tx) = channel.split();
+            tx.data_bytes(request.to_vec())
+                .await
+                .map_err(|e| self.lost(russh_reason(&e)))?;
+            let _ = tx.eof().await;
+            let mut answer = Vec::new();
+            while let Some(msg) = rx.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => answer.extend_from_slice(&data),
+                    ChannelMsg::Eof | ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+            let _ = tx.close().await;
+            Ok(answer)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| SshError::Timeout {
+                host: t.host.clone(),
+                command: format!("a request to {path}"),
+                after: timeout,
+            })?
+    }
+
     /// Check that privileged commands work (runs `true` as root).
     pub async fn check_sudo(&self) -> Result<(), SshError> {
         self.exec(&Cmd::root("true").timeout(Duration::from_secs(60)))
