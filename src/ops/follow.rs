@@ -172,27 +172,45 @@ async fn force(ctx: &Ctx<'_>, leader: &str, routers: &[Router], until: Instant) 
     futures_util::future::join_all(sessions.iter().map(|(flag, name, s)| {
         let request = request.as_bytes();
         async move {
-            let r = async {
-                let answer = s
-                    .unix_socket(ADMIN_SOCKET, request, RUNTIME_API)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let text = String::from_utf8_lossy(&answer);
-                let servers = haproxy::parse_servers_state(&text, WRITE_PROXY)?;
-                haproxy::serves_alone(&servers, leader)
-            }
-            .await;
-            match r {
-                Ok(()) => {
-                    let _ = flag.send(true);
-                    ctx.ui.host(
-                        name.as_str(),
-                        format!("write port set to {leader} as soon as Patroni named it primary"),
-                    );
+            loop {
+                let servers = async {
+                    let answer = s
+                        .unix_socket(ADMIN_SOCKET, request, RUNTIME_API)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    haproxy::parse_servers_state(&String::from_utf8_lossy(&answer), WRITE_PROXY)
                 }
-                Err(e) => tracing::debug!(
-                    "{name}: HAProxy's runtime API not used, its checks decide ({e})"
-                ),
+                .await;
+                let servers = match servers {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(
+                            "{name}: HAProxy's runtime API not used, its checks decide ({e})"
+                        );
+                        return;
+                    }
+                };
+                // The old leader may still count as running for a check or two
+                // (Patroni answered /primary until it released its key): the
+                // write port follows only once it is out, so ask again.
+                match haproxy::serves_alone(&servers, leader) {
+                    Ok(()) => {
+                        let _ = flag.send(true);
+                        ctx.ui.host(
+                            name.as_str(),
+                            format!(
+                                "write port set to {leader} as soon as Patroni named it primary"
+                            ),
+                        );
+                        return;
+                    }
+                    Err(e) if Instant::now() >= until => {
+                        tracing::debug!("{name}: {e}; its checks decide");
+                        return;
+                    }
+                    Err(e) => tracing::debug!("{name}: {e}; asking again"),
+                }
+                tokio::time::sleep(EVERY).await;
             }
         }
     }))
