@@ -212,6 +212,15 @@ impl Session {
         }
     }
 
+    /// A place among the channels this session may have open at once.
+    async fn channel_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, SshError> {
+        self.inner
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| self.lost("session closed"))
+    }
+
     /// Open a session channel. sshd frees a finished session only after it has handled
     /// our close, so a burst of new channels can briefly exceed its MaxSessions (and some
     /// servers allow fewer than `max_channels`): refusals are retried for a while.
@@ -255,12 +264,7 @@ impl Session {
         let shown = script::first_line(&cmd.script);
         tracing::debug!(host = %t.host, as_root = cmd.as_root, sudo, "exec: {shown}");
 
-        let _permit = self
-            .inner
-            .channels
-            .acquire()
-            .await
-            .map_err(|_| self.lost("session closed"))?;
+        let _permit = self.channel_permit().await?;
         let channel = self.open_channel().await?;
         let (mut rx, tx) = channel.split();
         // Closes the channel (and stops the command) if this future is dropped midway.
@@ -426,12 +430,7 @@ impl Session {
         timeout: Duration,
     ) -> Result<Vec<u8>, SshError> {
         let t = &self.inner.target;
-        let _permit = self
-            .inner
-            .channels
-            .acquire()
-            .await
-            .map_err(|_| self.lost("session closed"))?;
+        let _permit = self.channel_permit().await?;
         let run = async {
             let channel = self
                 .inner
