@@ -119,12 +119,15 @@ pub async fn served_certificate(
             .and_then(|c| c.first())
             .ok_or_else(|| format!("{host}:{port}: no certificate"))?;
         let pem = der_to_pem(der.as_ref());
-        // The answer itself does not matter, only that the exchange completes.
+        // The answer itself does not matter, only that the exchange completes;
+        // a server that keeps the connection open does not cost the certificate.
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
         if stream.write_all(request.as_bytes()).await.is_ok() {
             let mut answer = Vec::new();
-            let _ = (&mut stream).take(1 << 16).read_to_end(&mut answer).await;
+            let mut limited = (&mut stream).take(1 << 16);
+            let read = limited.read_to_end(&mut answer);
+            let _ = tokio::time::timeout(super::PROBE_TIMEOUT / 2, read).await;
             let _ = stream.shutdown().await;
         }
         Ok::<_, String>(pem)
